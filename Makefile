@@ -1,0 +1,35 @@
+# The two commands README.md gives, and the benchmark suite. Each target sets up .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench bench-quick report clean
+
+$(BIN)/ime-record: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Main job: record the built-in IME simulator for 20 s with 2 shards, then list and verify what was written.
+demo: $(BIN)/ime-record
+	$(BIN)/ime-record --demo --shards 2 --duration 20 --out demo-data
+	$(BIN)/ime-segments ls demo-data
+	$(BIN)/ime-segments verify -q demo-data && echo "all segments verified"
+
+test: $(BIN)/ime-record
+	$(BIN)/pytest -n 2
+
+lint: $(BIN)/ime-record
+	$(BIN)/ruff check recorder tests benchmarks tools
+
+bench: $(BIN)/ime-record
+	$(BIN)/pytest benchmarks --benchmark-json=benchmarks/results/latest.json
+	$(BIN)/python tools/bench_report.py benchmarks/results/latest.json
+
+bench-quick: $(BIN)/ime-record
+	IME_BENCH_QUICK=1 $(BIN)/pytest benchmarks --benchmark-json=benchmarks/results/quick.json
+	$(BIN)/python tools/bench_report.py benchmarks/results/quick.json --out benchmarks/results/quick
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .benchmarks

@@ -1,0 +1,161 @@
+"""IME WebSocket endpoints: the two subscription URLs, built by clients and parsed by servers.
+
+Percent-encoding is the one subtle part. IME contract names are free text (Persian letters, spaces,
+`/`, `&`, `+`, `#`, `%`, `=`), so every character outside RFC 3986's unreserved set is escaped with
+`urllib.parse.quote(name, safe="")`. The server side decodes with plain `unquote` semantics, which makes
+the pair an exact inverse. In particular a `+` in a query value is a literal plus, never a space: the
+API document describes raw repeated query parameters, not HTML form encoding, so nothing implies the
+`application/x-www-form-urlencoded` rule that turns `+` into a space. `build_url` never emits a bare `+`
+(it writes `%2B`), so clients built on it are unaffected either way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+DEFAULT_BASE_URL = "wss://core.hedgetech.ir/data-engine/ime/live/data/websocket"
+DEFAULT_TOKEN_URL = "https://core.hedgetech.ir/auth/user/token/issue"
+PATH_PREFIX = "/data-engine/ime/live/data/websocket"
+TOKEN_PATH = "/auth/user/token/issue"
+
+
+class EndpointKind(enum.StrEnum):
+    """Which identifier a subscription uses; it decides the path, the query key and the message field."""
+
+    ID = "id"
+    NAME = "name"
+
+    @property
+    def path(self) -> str:
+        return f"/contract/{self.value}"
+
+    @property
+    def param(self) -> str:
+        return f"contract_{self.value}"
+
+    @property
+    def field(self) -> str:
+        return "contractId" if self is EndpointKind.ID else "contractName"
+
+
+class SubscriptionError(ValueError):
+    """A request target that is not a valid IME subscription."""
+
+
+class UnknownPathError(SubscriptionError):
+    """The path is neither `.../contract/id` nor `.../contract/name`: a server answers 404."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    kind: EndpointKind
+    contracts: tuple[str, ...]
+
+
+def _endpoint(base_url: str, kind: EndpointKind | str) -> str:
+    kind = EndpointKind(kind)
+    if "?" in base_url or "#" in base_url:
+        raise ValueError("base URL must not contain a query or fragment")
+    return base_url.rstrip("/") + kind.path
+
+
+def _query_item(kind: EndpointKind, contract: str) -> str:
+    return f"{EndpointKind(kind).param}={quote(contract, safe='')}"
+
+
+def build_url(base_url: str, kind: EndpointKind | str, contracts: Sequence[str]) -> str:
+    """The subscription URL: `base_url` + `/contract/<kind>` + one repeated query parameter per contract.
+
+    An empty `contracts` gives the bare endpoint (which a server refuses); order and duplicates are kept.
+    """
+    if isinstance(contracts, str):
+        raise TypeError("contracts must be a sequence of strings, not one string")
+    url = _endpoint(base_url, kind)
+    if not contracts:
+        return url
+    return url + "?" + "&".join(_query_item(kind, c) for c in contracts)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def split_contracts(
+    base_url: str,
+    kind: EndpointKind | str,
+    contracts: Sequence[str],
+    *,
+    max_url_length: int = 4096,
+    max_per_connection: int | None = None,
+) -> list[tuple[str, ...]]:
+    """Consecutive groups of `contracts`, in order, each of whose URL fits in `max_url_length` characters.
+
+    Servers and proxies cap the request line (commonly 4-8 KiB), so a long list needs several connections.
+    A contract whose URL alone is too long cannot be subscribed at all: ValueError.
+    """
+    if isinstance(contracts, str):
+        raise TypeError("contracts must be a sequence of strings, not one string")
+    if max_per_connection is not None and max_per_connection < 1:
+        raise ValueError("max_per_connection must be at least 1")
+    base_len = len(_endpoint(base_url, kind)) + 1  # the "?"
+    groups: list[tuple[str, ...]] = []
+    current: list[str] = []
+    length = base_len
+    for contract in contracts:
+        item = len(_query_item(kind, contract))
+        if base_len + item > max_url_length:
+            raise ValueError(
+                f"contract {_short(contract)!r} does not fit in a URL of {max_url_length} characters "
+                f"(it alone needs {base_len + item})"
+            )
+        added = item + (1 if current else 0)  # the "&" separator
+        full = max_per_connection is not None and len(current) >= max_per_connection
+        if current and (length + added > max_url_length or full):
+            groups.append(tuple(current))
+            current, length, added = [], base_len, item
+        current.append(contract)
+        length += added
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def _decode(text: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise SubscriptionError(f"query value {_short(text)!r} is not valid percent-encoded UTF-8") from None
+
+
+def parse_subscription(target: str | bytes) -> Subscription:
+    """The subscription an HTTP request target (`/path?query`) asks for; the inverse of `build_url`.
+
+    The path must be PATH_PREFIX + `/contract/id` or `/contract/name` (one trailing slash tolerated),
+    else UnknownPathError. Query parameters other than the kind's own are ignored; an empty list is
+    returned as such (refusing it is the server's policy, not a parse error).
+    """
+    if isinstance(target, bytes):
+        try:
+            target = target.decode("ascii")
+        except UnicodeDecodeError:
+            raise SubscriptionError("request target is not ASCII (contract names must be percent-encoded)") \
+                from None
+    path, _, query = target.partition("?")
+    path = path.partition("#")[0]
+    if path.endswith("/") and len(path) > 1:
+        path = path[:-1]
+    kind = next((k for k in EndpointKind if path == PATH_PREFIX + k.path), None)
+    if kind is None:
+        raise UnknownPathError(f"unknown endpoint path {_short(path)!r}")
+    contracts: list[str] = []
+    if query:
+        for item in query.split("&"):
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            if _decode(key) == kind.param:
+                contracts.append(_decode(value))
+    return Subscription(kind, tuple(contracts))

@@ -1,0 +1,180 @@
+"""`ime-record`: record the IME feed into zstd segment files, sharded across worker processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from recorder.cli_support import one_line_errors, setup_logging
+from recorder.errors import UserError
+from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
+from recorder.record.auth import TokenProvider
+from recorder.record.config import ConnectionSettings, StorageSettings
+from recorder.record.contracts import ContractList, parse_inline, read_contract_file
+from recorder.record.shard import partition
+from recorder.record.supervisor import RunSettings, run_supervisor
+
+PROG = "ime-record"
+log = logging.getLogger("recorder.record")
+
+
+def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | None,
+                   names: str | None) -> tuple[EndpointKind, ContractList] | None:
+    given = [x for x in (ids_file, names_file, ids, names) if x is not None]
+    if len(given) > 1:
+        raise UserError("give only one of --ids-file, --names-file, --ids, --names")
+    if ids_file is not None:
+        return EndpointKind.ID, read_contract_file(ids_file, "id")
+    if names_file is not None:
+        return EndpointKind.NAME, read_contract_file(names_file, "name")
+    if ids is not None:
+        return EndpointKind.ID, parse_inline(ids, "id")
+    if names is not None:
+        return EndpointKind.NAME, parse_inline(names, "name")
+    return None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--ids-file", type=click.Path(path_type=Path), help="File with one contract id per line.")
+@click.option("--names-file", type=click.Path(path_type=Path), help="File with one contract name per line.")
+@click.option("--ids", help="Comma-separated contract ids.")
+@click.option("--names", help="Comma-separated contract names.")
+@click.option("--shards", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes; contracts are spread over them by rendezvous hashing.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("ime-data"), show_default=True,
+              help="Directory for segment files.")
+@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
+              help="WebSocket base URL; /contract/id or /contract/name is appended.")
+@click.option("--token", envvar="IME_TOKEN", help="JWT (prefer the IME_TOKEN variable: arguments show in `ps`).")
+@click.option("--token-file", type=click.Path(path_type=Path), help="File holding the JWT; re-read when refused.")
+@click.option("--username", envvar="IME_USERNAME", help="Account for the token endpoint (or IME_USERNAME).")
+@click.option("--password", envvar="IME_PASSWORD", help="Password (prefer the IME_PASSWORD variable).")
+@click.option("--token-url", default=DEFAULT_TOKEN_URL, show_default=True, help="Token endpoint.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop cleanly after this many seconds (default: until SIGINT/SIGTERM).")
+@click.option("--demo", is_flag=True, help="Start the built-in IME simulator on 127.0.0.1 and record from it.")
+@click.option("--demo-contracts", type=click.IntRange(1, 10_000), default=24, show_default=True,
+              help="With --demo: contracts the simulator lists.")
+@click.option("--demo-rate", type=click.FloatRange(min=0), default=2000, show_default=True,
+              help="With --demo: total messages/s the simulator sends.")
+@click.option("--max-contracts-per-connection", type=click.IntRange(min=1),
+              help="Split a shard's contracts over several connections of at most this many.")
+@click.option("--max-url-length", type=click.IntRange(min=256), default=4096, show_default=True,
+              help="Split contracts over several connections so that no URL is longer.")
+@click.option("--max-message-bytes", type=click.IntRange(min=1024), default=16 << 20, show_default=True,
+              help="Larger messages are recorded as an 'oversized' event instead.")
+@click.option("--flush-ms", type=click.FloatRange(min=1), default=200, show_default=True,
+              help="Cut a frame when its oldest record is this old (the most a crash can lose).")
+@click.option("--frame-kib", type=click.IntRange(min=4), default=1024, show_default=True,
+              help="Cut a frame at this much raw data.")
+@click.option("--rotate-mb", type=click.FloatRange(min=0.01), default=1024, show_default=True,
+              help="Seal and start a new file at this compressed size.")
+@click.option("--rotate-minutes", type=click.FloatRange(min=0), default=60, show_default=True,
+              help="Seal and start a new file on wall-clock multiples of this period (0: off).")
+@click.option("--level", type=click.IntRange(-7, 22), default=3, show_default=True, help="zstd level.")
+@click.option("--ping-interval", type=click.FloatRange(min=0), default=15, show_default=True,
+              help="Ping when nothing arrived for this many seconds; no pong in time drops the connection.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Reconnect after this many seconds without a message (0: off; IME is quiet off-hours).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Seconds between status log lines when stderr is not a terminal.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle for wss:// and https://.")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="ime-recorder", prog_name=PROG)
+@one_line_errors(PROG)
+def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names: str | None, shards: int,
+         out_dir: Path, base_url: str, token: str | None, token_file: Path | None, username: str | None,
+         password: str | None, token_url: str, duration: float | None, demo: bool, demo_contracts: int,
+         demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
+         flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
+         ping_interval: float, idle_timeout: float, metrics_port: int | None, metrics_host: str,
+         status_interval: float, ca_file: str | None, verbose: int, quiet: bool) -> None:
+    """Record the IME WebSocket feed, every frame with its receive time, into zstd segment files.
+
+    \b
+    Examples:
+      ime-record --demo --duration 20
+      IME_USERNAME=me IME_PASSWORD=... ime-record --shards 4 --ids-file ids.txt --out /data/ime
+    """
+    setup_logging(verbose, quiet)
+    chosen = load_contracts(ids_file, names_file, ids, names)
+    if chosen is None and not demo:
+        raise UserError("no contracts: give --ids-file, --names-file, --ids or --names (or --demo)")
+    if not base_url.startswith(("ws://", "wss://")):
+        raise UserError(f"--base-url must start with ws:// or wss://, not {base_url.split(':')[0]}://")
+
+    sim = None
+    if demo:
+        from recorder.record.demo import DemoSimulator
+
+        sim = DemoSimulator(contracts=demo_contracts, rate=demo_rate)
+        sim.start()
+        base_url, token_url = sim.base_url, sim.token_url
+        username, password, token, token_file = sim.username, sim.password, None, None
+        if chosen is None:
+            chosen = EndpointKind.ID, ContractList(tuple(sim.ids), ())
+        log.info("demo: simulator pid %d at %s with %d contracts", sim.pid, base_url, demo_contracts)
+    assert chosen is not None
+    kind, contract_list = chosen
+    if contract_list.duplicates:
+        shown = ", ".join(contract_list.duplicates[:5]) + (" …" if len(contract_list.duplicates) > 5 else "")
+        log.warning("%d duplicate contract(s) removed: %s", len(contract_list.duplicates), shown)
+
+    try:
+        split_contracts(base_url, kind, contract_list.contracts, max_url_length=max_url_length)
+    except ValueError as exc:
+        raise UserError(f"{exc}; raise --max-url-length") from None
+
+    tokens = TokenProvider(token=token or "", token_file=token_file, username=username or "",
+                           password=password or "", token_url=token_url, ca_file=ca_file)
+    if username and not password:
+        raise UserError("--username needs --password (or IME_PASSWORD)")
+    if not (token or token_file or username):
+        raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
+
+    settings = RunSettings(
+        shards=partition(contract_list.contracts, shards),
+        connection=ConnectionSettings(
+            base_url=base_url,
+            kind=kind.value,
+            max_contracts_per_connection=max_contracts_per_connection,
+            max_url_length=max_url_length,
+            max_message_bytes=max_message_bytes,
+            ping_interval_s=ping_interval,
+            idle_timeout_s=idle_timeout,
+            ca_file=ca_file,
+        ),
+        storage=StorageSettings(
+            out_dir=out_dir,
+            level=level,
+            frame_bytes=frame_kib * 1024,
+            flush_ms=flush_ms,
+            rotate_bytes=int(rotate_mb * 1024 * 1024),
+            rotate_seconds=rotate_minutes * 60,
+            fault_enospc_after_bytes=_fault_hook(),
+        ),
+        duration_s=duration,
+        status_interval_s=status_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        log_level=logging.getLogger().level,
+    )
+    try:
+        code = run_supervisor(settings, tokens)
+    finally:
+        if sim is not None:
+            sim.stop()
+    if code:
+        raise SystemExit(code)
+
+
+def _fault_hook() -> int | None:
+    """IME_RECORDER_FAULT_ENOSPC_AFTER=N makes writers fail with ENOSPC after N bytes (for tests)."""
+    value = os.environ.get("IME_RECORDER_FAULT_ENOSPC_AFTER")
+    return int(value) if value else None

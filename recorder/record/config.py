@@ -1,0 +1,60 @@
+"""Settings of a recording run and of one worker; plain data, picklable across processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Worker exit codes the supervisor acts on (anything else, a signal included, means "crashed: restart").
+WORKER_EXIT_OK = 0
+WORKER_EXIT_FATAL = 3  # disk full, unwritable directory, shard locked: restarting would not help
+WORKER_EXIT_REFUSED = 4  # the server refused every contract of the shard (or the credentials)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    base_url: str
+    kind: str  # "id" or "name"
+    max_contracts_per_connection: int | None = None
+    max_url_length: int = 4096
+    max_message_bytes: int = 16 << 20
+    handshake_timeout_s: float = 10.0
+    ping_interval_s: float = 15.0  # picows pings when nothing arrived for this long
+    ping_timeout_s: float = 10.0
+    idle_timeout_s: float = 0.0  # 0: off (IME is quiet for hours outside trading sessions)
+    probe_s: float = 2.0  # an upgrade still open after this long counts as accepted
+    backoff_base_s: float = 0.25
+    backoff_cap_s: float = 30.0
+    backoff_stable_s: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    out_dir: Path
+    prefix: str = "ime"
+    level: int = 3
+    frame_bytes: int = 1 << 20
+    flush_ms: float = 200.0
+    rotate_bytes: int = 1 << 30
+    rotate_seconds: float = 3600.0
+    max_backlog_bytes: int = 256 << 20
+    fault_enospc_after_bytes: int | None = None  # test hook: pretend the disk fills up after this many bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    shard: int
+    shards: int
+    contracts: tuple[str, ...]
+    connection: ConnectionSettings
+    storage: StorageSettings
+    run_id: str
+    incarnation: int = 1
+    token: str = field(default="", repr=False)
+    token_gen: int = 0
+    status_interval_s: float = 1.0
+    log_level: int = 20
+
+    def __repr__(self) -> str:  # never show the token, even in a debugger or a crash report
+        return f"WorkerConfig(shard={self.shard}, contracts={len(self.contracts)}, incarnation={self.incarnation})"

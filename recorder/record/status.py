@@ -1,0 +1,182 @@
+"""What the operator sees: per-shard figures, the live table, the periodic log line, the exit summary.
+
+Everything here is pure formatting of `ShardView`s, except `Console`, which owns the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from recorder.humanize import human_bytes, human_duration
+
+
+@dataclass(slots=True)
+class ShardView:
+    shard: int
+    contracts: int
+    state: str = "starting"
+    pid: int = 0
+    restarts: int = 0
+    connections_open: int = 0
+    connections: int = 0
+    messages: int = 0
+    bytes: int = 0
+    reconnects: int = 0
+    last_message_ns: int = 0
+    records_written: int = 0
+    bytes_on_disk: int = 0
+    files_sealed: int = 0
+    backlog_bytes: int = 0
+    paused: bool = False
+    rejected: list[str] = field(default_factory=list)
+    msg_rate: float = 0.0
+    byte_rate: float = 0.0
+    # Totals of earlier incarnations (a restarted worker counts from zero again).
+    base_messages: int = 0
+    base_bytes: int = 0
+    base_reconnects: int = 0
+    base_records: int = 0
+    base_disk: int = 0
+    base_files: int = 0
+    _last_sample: tuple[float, int, int] | None = None
+
+    def update(self, status: dict[str, Any], now: float) -> None:
+        for key in ("pid", "connections_open", "connections", "reconnects", "last_message_ns", "records_written",
+                    "bytes_on_disk", "files_sealed", "backlog_bytes", "paused"):
+            if key in status:
+                setattr(self, key, status[key])
+        self.messages = int(status.get("messages", self.messages))
+        self.bytes = int(status.get("bytes", self.bytes))
+        if "rejected" in status:
+            self.rejected = list(status["rejected"])
+        total_m, total_b = self.total_messages, self.total_bytes
+        if self._last_sample is not None:
+            t0, m0, b0 = self._last_sample
+            dt = now - t0
+            if dt > 0:
+                self.msg_rate = max(0.0, (total_m - m0) / dt)
+                self.byte_rate = max(0.0, (total_b - b0) / dt)
+        self._last_sample = (now, total_m, total_b)
+
+    def incarnation_ended(self) -> None:
+        self.base_messages += self.messages
+        self.base_bytes += self.bytes
+        self.base_reconnects += self.reconnects
+        self.base_records += self.records_written
+        self.base_disk += self.bytes_on_disk
+        self.base_files += self.files_sealed
+        self.messages = self.bytes = self.reconnects = self.records_written = 0
+        self.bytes_on_disk = self.files_sealed = self.connections_open = 0
+        self._last_sample = None
+        self.msg_rate = self.byte_rate = 0.0
+
+    @property
+    def total_messages(self) -> int:
+        return self.base_messages + self.messages
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base_bytes + self.bytes
+
+    @property
+    def total_reconnects(self) -> int:
+        return self.base_reconnects + self.reconnects
+
+    @property
+    def total_records(self) -> int:
+        return self.base_records + self.records_written
+
+    @property
+    def total_disk(self) -> int:
+        return self.base_disk + self.bytes_on_disk
+
+    @property
+    def total_files(self) -> int:
+        return self.base_files + self.files_sealed
+
+    def last_age_s(self, now_ns: int) -> float | None:
+        return (now_ns - self.last_message_ns) / 1e9 if self.last_message_ns else None
+
+
+def table(views: list[ShardView], now_ns: int, elapsed_s: float) -> list[str]:
+    head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>9} {'MB/S':>7} {'MESSAGES':>11} {'RECONN':>6} "
+            f"{'LAST':>7} {'DISK':>9} {'RESTARTS':>8}")
+    lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
+    for v in views:
+        lines.append(
+            f"{v.shard:>5} {v.state + (' (paused)' if v.paused else ''):<10} "
+            f"{f'{v.connections_open}/{v.connections}':>7} {v.msg_rate:>9.0f} {v.byte_rate / 1e6:>7.2f} "
+            f"{v.total_messages:>11} {v.total_reconnects:>6} {human_duration(v.last_age_s(now_ns)):>7} "
+            f"{human_bytes(v.total_disk):>9} {v.restarts:>8}"
+        )
+    rejected = [c for v in views for c in v.rejected]
+    if rejected:
+        lines.append(f"rejected by the server: {', '.join(rejected[:10])}{' …' if len(rejected) > 10 else ''}")
+    return lines
+
+
+def summary_line(views: list[ShardView], now_ns: int) -> str:
+    open_conns = sum(v.connections_open for v in views)
+    conns = sum(v.connections for v in views)
+    ages = [a for v in views if (a := v.last_age_s(now_ns)) is not None]
+    return (
+        f"status: {len(views)} shards, {open_conns}/{conns} connections, "
+        f"{sum(v.msg_rate for v in views):.0f} msgs/s, {sum(v.byte_rate for v in views) / 1e6:.2f} MB/s, "
+        f"{sum(v.total_messages for v in views)} messages, {sum(v.total_reconnects for v in views)} reconnects, "
+        f"{sum(v.restarts for v in views)} restarts, last frame {human_duration(min(ages) if ages else None)} ago, "
+        f"{human_bytes(sum(v.total_disk for v in views))} on disk"
+    )
+
+
+def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
+    lines = [f"recorded for {human_duration(elapsed_s)}:"]
+    for v in views:
+        lines.append(
+            f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)}) from {v.contracts} "
+            f"contracts, {v.total_records} records in {v.total_files} sealed files ({human_bytes(v.total_disk)}), "
+            f"{v.total_reconnects} reconnects, {v.restarts} restarts, state {v.state}"
+            + (f", rejected: {', '.join(v.rejected)}" if v.rejected else "")
+        )
+    total = sum(v.total_messages for v in views)
+    rate = total / elapsed_s if elapsed_s > 0 else 0.0
+    lines.append(f"  total: {total} messages, {rate:.0f} msgs/s on average, "
+                 f"{human_bytes(sum(v.total_disk for v in views))} on disk")
+    return lines
+
+
+class Console:
+    """Log lines scroll above a live table on a terminal; elsewhere only log lines are written."""
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self._drawn = 0
+
+    def _erase(self) -> None:
+        if self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def log(self, line: str) -> None:
+        self._erase()
+        self.stream.write(line.rstrip("\n") + "\n")
+        self.stream.flush()
+
+    def draw(self, lines: list[str]) -> None:
+        if not self.live:
+            return
+        self._erase()
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn = len(lines)
+
+    def close(self) -> None:
+        self._erase()
+        self.stream.flush()
+
+
+def now_ns() -> int:
+    return time.time_ns()

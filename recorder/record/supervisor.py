@@ -1,0 +1,335 @@
+"""The supervisor: one worker process per shard, restarted when it dies; the token; status; clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
+from recorder.record.config import (
+    WORKER_EXIT_FATAL,
+    WORKER_EXIT_OK,
+    WORKER_EXIT_REFUSED,
+    ConnectionSettings,
+    StorageSettings,
+    WorkerConfig,
+)
+from recorder.record.metrics import MetricsServer
+from recorder.record.status import Console, ShardView, exit_summary, summary_line, table
+from recorder.record.worker import worker_main
+from recorder.segment.recover import recover_directory
+
+log = logging.getLogger("recorder.supervisor")
+
+RESTART_MIN_S = 0.1
+RESTART_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0
+
+
+@dataclass(slots=True)
+class ShardProcess:
+    shard: int
+    contracts: tuple[str, ...]
+    view: ShardView
+    process: BaseProcess | None = None
+    pipe: Connection | None = None
+    incarnation: int = 0
+    started_at: float = 0.0
+    restart_delay: float = RESTART_MIN_S
+    done: bool = False  # will not be restarted (stopped, fatal or refused)
+    restart_handle: asyncio.TimerHandle | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class RunSettings:
+    shards: list[tuple[str, ...]]  # contracts per shard (possibly empty)
+    connection: ConnectionSettings
+    storage: StorageSettings
+    duration_s: float | None = None
+    status_interval_s: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    stop_timeout_s: float = 15.0
+    log_level: int = logging.INFO
+    live: bool | None = None
+
+
+class Supervisor:
+    def __init__(self, settings: RunSettings, tokens: TokenProvider, console: Console | None = None) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.console = console or Console(live=settings.live)
+        self.run_id = uuid.uuid4().hex[:12]
+        self.shards = [ShardProcess(i, c, ShardView(i, len(c))) for i, c in enumerate(settings.shards)]
+        self.stopping = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self.fatal_message: str | None = None
+        self.accepted_any = False
+        self.started = time.monotonic()
+        self._ctx = multiprocessing.get_context("spawn")
+        self._token_task: asyncio.Task[None] | None = None
+        self._pending_fatal: dict[int, str] = {}  # a worker's last words, used when it exits
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self.stop, f"received {signal.Signals(sig).name}")
+        try:
+            token, gen = await self.tokens.initial()
+        except CredentialsRefused as exc:
+            self.console.log(f"ime-record: error: {exc}")
+            return EXIT_RUNTIME
+        active = [s for s in self.shards if s.contracts]
+        for s in self.shards:
+            if not s.contracts:
+                s.done = True
+                s.view.state = "empty"
+                log.warning("shard %d has no contracts (rendezvous hashing left it empty); not started", s.shard)
+        log.info("recording %d contracts on %d shards into %s (run %s, token from %s)",
+                 sum(len(s.contracts) for s in self.shards), len(active), self.settings.storage.out_dir,
+                 self.run_id, self.tokens.source)
+        for s in active:
+            self._spawn(s, token, gen)
+
+        metrics: MetricsServer | None = None
+        if self.settings.metrics_port is not None:
+            metrics = MetricsServer(lambda: [s.view for s in self.shards], self.settings.metrics_host,
+                                    self.settings.metrics_port)
+            port = await metrics.start()
+            log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host, port)
+        if self.settings.duration_s is not None:
+            reason = f"--duration {self.settings.duration_s:g}s reached"
+            self.loop.call_later(self.settings.duration_s, self.stop, reason)
+        status = asyncio.create_task(self._status_loop())
+        await self.stopping.wait()
+        await self._stop_workers()
+        status.cancel()
+        if metrics is not None:
+            await metrics.close()
+        self.console.close()
+        elapsed = time.monotonic() - self.started
+        for line in exit_summary([s.view for s in self.shards], elapsed):
+            self.console.log(line)
+        if self.fatal_message:
+            self.console.log(f"ime-record: error: {self.fatal_message}")
+        return self.exit_code
+
+    def stop(self, reason: str = "stopping", exit_code: int | None = None) -> None:
+        if exit_code is not None and self.exit_code == EXIT_OK:
+            self.exit_code = exit_code
+        if not self.stopping.is_set():
+            log.info("%s: sealing segments and stopping", reason)
+            self.stopping.set()
+
+    def fail(self, message: str) -> None:
+        if self.fatal_message is None:
+            self.fatal_message = message
+        self.stop("fatal error", EXIT_RUNTIME)
+
+    async def _stop_workers(self) -> None:
+        for s in self.shards:
+            s.done = True
+            if s.restart_handle is not None:
+                s.restart_handle.cancel()
+            self._send(s, {"type": "stop", "reason": "recorder stopping"})
+        running = [s for s in self.shards if s.process is not None and s.process.exitcode is None]
+        waits = [asyncio.ensure_future(s.exited.wait()) for s in running]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.settings.stop_timeout_s)
+            for w in pending:
+                w.cancel()
+        for s in running:
+            proc = s.process
+            if proc is not None and proc.exitcode is None:
+                log.error("shard %d did not stop within %.0fs; killing it and recovering its file", s.shard,
+                          self.settings.stop_timeout_s)
+                proc.kill()
+                await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
+                self._recover(s.shard)
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def _spawn(self, s: ShardProcess, token: str, gen: int) -> None:
+        assert self.loop is not None
+        s.incarnation += 1
+        s.exited = asyncio.Event()
+        cfg = WorkerConfig(
+            shard=s.shard,
+            shards=len(self.shards),
+            contracts=s.contracts,
+            connection=self.settings.connection,
+            storage=self.settings.storage,
+            run_id=self.run_id,
+            incarnation=s.incarnation,
+            token=token,
+            token_gen=gen,
+            status_interval_s=1.0,
+            log_level=self.settings.log_level,
+        )
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker_main, args=(cfg, child), name=f"ime-record-s{s.shard:02d}",
+                                 daemon=False)
+        proc.start()
+        child.close()
+        s.process, s.pipe, s.started_at = proc, parent, time.monotonic()
+        s.view.state = "running"
+        s.view.pid = proc.pid or 0
+        self.loop.add_reader(parent.fileno(), self._on_pipe, s)
+        self.loop.add_reader(proc.sentinel, self._on_exit, s)
+
+    def _on_exit(self, s: ShardProcess) -> None:
+        assert self.loop is not None and s.process is not None
+        self.loop.remove_reader(s.process.sentinel)
+        # The sentinel closes while the child is still exiting; it is waitable a moment later.
+        s.process.join(5)
+        code = s.process.exitcode
+        self._drain_pipe(s)
+        if s.pipe is not None:
+            self.loop.remove_reader(s.pipe.fileno())
+            s.pipe.close()
+            s.pipe = None
+        s.view.incarnation_ended()
+        s.exited.set()
+        lived = time.monotonic() - s.started_at
+        if code == WORKER_EXIT_OK and (s.done or self.stopping.is_set()):
+            s.view.state = "stopped"
+            return
+        if code == WORKER_EXIT_FATAL:
+            s.view.state = "failed"
+            s.done = True
+            self.fail(self._pending_fatal.pop(s.shard, f"shard {s.shard} failed"))
+            return
+        if code == WORKER_EXIT_REFUSED:
+            s.view.state = "refused"
+            s.done = True
+            message = self._pending_fatal.pop(s.shard, f"shard {s.shard}: every contract refused")
+            if all(x.view.state in ("refused", "empty") for x in self.shards):
+                self.fail(message)
+            else:
+                log.error("%s; the other shards keep recording", message)
+            return
+        if self.stopping.is_set() or s.done:
+            s.view.state = "stopped"
+            return
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        if lived >= HEALTHY_AFTER_S:
+            s.restart_delay = RESTART_MIN_S
+        delay = s.restart_delay
+        s.restart_delay = min(RESTART_MAX_S, s.restart_delay * 4)
+        s.view.restarts += 1
+        s.view.state = "restarting"
+        log.error("shard %d worker (pid %s) %s after %.1fs; restarting in %.1fs (restart %d); other shards unaffected",
+                  s.shard, s.process.pid, how, lived, delay, s.view.restarts)
+        s.restart_handle = self.loop.call_later(delay, self._restart, s)
+
+    def _restart(self, s: ShardProcess) -> None:
+        s.restart_handle = None
+        if self.stopping.is_set() or s.done:
+            return
+        # The new worker seals the .open file its predecessor left, beside recording.
+        self._spawn(s, self.tokens.token, self.tokens.gen)
+
+    def _recover(self, shard: int) -> None:
+        try:
+            for result in recover_directory(self.settings.storage.out_dir, shard):
+                log.warning("recovered %s", result)
+        except Exception as exc:
+            log.error("could not recover shard %d's open file: %s; run `ime-segments recover %s`", shard, exc,
+                      self.settings.storage.out_dir)
+
+    # --- messages from workers ------------------------------------------------------------------
+
+    def _on_pipe(self, s: ShardProcess) -> None:
+        self._drain_pipe(s)
+
+    def _drain_pipe(self, s: ShardProcess) -> None:
+        pipe = s.pipe
+        if pipe is None:
+            return
+        try:
+            while pipe.poll():
+                self._handle(s, pipe.recv())
+        except (EOFError, OSError):
+            if self.loop is not None and s.pipe is not None:
+                with contextlib.suppress(Exception):
+                    self.loop.remove_reader(pipe.fileno())
+
+    def _handle(self, s: ShardProcess, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind in ("status", "stopped"):
+            s.view.update(msg, time.monotonic())
+        elif kind == "log":
+            self.console.log(str(msg.get("line", "")))
+        elif kind == "accepted":
+            self.accepted_any = True
+        elif kind == "rejected":
+            s.view.rejected.extend(c for c in msg.get("contracts", []) if c not in s.view.rejected)
+        elif kind == "need_token":
+            self._token_task = asyncio.ensure_future(self._refresh(s, int(msg.get("gen", 0))))
+        elif kind == "fatal":
+            self._pending_fatal[s.shard] = str(msg.get("message"))
+        elif kind == "recovered":
+            log.info("shard %d: %s", s.shard, msg.get("message"))
+
+    async def _refresh(self, s: ShardProcess, used_gen: int) -> None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                token, gen = await self.tokens.refresh(used_gen)
+            except TokenUnavailable as exc:
+                log.warning("shard %d's token was refused and %s", s.shard, exc)
+                self._send(s, {"type": "token_unavailable"})
+                return
+            except CredentialsRefused as exc:
+                self.fail(str(exc))
+                return
+            except RuntimeFailure as exc:
+                # The token endpoint is down: keep trying; splitting contracts on an old token would be wrong.
+                log.error("%s; retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+                continue
+            if gen > used_gen:
+                log.info("new token obtained (generation %d); reconnecting refused connections", gen)
+            for other in self.shards:
+                self._send(other, {"type": "token", "token": token, "gen": gen})
+            return
+
+    def _send(self, s: ShardProcess, msg: dict[str, Any]) -> None:
+        if s.pipe is not None:
+            with contextlib.suppress(OSError, ValueError, BrokenPipeError):
+                s.pipe.send(msg)
+
+    # --- status ---------------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        last_line = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            views = [s.view for s in self.shards]
+            now = time.time_ns()
+            self.console.draw(table(views, now, time.monotonic() - self.started))
+            if not self.console.live and time.monotonic() - last_line >= self.settings.status_interval_s:
+                last_line = time.monotonic()
+                log.info(summary_line(views, now))
+
+
+def run_supervisor(settings: RunSettings, tokens: TokenProvider) -> int:
+    import uvloop
+
+    return uvloop.run(Supervisor(settings, tokens).run())
+

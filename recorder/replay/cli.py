@@ -1,0 +1,193 @@
+"""`ime-replay`: play recorded segments back at the original pace (or faster) to stdout or a WebSocket server."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import click
+
+from recorder.cli_support import one_line_errors, setup_logging
+from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.feed.message import identifier_of
+from recorder.humanize import human_duration
+from recorder.replay.pacing import Pacer, parse_speed
+from recorder.replay.player import ReplayReport, Row, play
+from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.segment.output import jsonl_line
+from recorder.segment.reader import SegmentFile, discover, open_segment
+from recorder.segment.selection import Selection, recorded_contracts
+from recorder.segment.stats import RecordingStats
+from recorder.timeparse import format_ns, parse_time
+
+PROG = "ime-replay"
+_EVENT = int(RecordKind.EVENT)
+
+
+def expand(paths: Iterable[str]) -> list[Path]:
+    """Files, directories and (quoted) globs → segment files."""
+    out: list[str] = []
+    for p in paths:
+        if any(ch in p for ch in "*?["):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise UserError(f"{p}: no file matches")
+            out.extend(matches)
+        elif not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+        else:
+            out.append(p)
+    files = discover(out)
+    if not files:
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
+    return files
+
+
+def open_segments(paths: Iterable[str]) -> list[SegmentFile]:
+    segments = []
+    for f in expand(paths):
+        try:
+            segments.append(open_segment(f))
+        except SegmentFormatError as exc:
+            raise UserError(f"{f}: {exc}") from None
+    return segments
+
+
+def check_contracts(segments: list[SegmentFile], contracts: tuple[str, ...]) -> None:
+    known = recorded_contracts(segments)
+    if not known:
+        return  # files without a subscription list in their header: nothing to check against
+    unknown = [c for c in contracts if c not in known]
+    if unknown:
+        sample = ", ".join(sorted(known)[:8]) + (" …" if len(known) > 8 else "")
+        raise UserError(f"contract {unknown[0]!r} is not in the recording (it has: {sample})")
+
+
+class StreamSink:
+    """Writes batches as JSON lines or raw payloads; events are JSON lines only."""
+
+    def __init__(self, stream: IO[bytes], fmt: str) -> None:
+        self.stream = stream
+        self.raw = fmt == "raw"
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def emit(self, batch: list[Row]) -> None:
+        parts = self._parts
+        if self.raw:
+            for rec, _ in batch:
+                if rec.kind != _EVENT:
+                    parts.append(rec.payload)
+                    parts.append(b"\n")
+                    self._size += len(rec.payload) + 1
+        else:
+            for rec, contract in batch:
+                line = jsonl_line(rec, contract)
+                parts.append(line)
+                self._size += len(line)
+        if self._size >= 1 << 16:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            self.stream.write(b"".join(self._parts))
+            self._parts.clear()
+            self._size = 0
+        self.stream.flush()
+
+
+def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
+    stats = RecordingStats()
+    for rec, _ in selection.rows(segments, identify=False):
+        stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
+    first = format_ns(stats.first_ns) if stats.first_ns is not None else "-"
+    last = format_ns(stats.last_ns) if stats.last_ns is not None else "-"
+    span = (stats.last_ns - stats.first_ns) / 1e9 if stats.first_ns is not None and stats.last_ns else 0.0
+    shards = sorted({s.shard for s in segments})
+    click.echo(f"{len(segments)} files, shards {', '.join(map(str, shards))}: {stats.records} records "
+               f"from {first} to {last} ({human_duration(span)})")
+    click.echo(f"{'CONTRACT':<30} {'RECORDS':>9} {'FIRST':<24} {'LAST':<24}")
+    for name, c in sorted(stats.contracts.items()):
+        click.echo(f"{name:<30} {c.records:>9} {format_ns(c.first_ns)[:23]:<24} {format_ns(c.last_ns)[:23]:<24}")
+    if stats.events:
+        click.echo("connection events: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items())))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--speed", default="1x", show_default=True, help="1x, 10x, 0.25x … or max (no pacing).")
+@click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
+@click.option("--from", "start", help="Start at this receive time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--to", "end", help="Stop before this receive time.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
+              help="stdout format: JSON lines (time, contract, frame) or raw payloads, one per line.")
+@click.option("--max-gap", type=click.FloatRange(min=0), help="Shorten idle periods longer than this many seconds.")
+@click.option("--list", "listing", is_flag=True, help="Show what would be played (contracts, times, counts).")
+@click.option("--serve", metavar="[HOST:]PORT", help="Serve an IME-compatible WebSocket endpoint instead of stdout.")
+@click.option("--start", "start_mode", type=click.Choice(["first-client", "now"]), default="first-client",
+              show_default=True, help="With --serve: when the replay clock starts.")
+@click.option("--token", envvar="IME_REPLAY_TOKEN", help="With --serve: clients must send this Authorization token.")
+@click.option("-q", "--quiet", is_flag=True, help="No timing report.")
+@one_line_errors(PROG)
+def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
+         fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str, token: str | None,
+         quiet: bool) -> None:
+    """Play recorded IME segments back in receive-time order, all shards merged.
+
+    \b
+    Examples:
+      ime-replay ime-data/ --speed 10x --format raw | my-backtest
+      ime-replay 'ime-data/*.zst' --contract 1001 --from 2026-11-23T09:00:00Z --speed max
+      ime-replay ime-data/ --serve 127.0.0.1:8765 --speed 1x
+    """
+    setup_logging(0, quiet)
+    factor = parse_speed(speed)
+    segments = open_segments(paths)
+    check_contracts(segments, contracts)
+    selection = Selection(frozenset(contracts), parse_time(start) if start else None,
+                          parse_time(end) if end else None, events=True)
+    if listing:
+        print_listing(segments, selection)
+        damaged = report_damage(segments)
+        sys.exit(EXIT_RUNTIME if damaged else 0)
+    pacer = Pacer(factor, int(max_gap * 1e9) if max_gap is not None else None)
+    if serve is not None:
+        from recorder.replay.serve import serve_replay
+
+        report = serve_replay(segments, selection, pacer, serve, start_mode, token)
+    else:
+        report = replay_to_stdout(segments, selection, pacer, fmt)
+    if not quiet:
+        for line in report.lines():
+            click.echo(f"{PROG}: {line}", err=True)
+    if report_damage(segments):
+        sys.exit(EXIT_RUNTIME)
+
+
+def replay_to_stdout(segments: list[SegmentFile], selection: Selection, pacer: Pacer, fmt: str) -> ReplayReport:
+    sink = StreamSink(sys.stdout.buffer, fmt)
+    stop = {"flag": False}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop["flag"] = True
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    try:
+        return play(selection.rows(segments, identify=fmt == "jsonl"), pacer, sink.emit, sink.flush,
+                    should_stop=lambda: stop["flag"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def report_damage(segments: list[SegmentFile]) -> int:
+    count = 0
+    for seg in segments:
+        for d in seg.damage:
+            click.echo(f"{PROG}: warning: {d} (played what verified)", err=True)
+            count += 1
+    return count

@@ -1,0 +1,3 @@
+from recorder.segment.cli import main
+
+main()

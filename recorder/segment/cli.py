@@ -1,0 +1,238 @@
+"""`ime-segments`: ls, cat, verify, stats and recover for segment files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+import orjson
+
+from recorder.cli_support import one_line_errors
+from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.feed.message import identifier_of
+from recorder.humanize import human_bytes, human_duration
+from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.segment.naming import OPEN_SUFFIX
+from recorder.segment.output import jsonl_line
+from recorder.segment.reader import Damage, Record, SegmentFile, discover, merge_records, open_segment
+from recorder.segment.recover import recover
+from recorder.segment.selection import Selection
+from recorder.segment.stats import RecordingStats
+from recorder.timeparse import format_ns, parse_time
+
+PROG = "ime-segments"
+
+
+def open_all(paths: Iterable[str]) -> list[SegmentFile]:
+    """Open every segment named (directories expanded); any that is not one is a usage error."""
+    given = list(paths)
+    for p in given:
+        if not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+    files = discover(given)
+    if not files:
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}")
+    segments = []
+    for f in files:
+        try:
+            segments.append(open_segment(f))
+        except SegmentFormatError as exc:
+            raise UserError(f"{f}: {exc}") from None
+        except IsADirectoryError:
+            continue
+    return segments
+
+
+def state_of(seg: SegmentFile) -> str:
+    if seg.damage:
+        return "damaged" if seg.sealed or not seg.path.name.endswith(OPEN_SUFFIX) else "open,truncated"
+    return "sealed" if seg.sealed else "open"
+
+
+def report_damage(damage: Iterable[Damage]) -> int:
+    count = 0
+    for d in damage:
+        click.echo(f"{PROG}: warning: {d}", err=True)
+        count += 1
+    return count
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ime-recorder", prog_name=PROG)
+def cli() -> None:
+    """Inspect, read, check and repair ime-recorder segment files (*.zst)."""
+
+
+@cli.command("ls")
+@click.argument("paths", nargs=-1, required=True)
+@one_line_errors(PROG)
+def ls_cmd(paths: tuple[str, ...]) -> None:
+    """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
+    segments = sorted(open_all(paths), key=lambda s: (s.shard, s.start_ns, str(s.path)))
+    click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} "
+               f"{'RAW':>10} {'ZST':>10} {'RATIO':>6} STATE")
+    for seg in segments:
+        lo, hi = seg.min_ts, seg.max_ts
+        ratio = seg.raw_bytes / seg.compressed_bytes if seg.compressed_bytes else 0.0
+        click.echo(
+            f"{seg.path.name:<44} {seg.shard:>5} {format_ns(lo)[:23] if lo else '-':<24} "
+            f"{format_ns(hi)[:23] if hi else '-':<24} {seg.records:>10} {human_bytes(seg.raw_bytes):>10} "
+            f"{human_bytes(seg.size):>10} {ratio:>5.1f}x {state_of(seg)}"
+        )
+    report_damage(d for s in segments for d in s.damage)
+
+
+def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> int:
+    """Raw: payloads of frames only, newline-terminated (events are not frames); jsonl: everything."""
+    count = 0
+    buf: list[bytes] = []
+    for rec, contract in rows:
+        if fmt == "raw":
+            if rec.kind == RecordKind.EVENT:
+                continue
+            buf.append(rec.payload)
+            buf.append(b"\n")
+        else:
+            buf.append(jsonl_line(rec, contract))
+        count += 1
+        if len(buf) >= 2048:
+            stream.write(b"".join(buf))
+            buf.clear()
+    stream.write(b"".join(buf))
+    stream.flush()
+    return count
+
+
+@cli.command("cat")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
+@click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--to", "end", help="End time (exclusive), same forms as --from.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
+              help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Include connection events (jsonl only, and only without --contract).")
+@one_line_errors(PROG)
+def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, fmt: str,
+            events: bool) -> None:
+    """Records of one or many files, merged by receive time across shards."""
+    segments = open_all(paths)
+    selection = Selection(frozenset(contracts), parse_time(start) if start else None,
+                          parse_time(end) if end else None, events)
+    write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    if report_damage(d for s in segments for d in s.damage):
+        sys.exit(EXIT_RUNTIME)
+
+
+@cli.command("verify")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
+@one_line_errors(PROG)
+def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
+    """Check every frame and checksum; exit 0 only when every file is intact."""
+    for p in paths:
+        if not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+    files = discover(paths)
+    if not files:
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
+    bad = 0
+    for f in files:
+        try:
+            seg = open_segment(f)
+        except SegmentFormatError as exc:
+            click.echo(f"BAD  {f}: {exc}")
+            bad += 1
+            continue
+        problems = seg.verify()
+        if problems:
+            bad += 1
+            for d in problems:
+                click.echo(f"BAD  {d}")
+        elif not quiet:
+            state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
+            click.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
+    if bad:
+        click.echo(f"{PROG}: {bad} of {len(files)} files damaged", err=True)
+        sys.exit(EXIT_RUNTIME)
+
+
+@cli.command("stats")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@one_line_errors(PROG)
+def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
+    """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
+    segments = open_all(paths)
+    stats = RecordingStats()
+    for rec in merge_records(segments):
+        stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
+    damaged = report_damage(d for s in segments for d in s.damage)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(stats_document(stats), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print_stats(stats)
+    if damaged:
+        sys.exit(EXIT_RUNTIME)
+
+
+def stats_document(stats: RecordingStats) -> dict[str, object]:
+    return {
+        "records": stats.records,
+        "first": format_ns(stats.first_ns) if stats.first_ns is not None else None,
+        "last": format_ns(stats.last_ns) if stats.last_ns is not None else None,
+        "contracts": {
+            name: {
+                "records": c.records,
+                "first": format_ns(c.first_ns),
+                "last": format_ns(c.last_ns),
+                "mean_rate_per_s": round(c.mean_rate, 3),
+                "max_rate_per_s": c.max_per_second,
+                "largest_gap_s": round(c.largest_gap_ns / 1e9, 6),
+                "largest_gap_after": format_ns(c.largest_gap_at_ns) if c.records > 1 else None,
+            }
+            for name, c in sorted(stats.contracts.items())
+        },
+        "events": dict(stats.events),
+        "close_codes": {str(k): v for k, v in sorted(stats.close_codes.items())},
+    }
+
+
+def print_stats(stats: RecordingStats) -> None:
+    first = format_ns(stats.first_ns) if stats.first_ns is not None else "-"
+    last = format_ns(stats.last_ns) if stats.last_ns is not None else "-"
+    click.echo(f"{stats.records} records from {first} to {last}")
+    click.echo(f"{'CONTRACT':<28} {'RECORDS':>9} {'FIRST':<24} {'LAST':<24} {'MEAN/s':>9} {'MAX/s':>7} LARGEST GAP")
+    for name, c in sorted(stats.contracts.items()):
+        click.echo(f"{name:<28} {c.records:>9} {format_ns(c.first_ns)[:23]:<24} {format_ns(c.last_ns)[:23]:<24} "
+                   f"{c.mean_rate:>9.1f} {c.max_per_second:>7} {human_duration(c.largest_gap_ns / 1e9)}")
+    if stats.events:
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items()))
+        click.echo(f"connection events: {summary}")
+    if stats.close_codes:
+        click.echo("close codes: " + ", ".join(f"{k}×{v}" for k, v in sorted(stats.close_codes.items())))
+
+
+@cli.command("recover")
+@click.argument("paths", nargs=-1, required=True)
+@one_line_errors(PROG)
+def recover_cmd(paths: tuple[str, ...]) -> None:
+    """Seal `.open` files left by a crash, keeping every complete frame (directories: every .open file)."""
+    for p in paths:
+        if not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+    targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
+    if not targets:
+        raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
+    for f in targets:
+        try:
+            click.echo(str(recover(f)))
+        except SegmentFormatError as exc:
+            raise UserError(f"{f}: {exc}") from None
+
+
+def main() -> None:
+    cli(prog_name=PROG)

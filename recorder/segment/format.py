@@ -1,0 +1,312 @@
+"""The segment file format, version 1: byte layouts and their pure encoders/decoders.
+
+docs/FORMAT.md is the normative description; this module is its executable twin. Nothing here does I/O.
+
+File layout (all integers little-endian):
+
+    Header            skippable frame 0x184D2A50
+    ( Descriptor      skippable frame 0x184D2A51   -- says how big the next data frame is
+      DataFrame )*    standard zstd frame, content size + content checksum
+    FooterIndex       skippable frame 0x184D2A52   -- only in sealed files
+    SeekTable         skippable frame 0x184D2A5E   -- zstd seekable format, only in sealed files
+
+Each descriptor precedes its data frame so that a reader can hop over an unsealed file without
+decompressing anything, and so that a truncated data frame is recognised by its size alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+ZSTD_FRAME_MAGIC = 0xFD2FB528
+SKIPPABLE_MAGIC_HEADER = 0x184D2A50
+SKIPPABLE_MAGIC_DESCRIPTOR = 0x184D2A51
+SKIPPABLE_MAGIC_INDEX = 0x184D2A52
+SKIPPABLE_MAGIC_SEEK_TABLE = 0x184D2A5E
+SKIPPABLE_MAGIC_MIN = 0x184D2A50
+SKIPPABLE_MAGIC_MAX = 0x184D2A5F
+SEEKABLE_MAGIC = 0x8F92EAB1
+SEEK_TABLE_CHECKSUM_FLAG = 0x80
+# XXH64 of zero bytes, low 32 bits: the seek-table checksum of a frame that decompresses to nothing.
+XXH64_EMPTY_LOW32 = 0x51D8E999
+SEEKABLE_MAX_FRAMES = 0x8000000
+
+TAG_HEADER = b"IMEH"
+TAG_DESCRIPTOR = b"IMED"
+TAG_INDEX = b"IMEI"
+
+SKIP_HEAD = struct.Struct("<II")  # magic, content size
+U32 = struct.Struct("<I")
+
+# Record header inside a decompressed data block: ts_ns, conn, kind, payload length.
+RECORD_HEADER = struct.Struct("<qIBI")
+BLOCK_COUNT = U32
+
+# Descriptor body (after the 4-byte tag, before the CRC).
+DESCRIPTOR_BODY = struct.Struct("<IIIIIqqII")
+DESCRIPTOR_CONTENT_SIZE = 4 + DESCRIPTOR_BODY.size + 4
+DESCRIPTOR_FRAME_SIZE = SKIP_HEAD.size + DESCRIPTOR_CONTENT_SIZE
+
+SEEK_ENTRY = struct.Struct("<III")
+SEEK_FOOTER = struct.Struct("<IBI")
+HEADER_FIXED = struct.Struct("<4sHHI")
+INDEX_FIXED = struct.Struct("<4sI")
+INDEX_ENTRY = struct.Struct("<Q")
+
+
+class SegmentFormatError(Exception):
+    """The bytes are not a valid segment (or not this part of one)."""
+
+
+class TruncatedHeaderError(SegmentFormatError):
+    """The file ends inside its header: it was cut before anything was recorded in it."""
+
+
+class NewerFormatError(SegmentFormatError):
+    """The file was written by a newer major format version this reader cannot read."""
+
+
+class RecordKind(enum.IntEnum):
+    TEXT = 1
+    BINARY = 2
+    EVENT = 3
+
+
+KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binary", RecordKind.EVENT: "event"}
+
+
+def crc32(data: bytes | bytearray | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def skippable(magic: int, content: bytes) -> bytes:
+    return SKIP_HEAD.pack(magic, len(content)) + content
+
+
+# --- header -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    major: int
+    minor: int
+    meta: dict[str, Any]
+
+
+def encode_header(meta: dict[str, Any]) -> bytes:
+    meta_bytes = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
+    body = HEADER_FIXED.pack(TAG_HEADER, FORMAT_MAJOR, FORMAT_MINOR, len(meta_bytes)) + meta_bytes
+    return skippable(SKIPPABLE_MAGIC_HEADER, body + U32.pack(crc32(body)))
+
+
+def decode_header_content(content: bytes) -> SegmentHeader:
+    if len(content) < HEADER_FIXED.size + 4:
+        raise SegmentFormatError("header is too short")
+    tag, major, minor, meta_len = HEADER_FIXED.unpack_from(content)
+    if tag != TAG_HEADER:
+        raise SegmentFormatError("header tag is not IMEH")
+    if major > FORMAT_MAJOR:
+        raise NewerFormatError(
+            f"written by format version {major}.{minor}; this reader understands {FORMAT_MAJOR}.x "
+            "— upgrade ime-recorder"
+        )
+    end = HEADER_FIXED.size + meta_len
+    if end + 4 != len(content):
+        raise SegmentFormatError("header length fields disagree")
+    (stored,) = U32.unpack_from(content, end)
+    if crc32(content[:end]) != stored:
+        raise SegmentFormatError("header checksum mismatch")
+    try:
+        meta = orjson.loads(content[HEADER_FIXED.size:end])
+    except orjson.JSONDecodeError as exc:
+        raise SegmentFormatError(f"header metadata is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SegmentFormatError("header metadata is not a JSON object")
+    return SegmentHeader(major, minor, meta)
+
+
+# --- frame descriptor ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """What a descriptor says about the data frame that follows it."""
+
+    seq: int
+    compressed_size: int
+    raw_size: int
+    records: int
+    events: int
+    min_ts: int
+    max_ts: int
+    frame_crc: int
+    checksum: int  # the zstd content checksum (low 32 bits of XXH64 of the block), for the seek table
+    offset: int = -1  # file offset of the descriptor; -1 while unknown
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + DESCRIPTOR_FRAME_SIZE
+
+    @property
+    def end_offset(self) -> int:
+        return self.data_offset + self.compressed_size
+
+
+def encode_descriptor(info: FrameInfo) -> bytes:
+    body = TAG_DESCRIPTOR + DESCRIPTOR_BODY.pack(
+        info.seq, info.compressed_size, info.raw_size, info.records, info.events,
+        info.min_ts, info.max_ts, info.frame_crc, info.checksum,
+    )
+    return skippable(SKIPPABLE_MAGIC_DESCRIPTOR, body + U32.pack(crc32(body)))
+
+
+def decode_descriptor_content(content: bytes, offset: int) -> FrameInfo:
+    if len(content) != DESCRIPTOR_CONTENT_SIZE:
+        raise SegmentFormatError(f"frame descriptor has {len(content)} bytes, expected {DESCRIPTOR_CONTENT_SIZE}")
+    if content[:4] != TAG_DESCRIPTOR:
+        raise SegmentFormatError("frame descriptor tag is not IMED")
+    (stored,) = U32.unpack_from(content, DESCRIPTOR_CONTENT_SIZE - 4)
+    if crc32(content[:-4]) != stored:
+        raise SegmentFormatError("frame descriptor checksum mismatch")
+    seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum = DESCRIPTOR_BODY.unpack_from(
+        content, 4
+    )
+    return FrameInfo(seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum, offset)
+
+
+# --- data block (decompressed content of a data frame) ----------------------------------------
+
+def block_payload_base(records: int) -> int:
+    return BLOCK_COUNT.size + RECORD_HEADER.size * records
+
+
+def decode_block(block: bytes, expected_records: int) -> list[tuple[int, int, int, bytes]]:
+    """Split a verified block into (ts_ns, conn, kind, payload) tuples; raise if it is inconsistent."""
+    if len(block) < BLOCK_COUNT.size:
+        raise SegmentFormatError("data block shorter than its record count")
+    (count,) = BLOCK_COUNT.unpack_from(block)
+    if count != expected_records:
+        raise SegmentFormatError(f"data block holds {count} records, descriptor says {expected_records}")
+    base = block_payload_base(count)
+    if base > len(block):
+        raise SegmentFormatError("data block shorter than its record headers")
+    out: list[tuple[int, int, int, bytes]] = []
+    append = out.append
+    pos = base
+    for ts, conn, kind, length in RECORD_HEADER.iter_unpack(memoryview(block)[BLOCK_COUNT.size:base]):
+        end = pos + length
+        append((ts, conn, kind, block[pos:end]))
+        pos = end
+    if pos != len(block):
+        raise SegmentFormatError("record lengths do not add up to the data block size")
+    return out
+
+
+# --- footer index -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FooterIndex:
+    frames: tuple[FrameInfo, ...]
+    seal: dict[str, Any]
+
+
+def encode_index(frames: list[FrameInfo], seal: dict[str, Any]) -> bytes:
+    parts = [INDEX_FIXED.pack(TAG_INDEX, len(frames))]
+    for f in frames:
+        parts.append(INDEX_ENTRY.pack(f.offset))
+        parts.append(DESCRIPTOR_BODY.pack(
+            f.seq, f.compressed_size, f.raw_size, f.records, f.events, f.min_ts, f.max_ts,
+            f.frame_crc, f.checksum,
+        ))
+    seal_bytes = orjson.dumps(seal, option=orjson.OPT_SORT_KEYS)
+    parts.append(U32.pack(len(seal_bytes)))
+    parts.append(seal_bytes)
+    body = b"".join(parts)
+    return skippable(SKIPPABLE_MAGIC_INDEX, body + U32.pack(crc32(body)))
+
+
+def decode_index_content(content: bytes) -> FooterIndex:
+    if len(content) < INDEX_FIXED.size + 8:
+        raise SegmentFormatError("footer index is too short")
+    (stored,) = U32.unpack_from(content, len(content) - 4)
+    if crc32(content[:-4]) != stored:
+        raise SegmentFormatError("footer index checksum mismatch")
+    tag, count = INDEX_FIXED.unpack_from(content)
+    if tag != TAG_INDEX:
+        raise SegmentFormatError("footer index tag is not IMEI")
+    entry = INDEX_ENTRY.size + DESCRIPTOR_BODY.size
+    pos = INDEX_FIXED.size
+    if pos + count * entry + 8 > len(content):
+        raise SegmentFormatError("footer index is shorter than its frame count")
+    frames = []
+    for _ in range(count):
+        (offset,) = INDEX_ENTRY.unpack_from(content, pos)
+        fields = DESCRIPTOR_BODY.unpack_from(content, pos + INDEX_ENTRY.size)
+        frames.append(FrameInfo(*fields, offset=offset))
+        pos += entry
+    (seal_len,) = U32.unpack_from(content, pos)
+    pos += 4
+    if pos + seal_len + 4 != len(content):
+        raise SegmentFormatError("footer index length fields disagree")
+    try:
+        seal = orjson.loads(content[pos:pos + seal_len])
+    except orjson.JSONDecodeError as exc:
+        raise SegmentFormatError(f"footer seal metadata is not JSON: {exc}") from None
+    return FooterIndex(tuple(frames), seal if isinstance(seal, dict) else {})
+
+
+# --- seek table (zstd seekable format) ----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SeekEntry:
+    compressed_size: int
+    decompressed_size: int
+    checksum: int
+
+
+def encode_seek_table(entries: list[SeekEntry]) -> bytes:
+    if len(entries) > SEEKABLE_MAX_FRAMES:
+        raise SegmentFormatError("too many frames for one seek table")
+    body = b"".join(SEEK_ENTRY.pack(e.compressed_size, e.decompressed_size, e.checksum) for e in entries)
+    footer = SEEK_FOOTER.pack(len(entries), SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_MAGIC)
+    return skippable(SKIPPABLE_MAGIC_SEEK_TABLE, body + footer)
+
+
+def decode_seek_footer(tail: bytes) -> int:
+    """Number of frames, from the last 9 bytes of a sealed file."""
+    frames, descriptor, magic = SEEK_FOOTER.unpack(tail)
+    if magic != SEEKABLE_MAGIC:
+        raise SegmentFormatError("no seek table at the end of the file (not sealed)")
+    if descriptor != SEEK_TABLE_CHECKSUM_FLAG:
+        raise SegmentFormatError(f"seek table descriptor {descriptor:#x} is not supported")
+    if frames > SEEKABLE_MAX_FRAMES:
+        raise SegmentFormatError("seek table frame count is out of range")
+    return frames
+
+
+def seek_table_size(frames: int) -> int:
+    return SKIP_HEAD.size + frames * SEEK_ENTRY.size + SEEK_FOOTER.size
+
+
+def decode_seek_table(frame: bytes) -> list[SeekEntry]:
+    magic, size = SKIP_HEAD.unpack_from(frame)
+    frames = decode_seek_footer(frame[-SEEK_FOOTER.size:])
+    if magic != SKIPPABLE_MAGIC_SEEK_TABLE or size != len(frame) - SKIP_HEAD.size or (
+        size != frames * SEEK_ENTRY.size + SEEK_FOOTER.size
+    ):
+        raise SegmentFormatError("seek table frame header is inconsistent")
+    return [SeekEntry(*SEEK_ENTRY.unpack_from(frame, SKIP_HEAD.size + i * SEEK_ENTRY.size))
+            for i in range(frames)]
+
+
+def zstd_content_checksum(frame: bytes | bytearray | memoryview) -> int:
+    """The content checksum a zstd frame carries in its last 4 bytes (low 32 bits of XXH64)."""
+    (value,) = U32.unpack_from(frame, len(frame) - 4)
+    return value

@@ -1,0 +1,40 @@
+"""Segment file names: they sort by time within a shard and say which shard wrote them."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+SEALED_SUFFIX = ".zst"
+OPEN_SUFFIX = ".zst.open"
+TAIL_SUFFIX = ".zst.tail"
+
+_NAME = re.compile(r"^(?P<prefix>.+)-s(?P<shard>\d{2,})-(?P<stamp>\d{8}T\d{6}\.\d{3})Z\.zst(?:\.open)?$")
+
+
+def segment_name(prefix: str, shard: int, start_ns: int) -> str:
+    """`ime-s02-20261123T120000.123Z.zst`: millisecond precision keeps quick rotations distinct."""
+    stamp = datetime.fromtimestamp(start_ns / 1e9, tz=UTC)
+    ms = (start_ns // 1_000_000) % 1000
+    return f"{prefix}-s{shard:02d}-{stamp:%Y%m%dT%H%M%S}.{ms:03d}Z{SEALED_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> tuple[str, int, str] | None:
+    """(prefix, shard, stamp) of a segment file name, or None when it is not one of ours."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    return m["prefix"], int(m["shard"]), m["stamp"]
+
+
+def is_open(path: Path) -> bool:
+    return path.name.endswith(OPEN_SUFFIX)
+
+
+def sealed_path(open_path: Path) -> Path:
+    return open_path.with_name(open_path.name[: -len(".open")])
+
+
+def open_path_for(sealed: Path) -> Path:
+    return sealed.with_name(sealed.name + ".open")

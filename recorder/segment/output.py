@@ -1,0 +1,49 @@
+"""Rendering records for people and pipes: JSON lines, or the raw payloads."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+
+from recorder.segment.format import KIND_NAMES, RecordKind
+from recorder.segment.reader import Record
+from recorder.timeparse import format_ns
+
+_TEXT = int(RecordKind.TEXT)
+_EVENT = int(RecordKind.EVENT)
+
+
+def jsonl_line(rec: Record, contract: str | None) -> bytes:
+    """One JSON object: receive time (ns and ISO), shard, connection, kind, contract and the frame itself.
+
+    A frame that is valid JSON is embedded byte for byte (orjson.Fragment), not re-serialised, so the
+    output carries exactly what the server sent; other text goes in "text", binary in "base64".
+    """
+    out: dict[str, object] = {
+        "recv_ns": rec.ts_ns,
+        "recv": format_ns(rec.ts_ns),
+        "shard": rec.shard,
+        "conn": rec.conn,
+        "kind": KIND_NAMES.get(rec.kind, str(rec.kind)),
+    }
+    if rec.kind == _TEXT:
+        if contract is not None:
+            # identifier_of parsed it already, so it is valid JSON.
+            out["contract"] = contract
+            out["frame"] = orjson.Fragment(rec.payload)
+        else:
+            try:
+                orjson.loads(rec.payload)
+                out["frame"] = orjson.Fragment(rec.payload)
+            except orjson.JSONDecodeError:
+                out["text"] = rec.payload.decode("utf-8", "replace")
+    elif rec.kind == _EVENT:
+        try:
+            orjson.loads(rec.payload)
+            out["event"] = orjson.Fragment(rec.payload)
+        except orjson.JSONDecodeError:
+            out["text"] = rec.payload.decode("utf-8", "replace")
+    else:
+        out["base64"] = base64.b64encode(rec.payload).decode()
+    return orjson.dumps(out) + b"\n"

@@ -1,0 +1,396 @@
+"""Reading segment files: the index (without decompressing), verified records, time seeks, merges.
+
+Every data frame is checked before any of its records is yielded: the descriptor's CRC, the CRC of
+the compressed bytes, the zstd content checksum, the decompressed size and the record layout. A frame
+that fails is skipped and reported as `Damage`; the file's other frames are still read. A truncated
+tail (a crash mid-write) ends the file and is reported with the number of records salvaged.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import zstandard
+
+from recorder.segment.format import (
+    DESCRIPTOR_CONTENT_SIZE,
+    DESCRIPTOR_FRAME_SIZE,
+    SEEK_FOOTER,
+    SKIP_HEAD,
+    SKIPPABLE_MAGIC_DESCRIPTOR,
+    SKIPPABLE_MAGIC_HEADER,
+    SKIPPABLE_MAGIC_INDEX,
+    SKIPPABLE_MAGIC_MAX,
+    SKIPPABLE_MAGIC_MIN,
+    SKIPPABLE_MAGIC_SEEK_TABLE,
+    XXH64_EMPTY_LOW32,
+    ZSTD_FRAME_MAGIC,
+    FooterIndex,
+    FrameInfo,
+    SeekEntry,
+    SegmentFormatError,
+    SegmentHeader,
+    TruncatedHeaderError,
+    crc32,
+    decode_block,
+    decode_descriptor_content,
+    decode_header_content,
+    decode_index_content,
+    decode_seek_footer,
+    decode_seek_table,
+    seek_table_size,
+)
+from recorder.segment.naming import OPEN_SUFFIX, SEALED_SUFFIX
+
+MAX_HEADER_BYTES = 16 << 20
+
+
+class Record(NamedTuple):
+    ts_ns: int
+    shard: int
+    conn: int
+    kind: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A part of a file that could not be read; says where and why."""
+
+    path: Path
+    offset: int
+    frame: int | None
+    reason: str
+    records_lost: int | None = None  # known when a valid descriptor named the count
+
+    def __str__(self) -> str:
+        where = f"frame {self.frame} at offset {self.offset}" if self.frame is not None else f"offset {self.offset}"
+        lost = f" ({self.records_lost} records unreadable)" if self.records_lost else ""
+        return f"{self.path}: {where}: {self.reason}{lost}"
+
+
+@dataclass(slots=True)
+class SegmentFile:
+    """An opened segment: header, frame index and what was found damaged while indexing."""
+
+    path: Path
+    header: SegmentHeader
+    frames: list[FrameInfo]
+    sealed: bool
+    size: int
+    seal: dict[str, object] = field(default_factory=dict)
+    damage: list[Damage] = field(default_factory=list)
+    truncated: bool = False
+    records_salvaged: int = 0
+
+    # --- index-only figures (no decompression) --------------------------------------------------
+
+    @property
+    def shard(self) -> int:
+        value = self.header.meta.get("shard", 0)
+        return value if isinstance(value, int) else 0
+
+    @property
+    def start_ns(self) -> int:
+        value = self.header.meta.get("start_ns", 0)
+        return value if isinstance(value, int) else 0
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.frames)
+
+    @property
+    def events(self) -> int:
+        return sum(f.events for f in self.frames)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(f.raw_size for f in self.frames)
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(f.compressed_size for f in self.frames)
+
+    @property
+    def min_ts(self) -> int | None:
+        return min((f.min_ts for f in self.frames if f.records), default=None)
+
+    @property
+    def max_ts(self) -> int | None:
+        return max((f.max_ts for f in self.frames if f.records), default=None)
+
+    # --- records --------------------------------------------------------------------------------
+
+    def iter_records(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Record]:
+        """Verified records with start_ns <= ts < end_ns, in file order; damage goes to `self.damage`."""
+        shard = self.shard
+        for block_records in self.iter_blocks(start_ns, end_ns):
+            if start_ns is None and end_ns is None:
+                for ts, conn, kind, payload in block_records:
+                    yield Record(ts, shard, conn, kind, payload)
+            else:
+                lo = start_ns if start_ns is not None else -(1 << 63)
+                hi = end_ns if end_ns is not None else 1 << 63
+                for ts, conn, kind, payload in block_records:
+                    if lo <= ts < hi:
+                        yield Record(ts, shard, conn, kind, payload)
+
+    def iter_blocks(self, start_ns: int | None = None,
+                    end_ns: int | None = None) -> Iterator[list[tuple[int, int, int, bytes]]]:
+        """Each selected frame's records, verified; the index picks frames, so earlier ones are never read."""
+        dctx = zstandard.ZstdDecompressor()
+        with open(self.path, "rb", buffering=0) as fh:
+            for info in self.frames:
+                if not info.records:
+                    continue
+                if start_ns is not None and info.max_ts < start_ns:
+                    continue
+                if end_ns is not None and info.min_ts >= end_ns:
+                    continue
+                try:
+                    records = read_frame(fh, info, dctx)
+                except SegmentFormatError as exc:
+                    self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
+                    continue
+                self.records_salvaged += len(records)
+                yield records
+
+    def verify(self) -> list[Damage]:
+        """Check every frame, checksum and the seal; return all damage found (empty = intact)."""
+        found: list[Damage] = list(self.damage)
+        dctx = zstandard.ZstdDecompressor()
+        with open(self.path, "rb", buffering=0) as fh:
+            for info in self.frames:
+                try:
+                    records = read_frame(fh, info, dctx)
+                    check_timestamps(records, info)
+                except SegmentFormatError as exc:
+                    found.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
+            if self.sealed:
+                found.extend(verify_seal(fh, self))
+        return found
+
+
+def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor) -> list[
+        tuple[int, int, int, bytes]]:
+    fh.seek(info.data_offset)
+    data = fh.read(info.compressed_size)
+    if len(data) != info.compressed_size:
+        raise SegmentFormatError(f"data frame truncated: {len(data)} of {info.compressed_size} bytes present")
+    if crc32(data) != info.frame_crc:
+        raise SegmentFormatError("data frame checksum (CRC32 of compressed bytes) mismatch")
+    try:
+        block = dctx.decompress(data, max_output_size=info.raw_size)
+    except zstandard.ZstdError as exc:
+        raise SegmentFormatError(f"zstd frame does not decompress: {exc}") from None
+    if len(block) != info.raw_size:
+        raise SegmentFormatError(f"data frame decompressed to {len(block)} bytes, descriptor says {info.raw_size}")
+    return decode_block(block, info.records)
+
+
+def check_timestamps(records: list[tuple[int, int, int, bytes]], info: FrameInfo) -> None:
+    if records:
+        stamps = [r[0] for r in records]
+        if min(stamps) != info.min_ts or max(stamps) != info.max_ts:
+            raise SegmentFormatError("record timestamps disagree with the frame index")
+
+
+def verify_seal(fh: BinaryIO, seg: SegmentFile) -> list[Damage]:
+    """The footer index and seek table must describe exactly the frames that are in the file."""
+    try:
+        index, entries, index_offset = read_seal(fh, seg.size)
+    except SegmentFormatError as exc:
+        return [Damage(seg.path, seg.size, None, f"seal: {exc}")]
+    walked, problems, _ = walk_frames(fh, seg.path, seg.size)
+    walked_end = walked[-1].end_offset if walked else None
+    if walked_end is not None and walked_end != index_offset:
+        problems.append(Damage(seg.path, walked_end, None, "frames do not end where the footer index starts"))
+    if list(index.frames) != walked:
+        problems.append(Damage(seg.path, index_offset, None, "footer index disagrees with the frames in the file"))
+    if entries != expected_seek_entries(walked, index_offset, entries[-1].compressed_size):
+        problems.append(Damage(seg.path, index_offset, None, "seek table entries do not match the frames"))
+    return problems
+
+
+def expected_seek_entries(frames: list[FrameInfo], index_offset: int, index_size: int) -> list[SeekEntry]:
+    header_size = frames[0].offset if frames else index_offset
+    out = [SeekEntry(header_size, 0, XXH64_EMPTY_LOW32)]
+    for f in frames:
+        out.append(SeekEntry(DESCRIPTOR_FRAME_SIZE, 0, XXH64_EMPTY_LOW32))
+        out.append(SeekEntry(f.compressed_size, f.raw_size, f.checksum))
+    out.append(SeekEntry(index_size, 0, XXH64_EMPTY_LOW32))
+    return out
+
+
+def read_exact(fh: BinaryIO, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def read_seal(fh: BinaryIO, size: int) -> tuple[FooterIndex, list[SeekEntry], int]:
+    """Footer index, seek table entries and the index's offset, using only the end of the file."""
+    if size < SEEK_FOOTER.size:
+        raise SegmentFormatError("file too short for a seek table")
+    frames = decode_seek_footer(read_exact(fh, size - SEEK_FOOTER.size, SEEK_FOOTER.size))
+    table_size = seek_table_size(frames)
+    if frames < 2 or table_size > size:
+        raise SegmentFormatError("seek table is larger than the file")
+    entries = decode_seek_table(read_exact(fh, size - table_size, table_size))
+    index_size = entries[-1].compressed_size
+    index_offset = size - table_size - index_size
+    if index_offset < 0 or sum(e.compressed_size for e in entries) != size - table_size:
+        raise SegmentFormatError("seek table sizes do not add up to the file size")
+    raw = read_exact(fh, index_offset, index_size)
+    magic, content_size = SKIP_HEAD.unpack_from(raw)
+    if magic != SKIPPABLE_MAGIC_INDEX or content_size != index_size - SKIP_HEAD.size:
+        raise SegmentFormatError("footer index frame not found where the seek table says")
+    return decode_index_content(raw[SKIP_HEAD.size:]), entries, index_offset
+
+
+def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], list[Damage], bool]:
+    """Hop from descriptor to descriptor without decompressing. Returns (frames, damage, truncated)."""
+    fh.seek(0)
+    head = fh.read(SKIP_HEAD.size)
+    _, header_len = SKIP_HEAD.unpack(head)
+    offset = SKIP_HEAD.size + header_len
+    frames: list[FrameInfo] = []
+    while offset < size:
+        fh.seek(offset)
+        head = fh.read(SKIP_HEAD.size)
+        if len(head) < SKIP_HEAD.size:
+            return frames, [Damage(path, offset, len(frames), "truncated tail: partial frame header")], True
+        magic, content_size = SKIP_HEAD.unpack(head)
+        if magic in (SKIPPABLE_MAGIC_INDEX, SKIPPABLE_MAGIC_SEEK_TABLE):
+            return frames, [], False
+        if magic != SKIPPABLE_MAGIC_DESCRIPTOR:
+            kind = "a zstd frame with no descriptor" if magic == ZSTD_FRAME_MAGIC else f"unknown magic {magic:#010x}"
+            return frames, [Damage(path, offset, len(frames), f"corrupt: {kind}; the rest is unreadable")], True
+        content = fh.read(content_size) if content_size == DESCRIPTOR_CONTENT_SIZE else b""
+        if content_size == DESCRIPTOR_CONTENT_SIZE and len(content) < content_size:
+            return frames, [Damage(path, offset, len(frames), "truncated tail: partial frame descriptor")], True
+        try:
+            info = decode_descriptor_content(content, offset)
+        except SegmentFormatError as exc:
+            return frames, [Damage(path, offset, len(frames), f"{exc}; the rest is unreadable")], True
+        if info.end_offset > size:
+            missing = info.end_offset - size
+            return frames, [Damage(path, offset, info.seq,
+                                   f"truncated tail: data frame is missing its last {missing} bytes",
+                                   info.records)], True
+        frames.append(info)
+        offset = info.end_offset
+    return frames, [], False
+
+
+def open_segment(path: Path | str) -> SegmentFile:
+    """Open a segment and load its index; raises SegmentFormatError when it is not a segment at all."""
+    path = Path(path)
+    size = os.path.getsize(path)
+    with open(path, "rb", buffering=0) as fh:
+        head = fh.read(SKIP_HEAD.size)
+        if len(head) < SKIP_HEAD.size:
+            raise SegmentFormatError("not an ime-recorder segment (file too short)")
+        magic, header_len = SKIP_HEAD.unpack(head)
+        if magic != SKIPPABLE_MAGIC_HEADER:
+            if magic == ZSTD_FRAME_MAGIC or SKIPPABLE_MAGIC_MIN <= magic <= SKIPPABLE_MAGIC_MAX:
+                raise SegmentFormatError("a zstd file, but not an ime-recorder segment (no IMEH header)")
+            raise SegmentFormatError("not an ime-recorder segment (not even a zstd file)")
+        if header_len > MAX_HEADER_BYTES:
+            raise SegmentFormatError("not an ime-recorder segment (header size out of range)")
+        content = fh.read(header_len)
+        if len(content) < header_len:
+            raise TruncatedHeaderError("truncated inside the header: nothing recorded in it is readable")
+        header = decode_header_content(content)
+
+        sealed_damage: list[Damage] = []
+        sealed = False
+        if not path.name.endswith(OPEN_SUFFIX):
+            try:
+                index, _, _ = read_seal(fh, size)
+                seg = SegmentFile(path, header, list(index.frames), True, size, seal=index.seal)
+                return seg
+            except SegmentFormatError as exc:
+                if path.name.endswith(SEALED_SUFFIX):
+                    sealed_damage.append(Damage(path, size, None, f"not sealed properly ({exc}); read by walking"))
+        frames, damage, truncated = walk_frames(fh, path, size)
+        return SegmentFile(path, header, frames, sealed, size, damage=sealed_damage + damage, truncated=truncated)
+
+
+# --- many files -----------------------------------------------------------------------------------
+
+def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Path]:
+    """Expand directories (recursively, *.zst and *.zst.open) and keep files as given."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for child in sorted(p.rglob("*")):
+                if child.is_file() and (child.name.endswith(SEALED_SUFFIX)
+                                        or (include_open and child.name.endswith(OPEN_SUFFIX))):
+                    found.append(child)
+        else:
+            found.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
+    """Group files into time-ordered chains that do not overlap (a shard's consecutive files).
+
+    Merging chains instead of every file at once keeps one decompressed frame per shard in memory,
+    however many hourly files a month of recording produced.
+    """
+    chains: list[list[SegmentFile]] = []
+    tails: dict[int, list[list[SegmentFile]]] = {}
+    for seg in sorted(segments, key=lambda s: (s.shard, s.min_ts if s.min_ts is not None else s.start_ns,
+                                                s.start_ns, str(s.path))):
+        start = seg.min_ts if seg.min_ts is not None else seg.start_ns
+        for chain in tails.get(seg.shard, []):
+            last = chain[-1].max_ts
+            if last is None or start >= last:
+                chain.append(seg)
+                break
+        else:
+            chain = [seg]
+            chains.append(chain)
+            tails.setdefault(seg.shard, []).append(chain)
+    chains.sort(key=lambda c: (c[0].shard, c[0].start_ns))
+    return chains
+
+
+def merge_records(segments: list[SegmentFile], start_ns: int | None = None,
+                  end_ns: int | None = None) -> Iterator[Record]:
+    """All records of all files in receive-time order; equal times keep shard order, then file order."""
+    streams = []
+    for chain in sequences(segments):
+        selected = [s for s in chain if overlaps(s, start_ns, end_ns)]
+        if selected:
+            streams.append(_chain(selected, start_ns, end_ns))
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=itemgetter(0))
+
+
+def _chain(chain: list[SegmentFile], start_ns: int | None, end_ns: int | None) -> Iterator[Record]:
+    for seg in chain:
+        yield from seg.iter_records(start_ns, end_ns)
+
+
+def overlaps(seg: SegmentFile, start_ns: int | None, end_ns: int | None) -> bool:
+    if seg.min_ts is None:
+        return False
+    if start_ns is not None and seg.max_ts is not None and seg.max_ts < start_ns:
+        return False
+    return not (end_ns is not None and seg.min_ts >= end_ns)
+

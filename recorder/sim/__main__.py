@@ -1,0 +1,3 @@
+from recorder.sim.cli import main
+
+main()

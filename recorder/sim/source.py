@@ -1,0 +1,339 @@
+"""The simulator's FeedSource: the synthetic market, paced or free-running, plus fault injection.
+
+Two ways to send, chosen by `rate`:
+- rate > 0, a live market: one shared Market emits `rate` events per second in total (contract picked at
+  random), event i due at start + i/rate on a perf_counter clock; each event goes to every connection
+  subscribed to its contract, all of one tick in one write. A connection whose transport is paused (or
+  stalled) does not hold the market up: its messages of that tick are dropped and counted.
+- rate == 0: every connection gets its own Market over its own contracts and a pump that writes batches
+  of about `batch_bytes` whenever the transport can take them: as fast as the client drains, no drops.
+Frames are pre-rendered: the timestamp is rendered once per batch and spliced between cached bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from recorder.feed.endpoints import EndpointKind
+from recorder.server.framing import OP_BINARY, OP_TEXT, TEXT_HEADERS, fragments, frame, frame_header
+from recorder.server.subscriber import Subscriber
+from recorder.sim.faults import Fault, FaultConfig, FaultPlan
+from recorder.sim.market import ContractSpec, Market, message_prefix
+
+log = logging.getLogger(__name__)
+
+TS_LEN = len(b"2026-05-29T12:00:00.123456Z")
+TICK = 0.001  # uvloop timers have 1 ms resolution: a paced market wakes at most once per ms
+MAX_CATCH_UP = 0.25  # seconds of backlog a late ticker still sends; older events are skipped
+_HEADER_CACHE = len(TEXT_HEADERS)
+
+
+class Clock:
+    """Renders `2026-05-29T12:00:00.123456Z` (UTC) cheaply: the part up to the second is cached."""
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = b""
+        self.date = b""
+        self.time = b""
+
+    def stamp(self, ns: int | None = None) -> bytes:
+        if ns is None:
+            ns = time.time_ns()
+        sec = ns // 1_000_000_000
+        if sec != self._sec:
+            t = time.gmtime(sec)
+            self.date = time.strftime("%Y-%m-%d", t).encode()
+            self.time = time.strftime("%H:%M:%S", t).encode()
+            self._prefix = self.date + b"T" + self.time + b"."
+            self._sec = sec
+        return b"%b%06dZ" % (self._prefix, (ns // 1000) % 1_000_000)
+
+
+class _Feed:
+    """Per-connection sending state."""
+
+    __slots__ = ("count", "fault_n", "market", "parts", "positions", "prefixes", "stalled_until", "sub", "tasks")
+
+    def __init__(self, sub: Subscriber, market: Market, positions: list[int], prefixes: dict[int, bytes]) -> None:
+        self.sub = sub
+        self.market = market
+        self.positions = positions  # market positions of the subscribed contracts, in order, no repeats
+        self.prefixes = prefixes  # market position -> envelope bytes up to the timestamp
+        self.parts: list[bytes] = []
+        self.count = 0
+        self.stalled_until = 0.0
+        self.fault_n = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def sample(self, stamp: bytes) -> bytes:
+        """A complete, valid message on one of the connection's contracts (the fault injector's raw material)."""
+        pos = self.positions[self.fault_n % len(self.positions)]
+        self.fault_n += 1
+        return self.prefixes[pos] + stamp + self.market.tail(pos)
+
+
+class SimSource:
+    """The FeedSource of ime-sim: contracts from `specs`, sent paced (`rate` > 0) or drained (`rate` == 0)."""
+
+    def __init__(self, specs: Sequence[ContractSpec], *, seed: int = 1, rate: float = 1000.0, burst: int = 0,
+                 burst_every: float = 5.0, faults: FaultConfig | None = None, batch_bytes: int = 128 * 1024,
+                 revoke: Callable[[str], None] | None = None) -> None:
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self.specs = list(specs)
+        self.seed = seed
+        self.rate = rate
+        self.burst = burst
+        self.burst_every = burst_every
+        self.faults = faults or FaultConfig()
+        self.batch_bytes = batch_bytes
+        self._revoke = revoke
+        self._by_kind = {
+            EndpointKind.ID: {s.id: s.index for s in self.specs},
+            EndpointKind.NAME: {s.name: s.index for s in self.specs},
+        }
+        self._clock = Clock()
+        self._feeds: dict[int, _Feed] = {}
+        self._market = Market(self.specs, seed) if rate > 0 else None
+        self._routes: list[list[tuple[_Feed, bytes]]] = [[] for _ in self.specs]
+        self._listeners = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+        self._private_events = 0
+        self.late_skipped = 0
+        self.bursts = 0
+
+    def set_revoker(self, revoke: Callable[[str], None]) -> None:
+        """How a `revoke` fault invalidates a token (the server's authority owns the revocation list)."""
+        self._revoke = revoke
+
+    # -- FeedSource ----------------------------------------------------------------------------------
+
+    def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
+        return identifier in self._by_kind[kind]
+
+    def on_subscribe(self, sub: Subscriber) -> None:
+        index = self._by_kind[sub.kind]
+        wanted = list(dict.fromkeys(index[c] for c in sub.contracts))
+        field = sub.kind.field
+        if self._market is not None:
+            prefixes = {i: message_prefix(field, self._ident(sub.kind, i)) for i in wanted}
+            feed = _Feed(sub, self._market, wanted, prefixes)
+            for i in wanted:
+                self._routes[i].append((feed, prefixes[i]))
+            self._listeners.set()
+            if self._ticker is None:
+                self._ticker = _spawn(self._tick(), "market ticker")
+        else:
+            # A private market per connection: the client alone sets the pace, and sees a complete stream.
+            specs = [self.specs[i] for i in wanted]
+            market = Market(specs, self.seed)
+            prefixes = {pos: message_prefix(field, self._ident(sub.kind, s.index)) for pos, s in enumerate(specs)}
+            feed = _Feed(sub, market, list(range(len(specs))), prefixes)
+            feed.tasks.append(_spawn(self._pump(feed), f"pump of connection {sub.id}", sub))
+        self._feeds[sub.id] = feed
+        if self.faults.enabled:
+            feed.tasks.append(_spawn(self._inject_faults(feed), f"faults of connection {sub.id}", sub))
+
+    def on_unsubscribe(self, sub: Subscriber) -> None:
+        feed = self._feeds.pop(sub.id, None)
+        if feed is None:
+            return
+        for task in feed.tasks:
+            task.cancel()
+        if self._market is not None:
+            for i in feed.positions:
+                self._routes[i] = [r for r in self._routes[i] if r[0] is not feed]
+            if not self._feeds:
+                self._listeners.clear()
+        else:
+            self._private_events += feed.market.events
+
+    def stats(self) -> Mapping[str, Any]:
+        private = sum(f.market.events for f in self._feeds.values() if f.market is not self._market)
+        return {
+            "mode": "paced" if self._market is not None else "drain",
+            "rate": self.rate,
+            "contracts": len(self.specs),
+            "events": (self._market.events if self._market else 0) + self._private_events + private,
+            "late_skipped": self.late_skipped,
+            "bursts": self.bursts,
+        }
+
+    async def close(self) -> None:
+        tasks = [t for f in self._feeds.values() for t in f.tasks]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _ident(self, kind: EndpointKind, i: int) -> str:
+        spec = self.specs[i]
+        return spec.id if kind is EndpointKind.ID else spec.name
+
+    # -- rate == 0: drain as fast as the client reads ------------------------------------------------
+
+    async def _pump(self, feed: _Feed) -> None:
+        sub = feed.sub
+        market = feed.market
+        step = market.step
+        prefixes = [feed.prefixes[p] for p in range(len(feed.positions))]
+        hdrs = TEXT_HEADERS
+        limit = self.batch_bytes
+        clock = self._clock
+        while True:
+            if not sub.writable:
+                if not await sub.wait_writable():
+                    return
+                continue
+            wait = feed.stalled_until - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            ts = clock.stamp()
+            market.set_clock(clock.date, clock.time)
+            parts: list[bytes] = []
+            extend = parts.extend
+            size = n = 0
+            while size < limit:
+                i, tail = step()
+                prefix = prefixes[i]
+                length = len(prefix) + TS_LEN + len(tail)
+                extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix, ts, tail))
+                size += length + 4
+                n += 1
+            sub.write_frames(b"".join(parts), n)
+            # One batch per turn, so other connections, timers and reads get the loop too.
+            await asyncio.sleep(0)
+
+    # -- rate > 0: a live market ---------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        rate = self.rate
+        next_burst = 0.0
+        while True:
+            if not self._feeds:
+                # Nobody listens: the market pauses, and restarts its schedule with the next subscriber.
+                await self._listeners.wait()
+            start = time.perf_counter()
+            done = 0
+            next_burst = start + self.burst_every
+            while self._feeds:
+                now = time.perf_counter()
+                due = int((now - start) * rate) + 1 - done
+                backlog = due - max(1, int(rate * MAX_CATCH_UP))
+                if backlog > 0:
+                    self.late_skipped += backlog
+                    done += backlog
+                    due -= backlog
+                extra = 0
+                if self.burst and now >= next_burst:
+                    extra = self.burst
+                    self.bursts += 1
+                    next_burst = now + self.burst_every
+                if due + extra > 0:
+                    self._emit(due + extra)
+                    done += due
+                delay = start + done / rate - time.perf_counter()
+                await asyncio.sleep(max(delay, TICK))
+
+    def _emit(self, n: int) -> None:
+        market = self._market
+        assert market is not None
+        ts = self._clock.stamp()
+        market.set_clock(self._clock.date, self._clock.time)
+        step = market.step
+        routes = self._routes
+        hdrs = TEXT_HEADERS
+        touched: list[_Feed] = []
+        for _ in range(n):
+            i, tail = step()
+            for feed, prefix in routes[i]:
+                if not feed.count:
+                    touched.append(feed)
+                length = len(prefix) + TS_LEN + len(tail)
+                feed.parts.extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix, ts,
+                                   tail))
+                feed.count += 1
+        now = time.perf_counter()
+        for feed in touched:
+            sub = feed.sub
+            if sub.writable and feed.stalled_until <= now:
+                sub.write_frames(b"".join(feed.parts), feed.count)
+            elif not sub.closing:
+                sub.add_dropped(feed.count)
+            feed.parts.clear()
+            feed.count = 0
+
+    # -- faults --------------------------------------------------------------------------------------
+
+    async def _inject_faults(self, feed: _Feed) -> None:
+        sub = feed.sub
+        t0 = time.perf_counter()
+        for at, fault in FaultPlan(self.faults, self.seed, sub.id).events():
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if sub.closing:
+                return
+            log.info("connection %d: injecting %s", sub.id, fault.value)
+            sub.count_fault(fault.value)
+            await self._inject(feed, fault)
+            if fault.ends_connection:
+                return
+
+    async def _inject(self, feed: _Feed, fault: Fault) -> None:
+        sub = feed.sub
+        cfg = self.faults
+        if fault is Fault.PING:
+            sub.send_ping(b"ime-sim %d" % sub.faults[fault.value])
+        elif fault is Fault.STALL:
+            feed.stalled_until = time.perf_counter() + cfg.stall_for
+        elif fault is Fault.MALFORMED:
+            message = feed.sample(self._clock.stamp())
+            sub.write_frames(frame(message[: len(message) * 2 // 3], OP_TEXT), 0, 1)
+        elif fault is Fault.BINARY:
+            payload = b"\x00\xffIME-SIM binary frame %d \x80\x81" % sub.faults[fault.value]
+            sub.write_frames(frame(payload, OP_BINARY), 0, 1)
+        elif fault is Fault.OVERSIZED:
+            sub.write_frames(frame(oversized_message(feed.sample(self._clock.stamp()), cfg.oversized_bytes)), 0, 1)
+        elif fault is Fault.FRAGMENT:
+            parts = cfg.fragment_parts
+            sub.write_frames(fragments(feed.sample(self._clock.stamp()), parts), 0, parts)
+        elif fault is Fault.DROP:
+            await sub.drain_and_abort()
+        elif fault is Fault.CLOSE:
+            sub.close(cfg.close_code, "simulated close")
+        elif fault is Fault.REVOKE:
+            if sub.token_id is not None and self._revoke is not None:
+                self._revoke(sub.token_id)
+            sub.close(1008, "token revoked")
+
+
+def oversized_message(message: bytes, size: int) -> bytes:
+    """`message` (a JSON object) grown to exactly `size` bytes, still valid JSON, by a padding field."""
+    head = message[:-1] + b',"padding":"'
+    pad = size - len(head) - 2
+    if pad < 0:
+        return message
+    return head + b"x" * pad + b'"}'
+
+
+def _spawn(coro: Coroutine[Any, Any, None], what: str, sub: Subscriber | None = None) -> asyncio.Task[None]:
+    """A task whose unexpected failure is logged at once (and ends its connection), not lost at GC."""
+    task = asyncio.get_running_loop().create_task(coro)
+
+    def done(t: asyncio.Task[None]) -> None:
+        if t.cancelled() or t.exception() is None:
+            return
+        log.error("%s failed", what, exc_info=t.exception())
+        if sub is not None and not sub.disconnected:
+            sub.abort()
+
+    task.add_done_callback(done)
+    return task

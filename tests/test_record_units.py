@@ -1,0 +1,250 @@
+"""Sans-I/O parts of the recorder: contract lists, sharding, backoff, the 1008 planner, status, redaction."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder.errors import UserError
+from recorder.events import Event, decode_event, encode_event
+from recorder.record.backoff import Backoff
+from recorder.record.contracts import parse_inline, parse_lines, read_contract_file
+from recorder.record.metrics import render
+from recorder.record.planner import Action, Planner
+from recorder.record.shard import partition, shard_of
+from recorder.record.status import ShardView, exit_summary, summary_line, table
+from recorder.redact import redact_text, redact_url
+from recorder.timeparse import format_ns, parse_time
+
+# --- contract lists ---------------------------------------------------------------------------------
+
+
+def test_contract_file_skips_blanks_comments_and_duplicates(tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_text("\ufeff# IME contracts\n1001\n\n  1002  \n# 9999\n1001\n1003\n", encoding="utf-8")
+    result = read_contract_file(f, "id")
+    assert result.contracts == ("1001", "1002", "1003")
+    assert result.duplicates == ("1001",)
+
+
+def test_names_keep_inner_spaces_and_symbols():
+    names = ["سکه-آزادی 1404/08", "CEMENT & STEEL+", "A#B"]
+    assert parse_lines(names, "name", "names.txt").contracts == tuple(names)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1001\n10 02\n", "line 2: an id cannot contain spaces"),
+    ("1001,1002\n", "line 1: an id cannot contain spaces or commas"),
+    ("1001\n\x00bad\n", "line 2: contains the control or invalid character U+0000"),
+    ("# nothing\n\n", "lists no contracts"),
+    ("", "lists no contracts"),
+])
+def test_malformed_contract_files_name_the_line(tmp_path, text, message):
+    f = tmp_path / "ids.txt"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        read_contract_file(f, "id")
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_unreadable_contract_files_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        read_contract_file(tmp_path / "missing.txt", "id")
+    with pytest.raises(UserError, match="is a directory"):
+        read_contract_file(tmp_path, "id")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"1001\n\xe9t\xe9\n")
+    with pytest.raises(UserError, match="line 2: not valid UTF-8"):
+        read_contract_file(bad, "name")
+
+
+def test_inline_lists():
+    assert parse_inline("1001, 1002,1001", "id").contracts == ("1001", "1002")
+    with pytest.raises(UserError):
+        parse_inline(" , ", "id")
+
+
+# --- sharding ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=60, unique=True), st.integers(1, 8),
+       st.text(min_size=1, max_size=20))
+def test_adding_a_contract_never_moves_another(contracts, shards, extra):
+    before = {c: shard_of(c, shards) for c in contracts}
+    after = partition([*contracts, extra], shards)
+    for i, group in enumerate(after):
+        for c in group:
+            if c in before:
+                assert before[c] == i
+
+
+def test_partition_keeps_order_and_covers_everything():
+    contracts = [str(1000 + i) for i in range(200)]
+    groups = partition(contracts, 4)
+    assert sorted(c for g in groups for c in g) == sorted(contracts)
+    for g in groups:
+        assert list(g) == sorted(g, key=contracts.index)
+    assert all(30 <= len(g) <= 70 for g in groups)  # rendezvous hashing spreads evenly enough
+
+
+def test_changing_the_shard_count_moves_few_contracts():
+    contracts = [str(i) for i in range(1000)]
+    moved = sum(shard_of(c, 4) != shard_of(c, 5) for c in contracts)
+    assert moved < 300  # ~1/5 expected; modulo hashing would move ~4/5
+
+
+# --- backoff ----------------------------------------------------------------------------------------
+
+
+def test_backoff_is_capped_jittered_and_resets_after_a_stable_connection():
+    b = Backoff(base_s=0.5, cap_s=8, stable_s=30, rng=random.Random(7))
+    delays = [b.next_delay() for _ in range(12)]
+    assert all(0 <= d <= 8 for d in delays)
+    assert max(delays[:2]) <= 1.0
+    assert len(set(delays)) == len(delays)  # jittered
+    assert b.attempt == 12
+    b.connection_ended(5)
+    assert b.attempt == 12
+    b.connection_ended(31)
+    assert b.attempt == 0
+    assert b.next_delay() <= 0.5
+
+
+# --- the 1008 planner -------------------------------------------------------------------------------
+
+
+def drive(planner, groups, bad, token_gen=1):
+    """Play the server: refuse any group holding a bad contract, accept the others."""
+    live = list(groups)
+    accepted = []
+    steps = 0
+    while live:
+        steps += 1
+        assert steps < 1000
+        g = live.pop(0)
+        if not set(g.contracts) & bad:
+            planner.accepted(g.gid)
+            accepted.append(g)
+            continue
+        d = planner.refused(g.gid, token_gen, token_gen, was_accepted=False)
+        if d.action is Action.REFRESH:
+            live.append(g)
+        elif d.action is Action.SPLIT:
+            live.extend(d.groups)
+        elif d.action is Action.REJECT:
+            pass
+        else:
+            live.append(g)
+    return accepted
+
+
+def test_planner_finds_the_bad_contract_and_keeps_the_rest():
+    p = Planner()
+    groups = p.start([[str(i) for i in range(16)]])
+    accepted = drive(p, groups, bad={"5"})
+    assert p.rejected == ["5"]
+    assert sorted(c for g in accepted for c in g.contracts) == sorted(str(i) for i in range(16) if i != 5)
+    assert not p.give_up
+
+
+def test_planner_first_refreshes_the_token_once():
+    p = Planner()
+    (g,) = p.start([["1", "2"]])
+    assert p.refused(g.gid, 1, 1, False).action is Action.REFRESH
+    assert p.refused(g.gid, 1, 2, False).action is Action.RETRY  # a newer token exists already
+    d = p.refused(g.gid, 2, 2, False)
+    assert d.action is Action.SPLIT and [x.contracts for x in d.groups] == [("1",), ("2",)]
+
+
+def test_planner_refusal_after_streaming_means_token_not_contract():
+    p = Planner()
+    (g,) = p.start([["1"]])
+    assert p.refused(g.gid, 1, 1, False).action is Action.REFRESH
+    p.accepted(g.gid)
+    # Later the token is revoked mid-stream: refresh again rather than rejecting the contract.
+    assert p.refused(g.gid, 2, 2, was_accepted=True).action is Action.REFRESH
+
+
+def test_planner_gives_up_when_nothing_is_ever_accepted():
+    p = Planner(give_up_after=8)
+    groups = p.start([[str(i) for i in range(100)]])
+    drive(p, groups, bad={str(i) for i in range(100)})
+    assert p.give_up
+    assert not p.accepted_any
+
+
+def test_planner_does_not_give_up_once_something_was_accepted():
+    p = Planner(give_up_after=2)
+    groups = p.start([["1", "2", "3", "4"]])
+    drive(p, groups, bad={"1", "2", "3"})
+    assert p.rejected == ["1", "2", "3"] and p.accepted_any and not p.give_up
+
+
+# --- status and metrics -----------------------------------------------------------------------------
+
+
+def test_status_rates_and_restarts_accumulate_across_incarnations():
+    v = ShardView(0, 5)
+    v.update({"messages": 100, "bytes": 75_000, "connections_open": 1, "connections": 1}, now=10.0)
+    v.update({"messages": 1100, "bytes": 825_000, "last_message_ns": 5_000_000_000}, now=11.0)
+    assert v.msg_rate == pytest.approx(1000)
+    assert v.byte_rate == pytest.approx(750_000)
+    v.incarnation_ended()
+    v.update({"messages": 10, "bytes": 7500}, now=12.0)
+    assert v.total_messages == 1110
+    lines = table([v], now_ns=6_000_000_000, elapsed_s=12)
+    assert "1110" in lines[2] and "1.0s" in lines[2]
+    assert "1110 messages" in summary_line([v], 6_000_000_000)
+    assert "shard 0: 1110 messages" in exit_summary([v], 12)[1]
+
+
+def test_prometheus_text_format():
+    v = ShardView(3, 2, state="running")
+    v.update({"messages": 42, "bytes": 1000, "connections_open": 2, "connections": 2}, now=1.0)
+    text = render([v], now_ns=0)
+    assert 'ime_recorder_messages_total{shard="3"} 42' in text
+    assert 'ime_recorder_up{shard="3"} 1' in text
+    assert "# TYPE ime_recorder_messages_total counter" in text
+    assert text.endswith("\n")
+
+
+# --- secrets, events, time --------------------------------------------------------------------------
+
+
+def test_redaction():
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZW1vIn0.c2lnbmF0dXJl"
+    assert redact_url("wss://user:pw@host/x?contract_id=1&token=abc") == "wss://host/x?contract_id=1&token=***"
+    assert jwt not in redact_text(f"refused {jwt} now")
+    assert "hunter2" not in redact_text("password hunter2", ["hunter2"])
+
+
+def test_events_round_trip():
+    payload = encode_event(Event.CLOSED, conn=3, code=1008, reason="unknown contract")
+    assert decode_event(payload) == {"event": "closed", "conn": 3, "code": 1008, "reason": "unknown contract"}
+    assert decode_event(b"\xff")["event"] == "unparseable"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1732449000", 1_732_449_000_000_000_000),
+    ("1732449000.25", 1_732_449_000_250_000_000),
+    ("1732449000123", 1_732_449_000_123_000_000),
+    ("1732449000123456", 1_732_449_000_123_456_000),
+    ("1732449000123456789", 1_732_449_000_123_456_789),
+    ("2024-11-24T11:50:00Z", 1_732_449_000_000_000_000),
+    ("2024-11-24T15:20:00+03:30", 1_732_449_000_000_000_000),
+    ("2024-11-24T11:50:00.000001", 1_732_449_000_000_001_000),
+])
+def test_parse_time(text, expected):
+    assert parse_time(text) == expected
+
+
+def test_parse_time_errors_and_format():
+    with pytest.raises(UserError, match="cannot read time"):
+        parse_time("yesterday")
+    assert format_ns(1_732_449_000_000_000_123) == "2024-11-24T11:50:00.000000123Z"

@@ -1,0 +1,138 @@
+"""Pure encoders/decoders of the segment format."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder.segment import format as fmt
+from recorder.segment.batch import RecordBatch, encode_frame, new_compressor
+from recorder.segment.naming import parse_segment_name, segment_name
+
+payloads = st.one_of(
+    st.binary(max_size=2048),
+    st.text(max_size=512).map(lambda s: s.encode()),
+    st.just(b""),
+    st.just(b"\xff\xfe\x00 not utf-8 \x80"),
+)
+records = st.lists(
+    st.tuples(st.integers(-(1 << 62), 1 << 62), st.integers(0, (1 << 32) - 1), st.sampled_from([1, 2, 3]), payloads),
+    max_size=60,
+)
+
+
+def test_header_round_trip_keeps_metadata():
+    meta = {"shard": 3, "contracts": ["1001", "سکه-آزادی 1404/08"], "endpoint": "name"}
+    frame = fmt.encode_header(meta)
+    magic, size = fmt.SKIP_HEAD.unpack_from(frame)
+    assert magic == fmt.SKIPPABLE_MAGIC_HEADER
+    header = fmt.decode_header_content(frame[8:8 + size])
+    assert header.meta == meta
+    assert (header.major, header.minor) == (fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR)
+
+
+def test_header_from_a_newer_major_version_is_refused_clearly():
+    body = fmt.HEADER_FIXED.pack(fmt.TAG_HEADER, fmt.FORMAT_MAJOR + 1, 0, 2) + b"{}"
+    content = body + fmt.U32.pack(fmt.crc32(body))
+    with pytest.raises(fmt.NewerFormatError, match="upgrade ime-recorder"):
+        fmt.decode_header_content(content)
+
+
+def test_newer_minor_version_is_read():
+    body = fmt.HEADER_FIXED.pack(fmt.TAG_HEADER, fmt.FORMAT_MAJOR, fmt.FORMAT_MINOR + 7, 2) + b"{}"
+    header = fmt.decode_header_content(body + fmt.U32.pack(fmt.crc32(body)))
+    assert header.minor == fmt.FORMAT_MINOR + 7
+
+
+@pytest.mark.parametrize("position", range(0, 30))
+def test_header_detects_every_flipped_byte(position):
+    frame = bytearray(fmt.encode_header({"a": 1}))
+    content = frame[8:]
+    content[position % len(content)] ^= 0x10
+    with pytest.raises(fmt.SegmentFormatError):
+        fmt.decode_header_content(bytes(content))
+
+
+def test_descriptor_round_trip_and_crc():
+    info = fmt.FrameInfo(7, 1234, 99999, 42, 3, -5, 10**18, 0xDEADBEEF, 0x12345678, offset=4096)
+    frame = fmt.encode_descriptor(info)
+    assert len(frame) == fmt.DESCRIPTOR_FRAME_SIZE
+    assert fmt.decode_descriptor_content(frame[8:], 4096) == info
+    broken = bytearray(frame[8:])
+    broken[10] ^= 1
+    with pytest.raises(fmt.SegmentFormatError, match="checksum"):
+        fmt.decode_descriptor_content(bytes(broken), 4096)
+
+
+def test_index_round_trip():
+    frames = [fmt.FrameInfo(i, 100 + i, 1000 + i, i, 0, i, i + 5, i * 3, i * 7, offset=64 + i * 200) for i in range(5)]
+    frame = fmt.encode_index(frames, {"reason": "closed", "records": 10})
+    index = fmt.decode_index_content(frame[8:])
+    assert list(index.frames) == frames
+    assert index.seal == {"reason": "closed", "records": 10}
+
+
+def test_seek_table_uses_the_zstd_seekable_layout():
+    entries = [fmt.SeekEntry(10, 0, fmt.XXH64_EMPTY_LOW32), fmt.SeekEntry(300, 1000, 0xABCDEF01)]
+    frame = fmt.encode_seek_table(entries)
+    magic, size = struct.unpack_from("<II", frame)
+    assert magic == 0x184D2A5E
+    assert size == len(frame) - 8 == 2 * 12 + 9
+    count, descriptor, seekable_magic = struct.unpack_from("<IBI", frame, len(frame) - 9)
+    assert (count, descriptor, seekable_magic) == (2, 0x80, 0x8F92EAB1)
+    assert fmt.decode_seek_table(frame) == entries
+
+
+@settings(max_examples=60, deadline=None)
+@given(records)
+def test_batch_round_trips_through_a_checksummed_zstd_frame(recs):
+    batch = RecordBatch()
+    for ts, conn, kind, payload in recs:
+        batch.append(ts, conn, kind, payload)
+    info, data = encode_frame(batch, seq=0, offset=0, cctx=new_compressor(3))
+    frame = data[fmt.DESCRIPTOR_FRAME_SIZE:]
+    params = zstandard.get_frame_parameters(frame)
+    assert params.has_checksum
+    assert params.content_size == info.raw_size
+    block = zstandard.ZstdDecompressor().decompress(frame)
+    assert fmt.decode_block(block, info.records) == [tuple(r) for r in recs]
+    assert info.records == len(recs)
+    assert info.events == sum(1 for r in recs if r[2] == fmt.RecordKind.EVENT)
+    if recs:
+        assert info.min_ts == min(r[0] for r in recs)
+        assert info.max_ts == max(r[0] for r in recs)
+    assert info.checksum == fmt.zstd_content_checksum(frame)
+
+
+def test_multi_megabyte_payload_round_trips():
+    big = bytes(range(256)) * (3 * 4096 + 17)
+    batch = RecordBatch()
+    batch.append(1, 2, fmt.RecordKind.BINARY, big)
+    batch.append(2, 2, fmt.RecordKind.TEXT, b"")
+    _, data = encode_frame(batch, 0, 0, new_compressor(1))
+    block = zstandard.ZstdDecompressor().decompress(data[fmt.DESCRIPTOR_FRAME_SIZE:])
+    assert fmt.decode_block(block, 2) == [(1, 2, 2, big), (2, 2, 1, b"")]
+
+
+def test_block_with_inconsistent_lengths_is_rejected():
+    batch = RecordBatch()
+    batch.append(1, 1, 1, b"abc")
+    block = bytearray(batch.block())
+    block[-1:] = b""  # payload shorter than its header says
+    with pytest.raises(fmt.SegmentFormatError):
+        fmt.decode_block(bytes(block), 1)
+
+
+def test_names_sort_by_time_and_carry_the_shard():
+    a = segment_name("ime", 2, 1_732_449_000_000_000_000)
+    b = segment_name("ime", 2, 1_732_449_000_001_000_000)
+    c = segment_name("ime", 2, 1_732_449_001_000_000_000)
+    assert a == "ime-s02-20241124T115000.000Z.zst"
+    assert sorted([c, b, a]) == [a, b, c]
+    assert parse_segment_name(a) == ("ime", 2, "20241124T115000.000")
+    assert parse_segment_name(a + ".open") == ("ime", 2, "20241124T115000.000")
+    assert parse_segment_name("notes.txt") is None

@@ -1,0 +1,187 @@
+"""Fault injection: the seeded schedule, and each fault as a real picows client on loopback sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import orjson
+import pytest
+from picows import WSMsgType
+from sim_util import Session, picows_session, run, running_sim
+
+from recorder.feed.endpoints import EndpointKind
+from recorder.feed.message import parse_envelope
+from recorder.sim.faults import JITTER, Fault, FaultConfig, FaultPlan
+
+# -- the schedule (pure) ------------------------------------------------------------------------------
+
+
+def test_plan_is_deterministic_ordered_and_periodic():
+    cfg = FaultConfig(ping_every=1.0, stall_every=2.5, malformed_every=0.7, revoke_after=3.3)
+    plan = FaultPlan(cfg, seed=5, connection=1).first(40)
+    assert plan == FaultPlan(cfg, seed=5, connection=1).first(40)
+    assert plan != FaultPlan(cfg, seed=6, connection=1).first(40)
+    assert plan != FaultPlan(cfg, seed=5, connection=2).first(40)
+    times = [t for t, _ in plan]
+    assert times == sorted(times)
+    assert [f for _, f in plan].count(Fault.REVOKE) == 1 and (3.3, Fault.REVOKE) in plan
+    for fault, period in ((Fault.PING, 1.0), (Fault.STALL, 2.5), (Fault.MALFORMED, 0.7)):
+        ts = [t for t, f in plan if f is fault]
+        assert len(ts) >= 3
+        for k, t in enumerate(ts, start=1):
+            assert abs(t - k * period) <= JITTER * period + 1e-9
+    assert len({round(t - k, 6) for k, (t, f) in enumerate(plan) if f is Fault.PING}) > 1  # jittered
+
+
+def test_no_faults_configured():
+    assert not FaultConfig().enabled
+    assert FaultPlan(FaultConfig(), 1, 1).first(5) == []
+    assert FaultConfig(revoke_after=1).enabled and FaultConfig(ping_every=1).enabled
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"drop_every": 0}, "drop-every must be positive"),
+    ({"ping_every": -1}, "ping-every"),
+    ({"close_code": 1005}, "close code 1005"),
+    ({"close_code": 999}, "close code"),
+    ({"stall_for": 0}, "stall-for"),
+    ({"fragment_parts": 1}, "fragment-parts"),
+    ({"oversized_bytes": 0}, "oversized-bytes"),
+])
+def test_bad_fault_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FaultConfig(**kwargs)
+
+
+def test_ends_connection():
+    assert {f for f in Fault if f.ends_connection} == {Fault.DROP, Fault.CLOSE, Fault.REVOKE}
+
+
+# -- on the wire ------------------------------------------------------------------------------------
+
+
+def faulty_session(faults: FaultConfig, done, timeout: float = 5.0, rate: float = 3000.0,
+                   **session_kwargs) -> tuple[Session, dict]:
+    async def go() -> tuple[Session, dict]:
+        async with running_sim(contracts=3, rate=rate, faults=faults) as sim:
+            session = await picows_session(sim.url(EndpointKind.ID), sim.token, done, timeout=timeout,
+                                           **session_kwargs)
+            await asyncio.sleep(0.05)
+            (conn,) = sim.stats()["connections"]
+            return session, conn
+
+    return run(go())
+
+
+def test_drop_cuts_tcp_without_close_after_delivering_every_counted_frame():
+    session, conn = faulty_session(FaultConfig(drop_every=0.4), lambda s: False)
+    assert session.disconnected_at is not None and session.close_code is None
+    assert conn["faults"] == {"drop": 1} and conn["closed_by"] == "abort"
+    assert conn["sent"] > 500
+    assert len(session.texts()) == conn["sent"]  # what the server counted as sent, the client got
+
+
+def test_drop_in_drain_mode_delivers_every_counted_frame_too():
+    session, conn = faulty_session(FaultConfig(drop_every=0.3), lambda s: False, rate=0, keep_text=False)
+    assert session.disconnected_at is not None and session.close_code is None
+    assert conn["sent"] > 10_000 and len(session.data()) == conn["sent"]
+
+
+def test_close_with_the_requested_code():
+    session, conn = faulty_session(FaultConfig(close_every=0.3, close_code=4001), lambda s: False)
+    assert (session.close_code, session.close_reason) == (4001, "simulated close")
+    assert session.texts() and conn["close_code"] == 4001 and conn["faults"] == {"close": 1}
+
+
+@pytest.mark.parametrize("rate", [3000.0, 0.0])
+def test_stall_leaves_a_gap(rate):
+    session, conn = faulty_session(FaultConfig(stall_every=0.4, stall_for=0.25), lambda s: False, timeout=1.0,
+                                   rate=rate, keep_text=False)
+    times = [f.at for f in session.data()]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    stalls = [g for g in gaps if g >= 0.1]
+    assert stalls and min(stalls) >= 0.245  # each stall lasts stall_for ...
+    assert len(stalls) <= conn["faults"]["stall"] <= 2  # ... and there is no other sluggishness
+    assert times[-1] - times[0] > 0.7  # sending resumed after the first stall
+    if rate:
+        assert conn["dropped"] > 0  # a live market does not wait for a stalled connection
+    else:
+        assert conn["dropped"] == 0
+
+
+def has(msg_type: WSMsgType):
+    return lambda s: any(f.msg_type == msg_type for f in s.frames)
+
+
+def test_malformed_frame():
+    def bad(s: Session) -> bool:
+        for payload in s.texts():
+            try:
+                orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return True
+        return False
+
+    session, conn = faulty_session(FaultConfig(malformed_every=0.15), bad)
+    assert bad(session) and conn["faults"].get("malformed", 0) >= 1
+    broken = [p for p in session.texts() if not p.endswith(b"}}")]
+    assert len(broken) >= 1 and broken[0].startswith(b'{"channel":"IME Stream","contractId":"100')
+    broken[0].decode("utf-8")  # a text frame: still valid UTF-8
+
+
+def test_binary_frame():
+    session, conn = faulty_session(FaultConfig(binary_every=0.15), has(WSMsgType.BINARY))
+    (payload, *_) = [f.payload for f in session.data(WSMsgType.BINARY)]
+    assert payload.startswith(b"\x00\xffIME-SIM binary frame")
+    assert conn["faults"]["binary"] >= 1
+
+
+def test_oversized_frame():
+    big = 300_000
+    session, conn = faulty_session(FaultConfig(oversized_every=0.15, oversized_bytes=big),
+                                   lambda s: any(len(p) == big for p in s.texts()))
+    (payload,) = [p for p in session.texts() if len(p) > 10_000]
+    env = parse_envelope(payload)
+    assert env.identifier in ("1001", "1002", "1003") and set(env.extra["padding"]) == {"x"}
+    assert conn["faults"]["oversized"] >= 1
+
+
+def test_fragmented_message_reassembles():
+    def fragmented(s: Session) -> bool:
+        return any(f.msg_type == WSMsgType.CONTINUATION and f.fin for f in s.frames)
+
+    session, conn = faulty_session(FaultConfig(fragment_every=0.15, fragment_parts=4), fragmented)
+    frames = session.frames
+    start = next(i for i, f in enumerate(frames) if f.msg_type == WSMsgType.TEXT and not f.fin)
+    run_ = frames[start:start + 4]
+    assert [f.msg_type for f in run_] == [WSMsgType.TEXT] + [WSMsgType.CONTINUATION] * 3
+    assert [f.fin for f in run_] == [False, False, False, True]
+    env = parse_envelope(b"".join(f.payload for f in run_))
+    assert env.identifier_field == "contractId" and env.data.best_limit is not None
+    assert conn["faults"]["fragment"] >= 1 and conn["frames"] >= conn["sent"] + 4
+
+
+def test_pings_are_sent_and_pongs_counted():
+    session, conn = faulty_session(FaultConfig(ping_every=0.1),
+                                   lambda s: len(s.data(WSMsgType.PING)) >= 3)
+    pings = [f.payload for f in session.data(WSMsgType.PING)]
+    assert pings[:3] == [b"ime-sim 1", b"ime-sim 2", b"ime-sim 3"]
+    assert conn["pongs"] >= 2 and conn["faults"]["ping"] >= 3
+
+
+def test_revocation_closes_1008_and_the_token_stays_revoked():
+    async def go() -> None:
+        async with running_sim(contracts=3, rate=1000, faults=FaultConfig(revoke_after=0.3)) as sim:
+            url = sim.url(EndpointKind.NAME)
+            first = await picows_session(url, sim.token)
+            assert (first.close_code, first.close_reason) == (1008, "token revoked")
+            assert first.texts()
+            again = await picows_session(url, sim.token)
+            assert (again.close_code, again.close_reason) == (1008, "revoked token") and not again.frames
+            fresh = await picows_session(url, sim.server.issue_token(), lambda s: len(s.texts()) >= 5)
+            assert len(fresh.texts()) >= 5
+            stats = sim.stats()
+            assert stats["totals"]["faults"]["revoke"] >= 1 and stats["refused"] == {"revoked token": 1}
+
+    run(go())
