@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 _SECRET_KEYS = re.compile(r"(token|auth|pass|secret|key|jwt|signature|sig)", re.IGNORECASE)
@@ -26,9 +27,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def redact_text(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Mask the given secrets and anything shaped like a JWT."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, MASK)
+    # Longest first, so a secret that contains another is masked whole.
+    for s in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
+        text = text.replace(s, MASK)
     return _JWT.sub(MASK, text)

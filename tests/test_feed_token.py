@@ -13,8 +13,6 @@ from recorder.feed.token import (
     encode_token_request,
     jwt_claims,
     parse_token_response,
-    redact,
-    redact_url,
     token_expiry,
     token_from_header,
 )
@@ -76,14 +74,6 @@ def test_expiry_of_issued_and_opaque_tokens():
     assert token_expiry("opaque-token") is None
     assert token_expiry("a.!!!.c") is None
     assert jwt_claims("a.W10.c") is None  # payload is a JSON array
-
-
-def test_redaction():
-    assert redact("login with hunter2 and tok.en.x", ["hunter2", "tok.en.x", None, ""]) == \
-        "login with <redacted> and <redacted>"
-    assert redact("abcdef", ["abc", "abcdef"]) == "<redacted>"
-    assert redact_url("wss://u:pw@h/p?contract_id=1&token=abc") == "wss://<redacted>@h/p?contract_id=1&token=<redacted>"
-    assert redact_url("wss://h/p?contract_id=1") == "wss://h/p?contract_id=1"
 
 
 def test_orjson_is_used_for_responses():

@@ -221,7 +221,10 @@ def test_redaction():
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZW1vIn0.c2lnbmF0dXJl"
     assert redact_url("wss://user:pw@host/x?contract_id=1&token=abc") == "wss://host/x?contract_id=1&token=***"
     assert jwt not in redact_text(f"refused {jwt} now")
-    assert "hunter2" not in redact_text("password hunter2", ["hunter2"])
+    assert redact_text("login with hunter2 and tok.en.x", ["hunter2", "tok.en.x", None, ""]) == \
+        "login with *** and ***"
+    assert redact_text("abcdef", ["abc", "abcdef"]) == "***"
+    assert redact_url("wss://h/p?contract_id=%D8%B3%20a") == "wss://h/p?contract_id=%D8%B3%20a"
 
 
 def test_events_round_trip():

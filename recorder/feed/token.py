@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 
 CONTENT_TYPE = "application/x-www-form-urlencoded"
 AUTH_HEADER = "Authorization"
-REDACTED = "<redacted>"
 
 
 class TokenError(Exception):
@@ -85,32 +83,3 @@ def token_expiry(token: str) -> float | None:
     exp = claims.get("exp") if claims else None
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
-
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every occurrence of each (non-trivial) secret replaced by <redacted>."""
-    # Longest first, so a secret that contains another is removed whole.
-    for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def redact_url(url: str) -> str:
-    """A URL safe to print: user:password and query values that look like credentials are hidden."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        items = []
-        for item in query.split("&"):
-            key, sep, value = item.partition("=")
-            if sep and key.lower() in _SECRET_KEYS:
-                value = REDACTED
-            items.append(f"{key}{sep}{value}")
-        query = "&".join(items)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-_SECRET_KEYS = frozenset(("token", "access_token", "authorization", "password", "passwd", "secret", "key",
-                          "api_key", "apikey", "jwt"))

@@ -19,8 +19,6 @@ from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.token import TokenError, encode_token_request, parse_token_response
 from recorder.redact import redact_url
 
-REFRESH_DEDUP_S = 5.0
-
 
 class CredentialsRefused(RuntimeFailure):
     """The token endpoint said no to the username/password: retrying would only hammer it."""
@@ -69,9 +67,7 @@ class TokenProvider:
         """A token newer than `used_gen`; raises TokenUnavailable when none can be had."""
         async with self._lock:
             if self.gen > used_gen:
-                return self.token, self.gen
-            if self.username and time.monotonic() - self.issued_at < REFRESH_DEDUP_S:
-                # Issued moments ago and already refused: another one would be refused the same way.
+                # Another worker's request already brought a newer token: one issue per burst of refusals.
                 return self.token, self.gen
             if self.username:
                 await self._issue_with_retries()

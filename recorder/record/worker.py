@@ -258,7 +258,8 @@ class Worker:
                 run.transport, run.listener = transport, listener
                 started = time.monotonic()
                 self._event(Event.OPENED, conn=conn_id, url=shown_url, contracts=list(run.group.contracts),
-                            status=int(transport.response.status), headers=self._headers(transport))
+                            status=int(transport.response.status), headers=self._headers(transport),
+                            **self._addresses(transport))
                 if self._paused:
                     transport.underlying_transport.pause_reading()
                 try:
@@ -460,6 +461,16 @@ class Worker:
 
     def _clean(self, text: str) -> str:
         return redact_text(text, (self.token,))
+
+    @staticmethod
+    def _addresses(transport: WSTransport) -> dict[str, str]:
+        """Both ends of the TCP connection: lets an operator match a recording to server-side logs."""
+        out = {}
+        for key, info in (("local", "sockname"), ("peer", "peername")):
+            addr = transport.underlying_transport.get_extra_info(info)
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                out[key] = f"{addr[0]}:{addr[1]}"
+        return out
 
     @staticmethod
     def _headers(transport: WSTransport) -> dict[str, str]:

@@ -73,3 +73,28 @@ def truncate_utf8(text: str, limit: int) -> bytes:
 
 def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + truncate_utf8(reason, MAX_CLOSE_REASON)
+
+
+def parse_frames(data: bytes | bytearray | memoryview) -> list[tuple[int, bool, bytes]]:
+    """Split unmasked server frames back into (opcode, fin, payload); `data` must hold whole frames."""
+    view = memoryview(data)
+    out: list[tuple[int, bool, bytes]] = []
+    pos = 0
+    end = len(view)
+    while pos < end:
+        first, second = view[pos], view[pos + 1]
+        length = second & 0x7F
+        pos += 2
+        if length == 126:
+            length = int.from_bytes(view[pos:pos + 2], "big")
+            pos += 2
+        elif length == 127:
+            length = int.from_bytes(view[pos:pos + 8], "big")
+            pos += 8
+        if second & 0x80:
+            raise ValueError("server frames are never masked")
+        if pos + length > end:
+            raise ValueError("truncated frame")
+        out.append((first & 0x0F, bool(first & FIN), bytes(view[pos:pos + length])))
+        pos += length
+    return out

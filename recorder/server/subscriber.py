@@ -34,7 +34,8 @@ class Subscriber:
     __slots__ = (
         "__weakref__", "_close_handle", "_closing", "_disconnected", "_on_close", "_paused", "_transport",
         "_waiters", "_write", "close_code", "close_reason", "closed_at", "closed_by", "connected_at", "contracts",
-        "dropped", "faults", "frames", "id", "kind", "peer", "pongs", "sent", "sent_bytes", "state", "token_id",
+        "dropped", "faults", "frames", "id", "kind", "peer", "pongs", "sent", "sent_bytes", "state", "tap",
+        "token_id",
     )
 
     def __init__(self, sub_id: int, kind: EndpointKind, contracts: tuple[str, ...], token_id: str | None,
@@ -66,6 +67,8 @@ class Subscriber:
         self._waiters: list[asyncio.Future[None]] = []
         self._close_handle: asyncio.TimerHandle | None = None
         self._on_close = on_close
+        # Sees every byte handed to the transport (ime-sim --sent-log); None costs one check per write.
+        self.tap: Callable[[int, bytes | bytearray | memoryview], None] | None = None
 
     def __repr__(self) -> str:
         return (f"Subscriber(id={self.id}, kind={self.kind.value}, contracts={len(self.contracts)}, "
@@ -120,6 +123,8 @@ class Subscriber:
         if self._closing:
             return False
         self._write(data)
+        if self.tap is not None:
+            self.tap(self.id, data)
         self.sent += messages
         self.frames += messages if frames is None else frames
         self.sent_bytes += len(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from recorder.feed.endpoints import EndpointKind, build_url
@@ -11,6 +12,7 @@ from recorder.server.server import FeedServer, ServerConfig
 from recorder.server.tokens import Credentials
 from recorder.sim.faults import FaultConfig
 from recorder.sim.market import ContractSpec, make_contracts
+from recorder.sim.sentlog import SentLog, TappedSource
 from recorder.sim.source import SimSource
 
 DEMO_USERNAME = "demo"
@@ -36,6 +38,7 @@ class SimConfig:
     batch_bytes: int = 128 * 1024
     write_buffer_high: int = 1 << 20
     use_aiofastnet: bool | None = None
+    sent_log: Path | None = None  # write every message sent into a segment file here (tests, benchmarks)
 
     def __post_init__(self) -> None:
         if self.contracts < 1:
@@ -57,11 +60,13 @@ class SimConfig:
 class SimHandle:
     """A running simulator. `token` is a ready-made valid token (the fixed one if configured)."""
 
-    def __init__(self, config: SimConfig, server: FeedServer, source: SimSource, token: str) -> None:
+    def __init__(self, config: SimConfig, server: FeedServer, source: SimSource, token: str,
+                 sent_log: SentLog | None = None) -> None:
         self.config = config
         self.server = server
         self.source = source
         self.token = token
+        self.sent_log = sent_log
         self.contracts: list[ContractSpec] = source.specs
 
     def __repr__(self) -> str:
@@ -140,6 +145,8 @@ class SimHandle:
     async def close(self) -> None:
         await self.server.close()
         await self.source.close()
+        if self.sent_log is not None:
+            self.sent_log.close()
 
 
 async def start_sim(config: SimConfig | None = None) -> SimHandle:
@@ -155,8 +162,9 @@ async def start_sim(config: SimConfig | None = None) -> SimHandle:
     # The source needs the server (to revoke tokens) and the server the source: tie them after creation.
     source = SimSource(specs, seed=cfg.seed, rate=cfg.rate, burst=cfg.burst, burst_every=cfg.burst_every,
                        faults=cfg.faults, batch_bytes=cfg.batch_bytes)
-    server = FeedServer(server_cfg, source)
+    sent_log = SentLog(cfg.sent_log) if cfg.sent_log is not None else None
+    server = FeedServer(server_cfg, source if sent_log is None else TappedSource(source, sent_log))
     source.set_revoker(server.revoke)
     await server.start()
     token = cfg.token or server.issue_token(cfg.username)
-    return SimHandle(cfg, server, source, token)
+    return SimHandle(cfg, server, source, token, sent_log)

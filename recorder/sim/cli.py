@@ -161,19 +161,22 @@ def fault_options(fn: Any) -> Any:
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Once listening, write the addresses, credentials, token and contracts here as JSON.")
 @click.option("--duration", type=float, callback=_seconds, metavar="S", help="Stop after S seconds.")
+@click.option("--sent-log", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write every message sent, per connection, into segment files here (ground truth for tests).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: picows too).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 @one_line_errors(PROG)
 def cli(host: str, port: int, http_port: int, contracts: int, rate: float, burst: int, burst_every: float,
         seed: int, token: str | None, token_ttl: float, username: str, password: str, reject: str,
-        ready_file: Path | None, duration: float | None, verbose: int, quiet: bool, **faults: Any) -> None:
+        ready_file: Path | None, duration: float | None, sent_log: Path | None, verbose: int, quiet: bool,
+        **faults: Any) -> None:
     """An IME-compatible WebSocket server with a synthetic market and fault injection, for offline use."""
     setup_logging(verbose, quiet)
     try:
         config = SimConfig(host=host, port=port, http_port=http_port, contracts=contracts, rate=rate, burst=burst,
                            burst_every=burst_every, seed=seed, token=token, username=username, password=password,
                            token_ttl=token_ttl, reject=reject,  # type: ignore[arg-type]
-                           faults=FaultConfig(**faults))
+                           faults=FaultConfig(**faults), sent_log=sent_log)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if ready_file is not None and not ready_file.parent.is_dir():

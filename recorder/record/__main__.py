@@ -1,0 +1,3 @@
+from recorder.record.cli import main
+
+main()

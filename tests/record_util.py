@@ -1,0 +1,131 @@
+"""Running the real recorder (`python -m recorder.record`) as a process tree, and checking what it wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from recorder.events import decode_event
+from recorder.segment.format import RecordKind
+from recorder.segment.reader import discover, open_segment
+
+
+class RecorderProcess:
+    """ime-record in its own session, so teardown can kill the supervisor and every worker it started."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        stamp = time.monotonic_ns()
+        self.stdout_path = workdir / f"record-{stamp}.out"
+        self.stderr_path = workdir / f"record-{stamp}.err"
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RecorderProcess:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.record", *self.args], stdout=out,
+                                         stderr=err, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill_tree(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        # multiprocessing's resource tracker is a child too; workers are the ones running worker_main.
+        return [p for p in pids if "multiprocessing.spawn" in _cmdline(p) and "resource_tracker" not in _cmdline(p)]
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"recorder exited ({self.proc.returncode}) before {text!r}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s:\n{self.stderr}")
+            time.sleep(0.05)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def connections(paths: list[Path]) -> tuple[dict[object, list[tuple[int, bytes]]], dict[object, dict]]:
+    """Payload records (kind, bytes) per connection and each connection's `opened` event.
+
+    A connection is (shard, worker incarnation, conn id) in a recording; conn ids restart in every worker.
+    """
+    data: dict[object, list[tuple[int, bytes]]] = defaultdict(list)
+    opened: dict[object, dict] = {}
+    for path in sorted(paths):
+        seg = open_segment(path)
+        worker = seg.header.meta.get("worker") or {}
+        incarnation = worker.get("incarnation", 0) if isinstance(worker, dict) else 0
+        for rec in seg.iter_records():
+            key = (seg.shard, incarnation, rec.conn)
+            if rec.kind == RecordKind.EVENT:
+                event = decode_event(rec.payload)
+                if event.get("event") == "opened":
+                    opened[key] = event
+            else:
+                data[key].append((rec.kind, rec.payload))
+        assert not seg.damage, seg.damage
+    return data, opened
+
+
+def compare_with_sent_log(recording: Path, sent_log: Path) -> dict[str, int]:
+    """Assert that every message the simulator sent is recorded once, byte for byte, per connection in order."""
+    rec_files = [p for p in discover([recording]) if p.name.startswith("ime-")]
+    sent_data, sent_opened = connections(discover([sent_log]))
+    got_data, got_opened = connections(rec_files)
+    by_local = {event.get("local"): key for key, event in got_opened.items()}
+    matched = 0
+    messages = 0
+    for key, event in sent_opened.items():
+        sent = sent_data.get(key, [])
+        peer = event.get("peer")
+        assert peer in by_local, f"sim connection {key} from {peer} has no `opened` event in the recording"
+        got = got_data.get(by_local[peer], [])
+        assert len(got) == len(sent), f"connection {peer}: sent {len(sent)} messages, recorded {len(got)}"
+        for i, (a, b) in enumerate(zip(sent, got, strict=True)):
+            assert a == b, f"connection {peer}: message {i} differs: sent {a[1][:80]!r}, recorded {b[1][:80]!r}"
+        matched += 1
+        messages += len(sent)
+    extra = set(got_data) - {by_local[e.get("peer")] for e in sent_opened.values()}
+    assert not any(got_data[k] for k in extra), f"recorded messages on connections the sim never served: {extra}"
+    return {"connections": matched, "messages": messages}

@@ -1,0 +1,286 @@
+"""ime-record end to end: real supervisor and worker processes, real picows sockets to ime-sim, real files."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+
+import pytest
+from record_util import RecorderProcess, compare_with_sent_log, connections
+
+from recorder.events import decode_event
+from recorder.segment.format import RecordKind
+from recorder.segment.reader import discover, open_segment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    started: list[RecorderProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
+        proc = RecorderProcess(tmp_path, *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_tree()
+
+
+def sim_args(sim) -> list[str]:
+    info = sim.info
+    return ["--base-url", info["base_url"], "--token-url", info["token_url"]]
+
+
+def creds(sim) -> dict[str, str]:
+    return {"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]}
+
+
+def events(out_dir, name=None):
+    found = []
+    for path in discover([out_dir]):
+        for rec in open_segment(path).iter_records():
+            if rec.kind == RecordKind.EVENT:
+                e = decode_event(rec.payload)
+                if name is None or e["event"] == name:
+                    found.append((rec.shard, e))
+    return found
+
+
+def no_open_files(out_dir) -> bool:
+    return not list(out_dir.glob("*.open"))
+
+
+def test_every_frame_sent_is_recorded_once_across_shards_drops_fragments_and_binary(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "12", "--rate", "3000", "--seed", "5", "--sent-log", str(sent),
+                      "--drop-every", "1.3", "--fragment-every", "0.4", "--fragment-parts", "4",
+                      "--binary-every", "0.5", "--malformed-every", "0.7", "--ping-every", "0.3",
+                      "--oversized-every", "1.1", "--oversized-bytes", "300000")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "3", "--out", str(out),
+                   "--max-contracts-per-connection", "3", "--flush-ms", "50", *sim_args(sim), env=creds(sim))
+    time.sleep(5)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert no_open_files(out)
+    result = compare_with_sent_log(out, sent)
+    assert result["connections"] >= 8  # 12 contracts on ≥4 connections, each reconnected after drops
+    assert result["messages"] > 5000
+    data, _ = connections(discover([out]))
+    kinds = {kind for records in data.values() for kind, _ in records}
+    assert kinds == {RecordKind.TEXT, RecordKind.BINARY}
+    closed = [e for _, e in events(out, "closed")]
+    assert any(e["code"] == 1006 for e in closed), "the sim's TCP drops show up as closed events"
+    assert events(out, "reconnect")
+
+
+def test_sigterm_exits_0_seals_everything_and_loses_nothing(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "8", "--rate", "5000", "--sent-log", str(sent))
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "2", "--out", str(out), *sim_args(sim),
+                   env=creds(sim))
+    time.sleep(3)
+    t0 = time.monotonic()
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    assert time.monotonic() - t0 < 5, "stops within a few seconds"
+    sim.stop()
+    assert no_open_files(out)
+    assert all(open_segment(p).sealed and not open_segment(p).verify() for p in discover([out]))
+    assert compare_with_sent_log(out, sent)["messages"] > 10_000
+    assert "recorded for" in rec.stderr and "total:" in rec.stderr
+
+
+def test_sigint_and_duration_also_stop_cleanly(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "4", "--rate", "500")
+    rec = recorder("--ids", "1001,1002,1003,1004", "--out", str(tmp_path / "a"), "--duration", "2", *sim_args(sim),
+                   env=creds(sim))
+    assert rec.wait(30) == 0, rec.stderr
+    assert "--duration 2s reached" in rec.stderr
+    rec2 = recorder("--ids", "1001", "--out", str(tmp_path / "b"), *sim_args(sim), env=creds(sim))
+    rec2.wait_for("recording 1 contracts")
+    time.sleep(1)
+    rec2.signal(signal.SIGINT)
+    assert rec2.wait(30) == 0, rec2.stderr
+    assert no_open_files(tmp_path / "a") and no_open_files(tmp_path / "b")
+
+
+def test_sigkill_of_a_worker_restarts_it_recovers_its_file_and_other_shards_see_no_gap(sim_process, recorder,
+                                                                                        tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "12", "--rate", "4000", "--sent-log", str(sent))
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "3", "--out", str(out), "--flush-ms", "50",
+                   *sim_args(sim), env=creds(sim))
+    deadline = time.monotonic() + 20
+    while len(rec.worker_pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = rec.worker_pids()
+    assert len(workers) == 3
+    time.sleep(2)
+    victim = workers[1]
+    import os
+
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    rec.wait_for("restarting in")
+    while len(rec.worker_pids()) < 3 and time.monotonic() - killed_at < 5:
+        time.sleep(0.05)
+    assert time.monotonic() - killed_at < 1.5, "the killed worker is back within about a second"
+    rec.wait_for("recovered", timeout=15)
+    time.sleep(2)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert no_open_files(out)
+    files = discover([out])
+    reasons = [open_segment(p).seal.get("reason") for p in files]
+    assert "recovered" in reasons
+    for p in files:
+        assert open_segment(p).verify() == []
+    # The other shards' connections were never interrupted: exactly one opened and one closed each, and
+    # every message the sim sent them is in the recording.
+    data, opened = connections(files)
+    per_shard: dict[int, int] = {}
+    for shard, _, _ in opened:
+        per_shard[shard] = per_shard.get(shard, 0) + 1
+    assert sorted(per_shard.values()) == [1, 1, 2]
+    sent_data, sent_opened = connections(discover([sent]))
+    by_local = {e["local"]: k for k, e in opened.items()}
+    for key, event in sent_opened.items():
+        rec_key = by_local[event["peer"]]
+        if per_shard[rec_key[0]] == 1:
+            assert data[rec_key] == sent_data[key]
+        else:
+            # The killed worker lost at most its last unflushed frame (≤ --flush-ms) of this connection.
+            got = data[rec_key]
+            assert got == sent_data[key][: len(got)]
+            assert len(sent_data[key]) - len(got) < 4000 * 0.5
+
+
+def test_an_invalid_contract_is_found_excluded_and_the_rest_recorded(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "600")
+    ids = ["1001", "1002", "9999", "1003", "1004", "1005", "1006"]
+    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--duration", "6", *sim_args(sim), env=creds(sim))
+    assert rec.wait(40) == 0, rec.stderr
+    assert "refuses contract 9999" in rec.stderr
+    rejected = [e for _, e in events(out, "rejected")]
+    assert [e["contracts"] for e in rejected] == [["9999"]]
+    data, _ = connections(discover([out]))
+    recorded = {p.split(b'"contractId":"')[1].split(b'"')[0].decode() for msgs in data.values() for _, p in msgs}
+    assert recorded == {"1001", "1002", "1003", "1004", "1005", "1006"}
+
+
+def test_bad_token_exits_1_with_a_clear_message_after_bounded_attempts(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "20", "--rate", "100")
+    ids = ",".join(sim.info["ids"])
+    rec = recorder("--ids", ids, "--out", str(tmp_path / "out"), "--shards", "2", *sim_args(sim),
+                   env={"IME_TOKEN": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.bm90LWEtcmVhbC1zaWduYXR1cmU"})
+    code = rec.wait(60)
+    assert code == 1, rec.stderr
+    last = rec.stderr.strip().splitlines()[-1]
+    assert last.startswith("ime-record: error: ") and "token" in last
+    assert "eyJ" not in rec.stderr  # the token never reaches a log line
+    stats = urllib.request.urlopen(sim.info["stats_url"], timeout=5).read()
+    import orjson
+
+    refused = orjson.loads(stats)["refused"]
+    # Bounded, no hammering: bisection probes each shard's list at most 2n-1 times, plus one retry per shard
+    # with the (unrefreshable) token.
+    assert sum(refused.values()) <= 2 * 20 + 2 * 2, refused
+
+
+def test_bad_credentials_exit_1_without_retrying(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "3")
+    rec = recorder("--ids", "1001", "--out", str(tmp_path / "out"), *sim_args(sim),
+                   env={"IME_USERNAME": "demo", "IME_PASSWORD": "wrong-password"})
+    assert rec.wait(30) == 1
+    assert "refused the username/password (HTTP 401)" in rec.stderr
+    assert "wrong-password" not in rec.stderr + rec.stdout
+    assert "Traceback" not in rec.stderr
+
+
+def test_token_revoked_mid_stream_is_replaced_and_recording_goes_on(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "3", "--rate", "300", "--revoke-after", "1.5")
+    rec = recorder("--ids", "1001,1002,1003", "--out", str(out), "--duration", "5", *sim_args(sim), env=creds(sim))
+    assert rec.wait(30) == 0, rec.stderr
+    assert events(out, "token_refreshed")
+    assert not events(out, "rejected")
+    opened = events(out, "opened")
+    assert len(opened) >= 2
+
+
+def test_disk_full_stops_cleanly_and_keeps_sealed_files(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "4000")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "2", "--out", str(out), "--rotate-mb", "0.05",
+                   "--flush-ms", "20", *sim_args(sim),
+                   env={**creds(sim), "IME_RECORDER_FAULT_ENOSPC_AFTER": "300000"})
+    assert rec.wait(40) == 1, rec.stderr
+    last = rec.stderr.strip().splitlines()[-1]
+    assert last.startswith("ime-record: error: disk full writing ") and "sealed segments are intact" in last
+    assert "Traceback" not in rec.stderr
+    files = discover([out])
+    assert len(files) >= 4
+    for p in files:
+        seg = open_segment(p)
+        assert seg.verify() == [], p
+    assert no_open_files(out)
+
+
+def test_metrics_endpoint_and_status_lines(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "8", "--rate", "800")
+    # Rendezvous hashing puts 1005 and 1006 on shard 0 and the other six on shard 1.
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "2", "--out", str(tmp_path / "out"),
+                   "--metrics-port", "0", "--status-interval", "1", *sim_args(sim), env=creds(sim))
+    rec.wait_for("Prometheus metrics on http://127.0.0.1:")
+    port = int(rec.stderr.split("Prometheus metrics on http://127.0.0.1:")[1].split("/")[0])
+    time.sleep(2.5)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    totals = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("ime_recorder_messages_total")]
+    assert len(totals) == 2 and sum(totals) > 0
+    assert 'ime_recorder_connections_open{shard="0"} 1' in text
+    assert 'ime_recorder_connections_open{shard="1"} 1' in text
+    rec.wait_for("status: 2 shards, 2/2 connections")
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ids-file", "missing.txt"], "missing.txt: no such file"),
+    (["--ids", "1001", "--names", "A"], "give only one of"),
+    ([], "no contracts"),
+    (["--ids", "1001", "--base-url", "http://x"], "--base-url must start with ws:// or wss://"),
+    (["--ids", "1001"], "no credentials"),
+])
+def test_bad_usage_is_one_line_exit_2(recorder, tmp_path, args, message):
+    rec = recorder(*args, "--out", str(tmp_path / "out"),
+                   env={"IME_TOKEN": "", "IME_USERNAME": "", "IME_PASSWORD": ""})
+    assert rec.wait(30) == 2
+    assert message in rec.stderr
+    assert rec.stderr.strip().count("\n") == 0, rec.stderr
+
+
+def test_malformed_ids_file_is_one_line_exit_2(recorder, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1001\n1002 1003\n")
+    rec = recorder("--ids-file", str(ids), "--out", str(tmp_path / "out"), env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 2
+    assert f"{ids}, line 2: an id cannot contain spaces" in rec.stderr
+    assert rec.stderr.strip().count("\n") == 0
+
+
+def test_demo_mode_records_from_the_builtin_simulator(recorder, tmp_path):
+    out = tmp_path / "demo"
+    rec = recorder("--demo", "--shards", "2", "--duration", "3", "--out", str(out))
+    assert rec.wait(60) == 0, rec.stderr
+    files = discover([out])
+    assert len(files) == 2 and all(open_segment(p).records > 100 for p in files)
