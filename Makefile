@@ -17,8 +17,12 @@ demo: $(BIN)/ime-record
 	$(BIN)/ime-segments ls demo-data
 	$(BIN)/ime-segments verify -q demo-data && echo "all segments verified"
 
-test: $(BIN)/ime-record
-	$(BIN)/pytest -n 2
+# The API document's JavaScript example runs against the replay server when node and npm are present.
+$(VENV)/node/node_modules/ws:
+	-command -v npm >/dev/null && npm install --silent --no-audit --no-fund --prefix $(VENV)/node ws@8
+
+test: $(BIN)/ime-record $(VENV)/node/node_modules/ws
+	NODE_PATH=$(CURDIR)/$(VENV)/node/node_modules $(BIN)/pytest -n 2
 
 lint: $(BIN)/ime-record
 	$(BIN)/ruff check recorder tests benchmarks tools

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import signal
 import sys
 from collections.abc import Iterable
@@ -146,6 +147,8 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
       ime-replay ime-data/ --serve 127.0.0.1:8765 --speed 1x
     """
     setup_logging(0, quiet)
+    # The server's per-connection INFO lines are for ime-sim operators; here they would drown the report.
+    logging.getLogger("recorder.server").setLevel(logging.WARNING)
     factor = parse_speed(speed)
     segments = open_segments(paths)
     check_contracts(segments, contracts)

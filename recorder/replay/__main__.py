@@ -1,0 +1,3 @@
+from recorder.replay.cli import main
+
+main()

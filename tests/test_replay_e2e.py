@@ -1,0 +1,340 @@
+"""ime-replay end to end: real segment files, the real command, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import websockets
+from segment_util import ime_payload, write_records
+
+from recorder.events import Event, encode_event
+from recorder.segment.reader import open_segment
+
+S = 1_000_000_000
+T0 = 1_764_000_000 * S
+CONTRACTS = ("1001", "1002", "1003", "1004")
+
+
+def make_recording(directory: Path, span_s: float = 1.5, rate: int = 1000, gap_s: float = 0.0) -> list[tuple]:
+    """Two shards, four contracts, events; returns every (ts, shard, payload) written, in time order."""
+    written = []
+    n = int(span_s * rate)
+    for shard, contracts in ((0, CONTRACTS[:2]), (1, CONTRACTS[2:])):
+        recs = [(T0, 1, 3, encode_event(Event.OPENED, conn=1, contracts=list(contracts)))]
+        for i in range(n):
+            ts = T0 + i * S // rate + (int(gap_s * S) if i >= n // 2 else 0)
+            payload = ime_payload(i, contracts[i % 2])
+            recs.append((ts, 1, 1, payload))
+            written.append((ts, shard, payload))
+        write_records(directory, recs, shard=shard, frame_bytes=16 << 10,
+                      meta={"contracts": list(contracts), "endpoint": "id"})
+    written.sort(key=lambda w: (w[0], w[1]))
+    return written
+
+
+def replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "recorder.replay", *args], capture_output=True, timeout=timeout)
+
+
+def report_figures(stderr: bytes) -> dict[str, float]:
+    text = stderr.decode()
+    m = re.search(r"in ([\d.]+)s wall; recording span ([\d.]+)s, effective speed ([\d.]+)x", text)
+    assert m, text
+    late = re.search(r"p99 ([\d.]+)µs", text)
+    return {"wall": float(m[1]), "span": float(m[2]), "speed": float(m[3]),
+            "p99_us": float(late[1]) if late else -1.0}
+
+
+def test_raw_output_is_every_payload_in_receive_order(tmp_path):
+    written = make_recording(tmp_path)
+    out = replay(str(tmp_path), "--speed", "max", "--format", "raw")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"".join(p + b"\n" for _, _, p in written)
+
+
+def test_ten_x_takes_a_tenth_of_the_time(tmp_path):
+    make_recording(tmp_path, span_s=3.0, rate=500)
+    t0 = time.monotonic()
+    out = replay(str(tmp_path), "--speed", "10x", "--format", "raw")
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    fig = report_figures(out.stderr)
+    assert fig["span"] == pytest.approx(3.0, abs=0.01)
+    assert fig["speed"] == pytest.approx(10.0, rel=0.03)
+    assert elapsed >= 0.3  # the schedule is kept, not skipped
+
+
+def test_one_x_keeps_the_original_timing(tmp_path):
+    make_recording(tmp_path, span_s=1.5, rate=1000)
+    out = replay(str(tmp_path), "--speed", "1x", "--format", "raw")
+    fig = report_figures(out.stderr)
+    assert fig["wall"] == pytest.approx(1.5, abs=0.05)
+    assert 0 <= fig["p99_us"] < 5000  # a correctness bound; benchmarks/ measure the real figure
+
+
+def test_jsonl_has_time_contract_and_the_original_frame(tmp_path):
+    written = make_recording(tmp_path, span_s=0.2)
+    out = replay(str(tmp_path), "--speed", "max")
+    rows = [orjson.loads(line) for line in out.stdout.splitlines()]
+    frames = [r for r in rows if r["kind"] == "text"]
+    assert len(frames) == len(written)
+    for row, (ts, shard, payload) in zip(frames, written, strict=True):
+        assert (row["recv_ns"], row["shard"]) == (ts, shard)
+        assert row["contract"] == orjson.loads(payload)["contractId"]
+        assert row["frame"] == orjson.loads(payload)
+    events = [r for r in rows if r["kind"] == "event"]
+    assert [e["event"]["event"] for e in events] == ["opened", "opened"]
+    assert "2 connection events" in out.stderr.decode() and "opened=2" in out.stderr.decode()
+
+
+def test_equal_times_across_shards_come_out_in_shard_order(tmp_path):
+    written = make_recording(tmp_path, span_s=0.2)
+    out = replay(str(tmp_path), "--speed", "max")
+    frames = [orjson.loads(line) for line in out.stdout.splitlines() if b'"kind":"text"' in line]
+    keys = [(r["recv_ns"], r["shard"]) for r in frames]
+    assert keys == sorted(keys) == [(ts, shard) for ts, shard, _ in written]
+    assert any(a[0] == b[0] for a, b in itertools.pairwise(keys))  # there were ties to order
+
+
+def test_contract_and_time_filters(tmp_path):
+    written = make_recording(tmp_path, span_s=1.0)
+    start, end = T0 + S // 4, T0 + S // 2
+    out = replay(str(tmp_path), "--speed", "max", "--format", "raw", "--contract", "1003", "--contract", "1002",
+                 "--from", str(start), "--to", str(end))
+    expected = [p for ts, _, p in written if start <= ts < end and orjson.loads(p)["contractId"] in ("1002", "1003")]
+    assert out.stdout == b"".join(p + b"\n" for p in expected)
+    iso = replay(str(tmp_path), "--speed", "max", "--format", "raw", "--from", "2025-11-24T16:00:00.25Z",
+                 "--to", "2025-11-24T16:00:00.5Z")
+    assert iso.stdout.count(b"\n") == len([w for w in written if start <= w[0] < end])
+
+
+def test_max_gap_skips_overnight_silence(tmp_path):
+    make_recording(tmp_path, span_s=0.4, rate=500, gap_s=3600)
+    out = replay(str(tmp_path), "--speed", "1x", "--max-gap", "0.1", "--format", "raw")
+    fig = report_figures(out.stderr)
+    assert fig["wall"] < 1.0
+    assert "3599.9s of idle time skipped by --max-gap" in out.stderr.decode()  # 3600s + 2ms - 0.1s
+
+
+def test_list_shows_contracts_range_and_counts(tmp_path):
+    make_recording(tmp_path, span_s=0.5)
+    out = replay(str(tmp_path), "--list")
+    text = out.stdout.decode()
+    assert out.returncode == 0
+    assert "2 files, shards 0, 1: 1002 records" in text
+    for c in CONTRACTS:
+        assert re.search(rf"^{c}\s+250\s", text, re.MULTILINE), text
+
+
+def test_a_corrupt_segment_plays_what_verifies_warns_and_exits_1(tmp_path):
+    written = make_recording(tmp_path, span_s=1.0)
+    victim = sorted(tmp_path.glob("ime-s01-*.zst"))[0]
+    seg = open_segment(victim)
+    frame = seg.frames[1]
+    data = bytearray(victim.read_bytes())
+    data[frame.data_offset + 40] ^= 0xFF
+    victim.write_bytes(data)
+    out = replay(str(tmp_path), "--speed", "max", "--format", "raw")
+    assert out.returncode == 1
+    assert out.stdout.count(b"\n") == len(written) - frame.records
+    assert b"frame 1 at offset" in out.stderr and b"played what verified" in out.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--speed", "fast"], "bad --speed 'fast'"),
+    (["--contract", "7777"], "contract '7777' is not in the recording"),
+    (["--from", "yesterday"], "cannot read time 'yesterday'"),
+    (["--serve", "127.0.0.1:notaport"], "bad --serve"),
+])
+def test_bad_arguments_are_one_line_exit_2(tmp_path, args, message):
+    make_recording(tmp_path, span_s=0.1)
+    out = replay(str(tmp_path), *args)
+    assert out.returncode == 2
+    assert message in out.stderr.decode()
+    assert out.stderr.decode().strip().count("\n") == 0
+
+
+def test_no_segments_or_not_a_segment_is_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert b"no segment files" in replay(str(tmp_path / "empty")).stderr
+    junk = tmp_path / "junk.zst"
+    junk.write_bytes(b"not a segment at all")
+    out = replay(str(junk))
+    assert out.returncode == 2 and b"not an ime-recorder segment" in out.stderr
+    out = replay(str(tmp_path / "nothing-*.zst"))
+    assert out.returncode == 2 and b"no file matches" in out.stderr
+
+
+# --- --serve ----------------------------------------------------------------------------------------
+
+API_DOC_CLIENT = '''
+import asyncio
+import json
+import sys
+import websockets
+
+async def subscribe(url: str, token: str):
+    headers = {
+        "Authorization": token
+    }
+    async with websockets.connect(
+        url,
+        additional_headers=headers
+    ) as ws:
+        async for message in ws:
+            payload = json.loads(message)
+            identifier = (
+                payload.get("contractId")
+                or payload.get("contractName")
+            )
+            print(
+                payload["timestamp"],
+                identifier,
+                payload["channel"]
+            )
+            print(payload["data"])
+
+url = sys.argv[1]
+token = "<your_token>"
+asyncio.run(subscribe(url, token))
+'''
+
+
+class ReplayServer:
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.err = tmp_path / f"serve-{time.monotonic_ns()}.err"
+        with open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.replay", *args], stderr=err,
+                                         stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while "serving ws://" not in self.stderr:
+            assert self.proc.poll() is None, self.stderr
+            assert time.monotonic() < deadline, self.stderr
+            time.sleep(0.05)
+        self.base_url = re.search(r"serving (ws://\S+)", self.stderr)[1]
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def url(self, *contracts: str) -> str:
+        return f"{self.base_url}/contract/id?" + "&".join(f"contract_id={c}" for c in contracts)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers: list[ReplayServer] = []
+
+    def start(*args: str) -> ReplayServer:
+        s = ReplayServer(tmp_path, *args)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_serve_to_the_api_documents_python_client_unchanged(tmp_path, serve):
+    written = make_recording(tmp_path / "rec", span_s=1.0)
+    server = serve(str(tmp_path / "rec"), "--serve", "127.0.0.1:0", "--speed", "4x")
+    clients = [
+        subprocess.Popen([sys.executable, "-c", API_DOC_CLIENT, server.url("1001", "1003")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-c", API_DOC_CLIENT, server.url("1002")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True),
+    ]
+    outputs = [c.communicate(timeout=30) for c in clients]
+    assert server.proc.wait(20) == 0, server.stderr
+    for (out, err), wanted in zip(outputs, (("1001", "1003"), ("1002",)), strict=True):
+        lines = out.splitlines()[0::2]
+        expected = [p for _, _, p in written if orjson.loads(p)["contractId"] in wanted]
+        assert len(lines) == len(expected), err
+        for line, payload in zip(lines, expected, strict=True):
+            msg = orjson.loads(payload)
+            assert line == f"{msg['timestamp']} {msg['contractId']} IME Stream"
+    fig = report_figures(server.stderr.encode())
+    assert fig["speed"] == pytest.approx(4.0, rel=0.05)
+
+
+async def collect(url: str, token: str = "any") -> tuple[list[bytes], int | None]:
+    got: list[bytes] = []
+    async with websockets.connect(url, additional_headers={"Authorization": token}) as ws:
+        try:
+            async for message in ws:
+                got.append(message.encode() if isinstance(message, str) else message)
+        except websockets.ConnectionClosed:
+            pass
+        return got, ws.close_code
+
+
+def test_served_frames_are_the_recorded_bytes_and_unknown_contracts_get_1008(tmp_path, serve):
+    written = make_recording(tmp_path / "rec", span_s=0.6)
+    server = serve(str(tmp_path / "rec"), "--serve", "127.0.0.1:0", "--speed", "3x", "--token", "s3cret")
+
+    async def scenario():
+        good = asyncio.ensure_future(collect(server.url("1004", "1001"), "s3cret"))
+        bad_contract = await collect(server.url("1001", "5555"), "s3cret")
+        bad_token = await collect(server.url("1001"), "wrong")
+        return await good, bad_contract, bad_token
+
+    (got, code), bad_contract, bad_token = asyncio.run(scenario())
+    assert got == [p for _, _, p in written if orjson.loads(p)["contractId"] in ("1004", "1001")]
+    assert code == 1000
+    assert bad_contract == ([], 1008)
+    assert bad_token == ([], 1008)
+    assert not any(b'"event"' in m for m in got)  # connection events are never served as market data
+
+
+def test_start_now_does_not_wait_for_a_client(tmp_path):
+    make_recording(tmp_path, span_s=0.3)
+    out = replay(str(tmp_path), "--serve", "127.0.0.1:0", "--start", "now", "--speed", "max", timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert b"replayed 602 records" in out.stderr
+
+
+NODE = shutil.which("node")
+JS_CLIENT = """
+const WebSocket = require('ws');
+const url = process.argv[process.argv.length - 1];  // the only change: where the URL comes from
+const token = '<your_token>';
+const ws = new WebSocket(url, { headers: { Authorization: token } });
+ws.on('open', () => { console.log('Connected'); });
+ws.on('message', (message) => {
+  const data = JSON.parse(message);
+  const identifier = data.contractId || data.contractName;
+  console.log(data.timestamp, identifier, data.channel);
+});
+ws.on('close', () => { console.log('Disconnected'); });
+"""
+
+
+def node_has_ws() -> bool:
+    if NODE is None:
+        return False
+    return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not node_has_ws(), reason="node with the 'ws' package is not installed (.ci/run installs it)")
+def test_serve_to_the_api_documents_javascript_client_unchanged(tmp_path, serve):
+    written = make_recording(tmp_path / "rec", span_s=0.5)
+    server = serve(str(tmp_path / "rec"), "--serve", "127.0.0.1:0", "--speed", "5x")
+    out = subprocess.run([NODE, "-e", JS_CLIENT, server.url("1002")], capture_output=True, text=True, timeout=30)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Connected" and lines[-1] == "Disconnected"
+    expected = [orjson.loads(p) for _, _, p in written if orjson.loads(p)["contractId"] == "1002"]
+    assert lines[1:-1] == [f"{m['timestamp']} 1002 IME Stream" for m in expected]
