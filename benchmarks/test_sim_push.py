@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).parent
-MESSAGES = int(os.environ.get("IME_BENCH_MESSAGES", "2000000"))
+QUICK = os.environ.get("IME_BENCH_QUICK") == "1"
+MESSAGES = int(os.environ.get("IME_BENCH_MESSAGES", "500000" if QUICK else "2000000"))
 ROUNDS = 3
 _measured: dict[str, dict[str, float]] = {}
 

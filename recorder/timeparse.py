@@ -36,7 +36,16 @@ def parse_time(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_ns(ts_ns: int) -> str:
     """`2026-11-23T12:00:00.123456789Z`: nanoseconds kept, because receive times are taken in ns."""
+    global _last_second
     seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+    # Records arrive thousands per second: format each second once (jsonl output spends its time here).
+    # One tuple, replaced whole, so a reader on another thread never pairs a second with another's text.
+    cached = _last_second
+    if cached[0] != seconds:
+        cached = _last_second = (seconds, f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}")
+    return f"{cached[1]}.{nanos:09d}Z"

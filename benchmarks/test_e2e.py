@@ -1,0 +1,109 @@
+"""End-to-end recorder benchmarks against the ceiling and the seed-style recorder, measured in one run.
+
+    .venv/bin/pytest benchmarks/test_e2e.py                      # full: 8 s per run, rates 1k/20k/100k
+    IME_BENCH_QUICK=1 .venv/bin/pytest benchmarks/test_e2e.py    # CI: 3 s per run, 20k only
+
+Figures go to each benchmark's extra_info (pytest-benchmark JSON); test_ratios_meet_floors checks the
+ratios of DESIGN §6 and fails CI below them. Ratios, not absolute times: noisy machines do not flap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from e2e import QUICK, Run, run_ceiling, run_recorder, run_seed, sim
+
+SECONDS = 3.0 if QUICK else 8.0
+RATES = [20_000] if QUICK else [1_000, 20_000, 100_000]
+SHARDS = [2, 4]
+RESULTS: dict[str, Run] = {}
+
+# DESIGN §6 targets. The quick mode uses the same floors except where a 3-second run on a shared CI machine
+# is known to be noisier; each relaxed floor says why.
+FLOORS = {
+    "throughput_vs_ceiling": 0.5,
+    "throughput_vs_seed": 4.0,
+    "p99_vs_ceiling_max": 1.5,
+    "p99_vs_seed_max": 0.5,
+}
+if QUICK:
+    # A 3 s run leaves a 2.5 s window; one scheduler hiccup of a few ms moves a p99 of ~100 µs a lot.
+    FLOORS["p99_vs_ceiling_max"] = 2.0
+
+
+def record(benchmark: Any, key: str, run: Run) -> None:
+    RESULTS[key] = run
+    benchmark.extra_info.update(run.summary())
+    benchmark.extra_info["key"] = key
+
+
+def once(benchmark: Any, fn: Any) -> Run:
+    box: list[Run] = []
+    benchmark.pedantic(lambda: box.append(fn()), rounds=1, iterations=1)
+    return box[0]
+
+
+@pytest.mark.parametrize("peer", ["ceiling", "seed", "recorder"])
+def test_throughput(benchmark, tmp_path, peer):
+    """Zero-loss throughput: `ime-sim --rate 0` sends each client frames as fast as it reads them."""
+    with sim(tmp_path, rate=0) as s:
+        if peer == "ceiling":
+            run = once(benchmark, lambda: run_ceiling(s, SECONDS, latency=False))
+        elif peer == "seed":
+            run = once(benchmark, lambda: run_seed(s, SECONDS, tmp_path))
+        else:
+            run = once(benchmark, lambda: run_recorder(s, SECONDS, tmp_path, shards=1))
+            assert run.extra["lost"] == 0, run.extra
+    record(benchmark, f"throughput/{peer}", run)
+
+
+@pytest.mark.parametrize("shards", SHARDS)
+def test_scaling(benchmark, tmp_path, shards):
+    """The same with 2 and 4 worker processes (one connection each) sharing the machine with ime-sim."""
+    with sim(tmp_path, rate=0) as s:
+        run = once(benchmark, lambda: run_recorder(s, SECONDS, tmp_path, shards=shards))
+    assert run.extra["lost"] == 0, run.extra
+    record(benchmark, f"throughput/recorder x{shards}", run)
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("peer", ["ceiling", "seed", "recorder"])
+def test_latency(benchmark, tmp_path, peer, rate):
+    """Receive latency (send timestamp in the frame → receive time) at a steady offered rate."""
+    with sim(tmp_path, rate=rate) as s:
+        if peer == "ceiling":
+            run = once(benchmark, lambda: run_ceiling(s, SECONDS, latency=True))
+        elif peer == "seed":
+            run = once(benchmark, lambda: run_seed(s, SECONDS, tmp_path))
+        else:
+            run = once(benchmark, lambda: run_recorder(s, SECONDS, tmp_path, shards=1, latency=True))
+    run.extra["offered_rate"] = rate
+    record(benchmark, f"latency/{peer}/{rate}", run)
+
+
+def test_ratios_meet_floors(benchmark):
+    """CI gate: the recorder against the peers measured above, in this same run."""
+    needed = ["throughput/ceiling", "throughput/seed", "throughput/recorder", "latency/ceiling/20000",
+              "latency/seed/20000", "latency/recorder/20000"]
+    missing = [k for k in needed if k not in RESULTS]
+    if missing:
+        pytest.skip(f"run the whole module for the ratios (missing {missing})")
+    tp = {k: RESULTS[f"throughput/{k}"].rate for k in ("ceiling", "seed", "recorder")}
+    p99 = {k: RESULTS[f"latency/{k}/20000"].latency.percentile(99) for k in ("ceiling", "seed", "recorder")}
+    ratios = {
+        "throughput_vs_ceiling": tp["recorder"] / tp["ceiling"],
+        "throughput_vs_seed": tp["recorder"] / tp["seed"],
+        "p99_vs_ceiling_max": p99["recorder"] / p99["ceiling"],
+        "p99_vs_seed_max": p99["recorder"] / p99["seed"],
+    }
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.extra_info.update({"key": "ratios", "quick": QUICK, "floors": FLOORS,
+                                 "ratios": {k: round(v, 3) for k, v in ratios.items()}})
+    failures = []
+    for name, value in ratios.items():
+        floor = FLOORS[name]
+        ok = value <= floor if name.endswith("_max") else value >= floor
+        if not ok:
+            failures.append(f"{name} = {value:.3f} (floor {floor})")
+    assert not failures, "; ".join(failures)
