@@ -6,6 +6,7 @@ import signal
 import time
 import urllib.request
 
+import orjson
 import pytest
 from record_util import RecorderProcess, compare_with_sent_log, connections
 
@@ -284,3 +285,54 @@ def test_demo_mode_records_from_the_builtin_simulator(recorder, tmp_path):
     assert rec.wait(60) == 0, rec.stderr
     files = discover([out])
     assert len(files) == 2 and all(open_segment(p).records > 100 for p in files)
+
+
+def test_names_endpoint_with_persian_names_and_symbols(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "1200", "--sent-log", str(sent))
+    names = tmp_path / "names.txt"
+    names.write_text("# IME contracts by name\n" + "\n".join(sim.info["names"]) + "\n", encoding="utf-8")
+    rec = recorder("--names-file", str(names), "--shards", "2", "--out", str(out), "--duration", "3",
+                   *sim_args(sim), env=creds(sim))
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    compare_with_sent_log(out, sent)
+    data, opened = connections(discover([out]))
+    recorded = {orjson.loads(p)["contractName"] for msgs in data.values() for _, p in msgs}
+    assert recorded == set(sim.info["names"])
+    assert all("/contract/name?contract_name=" in e["url"] for e in opened.values())
+
+
+def test_rejection_by_http_403_on_the_upgrade_is_handled_like_1008(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "4", "--rate", "400", "--reject", "handshake")
+    rec = recorder("--ids", "1001,8888,1002", "--out", str(out), "--duration", "5", *sim_args(sim), env=creds(sim))
+    assert rec.wait(40) == 0, rec.stderr
+    rejected = [e for _, e in events(out, "rejected")]
+    assert [(e["contracts"], e["code"]) for e in rejected] == [(["8888"], 403)]
+
+
+def test_oversized_messages_become_events_not_crashes(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "2", "--rate", "200", "--oversized-every", "0.5", "--oversized-bytes", "200000")
+    rec = recorder("--ids", "1001,1002", "--out", str(out), "--duration", "3", "--max-message-bytes", "100000",
+                   *sim_args(sim), env=creds(sim))
+    assert rec.wait(30) == 0, rec.stderr
+    oversized = [e for _, e in events(out, "oversized")]
+    assert oversized and all(e["size"] >= 200_000 and e["limit"] == 100_000 for e in oversized)
+    assert all(len(e["head"]) <= 256 for e in oversized)
+    assert len(events(out, "opened")) == 1  # the connection survived them
+    data, _ = connections(discover([out]))
+    assert all(len(p) <= 100_000 for msgs in data.values() for _, p in msgs)
+
+
+def test_an_idle_connection_is_replaced_after_idle_timeout(sim_process, recorder, tmp_path):
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "2", "--rate", "200", "--stall-every", "1", "--stall-for", "3")
+    rec = recorder("--ids", "1001,1002", "--out", str(out), "--duration", "5", "--idle-timeout", "1.5",
+                   *sim_args(sim), env=creds(sim))
+    assert rec.wait(30) == 0, rec.stderr
+    idle = [e for _, e in events(out, "idle_timeout")]
+    assert idle and idle[0]["idle_s"] == 1.5
+    assert len(events(out, "opened")) >= 2
