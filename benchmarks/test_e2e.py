@@ -17,6 +17,10 @@ from e2e import QUICK, Run, run_ceiling, run_recorder, run_seed, sim
 SECONDS = 3.0 if QUICK else 8.0
 RATES = [20_000] if QUICK else [1_000, 20_000, 100_000]
 SHARDS = [2, 4]
+GATED_RATE = 20_000
+# The p99 gate compares the median of several rounds per peer: on a shared 2-core machine one stall of a
+# few ms inside an 8 s window (seen in both peers) otherwise decides the ratio on its own.
+ROUNDS = 3
 RESULTS: dict[str, Run] = {}
 
 # DESIGN §6 targets. The quick mode uses the same floors except where a 3-second run on a shared CI machine
@@ -28,7 +32,8 @@ FLOORS = {
     "p99_vs_seed_max": 0.5,
 }
 if QUICK:
-    # A 3 s run leaves a 2.5 s window; one scheduler hiccup of a few ms moves a p99 of ~100 µs a lot.
+    # A 3 s run leaves a 2.5 s window (50k samples): one scheduler hiccup of a few ms on a shared CI machine
+    # moves a p99 of ~100 µs a lot, even as the median of three rounds.
     FLOORS["p99_vs_ceiling_max"] = 2.0
 
 
@@ -71,14 +76,21 @@ def test_scaling(benchmark, tmp_path, shards):
 @pytest.mark.parametrize("peer", ["ceiling", "seed", "recorder"])
 def test_latency(benchmark, tmp_path, peer, rate):
     """Receive latency (send timestamp in the frame → receive time) at a steady offered rate."""
-    with sim(tmp_path, rate=rate) as s:
+    def measure() -> Run:
         if peer == "ceiling":
-            run = once(benchmark, lambda: run_ceiling(s, SECONDS, latency=True))
-        elif peer == "seed":
-            run = once(benchmark, lambda: run_seed(s, SECONDS, tmp_path))
-        else:
-            run = once(benchmark, lambda: run_recorder(s, SECONDS, tmp_path, shards=1, latency=True))
+            return run_ceiling(s, SECONDS, latency=True)
+        if peer == "seed":
+            return run_seed(s, SECONDS, tmp_path)
+        return run_recorder(s, SECONDS, tmp_path, shards=1, latency=True)
+
+    rounds = ROUNDS if rate == GATED_RATE else 1
+    with sim(tmp_path, rate=rate) as s:
+        runs = [once(benchmark, measure)] + [measure() for _ in range(rounds - 1)]
+    runs.sort(key=lambda r: r.latency.percentile(99))
+    run = runs[len(runs) // 2]
     run.extra["offered_rate"] = rate
+    if rounds > 1:
+        run.extra["p99_rounds_us"] = [round(r.latency.percentile(99) / 1e3, 1) for r in runs]
     record(benchmark, f"latency/{peer}/{rate}", run)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +20,7 @@ from recorder.record.metrics import render
 from recorder.record.planner import Action, Planner
 from recorder.record.shard import partition, shard_of
 from recorder.record.status import ShardView, exit_summary, summary_line, table
+from recorder.record.timeslice import clamp_slice_us, request_slice
 from recorder.redact import redact_text, redact_url
 from recorder.timeparse import format_ns, parse_time
 
@@ -251,3 +255,34 @@ def test_parse_time_errors_and_format():
     with pytest.raises(UserError, match="cannot read time"):
         parse_time("yesterday")
     assert format_ns(1_732_449_000_000_000_123) == "2024-11-24T11:50:00.000000123Z"
+
+
+def test_receive_thread_slice_request_applies_and_resets_on_linux():
+    assert clamp_slice_us(1) == 100 and clamp_slice_us(10**9) == 100_000
+    if sys.platform != "linux":
+        assert request_slice(100) is not None
+        return
+
+    def slice_ns() -> int:
+        sched = Path(f"/proc/self/task/{threading.get_native_id()}/sched").read_text()
+        return int(next(line for line in sched.splitlines() if line.startswith("se.slice")).split(":")[1])
+
+    seen: list[tuple[str | None, int, str | None, int]] = []
+
+    def probe() -> None:  # in a thread of its own so the test runner's thread keeps its slice
+        applied = request_slice(250)
+        short = slice_ns()
+        reset = request_slice(0)
+        seen.append((applied, short, reset, slice_ns()))
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    applied, short, reset, default = seen[0]
+    if applied is not None:
+        pytest.skip(f"this kernel refused the request: {applied}")
+    assert reset is None
+    if short == default:
+        pytest.skip("this kernel has no custom slices (Linux < 6.12)")
+    assert short == 250_000
+    assert default > short

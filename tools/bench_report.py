@@ -78,6 +78,11 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
                 "| client | p50 | p90 | p99 | p99.9 | max |", "|---|---:|---:|---:|---:|---:|"]
         for peer in ("ceiling", "seed", "recorder"):
             out.append(latency_row(peer, results.get(f"latency/{peer}/{rate}")))
+        rounds = {p: results.get(f"latency/{p}/{rate}", {}).get("p99_rounds_us")
+                  for p in ("ceiling", "seed", "recorder")}
+        if any(rounds.values()):
+            out += ["", "Each row is the median-p99 round of several; the p99 of every round: "
+                    + "; ".join(f"{p} {', '.join(f'{v:,.0f}' for v in r)}" for p, r in rounds.items() if r) + " µs."]
         out.append("")
 
     ratios = results.get("ratios")

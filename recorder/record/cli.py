@@ -79,6 +79,9 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
               help="Ping when nothing arrived for this many seconds; no pong in time drops the connection.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Reconnect after this many seconds without a message (0: off; IME is quiet off-hours).")
+@click.option("--receive-slice-us", type=click.IntRange(min=0, max=100_000), default=100, show_default=True,
+              help="CPU time slice (µs) the receive thread asks Linux ≥ 6.12 for, so it preempts compression "
+                   "on wake-up; 0: the kernel's default.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
@@ -93,8 +96,8 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          password: str | None, token_url: str, duration: float | None, demo: bool, demo_contracts: int,
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
-         ping_interval: float, idle_timeout: float, metrics_port: int | None, metrics_host: str,
-         status_interval: float, ca_file: str | None, verbose: int, quiet: bool) -> None:
+         ping_interval: float, idle_timeout: float, receive_slice_us: int, metrics_port: int | None,
+         metrics_host: str, status_interval: float, ca_file: str | None, verbose: int, quiet: bool) -> None:
     """Record the IME WebSocket feed, every frame with its receive time, into zstd segment files.
 
     \b
@@ -149,6 +152,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             ping_interval_s=ping_interval,
             idle_timeout_s=idle_timeout,
             ca_file=ca_file,
+            receive_slice_us=receive_slice_us,
         ),
         storage=StorageSettings(
             out_dir=out_dir,

@@ -27,6 +27,7 @@ class ConnectionSettings:
     backoff_cap_s: float = 30.0
     backoff_stable_s: float = 30.0
     ca_file: str | None = None
+    receive_slice_us: int = 100  # see timeslice.py; 0: the kernel's default
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from recorder.record.backoff import Backoff
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
 from recorder.record.listener import RecordingListener
 from recorder.record.planner import Action, Group, Planner
+from recorder.record.timeslice import request_slice
 from recorder.redact import redact_text, redact_url
 from recorder.segment.format import RecordKind
 from recorder.segment.naming import OPEN_SUFFIX, parse_segment_name
@@ -125,6 +126,11 @@ class Worker:
         if stale:
             # A crashed predecessor left .open files: seal them beside recording, not before it.
             threading.Thread(target=self._recover, args=(stale,), name="recover", daemon=True).start()
+        # After the writer and recovery threads exist: they inherit a slice and must keep the default.
+        if self.cfg.connection.receive_slice_us:
+            why_not = request_slice(self.cfg.connection.receive_slice_us)
+            if why_not:
+                log.debug("short CPU slice for the receive thread not applied: %s", why_not)
 
         self._event(Event.WORKER_STARTED, pid=os.getpid(), incarnation=self.cfg.incarnation,
                     contracts=list(self.cfg.contracts), version=__version__)
