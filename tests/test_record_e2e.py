@@ -279,6 +279,15 @@ def test_malformed_ids_file_is_one_line_exit_2(recorder, tmp_path):
     assert rec.stderr.strip().count("\n") == 0
 
 
+def test_unusable_out_directory_is_one_line_exit_1_before_connecting(recorder, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rec = recorder("--ids", "1001", "--base-url", "ws://127.0.0.1:9/x", "--out", str(blocker / "out"),
+                   env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 1
+    assert rec.stderr.strip() == f"ime-record: error: cannot write {blocker / 'out'}: Not a directory"
+
+
 def test_demo_mode_records_from_the_builtin_simulator(recorder, tmp_path):
     out = tmp_path / "demo"
     rec = recorder("--demo", "--shards", "2", "--duration", "3", "--out", str(out))

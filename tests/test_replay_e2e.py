@@ -149,6 +149,18 @@ def test_a_corrupt_segment_plays_what_verifies_warns_and_exits_1(tmp_path):
     assert b"frame 1 at offset" in out.stderr and b"played what verified" in out.stderr
 
 
+def test_a_file_cut_inside_its_header_is_skipped_and_the_others_play(tmp_path):
+    written = make_recording(tmp_path, span_s=0.5)
+    victim = sorted(tmp_path.glob("ime-s01-*.zst"))[0]
+    shard1 = sum(1 for _, shard, _ in written if shard == 1)
+    victim.write_bytes(victim.read_bytes()[:20])
+    out = replay(str(tmp_path), "--speed", "max", "--format", "raw")
+    assert out.returncode == 1
+    assert out.stdout.count(b"\n") == len(written) - shard1
+    assert f"warning: skipped {victim}".encode() in out.stderr
+    assert b"Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--speed", "fast"], "bad --speed 'fast'"),
     (["--contract", "7777"], "contract '7777' is not in the recording"),

@@ -9,13 +9,14 @@ from pathlib import Path
 import click
 
 from recorder.cli_support import one_line_errors, setup_logging
-from recorder.errors import UserError
+from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
 from recorder.record.auth import TokenProvider
 from recorder.record.config import ConnectionSettings, StorageSettings
 from recorder.record.contracts import ContractList, parse_inline, read_contract_file
 from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
+from recorder.segment.writer import describe_os_error
 
 PROG = "ime-record"
 log = logging.getLogger("recorder.record")
@@ -141,6 +142,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
     if not (token or token_file or username):
         raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
 
+    check_writable(out_dir)
     settings = RunSettings(
         shards=partition(contract_list.contracts, shards),
         connection=ConnectionSettings(
@@ -182,3 +184,14 @@ def _fault_hook() -> int | None:
     """IME_RECORDER_FAULT_ENOSPC_AFTER=N makes writers fail with ENOSPC after N bytes (for tests)."""
     value = os.environ.get("IME_RECORDER_FAULT_ENOSPC_AFTER")
     return int(value) if value else None
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse an unusable --out before any worker starts (and before connecting to the feed)."""
+    probe = out_dir / f".ime-record-probe-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RuntimeFailure(describe_os_error(exc, out_dir)) from None

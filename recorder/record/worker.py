@@ -38,7 +38,7 @@ from recorder.redact import redact_text, redact_url
 from recorder.segment.format import RecordKind
 from recorder.segment.naming import OPEN_SUFFIX, parse_segment_name
 from recorder.segment.recover import recover
-from recorder.segment.writer import SegmentWriteError, SegmentWriter
+from recorder.segment.writer import SegmentWriteError, SegmentWriter, describe_os_error
 
 log = logging.getLogger("recorder.worker")
 
@@ -533,9 +533,12 @@ class Worker:
             self._send(self._status())
 
     def _lock_shard(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f".{self.cfg.storage.prefix}-s{self.cfg.shard:02d}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:  # restarting cannot fix a directory that went away or turned read-only
+            raise SegmentWriteError(describe_os_error(exc, out_dir)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -49,14 +49,21 @@ def expand(paths: Iterable[str]) -> list[Path]:
     return files
 
 
-def open_segments(paths: Iterable[str]) -> list[SegmentFile]:
+def open_segments(paths: Iterable[str]) -> tuple[list[SegmentFile], list[str]]:
+    """The segments that open, and a message for each that does not (e.g. a file cut inside its header).
+
+    One unreadable file must not stop the replay of the others; only when nothing opens is it a usage error.
+    """
     segments = []
+    unreadable = []
     for f in expand(paths):
         try:
             segments.append(open_segment(f))
         except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-    return segments
+            unreadable.append(f"{f}: {exc}")
+    if not segments:
+        raise UserError(unreadable[0])
+    return segments, unreadable
 
 
 def check_contracts(segments: list[SegmentFile], contracts: tuple[str, ...]) -> None:
@@ -150,14 +157,16 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     # The server's per-connection INFO lines are for ime-sim operators; here they would drown the report.
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
     factor = parse_speed(speed)
-    segments = open_segments(paths)
+    segments, unreadable = open_segments(paths)
+    for problem in unreadable:
+        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
     check_contracts(segments, contracts)
     selection = Selection(frozenset(contracts), parse_time(start) if start else None,
                           parse_time(end) if end else None, events=True)
     if listing:
         print_listing(segments, selection)
         damaged = report_damage(segments)
-        sys.exit(EXIT_RUNTIME if damaged else 0)
+        sys.exit(EXIT_RUNTIME if damaged or unreadable else 0)
     pacer = Pacer(factor, int(max_gap * 1e9) if max_gap is not None else None)
     if serve is not None:
         from recorder.replay.serve import serve_replay
@@ -168,7 +177,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     if not quiet:
         for line in report.lines():
             click.echo(f"{PROG}: {line}", err=True)
-    if report_damage(segments):
+    if report_damage(segments) or unreadable:
         sys.exit(EXIT_RUNTIME)
 
 
