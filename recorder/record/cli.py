@@ -113,65 +113,65 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
     if not base_url.startswith(("ws://", "wss://")):
         raise UserError(f"--base-url must start with ws:// or wss://, not {base_url.split(':')[0]}://")
 
-    sim = None
-    if demo:
-        from recorder.record.demo import DemoSimulator
-
-        sim = DemoSimulator(contracts=demo_contracts, rate=demo_rate)
-        sim.start()
-        base_url, token_url = sim.base_url, sim.token_url
-        username, password, token, token_file = sim.username, sim.password, None, None
-        if chosen is None:
-            chosen = EndpointKind.ID, ContractList(tuple(sim.ids), ())
-        log.info("demo: simulator pid %d at %s with %d contracts", sim.pid, base_url, demo_contracts)
-    assert chosen is not None
-    kind, contract_list = chosen
-    if contract_list.duplicates:
-        shown = ", ".join(contract_list.duplicates[:5]) + (" …" if len(contract_list.duplicates) > 5 else "")
-        log.warning("%d duplicate contract(s) removed: %s", len(contract_list.duplicates), shown)
-
-    try:
-        split_contracts(base_url, kind, contract_list.contracts, max_url_length=max_url_length)
-    except ValueError as exc:
-        raise UserError(f"{exc}; raise --max-url-length") from None
-
-    tokens = TokenProvider(token=token or "", token_file=token_file, username=username or "",
-                           password=password or "", token_url=token_url, ca_file=ca_file)
-    if username and not password:
-        raise UserError("--username needs --password (or IME_PASSWORD)")
-    if not (token or token_file or username):
-        raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
-
     check_writable(out_dir)
-    settings = RunSettings(
-        shards=partition(contract_list.contracts, shards),
-        connection=ConnectionSettings(
-            base_url=base_url,
-            kind=kind.value,
-            max_contracts_per_connection=max_contracts_per_connection,
-            max_url_length=max_url_length,
-            max_message_bytes=max_message_bytes,
-            ping_interval_s=ping_interval,
-            idle_timeout_s=idle_timeout,
-            ca_file=ca_file,
-            receive_slice_us=receive_slice_us,
-        ),
-        storage=StorageSettings(
-            out_dir=out_dir,
-            level=level,
-            frame_bytes=frame_kib * 1024,
-            flush_ms=flush_ms,
-            rotate_bytes=int(rotate_mb * 1024 * 1024),
-            rotate_seconds=rotate_minutes * 60,
-            fault_enospc_after_bytes=_fault_hook(),
-        ),
-        duration_s=duration,
-        status_interval_s=status_interval,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        log_level=logging.getLogger().level,
-    )
-    try:
+    sim = None
+    try:  # the demo simulator is a child process: stop it on every way out
+        if demo:
+            from recorder.record.demo import DemoSimulator
+
+            sim = DemoSimulator(contracts=demo_contracts, rate=demo_rate)
+            sim.start()
+            base_url, token_url = sim.base_url, sim.token_url
+            username, password, token, token_file = sim.username, sim.password, None, None
+            if chosen is None:
+                chosen = EndpointKind.ID, ContractList(tuple(sim.ids), ())
+            log.info("demo: simulator pid %d at %s with %d contracts", sim.pid, base_url, demo_contracts)
+        assert chosen is not None
+        kind, contract_list = chosen
+        if contract_list.duplicates:
+            shown = ", ".join(contract_list.duplicates[:5]) + (" …" if len(contract_list.duplicates) > 5 else "")
+            log.warning("%d duplicate contract(s) removed: %s", len(contract_list.duplicates), shown)
+
+        try:
+            split_contracts(base_url, kind, contract_list.contracts, max_url_length=max_url_length)
+        except ValueError as exc:
+            raise UserError(f"{exc}; raise --max-url-length") from None
+
+        tokens = TokenProvider(token=token or "", token_file=token_file, username=username or "",
+                               password=password or "", token_url=token_url, ca_file=ca_file)
+        if username and not password:
+            raise UserError("--username needs --password (or IME_PASSWORD)")
+        if not (token or token_file or username):
+            raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
+
+        settings = RunSettings(
+            shards=partition(contract_list.contracts, shards),
+            connection=ConnectionSettings(
+                base_url=base_url,
+                kind=kind.value,
+                max_contracts_per_connection=max_contracts_per_connection,
+                max_url_length=max_url_length,
+                max_message_bytes=max_message_bytes,
+                ping_interval_s=ping_interval,
+                idle_timeout_s=idle_timeout,
+                ca_file=ca_file,
+                receive_slice_us=receive_slice_us,
+            ),
+            storage=StorageSettings(
+                out_dir=out_dir,
+                level=level,
+                frame_bytes=frame_kib * 1024,
+                flush_ms=flush_ms,
+                rotate_bytes=int(rotate_mb * 1024 * 1024),
+                rotate_seconds=rotate_minutes * 60,
+                fault_enospc_after_bytes=_fault_hook(),
+            ),
+            duration_s=duration,
+            status_interval_s=status_interval,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            log_level=logging.getLogger().level,
+        )
         code = run_supervisor(settings, tokens)
     finally:
         if sim is not None:
