@@ -15,7 +15,7 @@ MS = 1_000_000
 
 def test_digest_is_16_bytes_of_the_payload_only():
     assert len(digest(b"x")) == 16
-    assert digest(b"abc") == digest(bytes(b"abc"))
+    assert digest(b"abc") == digest(b"abc")
     assert digest(b"abc") != digest(b"abd")
 
 
