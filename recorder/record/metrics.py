@@ -10,8 +10,9 @@ from collections.abc import Callable
 from recorder.record.status import ShardView
 
 _METRICS: tuple[tuple[str, str, str, Callable[[ShardView, int], float]], ...] = (
-    ("ime_recorder_up", "gauge", "1 when the shard's worker is running",
-     lambda v, _: 1.0 if v.state == "running" else 0.0),
+    ("ime_recorder_up", "gauge", "1 when the shard's worker is running and reporting",
+     lambda v, _: 1.0 if v.state == "running" and not v.stale(time.monotonic()) else 0.0),
+    ("ime_recorder_copies_total", "counter", "redundant copies recorded as receipts", lambda v, _: v.total_copies),
     ("ime_recorder_connections_open", "gauge", "open WebSocket connections", lambda v, _: v.connections_open),
     ("ime_recorder_connections", "gauge", "connection groups (open or reconnecting)", lambda v, _: v.connections),
     ("ime_recorder_messages_total", "counter", "messages received", lambda v, _: v.total_messages),
