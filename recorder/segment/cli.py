@@ -234,5 +234,96 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
             raise UserError(f"{f}: {exc}") from None
 
 
+# --- ime-segments merge (redundant capture across hosts/runs; recorder/segment/merge.py) -------------------
+
+MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the merge waits for the writer
+
+
+@cli.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New or empty directory for the merged segments (never inside an input).")
+@click.option("--keep-receipts", is_flag=True,
+              help="Keep each later copy as a receipt record (which input and connection, when), and the "
+                   "inputs' own receipts. Default: drop them; the merge then holds each message once.")
+@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many uncovered intervals to list.")
+@one_line_errors(PROG)
+def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, show: int) -> None:
+    """Merge recordings of overlapping contracts (other hosts, other runs) into sealed, verified segments.
+
+    \b
+    Each message is written once, from the input where it arrived first (exact dedupe on the payload bytes
+    within a 2 s window; a message an input itself holds twice stays twice). Reports, per input, how many
+    messages only it had, and the intervals when no input had a connection open for some contract.
+    Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
+    """
+    from recorder.segment.merge import check_paths, merge, report_lines
+    from recorder.segment.writer import SegmentWriteError, SegmentWriter
+
+    for p in inputs:
+        if not p.exists():
+            raise UserError(f"{p}: no such file or directory")
+    problem = check_paths(inputs, out)
+    if problem is not None:
+        raise UserError(problem)
+    if out.is_dir() and discover([out]):
+        raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
+    opened: list[tuple[str, list[SegmentFile]]] = []
+    unreadable = 0
+    for p in inputs:
+        files = discover([p])
+        if not files:
+            raise UserError(f"no segment files (*.zst, *.zst.open) in {p}")
+        segs = []
+        for f in files:
+            try:
+                segs.append(open_segment(f))
+            except SegmentFormatError as exc:
+                click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
+                unreadable += 1
+        opened.append((str(p), segs))
+    try:
+        writer = SegmentWriter(out, prefix="ime", meta=merged_meta(opened), flush_ms=1000, rotate_seconds=0)
+    except SegmentWriteError as exc:
+        raise UserError(str(exc), EXIT_RUNTIME) from None
+
+    def pace() -> None:
+        if writer.backlog_bytes > MERGE_BACKLOG_BYTES:
+            writer.flush()
+
+    try:
+        result = merge(opened, writer.append, keep_receipts=keep_receipts, after_batch=pace)
+        sealed = writer.close("merged")
+    except SegmentWriteError as exc:
+        raise UserError(str(exc), EXIT_RUNTIME) from None
+    damaged = [d for s in sealed for d in open_segment(s.path).verify()]
+    for line in report_lines(result, show):
+        click.echo(line)
+    click.echo(f"{len(sealed)} sealed files in {out}, " + ("verified" if not damaged else "DAMAGED"))
+    damage = report_damage([*damaged, *(d for st in result.inputs for d in st.damage)])
+    if damage or unreadable:
+        sys.exit(EXIT_RUNTIME)
+
+
+def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
+    """Header keys for merged files: the inputs, and the subscription when every input agrees on the endpoint."""
+    endpoints = {s.header.meta.get("endpoint") for _, segs in inputs for s in segs}
+    meta: dict[str, object] = {"role": "ime-segments merge", "merged_from": [name for name, _ in inputs]}
+    if len(endpoints) == 1 and None not in endpoints:
+        contracts: dict[str, None] = {}
+        for _, segs in inputs:
+            for s in segs:
+                listed = s.header.meta.get("contracts")
+                if isinstance(listed, list):
+                    contracts.update(dict.fromkeys(str(c) for c in listed))
+        meta["endpoint"] = endpoints.pop()
+        meta["contracts"] = list(contracts)
+    return meta
+
+
+# --- end of ime-segments merge -------------------------------------------------------------------------
+
+
 def main() -> None:
     cli(prog_name=PROG)

@@ -1,0 +1,433 @@
+"""Merging recordings of overlapping contracts (other hosts, other runs) into one, with exact dedupe.
+
+Every input is a set of segment files. All records of all inputs are taken in receive-time order and the
+messages (text and binary records) go through the same first-arrival `Deduper` the recorder uses, with the
+input as the source: the first copy of a message is written as a normal record; a later copy from another
+input becomes a receipt (`keep_receipts`) or is dropped. A message an input really holds twice stays twice
+(multiset semantics, see dedupe.py). Receipts already in an input (its own redundant connections) are kept
+only with `keep_receipts`, re-pointed at the record that won the merge. Records of unknown kinds are skipped
+and counted. Connection events are kept, with the input's number added.
+
+Connection ids restart in every recorder process, so each (input, host, pid, shard, conn) of the inputs gets
+a fresh output connection id; events and receipts are rewritten to match.
+
+Coverage comes from connection events: an input covers a connection's contracts from its `opened` event to
+its `closed` event (or, when the worker died without one, to the last record seen on that connection).
+What no input covered, between the first and the last record of all inputs, is the only time a message can
+be missing from the merge, and `MergeResult.uncovered` lists it.
+
+This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
+Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
+heap operation per record: a merge reads hundreds of thousands of records per second.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from recorder.events import Event, decode_event, encode_event
+from recorder.humanize import human_duration
+from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper, digest
+from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt, encode_receipt
+from recorder.segment.reader import Damage, SegmentFile, sequences
+from recorder.timeparse import format_ns
+
+_TEXT = int(RecordKind.TEXT)
+_BINARY = int(RecordKind.BINARY)
+_EVENT = int(RecordKind.EVENT)
+_RECEIPT = int(RecordKind.RECEIPT)
+_MESSAGE_KINDS = frozenset((_TEXT, _BINARY))
+_TS = itemgetter(0)
+
+Row = tuple[int, int, int, bytes]  # ts_ns, output conn, kind, payload
+Sink = Callable[[int, int, int, bytes], None]  # SegmentWriter.append
+
+
+@dataclass(slots=True)
+class InputStats:
+    name: str
+    files: int = 0
+    records: int = 0  # every record read
+    messages: int = 0  # text and binary records
+    originals: int = 0  # messages of this input that arrived first: written from it
+    copies: int = 0  # messages another input had first (dropped, or written as receipts)
+    shared: int = 0  # originals of this input that another input also holds
+    events: int = 0
+    receipts: int = 0  # receipts already in the input (its own redundant connections)
+    unknown: int = 0  # records of a kind this version does not know (skipped)
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def only_here(self) -> int:
+        """Messages no other input holds: what the merge would lose without this input."""
+        return self.originals - self.shared
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    start_ns: int
+    end_ns: int
+    contracts: frozenset[str]  # the contracts no input covered during [start_ns, end_ns)
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(slots=True)
+class MergeResult:
+    inputs: list[InputStats]
+    written: int = 0  # records written in all
+    messages: int = 0  # messages written as records
+    receipts: int = 0  # receipts written (copies across inputs, and the inputs' own with keep_receipts)
+    events: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    uncovered: list[Interval] = field(default_factory=list)
+    contracts: frozenset[str] = frozenset()
+
+
+# --- coverage (pure) -----------------------------------------------------------------------------------
+
+
+class Coverage:
+    """Which contracts were being received when, from connection events; then what nobody covered."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[int, frozenset[str]]] = {}  # conn -> (opened ns, contracts)
+        self._last: dict[int, int] = {}  # conn -> last record ns, for connections that never close
+        self.spans: list[tuple[int, int, frozenset[str]]] = []
+        self.contracts: set[str] = set()
+
+    def opened(self, conn: int, ts_ns: int, contracts: frozenset[str]) -> None:
+        self.close(conn, ts_ns)  # an `opened` without a `closed` before it: the first one ended here
+        self._open[conn] = (ts_ns, contracts)
+        self.contracts.update(contracts)
+
+    def close(self, conn: int, ts_ns: int) -> None:
+        started = self._open.pop(conn, None)
+        if started is not None:
+            self.spans.append((started[0], max(ts_ns, started[0]), started[1]))
+        self._last.pop(conn, None)
+
+    def seen(self, last: dict[int, int]) -> None:
+        """The last record time of each connection (merged in a batch at a time)."""
+        self._last.update(last)
+
+    def finish(self) -> None:
+        """Connections still open at the end (a killed worker never wrote `closed`) end at their last record."""
+        for conn, (opened_ns, _) in list(self._open.items()):
+            self.close(conn, max(self._last.get(conn, opened_ns), opened_ns))
+
+    def uncovered(self, start_ns: int, end_ns: int) -> list[Interval]:
+        """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input."""
+        if not self.contracts or end_ns <= start_ns:
+            return []
+        everything = frozenset(self.contracts)
+        deltas: dict[int, list[tuple[int, frozenset[str]]]] = {}
+        for lo, hi, contracts in self.spans:
+            lo, hi = max(lo, start_ns), min(hi, end_ns)
+            if lo < hi:
+                deltas.setdefault(lo, []).append((1, contracts))
+                deltas.setdefault(hi, []).append((-1, contracts))
+        counts: dict[str, int] = {}
+        out: list[Interval] = []
+        cursor = start_ns
+        missing = everything
+        for t in sorted({*deltas, end_ns}):
+            if t > cursor and missing:
+                if out and out[-1].end_ns == cursor and out[-1].contracts == missing:
+                    out[-1] = Interval(out[-1].start_ns, t, missing)
+                else:
+                    out.append(Interval(cursor, t, missing))
+            cursor = t
+            for sign, contracts in deltas.get(t, ()):
+                for c in contracts:
+                    counts[c] = counts.get(c, 0) + sign
+            missing = frozenset(c for c in everything if counts.get(c, 0) <= 0)
+        return out
+
+
+# --- reading the inputs as time-ordered blocks -----------------------------------------------------------
+
+
+class _ConnIds(dict[tuple[Any, ...], int]):
+    """(input, host, pid, shard, conn) -> output connection id, handed out on first sight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source: list[int] = [-1]  # output conn -> input number (ids start at 1)
+        self.keys: list[tuple[Any, ...]] = [()]  # output conn -> its key
+
+    def __missing__(self, key: tuple[Any, ...]) -> int:
+        new = len(self.source)
+        self.source.append(key[0])
+        self.keys.append(key)
+        self[key] = new
+        return new
+
+
+class _Stream:
+    """One input's files of one shard, in file order, as blocks of rows with output connection ids."""
+
+    __slots__ = ("blocks", "buf", "pos")
+
+    def __init__(self, blocks: Iterator[list[Row]]) -> None:
+        self.blocks = blocks
+        self.buf: list[Row] = []
+        self.pos = 0
+
+    def fill(self) -> bool:
+        """Make sure rows are pending; False when the stream is exhausted."""
+        while self.pos >= len(self.buf):
+            block = next(self.blocks, None)
+            if block is None:
+                return False
+            self.buf, self.pos = block, 0
+        return True
+
+
+def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
+            conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
+            rows: list[int], seen: Callable[[dict[int, int]], None]) -> Iterator[list[Row]]:
+    """The chain's blocks with output connection ids; counts rows into `rows[number]` and reports each
+    connection's last record time to `seen` (done here, a block at a time, to keep the merge loop lean)."""
+    for seg in chain:
+        base = conn_key(number, seg)
+        mapping: dict[int, int] = {}
+
+        def remap(conn: int, base: tuple[Any, ...] = base, mapping: dict[int, int] = mapping) -> int:
+            new = mapping[conn] = ids[(*base, conn)]
+            return new
+
+        for block in seg.iter_blocks():
+            get = mapping.get
+            out = [(ts, get(conn) or remap(conn), kind, payload) for ts, conn, kind, payload in block]
+            rows[number] += len(out)
+            seen({conn: ts for ts, conn, _, _ in out})
+            yield out
+
+
+def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
+    meta = seg.header.meta
+    # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell them apart.
+    return number, meta.get("host"), meta.get("pid"), seg.shard
+
+
+def merged_blocks(streams: list[_Stream]) -> Iterator[list[Row]]:
+    """Rows of all streams in receive-time order (ties: stream order), a batch at a time.
+
+    Each round takes, from every stream, the pending rows up to the smallest "last pending time" among the
+    streams, and sorts those pre-sorted runs together (Timsort merges runs in C). A stream whose rows step
+    back in time (a wall-clock step) cannot stall this: the stream that sets the bound gives all it has.
+    """
+    active = [s for s in streams if s.fill()]
+    while active:
+        if len(active) == 1:
+            s = active[0]
+            yield s.buf[s.pos:] if s.pos else s.buf
+            s.pos = len(s.buf)
+        else:
+            bound = min(s.buf[-1][0] for s in active)
+            parts: list[Row] = []
+            for s in active:
+                buf = s.buf
+                # The stream that sets the bound gives everything pending, even rows that step back in time.
+                end = len(buf) if buf[-1][0] == bound else bisect.bisect_right(buf, bound, s.pos, len(buf), key=_TS)
+                if end > s.pos:
+                    parts.extend(buf[s.pos:end] if s.pos or end < len(buf) else buf)
+                    s.pos = end
+            parts.sort(key=_TS)
+            yield parts
+        active = [s for s in active if s.fill()]
+
+
+# --- the merge -------------------------------------------------------------------------------------------
+
+
+def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink: Sink, *, keep_receipts: bool = False,
+          window_ns: int = DEFAULT_WINDOW_NS, after_batch: Callable[[], None] | None = None) -> MergeResult:
+    """Merge `inputs` (name, opened segments) into `sink` in receive-time order; see the module docstring.
+
+    `after_batch` runs between batches of records: the place for the caller to wait for its writer.
+    """
+    stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
+    result = MergeResult(stats)
+    ids = _ConnIds()
+    coverage = Coverage()
+    rows = [0] * len(stats)
+    streams = [_Stream(_blocks(number, chain, ids, _conn_key, rows, coverage.seen))
+               for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
+    source = ids.source
+    deduper = Deduper(window_ns=window_ns)
+    observe = deduper.observe_digest
+    # Originals another input also had, so that "only in this input" counts each original once however
+    # many inputs repeat it. Only copies touch it; entries older than twice the window can no longer match.
+    shared: dict[tuple[int, int], None] = {}
+    # With keep_receipts: which record won for each input record that lost (so that the input's own receipts
+    # pointing at it can be re-pointed at the winner), for as long as a receipt may follow its original.
+    lost: dict[tuple[int, int], tuple[int, int]] = {}
+    lost_order: deque[tuple[int, int]] = deque()
+    copies = [0] * len(stats)
+    counted_shared = [0] * len(stats)
+    receipts_out = 0
+    first_ns: int | None = None
+    last_ns = 0
+    for batch in merged_blocks(streams):
+        if first_ns is None:
+            first_ns = batch[0][0]
+        # The hot loop: one dedupe lookup and one append per message, everything else counted elsewhere.
+        for ts, conn, kind, payload in batch:
+            if kind in _MESSAGE_KINDS:
+                won = observe(ts, source[conn], digest(payload), conn)
+                if won is None:
+                    sink(ts, conn, kind, payload)
+                    continue
+                copies[source[conn]] += 1
+                if won not in shared:
+                    shared[won] = None
+                    counted_shared[source[won[1]]] += 1
+                if keep_receipts:
+                    sink(ts, conn, _RECEIPT, encode_receipt(won[1], ts - won[0]))
+                    receipts_out += 1
+                    key = (ts, conn)
+                    lost[key] = won
+                    lost_order.append(key)
+            elif kind == _EVENT:
+                stats[source[conn]].events += 1
+                sink(ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
+            elif kind == _RECEIPT:
+                stats[source[conn]].receipts += 1
+                if keep_receipts:
+                    body = _repoint(payload, ts, conn, ids, lost)
+                    if body is not None:
+                        sink(ts, conn, kind, body)
+                        receipts_out += 1
+            else:
+                stats[source[conn]].unknown += 1
+        last_ns = max(last_ns, batch[-1][0])
+        if after_batch is not None:
+            after_batch()
+        if len(shared) > 4 * deduper.max_entries:
+            horizon = last_ns - 2 * window_ns
+            shared = {k: None for k in shared if k[0] >= horizon}
+        if lost_order:
+            horizon = last_ns - 2 * window_ns
+            while lost_order and lost_order[0][0] < horizon:
+                lost.pop(lost_order.popleft(), None)
+    coverage.finish()
+    for number, (_, segs) in enumerate(inputs):
+        st = stats[number]
+        st.records = rows[number]
+        st.messages = st.records - st.events - st.receipts - st.unknown
+        st.copies, st.shared = copies[number], counted_shared[number]
+        st.originals = st.messages - st.copies
+        st.damage = [d for seg in segs for d in seg.damage]
+    result.messages = sum(st.originals for st in stats)
+    result.events = sum(st.events for st in stats)
+    result.receipts = receipts_out
+    result.written = result.messages + result.events + result.receipts
+    result.first_ns, result.last_ns = first_ns, (last_ns if first_ns is not None else None)
+    result.contracts = frozenset(coverage.contracts)
+    if first_ns is not None:
+        result.uncovered = coverage.uncovered(first_ns, last_ns)
+    return result
+
+
+def _event(payload: bytes, conn: int, number: int, ts_ns: int, coverage: Coverage) -> bytes:
+    """The event rewritten for the output (its connection id, the input it came from); feeds coverage."""
+    fields = decode_event(payload)
+    name = str(fields.pop("event", "unparseable"))
+    if name == Event.OPENED and not fields.get("probe"):
+        contracts = fields.get("contracts")
+        if isinstance(contracts, list):
+            coverage.opened(conn, ts_ns, frozenset(str(c) for c in contracts))
+    elif name == Event.CLOSED:
+        coverage.close(conn, ts_ns)
+    if "conn" in fields:
+        fields["conn"] = conn
+    fields["input"] = number
+    return encode_event(name, **fields)
+
+
+def _repoint(payload: bytes, ts_ns: int, conn: int, ids: _ConnIds,
+             lost: dict[tuple[int, int], tuple[int, int]]) -> bytes | None:
+    """An input's own receipt, pointed at its original's output connection, or at the record that won the merge
+    when that original lost to another input's copy. None if the receipt is unreadable."""
+    try:
+        orig_conn, lag = decode_receipt(payload)
+    except SegmentFormatError:
+        return None
+    # The original came on a connection of the same recorder process and shard as this receipt.
+    base = ids.keys[conn][:-1]
+    target = ids[(*base, orig_conn)]
+    orig_ts = ts_ns - lag
+    won = lost.get((orig_ts, target))
+    if won is not None:
+        orig_ts, target = won
+    return encode_receipt(target, ts_ns - orig_ts)
+
+
+# --- for the command line: refusing to overwrite inputs, and the report --------------------------------
+
+
+def check_paths(inputs: Sequence[Path], out: Path) -> str | None:
+    """Why this merge must not run (its output would land in an input, or an input is given twice), or None."""
+    resolved = [p.resolve() for p in inputs]
+    target = out.resolve()
+    for given, real in zip(inputs, resolved, strict=True):
+        if target == real or target.is_relative_to(real):
+            return (f"--out {out} is inside the input {given}: a merge never writes into its inputs; "
+                    "choose an output directory outside every input")
+        if real.is_relative_to(target):
+            return (f"the input {given} is inside --out {out}: a merge never writes into its inputs; "
+                    "choose an output directory outside every input")
+    for i, a in enumerate(resolved):
+        for j, b in enumerate(resolved):
+            if i != j and a.is_relative_to(b):
+                return f"the input {inputs[i]} is {'the same as' if a == b else 'inside'} the input {inputs[j]}: " \
+                       "give each recording once"
+    return None
+
+
+def report_lines(result: MergeResult, show: int = 10) -> list[str]:
+    """The merge report: totals, then per input, then what no input covered (at most `show` intervals)."""
+    lines = [f"wrote {result.messages} messages, {result.receipts} receipts and {result.events} connection events "
+             f"from {len(result.inputs)} inputs"]
+    for number, st in enumerate(result.inputs, start=1):
+        extra = []
+        if st.receipts:
+            extra.append(f"{st.receipts} receipts of its own")
+        if st.unknown:
+            extra.append(f"{st.unknown} records of an unknown kind skipped")
+        if st.damage:
+            extra.append(f"{len(st.damage)} damaged frames skipped")
+        lines.append(f"input {number} {st.name}: {st.messages} messages in {st.files} files, {st.originals} first "
+                     f"here, {st.copies} already in an earlier input, {st.only_here} only here"
+                     + (f"; {', '.join(extra)}" if extra else ""))
+    if result.first_ns is None:
+        return lines
+    span = f"{format_ns(result.first_ns)} – {format_ns(result.last_ns or result.first_ns)}"
+    if not result.contracts:
+        lines.append(f"coverage: unknown (no connection events in the inputs) for {span}")
+    elif not result.uncovered:
+        lines.append(f"coverage: every contract was covered by at least one input from {span}")
+    else:
+        total = sum(i.seconds for i in result.uncovered)
+        lines.append(f"not covered by any input: {len(result.uncovered)} intervals, {human_duration(total)} in all "
+                     f"(within {span})")
+        for iv in result.uncovered[:show]:
+            names = sorted(iv.contracts)
+            which = "all contracts" if iv.contracts == result.contracts else \
+                ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+            lines.append(f"  {format_ns(iv.start_ns)} – {format_ns(iv.end_ns)} ({human_duration(iv.seconds)}): "
+                         f"{which}")
+        if len(result.uncovered) > show:
+            lines.append(f"  … and {len(result.uncovered) - show} more")
+    return lines
