@@ -283,6 +283,11 @@ def test_malformed_ids_file_is_one_line_exit_2(recorder, tmp_path):
     assert rec.wait(30) == 2
     assert f"{ids}, line 2: an id cannot contain spaces" in rec.stderr
     assert rec.stderr.strip().count("\n") == 0
+    ids.write_text("1001  # gold\n1002;\n")
+    rec = recorder("--ids-file", str(ids), "--out", str(tmp_path / "out"), env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 2
+    assert rec.stderr.strip() == f"ime-record: error: {ids}, line 2: an id is digits only, e.g. 1001 ('#' starts a " \
+                                 "comment): '1002;'"
 
 
 def test_unusable_out_directory_is_one_line_exit_1_before_connecting(recorder, tmp_path):

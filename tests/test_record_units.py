@@ -34,6 +34,12 @@ def test_contract_file_skips_blanks_comments_and_duplicates(tmp_path):
     assert result.duplicates == ("1001",)
 
 
+def test_ids_take_inline_comments():
+    lines = ["1001  # gold", "1002\t#saffron # more", "  # only a comment", "1003#", "1001 # again"]
+    result = parse_lines(lines, "id", "ids.txt")
+    assert result.contracts == ("1001", "1002", "1003") and result.duplicates == ("1001",)
+
+
 def test_names_keep_inner_spaces_and_symbols():
     names = ["سکه-آزادی 1404/08", "CEMENT & STEEL+", "A#B"]
     assert parse_lines(names, "name", "names.txt").contracts == tuple(names)
@@ -43,6 +49,10 @@ def test_names_keep_inner_spaces_and_symbols():
     ("1001\n10 02\n", "line 2: an id cannot contain spaces"),
     ("1001,1002\n", "line 1: an id cannot contain spaces or commas"),
     ("1001\n\x00bad\n", "line 2: contains the control or invalid character U+0000"),
+    ("1001\nabc\n", "line 2: an id is digits only, e.g. 1001 ('#' starts a comment): 'abc'"),
+    ("1001\n\n1002;\n", "line 3: an id is digits only, e.g. 1001 ('#' starts a comment): '1002;'"),
+    ("1001\n-5\n", "line 2: an id is digits only"),
+    ("\u06f1\u06f0\u06f0\u06f1\n", "line 1: an id is digits only"),
     ("# nothing\n\n", "lists no contracts"),
     ("", "lists no contracts"),
 ])
