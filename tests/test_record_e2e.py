@@ -263,7 +263,9 @@ def test_metrics_endpoint_and_status_lines(sim_process, recorder, tmp_path):
     (["--ids-file", "missing.txt"], "missing.txt: no such file"),
     (["--ids", "1001", "--names", "A"], "give only one of"),
     ([], "no contracts"),
-    (["--ids", "1001", "--base-url", "http://x"], "--base-url must start with ws:// or wss://"),
+    (["--ids", "1001", "--base-url", "http://x"], "is not a WebSocket URL"),
+    (["--ids", "1001", "--base-url", "not a url"], "'not a url' is not a WebSocket URL"),
+    (["--ids", "1001", "--base-url", "ws://user:secret@h/x"], "must not hold credentials"),
     (["--ids", "1001"], "no credentials"),
 ])
 def test_bad_usage_is_one_line_exit_2(recorder, tmp_path, args, message):

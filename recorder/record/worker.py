@@ -365,8 +365,9 @@ class Worker:
             self._connection_ended(run, crun, listener, 1006, "close handshake timed out")
             raise
         self._connection_ended(run, crun, listener, code, reason)
-        step = core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set())
-        if isinstance(step, Wait):
+        stopping = self.stopping.is_set()
+        step = core.closed(time.monotonic(), code, reason, stopping=stopping)
+        if isinstance(step, Wait) and not stopping:
             self.reconnects += 1
         return step
 

@@ -142,6 +142,9 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("--start", "start_mode", type=click.Choice(["first-client", "now"]), default="first-client",
               show_default=True, help="With --serve: when the replay clock starts.")
 @click.option("--token", envvar="IME_REPLAY_TOKEN", help="With --serve: clients must send this Authorization token.")
+@click.option("--all-copies", is_flag=True,
+              help="With --redundancy recordings: play every copy of a message as it arrived on each connection, "
+                   "not only the first arrival.")
 @click.option("--send-timeout", type=click.FloatRange(min=0), default=DEFAULT_SEND_TIMEOUT, show_default=True,
               metavar="S", help="With --serve: a client that cannot take more data for S seconds is closed (1013) "
                                 "and counted, and the replay goes on for the others; 0: wait for it forever.")
@@ -149,7 +152,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
          fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str, token: str | None,
-         send_timeout: float, quiet: bool) -> None:
+         all_copies: bool, send_timeout: float, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
 
     \b
@@ -169,7 +172,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
         click.echo(f"{PROG}: warning: skipped {problem}", err=True)
     check_contracts(segments, contracts)
     selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events=True)
+                          parse_time(end) if end else None, events=True, all_copies=all_copies)
     if listing:
         print_listing(segments, selection)
         damaged = report_damage(segments)

@@ -39,6 +39,7 @@ log = logging.getLogger("recorder.replay")
 
 _TEXT = int(RecordKind.TEXT)
 _BINARY = int(RecordKind.BINARY)
+_RECEIPT = int(RecordKind.RECEIPT)
 MAX_CLIENT_BUFFER = 8 << 20  # bytes queued for one client before the replay waits for it
 
 
@@ -115,12 +116,12 @@ class ReplaySource:
         binaries: dict[Subscriber, list[bytes]] = {}
         by_contract = self.by_contract
         for rec, contract in batch:
-            if contract is None or rec.kind not in (_TEXT, _BINARY):
-                continue  # connection events are not market data
+            if contract is None or rec.kind not in (_TEXT, _BINARY, _RECEIPT):
+                continue  # connection events are not market data; receipts come only with --all-copies
             subs = by_contract.get(contract)
             if not subs:
                 continue
-            target = texts if rec.kind == _TEXT else binaries
+            target = binaries if rec.kind == _BINARY else texts
             for sub in subs:
                 target.setdefault(sub, []).append(rec.payload)
         for sub, payloads in texts.items():
