@@ -12,7 +12,7 @@ from segment_util import ime_payload, write_records
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.segment.format import RecordKind, decode_receipt, encode_receipt
-from recorder.segment.merge import Coverage, Interval, check_paths, merge
+from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
 from recorder.segment.writer import SegmentWriter
 
@@ -48,7 +48,7 @@ def run_merge(tmp_path: Path, inputs: dict[str, list[tuple[int, int, int, bytes]
         write_records(tmp_path / name, recs, meta={"endpoint": "id", "contracts": CONTRACTS})
         opened_inputs.append((name, segments(tmp_path / name)))
     writer = SegmentWriter(tmp_path / "out", rotate_seconds=0)
-    result = merge(opened_inputs, writer.append, keep_receipts=keep_receipts)
+    result = merge(opened_inputs, lambda number, shard: writer.append, keep_receipts=keep_receipts)
     writer.close()
     return result, records(tmp_path / "out")
 
@@ -57,7 +57,7 @@ def run_merge(tmp_path: Path, inputs: dict[str, list[tuple[int, int, int, bytes]
 
 
 def test_coverage_is_the_union_of_open_connections_per_contract():
-    cov = Coverage()
+    cov = ContractCoverage()
     a, b, c = frozenset({"1001", "1002"}), frozenset({"1001"}), frozenset({"1002"})
     cov.opened(1, 0, a)
     cov.close(1, 100)
@@ -74,7 +74,7 @@ def test_coverage_is_the_union_of_open_connections_per_contract():
 
 
 def test_a_connection_that_never_closed_covers_until_its_last_record():
-    cov = Coverage()
+    cov = ContractCoverage()
     cov.opened(1, 0, frozenset({"1001"}))
     cov.seen({1: 70})
     cov.opened(2, 120, frozenset({"1001"}))  # the restarted worker's connection
@@ -199,7 +199,12 @@ def test_the_command_writes_sealed_verified_segments_and_reports(tmp_path):
     assert lines[2].endswith(", 150 only here")
     assert lines[3].startswith("not covered by any input: 1 intervals, 50ms in all")
     assert lines[4].endswith("(50ms): all contracts")
-    assert lines[-1] == f"1 sealed files in {tmp_path / 'm'}, verified"
+    # One output shard per input shard: each keeps its input's connection history as it was.
+    assert lines[-1] == f"2 sealed files in {tmp_path / 'm'}, verified"
+    merged = sorted(segments(tmp_path / "m"), key=lambda seg: seg.shard)
+    assert [(seg.shard, seg.header.meta["input"]) for seg in merged] == [(0, str(tmp_path / "hostA")),
+                                                                          (1, str(tmp_path / "hostB"))]
+    assert [seg.records for seg in merged] == [1800 + 4, 150 + 4]
     assert not list((tmp_path / "m").glob("*.open"))
     assert segments_cli("verify", str(tmp_path / "m")).returncode == 0
     # Merging again into the same directory would mix two merges: refused.
@@ -233,3 +238,24 @@ def test_refuses_to_write_into_its_inputs(tmp_path, inputs, out, message):
 def test_check_paths_accepts_separate_directories(tmp_path):
     assert check_paths([tmp_path / "a", tmp_path / "b"], tmp_path / "merged") is None
     assert check_paths([tmp_path / "a"], tmp_path / "ab") is None  # a name prefix is not containment
+
+
+def test_kept_receipts_resolve_in_the_readers(tmp_path):
+    import orjson
+
+    msgs = feed(300)
+    write_records(tmp_path / "hostA", recording(msgs, range(100, 150), lag_ns=20_000))
+    write_records(tmp_path / "hostB", recording(msgs, range(0), lag_ns=35_000))
+    out = segments_cli("merge", str(tmp_path / "hostA"), str(tmp_path / "hostB"), "--out", str(tmp_path / "m"),
+                       "--keep-receipts")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("wrote 300 messages, 250 receipts and 6 connection events from 2 inputs")
+    # The default view shows each message once; --all-copies shows the 250 copies b also had, each resolved.
+    once = segments_cli("cat", str(tmp_path / "m"), "--format", "raw")
+    assert once.stdout.splitlines() == [p.decode() for _, p in msgs]
+    every = segments_cli("cat", str(tmp_path / "m"), "--all-copies", "--no-events")
+    lines = [orjson.loads(line) for line in every.stdout.splitlines()]
+    copies = [line for line in lines if "copy_of" in line]
+    assert len(lines) == 550 and len(copies) == 250
+    assert all(c["copy_of"]["lag_ns"] == 15_000 for c in copies)
+    assert all(c.get("frame") for c in copies), "every receipt resolves to its original's payload"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -320,18 +320,30 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, show: in
                 click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
                 unreadable += 1
         opened.append((str(p), segs))
-    try:
-        writer = SegmentWriter(out, prefix="ime", meta=merged_meta(opened), flush_ms=1000, rotate_seconds=0)
-    except SegmentWriteError as exc:
-        raise UserError(str(exc), EXIT_RUNTIME) from None
+    writers: list[SegmentWriter] = []
+
+    def writer_for(number: int, shard: int) -> Callable[[int, int, int, bytes], None]:
+        # One output shard per input shard, numbered in order of appearance.
+        name, segs = opened[number]
+        try:
+            writer = SegmentWriter(out, shard=len(writers), prefix="ime", flush_ms=1000, rotate_seconds=0,
+                                   meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
+                                         "merged_from": [n for n, _ in opened], "input": name, "input_shard": shard})
+        except SegmentWriteError as exc:
+            raise UserError(str(exc), EXIT_RUNTIME) from None
+        writers.append(writer)
+        return writer.append
 
     def pace() -> None:
-        if writer.backlog_bytes > MERGE_BACKLOG_BYTES:
-            writer.flush()
+        for w in writers:
+            if w.backlog_bytes > MERGE_BACKLOG_BYTES:
+                w.flush()
 
+    sealed = []
     try:
-        result = merge(opened, writer.append, keep_receipts=keep_receipts, after_batch=pace)
-        sealed = writer.close("merged")
+        result = merge(opened, writer_for, keep_receipts=keep_receipts, after_batch=pace)
+        for w in writers:
+            sealed.extend(w.close("merged"))
     except SegmentWriteError as exc:
         raise UserError(str(exc), EXIT_RUNTIME) from None
     damaged = [d for s in sealed for d in open_segment(s.path).verify()]
@@ -344,9 +356,9 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, show: in
 
 
 def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
-    """Header keys for merged files: the inputs, and the subscription when every input agrees on the endpoint."""
+    """Header keys for merged files: the subscription, when the files it came from agree on the endpoint."""
     endpoints = {s.header.meta.get("endpoint") for _, segs in inputs for s in segs}
-    meta: dict[str, object] = {"role": "ime-segments merge", "merged_from": [name for name, _ in inputs]}
+    meta: dict[str, object] = {"role": "ime-segments merge"}
     if len(endpoints) == 1 and None not in endpoints:
         contracts: dict[str, None] = {}
         for _, segs in inputs:

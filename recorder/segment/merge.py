@@ -9,7 +9,8 @@ only with `keep_receipts`, re-pointed at the record that won the merge. Records 
 and counted. Connection events are kept, with the input's number added.
 
 Connection ids restart in every recorder process, so each (input, host, pid, shard, conn) of the inputs gets
-a fresh output connection id; events and receipts are rewritten to match.
+a fresh output connection id, unique across the output; events and receipts are rewritten to match. Each
+input shard is written to an output shard of its own (see `merge`).
 
 Coverage comes from connection events: an input covers a connection's contracts from its `opened` event to
 its `closed` event (or, when the worker died without one, to the last record seen on that connection).
@@ -47,6 +48,7 @@ _TS = itemgetter(0)
 
 Row = tuple[int, int, int, bytes]  # ts_ns, output conn, kind, payload
 Sink = Callable[[int, int, int, bytes], None]  # SegmentWriter.append
+SinkFor = Callable[[int, int], Sink]  # (input number, input shard) -> where that input shard's records go
 
 
 @dataclass(slots=True)
@@ -96,8 +98,13 @@ class MergeResult:
 # --- coverage (pure) -----------------------------------------------------------------------------------
 
 
-class Coverage:
-    """Which contracts were being received when, from connection events; then what nobody covered."""
+class ContractCoverage:
+    """Which contracts were being received when, from connection events; then what nobody covered.
+
+    Unlike segment/coverage.py (one recording, per connection group, the longest gaps only, fed every record),
+    this is across recordings and per contract, keeps every interval exactly, and is fed events plus a block's
+    last record time per connection: the union of several inputs' connections is what tells a real loss.
+    """
 
     def __init__(self) -> None:
         self._open: dict[int, tuple[int, frozenset[str]]] = {}  # conn -> (opened ns, contracts)
@@ -158,19 +165,31 @@ class Coverage:
 
 
 class _ConnIds(dict[tuple[Any, ...], int]):
-    """(input, host, pid, shard, conn) -> output connection id, handed out on first sight."""
+    """(input, host, pid, shard, conn) -> output connection id, handed out on first sight, with its sink."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink_for: SinkFor) -> None:
         super().__init__()
         self.source: list[int] = [-1]  # output conn -> input number (ids start at 1)
         self.keys: list[tuple[Any, ...]] = [()]  # output conn -> its key
+        self.sinks: list[Sink] = [_nowhere]  # output conn -> the appender of its output shard
+        self._sink_for = sink_for
+        self._shard_sinks: dict[tuple[int, int], Sink] = {}
 
     def __missing__(self, key: tuple[Any, ...]) -> int:
         new = len(self.source)
         self.source.append(key[0])
         self.keys.append(key)
+        where = (key[0], key[3])
+        sink = self._shard_sinks.get(where)
+        if sink is None:
+            sink = self._shard_sinks[where] = self._sink_for(*where)
+        self.sinks.append(sink)
         self[key] = new
         return new
+
+
+def _nowhere(ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
+    raise AssertionError("output connection 0 is never handed out")
 
 
 class _Stream:
@@ -251,20 +270,25 @@ def merged_blocks(streams: list[_Stream]) -> Iterator[list[Row]]:
 # --- the merge -------------------------------------------------------------------------------------------
 
 
-def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink: Sink, *, keep_receipts: bool = False,
+def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor, *, keep_receipts: bool = False,
           window_ns: int = DEFAULT_WINDOW_NS, after_batch: Callable[[], None] | None = None) -> MergeResult:
-    """Merge `inputs` (name, opened segments) into `sink` in receive-time order; see the module docstring.
+    """Merge `inputs` (name, opened segments) in receive-time order; see the module docstring.
+
+    Each input shard's records (its first arrivals and its connection events) go to its own output shard,
+    `sink_for(input number, input shard)`: a shard's worker restarts and connection groups stay what they were,
+    so `ime-segments stats` on the output still reads each input's coverage. A receipt goes to the shard of the
+    record it points at (output connection ids are unique across shards), so that it resolves there.
 
     `after_batch` runs between batches of records: the place for the caller to wait for its writer.
     """
     stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
     result = MergeResult(stats)
-    ids = _ConnIds()
-    coverage = Coverage()
+    ids = _ConnIds(sink_for)
+    coverage = ContractCoverage()
     rows = [0] * len(stats)
     streams = [_Stream(_blocks(number, chain, ids, _conn_key, rows, coverage.seen))
                for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
-    source = ids.source
+    source, sinks = ids.source, ids.sinks
     deduper = Deduper(window_ns=window_ns)
     observe = deduper.observe_digest
     # Originals another input also had, so that "only in this input" counts each original once however
@@ -287,27 +311,27 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink: Sink, *, ke
             if kind in _MESSAGE_KINDS:
                 won = observe(ts, source[conn], digest(payload), conn)
                 if won is None:
-                    sink(ts, conn, kind, payload)
+                    sinks[conn](ts, conn, kind, payload)
                     continue
                 copies[source[conn]] += 1
                 if won not in shared:
                     shared[won] = None
                     counted_shared[source[won[1]]] += 1
                 if keep_receipts:
-                    sink(ts, conn, _RECEIPT, encode_receipt(won[1], ts - won[0]))
+                    sinks[won[1]](ts, conn, _RECEIPT, encode_receipt(won[1], ts - won[0]))
                     receipts_out += 1
                     key = (ts, conn)
                     lost[key] = won
                     lost_order.append(key)
             elif kind == _EVENT:
                 stats[source[conn]].events += 1
-                sink(ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
+                sinks[conn](ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
             elif kind == _RECEIPT:
                 stats[source[conn]].receipts += 1
                 if keep_receipts:
                     body = _repoint(payload, ts, conn, ids, lost)
                     if body is not None:
-                        sink(ts, conn, kind, body)
+                        sinks[decode_receipt(body)[0]](ts, conn, kind, body)
                         receipts_out += 1
             else:
                 stats[source[conn]].unknown += 1
@@ -340,7 +364,7 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink: Sink, *, ke
     return result
 
 
-def _event(payload: bytes, conn: int, number: int, ts_ns: int, coverage: Coverage) -> bytes:
+def _event(payload: bytes, conn: int, number: int, ts_ns: int, coverage: ContractCoverage) -> bytes:
     """The event rewritten for the output (its connection id, the input it came from); feeds coverage."""
     fields = decode_event(payload)
     name = str(fields.pop("event", "unparseable"))
