@@ -73,13 +73,15 @@ def test_coverage_is_the_union_of_open_connections_per_contract():
     assert cov.uncovered(0, 100) == []
 
 
-def test_a_connection_that_never_closed_covers_until_its_last_record():
+def test_a_connection_that_never_closed_covers_until_its_process_last_record():
     cov = ContractCoverage()
     cov.opened(1, 0, frozenset({"1001"}))
-    cov.seen({1: 70})
+    cov.seen("worker-1", 50)
+    cov.seen("worker-1", 70)  # then the worker was killed: no `closed` for connection 1
     cov.opened(2, 120, frozenset({"1001"}))  # the restarted worker's connection
+    cov.seen("worker-2", 200)
     cov.close(2, 200)
-    cov.finish()
+    cov.finish({1: "worker-1", 2: "worker-2"}.__getitem__)
     assert cov.uncovered(0, 200) == [Interval(70, 120, frozenset({"1001"}))]
 
 

@@ -109,7 +109,7 @@ class ContractCoverage:
 
     def __init__(self) -> None:
         self._open: dict[int, tuple[int, frozenset[str]]] = {}  # conn -> (opened ns, contracts)
-        self._last: dict[int, int] = {}  # conn -> last record ns, for connections that never close
+        self._last: dict[Any, int] = {}  # recorder process -> its last record ns
         self.spans: list[tuple[int, int, frozenset[str]]] = []
         self.contracts: set[str] = set()
 
@@ -122,16 +122,17 @@ class ContractCoverage:
         started = self._open.pop(conn, None)
         if started is not None:
             self.spans.append((started[0], max(ts_ns, started[0]), started[1]))
-        self._last.pop(conn, None)
 
-    def seen(self, last: dict[int, int]) -> None:
-        """The last record time of each connection (merged in a batch at a time)."""
-        self._last.update(last)
+    def seen(self, process: Any, ts_ns: int) -> None:
+        """A record of `process` (one recorder process's connections) at `ts_ns`; called once per block."""
+        if ts_ns > self._last.get(process, ts_ns - 1):
+            self._last[process] = ts_ns
 
-    def finish(self) -> None:
-        """Connections still open at the end (a killed worker never wrote `closed`) end at their last record."""
+    def finish(self, process_of: Callable[[int], Any]) -> None:
+        """Connections still open at the end end at their process's last record: a worker killed without writing
+        `closed` took all its connections down with it."""
         for conn, (opened_ns, _) in list(self._open.items()):
-            self.close(conn, max(self._last.get(conn, opened_ns), opened_ns))
+            self.close(conn, max(self._last.get(process_of(conn), opened_ns), opened_ns))
 
     def uncovered(self, start_ns: int, end_ns: int) -> list[Interval]:
         """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input."""
@@ -215,9 +216,9 @@ class _Stream:
 
 def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
             conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
-            rows: list[int], seen: Callable[[dict[int, int]], None]) -> Iterator[list[Row]]:
-    """The chain's blocks with output connection ids; counts rows into `rows[number]` and reports each
-    connection's last record time to `seen` (done here, a block at a time, to keep the merge loop lean)."""
+            rows: list[int], seen: Callable[[Any, int], None]) -> Iterator[list[Row]]:
+    """The chain's blocks with output connection ids; counts rows into `rows[number]` and reports the recorder
+    process's last record time to `seen` (here, a block at a time, to keep the merge loop lean)."""
     for seg in chain:
         base = conn_key(number, seg)
         mapping: dict[int, int] = {}
@@ -229,9 +230,10 @@ def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
         for block in seg.iter_blocks():
             get = mapping.get
             out = [(ts, get(conn) or remap(conn), kind, payload) for ts, conn, kind, payload in block]
-            rows[number] += len(out)
-            seen({conn: ts for ts, conn, _, _ in out})
-            yield out
+            if out:
+                rows[number] += len(out)
+                seen(base, max(out[0][0], out[-1][0]))
+                yield out
 
 
 def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
@@ -361,7 +363,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
             horizon = last_ns - 2 * window_ns
             while lost_order and lost_order[0][0] < horizon:
                 lost.pop(lost_order.popleft(), None)
-    coverage.finish()
+    coverage.finish(lambda conn: ids.keys[conn][:-1])
     for number, (_, segs) in enumerate(inputs):
         st = stats[number]
         st.records = rows[number]
