@@ -132,6 +132,20 @@ def test_merge_holds_every_message_either_input_holds_once(tmp_path):
     assert result.uncovered == [] and result.contracts == {"1001", "1002"}
 
 
+def test_three_inputs_count_each_shared_original_once(tmp_path):
+    msgs = feed(600)
+    a = recording(msgs, range(100, 200), lag_ns=10_000)
+    b = recording(msgs, range(150, 250), lag_ns=20_000)
+    c = recording(msgs, range(0), lag_ns=30_000)
+    result, out = run_merge(tmp_path, {"a": a, "b": b, "c": c})
+    assert [p for *_, kind, p in out if kind == TEXT] == [p for _, p in msgs]
+    ra, rb, rc = result.inputs
+    assert (ra.originals, rb.originals, rc.originals) == (500, 50, 50)
+    assert (ra.copies, rb.copies, rc.copies) == (0, 450, 550)
+    # a's originals were all repeated by b or c (or both: still counted once); only c had 150..199.
+    assert (ra.only_here, rb.only_here, rc.only_here) == (0, 0, 50)
+
+
 def test_uncovered_intervals_come_from_the_connection_events(tmp_path):
     msgs = feed(2000)
     a = recording(msgs, range(500, 800), lag_ns=20_000)

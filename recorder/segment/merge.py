@@ -321,6 +321,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
     receipts_out = 0
     first_ns: int | None = None
     last_ns = 0
+    several = len(stats) > 2
     for batch in merged_blocks(streams):
         if first_ns is None:
             first_ns = batch[0][0]
@@ -332,7 +333,11 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
                     sinks[conn](ts, conn, kind, payload)
                     continue
                 copies[source[conn]] += 1
-                if won not in shared:
+                # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
+                # original), so it is counted as shared once without remembering it.
+                if not several:
+                    counted_shared[source[won[1]]] += 1
+                elif won not in shared:
                     shared[won] = None
                     counted_shared[source[won[1]]] += 1
                 if keep_receipts:
