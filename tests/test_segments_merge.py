@@ -275,3 +275,37 @@ def test_kept_receipts_resolve_in_the_readers(tmp_path):
     assert len(lines) == 550 and len(copies) == 250
     assert all(c["copy_of"]["lag_ns"] == 15_000 for c in copies)
     assert all(c.get("frame") for c in copies), "every receipt resolves to its original's payload"
+
+
+def test_coverage_matches_a_per_contract_brute_force_with_different_sharding():
+    import random
+
+    rng = random.Random(5)
+    contracts = [str(1001 + i) for i in range(12)]
+    layouts = ([frozenset(contracts[g::3]) for g in range(3)], [frozenset(contracts[g * 4:(g + 1) * 4]) for g in
+                                                               range(3)])
+    cov = ContractCoverage()
+    spans: list[tuple[int, int, frozenset[str]]] = []
+    conn = 0
+    for groups in layouts:
+        for group in groups:
+            t = rng.randint(0, 50)
+            while t < 1000:
+                conn += 1
+                lived = rng.randint(20, 200)
+                cov.opened(conn, t, group)
+                cov.close(conn, t + lived)
+                spans.append((t, t + lived, group))
+                t += lived + rng.randint(1, 40)
+    got = cov.uncovered(0, 1000)
+    # Brute force: per time unit, the contracts no span covers; then the same maximal runs.
+    expected: list[Interval] = []
+    for t in range(1000):
+        missing = frozenset(c for c in contracts if not any(lo <= t < hi and c in g for lo, hi, g in spans))
+        if not missing:
+            continue
+        if expected and expected[-1].end_ns == t and expected[-1].contracts == missing:
+            expected[-1] = Interval(expected[-1].start_ns, t + 1, missing)
+        else:
+            expected.append(Interval(t, t + 1, missing))
+    assert got == expected and len(got) > 10

@@ -103,8 +103,8 @@ class ContractCoverage:
     """Which contracts were being received when, from connection events; then what nobody covered.
 
     Unlike segment/coverage.py (one recording, per connection group, the longest gaps only, fed every record),
-    this is across recordings and per contract, keeps every interval exactly, and is fed events plus a block's
-    last record time per connection: the union of several inputs' connections is what tells a real loss.
+    this is across recordings and per contract, keeps every interval exactly, and is fed events plus each block's
+    last record time per recorder process: the union of several inputs' connections is what tells a real loss.
     """
 
     def __init__(self) -> None:
@@ -135,31 +135,66 @@ class ContractCoverage:
             self.close(conn, max(self._last.get(process_of(conn), opened_ns), opened_ns))
 
     def uncovered(self, start_ns: int, end_ns: int) -> list[Interval]:
-        """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input."""
+        """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input.
+
+        A sweep over the spans' ends, counting open connections per *atom*: contracts that are in exactly the
+        same connection groups share an atom (with the same sharding on every input, an atom is a group). So a
+        day of reconnects over thousands of contracts costs (changes x atoms per group), not (x contracts).
+        """
         if not self.contracts or end_ns <= start_ns:
             return []
-        everything = frozenset(self.contracts)
-        deltas: dict[int, list[tuple[int, frozenset[str]]]] = {}
+        # Atoms: contracts grouped by which distinct contract sets (connection groups) they belong to.
+        set_ids: dict[frozenset[str], int] = {}
+        for _, _, contracts in self.spans:
+            set_ids.setdefault(contracts, len(set_ids))
+        signature: dict[str, list[int]] = {c: [] for c in self.contracts}
+        for contracts, sid in set_ids.items():
+            for c in contracts:
+                signature[c].append(sid)
+        atom_ids: dict[tuple[int, ...], int] = {}
+        atom_contracts: list[list[str]] = []
+        for c, sids in signature.items():
+            aid = atom_ids.setdefault(tuple(sids), len(atom_ids))
+            if aid == len(atom_contracts):
+                atom_contracts.append([])
+            atom_contracts[aid].append(c)
+        atoms_of_set: dict[int, set[int]] = {sid: set() for sid in set_ids.values()}
+        for sids, aid in atom_ids.items():
+            for sid in sids:
+                atoms_of_set[sid].add(aid)
+
+        deltas: dict[int, list[tuple[int, set[int]]]] = {}
         for lo, hi, contracts in self.spans:
             lo, hi = max(lo, start_ns), min(hi, end_ns)
             if lo < hi:
-                deltas.setdefault(lo, []).append((1, contracts))
-                deltas.setdefault(hi, []).append((-1, contracts))
-        counts: dict[str, int] = {}
+                atoms = atoms_of_set[set_ids[contracts]]
+                deltas.setdefault(lo, []).append((1, atoms))
+                deltas.setdefault(hi, []).append((-1, atoms))
+        counts = [0] * len(atom_contracts)
+        missing = set(range(len(atom_contracts)))
+        names: dict[frozenset[int], frozenset[str]] = {}
         out: list[Interval] = []
+        last_atoms: frozenset[int] | None = None
         cursor = start_ns
-        missing = everything
         for t in sorted({*deltas, end_ns}):
             if t > cursor and missing:
-                if out and out[-1].end_ns == cursor and out[-1].contracts == missing:
-                    out[-1] = Interval(out[-1].start_ns, t, missing)
+                now = frozenset(missing)
+                if out and out[-1].end_ns == cursor and now == last_atoms:
+                    out[-1] = Interval(out[-1].start_ns, t, out[-1].contracts)
                 else:
-                    out.append(Interval(cursor, t, missing))
+                    contracts = names.get(now)
+                    if contracts is None:
+                        contracts = names[now] = frozenset(c for a in now for c in atom_contracts[a])
+                    out.append(Interval(cursor, t, contracts))
+                last_atoms = now
             cursor = t
-            for sign, contracts in deltas.get(t, ()):
-                for c in contracts:
-                    counts[c] = counts.get(c, 0) + sign
-            missing = frozenset(c for c in everything if counts.get(c, 0) <= 0)
+            for sign, atoms in deltas.get(t, ()):
+                for a in atoms:
+                    n = counts[a] = counts[a] + sign
+                    if n == 0:
+                        missing.add(a)
+                    elif n == 1 and sign > 0:
+                        missing.discard(a)
         return out
 
 
