@@ -250,7 +250,7 @@ def print_coverage(connections: dict[str, Any]) -> None:
                if c["lag_when_later_us"] else "")
             for k, c in g["copies"].items())
         click.echo(f"{g['shard']:>5} {g['group']:>5} {g['contracts']:>9} {human_duration(g['span_s']):>9} "
-                   f"{human_duration(g['uncovered_s']):>9} {len(g['longest_gaps']):>4}  {copies}")
+                   f"{human_duration(g['uncovered_s']):>9} {g['gaps']:>4}  {copies}")
 
 
 @cli.command("recover")
