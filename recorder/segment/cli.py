@@ -11,14 +11,14 @@ import click
 import orjson
 
 from recorder.cli_support import one_line_errors
-from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX
 from recorder.segment.output import jsonl_line
 from recorder.segment.reader import Damage, Record, SegmentFile, discover, merge_records, open_segment
-from recorder.segment.recover import recover
+from recorder.segment.recover import RecoveryError, recover
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import format_ns, parse_time
@@ -155,9 +155,23 @@ def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
         elif not quiet:
             state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
             click.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
+        if not problems and (note := recovery_note(seg)):
+            click.echo(f"NOTE {f}: {note}")
     if bad:
         click.echo(f"{PROG}: {bad} of {len(files)} files damaged", err=True)
         sys.exit(EXIT_RUNTIME)
+
+
+def recovery_note(seg: SegmentFile) -> str | None:
+    """What recovery skipped when it sealed this file: the file is intact, but it is not all that was written."""
+    skipped = seg.seal.get("skipped") if seg.seal.get("reason") == "recovered" else None
+    if not isinstance(skipped, list) or not skipped:
+        return None
+    total = sum(s.get("bytes", 0) for s in skipped if isinstance(s, dict))
+    tail = seg.seal.get("tail") or seg.path.name + ".tail"
+    return (f"recovered after a crash; {len(skipped)} damaged range(s), {total} bytes, were skipped and kept in "
+            f"{tail}: " + "; ".join(f"offset {s.get('offset')}: {s.get('reason')}" for s in skipped
+                                    if isinstance(s, dict)))
 
 
 @cli.command("stats")
@@ -232,6 +246,8 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
             click.echo(str(recover(f)))
         except SegmentFormatError as exc:
             raise UserError(f"{f}: {exc}") from None
+        except RecoveryError as exc:
+            raise RuntimeFailure(str(exc)) from None
 
 
 def main() -> None:
