@@ -17,7 +17,15 @@ from recorder.humanize import human_bytes, human_duration
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX
 from recorder.segment.output import jsonl_line
-from recorder.segment.reader import Damage, Record, SegmentFile, discover, merge_records, open_segment
+from recorder.segment.reader import (
+    Damage,
+    Record,
+    SegmentFile,
+    discover,
+    merge_records,
+    open_readable,
+    open_segment,
+)
 from recorder.segment.recover import RecoveryError, recover
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
@@ -26,8 +34,12 @@ from recorder.timeparse import format_ns, parse_time
 PROG = "ime-segments"
 
 
-def open_all(paths: Iterable[str]) -> list[SegmentFile]:
-    """Open every segment named (directories expanded); any that is not one is a usage error."""
+def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
+    """Open every segment named (directories expanded); returns (segments, how many were skipped).
+
+    A file that does not open is skipped with a warning (the caller exits 1); only when none opens is
+    it a usage error.
+    """
     given = list(paths)
     for p in given:
         if not Path(p).exists():
@@ -35,15 +47,12 @@ def open_all(paths: Iterable[str]) -> list[SegmentFile]:
     files = discover(given)
     if not files:
         raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}")
-    segments = []
-    for f in files:
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-        except IsADirectoryError:
-            continue
-    return segments
+    segments, unreadable = open_readable(files)
+    if not segments:
+        raise UserError(unreadable[0] if unreadable else f"no segment files in {', '.join(given)}")
+    for problem in unreadable:
+        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
+    return segments, len(unreadable)
 
 
 def state_of(seg: SegmentFile) -> str:
@@ -71,7 +80,8 @@ def cli() -> None:
 @one_line_errors(PROG)
 def ls_cmd(paths: tuple[str, ...]) -> None:
     """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
-    segments = sorted(open_all(paths), key=lambda s: (s.shard, s.start_ns, str(s.path)))
+    opened, skipped = open_all(paths)
+    segments = sorted(opened, key=lambda s: (s.shard, s.start_ns, str(s.path)))
     click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} "
                f"{'RAW':>10} {'ZST':>10} {'RATIO':>6} STATE")
     for seg in segments:
@@ -83,6 +93,8 @@ def ls_cmd(paths: tuple[str, ...]) -> None:
             f"{human_bytes(seg.size):>10} {ratio:>5.1f}x {state_of(seg)}"
         )
     report_damage(d for s in segments for d in s.damage)
+    if skipped:
+        sys.exit(EXIT_RUNTIME)
 
 
 def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> int:
@@ -119,11 +131,11 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, fmt: str,
             events: bool) -> None:
     """Records of one or many files, merged by receive time across shards."""
-    segments = open_all(paths)
+    segments, skipped = open_all(paths)
     selection = Selection(frozenset(contracts), parse_time(start) if start else None,
                           parse_time(end) if end else None, events)
     write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
-    if report_damage(d for s in segments for d in s.damage):
+    if report_damage(d for s in segments for d in s.damage) or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -180,7 +192,7 @@ def recovery_note(seg: SegmentFile) -> str | None:
 @one_line_errors(PROG)
 def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
-    segments = open_all(paths)
+    segments, skipped = open_all(paths)
     stats = RecordingStats()
     for rec in merge_records(segments):
         stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
@@ -189,7 +201,7 @@ def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
         sys.stdout.buffer.write(orjson.dumps(stats_document(stats), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print_stats(stats)
-    if damaged:
+    if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
