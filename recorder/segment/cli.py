@@ -29,7 +29,7 @@ from recorder.segment.reader import (
 from recorder.segment.recover import RecoveryError, recover
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
-from recorder.timeparse import format_ns, parse_time
+from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-segments"
 
@@ -121,21 +121,24 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 @cli.command("cat")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
-@click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Include connection events (jsonl only, and only without --contract).")
 @one_line_errors(PROG)
-def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, fmt: str,
-            events: bool) -> None:
+def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, tz: str,
+            fmt: str, events: bool) -> None:
     """Records of one or many files, merged by receive time across shards."""
     segments, skipped = open_all(paths)
-    selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events)
-    write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
-    if report_damage(d for s in segments for d in s.damage) or skipped:
+    selection = Selection.parse(segments, contracts, start, end, tz, events)
+    count = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    damaged = report_damage(d for s in segments for d in s.damage)
+    if count == 0 and selection.filtered:
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+    if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -188,15 +191,21 @@ def recovery_note(seg: SegmentFile) -> str | None:
 
 @cli.command("stats")
 @click.argument("paths", nargs=-1, required=True)
+@click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
+@click.option("--to", "end", help="Only records before this time, same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @one_line_errors(PROG)
-def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
+def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: str, as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
     segments, skipped = open_all(paths)
+    selection = Selection.parse(segments, (), start, end, tz)
     stats = RecordingStats()
-    for rec in merge_records(segments):
+    for rec in merge_records(segments, selection.start_ns, selection.end_ns):
         stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
     damaged = report_damage(d for s in segments for d in s.damage)
+    if stats.records == 0 and selection.filtered:
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(stats_document(stats), option=orjson.OPT_INDENT_2) + b"\n")
     else:
@@ -224,6 +233,7 @@ def stats_document(stats: RecordingStats) -> dict[str, object]:
         },
         "events": dict(stats.events),
         "close_codes": {str(k): v for k, v in sorted(stats.close_codes.items())},
+        "other_kinds": {str(k): v for k, v in stats.other_kinds.items()},
     }
 
 
@@ -238,6 +248,9 @@ def print_stats(stats: RecordingStats) -> None:
     if stats.events:
         summary = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items()))
         click.echo(f"connection events: {summary}")
+    if stats.other_kinds:
+        click.echo("not counted above (not messages, e.g. receipts), by record kind: "
+                   + ", ".join(f"{k}×{v}" for k, v in stats.other_kinds.items()))
     if stats.close_codes:
         click.echo("close codes: " + ", ".join(f"{k}×{v}" for k, v in sorted(stats.close_codes.items())))
 
