@@ -215,6 +215,30 @@ def test_replay_plays_a_duplicated_frame_once(tmp_path):
     assert out.stdout.splitlines() == [r[3] for r in recs]
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_order_with_repeats_reads_each_record_once_and_recovers_all(tmp_path_factory, data):
+    tmp_path = tmp_path_factory.mktemp("order")
+    crashed, recs, frames = make_open(tmp_path, n=300, frame_bytes=3000)
+    n = len(frames)
+    order = data.draw(st.permutations(range(n)), label="order")
+    extra = data.draw(st.lists(st.integers(0, n - 1), max_size=4), label="repeats")
+    layout = list(order)
+    for i, k in enumerate(extra):
+        layout.insert(data.draw(st.integers(0, len(layout)), label=f"at{i}"), k)
+    raw = crashed.read_bytes()
+    body = b"".join(raw[frames[k].offset:frames[k].end_offset] for k in layout)
+    crashed.write_bytes(raw[:frames[0].offset] + body)
+    seg = open_segment(crashed)
+    assert [(r.ts_ns, r.conn, r.kind, r.payload) for r in seg.iter_records()] == recs
+    in_order = layout == list(range(n))
+    assert (seg.verify() == []) == in_order
+    result = recover(crashed)
+    assert sealed_records(result.sealed) == recs
+    assert (result.tail is None) == (not extra)
+
+
 # --- item 4: a full disk leaves the .open file exactly as it was --------------------------------
 
 @pytest.fixture
