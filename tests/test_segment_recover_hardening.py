@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from record_util import RecorderProcess
 from segment_util import ime_payload, unsealed_copy, write_records
 
 from recorder.segment.format import (
@@ -137,6 +139,30 @@ def test_recover_cli_says_what_it_skipped_and_verify_notes_it(tmp_path):
     assert b"recovered" in check.stdout and b"skipped" in check.stdout
 
 
+@pytest.mark.slow
+def test_the_recorder_recovers_a_damaged_open_file_at_start_keeping_intact_frames(sim_process, tmp_path):
+    crashed, recs, frames = make_open(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = out / crashed.name  # shard 0, the default prefix: this recorder's own crashed file
+    shutil.move(crashed, left)
+    flip(left, frames[3].data_offset + 9)
+    sim = sim_process("--contracts", "2", "--rate", "50")
+    info = sim.info
+    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--shards", "1", "--out", str(out),
+                          "--base-url", info["base_url"], "--token-url", info["token_url"],
+                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
+    try:
+        rec.wait_for("recovered", timeout=20)
+        rec.signal(signal.SIGINT)
+        assert rec.wait(30) == 0, rec.stderr
+    finally:
+        rec.kill_tree()
+    assert sealed_records(out / NAME) == records_of(frames, recs, {3})
+    assert (out / (NAME + ".tail")).stat().st_size == frames[3].end_offset - frames[3].offset
+    assert "frame 3" in rec.stderr and "skipped" in rec.stderr
+
+
 # --- item 3: frame sequence numbers -------------------------------------------------------------
 
 def duplicate_frame(path: Path, frame) -> None:
@@ -176,6 +202,8 @@ def test_swapped_frames_are_damage_and_read_once_in_order(tmp_path):
     assert [(r.ts_ns, r.conn, r.kind, r.payload) for r in seg.iter_records()] == recs
     problems = seg.verify()
     assert len(problems) == 1 and "out of order" in problems[0].reason
+    listing = run("ls", str(crashed))
+    assert b"open,damaged" in listing.stdout and b"out of order" in listing.stderr
     result = recover(crashed)
     assert sealed_records(result.sealed) == recs  # put back in order: both frames are intact
     assert "out of order" in str(result)

@@ -41,6 +41,13 @@ def test_printed_receive_times_read_back_exactly(ts):
     assert parse_time(format_ns(ts)) == ts
 
 
+@given(st.integers(0, 4_102_444_800 * S - 1), st.sampled_from(["UTC", "Asia/Tehran", "+05:45", "America/New_York"]))
+def test_times_shown_in_a_zone_read_back_exactly_in_that_zone(ts, zone):
+    tz = parse_tz(zone)
+    assert parse_time(format_local(ts, tz), tz) == ts
+    assert parse_time(format_local(ts, tz)) == ts  # it carries its offset
+
+
 def test_time_of_day_is_on_the_recordings_first_day_in_the_zone():
     assert parse_time("09:00", TEHRAN, first_ns=T0 + 5 * S) == T0
     assert parse_time("09:00:01.25", TEHRAN, first_ns=T0) == T0 + S + S // 4

@@ -57,7 +57,10 @@ def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
 
 def state_of(seg: SegmentFile) -> str:
     if seg.damage:
-        return "damaged" if seg.sealed or not seg.path.name.endswith(OPEN_SUFFIX) else "open,truncated"
+        if seg.sealed or not seg.path.name.endswith(OPEN_SUFFIX):
+            return "damaged"
+        # A crash leaves only a cut-off last frame; anything else in an open file is damage.
+        return "open,truncated" if all(d.reason.startswith("truncated") for d in seg.damage) else "open,damaged"
     return "sealed" if seg.sealed else "open"
 
 
