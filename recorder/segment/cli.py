@@ -187,8 +187,8 @@ def recovery_note(seg: SegmentFile) -> str | None:
         return None
     total = sum(s.get("bytes", 0) for s in skipped if isinstance(s, dict))
     tail = seg.seal.get("tail") or seg.path.name + ".tail"
-    return (f"recovered after a crash; {len(skipped)} damaged range(s), {total} bytes, were skipped and kept in "
-            f"{tail}: " + "; ".join(f"offset {s.get('offset')}: {s.get('reason')}" for s in skipped
+    return (f"recovered after a crash; {len(skipped)} byte range(s), {total} bytes in all, were skipped and kept "
+            f"in {tail}: " + "; ".join(f"offset {s.get('offset')}: {s.get('reason')}" for s in skipped
                                     if isinstance(s, dict)))
 
 

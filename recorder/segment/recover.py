@@ -7,6 +7,7 @@ rename nothing touches the `.open` file, so a failure (a full disk) leaves it ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass, replace
@@ -95,8 +96,9 @@ def recover(path: Path | str) -> Recovery:
             with contextlib.suppress(OSError):
                 os.unlink(p)
         reason = exc.strerror or str(exc)
-        raise RecoveryError(f"{path}: cannot write its recovered copy ({reason}); the file is unchanged — "
-                            "free some space and run `ime-segments recover` again") from None
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        raise RecoveryError(f"{path}: recovery failed ({reason}); the file is unchanged — {fix} and run "
+                            "`ime-segments recover` again") from None
     if skipped:
         os.rename(tail_temp, tail_path)
     os.rename(temp, final)
