@@ -262,20 +262,30 @@ def print_stats(stats: RecordingStats) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @one_line_errors(PROG)
 def recover_cmd(paths: tuple[str, ...]) -> None:
-    """Seal `.open` files left by a crash, keeping every complete frame (directories: every .open file)."""
+    """Seal `.open` files left by a crash, keeping every intact frame (directories: every .open file).
+
+    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves (all are still recovered).
+    """
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"{p}: no such file or directory")
     targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
     if not targets:
         raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
+    damaged = 0
     for f in targets:
         try:
-            click.echo(str(recover(f)))
+            result = recover(f)
         except SegmentFormatError as exc:
             raise UserError(f"{f}: {exc}") from None
         except RecoveryError as exc:
             raise RuntimeFailure(str(exc)) from None
+        click.echo(str(result))
+        damaged += result.damaged
+    if damaged:
+        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, repeated or out-of-order frames "
+                   "(details above); every intact frame was kept", err=True)
+        sys.exit(EXIT_RUNTIME)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ class Recovery:
     dropped_bytes: int  # bytes of the .open file not in the sealed one: all of them are in `tail`
     tail: Path | None  # where the skipped (damaged, repeated or cut-off) bytes were kept, if any
     reasons: tuple[str, ...]  # every problem found, with its offset in the .open file
+    damaged: bool = False  # something other than the cut-off last frame a crash leaves was skipped or reordered
 
     def __str__(self) -> str:
         if self.sealed is None:
@@ -106,8 +107,9 @@ def recover(path: Path | str) -> Recovery:
     fsync_directory(final.parent)
     dropped = sum(end - start for start, end in skipped)
     reasons = tuple(d.describe() for d in sorted(damage, key=lambda d: d.offset))
+    damaged = any(not d.reason.startswith("truncated") for d in damage)
     return Recovery(path, final, len(kept), sum(f.records for f in kept), dropped,
-                    tail_path if skipped else None, reasons)
+                    tail_path if skipped else None, reasons, damaged)
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
