@@ -49,8 +49,9 @@ class ContractStats:
 
     @property
     def mean_rate(self) -> float:
-        span = self.span_s
-        return self.records / span if span > 0 else float(self.records)
+        """Records per second over the whole seconds the records touch: never above the busiest second."""
+        seconds = self.last_ns // 1_000_000_000 - self.first_ns // 1_000_000_000 + 1
+        return self.records / seconds if self.records else 0.0
 
 
 @dataclass(slots=True)
