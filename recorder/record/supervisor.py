@@ -35,8 +35,8 @@ log = logging.getLogger("recorder.supervisor")
 # visible in the log line each time, so a slow restart would only add lost data, not safety).
 RESTART_MIN_S = 0.1
 RESTART_MAX_S = 2.0
-HEALTHY_AFTER_S = 10.0
-NOTHING_ACCEPTED_AFTER_S = 5.0  # a run this long in which the server never accepted a connection is a failure  # a worker that ran this long restarts at RESTART_MIN_S again
+HEALTHY_AFTER_S = 10.0  # a worker that ran this long restarts at RESTART_MIN_S again
+NOTHING_ACCEPTED_AFTER_S = 5.0  # a run this long in which the server never accepted a connection is a failure
 
 
 @dataclass(slots=True)
