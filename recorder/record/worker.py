@@ -112,6 +112,7 @@ class Worker:
         self.writer: SegmentWriter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepted_elsewhere = False
+        self._accepted_sent = False
         self.rng = random.Random()
         self.policy = Policy(backoff_base_s=cfg.connection.backoff_base_s, backoff_cap_s=cfg.connection.backoff_cap_s,
                              reconnect_jitter_s=cfg.connection.reconnect_jitter_s, stagger_s=cfg.connection.stagger_s)
@@ -119,8 +120,6 @@ class Worker:
         self.reconnects = 0
         self.closed_messages = 0
         self.closed_bytes = 0
-        self.retired_downtime_ns = 0
-        self.retired_group_ns = 0
         self.retired_originals = 0
         self.retired_copies = 0
         self.rejected: list[str] = []
@@ -247,9 +246,6 @@ class Worker:
     def _retire_group(self, run: GroupRun) -> None:
         """The group was split or excluded: keep its figures, stop its other copies."""
         self.groups.pop(run.group.gid, None)
-        now = time.time_ns()
-        self.retired_downtime_ns += run.downtime(now)
-        self.retired_group_ns += now - run.started_ns
         if run.deduper is not None:
             self.retired_originals += run.deduper.counts.originals
             self.retired_copies += run.deduper.counts.copies
@@ -388,6 +384,15 @@ class Worker:
             return None
         gid = run.group.gid
         used_gen = crun.token_gen
+        if crun.accepted:
+            # Refused after it had been accepted: the token expired or was revoked (whichever copy it is).
+            decision = self.planner.refused(gid, used_gen, self.token_gen, True)
+            if decision.action is Action.REFRESH:
+                log.info("shard %d: the server closed a working connection with %s; getting a fresh token",
+                         self.cfg.shard, how)
+                await self._refresh_token(used_gen)
+                return Wait(0.0)
+            return crun.core.refused_retry()
         others_open = [c for c in run.copies if c is not crun and c.transport is not None]
         if others_open and used_gen == self.token_gen:
             # Another copy with the same contracts and token is open: the contracts and the token are fine.
@@ -401,7 +406,7 @@ class Worker:
         if crun.copy != 0:
             # Copy 0 speaks for the group to the planner; the others wait for its verdict.
             return crun.core.refused_retry()
-        decision = self.planner.refused(gid, used_gen, self.token_gen, crun.accepted)
+        decision = self.planner.refused(gid, used_gen, self.token_gen, False)
         match decision.action:
             case Action.RETRY:
                 return crun.core.refused_retry()
@@ -421,9 +426,9 @@ class Worker:
                             f"{run.group.contracts[0]}; check the token or the account's IME access")))
                         self.request_stop("token refused", WORKER_EXIT_REFUSED)
                         return None
-                log.warning("shard %d: a fresh token was refused (%s) for %d contracts while the token works "
-                            "elsewhere; looking for the refused contract(s)", self.cfg.shard, how,
-                            len(run.group.contracts))
+                log.warning("shard %d: a fresh token was refused (%s) for %d contracts although the token works "
+                            "(another connection or a probe was accepted); looking for the refused contract(s)",
+                            self.cfg.shard, how, len(run.group.contracts))
                 self._retire_group(run)
                 for g in decision.groups:
                     self._start_group(g)
@@ -469,7 +474,7 @@ class Worker:
             return False
         if closed.done() and not got_data.is_set():
             return None
-        self.planner.accepted_any = True
+        self._accepted(0)
         return True
 
     async def _watch(self, transport: WSTransport, listener: RecordingListener,
@@ -513,10 +518,12 @@ class Worker:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def _accepted(self, gid: int) -> None:
-        first = not self.planner.accepted_any
+        """A connection (or a probe, gid 0) was accepted: the token is good."""
         if gid in self.groups:
             self.planner.accepted(gid)
-        if first:
+        self.planner.accepted_any = True
+        if not self._accepted_sent:
+            self._accepted_sent = True
             self._send(m.Accepted(self.cfg.shard))
 
     def _reject(self, contracts: tuple[str, ...], how: str, code: int) -> None:
@@ -670,8 +677,9 @@ class Worker:
             records_written=w.records_written if w else 0, bytes_on_disk=w.bytes_written if w else 0,
             files_sealed=w.files_sealed if w else 0, backlog_bytes=w.backlog_bytes if w else 0,
             paused=self._paused, rejected=tuple(self.rejected),
-            downtime_ns=self.retired_downtime_ns + sum(g.downtime(now) for g in self.groups.values()),
-            group_ns=self.retired_group_ns + sum(now - g.started_ns for g in self.groups.values()),
+            # Over the groups recording now: a group split by bisection or excluded is not a gap of theirs.
+            downtime_ns=sum(g.downtime(now) for g in self.groups.values()),
+            group_ns=sum(now - g.started_ns for g in self.groups.values()),
             final=final,
         )
 
