@@ -45,6 +45,7 @@ from recorder.record.listener import RecordingListener, first_arrival_sink
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
 from recorder.record.timeslice import request_slice
+from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
 from recorder.segment.format import RecordKind
@@ -57,9 +58,9 @@ _EVENT = int(RecordKind.EVENT)
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, pipe: Connection) -> None:
+    def __init__(self, cfg: WorkerConfig, link: SupervisorLink) -> None:
         self.cfg = cfg
-        self.pipe = pipe
+        self.link = link
         self.kind = EndpointKind(cfg.connection.kind)
         self.token = cfg.token
         self.token_gen = cfg.token_gen
@@ -69,7 +70,6 @@ class Worker:
         self.exit_code = WORKER_EXIT_OK
         self.stop_reason = "stopped"
         self._conn_seq = 0
-        self._token_waiter: asyncio.Future[bool] | None = None
         self._paused = False
         self._ssl: ssl.SSLContext | None = None
         self.writer: SegmentWriter | None = None
@@ -88,7 +88,6 @@ class Worker:
         self.rejected: list[str] = []
         self._limit_logged: set[int] = set()
         self._lock_fd: int | None = None
-        self._pipe_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -96,7 +95,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
-        self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        self.link.start(self.loop, self._handle, lambda: self.request_stop("supervisor went away"))
         storage = self.cfg.storage
         settings = self.cfg.connection
         try:
@@ -430,25 +429,8 @@ class Worker:
     # --- token ----------------------------------------------------------------------------------
 
     async def _refresh_token(self, used_gen: int) -> None:
-        if self.token_gen > used_gen:
-            return
-        assert self.loop is not None
-        if self._token_waiter is None or self._token_waiter.done():
-            self._token_waiter = self.loop.create_future()
-            self._send(m.NeedToken(self.cfg.shard, used_gen))
-        waiter = self._token_waiter
-        stop = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait([waiter, stop], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-
-    def _on_pipe(self) -> None:
-        try:
-            while self.pipe.poll():
-                self._handle(self.pipe.recv())
-        except (EOFError, OSError):
-            assert self.loop is not None
-            self.loop.remove_reader(self.pipe.fileno())
-            self.request_stop("supervisor went away")
+        if self.token_gen <= used_gen:
+            await self.link.fresh_token(used_gen, self.stopping)
 
     def _handle(self, msg: m.SupervisorMessage) -> None:
         match msg:
@@ -459,13 +441,11 @@ class Worker:
                     self.token, self.token_gen = token, gen
                     self.planner.token_refreshed()
                     self._event(Event.TOKEN_REFRESHED, gen=self.token_gen)
-                if self._token_waiter is not None and not self._token_waiter.done():
-                    self._token_waiter.set_result(True)
+                self.link.token_answered(True)
             case m.TokenUnavailable():
                 # No fresh token can be had (a fixed --token): the planner proceeds as if it had been refreshed.
                 self.planner.token_refreshed()
-                if self._token_waiter is not None and not self._token_waiter.done():
-                    self._token_waiter.set_result(False)
+                self.link.token_answered(False)
             case m.AcceptedElsewhere():
                 self.accepted_elsewhere = True
 
@@ -515,13 +495,8 @@ class Worker:
         return redact_text(text, (self.token,))
 
     def _send(self, msg: m.WorkerMessage) -> None:
-        # The recovery thread and log lines send too; a Connection is not safe to share unlocked.
-        try:
-            with self._pipe_lock:
-                self.pipe.send(msg)
-        except (OSError, ValueError):
-            if self.loop is not None and threading.current_thread() is threading.main_thread():
-                self.request_stop("supervisor went away")
+        if not self.link.send(msg) and self.loop is not None and threading.current_thread() is threading.main_thread():
+            self.request_stop("supervisor went away")
 
     def _status(self, final: bool = False) -> m.Status:
         now = time.time_ns()
@@ -578,26 +553,13 @@ class Worker:
                 log.error("shard %d: could not recover %s: %s", self.cfg.shard, p, exc)
 
 
-class PipeLogHandler(logging.Handler):
-    """Log lines travel to the supervisor, which prints them above its live status table."""
-
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.worker._send(m.LogLine(self.worker.cfg.shard, self.format(record)))
-        except Exception:
-            self.handleError(record)
-
-
 def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     """Entry point of the worker process (multiprocessing spawn target)."""
     # Until the event loop installs its handlers, a Ctrl-C aimed at the supervisor must not kill us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = Worker(cfg, pipe)
-    handler = PipeLogHandler(worker)
+    link = SupervisorLink(pipe, cfg.shard)
+    worker = Worker(cfg, link)
+    handler = PipeLogHandler(link)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s s{cfg.shard:02d}: %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
@@ -605,5 +567,5 @@ def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     root.setLevel(cfg.log_level)
     logging.getLogger("picows").setLevel(logging.ERROR)
     code = uvloop.run(worker.run())
-    pipe.close()
+    link.close()
     os._exit(code)  # skip interpreter teardown: everything is sealed and flushed already
