@@ -38,3 +38,15 @@ def sealed_path(open_path: Path) -> Path:
 
 def open_path_for(sealed: Path) -> Path:
     return sealed.with_name(sealed.name + ".open")
+
+
+def open_segments(directory: Path, shard: int | None = None, prefix: str | None = None) -> list[Path]:
+    """`.open` segment files in a directory, optionally of one shard and prefix, in name (time) order."""
+    found = []
+    for p in sorted(directory.glob(f"*{OPEN_SUFFIX}")):
+        parsed = parse_segment_name(p.name)
+        if parsed is None:
+            continue
+        if (shard is None or parsed[1] == shard) and (prefix is None or parsed[0] == prefix):
+            found.append(p)
+    return found
