@@ -309,3 +309,29 @@ def test_coverage_matches_a_per_contract_brute_force_with_different_sharding():
         else:
             expected.append(Interval(t, t + 1, missing))
     assert got == expected and len(got) > 10
+
+
+def test_an_unsealed_input_merges_and_a_damaged_frame_is_skipped_with_exit_1(tmp_path):
+    from segment_util import unsealed_copy
+
+    msgs = feed(3000)
+    (sealed,) = write_records(tmp_path / "a-sealed", recording(msgs, range(0), lag_ns=10), frame_bytes=16 << 10)
+    (tmp_path / "crashed").mkdir()
+    unsealed_copy(sealed, tmp_path / "crashed" / (sealed.name + ".open"))  # a recorder killed before sealing
+    write_records(tmp_path / "b", recording(msgs, range(0), lag_ns=20), frame_bytes=16 << 10)
+    out = segments_cli("merge", str(tmp_path / "crashed"), str(tmp_path / "b"), "--out", str(tmp_path / "m1"))
+    assert out.returncode == 0, out.stderr
+    assert [p for *_, kind, p in records(tmp_path / "m1") if kind == TEXT] == [p for _, p in msgs]
+
+    # One flipped byte inside a data frame of b: that frame is skipped (a warning, exit 1); a has its messages.
+    (b_file,) = discover([tmp_path / "b"])
+    seg = open_segment(b_file)
+    frame = seg.frames[3]
+    data = bytearray(b_file.read_bytes())
+    data[frame.data_offset + frame.compressed_size // 2] ^= 0xFF
+    b_file.write_bytes(bytes(data))
+    out = segments_cli("merge", str(tmp_path / "a-sealed"), str(tmp_path / "b"), "--out", str(tmp_path / "m2"))
+    assert out.returncode == 1
+    assert "warning" in out.stderr and str(b_file) in out.stderr
+    assert "1 damaged frames skipped" in out.stdout
+    assert [p for *_, kind, p in records(tmp_path / "m2") if kind == TEXT] == [p for _, p in msgs]
