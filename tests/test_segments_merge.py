@@ -335,3 +335,15 @@ def test_an_unsealed_input_merges_and_a_damaged_frame_is_skipped_with_exit_1(tmp
     assert "warning" in out.stderr and str(b_file) in out.stderr
     assert "1 damaged frames skipped" in out.stdout
     assert [p for *_, kind, p in records(tmp_path / "m2") if kind == TEXT] == [p for _, p in msgs]
+
+
+def test_a_wider_dedupe_window_matches_copies_from_a_host_whose_clock_is_off(tmp_path):
+    msgs = feed(500)
+    write_records(tmp_path / "a", recording(msgs, range(0), lag_ns=10_000))
+    write_records(tmp_path / "b", recording(msgs, range(0), lag_ns=3 * S))  # b's clock is 3 s ahead
+    default = segments_cli("merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m1"))
+    assert default.returncode == 0 and default.stdout.startswith("wrote 1000 messages")  # beyond 2 s: not copies
+    wide = segments_cli("merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m2"),
+                        "--dedupe-window", "10")
+    assert wide.returncode == 0 and wide.stdout.startswith("wrote 500 messages")
+    assert [p for *_, kind, p in records(tmp_path / "m2") if kind == TEXT] == [p for _, p in msgs]

@@ -337,15 +337,18 @@ MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the me
 @click.option("--keep-receipts", is_flag=True,
               help="Keep each later copy as a receipt record (which input and connection, when), and the "
                    "inputs' own receipts. Default: drop them; the merge then holds each message once.")
+@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=2.0, show_default=True, metavar="S",
+              help="Seconds within which copies of one message are matched; raise it when the inputs' clocks "
+                   "differ by more than a fraction of it (recordings from hosts without NTP).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many uncovered intervals to list.")
 @one_line_errors(PROG)
-def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, show: int) -> None:
+def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_window: float, show: int) -> None:
     """Merge recordings of overlapping contracts (other hosts, other runs) into sealed, verified segments.
 
     \b
     Each message is written once, from the input where it arrived first (exact dedupe on the payload bytes
-    within a 2 s window; a message an input itself holds twice stays twice). Reports, per input, how many
+    within --dedupe-window; a message an input itself holds twice stays twice). Reports, per input, how many
     messages only it had, and the intervals when no input had a connection open for some contract.
     Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
     """
@@ -395,7 +398,8 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, show: in
 
     sealed = []
     try:
-        result = merge(opened, writer_for, keep_receipts=keep_receipts, after_batch=pace)
+        result = merge(opened, writer_for, keep_receipts=keep_receipts, window_ns=int(dedupe_window * 1e9),
+                       after_batch=pace)
         for w in writers:
             sealed.extend(w.close("merged"))
     except SegmentWriteError as exc:
