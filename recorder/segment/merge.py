@@ -92,7 +92,8 @@ class MergeResult:
     events: int = 0
     first_ns: int | None = None
     last_ns: int | None = None
-    uncovered: list[Interval] = field(default_factory=list)
+    uncovered: list[Interval] = field(default_factory=list)  # within `window`
+    window: tuple[int, int] | None = None  # the first `opened` to the last `closed` of any input
     contracts: frozenset[str] = frozenset()
 
 
@@ -417,8 +418,11 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
     result.written = result.messages + result.events + result.receipts
     result.first_ns, result.last_ns = first_ns, (last_ns if first_ns is not None else None)
     result.contracts = frozenset(coverage.contracts)
-    if first_ns is not None:
-        result.uncovered = coverage.uncovered(first_ns, last_ns)
+    if coverage.spans:
+        # From the first connection opened to the last one closed, in any input: start-up before the first
+        # `opened` and shutdown after the last `closed` are not gaps in the recording.
+        result.window = (min(lo for lo, _, _ in coverage.spans), max(hi for _, hi, _ in coverage.spans))
+        result.uncovered = coverage.uncovered(*result.window)
     return result
 
 
@@ -495,10 +499,12 @@ def report_lines(result: MergeResult, show: int = 10) -> list[str]:
                      + (f"; {', '.join(extra)}" if extra else ""))
     if result.first_ns is None:
         return lines
-    span = f"{format_ns(result.first_ns)} – {format_ns(result.last_ns or result.first_ns)}"
-    if not result.contracts:
+    if result.window is None or not result.contracts:
+        span = f"{format_ns(result.first_ns)} – {format_ns(result.last_ns or result.first_ns)}"
         lines.append(f"coverage: unknown (no connection events in the inputs) for {span}")
-    elif not result.uncovered:
+        return lines
+    span = f"{format_ns(result.window[0])} – {format_ns(result.window[1])}"
+    if not result.uncovered:
         lines.append(f"coverage: every contract was covered by at least one input from {span}")
     else:
         total = sum(i.seconds for i in result.uncovered)
