@@ -112,7 +112,7 @@ def test_merge_holds_every_message_either_input_holds_once(tmp_path):
     msgs = feed(3000)
     a = recording(msgs, range(500, 700), lag_ns=20_000)
     b = recording(msgs, range(1500, 1550), lag_ns=35_000)  # b is slower: a's copy wins where both have it
-    b[1000:1000] = [(T0 + 999 * MS + 35_001, 1, 5, b"a record kind from the future")]
+    b[1000:1000] = [(T0 + 999 * MS + 35_001, 1, 9, b"a record kind from the future")]
     result, out = run_merge(tmp_path, {"a": a, "b": b})
     texts = [r for r in out if r[2] == TEXT]
     assert [p for *_, p in texts] == [p for _, p in msgs]  # every message, once, in order

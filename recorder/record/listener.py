@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import time_ns
+from typing import Protocol
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from recorder.events import Event, encode_event
 from recorder.segment.dedupe import Deduper, digest
-from recorder.segment.format import RecordKind, encode_receipt
+from recorder.segment.format import RecordKind
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -26,19 +27,29 @@ _KIND_BINARY = int(RecordKind.BINARY)
 _KIND_EVENT = int(RecordKind.EVENT)
 OVERSIZED_HEAD_BYTES = 256
 
-_KIND_RECEIPT = int(RecordKind.RECEIPT)
-
 Append = Callable[[int, int, int, bytes], None]
 
 
-def first_arrival_sink(append: Append, deduper: Deduper | None, source: int,
+class Destination(Protocol):
+    """Where a connection's records go: the segment writer (or anything with its recording methods)."""
+
+    def append(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None: ...
+
+    def position(self) -> tuple[int, int]: ...
+
+    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
+                       orig_position: tuple[int, int]) -> None: ...
+
+
+def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
                        live: Append | None = None) -> Append:
     """What a connection's listener appends to: the segment writer, behind dedupe when copies are redundant.
 
     The first copy of a message is recorded as received (and handed to the live output); a later copy on
-    another redundant connection becomes a 12-byte receipt naming the original. Events pass straight through.
+    another redundant connection becomes a receipt naming the original. Events pass straight through.
     With one copy and no live output this is the writer's own append: no cost at all.
     """
+    append = dest.append
     if deduper is None:
         if live is None:
             return append
@@ -51,18 +62,21 @@ def first_arrival_sink(append: Append, deduper: Deduper | None, source: int,
         return record_and_publish
 
     observe = deduper.observe_digest
+    position = dest.position
+    append_receipt = dest.append_receipt
 
     def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
         if kind == _KIND_EVENT:
             append(ts, conn, kind, payload)
             return
-        original = observe(ts, source, digest(payload), conn)
+        original = observe(ts, source, digest(payload), (conn, position()))
         if original is None:
             append(ts, conn, kind, payload)
             if live is not None:
                 live(ts, conn, kind, payload)
         else:
-            append(ts, conn, _KIND_RECEIPT, encode_receipt(original[1], ts - original[0]))
+            orig_ts, (orig_conn, orig_position) = original
+            append_receipt(ts, conn, orig_ts, orig_conn, orig_position)
 
     return first_arrival
 

@@ -276,7 +276,7 @@ class Worker:
         where = {"group": group.gid, "copy": crun.copy}
         self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
         assert self.writer is not None
-        sink = first_arrival_sink(self.writer.append, run.deduper, crun.copy)
+        sink = first_arrival_sink(self.writer, run.deduper, crun.copy)
         result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)
         now = time.monotonic()
         match result:

@@ -7,6 +7,8 @@ on the writer thread (zstandard releases the GIL while it compresses).
 
 from __future__ import annotations
 
+import struct
+
 import zstandard
 
 from recorder.segment.format import (
@@ -16,19 +18,25 @@ from recorder.segment.format import (
     RecordKind,
     crc32,
     encode_descriptor,
+    encode_receipt_block,
     zstd_content_checksum,
 )
 
 _EVENT = int(RecordKind.EVENT)
 _RECEIPT = int(RecordKind.RECEIPT)
+_RECEIPT_BLOCK = int(RecordKind.RECEIPT_BLOCK)
+RECEIPT_TS = struct.Struct("<q")  # the ts_ns at the start of a packed record header
 
 
 class RecordBatch:
     """The records of one future data frame, in arrival order."""
 
-    __slots__ = ("events", "first_ts", "headers", "max_ts", "min_ts", "payloads", "raw_size", "receipts", "records")
+    __slots__ = ("events", "first_ts", "headers", "max_ts", "min_ts", "near", "payloads", "raw_size", "receipts",
+                 "records", "serial")
 
-    def __init__(self) -> None:
+    def __init__(self, serial: int = 0) -> None:
+        self.serial = serial  # tells the writer whether an original is still in this batch
+        self.near: list[tuple[int, int, int]] = []  # receipts whose original is in this batch: (index, lag, conn)
         self.headers = bytearray()
         self.payloads: list[bytes] = []
         self.records = 0
@@ -56,7 +64,26 @@ class RecordBatch:
         elif kind == _RECEIPT:
             self.receipts += 1
 
+    def append_near_receipt(self, ts_ns: int, conn: int, orig_index: int, lag_ns: int) -> None:
+        """A later copy of the record at `orig_index` of this batch: stored as columns at the end of the block."""
+        self.near.append((orig_index, lag_ns, conn))
+        self.receipts += 1
+        self.raw_size += 6  # about what its columns take; only steers when the batch is cut
+        if ts_ns > self.max_ts:
+            self.max_ts = ts_ns
+        elif ts_ns < self.min_ts:
+            self.min_ts = ts_ns
+
     def block(self) -> bytes:
+        if self.near:
+            # One record holds them all; its time is the first copy's, inside the block's [min, max].
+            first = self.near[0]
+            near, self.near = self.near, []
+            payload = encode_receipt_block(near)
+            raw_size = self.raw_size  # the writer's backlog was charged with this size at the cut
+            self.append(RECEIPT_TS.unpack_from(self.headers, first[0] * RECORD_HEADER.size)[0] + first[1], 0,
+                        _RECEIPT_BLOCK, payload)
+            self.raw_size = raw_size
         return b"".join((BLOCK_COUNT.pack(self.records), self.headers, *self.payloads))
 
 

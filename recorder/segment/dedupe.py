@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -36,8 +37,8 @@ class _Entry:
 
     __slots__ = ("counts", "originals")
 
-    def __init__(self, ts_ns: int, ref: int, first_source: int, matched: int) -> None:
-        self.originals: list[tuple[int, int]] = [(ts_ns, ref)]
+    def __init__(self, ts_ns: int, ref: Any, first_source: int, matched: int) -> None:
+        self.originals: list[tuple[int, Any]] = [(ts_ns, ref)]
         self.counts: dict[int, int] = {first_source: 1}
         source = 0
         while matched:
@@ -46,7 +47,7 @@ class _Entry:
             matched >>= 1
             source += 1
 
-    def arrival(self, ts_ns: int, source: int, ref: int) -> tuple[int, int] | None:
+    def arrival(self, ts_ns: int, source: int, ref: Any) -> tuple[int, Any] | None:
         n = self.counts.get(source, 0) + 1
         self.counts[source] = n
         if n > len(self.originals):
@@ -76,22 +77,22 @@ class Deduper:
             raise ValueError("the dedupe window must be positive")
         self.window_ns = window_ns
         self.max_entries = max_entries
-        self._entries: dict[bytes, list[int] | _Entry] = {}
+        self._entries: dict[bytes, list[Any] | _Entry] = {}
         self._order: deque[tuple[int, bytes]] = deque()
         self.counts = DedupeCounts()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def observe(self, ts_ns: int, source: int, payload: bytes, ref: int | None = None) -> tuple[int, int] | None:
+    def observe(self, ts_ns: int, source: int, payload: bytes, ref: Any = None) -> tuple[int, Any] | None:
         """None: the first copy (record it). Otherwise (original ts_ns, original ref) of the message it repeats.
 
-        `ref` is what a later copy is told about its original (the recorder passes the connection id);
-        it defaults to the source. Sources are small non-negative integers (copy or input numbers).
+        `ref` is what a later copy is told about its original (the recorder passes the connection and where
+        the record went); it defaults to the source. Sources are small non-negative integers (copy or input numbers).
         """
         return self.observe_digest(ts_ns, source, _xxh3_128(payload), source if ref is None else ref)
 
-    def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
+    def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: Any) -> tuple[int, Any] | None:
         order = self._order
         if order and (order[0][0] < ts_ns - self.window_ns or len(order) >= self.max_entries):
             self._expire(ts_ns)

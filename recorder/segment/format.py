@@ -80,6 +80,7 @@ class RecordKind(enum.IntEnum):
     BINARY = 2
     EVENT = 3
     RECEIPT = 4  # a later copy of a message that arrived first on another redundant connection (format 1.1)
+    RECEIPT_BLOCK = 5  # on disk only: the receipts of one data block whose originals are in it, columnar (1.1)
 
 
 KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binary", RecordKind.EVENT: "event",
@@ -87,6 +88,8 @@ KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binar
 
 # Receipt payload: the original's connection and how much later this copy arrived (copy ts − original ts).
 RECEIPT_BODY = struct.Struct("<IQ")
+_RECEIPT = 4
+_RECEIPT_BLOCK = 5
 
 
 def encode_receipt(orig_conn: int, lag_ns: int) -> bytes:
@@ -206,7 +209,18 @@ def block_payload_base(records: int) -> int:
 
 
 def decode_block(block: bytes, expected_records: int) -> list[tuple[int, int, int, bytes]]:
-    """Split a verified block into (ts_ns, conn, kind, payload) tuples; raise if it is inconsistent."""
+    """Split a verified block into (ts_ns, conn, kind, payload) tuples; raise if it is inconsistent.
+
+    A receipt block (kind 5) is expanded into one receipt record (kind 4) per later copy, placed in
+    receive-time order: readers only ever see receipts, whichever way they were stored.
+    """
+    records = _split_block(block, expected_records)
+    if any(r[2] == _RECEIPT_BLOCK for r in records):
+        return expand_receipt_blocks(records)
+    return records
+
+
+def _split_block(block: bytes, expected_records: int) -> list[tuple[int, int, int, bytes]]:
     if len(block) < BLOCK_COUNT.size:
         raise SegmentFormatError("data block shorter than its record count")
     (count,) = BLOCK_COUNT.unpack_from(block)
@@ -328,3 +342,106 @@ def zstd_content_checksum(frame: bytes | bytearray | memoryview) -> int:
     """The content checksum a zstd frame carries in its last 4 bytes (low 32 bits of XXH64)."""
     (value,) = U32.unpack_from(frame, len(frame) - 4)
     return value
+
+
+# --- receipt blocks ------------------------------------------------------------------------------
+# A redundant recorder writes one receipt per later copy of a message. Stored one record each, a receipt
+# costs ~9 compressed bytes (two random-looking timestamps: its own and its original's), a quarter of the
+# message it repeats. Most copies arrive while their original is still in the same data block, so they are
+# stored together as columns that point at the original by its index in the block: only the lag is left to
+# store, and the columns compress to ~2-3 bytes a receipt.
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise SegmentFormatError("receipt block ends inside a number")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise SegmentFormatError("receipt block number is too long")
+
+
+def encode_receipt_block(receipts: list[tuple[int, int, int]]) -> bytes:
+    """Receipts as (original's index in the data block, lag ns ≥ 0, the copy's conn), in arrival order.
+
+    Layout (LEB128 varints): n, then n index deltas (zigzag of index − previous index, from 0), then n lags,
+    then n connection ids.
+    """
+    out = bytearray()
+    _varint(len(receipts), out)
+    previous = 0
+    for index, _, _ in receipts:
+        delta = index - previous
+        _varint((delta << 1) if delta >= 0 else ((-delta) << 1) - 1, out)
+        previous = index
+    for _, lag, _ in receipts:
+        _varint(max(lag, 0), out)
+    for _, _, conn in receipts:
+        _varint(conn, out)
+    return bytes(out)
+
+
+def decode_receipt_block(payload: bytes) -> list[tuple[int, int, int]]:
+    n, pos = _read_varint(payload, 0)
+    if n > len(payload):
+        raise SegmentFormatError("receipt block count is larger than the block")
+    indexes: list[int] = []
+    previous = 0
+    for _ in range(n):
+        z, pos = _read_varint(payload, pos)
+        previous += (z >> 1) if not z & 1 else -((z + 1) >> 1)
+        indexes.append(previous)
+    lags = []
+    for _ in range(n):
+        lag, pos = _read_varint(payload, pos)
+        lags.append(lag)
+    conns = []
+    for _ in range(n):
+        conn, pos = _read_varint(payload, pos)
+        conns.append(conn)
+    if pos != len(payload):
+        raise SegmentFormatError("receipt block has bytes after its columns")
+    return list(zip(indexes, lags, conns, strict=True))
+
+
+def expand_receipt_blocks(records: list[tuple[int, int, int, bytes]]) -> list[tuple[int, int, int, bytes]]:
+    """Replace each receipt block by its receipts (kind 4, 12-byte payload), merged in by receive time."""
+    kept: list[tuple[int, int, int, bytes]] = []
+    receipts: list[tuple[int, int, int, bytes]] = []
+    for ts, conn, kind, payload in records:
+        if kind != _RECEIPT_BLOCK:
+            kept.append((ts, conn, kind, payload))
+            continue
+        for index, lag, copy_conn in decode_receipt_block(payload):
+            if not 0 <= index < len(records) or records[index][2] in (_RECEIPT_BLOCK, _RECEIPT, 3):
+                raise SegmentFormatError(f"receipt block points at record {index}, which is not a message")
+            orig_ts, orig_conn = records[index][0], records[index][1]
+            receipts.append((orig_ts + lag, copy_conn, _RECEIPT, RECEIPT_BODY.pack(orig_conn, lag)))
+    if not receipts:
+        return kept
+    # Both lists are in receive-time order (arrival order); a stable merge keeps records before equal-time receipts.
+    out: list[tuple[int, int, int, bytes]] = []
+    i = j = 0
+    while i < len(kept) and j < len(receipts):
+        if receipts[j][0] < kept[i][0]:
+            out.append(receipts[j])
+            j += 1
+        else:
+            out.append(kept[i])
+            i += 1
+    out.extend(kept[i:])
+    out.extend(receipts[j:])
+    return out

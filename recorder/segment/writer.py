@@ -33,14 +33,17 @@ from recorder.segment.format import (
     FORMAT_MINOR,
     XXH64_EMPTY_LOW32,
     FrameInfo,
+    RecordKind,
     SeekEntry,
     encode_header,
     encode_index,
+    encode_receipt,
     encode_seek_table,
 )
 from recorder.segment.naming import OPEN_SUFFIX, segment_name
 
 log = logging.getLogger("recorder.segment.writer")
+_RECEIPT = int(RecordKind.RECEIPT)
 
 DEFAULT_FRAME_BYTES = 1 << 20
 DEFAULT_FLUSH_MS = 200
@@ -139,7 +142,8 @@ class SegmentWriter:
             **(meta or {}),
         }
 
-        self._batch = RecordBatch()
+        self._batch_serial = 1
+        self._batch = RecordBatch(self._batch_serial)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._backlog = 0
         self._paused = False
@@ -175,12 +179,32 @@ class SegmentWriter:
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
             self.cut()
 
+    def position(self) -> tuple[int, int]:
+        """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
+        return self._batch.serial, self._batch.records
+
+    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
+                       orig_position: tuple[int, int]) -> None:
+        """A later copy of the record appended at `orig_position` (see `position`) by `orig_conn` at `orig_ts_ns`.
+
+        While that record is still in the current batch, the receipt joins the batch's columnar receipt block;
+        otherwise it is a 12-byte receipt record of its own.
+        """
+        batch = self._batch
+        if orig_position[0] == batch.serial and batch.records:
+            batch.append_near_receipt(ts_ns, conn, orig_position[1], ts_ns - orig_ts_ns)
+            if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
+                self.cut()
+        else:
+            self.append(ts_ns, conn, _RECEIPT, encode_receipt(orig_conn, ts_ns - orig_ts_ns))
+
     def cut(self) -> None:
         """Hand the current batch to the writer thread (no-op when empty)."""
         batch = self._batch
         if batch.records == 0:
             return
-        self._batch = RecordBatch()
+        self._batch_serial += 1
+        self._batch = RecordBatch(self._batch_serial)
         if self.error is not None:
             self.records_lost += batch.records
             return

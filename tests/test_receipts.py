@@ -1,0 +1,86 @@
+"""Receipts on disk: a copy whose original is still in the data block goes into a columnar receipt block;
+others are single receipt records. Readers see one receipt record per copy, in receive-time order, either way."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder.segment.format import (
+    RecordKind,
+    SegmentFormatError,
+    decode_receipt,
+    decode_receipt_block,
+    encode_receipt_block,
+)
+from recorder.segment.reader import open_segment
+from recorder.segment.writer import SegmentWriter
+
+TEXT, RECEIPT = int(RecordKind.TEXT), int(RecordKind.RECEIPT)
+
+
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 2**40), st.integers(0, 2**32 - 1)), max_size=50))
+def test_receipt_block_columns_round_trip(receipts):
+    receipts.sort(key=lambda r: r[0])
+    assert decode_receipt_block(encode_receipt_block(receipts)) == receipts
+
+
+def test_a_truncated_receipt_block_is_a_format_error():
+    data = encode_receipt_block([(1, 300, 7), (2, 5000, 7)])
+    for cut in range(len(data)):
+        try:
+            decode_receipt_block(data[:cut])
+        except SegmentFormatError:
+            continue
+        raise AssertionError(f"cut at {cut} was accepted")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), frame_bytes=st.sampled_from([4096, 1 << 20]), copies=st.integers(1, 3))
+def test_writer_stores_every_copy_and_readers_see_each_once_in_time_order(tmp_path_factory, seed, frame_bytes, copies):
+    """Originals and their copies, some far enough apart to fall in another frame (or file): every copy reads
+    back as a receipt with its own receive time and connection, pointing at its original's conn and time."""
+    tmp = tmp_path_factory.mktemp("receipts")
+    rng = random.Random(seed)
+    writer = SegmentWriter(tmp, frame_bytes=frame_bytes, flush_ms=1e9, rotate_seconds=0, rotate_bytes=1 << 40)
+    ts = 1_795_000_000_000_000_000
+    expected_receipts = []
+    expected_messages = []
+    pending: list[tuple[int, int, tuple[int, int], int]] = []  # (orig ts, orig conn, position, copies left)
+    for i in range(400):
+        ts += rng.randint(1, 50_000)
+        if pending and rng.random() < 0.5:
+            k = rng.randrange(len(pending))
+            orig_ts, orig_conn, pos, left = pending[k]
+            conn = 10 + left
+            writer.append_receipt(ts, conn, orig_ts, orig_conn, pos)
+            expected_receipts.append((ts, conn, orig_conn, ts - orig_ts))
+            pending[k] = (orig_ts, orig_conn, pos, left - 1)
+            if left == 1:
+                pending.pop(k)
+            continue
+        conn = rng.randint(1, 3)
+        pos = writer.position()
+        payload = f"m{i}".encode() * rng.randint(1, 200)
+        writer.append(ts, conn, TEXT, payload)
+        expected_messages.append((ts, conn, payload))
+        if copies > 1:
+            pending.append((ts, conn, pos, copies - 1))
+    writer.close()
+    got_receipts, got_messages, last = [], [], 0
+    for path in sorted(tmp.glob("*.zst")):
+        seg = open_segment(path)
+        for rec in seg.iter_records():
+            assert rec.ts_ns >= last  # one stream, in receive-time order
+            last = rec.ts_ns
+            if rec.kind == RECEIPT:
+                orig_conn, lag = decode_receipt(rec.payload)
+                got_receipts.append((rec.ts_ns, rec.conn, orig_conn, lag))
+            else:
+                got_messages.append((rec.ts_ns, rec.conn, rec.payload))
+        assert seg.verify() == []
+        assert seg.seal.get("receipts") == sum(1 for r in got_receipts)  # one file here (no rotation)
+    assert got_messages == expected_messages
+    assert got_receipts == expected_receipts
