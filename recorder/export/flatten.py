@@ -1,0 +1,512 @@
+"""Records -> rows of the exported tables: a pure core (no files), fed one decompressed block at a time.
+
+Two paths, one meaning. The fast path takes a frame whose JSON has exactly the shape the API document
+describes (known keys only, every level present) and copies its values into row tuples without building
+any objects. Anything else — an unknown field or section, a missing level, a number that is not an
+int64, a mistyped field, invalid JSON — goes through feed/message.py's parser (`envelope_from_object`),
+which decides what is known, what is extra and what is malformed. The fast path only ever accepts frames
+that the parser would read to the same values; tests check that both paths give identical tables.
+
+Where a frame goes (every TEXT record lands in exactly one place):
+- it parses and has at least one known section: one row in each section table it has a section for
+  (best_limit is wide: one row per message), plus `extras` rows for whatever did not fit a typed column;
+- otherwise (not JSON, not an envelope, a mistyped known field, a bad timestamp, no known section): one
+  row in `messages` with the reason and the payload bytes.
+BINARY records go to `messages` (kind "binary"), EVENT records to `events`; RECEIPT (kind 4, a redundant
+copy of a message already recorded) and unknown kinds are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from operator import itemgetter
+from types import NoneType
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from recorder.events import decode_event
+from recorder.export import schema as S
+from recorder.feed.message import (
+    ID_FIELD,
+    NAME_FIELD,
+    Envelope,
+    MessageError,
+    envelope_from_object,
+    identifier_of,
+    parse_envelope,
+    parse_timestamp_ns,
+    timestamp_ns_of,
+)
+
+TEXT, BINARY, EVENT = 1, 2, 3
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+_ENV_ID = frozenset(("channel", ID_FIELD, "timestamp", "data"))
+_ENV_NAME = frozenset(("channel", NAME_FIELD, "timestamp", "data"))
+_SECTIONS = frozenset(S.SECTION_OF.values())
+_LEVEL_SET = frozenset(S.LEVELS)
+FRAME_WIDTH = 10
+_STR_TYPES = frozenset((str, NoneType))
+_INT_TYPES = frozenset((int, NoneType))
+WIDTH = {t: len(S.SCHEMAS[t]) - len(S.RECORD_COLUMNS) - len(S.MESSAGE_COLUMNS) + 1 for t in S.SECTION_TABLES}
+WIDTH |= {"events": 4, "messages": 3, "extras": 5}
+_POW10 = tuple(10 ** (9 - n) for n in range(10))
+
+
+def _wires(table: str) -> list[str]:
+    return [path[-1] for _, path in S.STR_COLUMNS.get(table, []) + S.INT_COLUMNS[table]]
+
+
+_LEVEL_WIRES = [path[-1] for _, path in S.INT_COLUMNS["best_limit"][:4]]
+_level_get = itemgetter(*_LEVEL_WIRES)
+_agg_get = itemgetter(*_wires("aggregate"))
+_range_get = itemgetter(*_wires("allowed_price_range"))
+_info_get = itemgetter(*_wires("contract_info"))
+_LEVEL_ATTRS = [name.rsplit("_", 1)[0] for name, _ in S.INT_COLUMNS["best_limit"][:4]]
+
+
+def _attrs(table: str) -> list[str]:
+    return [name for name, _ in S.STR_COLUMNS.get(table, []) + S.INT_COLUMNS[table]]
+
+
+def json_text(value: Any) -> str:
+    """JSON text of a decoded value; integers beyond 64 bits are written with all their digits."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def exact_object(payload: bytes) -> Any:
+    """The payload decoded with integers of any size kept exact (orjson turns those past 64 bits into floats)."""
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+
+
+class Flattener:
+    """Accumulates rows for every table; `take()` turns them into Arrow tables and starts over."""
+
+    def __init__(self, contracts: Iterable[str] = (), tables: Iterable[str] = S.TABLES) -> None:
+        self.contracts = frozenset(contracts)
+        self.tables = frozenset(tables)
+        self.counts: Counter[str] = Counter()
+        self._ts_cache: dict[str, int] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        # Flat lists, WIDTH values per row, so that a column is one C-level slice (`rows[j::WIDTH]`), not a
+        # Python-level transpose. A frame: recv_ns, shard, conn, segment, record, server_ns, contract,
+        # identifier_field, channel, payload. A table row: the frame's index, then the table's own values.
+        self._frames: list[Any] = []
+        self._rows: dict[str, list[Any]] = {t: [] for t in S.TABLES}
+
+    @property
+    def pending(self) -> int:
+        return len(self._frames) // FRAME_WIDTH
+
+    # --- feeding ----------------------------------------------------------------------------------
+
+    def add_block(self, records: Iterable[tuple[int, int, int, bytes]], shard: int, segment: str,
+                  first_record: int, lo: int = -(1 << 63), hi: int = 1 << 63) -> None:
+        """Records (ts_ns, conn, kind, payload) of one block, those received in [lo, hi) only.
+
+        `first_record` is the index of the block's first record in its file (the `record` column).
+        """
+        frames = self._frames
+        frame = frames.extend
+        rows = self._rows
+        bl_add = rows["best_limit"].extend
+        agg_add = rows["aggregate"].extend
+        rng_add = rows["allowed_price_range"].extend
+        info_add = rows["contract_info"].extend
+        tables = self.tables
+        want_bl = "best_limit" in tables
+        want_agg = "aggregate" in tables
+        want_rng = "allowed_price_range" in tables
+        want_info = "contract_info" in tables
+        wanted = self.contracts
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        server_ns_of = self._server_ns
+        level_get = _level_get
+        agg_get, range_get, info_get = _agg_get, _range_get, _info_get
+        env_id, env_name, sections, level_set = _ENV_ID, _ENV_NAME, _SECTIONS, _LEVEL_SET
+        level_keys, agg_keys, range_keys, info_keys = S.LEVEL_KEYS, S.AGGREGATE_KEYS, S.RANGE_KEYS, S.INFO_KEYS
+        parsed = 0
+        record = first_record - 1
+        for ts_ns, conn, kind, payload in records:
+            record += 1
+            if ts_ns < lo or ts_ns >= hi:
+                continue
+            if kind != TEXT:
+                self._other(ts_ns, shard, conn, segment, record, kind, payload)
+                continue
+            # The fast path: every test below that fails hands the frame to the parser (`_slow`).
+            try:
+                obj = loads(payload)
+            except decode_error:
+                self._slow(ts_ns, shard, conn, segment, record, payload)
+                continue
+            if type(obj) is not dict:
+                self._slow(ts_ns, shard, conn, segment, record, payload)
+                continue
+            keys = obj.keys()
+            if keys == env_id:
+                ident = obj[ID_FIELD]
+                id_field = ID_FIELD
+            elif keys == env_name:
+                ident = obj[NAME_FIELD]
+                id_field = NAME_FIELD
+            else:
+                self._slow(ts_ns, shard, conn, segment, record, payload)
+                continue
+            channel = obj["channel"]
+            stamp = obj["timestamp"]
+            data = obj["data"]
+            if (type(ident) is not str or not ident or type(channel) is not str or type(stamp) is not str
+                    or type(data) is not dict or not data or not data.keys() <= sections):
+                self._slow(ts_ns, shard, conn, segment, record, payload)
+                continue
+            server_ns = server_ns_of(stamp)
+            bl = data.get("BestLimit")
+            agg = data.get("Aggregate")
+            rng = data.get("AllowedPriceRange")
+            info = data.get("ContractInfo")
+            if server_ns is None or not (
+                (bl is None or (type(bl) is dict and bl.keys() == level_set
+                                and type(l1 := bl["1"]) is dict and l1.keys() == level_keys
+                                and type(l2 := bl["2"]) is dict and l2.keys() == level_keys
+                                and type(l3 := bl["3"]) is dict and l3.keys() == level_keys))
+                and (agg is None or (type(agg) is dict and agg.keys() == agg_keys))
+                and (rng is None or (type(rng) is dict and rng.keys() == range_keys))
+                and (info is None or (type(info) is dict and info.keys() == info_keys))
+                and (bl is not None or agg is not None or rng is not None or info is not None)
+            ):
+                self._slow(ts_ns, shard, conn, segment, record, payload)
+                continue
+            if wanted and ident not in wanted:
+                self.counts["filtered_out"] += 1
+                continue
+            fi = len(frames) // FRAME_WIDTH
+            frame((ts_ns, shard, conn, segment, record, server_ns, ident, id_field, channel, payload))
+            parsed += 1
+            if bl is not None and want_bl:
+                bl_add((fi, *level_get(l1), *level_get(l2), *level_get(l3)))
+            if agg is not None and want_agg:
+                agg_add((fi, *agg_get(agg)))
+            if rng is not None and want_rng:
+                rng_add((fi, *range_get(rng)))
+            if info is not None and want_info:
+                info_add((fi, *info_get(info)))
+        self.counts["parsed"] += parsed
+        self.counts["parsed_fast"] += parsed
+
+    def _server_ns(self, stamp: str) -> int | None:
+        """The `timestamp` in ns for the common `YYYY-MM-DDTHH:MM:SS.fffffffffZ` form, None for any other.
+
+        The whole-second part goes through message.py's parse_timestamp_ns once per second and is cached;
+        other forms (offsets, no fraction) are left to the parser on the slow path.
+        """
+        n = len(stamp)
+        if n < 21 or n > 29 or stamp[19] != "." or stamp[-1] != "Z":
+            return None
+        frac = stamp[20:-1]
+        if not (frac.isascii() and frac.isdigit()):
+            return None
+        head = stamp[:19]
+        base = self._ts_cache.get(head)
+        if base is None:
+            try:
+                base = parse_timestamp_ns(head)
+            except MessageError:
+                return None
+            if len(self._ts_cache) > 4096:
+                self._ts_cache.clear()
+            self._ts_cache[head] = base
+        return base + int(frac) * _POW10[len(frac)]
+
+    def _other(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, kind: int,
+               payload: bytes) -> None:
+        if kind == BINARY:
+            if self.contracts:
+                self.counts["filtered_out"] += 1
+                return
+            self.counts["binary"] += 1
+            self._message(ts_ns, shard, conn, segment, record, None, None, "binary", "binary frame", payload)
+        elif kind == EVENT:
+            if self.contracts:
+                self.counts["filtered_out"] += 1
+                return
+            self.counts["events"] += 1
+            event = decode_event(payload)
+            code = event.get("code")
+            fi = self.pending
+            self._frames.extend((ts_ns, shard, conn, segment, record, None, None, None, None, payload))
+            self._rows["events"].extend((fi, str(event.get("event")),
+                                         code if type(code) is int and INT64_MIN <= code <= INT64_MAX else None,
+                                         payload.decode("utf-8", "replace")))
+        elif kind == 4:
+            self.counts["receipts_skipped"] += 1  # a redundant copy: the first arrival is exported
+        else:
+            self.counts[f"unknown_kind_{kind}_skipped"] += 1
+
+    def _message(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, server_ns: int | None,
+                 contract: str | None, kind: str, reason: str, payload: bytes, fi: int | None = None) -> None:
+        fi = self._put_frame((ts_ns, shard, conn, segment, record, server_ns, contract, None, None, payload), fi)
+        self._rows["messages"].extend((fi, kind, reason))
+
+    def _put_frame(self, frame: tuple[Any, ...], fi: int | None) -> int:
+        if fi is None:
+            fi = self.pending
+            self._frames.extend(frame)
+        else:
+            self._frames[fi * FRAME_WIDTH:(fi + 1) * FRAME_WIDTH] = frame
+        return fi
+
+    def _slow(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, payload: bytes,
+              fi: int | None = None) -> None:
+        """The parser decides: typed rows plus extras, or one `messages` row with the reason."""
+        try:
+            env = parse_envelope(payload)
+            exact = exact_object(payload)
+            if exact is not None:
+                env = envelope_from_object(exact)
+            server_ns = env.timestamp_ns
+        except MessageError as exc:
+            self._unparsed(ts_ns, shard, conn, segment, record, payload, str(exc), fi)
+            return
+        data = env.data
+        present = [(t, getattr(data, attr)) for t, attr in _SECTION_ATTRS if getattr(data, attr) is not None]
+        if not present:
+            unknown = ", ".join(sorted(data.extra)) if data.extra else ""
+            reason = f"no known section (unknown: {unknown})" if unknown else "no known section"
+            if unknown:
+                self.counts["unknown_sections"] += len(data.extra)
+            self._unparsed(ts_ns, shard, conn, segment, record, payload, reason, fi,
+                           env.identifier, server_ns)
+            return
+        if self.contracts and env.identifier not in self.contracts:
+            self.counts["filtered_out"] += 1
+            if fi is not None:
+                raise AssertionError("a re-parsed frame was already selected")
+            return
+        fi = self._put_frame((ts_ns, shard, conn, segment, record, server_ns, env.identifier, env.identifier_field,
+                              env.channel, payload), fi)
+        self.counts["parsed"] += 1
+        rows = self._rows
+        tables = self.tables
+        for table, section in present:
+            if table not in tables:
+                continue
+            if table == "best_limit":
+                values: list[Any] = []
+                for lvl in S.LEVELS:
+                    level = section.levels.get(lvl)
+                    values.extend(getattr(level, a) if level is not None else None for a in _LEVEL_ATTRS)
+                rows[table].extend((fi, *values))
+            else:
+                rows[table].extend((fi, *(getattr(section, a) for a in _attrs(table))))
+        self._extras(fi, env)
+
+    def _unparsed(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, payload: bytes,
+                  reason: str, fi: int | None, contract: str | None = None, server_ns: int | None = None) -> None:
+        if contract is None:
+            contract = identifier_of(payload)
+        if server_ns is None:
+            server_ns = timestamp_ns_of(payload)
+        if self.contracts and contract not in self.contracts:
+            self.counts["filtered_out"] += 1
+            return
+        self.counts["unparsed"] += 1
+        self._message(ts_ns, shard, conn, segment, record, server_ns, contract, "text", reason, payload, fi)
+
+    def _extras(self, fi: int, env: Envelope) -> None:
+        if "extras" not in self.tables:
+            return
+        add = self._rows["extras"].extend
+        counts = self.counts
+        for key, value in env.extra.items():
+            add((fi, "envelope", key, S.UNKNOWN_FIELD, json_text(value)))
+            counts[S.UNKNOWN_FIELD] += 1
+        data = env.data
+        for key, value in data.extra.items():
+            add((fi, "data", key, S.UNKNOWN_SECTION, json_text(value)))
+            counts[S.UNKNOWN_SECTION] += 1
+        bl = data.best_limit
+        if bl is not None:
+            for key, value in bl.extra.items():
+                add((fi, "BestLimit", key, S.UNKNOWN_FIELD, json_text(value)))
+                counts[S.UNKNOWN_FIELD] += 1
+            for key, level in bl.levels.items():
+                if key not in _LEVEL_SET:
+                    obj = {a: getattr(level, a) for a in _LEVEL_ATTRS if getattr(level, a) is not None}
+                    add((fi, "BestLimit", key, S.UNKNOWN_LEVEL, json_text(obj | dict(level.extra))))
+                    counts[S.UNKNOWN_LEVEL] += 1
+                    continue
+                for k, v in level.extra.items():
+                    add((fi, f"BestLimit.{key}", k, S.UNKNOWN_FIELD, json_text(v)))
+                    counts[S.UNKNOWN_FIELD] += 1
+        for table, attr in _SECTION_ATTRS[1:]:
+            section = getattr(data, attr)
+            if section is not None:
+                for k, v in section.extra.items():
+                    add((fi, S.SECTION_OF[table], k, S.UNKNOWN_FIELD, json_text(v)))
+                    counts[S.UNKNOWN_FIELD] += 1
+
+    # --- building tables ------------------------------------------------------------------------
+
+    def take(self) -> dict[str, pa.Table]:
+        """Arrow tables of everything added since the last take (only non-empty, selected tables)."""
+        rows = self._rows
+        columns = {t: _columns(rows[t], WIDTH[t]) for t in S.SECTION_TABLES}
+        bad = self._check_columns(columns)
+        if bad:
+            # A mistyped known field in a fast-path frame: the parser gives the reason; drop its rows.
+            for t in S.SECTION_TABLES:
+                keep = [i for i, fi in enumerate(columns[t][0]) if fi not in bad]
+                taken = pa.array(keep, pa.int32())
+                columns[t] = [col.take(taken) if isinstance(col, pa.Array) else [col[i] for i in keep]
+                              for col in columns[t]]
+            extras = _columns(rows["extras"], WIDTH["extras"])
+            keep = [i for i, fi in enumerate(extras[0]) if fi not in bad]
+            rows["extras"] = [col[i] for i in keep for col in extras]
+            for fi in sorted(bad):
+                f = self._frames[fi * FRAME_WIDTH:(fi + 1) * FRAME_WIDTH]
+                self.counts["parsed"] -= 1
+                self.counts["parsed_fast"] -= 1
+                self._slow(f[0], f[1], f[2], f[3], f[4], f[9], fi)
+        frames = self._frames
+        out: dict[str, pa.Table] = {}
+        if frames:
+            fcols = _columns(frames, FRAME_WIDTH)
+            base = {
+                "recv_time": _int64(fcols[0]).cast(S.TS),
+                "shard": pa.array(fcols[1], pa.int32()),
+                "conn": _int64(fcols[2]),
+                "segment": pa.array(fcols[3], pa.string()).dictionary_encode(),
+                "record": _int64(fcols[4]),
+                "server_time": pa.array(fcols[5], pa.int64()).cast(S.TS),
+                "contract": pa.array(fcols[6], pa.string()).dictionary_encode(),
+                "identifier_field": pa.array(fcols[7], pa.string()).dictionary_encode(),
+                "channel": pa.array(fcols[8], pa.string()).dictionary_encode(),
+            }
+            payloads = fcols[9]
+            for t in S.SECTION_TABLES:
+                cols = columns[t]
+                if t not in self.tables or not cols[0]:
+                    continue
+                idx = pa.array(cols[0], pa.int32())
+                arrays = [base[name].take(idx) for name, _ in S.RECORD_COLUMNS + S.MESSAGE_COLUMNS]
+                names = [name for name, _ in S.STR_COLUMNS.get(t, []) + S.INT_COLUMNS[t]]
+                for name, col in zip(names, cols[1:], strict=True):
+                    arrays.append(col if isinstance(col, pa.Array) else pa.array(col, S.SCHEMAS[t].field(name).type))
+                out[t] = _table(t, arrays)
+            rec = [base[name] for name, _ in S.RECORD_COLUMNS]
+            if rows["events"] and "events" in self.tables:
+                fi, event, code, text = _columns(rows["events"], WIDTH["events"])
+                idx = pa.array(fi, pa.int32())
+                out["events"] = _table("events", [a.take(idx) for a in rec] + [
+                    pa.array(event, pa.string()).dictionary_encode(), pa.array(code, pa.int64()),
+                    pa.array(text, pa.string())])
+            if rows["messages"] and "messages" in self.tables:
+                fi, kind, reason = _columns(rows["messages"], WIDTH["messages"])
+                idx = pa.array(fi, pa.int32())
+                out["messages"] = _table("messages", [a.take(idx) for a in rec] + [
+                    pa.array(kind, pa.string()).dictionary_encode(), base["server_time"].take(idx),
+                    base["contract"].take(idx), pa.array(reason, pa.string()),
+                    pa.array([payloads[i] for i in fi], pa.binary())])
+            if rows["extras"] and "extras" in self.tables:
+                fi, section, field, reason, value = _columns(rows["extras"], WIDTH["extras"])
+                idx = pa.array(fi, pa.int32())
+                out["extras"] = _table("extras", [a.take(idx) for a in rec] + [
+                    base["contract"].take(idx), pa.array(section, pa.string()).dictionary_encode(),
+                    pa.array(field, pa.string()), pa.array(reason, pa.string()).dictionary_encode(),
+                    pa.array(value, pa.string())])
+        self._reset()
+        return out
+
+    def _check_columns(self, columns: dict[str, list[Any]]) -> set[int]:
+        """Make every typed column exact: report non-int64 numbers in `extras`, return frames to re-parse."""
+        bad: set[int] = set()
+        extras = self._rows["extras"]
+        for t in S.SECTION_TABLES:
+            cols = columns[t]
+            if not cols[0]:
+                continue
+            strs = S.STR_COLUMNS.get(t, [])
+            for j, (_, path) in enumerate(strs + S.INT_COLUMNS[t], start=1):
+                col = cols[j]
+                is_str = j <= len(strs)
+                # Typed conversion is 10x cheaper than pyarrow's inference; the set of types says if it is safe.
+                types = set(map(type, col))
+                if is_str and types <= _STR_TYPES:
+                    continue
+                if not is_str and types <= _INT_TYPES:
+                    try:
+                        cols[j] = _int64(col) if NoneType not in types else pa.array(col, pa.int64())
+                        continue
+                    except (OverflowError, pa.ArrowInvalid):
+                        pass
+                col = cols[j] = list(col)
+                for i, v in enumerate(col):
+                    if v is None:
+                        continue
+                    tv = type(v)
+                    if is_str:
+                        if tv is not str:
+                            bad.add(cols[0][i])
+                            col[i] = None
+                        continue
+                    if tv is int and INT64_MIN <= v <= INT64_MAX:
+                        continue
+                    fi = cols[0][i]
+                    if tv is float or tv is int:
+                        # Reported, never cast: the column is null, `extras` has the number as sent.
+                        reason = S.OUT_OF_RANGE if tv is int else S.NOT_INTEGER
+                        exact = _at(exact_object(self._frames[fi * FRAME_WIDTH + 9]), path)
+                        extras.extend((fi, ".".join(path[:-1]), path[-1], reason,
+                                       json_text(exact if exact is not None else v)))
+                        self.counts[reason] += 1
+                    else:
+                        bad.add(fi)
+                    col[i] = None
+        return bad
+
+_SECTION_ATTRS = (
+    ("best_limit", "best_limit"),
+    ("aggregate", "aggregate"),
+    ("allowed_price_range", "allowed_price_range"),
+    ("contract_info", "contract_info"),
+)
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    obj = obj.get("data") if isinstance(obj, dict) else None
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _columns(flat: list[Any], width: int) -> list[Any]:
+    return [flat[j::width] for j in range(width)]
+
+
+def _int64(values: list[Any]) -> pa.Array:
+    """An int64 array of Python ints (no None): through array('q'), which refuses anything out of range."""
+    return pa.array(np.frombuffer(array("q", values), np.int64))
+
+
+def _table(name: str, arrays: list[pa.Array]) -> pa.Table:
+    schema = S.SCHEMAS[name]
+    fixed = [a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema, strict=True)]
+    return pa.Table.from_arrays(fixed, schema=schema)
