@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from recorder.export.schema import TABLES
 from recorder.segment.format import SegmentFormatError
 from recorder.segment.naming import SEALED_SUFFIX
 from recorder.segment.reader import Damage, SegmentFile, read_frame
+
+Record = tuple[int, int, int, bytes]
 
 DEFAULT_FLUSH_FRAMES = 65_536
 NO_LOWER = -(1 << 63)
@@ -120,40 +122,46 @@ def _export_one(seg: SegmentFile, options: ExportOptions, flattener: Flattener,
     writer = PartWriter(options.out, part_name(seg), options.flush_frames)
     lo = options.start_ns if options.start_ns is not None else NO_LOWER
     hi = options.end_ns if options.end_ns is not None else NO_UPPER
-    name = seg.path.name
-    shard = seg.shard
     records = 0
-    first = 0
-    dctx = zstandard.ZstdDecompressor()
     try:
-        with open(seg.path, "rb", buffering=0) as fh:
-            for info in seg.frames:
-                index = first
-                first += info.records
-                if not info.records:
-                    continue
-                if info.max_ts < lo or info.min_ts >= hi:
-                    if progress is not None:
-                        progress(info.records)
-                    continue  # the index says nothing in this frame is wanted: never decompressed
-                try:
-                    block = read_frame(fh, info, dctx)
-                except SegmentFormatError as exc:
-                    damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
-                    flattener.counts["records_damaged"] += info.records
-                    continue
-                flattener.add_block(block, shard, name, index, lo, hi)
-                records += len(block)
-                if flattener.pending >= options.flush_frames:
-                    _write(writer, flattener)
-                if progress is not None:
-                    progress(info.records)
+        for first, block in segment_blocks(seg, lo, hi, damage, progress):
+            flattener.add_block(block, seg.shard, seg.path.name, first, lo, hi)
+            records += len(block)
+            if flattener.pending >= options.flush_frames:
+                _write(writer, flattener)
+        flattener.counts["records_damaged"] += sum(d.records_lost or 0 for d in damage if d.path == seg.path)
         _write(writer, flattener)
         files = writer.commit()
     except BaseException:
         writer.abort()
         raise
     return files, Counter(writer.rows), records
+
+
+def segment_blocks(seg: SegmentFile, lo: int = NO_LOWER, hi: int = NO_UPPER, damage: list[Damage] | None = None,
+                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[Record]]]:
+    """(index of the first record in the file, verified records) per data frame that may hold [lo, hi).
+
+    The index picks the frames, so the others are never decompressed; a damaged frame is skipped and
+    reported in `damage`, the rest of the file is still read.
+    """
+    first = 0
+    dctx = zstandard.ZstdDecompressor()
+    with open(seg.path, "rb", buffering=0) as fh:
+        for info in seg.frames:
+            index = first
+            first += info.records
+            if info.records and lo <= info.max_ts and info.min_ts < hi:
+                try:
+                    block = read_frame(fh, info, dctx)
+                except SegmentFormatError as exc:
+                    if damage is not None:
+                        damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
+                    block = None
+                if block is not None:
+                    yield index, block
+            if progress is not None:
+                progress(info.records)
 
 
 def _write(writer: PartWriter, flattener: Flattener) -> None:
