@@ -1,6 +1,6 @@
 """The output directory: hive partitions by Tehran trading date, atomic part files, and the manifest.
 
-Layout: `OUT/<table>/date=YYYY-MM-DD/<segment name>.parquet`, one file per table, date and source segment.
+Layout: `OUT/<table>/trading_date=YYYY-MM-DD/<segment name>.parquet`, one file per table, date and source segment.
 A part file is written as a hidden `.NAME.tmp` (row group by row group) and renamed when complete, so a
 reader never sees half a file, and an interrupted export leaves only whole files behind (hidden
 leftovers are removed by the next run). `OUT/_manifest.json` (ignored by Parquet readers: leading `_`)
@@ -25,6 +25,8 @@ from recorder.export.schema import SCHEMAS
 
 TEHRAN = ZoneInfo("Asia/Tehran")
 MANIFEST = "_manifest.json"
+# Not `date`: the Aggregate section has its own `date` field, and a partition key must not shadow a column.
+PARTITION = "trading_date"
 MANIFEST_VERSION = 1
 DAY_NS = 86_400 * 1_000_000_000
 TMP_PREFIX = "."
@@ -71,7 +73,7 @@ class PartWriter:
             key = (table, day)
             entry = self.writers.get(key)
             if entry is None:
-                directory = self.out / table / f"date={date_text(day)}"
+                directory = self.out / table / f"{PARTITION}={date_text(day)}"
                 directory.mkdir(parents=True, exist_ok=True)
                 final = directory / f"{self.name}.parquet"
                 tmp = directory / f"{TMP_PREFIX}{self.name}.parquet{TMP_SUFFIX}"
@@ -103,7 +105,7 @@ class PartWriter:
 def remove_leftovers(out: Path) -> int:
     """Hidden temporary part files of an export that was interrupted; they are never complete."""
     count = 0
-    for tmp in out.glob(f"*/date=*/{TMP_PREFIX}*{TMP_SUFFIX}"):
+    for tmp in out.glob(f"*/{PARTITION}=*/{TMP_PREFIX}*{TMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
         count += 1
     return count

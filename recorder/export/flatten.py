@@ -470,10 +470,12 @@ class Flattener:
                     fi = cols[0][i]
                     if tv is float or tv is int:
                         # Reported, never cast: the column is null, `extras` has the number as sent.
-                        reason = S.OUT_OF_RANGE if tv is int else S.NOT_INTEGER
                         exact = _at(exact_object(self._frames[fi * FRAME_WIDTH + 9]), path)
-                        extras.extend((fi, ".".join(path[:-1]), path[-1], reason,
-                                       json_text(exact if exact is not None else v)))
+                        if exact is None:
+                            exact = v
+                        # orjson reads integers past 64 bits as floats; the exact decode tells them apart.
+                        reason = S.OUT_OF_RANGE if type(exact) is int else S.NOT_INTEGER
+                        extras.extend((fi, ".".join(path[:-1]), path[-1], reason, json_text(exact)))
                         self.counts[reason] += 1
                     else:
                         bad.add(fi)
