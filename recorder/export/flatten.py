@@ -216,7 +216,7 @@ class Flattener:
         other forms (offsets, no fraction) are left to the parser on the slow path.
         """
         n = len(stamp)
-        if n < 21 or n > 29 or stamp[19] != "." or stamp[-1] != "Z":
+        if n < 22 or n > 30 or stamp[19] != "." or stamp[-1] != "Z":  # 1 to 9 fractional digits
             return None
         frac = stamp[20:-1]
         if not (frac.isascii() and frac.isdigit()):
@@ -383,6 +383,11 @@ class Flattener:
                 self.counts["parsed"] -= 1
                 self.counts["parsed_fast"] -= 1
                 self._slow(f[0], f[1], f[2], f[3], f[4], f[9], fi)
+            # Keep `messages` in record order although the re-parsed frames were added last.
+            width = WIDTH["messages"]
+            msgs = rows["messages"]
+            ordered = sorted(range(0, len(msgs), width), key=msgs.__getitem__)
+            rows["messages"] = [msgs[i + k] for i in ordered for k in range(width)]
         frames = self._frames
         out: dict[str, pa.Table] = {}
         if frames:
