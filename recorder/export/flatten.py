@@ -97,6 +97,8 @@ class Flattener:
     def __init__(self, contracts: Iterable[str] = (), tables: Iterable[str] = S.TABLES) -> None:
         self.contracts = frozenset(contracts)
         self.tables = frozenset(tables)
+        # Section rows are where non-integers are found: with `extras` selected, every section is collected.
+        self._collect = self.tables | frozenset(S.SECTION_TABLES) if "extras" in self.tables else self.tables
         self.counts: Counter[str] = Counter()
         self._ts_cache: dict[str, int] = {}
         self._reset()
@@ -127,7 +129,7 @@ class Flattener:
         agg_add = rows["aggregate"].extend
         rng_add = rows["allowed_price_range"].extend
         info_add = rows["contract_info"].extend
-        tables = self.tables
+        tables = self._collect
         want_bl = "best_limit" in tables
         want_agg = "aggregate" in tables
         want_rng = "allowed_price_range" in tables
@@ -302,7 +304,7 @@ class Flattener:
                               env.channel, payload), fi)
         self.counts["parsed"] += 1
         rows = self._rows
-        tables = self.tables
+        tables = self._collect
         for table, section in present:
             if table not in tables:
                 continue
