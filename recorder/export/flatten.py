@@ -54,7 +54,10 @@ _LEVEL_SET = frozenset(S.LEVELS)
 FRAME_WIDTH = 10
 _STR_TYPES = frozenset((str, NoneType))
 _INT_TYPES = frozenset((int, NoneType))
-WIDTH = {t: len(S.SCHEMAS[t]) - len(S.RECORD_COLUMNS) - len(S.MESSAGE_COLUMNS) + 1 for t in S.SECTION_TABLES}
+# Section rows hold the frame index and the integer columns only (so that one numpy conversion checks them all);
+# the string columns (Aggregate's date and time) go to "<table>.str".
+WIDTH = {t: 1 + len(S.INT_COLUMNS[t]) for t in S.SECTION_TABLES}
+WIDTH |= {f"{t}.str": len(S.STR_COLUMNS[t]) for t in S.STR_COLUMNS}
 WIDTH |= {"events": 4, "messages": 3, "extras": 5}
 _POW10 = tuple(10 ** (9 - n) for n in range(10))
 
@@ -65,14 +68,11 @@ def _wires(table: str) -> list[str]:
 
 _LEVEL_WIRES = [path[-1] for _, path in S.INT_COLUMNS["best_limit"][:4]]
 _level_get = itemgetter(*_LEVEL_WIRES)
-_agg_get = itemgetter(*_wires("aggregate"))
+_agg_get = itemgetter(*[path[-1] for _, path in S.INT_COLUMNS["aggregate"]])
+_agg_str_get = itemgetter(*[path[-1] for _, path in S.STR_COLUMNS["aggregate"]])
 _range_get = itemgetter(*_wires("allowed_price_range"))
 _info_get = itemgetter(*_wires("contract_info"))
 _LEVEL_ATTRS = [name.rsplit("_", 1)[0] for name, _ in S.INT_COLUMNS["best_limit"][:4]]
-
-
-def _attrs(table: str) -> list[str]:
-    return [name for name, _ in S.STR_COLUMNS.get(table, []) + S.INT_COLUMNS[table]]
 
 
 def json_text(value: Any) -> str:
@@ -108,7 +108,7 @@ class Flattener:
         # Python-level transpose. A frame: recv_ns, shard, conn, segment, record, server_ns, contract,
         # identifier_field, channel, payload. A table row: the frame's index, then the table's own values.
         self._frames: list[Any] = []
-        self._rows: dict[str, list[Any]] = {t: [] for t in S.TABLES}
+        self._rows: dict[str, list[Any]] = {t: [] for t in WIDTH}
 
     @property
     def pending(self) -> int:
@@ -127,6 +127,7 @@ class Flattener:
         rows = self._rows
         bl_add = rows["best_limit"].extend
         agg_add = rows["aggregate"].extend
+        agg_str_add = rows["aggregate.str"].extend
         rng_add = rows["allowed_price_range"].extend
         info_add = rows["contract_info"].extend
         tables = self._collect
@@ -139,7 +140,7 @@ class Flattener:
         decode_error = orjson.JSONDecodeError
         server_ns_of = self._server_ns
         level_get = _level_get
-        agg_get, range_get, info_get = _agg_get, _range_get, _info_get
+        agg_get, agg_str_get, range_get, info_get = _agg_get, _agg_str_get, _range_get, _info_get
         env_id, env_name, sections, level_set = _ENV_ID, _ENV_NAME, _SECTIONS, _LEVEL_SET
         level_keys, agg_keys, range_keys, info_keys = S.LEVEL_KEYS, S.AGGREGATE_KEYS, S.RANGE_KEYS, S.INFO_KEYS
         parsed = 0
@@ -173,7 +174,9 @@ class Flattener:
             channel = obj["channel"]
             stamp = obj["timestamp"]
             data = obj["data"]
+            # true/false anywhere sends the frame to the parser: numpy would read a boolean as an integer.
             if (type(ident) is not str or not ident or type(channel) is not str or type(stamp) is not str
+                    or b"true" in payload or b"false" in payload
                     or type(data) is not dict or not data or not data.keys() <= sections):
                 self._slow(ts_ns, shard, conn, segment, record, payload)
                 continue
@@ -204,6 +207,7 @@ class Flattener:
                 bl_add((fi, *level_get(l1), *level_get(l2), *level_get(l3)))
             if agg is not None and want_agg:
                 agg_add((fi, *agg_get(agg)))
+                agg_str_add(agg_str_get(agg))
             if rng is not None and want_rng:
                 rng_add((fi, *range_get(rng)))
             if info is not None and want_info:
@@ -315,7 +319,9 @@ class Flattener:
                     values.extend(getattr(level, a) if level is not None else None for a in _LEVEL_ATTRS)
                 rows[table].extend((fi, *values))
             else:
-                rows[table].extend((fi, *(getattr(section, a) for a in _attrs(table))))
+                rows[table].extend((fi, *(getattr(section, name) for name, _ in S.INT_COLUMNS[table])))
+                if table in S.STR_COLUMNS:
+                    rows[f"{table}.str"].extend(getattr(section, name) for name, _ in S.STR_COLUMNS[table])
         self._extras(fi, env)
 
     def _unparsed(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, payload: bytes,
@@ -368,12 +374,12 @@ class Flattener:
     def take(self) -> dict[str, pa.Table]:
         """Arrow tables of everything added since the last take (only non-empty, selected tables)."""
         rows = self._rows
-        columns = {t: _columns(rows[t], WIDTH[t]) for t in S.SECTION_TABLES}
+        columns = {t: self._section_columns(t) for t in S.SECTION_TABLES}
         bad = self._check_columns(columns)
         if bad:
             # A mistyped known field in a fast-path frame: the parser gives the reason; drop its rows.
             for t in S.SECTION_TABLES:
-                keep = [i for i, fi in enumerate(columns[t][0]) if fi not in bad]
+                keep = [i for i, fi in enumerate(columns[t][0].tolist()) if fi not in bad]
                 taken = pa.array(keep, pa.int32())
                 columns[t] = [col.take(taken) if isinstance(col, pa.Array) else [col[i] for i in keep]
                               for col in columns[t]]
@@ -408,9 +414,9 @@ class Flattener:
             payloads = fcols[9]
             for t in S.SECTION_TABLES:
                 cols = columns[t]
-                if t not in self.tables or not cols[0]:
+                if t not in self.tables or not len(cols[0]):
                     continue
-                idx = pa.array(cols[0], pa.int32())
+                idx = pa.array(cols[0]).cast(pa.int32())
                 arrays = [base[name].take(idx) for name, _ in S.RECORD_COLUMNS + S.MESSAGE_COLUMNS]
                 names = [name for name, _ in S.STR_COLUMNS.get(t, []) + S.INT_COLUMNS[t]]
                 for name, col in zip(names, cols[1:], strict=True):
@@ -440,17 +446,39 @@ class Flattener:
         self._reset()
         return out
 
+    def _section_columns(self, t: str) -> list[Any]:
+        """[frame indices (numpy), string columns..., int columns...] of one section table."""
+        flat = self._rows[t]
+        width = WIDTH[t]
+        cols: list[Any]
+        if not flat:
+            cols = [np.zeros(0, np.int64)] + [[] for _ in range(width - 1)]
+        else:
+            matrix = np.array(flat)
+            if matrix.dtype == np.int64:
+                # The common case in one C call: every value an integer that fits int64 (booleans never get
+                # here, see the fast path; None, floats, big integers and strings give another dtype).
+                by_column = np.ascontiguousarray(matrix.reshape(-1, width).T)
+                cols = [by_column[0]] + [pa.array(c) for c in by_column[1:]]
+            else:
+                cols = _columns(flat, width)
+                cols[0] = np.array(cols[0], np.int64)
+        strs = _columns(self._rows[f"{t}.str"], WIDTH[f"{t}.str"]) if t in S.STR_COLUMNS else []
+        return [cols[0], *strs, *cols[1:]]
+
     def _check_columns(self, columns: dict[str, list[Any]]) -> set[int]:
         """Make every typed column exact: report non-int64 numbers in `extras`, return frames to re-parse."""
         bad: set[int] = set()
         extras = self._rows["extras"]
         for t in S.SECTION_TABLES:
             cols = columns[t]
-            if not cols[0]:
+            if not len(cols[0]):
                 continue
             strs = S.STR_COLUMNS.get(t, [])
             for j, (_, path) in enumerate(strs + S.INT_COLUMNS[t], start=1):
                 col = cols[j]
+                if isinstance(col, pa.Array):
+                    continue
                 is_str = j <= len(strs)
                 # Typed conversion is 10x cheaper than pyarrow's inference; the set of types says if it is safe.
                 types = set(map(type, col))
@@ -469,12 +497,12 @@ class Flattener:
                     tv = type(v)
                     if is_str:
                         if tv is not str:
-                            bad.add(cols[0][i])
+                            bad.add(int(cols[0][i]))
                             col[i] = None
                         continue
                     if tv is int and INT64_MIN <= v <= INT64_MAX:
                         continue
-                    fi = cols[0][i]
+                    fi = int(cols[0][i])
                     if tv is float or tv is int:
                         # Reported, never cast: the column is null, `extras` has the number as sent.
                         exact = _at(exact_object(self._frames[fi * FRAME_WIDTH + 9]), path)
