@@ -307,3 +307,13 @@ def test_bad_input_is_one_line_and_exit_2(recording: Path, tmp_path: Path, args:
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ime-segments: error:")
+
+
+def test_simulator_frames_take_the_fast_path(exported: Path) -> None:
+    """The fast path must accept the documented shape (else the export is correct but several times slower)."""
+    manifest = orjson.loads((exported / "_manifest.json").read_bytes())
+    counts = Counter()
+    for entry in manifest["segments"].values():
+        counts.update(entry["counts"])
+    assert counts["parsed"] == 4 * 200 + 4 * 2  # simulator frames + the two odd ones per file that parse
+    assert counts["parsed_fast"] == 4 * 200

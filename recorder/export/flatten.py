@@ -47,9 +47,6 @@ from recorder.feed.message import (
 TEXT, BINARY, EVENT = 1, 2, 3
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
-_ENV_ID = frozenset(("channel", ID_FIELD, "timestamp", "data"))
-_ENV_NAME = frozenset(("channel", NAME_FIELD, "timestamp", "data"))
-_SECTIONS = frozenset(S.SECTION_OF.values())
 _LEVEL_SET = frozenset(S.LEVELS)
 FRAME_WIDTH = 10
 _STR_TYPES = frozenset((str, NoneType))
@@ -89,6 +86,10 @@ def exact_object(payload: bytes) -> Any:
         return json.loads(payload)
     except (ValueError, RecursionError):
         return None
+
+
+class _Slow(Exception):
+    """Raised inside the fast path: this frame is not of the documented shape; the parser takes it."""
 
 
 class Flattener:
@@ -141,8 +142,7 @@ class Flattener:
         server_ns_of = self._server_ns
         level_get = _level_get
         agg_get, agg_str_get, range_get, info_get = _agg_get, _agg_str_get, _range_get, _info_get
-        env_id, env_name, sections, level_set = _ENV_ID, _ENV_NAME, _SECTIONS, _LEVEL_SET
-        level_keys, agg_keys, range_keys, info_keys = S.LEVEL_KEYS, S.AGGREGATE_KEYS, S.RANGE_KEYS, S.INFO_KEYS
+        agg_len, range_len, info_len = len(S.AGGREGATE_KEYS), len(S.RANGE_KEYS), len(S.INFO_KEYS)
         parsed = 0
         record = first_record - 1
         for ts_ns, conn, kind, payload in records:
@@ -158,43 +158,56 @@ class Flattener:
             except decode_error:
                 self._slow(ts_ns, shard, conn, segment, record, payload)
                 continue
-            if type(obj) is not dict:
-                self._slow(ts_ns, shard, conn, segment, record, payload)
-                continue
-            keys = obj.keys()
-            if keys == env_id:
-                ident = obj[ID_FIELD]
-                id_field = ID_FIELD
-            elif keys == env_name:
-                ident = obj[NAME_FIELD]
-                id_field = NAME_FIELD
-            else:
-                self._slow(ts_ns, shard, conn, segment, record, payload)
-                continue
-            channel = obj["channel"]
-            stamp = obj["timestamp"]
-            data = obj["data"]
-            # true/false anywhere sends the frame to the parser: numpy would read a boolean as an integer.
-            if (type(ident) is not str or not ident or type(channel) is not str or type(stamp) is not str
-                    or b"true" in payload or b"false" in payload
-                    or type(data) is not dict or not data or not data.keys() <= sections):
-                self._slow(ts_ns, shard, conn, segment, record, payload)
-                continue
-            server_ns = server_ns_of(stamp)
-            bl = data.get("BestLimit")
-            agg = data.get("Aggregate")
-            rng = data.get("AllowedPriceRange")
-            info = data.get("ContractInfo")
-            if server_ns is None or not (
-                (bl is None or (type(bl) is dict and bl.keys() == level_set
-                                and type(l1 := bl["1"]) is dict and l1.keys() == level_keys
-                                and type(l2 := bl["2"]) is dict and l2.keys() == level_keys
-                                and type(l3 := bl["3"]) is dict and l3.keys() == level_keys))
-                and (agg is None or (type(agg) is dict and agg.keys() == agg_keys))
-                and (rng is None or (type(rng) is dict and rng.keys() == range_keys))
-                and (info is None or (type(info) is dict and info.keys() == info_keys))
-                and (bl is not None or agg is not None or rng is not None or info is not None)
-            ):
+            # The documented shape exactly, tested by sizes and by looking up every known key: a dict of N keys
+            # holding the N known ones has nothing else. Anything else raises, and the parser takes the frame.
+            try:
+                ident = obj.get(ID_FIELD)
+                if ident is not None:
+                    id_field = ID_FIELD
+                else:
+                    ident = obj[NAME_FIELD]
+                    id_field = NAME_FIELD
+                channel = obj["channel"]
+                stamp = obj["timestamp"]
+                data = obj["data"]
+                # true/false anywhere goes to the parser: numpy would take a boolean for an integer.
+                if (len(obj) != 4 or type(ident) is not str or not ident or type(channel) is not str
+                        or type(stamp) is not str or type(data) is not dict
+                        or b"true" in payload or b"false" in payload):
+                    raise _Slow
+                server_ns = server_ns_of(stamp)
+                if server_ns is None:
+                    raise _Slow
+                present = 0
+                bl = data.get("BestLimit")
+                if bl is not None:
+                    l1, l2, l3 = bl["1"], bl["2"], bl["3"]
+                    if len(bl) != 3 or len(l1) != 4 or len(l2) != 4 or len(l3) != 4:
+                        raise _Slow
+                    bl_row = (*level_get(l1), *level_get(l2), *level_get(l3))
+                    present += 1
+                agg = data.get("Aggregate")
+                if agg is not None:
+                    if len(agg) != agg_len:
+                        raise _Slow
+                    agg_row = agg_get(agg)
+                    agg_str = agg_str_get(agg)
+                    present += 1
+                rng = data.get("AllowedPriceRange")
+                if rng is not None:
+                    if len(rng) != range_len:
+                        raise _Slow
+                    rng_row = range_get(rng)
+                    present += 1
+                info = data.get("ContractInfo")
+                if info is not None:
+                    if len(info) != info_len:
+                        raise _Slow
+                    info_row = info_get(info)
+                    present += 1
+                if not present or present != len(data):
+                    raise _Slow
+            except (_Slow, KeyError, TypeError, AttributeError):
                 self._slow(ts_ns, shard, conn, segment, record, payload)
                 continue
             if wanted and ident not in wanted:
@@ -204,14 +217,14 @@ class Flattener:
             frame((ts_ns, shard, conn, segment, record, server_ns, ident, id_field, channel, payload))
             parsed += 1
             if bl is not None and want_bl:
-                bl_add((fi, *level_get(l1), *level_get(l2), *level_get(l3)))
+                bl_add((fi, *bl_row))
             if agg is not None and want_agg:
-                agg_add((fi, *agg_get(agg)))
-                agg_str_add(agg_str_get(agg))
+                agg_add((fi, *agg_row))
+                agg_str_add(agg_str)
             if rng is not None and want_rng:
-                rng_add((fi, *range_get(rng)))
+                rng_add((fi, *rng_row))
             if info is not None and want_info:
-                info_add((fi, *info_get(info)))
+                info_add((fi, *info_row))
         self.counts["parsed"] += parsed
         self.counts["parsed_fast"] += parsed
 
