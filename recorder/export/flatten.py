@@ -419,7 +419,7 @@ class Flattener:
                 "conn": _int64(fcols[2]),
                 "segment": pa.array(fcols[3], pa.string()).dictionary_encode(),
                 "record": _int64(fcols[4]),
-                "server_time": pa.array(fcols[5], pa.int64()).cast(S.TS),
+                "server_time": _maybe_int64(fcols[5]).cast(S.TS),
                 "contract": pa.array(fcols[6], pa.string()).dictionary_encode(),
                 "identifier_field": pa.array(fcols[7], pa.string()).dictionary_encode(),
                 "channel": pa.array(fcols[8], pa.string()).dictionary_encode(),
@@ -467,15 +467,17 @@ class Flattener:
         if not flat:
             cols = [np.zeros(0, np.int64)] + [[] for _ in range(width - 1)]
         else:
-            matrix = np.array(flat)
-            if matrix.dtype == np.int64:
-                # The common case in one C call: every value an integer that fits int64 (booleans never get
-                # here, see the fast path; None, floats, big integers and strings give another dtype).
-                by_column = np.ascontiguousarray(matrix.reshape(-1, width).T)
-                cols = [by_column[0]] + [pa.array(c) for c in by_column[1:]]
-            else:
+            try:
+                # The common case in one C call: array('q') takes only integers that fit int64 (None, floats,
+                # big integers and strings raise). It would take a boolean as 0/1, but none gets here: the
+                # fast path leaves frames with true/false to the parser, which refuses booleans as numbers.
+                matrix = np.frombuffer(array("q", flat), np.int64)
+            except (TypeError, OverflowError):
                 cols = _columns(flat, width)
                 cols[0] = np.array(cols[0], np.int64)
+            else:
+                by_column = np.ascontiguousarray(matrix.reshape(-1, width).T)
+                cols = [by_column[0]] + [pa.array(c) for c in by_column[1:]]
         strs = _columns(self._rows[f"{t}.str"], WIDTH[f"{t}.str"]) if t in S.STR_COLUMNS else []
         return [cols[0], *strs, *cols[1:]]
 
@@ -554,6 +556,14 @@ def _columns(flat: list[Any], width: int) -> list[Any]:
 def _int64(values: list[Any]) -> pa.Array:
     """An int64 array of Python ints (no None): through array('q'), which refuses anything out of range."""
     return pa.array(np.frombuffer(array("q", values), np.int64))
+
+
+def _maybe_int64(values: list[Any]) -> pa.Array:
+    """int64 with nulls for None; the fast conversion when there is no None (the common case)."""
+    try:
+        return _int64(values)
+    except TypeError:
+        return pa.array(values, pa.int64())
 
 
 def _table(name: str, arrays: list[pa.Array]) -> pa.Table:
