@@ -71,7 +71,9 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif action == "timestamp":
             obj["timestamp"] = draw(st.sampled_from([
                 "2026-05-29T12:00:00Z", "2026-05-29T12:00:00.123456789+03:30", "2026-05-29 12:00:00",
-                "29/05/2026", "2026-02-30T00:00:00Z", None]))
+                "29/05/2026", "2026-02-30T00:00:00Z", None, "2026-05-29T20:29:51", "2026-05-29T20:29:51.Z",
+                "2026-05-29T20:29:51.1234567890Z", "2026-05-29T20:29:51.١٢٣Z", "2026-05-29T20:29:51,5Z",
+                "2026-05-29T20:29:60.5Z"]))
     text = json.dumps(obj, ensure_ascii=False).encode()
     if draw(st.integers(0, 9)) == 0:
         text = text[:draw(st.integers(0, len(text) - 1))]  # malformed: cut short

@@ -140,6 +140,9 @@ class Flattener:
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         server_ns_of = self._server_ns
+        ts_cache_get = self._ts_cache.get
+        pow10 = _POW10
+        clip = lo > -(1 << 63) or hi < 1 << 63
         level_get = _level_get
         agg_get, agg_str_get, range_get, info_get = _agg_get, _agg_str_get, _range_get, _info_get
         agg_len, range_len, info_len = len(S.AGGREGATE_KEYS), len(S.RANGE_KEYS), len(S.INFO_KEYS)
@@ -147,7 +150,7 @@ class Flattener:
         record = first_record - 1
         for ts_ns, conn, kind, payload in records:
             record += 1
-            if ts_ns < lo or ts_ns >= hi:
+            if clip and (ts_ns < lo or ts_ns >= hi):
                 continue
             if kind != TEXT:
                 self._other(ts_ns, shard, conn, segment, record, kind, payload)
@@ -175,9 +178,17 @@ class Flattener:
                         or type(stamp) is not str or type(data) is not dict
                         or b"true" in payload or b"false" in payload):
                     raise _Slow
-                server_ns = server_ns_of(stamp)
-                if server_ns is None:
-                    raise _Slow
+                # The whole second from the cache, the fraction by int(): the common `...:SS.ffffffZ` form
+                # without a function call; any other form goes through _server_ns (and maybe the parser).
+                base = ts_cache_get(stamp[:19])
+                frac = stamp[20:-1]
+                if (base is not None and stamp[19:20] == "." and stamp[-1:] == "Z" and 0 < len(frac) < 10
+                        and frac.isdigit() and frac.isascii()):
+                    server_ns = base + int(frac) * pow10[len(frac)]
+                else:
+                    server_ns = server_ns_of(stamp)
+                    if server_ns is None:
+                        raise _Slow
                 present = 0
                 bl = data.get("BestLimit")
                 if bl is not None:
