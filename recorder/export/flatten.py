@@ -143,6 +143,8 @@ class Flattener:
         ts_cache_get = self._ts_cache.get
         pow10 = _POW10
         clip = lo > -(1 << 63) or hi < 1 << 63
+        # Builtins and globals as locals: this loop runs once per message.
+        _len, _type, _str, _dict, width, slow_exc = len, type, str, dict, FRAME_WIDTH, _Slow
         level_get = _level_get
         agg_get, agg_str_get, range_get, info_get = _agg_get, _agg_str_get, _range_get, _info_get
         agg_len, range_len, info_len = len(S.AGGREGATE_KEYS), len(S.RANGE_KEYS), len(S.INFO_KEYS)
@@ -174,57 +176,57 @@ class Flattener:
                 stamp = obj["timestamp"]
                 data = obj["data"]
                 # true/false anywhere goes to the parser: numpy would take a boolean for an integer.
-                if (len(obj) != 4 or type(ident) is not str or not ident or type(channel) is not str
-                        or type(stamp) is not str or type(data) is not dict
+                if (_len(obj) != 4 or _type(ident) is not _str or not ident or _type(channel) is not _str
+                        or _type(stamp) is not _str or _type(data) is not _dict
                         or b"true" in payload or b"false" in payload):
-                    raise _Slow
+                    raise slow_exc
                 # The whole second from the cache, the fraction by int(): the common `...:SS.ffffffZ` form
                 # without a function call; any other form goes through _server_ns (and maybe the parser).
                 base = ts_cache_get(stamp[:19])
                 frac = stamp[20:-1]
-                if (base is not None and stamp[19:20] == "." and stamp[-1:] == "Z" and 0 < len(frac) < 10
+                if (base is not None and stamp[19:20] == "." and stamp[-1:] == "Z" and 0 < _len(frac) < 10
                         and frac.isdigit() and frac.isascii()):
-                    server_ns = base + int(frac) * pow10[len(frac)]
+                    server_ns = base + int(frac) * pow10[_len(frac)]
                 else:
                     server_ns = server_ns_of(stamp)
                     if server_ns is None:
-                        raise _Slow
+                        raise slow_exc
                 present = 0
                 bl = data.get("BestLimit")
                 if bl is not None:
                     l1, l2, l3 = bl["1"], bl["2"], bl["3"]
-                    if len(bl) != 3 or len(l1) != 4 or len(l2) != 4 or len(l3) != 4:
-                        raise _Slow
+                    if _len(bl) != 3 or _len(l1) != 4 or _len(l2) != 4 or _len(l3) != 4:
+                        raise slow_exc
                     bl_row = (*level_get(l1), *level_get(l2), *level_get(l3))
                     present += 1
                 agg = data.get("Aggregate")
                 if agg is not None:
-                    if len(agg) != agg_len:
-                        raise _Slow
+                    if _len(agg) != agg_len:
+                        raise slow_exc
                     agg_row = agg_get(agg)
                     agg_str = agg_str_get(agg)
                     present += 1
                 rng = data.get("AllowedPriceRange")
                 if rng is not None:
-                    if len(rng) != range_len:
-                        raise _Slow
+                    if _len(rng) != range_len:
+                        raise slow_exc
                     rng_row = range_get(rng)
                     present += 1
                 info = data.get("ContractInfo")
                 if info is not None:
-                    if len(info) != info_len:
-                        raise _Slow
+                    if _len(info) != info_len:
+                        raise slow_exc
                     info_row = info_get(info)
                     present += 1
-                if not present or present != len(data):
-                    raise _Slow
-            except (_Slow, KeyError, TypeError, AttributeError):
+                if not present or present != _len(data):
+                    raise slow_exc
+            except (slow_exc, KeyError, TypeError, AttributeError):
                 self._slow(ts_ns, shard, conn, segment, record, payload)
                 continue
             if wanted and ident not in wanted:
                 self.counts["filtered_out"] += 1
                 continue
-            fi = len(frames) // FRAME_WIDTH
+            fi = _len(frames) // width
             frame((ts_ns, shard, conn, segment, record, server_ns, ident, id_field, channel, payload))
             parsed += 1
             if bl is not None and want_bl:

@@ -32,7 +32,7 @@ from recorder.segment.reader import Damage, SegmentFile, read_frame
 
 Record = tuple[int, int, int, bytes]
 
-DEFAULT_FLUSH_FRAMES = 65_536
+DEFAULT_FLUSH_FRAMES = 32_768
 NO_LOWER = -(1 << 63)
 NO_UPPER = 1 << 63
 
