@@ -175,10 +175,8 @@ class Flattener:
                 channel = obj["channel"]
                 stamp = obj["timestamp"]
                 data = obj["data"]
-                # true/false anywhere goes to the parser: numpy would take a boolean for an integer.
                 if (_len(obj) != 4 or _type(ident) is not _str or not ident or _type(channel) is not _str
-                        or _type(stamp) is not _str or _type(data) is not _dict
-                        or b"true" in payload or b"false" in payload):
+                        or _type(stamp) is not _str or _type(data) is not _dict):
                     raise slow_exc
                 # The whole second from the cache, the fraction by int(): the common `...:SS.ffffffZ` form
                 # without a function call; any other form goes through _server_ns (and maybe the parser).
@@ -400,8 +398,9 @@ class Flattener:
     def take(self) -> dict[str, pa.Table]:
         """Arrow tables of everything added since the last take (only non-empty, selected tables)."""
         rows = self._rows
-        columns = {t: self._section_columns(t) for t in S.SECTION_TABLES}
-        bad = self._check_columns(columns)
+        bad: set[int] = set()
+        columns = {t: self._section_columns(t, bad) for t in S.SECTION_TABLES}
+        bad |= self._check_columns(columns)
         if bad:
             # A mistyped known field in a fast-path frame: the parser gives the reason; drop its rows.
             for t in S.SECTION_TABLES:
@@ -472,8 +471,11 @@ class Flattener:
         self._reset()
         return out
 
-    def _section_columns(self, t: str) -> list[Any]:
-        """[frame indices (numpy), string columns..., int columns...] of one section table."""
+    def _section_columns(self, t: str, bad: set[int]) -> list[Any]:
+        """[frame indices (numpy), string columns..., int columns...] of one section table.
+
+        Frames with a boolean where a number belongs are added to `bad` (the parser refuses them).
+        """
         flat = self._rows[t]
         width = WIDTH[t]
         cols: list[Any]
@@ -482,13 +484,16 @@ class Flattener:
         else:
             try:
                 # The common case in one C call: array('q') takes only integers that fit int64 (None, floats,
-                # big integers and strings raise). It would take a boolean as 0/1, but none gets here: the
-                # fast path leaves frames with true/false to the parser, which refuses booleans as numbers.
+                # big integers and strings raise).
                 matrix = np.frombuffer(array("q", flat), np.int64)
             except (TypeError, OverflowError):
                 cols = _columns(flat, width)
                 cols[0] = np.array(cols[0], np.int64)
             else:
+                # array('q') also takes True/False as 1/0: look at the few cells that hold 0 or 1.
+                for k in np.flatnonzero((matrix >> 1) == 0).tolist():
+                    if flat[k].__class__ is bool:
+                        bad.add(int(matrix[k - k % width]))
                 by_column = np.ascontiguousarray(matrix.reshape(-1, width).T)
                 cols = [by_column[0]] + [pa.array(c) for c in by_column[1:]]
         strs = _columns(self._rows[f"{t}.str"], WIDTH[f"{t}.str"]) if t in S.STR_COLUMNS else []
