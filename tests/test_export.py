@@ -317,3 +317,51 @@ def test_simulator_frames_take_the_fast_path(exported: Path) -> None:
         counts.update(entry["counts"])
     assert counts["parsed"] == 4 * 200 + 4 * 2  # simulator frames + the two odd ones per file that parse
     assert counts["parsed_fast"] == 4 * 200
+
+
+def test_progress_bar_on_a_terminal_only(recording: Path, tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([EXE, "export", str(recording), "--out", str(tmp_path / "tty")],
+                              stdout=subprocess.PIPE, stderr=follower, timeout=120)
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert b"exporting" in seen  # the bar, on the terminal
+    piped = export(str(recording), "--out", str(tmp_path / "pipe"))
+    assert "exporting" not in piped.stderr and piped.stderr == ""  # never in a pipe or a log
+
+
+def test_damaged_frame_is_reported_and_the_rest_exported(tmp_path: Path) -> None:
+    from recorder.segment.reader import open_segment
+
+    writer = SegmentWriter(tmp_path / "rec", frame_bytes=8192)
+    frames = sim_frames(600)
+    for ts, payload in frames:
+        writer.append(ts, 1, 1, payload)
+    (sealed,) = writer.close()
+    seg = open_segment(sealed.path)
+    victim = seg.frames[2]
+    data = bytearray(sealed.path.read_bytes())
+    data[victim.data_offset + victim.compressed_size // 2] ^= 0xFF
+    sealed.path.write_bytes(bytes(data))
+    result = export(str(tmp_path / "rec"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "warning" in result.stderr and "checksum" in result.stderr and "Traceback" not in result.stderr
+    assert read(tmp_path / "out", "best_limit").num_rows == 600 - victim.records
+    assert f"records_damaged={victim.records}" in result.stdout

@@ -13,7 +13,7 @@ from recorder.errors import EXIT_RUNTIME, UserError
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
-from recorder.segment.cli import PROG, open_all, report_damage
+from recorder.segment.cli import open_all, report_damage
 from recorder.timeparse import parse_time
 
 
@@ -81,4 +81,4 @@ def print_summary(s: ExportSummary) -> None:
         click.echo(f"removed {s.leftovers_removed} unfinished part files of an interrupted export")
 
 
-__all__ = ["PROG", "run_export"]
+__all__ = ["run_export"]
