@@ -147,6 +147,8 @@ EDGES = [
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(record, min_size=1, max_size=25))
 @example(EDGES)
+@example([EDGES[5]])
+@example([EDGES[4]])
 @example([EDGES[0], *BASE_RECORDS[:3], EDGES[4], EDGES[1]])
 def test_every_frame_once_values_exact_and_both_paths_agree(records: list[tuple[int, bytes]]) -> None:
     tables = flatten(records)

@@ -56,6 +56,10 @@ _INT_TYPES = frozenset((int, NoneType))
 WIDTH = {t: 1 + len(S.INT_COLUMNS[t]) for t in S.SECTION_TABLES}
 WIDTH |= {f"{t}.str": len(S.STR_COLUMNS[t]) for t in S.STR_COLUMNS}
 WIDTH |= {"events": 4, "messages": 3, "extras": 5}
+# A message with all four sections (nearly all of them) is one row of "full": its frame index and every integer
+# of every section, split into the four tables by take(); one list extend per message instead of four.
+FULL_WIDTH = 1 + sum(len(S.INT_COLUMNS[t]) for t in S.SECTION_TABLES)
+WIDTH |= {"full": FULL_WIDTH, "full.str": len(S.STR_COLUMNS["aggregate"])}
 _POW10 = tuple(10 ** (9 - n) for n in range(10))
 
 
@@ -131,11 +135,14 @@ class Flattener:
         agg_str_add = rows["aggregate.str"].extend
         rng_add = rows["allowed_price_range"].extend
         info_add = rows["contract_info"].extend
+        full_add = rows["full"].extend
+        full_str_add = rows["full.str"].extend
         tables = self._collect
         want_bl = "best_limit" in tables
         want_agg = "aggregate" in tables
         want_rng = "allowed_price_range" in tables
         want_info = "contract_info" in tables
+        want_all = want_bl and want_agg and want_rng and want_info
         wanted = self.contracts
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
@@ -227,6 +234,10 @@ class Flattener:
             fi = _len(frames) // width
             frame((ts_ns, shard, conn, segment, record, server_ns, ident, id_field, channel, payload))
             parsed += 1
+            if present == 4 and want_all:
+                full_add((fi, *bl_row, *agg_row, *rng_row, *info_row))
+                full_str_add(agg_str)
+                continue
             if bl is not None and want_bl:
                 bl_add((fi, *bl_row))
             if agg is not None and want_agg:
@@ -399,8 +410,11 @@ class Flattener:
         """Arrow tables of everything added since the last take (only non-empty, selected tables)."""
         rows = self._rows
         bad: set[int] = set()
+        full = self._full_columns()
         columns = {t: self._section_columns(t, bad) for t in S.SECTION_TABLES}
         bad |= self._check_columns(columns)
+        for t, cols in full.items():
+            columns[t] = _merge(t, cols, columns[t])
         if bad:
             # A mistyped known field in a fast-path frame: the parser gives the reason; drop its rows.
             for t in S.SECTION_TABLES:
@@ -441,6 +455,7 @@ class Flattener:
                 cols = columns[t]
                 if t not in self.tables or not len(cols[0]):
                     continue
+                cols = _in_record_order(cols)
                 idx = pa.array(cols[0]).cast(pa.int32())
                 arrays = [base[name].take(idx) for name, _ in S.RECORD_COLUMNS + S.MESSAGE_COLUMNS]
                 names = [name for name, _ in S.STR_COLUMNS.get(t, []) + S.INT_COLUMNS[t]]
@@ -470,6 +485,46 @@ class Flattener:
                     pa.array(value, pa.string())])
         self._reset()
         return out
+
+    def _full_columns(self) -> dict[str, list[Any]]:
+        """The "full" rows split into the four tables' columns; on anything unusual they are moved to the
+        per-table rows instead (and checked there), so the result is only ever clean int64/string columns."""
+        flat = self._rows["full"]
+        if not flat:
+            return {}
+        try:
+            matrix = np.frombuffer(array("q", flat), np.int64)
+            strs = [pa.array(c, pa.string()) for c in _columns(self._rows["full.str"], WIDTH["full.str"])]
+            if any(flat[k].__class__ is bool for k in np.flatnonzero((matrix >> 1) == 0).tolist()):
+                raise TypeError("a boolean among the numbers")
+        except (TypeError, OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+            self._explode_full()
+            return {}
+        by_column = np.ascontiguousarray(matrix.reshape(-1, FULL_WIDTH).T)
+        out: dict[str, list[Any]] = {}
+        j = 1
+        for t in S.SECTION_TABLES:
+            n = len(S.INT_COLUMNS[t])
+            out[t] = [by_column[0], *(strs if t in S.STR_COLUMNS else []), *map(pa.array, by_column[j:j + n])]
+            j += n
+        self._rows["full"] = []
+        self._rows["full.str"] = []
+        return out
+
+    def _explode_full(self) -> None:
+        rows = self._rows
+        flat, strs = rows["full"], rows["full.str"]
+        n_str = WIDTH["full.str"]
+        for r in range(len(flat) // FULL_WIDTH):
+            row = flat[r * FULL_WIDTH:(r + 1) * FULL_WIDTH]
+            j = 1
+            for t in S.SECTION_TABLES:
+                n = len(S.INT_COLUMNS[t])
+                rows[t].extend((row[0], *row[j:j + n]))
+                j += n
+            rows["aggregate.str"].extend(strs[r * n_str:(r + 1) * n_str])
+        rows["full"] = []
+        rows["full.str"] = []
 
     def _section_columns(self, t: str, bad: set[int]) -> list[Any]:
         """[frame indices (numpy), string columns..., int columns...] of one section table.
@@ -565,6 +620,27 @@ def _at(obj: Any, path: tuple[str, ...]) -> Any:
             return None
         obj = obj.get(key)
     return obj
+
+
+def _merge(table: str, full: list[Any], part: list[Any]) -> list[Any]:
+    """A table's columns from "full" rows and from its own rows (Arrow arrays; frame indices as numpy)."""
+    if not len(part[0]):
+        return full
+    types = [pa.string()] * len(S.STR_COLUMNS.get(table, [])) + [pa.int64()] * len(S.INT_COLUMNS[table])
+    merged: list[Any] = [np.concatenate([full[0], np.asarray(part[0], np.int64)])]
+    for a, b, kind in zip(full[1:], part[1:], types, strict=True):
+        merged.append(pa.concat_arrays([a, b if isinstance(b, pa.Array) else pa.array(b, kind)]))
+    return merged
+
+
+def _in_record_order(cols: list[Any]) -> list[Any]:
+    """Rows sorted by frame index (the order the records were received in), whatever path they took."""
+    fi = np.asarray(cols[0], np.int64)
+    if len(fi) < 2 or bool((fi[1:] > fi[:-1]).all()):
+        return cols
+    order = np.argsort(fi, kind="stable")
+    taken = pa.array(order)
+    return [fi[order], *(c.take(taken) if isinstance(c, pa.Array) else [c[i] for i in order] for c in cols[1:])]
 
 
 def _columns(flat: list[Any], width: int) -> list[Any]:
