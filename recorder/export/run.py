@@ -98,6 +98,8 @@ def export_segments(segments: Iterable[SegmentFile], options: ExportOptions,
         previous = done.get(seg.path.name)
         if previous is not None and previous.get("size") == seg.size:
             summary.already += 1
+            if progress is not None:
+                progress(seg.records)  # the bar counts every sealed segment, done now or before
             continue
         before = Counter(flattener.counts)
         files, rows, records = _export_one(seg, options, flattener, progress, summary.damage)
