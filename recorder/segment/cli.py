@@ -1,4 +1,4 @@
-"""`ime-segments`: ls, cat, verify, stats and recover for segment files."""
+"""`ime-segments`: ls, cat, verify, stats, recover, and export (its code is in recorder/export, imported lazily)."""
 
 from __future__ import annotations
 
