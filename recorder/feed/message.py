@@ -223,7 +223,11 @@ def _identifier(value: Any, key: str) -> str | None:
 
 def parse_envelope(payload: bytes | bytearray | memoryview | str) -> Envelope:
     """Parse one message; MessageError (one line) if it is not a JSON object or a known field is mistyped."""
-    obj = _loads(payload)
+    return envelope_from_object(_loads(payload))
+
+
+def envelope_from_object(obj: Any) -> Envelope:
+    """The envelope of an already decoded JSON value (for callers that decode with exact big integers)."""
     if not isinstance(obj, dict):
         raise MessageError(f"message is {_type_name(obj)}, not a JSON object")
     channel = obj.get("channel")

@@ -1,4 +1,4 @@
-"""`ime-segments`: ls, cat, verify, stats and recover for segment files."""
+"""`ime-segments`: ls, cat, verify, stats, recover, and export (its code is in recorder/export, imported lazily)."""
 
 from __future__ import annotations
 
@@ -430,6 +430,29 @@ def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object
 
 
 # --- end of ime-segments merge -------------------------------------------------------------------------
+
+
+@cli.command("export")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", required=True, help="Output directory (created); re-running converts only new sealed segments.")
+@click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
+@click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--to", "end", help="End time (exclusive), same forms as --from.")
+@click.option("--tables", multiple=True,
+              help="Comma-separated tables to write (default all): best_limit, aggregate, allowed_price_range, "
+                   "contract_info, events, messages, extras.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@one_line_errors(PROG)
+def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
+               tables: tuple[str, ...], quiet: bool) -> None:
+    """Typed Parquet datasets (hive-partitioned by Tehran trading date) for DuckDB, polars, pandas."""
+    # Imported here: segment/ knows nothing of the IME format or of pyarrow (the `analysis` extra).
+    try:
+        from recorder.export.cli import run_export
+    except ImportError as exc:
+        raise UserError(f"export needs pyarrow ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
+            from None
+    run_export(paths, out, contracts, start, end, tables, quiet)
 
 
 def main() -> None:

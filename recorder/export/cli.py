@@ -1,0 +1,84 @@
+"""`ime-segments export`: the thin shell around run.export_segments (options, progress bar, summary)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.export.run import ExportOptions, ExportSummary, export_segments
+from recorder.export.schema import TABLES
+from recorder.humanize import human_bytes
+from recorder.segment.cli import open_all, report_damage
+from recorder.timeparse import parse_time
+
+
+def parse_tables(values: tuple[str, ...]) -> tuple[str, ...]:
+    """`--tables best_limit,aggregate` (repeatable too); `messages` is always written: it is where frames
+    that do not parse go, so that nothing recorded is left out of an export."""
+    if not values:
+        return TABLES
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise UserError(f"unknown table {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    return tuple(t for t in TABLES if t in names or t == "messages")
+
+
+def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
+               tables: tuple[str, ...], quiet: bool) -> None:
+    segments = open_all(paths)
+    start_ns = parse_time(start) if start else None
+    end_ns = parse_time(end) if end else None
+    if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+        raise UserError("--to must be later than --from")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
+    options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
+    total = sum(s.records for s in segments if s.sealed)
+    with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
+        summary = export_segments(segments, options, advance)
+    damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
+    if not quiet:
+        print_summary(summary)
+    if damaged:
+        sys.exit(EXIT_RUNTIME)
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[object]:
+    if not enabled or not total:
+        yield None
+        return
+    with click.progressbar(length=total, label="exporting", file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
+
+
+def print_summary(s: ExportSummary) -> None:
+    rate = s.records / s.seconds if s.seconds > 0 else 0.0
+    ratio = s.output_bytes / s.input_bytes if s.input_bytes else 0.0
+    click.echo(f"exported {len(s.exported)} segments, {s.records} records in {s.seconds:.1f} s "
+               f"({rate:,.0f} records/s): {human_bytes(s.input_bytes)} of segments -> "
+               f"{human_bytes(s.output_bytes)} of Parquet ({ratio:.2f}x) in {s.files} files")
+    if s.rows:
+        click.echo("rows: " + ", ".join(f"{t}={s.rows[t]}" for t in TABLES if s.rows.get(t)))
+    skipped = []
+    if s.already:
+        skipped.append(f"{s.already} already exported")
+    if s.open_skipped:
+        skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
+    if skipped:
+        click.echo("skipped: " + ", ".join(skipped))
+    notable = {k: v for k, v in sorted(s.counts.items()) if v and k not in ("parsed", "parsed_fast", "events")}
+    if notable:
+        click.echo("counted: " + ", ".join(f"{k}={v}" for k, v in notable.items()))
+    if s.leftovers_removed:
+        click.echo(f"removed {s.leftovers_removed} unfinished part files of an interrupted export")
+
+
+__all__ = ["run_export"]
