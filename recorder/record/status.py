@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from recorder.humanize import human_bytes, human_duration
+from recorder.humanize import human_bytes, human_count, human_duration
 
 
 @dataclass(slots=True)
@@ -34,6 +34,7 @@ class ShardView:
     rejected: list[str] = field(default_factory=list)
     msg_rate: float = 0.0
     byte_rate: float = 0.0
+    updated_at: float = 0.0  # monotonic time of the last status report (OPS-WIRING: /healthz staleness)
     # Totals of earlier incarnations (a restarted worker counts from zero again).
     base_messages: int = 0
     base_bytes: int = 0
@@ -44,6 +45,7 @@ class ShardView:
     _last_sample: tuple[float, int, int] | None = None
 
     def update(self, status: dict[str, Any], now: float) -> None:
+        self.updated_at = now
         for key in ("pid", "connections_open", "connections", "reconnects", "last_message_ns", "records_written",
                     "bytes_on_disk", "files_sealed", "backlog_bytes", "paused"):
             if key in status:
@@ -102,20 +104,27 @@ class ShardView:
 
 
 def table(views: list[ShardView], now_ns: int, elapsed_s: float) -> list[str]:
-    head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>9} {'MB/S':>7} {'MESSAGES':>11} {'RECONN':>6} "
-            f"{'LAST':>7} {'DISK':>9} {'RESTARTS':>8}")
+    # Every column has a bounded width (human_count/human_bytes), so the table fits an 80-column terminal.
+    head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>6} {'MB/S':>6} {'MSGS':>6} {'RECONN':>6} "
+            f"{'LAST':>7} {'DISK':>9} {'RESTART':>7}")
     lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
     for v in views:
         lines.append(
-            f"{v.shard:>5} {v.state + (' (paused)' if v.paused else ''):<10} "
-            f"{f'{v.connections_open}/{v.connections}':>7} {v.msg_rate:>9.0f} {v.byte_rate / 1e6:>7.2f} "
-            f"{v.total_messages:>11} {v.total_reconnects:>6} {human_duration(v.last_age_s(now_ns)):>7} "
-            f"{human_bytes(v.total_disk):>9} {v.restarts:>8}"
+            f"{v.shard:>5} {'paused' if v.paused and v.state == 'running' else v.state:<10.10} "
+            f"{f'{v.connections_open}/{v.connections}':>7.7} {human_count(v.msg_rate):>6} "
+            f"{_mb_rate(v.byte_rate):>6} {human_count(v.total_messages):>6} "
+            f"{human_count(v.total_reconnects):>6} {human_duration(v.last_age_s(now_ns)):>7.7} "
+            f"{human_bytes(v.total_disk):>9} {human_count(v.restarts):>7}"
         )
     rejected = [c for v in views for c in v.rejected]
     if rejected:
         lines.append(f"rejected by the server: {', '.join(rejected[:10])}{' …' if len(rejected) > 10 else ''}")
     return lines
+
+
+def _mb_rate(byte_rate: float) -> str:
+    mb = byte_rate / 1e6
+    return f"{mb:.2f}" if mb < 100 else human_count(mb)
 
 
 def summary_line(views: list[ShardView], now_ns: int) -> str:

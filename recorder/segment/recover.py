@@ -21,7 +21,8 @@ from recorder.segment.format import (
     encode_index,
     encode_seek_table,
 )
-from recorder.segment.naming import OPEN_SUFFIX, TAIL_SUFFIX, parse_segment_name, sealed_path
+from recorder.segment.layout import open_segments
+from recorder.segment.naming import OPEN_SUFFIX, TAIL_SUFFIX, sealed_path
 from recorder.segment.reader import open_segment, read_frame
 from recorder.segment.writer import FILE_MODE, fsync_directory
 
@@ -126,10 +127,5 @@ def _header_end(fh: BinaryIO) -> int:
 
 def recover_directory(directory: Path, shard: int | None = None) -> list[Recovery]:
     """Seal every `.open` file in a directory (optionally only one shard's): the recorder does this at start."""
-    done = []
-    for p in sorted(directory.glob(f"*{OPEN_SUFFIX}")):
-        parsed = parse_segment_name(p.name)
-        if shard is not None and (parsed is None or parsed[1] != shard):
-            continue
-        done.append(recover(p))
-    return done
+    # Day directories (layout.py) and the flat layout alike.
+    return [recover(p) for p in open_segments(directory, None, shard)]
