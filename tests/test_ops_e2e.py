@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -257,13 +258,19 @@ def test_disk_guard_stops_cleanly_on_a_small_filesystem(recorder, tmp_path):
         code = rec.wait(120)
         err = rec.stderr
         assert code == 1, err
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("ime-record: error: ") and "below --min-free-gb" in last, err
+        errors = [line for line in err.splitlines() if line.startswith("ime-record: error: ")]
+        assert len(errors) == 1 and "below --min-free-gb" in errors[0], err
         assert "below --warn-free-gb" in err
         st = os.statvfs(mnt)
         assert st.f_bavail * st.f_frsize > 8 << 20  # stopped well before the disk was full
         assert "No space left" not in err and "ENOSPC" not in err
         all_sealed(out)
+        before = sorted(segment_files(out))
+        again = recorder("--demo", "--out", str(out), "--min-free-gb", str(64 / 1024))
+        assert again.wait(60) == 1
+        errors = [line for line in again.stderr.splitlines() if line.startswith("ime-record: error: ")]
+        assert len(errors) == 1 and "below --min-free-gb" in errors[0] and "demo:" not in again.stderr
+        assert sorted(segment_files(out)) == before
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -317,3 +324,34 @@ def test_token_renewed_before_a_short_exp_with_no_refused_connection(sim_process
     stats = orjson.loads(urllib.request.urlopen(sim.info["stats_url"], timeout=5).read())
     assert stats["refused"] == {}, stats["refused"]
     assert "refused" not in rec.stderr.split("recorded for")[0].lower()
+
+
+# --- trading sessions and the stall alarm --------------------------------------------------------------
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_stall_alert_during_a_session_and_quiet_outside(recorder, tmp_path):
+    # A simulator that sends nothing: silence during an all-week session raises the alarm once.
+    rec = recorder("--demo", "--demo-rate", "0.001", "--out", str(tmp_path / "a"), "--stall-alert", "2",
+                   "--sessions", "mon-sun 00:00-24:00", "--metrics-port", "0")
+    rec.wait_for("Prometheus metrics on http://127.0.0.1:")
+    port = int(rec.stderr.split("Prometheus metrics on http://127.0.0.1:")[1].split("/")[0])
+    rec.wait_for("ERROR recorder.operations: stall: no message for", 20)
+    assert _metric(port, "ime_recorder_stalled") == 1 and _metric(port, "ime_recorder_stalls_total") == 1
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert err.value.code == 503 and b"stalled during a trading session" in err.value.read()
+    time.sleep(2.5)
+    assert rec.stderr.count("stall: no message for") == 1  # once per stall, not once a second
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0
+
+    # The same silence outside every session says nothing.
+    rec = recorder("--demo", "--demo-rate", "0.001", "--out", str(tmp_path / "b"), "--stall-alert", "1",
+                   "--sessions", "none", "--duration", "4")
+    assert rec.wait(30) == 0
+    assert "stall: no message" not in rec.stderr and "ERROR" not in rec.stderr

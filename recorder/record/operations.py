@@ -79,7 +79,7 @@ class OpsSettings:
         free = free_bytes(out_dir)
         if free < self.min_free_bytes:
             raise RuntimeFailure(f"{out_dir} has {human_bytes(free)} free, below --min-free-gb "
-                                 f"{self.min_free_bytes / GB:g}; free some space or lower the limit")
+                                 f"({human_bytes(self.min_free_bytes)}); free some space or lower the limit")
 
 
 def settled(views: list[ShardView]) -> bool:
@@ -190,12 +190,12 @@ class Operations:
         if change is DiskLevel.CRITICAL:
             assert self.guard.min_bytes is not None
             self.fail(f"{self.out_dir} has only {human_bytes(self.disk_free)} free, below --min-free-gb "
-                      f"{self.guard.min_bytes / GB:g}: every segment was sealed and recording stopped; "
+                      f"({human_bytes(self.guard.min_bytes)}): every segment was sealed and recording stopped; "
                       "free some space (or set --retain-gb) and start again")
         elif change is DiskLevel.LOW:
             assert self.guard.warn_bytes is not None
-            log.warning("%s has only %s free, below --warn-free-gb %g", self.out_dir,
-                        human_bytes(self.disk_free), self.guard.warn_bytes / GB)
+            log.warning("%s has only %s free, below --warn-free-gb (%s)", self.out_dir,
+                        human_bytes(self.disk_free), human_bytes(self.guard.warn_bytes))
         elif change is DiskLevel.OK:
             log.info("%s has %s free again", self.out_dir, human_bytes(self.disk_free))
 

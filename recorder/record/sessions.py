@@ -112,5 +112,8 @@ def describe(sessions: tuple[Session, ...]) -> str:
     def days(s: Session) -> str:
         return ",".join(DAYS[d] for d in sorted(s.days))
 
-    return "; ".join(f"{days(s)} {s.start:%H:%M}-{s.end:%H:%M}" for s in sessions) or "none"
+    def end(s: Session) -> str:
+        return "24:00" if s.end == time.max else f"{s.end:%H:%M}"
+
+    return "; ".join(f"{days(s)} {s.start:%H:%M}-{end(s)}" for s in sessions) or "none"
 
