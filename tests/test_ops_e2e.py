@@ -355,3 +355,28 @@ def test_stall_alert_during_a_session_and_quiet_outside(recorder, tmp_path):
                    "--sessions", "none", "--duration", "4")
     assert rec.wait(30) == 0
     assert "stall: no message" not in rec.stderr and "ERROR" not in rec.stderr
+
+
+# --- deploy/ -------------------------------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_deploy_files_are_valid(tmp_path):
+    got = run_cli("--config", str(DEPLOY / "ime-record.toml"), "--print-config")
+    assert got.returncode == 0, got.stderr
+    assert "retain-days = 90.0  # config file" in got.stdout and "stall-alert = 300.0  # config file" in got.stdout
+    unit = (DEPLOY / "ime-record.service").read_text()
+    for line in ("Type=notify", "WatchdogSec=", "KillMode=mixed", "ProtectSystem=strict",
+                 "ReadWritePaths=/var/lib/ime-record", "NoNewPrivileges=yes", "User=ime-record",
+                 "EnvironmentFile=/etc/ime-record/env", "--config /etc/ime-record/ime-record.toml"):
+        assert line in unit, line
+    env = (DEPLOY / "ime-record.env").read_text()
+    assert "IME_USERNAME=" in env and "IME_PASSWORD=" in env
+    if shutil.which("systemd-analyze") is None:
+        return
+    local = tmp_path / "ime-record.service"
+    local.write_text(unit.replace("/opt/ime-record/.venv/bin/ime-record", str(Path(sys.executable).parent /
+                                                                            "ime-record")))
+    check = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "ime-record.service" not in check.stderr, check.stderr
