@@ -226,7 +226,7 @@ class Operations:
         removed: set[Path] = set()
         for r in plan_removals(files, time.time_ns(), s.retain_days, s.retain_bytes, protected):
             try:
-                await asyncio.to_thread(remove, r.file.path)
+                await asyncio.to_thread(remove, r.file.path, self.out_dir)
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recorder.segment.layout import segment_files
+from recorder.segment.layout import is_day_directory, segment_files
 from recorder.segment.naming import is_open, parse_segment_name
 
 
@@ -66,10 +66,10 @@ def scan(out_dir: Path, prefix: str) -> list[SegmentFile]:
     return found
 
 
-def remove(path: Path) -> None:
+def remove(path: Path, out_dir: Path) -> None:
     os.unlink(path)
-    # An emptied day directory goes too, so years of retention leave no trail of empty folders.
+    # An emptied day directory goes too, so years of retention leave no trail of empty folders; never OUT itself.
     parent = path.parent
-    if parent.name[:4].isdigit():
+    if parent != out_dir and is_day_directory(parent.name):
         with contextlib.suppress(OSError):
             parent.rmdir()

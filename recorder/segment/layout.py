@@ -27,6 +27,10 @@ def day_layout(tz: tzinfo) -> Callable[[int], str]:
     return lambda start_ns: day_directory(start_ns, tz)
 
 
+def is_day_directory(name: str) -> bool:
+    return _DAY.match(name) is not None
+
+
 def _candidate_dirs(out_dir: Path) -> list[Path]:
     dirs = [out_dir]
     try:
