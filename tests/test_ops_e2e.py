@@ -380,3 +380,19 @@ def test_deploy_files_are_valid(tmp_path):
                                                                             "ime-record")))
     check = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "ime-record.service" not in check.stderr, check.stderr
+
+
+def test_retention_waits_for_on_sealed(recorder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    base = 1_767_000_000 * 10**9
+    old = [_old_segment(out, 0, base + i * 10**9, 30) for i in range(2)]
+    # The upload always fails: the old files are never "finished with", so retention keeps them.
+    rec = recorder("--demo", "--out", str(out), "--retain-days", "7", "--on-sealed", "false", "--duration", "4")
+    assert rec.wait(60) == 0, rec.stderr
+    assert all(p.exists() for p in old) and "retention: removed" not in rec.stderr
+    assert "--on-sealed failed for" in rec.stderr
+    # Once uploaded, they go.
+    rec = recorder("--demo", "--out", str(out), "--retain-days", "7", "--on-sealed", "true", "--duration", "5")
+    assert rec.wait(60) == 0, rec.stderr
+    assert not any(p.exists() for p in old) and rec.stderr.count("retention: removed") == 2

@@ -318,3 +318,18 @@ def test_status_table_fits_80_columns():
     lines = table(views, now_ns=10**18, elapsed_s=10**7)
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
 
+
+
+def test_retention_remove_takes_empty_day_directories_but_never_out(tmp_path):
+    from recorder.record.retention import remove
+
+    out = tmp_path / "2026-11-24"  # an output directory that happens to look like a day directory
+    day = out / "2026-11-20"
+    day.mkdir(parents=True)
+    a, b = day / "ime-s00-20261120T000000.000Z.zst", out / "ime-s00-20261119T000000.000Z.zst"
+    a.write_bytes(b"x")
+    b.write_bytes(b"y")
+    remove(a, out)
+    assert not day.exists()
+    remove(b, out)
+    assert out.is_dir() and not b.exists()
