@@ -18,6 +18,7 @@ from recorder.errors import UserError
 from recorder.record.configfile import parse_config, render_effective
 from recorder.record.diskguard import DiskGuard, DiskLevel, free_bytes
 from recorder.record.hooks import DONE_FILE, HookRunner, retry_delay
+from recorder.record.messages import Status
 from recorder.record.metrics import Figure, MetricsServer, render
 from recorder.record.renewal import renew_at, renewal_margin_s
 from recorder.record.retention import SegmentFile, plan_removals, scan
@@ -278,7 +279,7 @@ def test_day_directories_in_tehran_time_and_both_layouts_found(tmp_path):
 
 def test_prometheus_collector_and_healthz_over_http():
     v = ShardView(3, 2, state="running")
-    v.update({"messages": 42, "bytes": 1000, "connections_open": 2, "connections": 2}, now=1.0)
+    v.update(status(shard=3, messages=42, bytes=1000, connections_open=2, connections=2), now=time.monotonic())
     text = render([v], [Figure("ime_recorder_retention_removed_files", "counter", "removed", 3)])
     assert 'ime_recorder_messages_total{shard="3"} 42.0' in text
     assert "# TYPE ime_recorder_messages_total counter" in text
@@ -309,13 +310,21 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def status(**fields: object) -> Status:
+    base: dict[str, object] = dict(shard=0, pid=1, sent_ns=0, connections_open=0, connections=0, messages=0,
+                                   copies=0, bytes=0, reconnects=0, last_message_ns=0, records_written=0,
+                                   bytes_on_disk=0, files_sealed=0, backlog_bytes=0, paused=False)
+    return Status(**{**base, **fields})  # type: ignore[arg-type]
+
+
 def test_status_table_fits_80_columns():
     views = [ShardView(i, 5000, state="restarting", restarts=123) for i in range(12)]
     for v in views:
-        v.update({"messages": 123_456_789_012, "bytes": 10**13, "reconnects": 99999, "bytes_on_disk": 10**15,
-                  "connections_open": 128, "connections": 128, "last_message_ns": 1}, now=1.0)
+        v.update(status(messages=123_456_789_012, bytes=10**13, reconnects=99999, bytes_on_disk=10**15,
+                        connections_open=128, connections=128, last_message_ns=1, sent_ns=1, paused=True), now=1.0)
         v.msg_rate, v.byte_rate = 1_234_567.0, 987_654_321.0
-    lines = table(views, now_ns=10**18, elapsed_s=10**7)
+    lines = table(views, now_ns=10**18, elapsed_s=10**7, now=1.5)
+    assert "paused" in lines[2]
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
 
 

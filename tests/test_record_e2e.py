@@ -180,22 +180,26 @@ def test_an_invalid_contract_is_found_excluded_and_the_rest_recorded(sim_process
 
 
 def test_bad_token_exits_1_with_a_clear_message_after_bounded_attempts(sim_process, recorder, tmp_path):
-    sim = sim_process("--contracts", "20", "--rate", "100")
+    """A fixed bad token, 50 contracts on 4 shards: one probe per shard decides, never a bisection."""
+    sim = sim_process("--contracts", "50", "--rate", "100")
     ids = ",".join(sim.info["ids"])
-    rec = recorder("--ids", ids, "--out", str(tmp_path / "out"), "--shards", "2", *sim_args(sim),
+    rec = recorder("--ids", ids, "--out", str(tmp_path / "out"), "--shards", "4", *sim_args(sim),
                    env={"IME_TOKEN": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.bm90LWEtcmVhbC1zaWduYXR1cmU"})
     code = rec.wait(60)
     assert code == 1, rec.stderr
     last = rec.stderr.strip().splitlines()[-1]
     assert last.startswith("ime-record: error: ") and "token" in last
     assert "eyJ" not in rec.stderr  # the token never reaches a log line
+    assert "looking for the refused contract" not in rec.stderr  # no bisection
+    assert "excluded" not in rec.stderr
+    assert "close 403" not in rec.stderr
+    assert len(rec.stderr.strip().splitlines()) <= 20, rec.stderr
     stats = urllib.request.urlopen(sim.info["stats_url"], timeout=5).read()
     import orjson
 
     refused = orjson.loads(stats)["refused"]
-    # Bounded, no hammering: bisection probes each shard's list at most 2n-1 times, plus one retry per shard
-    # with the (unrefreshable) token.
-    assert sum(refused.values()) <= 2 * 20 + 2 * 2, refused
+    # Per shard: the first refusal, one retry with the (unrefreshable) token, one single-contract probe.
+    assert sum(refused.values()) <= 3 * 4, refused
 
 
 def test_bad_credentials_exit_1_without_retrying(sim_process, recorder, tmp_path):
@@ -259,7 +263,9 @@ def test_metrics_endpoint_and_status_lines(sim_process, recorder, tmp_path):
     (["--ids-file", "missing.txt"], "missing.txt: no such file"),
     (["--ids", "1001", "--names", "A"], "give only one of"),
     ([], "no contracts"),
-    (["--ids", "1001", "--base-url", "http://x"], "--base-url must start with ws:// or wss://"),
+    (["--ids", "1001", "--base-url", "http://x"], "is not a WebSocket URL"),
+    (["--ids", "1001", "--base-url", "not a url"], "'not a url' is not a WebSocket URL"),
+    (["--ids", "1001", "--base-url", "ws://user:secret@h/x"], "must not hold credentials"),
     (["--ids", "1001"], "no credentials"),
 ])
 def test_bad_usage_is_one_line_exit_2(recorder, tmp_path, args, message):
@@ -277,6 +283,11 @@ def test_malformed_ids_file_is_one_line_exit_2(recorder, tmp_path):
     assert rec.wait(30) == 2
     assert f"{ids}, line 2: an id cannot contain spaces" in rec.stderr
     assert rec.stderr.strip().count("\n") == 0
+    ids.write_text("1001  # gold\n1002;\n")
+    rec = recorder("--ids-file", str(ids), "--out", str(tmp_path / "out"), env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 2
+    assert rec.stderr.strip() == f"ime-record: error: {ids}, line 2: an id is digits only, e.g. 1001 ('#' starts a " \
+                                 "comment): '1002;'"
 
 
 def test_unusable_out_directory_is_one_line_exit_1_before_connecting(recorder, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import sys
 import threading
@@ -14,8 +13,8 @@ from hypothesis import strategies as st
 
 from recorder.errors import UserError
 from recorder.events import Event, decode_event, encode_event
-from recorder.record.backoff import Backoff
 from recorder.record.contracts import parse_inline, parse_lines, read_contract_file
+from recorder.record.messages import Status
 from recorder.record.metrics import render
 from recorder.record.planner import Action, Planner
 from recorder.record.shard import partition, shard_of
@@ -35,6 +34,12 @@ def test_contract_file_skips_blanks_comments_and_duplicates(tmp_path):
     assert result.duplicates == ("1001",)
 
 
+def test_ids_take_inline_comments():
+    lines = ["1001  # gold", "1002\t#saffron # more", "  # only a comment", "1003#", "1001 # again"]
+    result = parse_lines(lines, "id", "ids.txt")
+    assert result.contracts == ("1001", "1002", "1003") and result.duplicates == ("1001",)
+
+
 def test_names_keep_inner_spaces_and_symbols():
     names = ["سکه-آزادی 1404/08", "CEMENT & STEEL+", "A#B"]
     assert parse_lines(names, "name", "names.txt").contracts == tuple(names)
@@ -44,6 +49,10 @@ def test_names_keep_inner_spaces_and_symbols():
     ("1001\n10 02\n", "line 2: an id cannot contain spaces"),
     ("1001,1002\n", "line 1: an id cannot contain spaces or commas"),
     ("1001\n\x00bad\n", "line 2: contains the control or invalid character U+0000"),
+    ("1001\nabc\n", "line 2: an id is digits only, e.g. 1001 ('#' starts a comment): 'abc'"),
+    ("1001\n\n1002;\n", "line 3: an id is digits only, e.g. 1001 ('#' starts a comment): '1002;'"),
+    ("1001\n-5\n", "line 2: an id is digits only"),
+    ("\u06f1\u06f0\u06f0\u06f1\n", "line 1: an id is digits only"),
     ("# nothing\n\n", "lists no contracts"),
     ("", "lists no contracts"),
 ])
@@ -101,23 +110,6 @@ def test_changing_the_shard_count_moves_few_contracts():
     contracts = [str(i) for i in range(1000)]
     moved = sum(shard_of(c, 4) != shard_of(c, 5) for c in contracts)
     assert moved < 300  # ~1/5 expected; modulo hashing would move ~4/5
-
-
-# --- backoff ----------------------------------------------------------------------------------------
-
-
-def test_backoff_is_capped_jittered_and_resets_after_a_stable_connection():
-    b = Backoff(base_s=0.5, cap_s=8, stable_s=30, rng=random.Random(7))
-    delays = [b.next_delay() for _ in range(12)]
-    assert all(0 <= d <= 8 for d in delays)
-    assert max(delays[:2]) <= 1.0
-    assert len(set(delays)) == len(delays)  # jittered
-    assert b.attempt == 12
-    b.connection_ended(5)
-    assert b.attempt == 12
-    b.connection_ended(31)
-    assert b.attempt == 0
-    assert b.next_delay() <= 0.5
 
 
 # --- the 1008 planner -------------------------------------------------------------------------------
@@ -193,27 +185,68 @@ def test_planner_does_not_give_up_once_something_was_accepted():
 # --- status and metrics -----------------------------------------------------------------------------
 
 
+def status(**fields):
+    base = dict(shard=0, pid=1, sent_ns=0, connections_open=0, connections=0, messages=0, copies=0, bytes=0,
+                reconnects=0, last_message_ns=0, records_written=0, bytes_on_disk=0, files_sealed=0,
+                backlog_bytes=0, paused=False)
+    return Status(**{**base, **fields})
+
+
 def test_status_rates_and_restarts_accumulate_across_incarnations():
-    v = ShardView(0, 5)
-    v.update({"messages": 100, "bytes": 75_000, "connections_open": 1, "connections": 1}, now=10.0)
-    v.update({"messages": 1100, "bytes": 825_000, "last_message_ns": 5_000_000_000}, now=11.0)
+    v = ShardView(0, 5, state="running")
+    v.update(status(messages=100, bytes=75_000, connections_open=1, connections=1, sent_ns=4_000_000_000), now=10.0)
+    v.update(status(messages=1100, bytes=825_000, last_message_ns=5_000_000_000, sent_ns=5_000_000_000), now=11.0)
     assert v.msg_rate == pytest.approx(1000)
     assert v.byte_rate == pytest.approx(750_000)
     v.incarnation_ended()
-    v.update({"messages": 10, "bytes": 7500}, now=12.0)
+    v.restarts += 1
+    v.update(status(messages=10, bytes=7500, last_message_ns=5_000_000_000, sent_ns=5_000_000_000), now=12.0)
     assert v.total_messages == 1110
-    lines = table([v], now_ns=6_000_000_000, elapsed_s=12)
+    lines = table([v], now_ns=6_000_000_000, elapsed_s=12, now=12.5)
     assert "1.11k" in lines[2] and "1.0s" in lines[2]
-    assert "1110 messages" in summary_line([v], 6_000_000_000)
+    assert lines[2].split()[-1] == "1"  # the restart count column
+    assert "1110 messages" in summary_line([v], 6_000_000_000, now=12.5)
+    assert "1 restarts" in summary_line([v], 6_000_000_000, now=12.5)
     assert "shard 0: 1110 messages" in exit_summary([v], 12)[1]
+    assert "1 restarts" in exit_summary([v], 12)[1]
+
+
+def test_last_frame_age_is_the_age_at_the_report_not_the_status_interval():
+    v = ShardView(0, 1, state="running")
+    # At 1,000 msgs/s the last message is ~1 ms old when the worker reports; the report is 0.6 s old.
+    v.update(status(last_message_ns=9_999_000_000, sent_ns=10_000_000_000), now=100.0)
+    assert v.last_age_s(10_600_000_000) == pytest.approx(0.601)
+    assert v.last_age_s(10_000_000_000) == pytest.approx(0.001)
+
+
+def test_a_shard_that_stops_reporting_is_stale_with_no_rate_and_down_in_metrics():
+    v = ShardView(1, 1, state="running")
+    v.update(status(shard=1, messages=0, sent_ns=1), now=100.0)
+    v.update(status(shard=1, messages=400, sent_ns=2, connections_open=2, connections=2), now=101.0)
+    assert not v.stale(102.0)
+    assert v.current_rate(102.0) == pytest.approx(400)
+    assert v.stale(104.5)
+    assert v.current_rate(104.5) == 0
+    assert "stale" in table([v], 0, 10, now=104.5)[2]
+    assert "STALE" in summary_line([v], 0, now=104.5)
+    import time as _time
+    v.updated_at = _time.monotonic() - 10
+    assert 'ime_recorder_up{shard="1"} 0' in render([v], now_ns=0)
+    v.updated_at = _time.monotonic()
+    assert 'ime_recorder_up{shard="1"} 1' in render([v], now_ns=0)
 
 
 def test_prometheus_text_format():
+    import time as _time
     v = ShardView(3, 2, state="running")
-    v.update({"messages": 42, "bytes": 1000, "connections_open": 2, "connections": 2}, now=1.0)
-    text = render([v])
+    v.update(status(shard=3, messages=42, bytes=1000, connections_open=2, connections=2, bytes_on_disk=777),
+             now=_time.monotonic())
+    v.restarts = 2
+    text = render([v], now_ns=0)
     assert 'ime_recorder_messages_total{shard="3"} 42' in text
     assert 'ime_recorder_up{shard="3"} 1' in text
+    assert 'ime_recorder_restarts_total{shard="3"} 2' in text
+    assert 'ime_recorder_disk_bytes_total{shard="3"} 777' in text
     assert "# TYPE ime_recorder_messages_total counter" in text
     assert text.endswith("\n")
 

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import click
 import pytest
 from picows import WSMsgType
 from sim_util import doc_client, picows_session, run
@@ -140,3 +141,12 @@ def test_help_lists_the_fault_options():
                    "--oversized-bytes", "--fragment-every", "--ping-every", "--revoke-after", "--ready-file",
                    "--reject", "--token-ttl", "--burst"):
         assert option in proc.stdout
+
+
+def test_every_option_has_help_text():
+    from recorder.sim.cli import cli
+
+    options = [p for p in cli.params if isinstance(p, click.Option)]
+    assert len(options) > 25
+    missing = [p.opts[0] for p in options if not p.help]
+    assert missing == [], f"options without help: {missing}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -25,6 +26,7 @@ from recorder.record.operations import OpsSettings  # OPS-WIRING
 from recorder.record.sessions import DEFAULT_SESSIONS  # OPS-WIRING
 from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
+from recorder.redact import redact_url
 from recorder.segment.writer import describe_os_error
 
 PROG = "ime-record"
@@ -56,8 +58,14 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
               help="Worker processes; contracts are spread over them by rendezvous hashing.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("ime-data"), show_default=True,
               help="Directory for segment files.")
-@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
-              help="WebSocket base URL; /contract/id or /contract/name is appended.")
+@click.option("--base-url", "base_urls", multiple=True, default=(DEFAULT_BASE_URL,), show_default=True,
+              help="WebSocket base URL; /contract/id or /contract/name is appended. Repeat it for a provider "
+                   "with several entry points: redundant copy k uses URL k mod count.")
+@click.option("--redundancy", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Independent connections per contract group; the first copy of each message to arrive is "
+                   "recorded, later copies become small receipts. 2 survives any single connection drop.")
+@click.option("--dedupe-window", type=click.FloatRange(min=0.01, max=600), default=2.0, show_default=True,
+              help="With --redundancy: seconds within which copies of one message are matched.")
 @click.option("--token", envvar="IME_TOKEN", help="JWT (prefer the IME_TOKEN variable: arguments show in `ps`).")
 @click.option("--token-file", type=click.Path(path_type=Path), help="File holding the JWT; re-read when refused.")
 @click.option("--username", envvar="IME_USERNAME", help="Account for the token endpoint (or IME_USERNAME).")
@@ -128,7 +136,8 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
 @one_line_errors(PROG)
 def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names: str | None, shards: int,
-         out_dir: Path, base_url: str, token: str | None, token_file: Path | None, username: str | None,
+         out_dir: Path, base_urls: tuple[str, ...], redundancy: int, dedupe_window: float, token: str | None,
+         token_file: Path | None, username: str | None,
          password: str | None, token_url: str, duration: float | None, demo: bool, demo_contracts: int,
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
@@ -162,8 +171,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
     chosen = load_contracts(ids_file, names_file, ids, names)
     if chosen is None and not demo:
         raise UserError("no contracts: give --ids-file, --names-file, --ids or --names (or --demo)")
-    if not base_url.startswith(("ws://", "wss://")):
-        raise UserError(f"--base-url must start with ws:// or wss://, not {base_url.split(':')[0]}://")
+    for url in base_urls:
+        check_base_url(url)
+    base_url = base_urls[0]
 
     check_writable(out_dir)
     ops.check_disk_before_start(out_dir)  # OPS-WIRING
@@ -201,6 +211,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             shards=partition(contract_list.contracts, shards),
             connection=ConnectionSettings(
                 base_url=base_url,
+                extra_base_urls=tuple(base_urls[1:]) if not demo else (),
+                redundancy=redundancy,
+                dedupe_window_s=dedupe_window,
                 kind=kind.value,
                 max_contracts_per_connection=max_contracts_per_connection,
                 max_url_length=max_url_length,
@@ -232,6 +245,16 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             sim.stop()
     if code:
         raise SystemExit(code)
+
+
+def check_base_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        shown = url if len(url) <= 60 else url[:57] + "..."
+        raise UserError(f"--base-url {redact_url(shown)!r} is not a WebSocket URL: give ws://HOST[:PORT]/PATH or "
+                        "wss://HOST[:PORT]/PATH")
+    if parts.username or parts.password:
+        raise UserError("--base-url must not hold credentials: use IME_TOKEN, --token-file or IME_USERNAME")
 
 
 def _fault_hook() -> int | None:

@@ -25,9 +25,17 @@ class ConnectionSettings:
     probe_s: float = 2.0  # an upgrade still open after this long counts as accepted
     backoff_base_s: float = 0.25
     backoff_cap_s: float = 30.0
-    backoff_stable_s: float = 30.0
+    reconnect_jitter_s: float = 0.05  # after a connection that delivered data drops
     ca_file: str | None = None
     receive_slice_us: int = 100  # see timeslice.py; 0: the kernel's default
+    redundancy: int = 1  # independent copies of every connection group
+    extra_base_urls: tuple[str, ...] = ()  # copy k uses (base_url, *extra_base_urls)[k mod count]
+    stagger_s: float = 0.5  # copy k first connects k × stagger_s after copy 0
+    dedupe_window_s: float = 2.0
+
+    def url_for_copy(self, copy: int) -> str:
+        urls = (self.base_url, *self.extra_base_urls)
+        return urls[copy % len(urls)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,20 +27,25 @@ def _problem(value: str, kind: str) -> str | None:
     # Ids are single tokens on the wire; whitespace or a comma means two ids ran together.
     if kind == "id" and (any(ch.isspace() for ch in value) or "," in value):
         return "an id cannot contain spaces or commas (one id per line)"
+    # IME contract ids are ASCII digits; anything else (`abc`, `1002;`, Persian digits) is a typo that would
+    # only come back from the server as a refusal, one connection later.
+    if kind == "id" and not (value.isascii() and value.isdigit()):
+        return "an id is digits only, e.g. 1001 ('#' starts a comment)"
     return None
 
 
 def parse_lines(lines: Iterable[str], kind: str, source: str) -> ContractList:
     """One contract per line; blank lines and lines starting with '#' are ignored; duplicates dropped.
 
-    Names may contain spaces, '/', '&', '+' and Persian text, so only surrounding whitespace is stripped
-    and '#' starts a comment only at the beginning of a line.
+    Ids are digits, so in an ids list '#' starts a comment anywhere (`1001  # gold`). Names may contain
+    spaces, '/', '&', '+', '#' and Persian text (`UREA#46`), so only surrounding whitespace is stripped and
+    '#' starts a comment only at the beginning of a line.
     """
     seen: set[str] = set()
     out: list[str] = []
     dups: list[str] = []
     for number, raw in enumerate(lines, start=1):
-        value = raw.strip()
+        value = (raw.split("#", 1)[0] if kind == "id" else raw).strip()
         if not value or value.startswith("#"):
             continue
         problem = _problem(value, kind)

@@ -14,7 +14,8 @@ from time import time_ns
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from recorder.events import Event, encode_event
-from recorder.segment.format import RecordKind
+from recorder.segment.dedupe import Deduper
+from recorder.segment.format import RecordKind, encode_receipt
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -25,7 +26,45 @@ _KIND_BINARY = int(RecordKind.BINARY)
 _KIND_EVENT = int(RecordKind.EVENT)
 OVERSIZED_HEAD_BYTES = 256
 
+_KIND_RECEIPT = int(RecordKind.RECEIPT)
+
 Append = Callable[[int, int, int, bytes], None]
+
+
+def first_arrival_sink(append: Append, deduper: Deduper | None, source: int,
+                       live: Append | None = None) -> Append:
+    """What a connection's listener appends to: the segment writer, behind dedupe when copies are redundant.
+
+    The first copy of a message is recorded as received (and handed to the live output); a later copy on
+    another redundant connection becomes a 12-byte receipt naming the original. Events pass straight through.
+    With one copy and no live output this is the writer's own append: no cost at all.
+    """
+    if deduper is None:
+        if live is None:
+            return append
+
+        def record_and_publish(ts: int, conn: int, kind: int, payload: bytes) -> None:
+            append(ts, conn, kind, payload)
+            if kind != _KIND_EVENT:
+                live(ts, conn, kind, payload)
+
+        return record_and_publish
+
+    observe = deduper.observe
+
+    def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
+        if kind == _KIND_EVENT:
+            append(ts, conn, kind, payload)
+            return
+        original = observe(ts, source, payload, conn)
+        if original is None:
+            append(ts, conn, kind, payload)
+            if live is not None:
+                live(ts, conn, kind, payload)
+        else:
+            append(ts, conn, _KIND_RECEIPT, encode_receipt(original[1], ts - original[0]))
+
+    return first_arrival
 
 
 class RecordingListener(WSListener):

@@ -21,8 +21,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from recorder.record.status import ShardView
 
 _SHARD: tuple[tuple[str, str, str, Callable[[ShardView, int], float]], ...] = (
-    ("ime_recorder_up", "gauge", "1 when the shard's worker is running",
-     lambda v, _: 1.0 if v.state == "running" else 0.0),
+    ("ime_recorder_up", "gauge", "1 when the shard's worker is running and reporting",
+     lambda v, _: 1.0 if v.state == "running" and not v.stale(time.monotonic()) else 0.0),
+    ("ime_recorder_copies", "counter", "redundant copies recorded as receipts", lambda v, _: v.total_copies),
     ("ime_recorder_connections_open", "gauge", "open WebSocket connections", lambda v, _: v.connections_open),
     ("ime_recorder_connections", "gauge", "connection groups (open or reconnecting)", lambda v, _: v.connections),
     ("ime_recorder_messages", "counter", "messages received", lambda v, _: v.total_messages),
@@ -52,13 +53,14 @@ class Figure:
 
 class RecorderCollector(Collector):
     def __init__(self, views: Callable[[], list[ShardView]],
-                 figures: Callable[[], list[Figure]] = lambda: []) -> None:
+                 figures: Callable[[], list[Figure]] = lambda: [], clock: Callable[[], int] = time.time_ns) -> None:
         self._views = views
         self._figures = figures
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         views = self._views()
-        now = time.time_ns()
+        now = self._clock()
         for name, kind, help_text, get in _SHARD:
             family: GaugeMetricFamily | CounterMetricFamily = (
                 CounterMetricFamily(name, help_text, labels=["shard"]) if kind == "counter"
@@ -73,9 +75,10 @@ class RecorderCollector(Collector):
                 yield GaugeMetricFamily(f.name, f.help, value=f.value)
 
 
-def render(views: list[ShardView], figures: list[Figure] | None = None) -> str:
+def render(views: list[ShardView], figures: list[Figure] | None = None, now_ns: int | None = None) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RecorderCollector(lambda: views, lambda: figures or []))
+    clock = time.time_ns if now_ns is None else (lambda: now_ns)
+    registry.register(RecorderCollector(lambda: views, lambda: figures or [], clock))
     return generate_latest(registry).decode()
 
 

@@ -33,7 +33,6 @@ log = logging.getLogger("recorder.operations")
 
 # States in which a shard counts as settled for READY=1: connected or retrying, or never going to be.
 _SETTLED = frozenset({"refused", "empty", "failed", "stopped"})
-STALE_STATUS_S = 10.0  # a running worker reports every second; this long without a report is unhealthy
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +95,7 @@ class Operations:
     tokens: TokenProvider
     fail: Callable[[str], None]  # seal everything, stop, exit 1 with this line
     broadcast_token: Callable[[str, int], object]
-    send_event: Callable[[dict[str, Any]], object]  # an event record in every shard's segment
+    send_event: Callable[[dict[str, Any]], object] | None  # an event record in every shard's segment
     notifier: Notifier | None = None
     guard: DiskGuard = field(default_factory=DiskGuard)
     hooks: HookRunner | None = None
@@ -297,10 +296,12 @@ class Operations:
             silent = (now_ns - max(last, self.started_ns)) / 1e9
             log.error("stall: no message for %.0fs during a trading session (--stall-alert %g); check the "
                       "feed, the network and the credentials", silent, self.stall.after_s)
-            self.send_event({"event": "stall", "silent_s": round(silent, 3), "after_s": self.stall.after_s})
+            if self.send_event is not None:
+                self.send_event({"event": "stall", "silent_s": round(silent, 3), "after_s": self.stall.after_s})
         elif change == "cleared":
             log.info("stall over: messages are arriving again (or the session ended)")
-            self.send_event({"event": "stall_over"})
+            if self.send_event is not None:
+                self.send_event({"event": "stall_over"})
 
     # --- metrics and health ---------------------------------------------------------------------
 
@@ -354,8 +355,7 @@ class Operations:
         views = self.views()
         now = time.monotonic()
         bad = [f"shard {v.shard} {v.state}" for v in views if v.state not in ("running", "empty")]
-        stale = [f"shard {v.shard} silent for {now - v.updated_at:.0f}s" for v in views
-                 if v.state == "running" and v.updated_at and now - v.updated_at > STALE_STATUS_S]
+        stale = [f"shard {v.shard} silent for {now - v.updated_at:.0f}s" for v in views if v.stale(now)]
         problems = bad + stale
         if self.guard.level is not DiskLevel.OK:
             problems.append(f"disk free {human_bytes(self.disk_free)}")

@@ -8,9 +8,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from recorder.humanize import human_bytes, human_count, human_duration
+from recorder.record.messages import Status
+
+STALE_AFTER_S = 3.0  # a running worker reports every second; silence this long means it is frozen
 
 
 @dataclass(slots=True)
@@ -32,9 +35,13 @@ class ShardView:
     backlog_bytes: int = 0
     paused: bool = False
     rejected: list[str] = field(default_factory=list)
+    copies: int = 0
+    downtime_ns: int = 0
+    group_ns: int = 0
+    sent_ns: int = 0  # when the worker sent its last status
+    updated_at: float = 0.0  # monotonic time the last status arrived
     msg_rate: float = 0.0
     byte_rate: float = 0.0
-    updated_at: float = 0.0  # monotonic time of the last status report (OPS-WIRING: /healthz staleness)
     # Totals of earlier incarnations (a restarted worker counts from zero again).
     base_messages: int = 0
     base_bytes: int = 0
@@ -42,18 +49,21 @@ class ShardView:
     base_records: int = 0
     base_disk: int = 0
     base_files: int = 0
+    base_copies: int = 0
+    base_downtime_ns: int = 0
+    base_group_ns: int = 0
     _last_sample: tuple[float, int, int] | None = None
 
-    def update(self, status: dict[str, Any], now: float) -> None:
-        self.updated_at = now
-        for key in ("pid", "connections_open", "connections", "reconnects", "last_message_ns", "records_written",
-                    "bytes_on_disk", "files_sealed", "backlog_bytes", "paused"):
-            if key in status:
-                setattr(self, key, status[key])
-        self.messages = int(status.get("messages", self.messages))
-        self.bytes = int(status.get("bytes", self.bytes))
-        if "rejected" in status:
-            self.rejected = list(status["rejected"])
+    def update(self, status: Status, now: float) -> None:
+        self.pid = status.pid
+        self.connections_open, self.connections = status.connections_open, status.connections
+        self.reconnects, self.last_message_ns = status.reconnects, status.last_message_ns
+        self.records_written, self.bytes_on_disk = status.records_written, status.bytes_on_disk
+        self.files_sealed, self.backlog_bytes, self.paused = status.files_sealed, status.backlog_bytes, status.paused
+        self.messages, self.bytes, self.copies = status.messages, status.bytes, status.copies
+        self.downtime_ns, self.group_ns = status.downtime_ns, status.group_ns
+        self.rejected = list(status.rejected)
+        self.sent_ns, self.updated_at = status.sent_ns, now
         total_m, total_b = self.total_messages, self.total_bytes
         if self._last_sample is not None:
             t0, m0, b0 = self._last_sample
@@ -70,7 +80,11 @@ class ShardView:
         self.base_records += self.records_written
         self.base_disk += self.bytes_on_disk
         self.base_files += self.files_sealed
-        self.messages = self.bytes = self.reconnects = self.records_written = 0
+        self.base_copies += self.copies
+        self.base_downtime_ns += self.downtime_ns
+        self.base_group_ns += self.group_ns
+        self.messages = self.bytes = self.reconnects = self.records_written = self.copies = 0
+        self.downtime_ns = self.group_ns = 0
         self.bytes_on_disk = self.files_sealed = self.connections_open = 0
         self._last_sample = None
         self.msg_rate = self.byte_rate = 0.0
@@ -99,19 +113,49 @@ class ShardView:
     def total_files(self) -> int:
         return self.base_files + self.files_sealed
 
+    @property
+    def total_copies(self) -> int:
+        return self.base_copies + self.copies
+
+    def stale(self, now: float) -> bool:
+        """Running, but no status for a while: the worker is frozen (SIGSTOP, a hung loop) or dying."""
+        return self.state == "running" and self.updated_at > 0 and now - self.updated_at > STALE_AFTER_S
+
+    def shown_state(self, now: float) -> str:
+        return "stale" if self.stale(now) else self.state + (" (paused)" if self.paused else "")
+
     def last_age_s(self, now_ns: int) -> float | None:
-        return (now_ns - self.last_message_ns) / 1e9 if self.last_message_ns else None
+        """Age of the last message when the worker last reported, plus the time since that report.
+
+        The worker measures at send time; the supervisor only adds how old that report is. Taking the
+        supervisor's clock against a one-second-old `last_message_ns` showed ~0.5 s at any message rate.
+        """
+        if not self.last_message_ns or not self.sent_ns:
+            return None
+        return max(0, self.sent_ns - self.last_message_ns) / 1e9 + max(0, now_ns - self.sent_ns) / 1e9
+
+    def current_rate(self, now: float) -> float:
+        return 0.0 if self.stale(now) else self.msg_rate
+
+    def connected_fraction(self) -> float | None:
+        """Share of group-time with at least one copy connected (1.0: nothing can have been missed)."""
+        total = self.base_group_ns + self.group_ns
+        if total <= 0:
+            return None
+        return max(0.0, 1.0 - (self.base_downtime_ns + self.downtime_ns) / total)
 
 
-def table(views: list[ShardView], now_ns: int, elapsed_s: float) -> list[str]:
+def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None) -> list[str]:
     # Every column has a bounded width (human_count/human_bytes), so the table fits an 80-column terminal.
+    now = time.monotonic() if now is None else now
     head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>6} {'MB/S':>6} {'MSGS':>6} {'RECONN':>6} "
             f"{'LAST':>7} {'DISK':>9} {'RESTART':>7}")
     lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
     for v in views:
+        state = v.shown_state(now)
         lines.append(
-            f"{v.shard:>5} {'paused' if v.paused and v.state == 'running' else v.state:<10.10} "
-            f"{f'{v.connections_open}/{v.connections}':>7.7} {human_count(v.msg_rate):>6} "
+            f"{v.shard:>5} {'paused' if state.endswith('(paused)') else state:<10.10} "
+            f"{f'{v.connections_open}/{v.connections}':>7.7} {human_count(v.current_rate(now)):>6} "
             f"{_mb_rate(v.byte_rate):>6} {human_count(v.total_messages):>6} "
             f"{human_count(v.total_reconnects):>6} {human_duration(v.last_age_s(now_ns)):>7.7} "
             f"{human_bytes(v.total_disk):>9} {human_count(v.restarts):>7}"
@@ -127,13 +171,17 @@ def _mb_rate(byte_rate: float) -> str:
     return f"{mb:.2f}" if mb < 100 else human_count(mb)
 
 
-def summary_line(views: list[ShardView], now_ns: int) -> str:
+def summary_line(views: list[ShardView], now_ns: int, now: float | None = None) -> str:
+    now = time.monotonic() if now is None else now
     open_conns = sum(v.connections_open for v in views)
     conns = sum(v.connections for v in views)
     ages = [a for v in views if (a := v.last_age_s(now_ns)) is not None]
+    stale = [str(v.shard) for v in views if v.stale(now)]
     return (
-        f"status: {len(views)} shards, {open_conns}/{conns} connections, "
-        f"{sum(v.msg_rate for v in views):.0f} msgs/s, {sum(v.byte_rate for v in views) / 1e6:.2f} MB/s, "
+        f"status: {len(views)} shards"
+        + (f" ({len(stale)} STALE, no report for >{STALE_AFTER_S:.0f}s: shard {', '.join(stale)})" if stale else "")
+        + f", {open_conns}/{conns} connections, "
+        f"{sum(v.current_rate(now) for v in views):.0f} msgs/s, {sum(v.byte_rate for v in views) / 1e6:.2f} MB/s, "
         f"{sum(v.total_messages for v in views)} messages, {sum(v.total_reconnects for v in views)} reconnects, "
         f"{sum(v.restarts for v in views)} restarts, last frame {human_duration(min(ages) if ages else None)} ago, "
         f"{human_bytes(sum(v.total_disk for v in views))} on disk"
@@ -147,6 +195,9 @@ def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
             f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)}) from {v.contracts} "
             f"contracts, {v.total_records} records in {v.total_files} sealed files ({human_bytes(v.total_disk)}), "
             f"{v.total_reconnects} reconnects, {v.restarts} restarts, state {v.state}"
+            + (f", {v.total_copies} redundant copies as receipts" if v.total_copies else "")
+            + (f", connected {100 * f:.2f}% of the time" if (f := v.connected_fraction()) is not None
+               else "")
             + (f", rejected: {', '.join(v.rejected)}" if v.rejected else "")
         )
     total = sum(v.total_messages for v in views)

@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+from recorder.record import messages as m
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
 from recorder.record.config import (
     WORKER_EXIT_FATAL,
@@ -32,9 +32,11 @@ from recorder.segment.recover import recover_directory
 
 log = logging.getLogger("recorder.supervisor")
 
+# A dead worker is a shard recording nothing: restart fast, and never wait long (a crash loop is
+# visible in the log line each time, so a slow restart would only add lost data, not safety).
 RESTART_MIN_S = 0.1
-RESTART_MAX_S = 30.0
-HEALTHY_AFTER_S = 60.0
+RESTART_MAX_S = 2.0
+HEALTHY_AFTER_S = 10.0  # a worker that ran this long restarts at RESTART_MIN_S again
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._token_task: asyncio.Task[None] | None = None
         self._pending_fatal: dict[int, str] = {}  # a worker's last words, used when it exits
+        self._token_fixed_logged = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ops: Operations | None = None  # OPS-WIRING
 
@@ -111,8 +114,10 @@ class Supervisor:
         ops = self.ops = Operations(
             self.settings.ops, self.settings.storage.out_dir, self.settings.storage.prefix,
             views=lambda: [s.view for s in self.shards], tokens=self.tokens, fail=self.fail,
-            broadcast_token=lambda t, g: [self._send(o, {"type": "token", "token": t, "gen": g}) for o in self.shards],
-            send_event=lambda e: [self._send(o, {"type": "event", **e}) for o in self.shards])
+            broadcast_token=lambda t, g: [self._send(o, m.Token(g, t)) for o in self.shards],
+            # The stall event record needs a supervisor → worker message (m.RecordEvent) the worker writes with
+            # self._event(...); until messages.py and worker.py have it, the stall is a log line and a metric.
+            send_event=None)
         await ops.start()
         # OPS-WIRING end
 
@@ -157,7 +162,7 @@ class Supervisor:
             s.done = True
             if s.restart_handle is not None:
                 s.restart_handle.cancel()
-            self._send(s, {"type": "stop", "reason": "recorder stopping"})
+            self._send(s, m.Stop("recorder stopping"))
         running = [s for s in self.shards if s.process is not None and s.process.exitcode is None]
         waits = [asyncio.ensure_future(s.exited.wait()) for s in running]
         if waits:
@@ -202,6 +207,8 @@ class Supervisor:
         s.view.pid = proc.pid or 0
         self.loop.add_reader(parent.fileno(), self._on_pipe, s)
         self.loop.add_reader(proc.sentinel, self._on_exit, s)
+        if self.accepted_any:
+            self._send(s, m.AcceptedElsewhere())
 
     def _on_exit(self, s: ShardProcess) -> None:
         assert self.loop is not None and s.process is not None
@@ -229,7 +236,9 @@ class Supervisor:
             s.view.state = "refused"
             s.done = True
             message = self._pending_fatal.pop(s.shard, f"shard {s.shard}: every contract refused")
-            if all(x.view.state in ("refused", "empty") for x in self.shards):
+            if all(x.view.state in ("refused", "empty") for x in self.shards) or not self.accepted_any:
+                # Nothing was ever accepted with this token anywhere: the other shards would only be
+                # refused the same way, one log line each; stop now with one line.
                 self.fail(message)
             else:
                 log.error("%s; the other shards keep recording", message)
@@ -241,7 +250,10 @@ class Supervisor:
         if lived >= HEALTHY_AFTER_S:
             s.restart_delay = RESTART_MIN_S
         delay = s.restart_delay
-        s.restart_delay = min(RESTART_MAX_S, s.restart_delay * 4)
+        s.restart_delay = min(RESTART_MAX_S, s.restart_delay * 2)
+        last_words = self._pending_fatal.pop(s.shard, None)
+        if last_words:
+            how += f" ({last_words})"
         s.view.restarts += 1
         s.view.state = "restarting"
         log.error("shard %d worker (pid %s) %s after %.1fs; restarting in %.1fs (restart %d); other shards unaffected",
@@ -280,22 +292,27 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     self.loop.remove_reader(pipe.fileno())
 
-    def _handle(self, s: ShardProcess, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind in ("status", "stopped"):
-            s.view.update(msg, time.monotonic())
-        elif kind == "log":
-            self.console.log(str(msg.get("line", "")))
-        elif kind == "accepted":
-            self.accepted_any = True
-        elif kind == "rejected":
-            s.view.rejected.extend(c for c in msg.get("contracts", []) if c not in s.view.rejected)
-        elif kind == "need_token":
-            self._token_task = asyncio.ensure_future(self._refresh(s, int(msg.get("gen", 0))))
-        elif kind == "fatal":
-            self._pending_fatal[s.shard] = str(msg.get("message"))
-        elif kind == "recovered":
-            log.info("shard %d: %s", s.shard, msg.get("message"))
+    def _handle(self, s: ShardProcess, msg: m.WorkerMessage) -> None:
+        match msg:
+            case m.Status():
+                s.view.update(msg, time.monotonic())
+            case m.LogLine(line=line):
+                self.console.log(line)
+            case m.Accepted():
+                if not self.accepted_any:
+                    self.accepted_any = True
+                    # A refusal elsewhere is now about contracts, not the token: no token probe needed.
+                    for other in self.shards:
+                        if other is not s:
+                            self._send(other, m.AcceptedElsewhere())
+            case m.Rejected(contracts=contracts):
+                s.view.rejected.extend(c for c in contracts if c not in s.view.rejected)
+            case m.NeedToken(gen=gen):
+                self._token_task = asyncio.ensure_future(self._refresh(s, gen))
+            case m.Fatal(message=message):
+                self._pending_fatal[s.shard] = message
+            case m.Recovered(message=message):
+                log.warning("shard %d: recovered %s", s.shard, message)
 
     async def _refresh(self, s: ShardProcess, used_gen: int) -> None:
         delay = 1.0
@@ -303,8 +320,10 @@ class Supervisor:
             try:
                 token, gen = await self.tokens.refresh(used_gen)
             except TokenUnavailable as exc:
-                log.warning("shard %d's token was refused and %s", s.shard, exc)
-                self._send(s, {"type": "token_unavailable"})
+                if not self._token_fixed_logged:
+                    self._token_fixed_logged = True
+                    log.warning("the server refused the token and %s", exc)
+                self._send(s, m.TokenUnavailable())
                 return
             except CredentialsRefused as exc:
                 self.fail(str(exc))
@@ -318,10 +337,13 @@ class Supervisor:
             if gen > used_gen:
                 log.info("new token obtained (generation %d); reconnecting refused connections", gen)
             for other in self.shards:
-                self._send(other, {"type": "token", "token": token, "gen": gen})
+                self._send(other, m.Token(gen, token))
+            if self.accepted_any:
+                for other in self.shards:
+                    self._send(other, m.AcceptedElsewhere())
             return
 
-    def _send(self, s: ShardProcess, msg: dict[str, Any]) -> None:
+    def _send(self, s: ShardProcess, msg: m.SupervisorMessage) -> None:
         if s.pipe is not None:
             with contextlib.suppress(OSError, ValueError, BrokenPipeError):
                 s.pipe.send(msg)

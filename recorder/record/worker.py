@@ -1,8 +1,9 @@
 """One worker process: a shard's picows connections on uvloop, recording into one SegmentWriter.
 
-The worker talks to the supervisor over a multiprocessing pipe (dict messages):
-  worker → supervisor: status, need_token, rejected, accepted, fatal, stopped
-  supervisor → worker: token, token_unavailable, stop
+This is I/O glue. What to do after each connection outcome is decided by `connection.py` (one core per
+redundant copy); what to do when the server refuses a group is decided by `planner.py`; what travels to
+and from the supervisor is typed in `messages.py`. Copies of a group share a `Deduper`, so that the first
+arrival of each message is the record and later copies become receipts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,12 +31,14 @@ from picows import WSCloseCode, WSError, WSHandshakeError, WSTransport, ws_conne
 from recorder import __version__
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind, build_url, split_contracts
-from recorder.record.backoff import Backoff
+from recorder.record import messages as m
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
-from recorder.record.listener import RecordingListener
+from recorder.record.connection import ConnectionCore, Failure, GiveUp, Policy, Refusal, Step, Wait
+from recorder.record.listener import RecordingListener, first_arrival_sink
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.timeslice import request_slice
 from recorder.redact import redact_text, redact_url
+from recorder.segment.dedupe import Deduper
 from recorder.segment.format import RecordKind
 from recorder.segment.naming import OPEN_SUFFIX, parse_segment_name
 from recorder.segment.recover import recover
@@ -51,14 +55,42 @@ class ShardLocked(Exception):
 
 
 @dataclass(slots=True)
-class GroupRun:
-    """What one connection group is doing now (for status lines and stopping)."""
+class CopyRun:
+    """One redundant copy of a group: its core and its current connection, if any."""
 
-    group: Group
+    copy: int
+    core: ConnectionCore
+    conn_id: int = 0
+    token_gen: int = 0  # the token generation its current (or last) connection used
+    accepted: bool = False  # its current (or last) connection was accepted (data, or open past the probe window)
     transport: WSTransport | None = None
     listener: RecordingListener | None = None
     task: asyncio.Task[None] | None = None
-    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(slots=True)
+class GroupRun:
+    group: Group
+    deduper: Deduper | None
+    copies: list[CopyRun] = field(default_factory=list)
+    open_copies: int = 0
+    started_ns: int = 0
+    down_since_ns: int = 0  # when the last open copy closed (or the group started); 0 while covered
+    downtime_ns: int = 0  # time with no copy of this group connected: the only time data can be missed
+
+    def open_one(self, now_ns: int) -> None:
+        if self.open_copies == 0 and self.down_since_ns:
+            self.downtime_ns += now_ns - self.down_since_ns
+            self.down_since_ns = 0
+        self.open_copies += 1
+
+    def close_one(self, now_ns: int) -> None:
+        self.open_copies -= 1
+        if self.open_copies == 0:
+            self.down_since_ns = now_ns
+
+    def downtime(self, now_ns: int) -> int:
+        return self.downtime_ns + (now_ns - self.down_since_ns if self.down_since_ns else 0)
 
 
 class Worker:
@@ -69,7 +101,7 @@ class Worker:
         self.token = cfg.token
         self.token_gen = cfg.token_gen
         self.planner = Planner()
-        self.runs: dict[int, GroupRun] = {}
+        self.groups: dict[int, GroupRun] = {}
         self.stopping = asyncio.Event()
         self.exit_code = WORKER_EXIT_OK
         self.stop_reason = "stopped"
@@ -79,11 +111,20 @@ class Worker:
         self._ssl: ssl.SSLContext | None = None
         self.writer: SegmentWriter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.accepted_elsewhere = False
+        self.rng = random.Random()
+        self.policy = Policy(backoff_base_s=cfg.connection.backoff_base_s, backoff_cap_s=cfg.connection.backoff_cap_s,
+                             reconnect_jitter_s=cfg.connection.reconnect_jitter_s, stagger_s=cfg.connection.stagger_s)
         # Figures for status lines.
         self.reconnects = 0
         self.closed_messages = 0
         self.closed_bytes = 0
+        self.retired_downtime_ns = 0
+        self.retired_group_ns = 0
+        self.retired_originals = 0
+        self.retired_copies = 0
         self.rejected: list[str] = []
+        self._limit_logged: set[int] = set()
         self._lock_fd: int | None = None
         self._pipe_lock = threading.Lock()
 
@@ -95,6 +136,7 @@ class Worker:
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
         storage = self.cfg.storage
+        settings = self.cfg.connection
         try:
             self._lock_shard(storage.out_dir)
             stale = self._stale_open_files(storage.out_dir)
@@ -115,30 +157,31 @@ class Worker:
                     "shards": self.cfg.shards,
                     "endpoint": self.kind.value,
                     "contracts": list(self.cfg.contracts),
-                    "base_url": redact_url(self.cfg.connection.base_url),
+                    "base_url": redact_url(settings.base_url),
+                    "redundancy": settings.redundancy,
                     "run_id": self.cfg.run_id,
                     "worker": {"pid": os.getpid(), "incarnation": self.cfg.incarnation},
                 },
             )
         except (ShardLocked, SegmentWriteError) as exc:
-            self._send({"type": "fatal", "message": str(exc)})
+            self._send(m.Fatal(self.cfg.shard, str(exc)))
             return WORKER_EXIT_FATAL
         if stale:
             # A crashed predecessor left .open files: seal them beside recording, not before it.
             threading.Thread(target=self._recover, args=(stale,), name="recover", daemon=True).start()
         # After the writer and recovery threads exist: they inherit a slice and must keep the default.
-        if self.cfg.connection.receive_slice_us:
-            why_not = request_slice(self.cfg.connection.receive_slice_us)
+        if settings.receive_slice_us:
+            why_not = request_slice(settings.receive_slice_us)
             if why_not:
                 log.debug("short CPU slice for the receive thread not applied: %s", why_not)
 
         self._event(Event.WORKER_STARTED, pid=os.getpid(), incarnation=self.cfg.incarnation,
-                    contracts=list(self.cfg.contracts), version=__version__)
-        if self.cfg.connection.base_url.startswith("wss:"):
-            self._ssl = ssl.create_default_context(cafile=self.cfg.connection.ca_file)
-        groups = split_contracts(self.cfg.connection.base_url, self.kind, self.cfg.contracts,
-                                 max_url_length=self.cfg.connection.max_url_length,
-                                 max_per_connection=self.cfg.connection.max_contracts_per_connection)
+                    contracts=list(self.cfg.contracts), version=__version__, redundancy=settings.redundancy)
+        if any(u.startswith("wss:") for u in (settings.base_url, *settings.extra_base_urls)):
+            self._ssl = ssl.create_default_context(cafile=settings.ca_file)
+        groups = split_contracts(settings.base_url, self.kind, self.cfg.contracts,
+                                 max_url_length=settings.max_url_length,
+                                 max_per_connection=settings.max_contracts_per_connection)
         for group in self.planner.start(groups):
             self._start_group(group)
 
@@ -161,11 +204,11 @@ class Worker:
         self._event(Event.WORKER_STOPPING, reason=self.stop_reason)
         # A close handshake, not a hang-up: frames the server sent before it saw our CLOSE keep arriving
         # and are recorded until its CLOSE comes back (the listener then disconnects).
-        for run in self.runs.values():
+        for run in self._copies():
             if run.transport is not None:
                 with contextlib.suppress(Exception):
                     run.transport.send_close(WSCloseCode.GOING_AWAY, b"recorder stopping")
-        tasks = [r.task for r in self.runs.values() if r.task is not None]
+        tasks = [r.task for r in self._copies() if r.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=3)
             for t in pending:
@@ -177,147 +220,259 @@ class Worker:
         try:
             await self.loop.run_in_executor(None, writer.close, "closed")
         except SegmentWriteError as exc:
-            self._send({"type": "fatal", "message": str(exc)})
+            self._send(m.Fatal(self.cfg.shard, str(exc)))
             self.exit_code = WORKER_EXIT_FATAL
-        self._send({"type": "stopped", **self._status()})
+        self._send(self._status(final=True))
+
+    def _copies(self) -> list[CopyRun]:
+        return [c for g in self.groups.values() for c in g.copies]
 
     # --- groups and connections -----------------------------------------------------------------
 
-    def _start_group(self, group: Group, delay: float = 0.0) -> None:
-        run = GroupRun(group, backoff=Backoff(self.cfg.connection.backoff_base_s, self.cfg.connection.backoff_cap_s,
-                                              self.cfg.connection.backoff_stable_s))
-        self.runs[group.gid] = run
-        run.task = asyncio.create_task(self._run_group(run, delay))
-        run.task.add_done_callback(self._group_done)
+    def _start_group(self, group: Group) -> None:
+        settings = self.cfg.connection
+        redundancy = settings.redundancy
+        deduper = Deduper(int(settings.dedupe_window_s * 1e9)) if redundancy > 1 else None
+        now = time.time_ns()
+        run = GroupRun(group, deduper, started_ns=now, down_since_ns=now)
+        self.groups[group.gid] = run
+        for copy in range(redundancy):
+            label = f"shard {self.cfg.shard} group {group.gid}" + (f" copy {copy}" if redundancy > 1 else "")
+            core = ConnectionCore(label, copy, self.policy, self.rng)
+            crun = CopyRun(copy, core)
+            run.copies.append(crun)
+            crun.task = asyncio.create_task(self._run_copy(run, crun))
+            crun.task.add_done_callback(self._copy_done)
 
-    def _group_done(self, task: asyncio.Task[None]) -> None:
+    def _retire_group(self, run: GroupRun) -> None:
+        """The group was split or excluded: keep its figures, stop its other copies."""
+        self.groups.pop(run.group.gid, None)
+        now = time.time_ns()
+        self.retired_downtime_ns += run.downtime(now)
+        self.retired_group_ns += now - run.started_ns
+        if run.deduper is not None:
+            self.retired_originals += run.deduper.counts.originals
+            self.retired_copies += run.deduper.counts.copies
+        current = asyncio.current_task()
+        for c in run.copies:
+            if c.task is not None and c.task is not current:
+                c.task.cancel()
+
+    def _copy_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
         # A bug in the connection loop must be loud, and must not silently stop a shard's recording.
         exc = task.exception()
         log.error("shard %d: connection task failed: %s", self.cfg.shard, exc, exc_info=exc)
-        self._send({"type": "fatal", "message": f"internal error in shard {self.cfg.shard}: {exc!r}"})
+        self._send(m.Fatal(self.cfg.shard, f"internal error in shard {self.cfg.shard}: {exc!r}"))
         self.request_stop("internal error", 1)
 
-    async def _run_group(self, run: GroupRun, delay: float) -> None:
-        if delay:
-            await self._sleep(delay)
-        settings = self.cfg.connection
-        url = build_url(settings.base_url, self.kind, run.group.contracts)
-        shown_url = redact_url(url)
-        attempt = 0
-        while not self.stopping.is_set():
-            attempt += 1
-            self._conn_seq += 1
-            conn_id = self._conn_seq
-            token, token_gen = self.token, self.token_gen
-            accepted = False
-
-            def on_accepted(gid: int = run.group.gid) -> None:
-                nonlocal accepted
-                if not accepted:
-                    accepted = True
-                    self._accepted(gid)
-
-            self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(run.group.contracts),
-                        attempt=attempt)
-            refused_status: int | None = None
-            started = time.monotonic()
-            try:
-                assert self.writer is not None
-                transport, listener = await ws_connect(
-                    functools.partial(RecordingListener, conn_id, self.writer.append, settings.max_message_bytes,
-                                      on_accepted),
-                    url,
-                    ssl_context=self._ssl,
-                    websocket_handshake_timeout=settings.handshake_timeout_s,
-                    enable_auto_ping=settings.ping_interval_s > 0,
-                    auto_ping_idle_timeout=settings.ping_interval_s or 10,
-                    auto_ping_reply_timeout=settings.ping_timeout_s,
-                    max_frame_size=max(4 * settings.max_message_bytes, 16 << 20),
-                    extra_headers={"Authorization": token},
-                    logger_name="client",
-                )
-            except WSHandshakeError as exc:
-                status = int(exc.response.status) if exc.response is not None else None
-                self._event(Event.ERROR, conn=conn_id, stage="handshake", status=status,
-                            error=self._clean(str(exc)))
-                if status in (401, 403):
-                    refused_status = status
-                else:
-                    await self._backoff_sleep(run, conn_id, 0.0)
-                    continue
-            except (OSError, TimeoutError, WSError, ValueError) as exc:
-                reason = self._clean(f"{type(exc).__name__}: {exc}")
-                self._event(Event.ERROR, conn=conn_id, stage="connect", error=reason)
-                log.warning("shard %d: connect failed (%s); retrying", self.cfg.shard, reason)
-                await self._backoff_sleep(run, conn_id, 0.0)
-                continue
-            else:
-                if listener is None:
-                    # picows: the peer hung up before answering the upgrade.
-                    self._event(Event.ERROR, conn=conn_id, stage="handshake",
-                                error="connection closed before the upgrade")
-                    await self._backoff_sleep(run, conn_id, 0.0)
-                    continue
-                assert isinstance(listener, RecordingListener)
-                run.transport, run.listener = transport, listener
-                started = time.monotonic()
-                self._event(Event.OPENED, conn=conn_id, url=shown_url, contracts=list(run.group.contracts),
-                            status=int(transport.response.status), headers=self._headers(transport),
-                            **self._addresses(transport))
-                if self._paused:
-                    transport.underlying_transport.pause_reading()
-                try:
-                    close_code, close_reason = await self._watch(transport, listener, on_accepted)
-                except asyncio.CancelledError:
-                    self._connection_ended(run, conn_id, listener, started, 1006, "close handshake timed out")
-                    raise
-                lived = self._connection_ended(run, conn_id, listener, started, close_code, close_reason)
-                if self.stopping.is_set():
+    async def _run_copy(self, run: GroupRun, crun: CopyRun) -> None:
+        core = crun.core
+        step: Step = core.start()
+        while not self.stopping.is_set() and run.group.gid in self.groups:
+            match step:
+                case Wait(delay_s=delay, logs=logs):
+                    self._logs(logs)
+                    if delay > 0:
+                        self._event(Event.RECONNECT, conn=crun.conn_id, group=run.group.gid, copy=crun.copy,
+                                    delay_s=round(delay, 3), attempt=core.failures)
+                        await self._sleep(delay)
+                    if self.stopping.is_set() or run.group.gid not in self.groups:
+                        return
+                    step = await self._connect_once(run, crun)
+                case Refusal(how=how, code=code):
+                    next_step = await self._refused(run, crun, how, code)
+                    if next_step is None:
+                        return
+                    step = next_step
+                case GiveUp(message=message):
+                    self._logs(step.logs)
+                    self._send(m.Fatal(self.cfg.shard, message))
+                    self.request_stop("cannot connect", WORKER_EXIT_FATAL)
                     return
-                if close_code != 1008:
-                    log.warning("shard %d: connection closed (code %s%s) after %.1fs; reconnecting", self.cfg.shard,
-                                close_code, f", {close_reason!r}" if close_reason else "", lived)
-                    run.backoff.connection_ended(lived)
-                    await self._backoff_sleep(run, conn_id, lived)
-                    continue
-                refused_status = 1008
 
-            # Refused: close 1008, or HTTP 401/403 on the upgrade.
-            if self.stopping.is_set():
-                return
-            decision = self.planner.refused(run.group.gid, token_gen, self.token_gen, accepted)
-            if decision.action is Action.RETRY:
-                await self._backoff_sleep(run, conn_id, 0.0, quiet=True)
-            elif decision.action is Action.REFRESH:
-                log.warning("shard %d: server refused the connection (%s); getting a fresh token", self.cfg.shard,
-                            refused_status)
-                await self._refresh_token(token_gen)
-            elif decision.action is Action.SPLIT:
-                log.warning("shard %d: a fresh token was refused too; looking for the refused contract(s) among %d",
-                            self.cfg.shard, len(run.group.contracts))
-                del self.runs[run.group.gid]
-                for g in decision.groups:
-                    self._start_group(g, delay=random.uniform(0, 0.2))
-                return
-            else:
-                del self.runs[run.group.gid]
-                self._reject(decision.rejected, refused_status)
-                return
+    async def _connect_once(self, run: GroupRun, crun: CopyRun) -> Step:
+        """One connection attempt and, if it opens, its whole life; returns what the core says next."""
+        settings = self.cfg.connection
+        core = crun.core
+        group = run.group
+        base = settings.url_for_copy(crun.copy)
+        url = build_url(base, self.kind, group.contracts)
+        shown_url = redact_url(url)
+        self._conn_seq += 1
+        conn_id = crun.conn_id = self._conn_seq
+        token = self.token
+        crun.token_gen, crun.accepted = self.token_gen, False
 
-    def _connection_ended(self, run: GroupRun, conn_id: int, listener: RecordingListener, started: float,
-                          code: int, reason: str) -> float:
-        run.transport, run.listener = None, None
-        lived = time.monotonic() - started
+        def on_accepted(data: bool = True) -> None:
+            if data:
+                core.data()
+            if not crun.accepted:
+                crun.accepted = True
+                self._accepted(group.gid)
+
+        where = {"group": group.gid, "copy": crun.copy}
+        self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
+        assert self.writer is not None
+        sink = first_arrival_sink(self.writer.append, run.deduper, crun.copy)
+        try:
+            transport, listener = await ws_connect(
+                functools.partial(RecordingListener, conn_id, sink, settings.max_message_bytes, on_accepted),
+                url,
+                ssl_context=self._ssl,
+                websocket_handshake_timeout=settings.handshake_timeout_s,
+                enable_auto_ping=settings.ping_interval_s > 0,
+                auto_ping_idle_timeout=settings.ping_interval_s or 10,
+                auto_ping_reply_timeout=settings.ping_timeout_s,
+                max_frame_size=max(4 * settings.max_message_bytes, 16 << 20),
+                extra_headers={"Authorization": token},
+                logger_name="client",
+            )
+        except WSHandshakeError as exc:
+            status = int(exc.response.status) if exc.response is not None else None
+            detail = self._clean(str(exc))
+            self._event(Event.ERROR, conn=conn_id, stage="handshake", status=status, error=detail, **where)
+            return core.handshake_status(time.monotonic(), status, "" if status else detail)
+        except TimeoutError as exc:
+            reason = self._clean(f"{type(exc).__name__}: {exc}")
+            self._event(Event.ERROR, conn=conn_id, stage="connect", error=reason, **where)
+            return core.connect_failed(time.monotonic(), Failure.TIMEOUT, reason)
+        except (OSError, WSError, ValueError) as exc:
+            reason = self._clean(f"{type(exc).__name__}: {exc}")
+            self._event(Event.ERROR, conn=conn_id, stage="connect", error=reason, **where)
+            failure = Failure.NETWORK if isinstance(exc, OSError) else Failure.NOT_WEBSOCKET
+            return core.connect_failed(time.monotonic(), failure, reason)
+        if listener is None:
+            # picows: the peer hung up before answering the upgrade.
+            self._event(Event.ERROR, conn=conn_id, stage="handshake", error="connection closed before the upgrade",
+                        **where)
+            return core.connect_failed(time.monotonic(), Failure.NOT_WEBSOCKET,
+                                       "the server closed the connection before answering the upgrade")
+        assert isinstance(listener, RecordingListener)
+        crun.transport, crun.listener = transport, listener
+        now_ns = time.time_ns()
+        run.open_one(now_ns)
+        core.opened(time.monotonic())
+        self._event(Event.OPENED, conn=conn_id, url=shown_url, contracts=list(group.contracts),
+                    status=int(transport.response.status), headers=self._headers(transport),
+                    **self._addresses(transport), **where)
+        if self._paused:
+            transport.underlying_transport.pause_reading()
+        try:
+            code, reason = await self._watch(transport, listener, on_accepted)
+        except asyncio.CancelledError:
+            self._connection_ended(run, crun, listener, 1006, "close handshake timed out")
+            raise
+        self._connection_ended(run, crun, listener, code, reason)
+        stopping = self.stopping.is_set()
+        step = core.closed(time.monotonic(), code, reason, stopping=stopping)
+        if isinstance(step, Wait) and not stopping:
+            self.reconnects += 1
+        return step
+
+    def _connection_ended(self, run: GroupRun, crun: CopyRun, listener: RecordingListener, code: int,
+                          reason: str) -> None:
+        crun.transport, crun.listener = None, None
+        run.close_one(time.time_ns())
+        lived = (time.monotonic() - crun.core.opened_at_s) if crun.core.opened_at_s is not None else 0.0
         self.closed_messages += listener.messages
         self.closed_bytes += listener.bytes
-        self._event(Event.CLOSED, conn=conn_id, code=code, reason=reason, messages=listener.messages,
-                    bytes=listener.bytes, lived_s=round(lived, 3))
-        return lived
+        self._event(Event.CLOSED, conn=crun.conn_id, code=code, reason=reason, messages=listener.messages,
+                    bytes=listener.bytes, lived_s=round(lived, 3), group=run.group.gid, copy=crun.copy)
+
+    async def _refused(self, run: GroupRun, crun: CopyRun, how: str, code: int) -> Step | None:
+        """Close 1008 or HTTP 401/403: the token, a contract, or (for an extra copy) the connection limit."""
+        if self.stopping.is_set():
+            return None
+        gid = run.group.gid
+        used_gen = crun.token_gen
+        others_open = [c for c in run.copies if c is not crun and c.transport is not None]
+        if others_open and used_gen == self.token_gen:
+            # Another copy with the same contracts and token is open: the contracts and the token are fine.
+            if gid not in self._limit_logged:
+                self._limit_logged.add(gid)
+                log.warning("shard %d group %d: copy %d refused (%s) while copy %d with the same contracts and "
+                            "token is open: the account's connection limit, not a contract; recording with the "
+                            "accepted copies and retrying this one slowly", self.cfg.shard, gid, crun.copy, how,
+                            others_open[0].copy)
+            return crun.core.connection_limit_wait()
+        if crun.copy != 0:
+            # Copy 0 speaks for the group to the planner; the others wait for its verdict.
+            return crun.core.refused_retry()
+        decision = self.planner.refused(gid, used_gen, self.token_gen, crun.accepted)
+        match decision.action:
+            case Action.RETRY:
+                return crun.core.refused_retry()
+            case Action.REFRESH:
+                log.info("shard %d: the server refused a connection (%s); getting a fresh token", self.cfg.shard,
+                         how)
+                await self._refresh_token(used_gen)
+                return Wait(0.0)
+            case Action.SPLIT:
+                if not (self.planner.accepted_any or self.accepted_elsewhere):
+                    verdict = await self._probe(run.group.contracts[0])
+                    if verdict is not True:
+                        self._retire_group(run)
+                        self._send(m.Fatal(self.cfg.shard, refused=True, message=(
+                            f"the server refuses the token: a fresh token was refused ({how}) for shard "
+                            f"{self.cfg.shard}'s contracts, and so was a probe with the single contract "
+                            f"{run.group.contracts[0]}; check the token or the account's IME access")))
+                        self.request_stop("token refused", WORKER_EXIT_REFUSED)
+                        return None
+                log.warning("shard %d: a fresh token was refused (%s) for %d contracts while the token works "
+                            "elsewhere; looking for the refused contract(s)", self.cfg.shard, how,
+                            len(run.group.contracts))
+                self._retire_group(run)
+                for g in decision.groups:
+                    self._start_group(g)
+                return None
+            case _:
+                self._retire_group(run)
+                self._reject(decision.rejected, how, code)
+                return None
+
+    async def _probe(self, contract: str) -> bool | None:
+        """One connection for a single contract: True if the server keeps it, False if it refuses it."""
+        settings = self.cfg.connection
+        url = build_url(settings.base_url, self.kind, (contract,))
+        self._conn_seq += 1
+        conn_id = self._conn_seq
+        self._event(Event.CONNECTING, conn=conn_id, url=redact_url(url), contracts=[contract], probe=True)
+        got_data = asyncio.Event()
+        try:
+            transport, listener = await ws_connect(
+                functools.partial(RecordingListener, conn_id, lambda *_: None, settings.max_message_bytes,
+                                  got_data.set),
+                url, ssl_context=self._ssl, websocket_handshake_timeout=settings.handshake_timeout_s,
+                extra_headers={"Authorization": self.token}, logger_name="client")
+        except WSHandshakeError as exc:
+            status = int(exc.response.status) if exc.response is not None else None
+            return False if status in (401, 403) else None
+        except (OSError, WSError, ValueError, TimeoutError):
+            return None
+        if listener is None:
+            return None
+        assert isinstance(listener, RecordingListener)
+        closed = asyncio.ensure_future(transport.wait_disconnected())
+        data = asyncio.ensure_future(got_data.wait())
+        await asyncio.wait([closed, data], timeout=settings.probe_s, return_when=asyncio.FIRST_COMPLETED)
+        data.cancel()
+        refused = closed.done() and listener.close_code == 1008
+        if not closed.done():
+            transport.send_close(WSCloseCode.OK, b"probe done")
+            transport.disconnect(False)
+            closed.cancel()
+        self._event(Event.CLOSED, conn=conn_id, code=listener.close_code or 1000, reason="probe", probe=True)
+        if refused:
+            return False
+        if closed.done() and not got_data.is_set():
+            return None
+        self.planner.accepted_any = True
+        return True
 
     async def _watch(self, transport: WSTransport, listener: RecordingListener,
-                     on_accepted: Any) -> tuple[int, str]:
+                     on_accepted: Callable[[bool], None]) -> tuple[int, str]:
         """Wait for the connection to end; count it as accepted after the probe window; enforce idle timeout."""
         settings = self.cfg.connection
         probe_deadline = time.monotonic() + settings.probe_s
@@ -330,7 +485,9 @@ class Worker:
                 if done:
                     break
                 if time.monotonic() >= probe_deadline:
-                    on_accepted()
+                    # Open past the probe window without a refusal: the token and contracts are good,
+                    # even on a quiet market (not data, so it does not reset the backoff).
+                    on_accepted(False)
                 if idle_ns and time.time_ns() - max(listener.last_ns, opened_ns) > idle_ns:
                     self._event(Event.IDLE_TIMEOUT, conn=listener.conn_id, idle_s=settings.idle_timeout_s)
                     log.warning("shard %d: nothing received for %.0fs; reconnecting", self.cfg.shard,
@@ -350,40 +507,33 @@ class Worker:
             return 1006, self._clean(f"{type(exc).__name__}: {exc}")
         return 1006, "connection dropped without a close frame"
 
-    async def _backoff_sleep(self, run: GroupRun, conn_id: int, lived: float, quiet: bool = False) -> None:
-        delay = run.backoff.next_delay()
-        self.reconnects += 1
-        self._event(Event.RECONNECT, conn=conn_id, delay_s=round(delay, 3), attempt=run.backoff.attempt)
-        if not quiet:
-            log.debug("shard %d: reconnecting in %.2fs", self.cfg.shard, delay)
-        await self._sleep(delay)
-
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def _accepted(self, gid: int) -> None:
         first = not self.planner.accepted_any
-        self.planner.accepted(gid)
+        if gid in self.groups:
+            self.planner.accepted(gid)
         if first:
-            self._send({"type": "accepted"})
+            self._send(m.Accepted(self.cfg.shard))
 
-    def _reject(self, contracts: tuple[str, ...], status: int | None) -> None:
+    def _reject(self, contracts: tuple[str, ...], how: str, code: int) -> None:
         self.rejected.extend(contracts)
-        self._event(Event.REJECTED, contracts=list(contracts), code=status,
+        self._event(Event.REJECTED, contracts=list(contracts), code=code,
                     reason="refused by the server with a fresh token")
-        log.error("shard %d: the server refuses contract %s (close %s with a fresh token); excluded, "
-                  "recording the rest", self.cfg.shard, ", ".join(contracts), status)
-        self._send({"type": "rejected", "contracts": list(contracts)})
+        log.error("shard %d: the server refuses contract %s (%s with a fresh token); excluded, recording the rest",
+                  self.cfg.shard, ", ".join(contracts), how)
+        self._send(m.Rejected(self.cfg.shard, tuple(contracts)))
         if self.planner.give_up:
-            self._send({"type": "fatal", "refused": True,
-                        "message": f"the server refused every contract tried on shard {self.cfg.shard} "
-                                   f"({len(self.planner.rejected)} of {self.planner.total}) and accepted none: "
-                                   "the token or the account's IME access is probably the problem"})
+            self._send(m.Fatal(self.cfg.shard, refused=True,
+                               message=f"the server refused every contract tried on shard {self.cfg.shard} "
+                                       f"({len(self.planner.rejected)} of {self.planner.total}) and accepted none: "
+                                       "the token or the account's IME access is probably the problem"))
             self.request_stop("every contract refused", WORKER_EXIT_REFUSED)
-        elif not self.runs:
-            self._send({"type": "fatal", "refused": True,
-                        "message": f"shard {self.cfg.shard}: every contract was refused; nothing left to record"})
+        elif not self.groups:
+            self._send(m.Fatal(self.cfg.shard, refused=True,
+                               message=f"shard {self.cfg.shard}: every contract was refused; nothing left to record"))
             self.request_stop("every contract refused", WORKER_EXIT_REFUSED)
 
     # --- token ----------------------------------------------------------------------------------
@@ -394,7 +544,7 @@ class Worker:
         assert self.loop is not None
         if self._token_waiter is None or self._token_waiter.done():
             self._token_waiter = self.loop.create_future()
-            self._send({"type": "need_token", "gen": used_gen})
+            self._send(m.NeedToken(self.cfg.shard, used_gen))
         waiter = self._token_waiter
         stop = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([waiter, stop], timeout=120, return_when=asyncio.FIRST_COMPLETED)
@@ -403,29 +553,30 @@ class Worker:
     def _on_pipe(self) -> None:
         try:
             while self.pipe.poll():
-                msg = self.pipe.recv()
-                self._handle(msg)
+                self._handle(self.pipe.recv())
         except (EOFError, OSError):
             assert self.loop is not None
             self.loop.remove_reader(self.pipe.fileno())
             self.request_stop("supervisor went away")
 
-    def _handle(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind == "stop":
-            self.request_stop(str(msg.get("reason", "stopped")))
-        elif kind == "token":
-            if int(msg["gen"]) > self.token_gen:
-                self.token, self.token_gen = str(msg["token"]), int(msg["gen"])
+    def _handle(self, msg: m.SupervisorMessage) -> None:
+        match msg:
+            case m.Stop(reason=reason):
+                self.request_stop(reason)
+            case m.Token(gen=gen, token=token):
+                if gen > self.token_gen:
+                    self.token, self.token_gen = token, gen
+                    self.planner.token_refreshed()
+                    self._event(Event.TOKEN_REFRESHED, gen=self.token_gen)
+                if self._token_waiter is not None and not self._token_waiter.done():
+                    self._token_waiter.set_result(True)
+            case m.TokenUnavailable():
+                # No fresh token can be had (a fixed --token): the planner proceeds as if it had been refreshed.
                 self.planner.token_refreshed()
-                self._event(Event.TOKEN_REFRESHED, gen=self.token_gen)
-            if self._token_waiter is not None and not self._token_waiter.done():
-                self._token_waiter.set_result(True)
-        elif kind == "token_unavailable":
-            # No fresh token can be had (a fixed --token); the planner proceeds as if it had been refreshed.
-            self.planner.token_refreshed()
-            if self._token_waiter is not None and not self._token_waiter.done():
-                self._token_waiter.set_result(False)
+                if self._token_waiter is not None and not self._token_waiter.done():
+                    self._token_waiter.set_result(False)
+            case m.AcceptedElsewhere():
+                self.accepted_elsewhere = True
 
     # --- writer callbacks (may come from the writer thread) ---------------------------------------
 
@@ -437,7 +588,7 @@ class Worker:
         if paused == self._paused:
             return
         self._paused = paused
-        for run in self.runs.values():
+        for run in self._copies():
             if run.transport is not None:
                 t = run.transport.underlying_transport
                 if paused:
@@ -455,10 +606,14 @@ class Worker:
 
     def _writer_error(self, error: SegmentWriteError) -> None:
         log.error("shard %d: %s", self.cfg.shard, error)
-        self._send({"type": "fatal", "message": str(error)})
+        self._send(m.Fatal(self.cfg.shard, str(error)))
         self.request_stop("write error", WORKER_EXIT_FATAL)
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _logs(self, logs: tuple[Any, ...]) -> None:
+        for line in logs:
+            log.log(line.level, "%s", self._clean(line.message))
 
     def _event(self, event: Event, **fields: Any) -> None:
         writer = self.writer
@@ -483,37 +638,41 @@ class Worker:
         headers = transport.response.headers
         return {str(k): str(v) for k, v in headers.items() if k.lower() not in _HIDDEN_HEADERS}
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: m.WorkerMessage) -> None:
         # The recovery thread and log lines send too; a Connection is not safe to share unlocked.
         try:
             with self._pipe_lock:
-                self.pipe.send({"shard": self.cfg.shard, **msg})
+                self.pipe.send(msg)
         except (OSError, ValueError):
             if self.loop is not None and threading.current_thread() is threading.main_thread():
                 self.request_stop("supervisor went away")
 
-    def _status(self) -> dict[str, Any]:
-        open_runs = [r for r in self.runs.values() if r.listener is not None]
-        messages = self.closed_messages + sum(r.listener.messages for r in open_runs if r.listener)
-        received = self.closed_bytes + sum(r.listener.bytes for r in open_runs if r.listener)
-        last = max((r.listener.last_ns for r in open_runs if r.listener), default=0)
+    def _status(self, final: bool = False) -> m.Status:
+        now = time.time_ns()
+        copies = self._copies()
+        open_runs = [c for c in copies if c.listener is not None]
+        received = self.closed_messages + sum(c.listener.messages for c in open_runs if c.listener)
+        received_bytes = self.closed_bytes + sum(c.listener.bytes for c in open_runs if c.listener)
+        last = max((c.listener.last_ns for c in open_runs if c.listener), default=0)
+        dedupers = [g.deduper for g in self.groups.values() if g.deduper is not None]
+        if dedupers or self.retired_originals:
+            originals = self.retired_originals + sum(d.counts.originals for d in dedupers)
+            duplicates = self.retired_copies + sum(d.counts.copies for d in dedupers)
+        else:
+            originals, duplicates = received, 0
         w = self.writer
-        return {
-            "type": "status",
-            "pid": os.getpid(),
-            "connections_open": len(open_runs),
-            "connections": len(self.runs),
-            "messages": messages,
-            "bytes": received,
-            "reconnects": self.reconnects,
-            "last_message_ns": last,
-            "records_written": w.records_written if w else 0,
-            "bytes_on_disk": w.bytes_written if w else 0,
-            "files_sealed": w.files_sealed if w else 0,
-            "backlog_bytes": w.backlog_bytes if w else 0,
-            "paused": self._paused,
-            "rejected": list(self.rejected),
-        }
+        return m.Status(
+            shard=self.cfg.shard, pid=os.getpid(), sent_ns=now,
+            connections_open=len(open_runs), connections=len(copies),
+            messages=originals, copies=duplicates, bytes=received_bytes, reconnects=self.reconnects,
+            last_message_ns=last,
+            records_written=w.records_written if w else 0, bytes_on_disk=w.bytes_written if w else 0,
+            files_sealed=w.files_sealed if w else 0, backlog_bytes=w.backlog_bytes if w else 0,
+            paused=self._paused, rejected=tuple(self.rejected),
+            downtime_ns=self.retired_downtime_ns + sum(g.downtime(now) for g in self.groups.values()),
+            group_ns=self.retired_group_ns + sum(now - g.started_ns for g in self.groups.values()),
+            final=final,
+        )
 
     async def _ticker(self) -> None:
         writer = self.writer
@@ -559,8 +718,8 @@ class Worker:
         for p in paths:
             try:
                 result = recover(p)
-                log.warning("shard %d: recovered %s", self.cfg.shard, result)
-                self._send({"type": "recovered", "message": str(result)})
+                # One report, by the supervisor: logging here as well printed every recovery twice.
+                self._send(m.Recovered(self.cfg.shard, str(result)))
             except Exception as exc:  # report and carry on: recording matters more than one old file
                 log.error("shard %d: could not recover %s: %s", self.cfg.shard, p, exc)
 
@@ -574,7 +733,7 @@ class PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.worker._send({"type": "log", "line": self.format(record)})
+            self.worker._send(m.LogLine(self.worker.cfg.shard, self.format(record)))
         except Exception:
             self.handleError(record)
 

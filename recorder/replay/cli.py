@@ -27,6 +27,7 @@ from recorder.segment.stats import RecordingStats
 from recorder.timeparse import format_ns, parse_time
 
 PROG = "ime-replay"
+DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
 _EVENT = int(RecordKind.EVENT)
 
 
@@ -127,6 +128,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="ime-recorder", prog_name=PROG)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--speed", default="1x", show_default=True, help="1x, 10x, 0.25x … or max (no pacing).")
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
@@ -140,11 +142,17 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("--start", "start_mode", type=click.Choice(["first-client", "now"]), default="first-client",
               show_default=True, help="With --serve: when the replay clock starts.")
 @click.option("--token", envvar="IME_REPLAY_TOKEN", help="With --serve: clients must send this Authorization token.")
+@click.option("--all-copies", is_flag=True,
+              help="With --redundancy recordings: play every copy of a message as it arrived on each connection, "
+                   "not only the first arrival.")
+@click.option("--send-timeout", type=click.FloatRange(min=0), default=DEFAULT_SEND_TIMEOUT, show_default=True,
+              metavar="S", help="With --serve: a client that cannot take more data for S seconds is closed (1013) "
+                                "and counted, and the replay goes on for the others; 0: wait for it forever.")
 @click.option("-q", "--quiet", is_flag=True, help="No timing report.")
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
          fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str, token: str | None,
-         quiet: bool) -> None:
+         all_copies: bool, send_timeout: float, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
 
     \b
@@ -153,6 +161,8 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
       ime-replay 'ime-data/*.zst' --contract 1001 --from 2026-11-23T09:00:00Z --speed max
       ime-replay ime-data/ --serve 127.0.0.1:8765 --speed 1x
     """
+    if serve is None:
+        check_serve_only_options(click.get_current_context())
     setup_logging(0, quiet)
     # The server's per-connection INFO lines are for ime-sim operators; here they would drown the report.
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
@@ -162,7 +172,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
         click.echo(f"{PROG}: warning: skipped {problem}", err=True)
     check_contracts(segments, contracts)
     selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events=True)
+                          parse_time(end) if end else None, events=True, all_copies=all_copies)
     if listing:
         print_listing(segments, selection)
         damaged = report_damage(segments)
@@ -171,7 +181,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     if serve is not None:
         from recorder.replay.serve import serve_replay
 
-        report = serve_replay(segments, selection, pacer, serve, start_mode, token)
+        report = serve_replay(segments, selection, pacer, serve, start_mode, token, send_timeout or None)
     else:
         report = replay_to_stdout(segments, selection, pacer, fmt)
     if not quiet:
@@ -179,6 +189,20 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
             click.echo(f"{PROG}: {line}", err=True)
     if report_damage(segments) or unreadable:
         sys.exit(EXIT_RUNTIME)
+
+
+SERVE_ONLY = ("start_mode", "token", "send_timeout")
+
+
+def check_serve_only_options(ctx: click.Context) -> None:
+    """--start/--token/--send-timeout mean nothing without --serve: say so rather than silently ignore them.
+
+    Only the command line counts: IME_REPLAY_TOKEN set in the environment for serving must not break stdout use.
+    """
+    for param in ctx.command.params:
+        if param.name in SERVE_ONLY and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
+            flag = max(param.opts, key=len)
+            raise UserError(f"{flag} only applies with --serve [HOST:]PORT; add --serve or drop {flag}")
 
 
 def replay_to_stdout(segments: list[SegmentFile], selection: Selection, pacer: Pacer, fmt: str) -> ReplayReport:

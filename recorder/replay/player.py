@@ -33,6 +33,8 @@ class ReplayReport:
     compressed_s: float = 0.0
     lateness: Histogram = field(default_factory=Histogram)
     stopped_early: bool = False
+    clients_cut: int = 0  # --serve: clients closed because they could not keep up within --send-timeout
+    cut_reason: str = ""
 
     @property
     def effective_speed(self) -> float:
@@ -51,6 +53,9 @@ class ReplayReport:
         ]
         if kinds:
             out.append(f"connection events: {kinds}")
+        if self.clients_cut:
+            out.append(f"cut {self.clients_cut} client(s) that could not keep up ({self.cut_reason}); "
+                       "the replay went on for the others")
         if self.stopped_early:
             out.append("stopped before the end of the recording")
         return out

@@ -4,7 +4,10 @@ The server side is ime-sim's (`recorder.server`): same paths, same 1008 refusals
 pacing runs on its own thread (uvloop's timers have 1 ms resolution; the pacer needs better) and hands
 each due batch to the event loop, which writes every subscriber's share in one frame burst.
 A client that cannot keep up is not dropped from: the replay waits for it (lateness shows that), since
-losing frames would make a backtest silently wrong.
+losing frames would make a backtest silently wrong. But one client that never reads must not freeze the
+others: a client that stays unable to take more for `send_timeout` seconds is closed (code 1013 and a
+reason; the server's slow-client policy, recorder/server/slowclient.py), counted in the timing report, and
+the replay goes on for the others.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from recorder.segment.reader import SegmentFile
 from recorder.segment.selection import Selection
 from recorder.server.framing import OP_BINARY, OP_TEXT
 from recorder.server.server import FeedServer, ServerConfig
+from recorder.server.slowclient import SlowClientPolicy
 from recorder.server.subscriber import Subscriber
 
 log = logging.getLogger("recorder.replay")
 
 _TEXT = int(RecordKind.TEXT)
 _BINARY = int(RecordKind.BINARY)
+_RECEIPT = int(RecordKind.RECEIPT)
 MAX_CLIENT_BUFFER = 8 << 20  # bytes queued for one client before the replay waits for it
 
 
@@ -111,12 +116,12 @@ class ReplaySource:
         binaries: dict[Subscriber, list[bytes]] = {}
         by_contract = self.by_contract
         for rec, contract in batch:
-            if contract is None or rec.kind not in (_TEXT, _BINARY):
-                continue  # connection events are not market data
+            if contract is None or rec.kind not in (_TEXT, _BINARY, _RECEIPT):
+                continue  # connection events are not market data; receipts come only with --all-copies
             subs = by_contract.get(contract)
             if not subs:
                 continue
-            target = texts if rec.kind == _TEXT else binaries
+            target = binaries if rec.kind == _BINARY else texts
             for sub in subs:
                 target.setdefault(sub, []).append(rec.payload)
         for sub, payloads in texts.items():
@@ -129,7 +134,8 @@ class ReplaySource:
             self._check_backlog()
 
     def _check_backlog(self) -> None:
-        if any(not s.disconnected and s.write_buffer_size() > MAX_CLIENT_BUFFER for s in self.subscribers):
+        # Paused = over MAX_CLIENT_BUFFER (the server's high-water mark); a client being cut no longer counts.
+        if any(s.paused and not s.closing for s in self.subscribers):
             self.clear.clear()
             asyncio.get_running_loop().call_later(0.002, self._check_backlog)
         else:
@@ -137,13 +143,15 @@ class ReplaySource:
 
 
 async def _serve(segments: list[SegmentFile], selection: Selection, pacer: Pacer, host: str, port: int,
-                 start_mode: str, token: str | None) -> ReplayReport:
+                 start_mode: str, token: str | None, send_timeout: float | None) -> ReplayReport:
     known = recorded_subscriptions(segments, selection)
     if not any(known.values()):
         raise UserError("nothing to serve: no contract in the selection")
     source = ReplaySource(known)
+    policy = SlowClientPolicy(send_timeout)
     server = FeedServer(ServerConfig(host=host, port=port, http_port=0, static_token=token,
-                                     require_token=token is not None), source)
+                                     require_token=token is not None, write_buffer_high=MAX_CLIENT_BUFFER,
+                                     write_buffer_low=MAX_CLIENT_BUFFER // 4, slow_client=policy), source)
     try:
         await server.start()
     except OSError as exc:
@@ -179,11 +187,14 @@ async def _serve(segments: list[SegmentFile], selection: Selection, pacer: Pacer
     # Let the loop write the last batches before saying goodbye.
     await asyncio.sleep(0.05)
     await server.close(1000, "end of replay", timeout=2.0)
+    report.clients_cut = server.cut_slow
+    if server.cut_slow:
+        report.cut_reason = f"close {policy.close_code}, {policy.reason()}"
     log.debug("sent %d messages to %d clients", source.sent, len(source.subscribers))
     return report
 
 
 def serve_replay(segments: list[SegmentFile], selection: Selection, pacer: Pacer, spec: str, start_mode: str,
-                 token: str | None) -> ReplayReport:
+                 token: str | None, send_timeout: float | None) -> ReplayReport:
     host, port = parse_serve(spec)
-    return uvloop.run(_serve(segments, selection, pacer, host, port, start_mode, token))
+    return uvloop.run(_serve(segments, selection, pacer, host, port, start_mode, token, send_timeout))

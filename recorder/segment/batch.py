@@ -20,18 +20,20 @@ from recorder.segment.format import (
 )
 
 _EVENT = int(RecordKind.EVENT)
+_RECEIPT = int(RecordKind.RECEIPT)
 
 
 class RecordBatch:
     """The records of one future data frame, in arrival order."""
 
-    __slots__ = ("events", "first_ts", "headers", "max_ts", "min_ts", "payloads", "raw_size", "records")
+    __slots__ = ("events", "first_ts", "headers", "max_ts", "min_ts", "payloads", "raw_size", "receipts", "records")
 
     def __init__(self) -> None:
         self.headers = bytearray()
         self.payloads: list[bytes] = []
         self.records = 0
         self.events = 0
+        self.receipts = 0
         self.raw_size = BLOCK_COUNT.size
         self.first_ts = 0
         self.min_ts = 0
@@ -51,6 +53,8 @@ class RecordBatch:
         self.records += 1
         if kind == _EVENT:
             self.events += 1
+        elif kind == _RECEIPT:
+            self.receipts += 1
 
     def block(self) -> bytes:
         return b"".join((BLOCK_COUNT.pack(self.records), self.headers, *self.payloads))

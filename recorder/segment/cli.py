@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 import orjson
@@ -14,6 +14,7 @@ from recorder.cli_support import one_line_errors
 from recorder.errors import EXIT_RUNTIME, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
+from recorder.segment.coverage import Coverage, summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX
 from recorder.segment.output import jsonl_line
@@ -72,17 +73,24 @@ def cli() -> None:
 def ls_cmd(paths: tuple[str, ...]) -> None:
     """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
     segments = sorted(open_all(paths), key=lambda s: (s.shard, s.start_ns, str(s.path)))
-    click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} "
+    click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} {'COPIES':>8} "
                f"{'RAW':>10} {'ZST':>10} {'RATIO':>6} STATE")
     for seg in segments:
         lo, hi = seg.min_ts, seg.max_ts
         ratio = seg.raw_bytes / seg.compressed_bytes if seg.compressed_bytes else 0.0
         click.echo(
             f"{seg.path.name:<44} {seg.shard:>5} {format_ns(lo)[:23] if lo else '-':<24} "
-            f"{format_ns(hi)[:23] if hi else '-':<24} {seg.records:>10} {human_bytes(seg.raw_bytes):>10} "
+            f"{format_ns(hi)[:23] if hi else '-':<24} {seg.records:>10} {receipts_of(seg):>8} "
+            f"{human_bytes(seg.raw_bytes):>10} "
             f"{human_bytes(seg.size):>10} {ratio:>5.1f}x {state_of(seg)}"
         )
     report_damage(d for s in segments for d in s.damage)
+
+
+def receipts_of(seg: SegmentFile) -> str:
+    """Later copies (receipts) among the records, from the seal (open files do not know it without reading)."""
+    value = seg.seal.get("receipts") if seg.sealed else None
+    return str(value) if isinstance(value, int) else "-"
 
 
 def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> int:
@@ -115,13 +123,16 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
               help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Include connection events (jsonl only, and only without --contract).")
+@click.option("--all-copies", is_flag=True,
+              help="With --redundancy recordings: also every later copy of a message (a receipt), not only "
+                   "the first arrival; jsonl marks them with copy_of.")
 @one_line_errors(PROG)
 def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, fmt: str,
-            events: bool) -> None:
-    """Records of one or many files, merged by receive time across shards."""
+            events: bool, all_copies: bool) -> None:
+    """Records of one or many files, merged by receive time across shards; each message once."""
     segments = open_all(paths)
     selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events)
+                          parse_time(end) if end else None, events, all_copies)
     write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
     if report_damage(d for s in segments for d in s.damage):
         sys.exit(EXIT_RUNTIME)
@@ -168,13 +179,18 @@ def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
     segments = open_all(paths)
     stats = RecordingStats()
+    coverage = Coverage()
     for rec in merge_records(segments):
         stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
+        coverage.add(rec.ts_ns, rec.shard, rec.conn, rec.kind, rec.payload)
+    connections = summarise(coverage.finish())
     damaged = report_damage(d for s in segments for d in s.damage)
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps(stats_document(stats), option=orjson.OPT_INDENT_2) + b"\n")
+        document = {**stats_document(stats), "connections": connections}
+        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print_stats(stats)
+        print_coverage(connections)
     if damaged:
         sys.exit(EXIT_RUNTIME)
 
@@ -214,6 +230,27 @@ def print_stats(stats: RecordingStats) -> None:
         click.echo(f"connection events: {summary}")
     if stats.close_codes:
         click.echo("close codes: " + ", ".join(f"{k}×{v}" for k, v in sorted(stats.close_codes.items())))
+
+
+def print_coverage(connections: dict[str, Any]) -> None:
+    """Per connection group: time with no copy connected (the only time data can be missing), copies' shares."""
+    groups = connections["groups"]
+    if not groups:
+        return
+    fraction = connections["connected_fraction"]
+    click.echo(f"connected {100 * fraction:.3f}% of the time; {connections['uncovered_s']:.3f}s with no copy of "
+               "a group connected (the only time a message can be missing)" if fraction is not None else
+               "connections: no time span")
+    click.echo(f"{'SHARD':>5} {'GROUP':>5} {'CONTRACTS':>9} {'SPAN':>9} {'NO COPY':>9} {'GAPS':>4}  COPIES "
+               "(share delivered first; lag when later p50/p99)")
+    for g in groups:
+        copies = "; ".join(
+            f"#{k} {100 * c['share_first']:.1f}%"
+            + (f" {c['lag_when_later_us']['p50']:.0f}/{c['lag_when_later_us']['p99']:.0f}µs"
+               if c["lag_when_later_us"] else "")
+            for k, c in g["copies"].items())
+        click.echo(f"{g['shard']:>5} {g['group']:>5} {g['contracts']:>9} {human_duration(g['span_s']):>9} "
+                   f"{human_duration(g['uncovered_s']):>9} {len(g['longest_gaps']):>4}  {copies}")
 
 
 @cli.command("recover")

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # 1.1: receipts (record kind 4)
 
 ZSTD_FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE_MAGIC_HEADER = 0x184D2A50
@@ -79,9 +79,27 @@ class RecordKind(enum.IntEnum):
     TEXT = 1
     BINARY = 2
     EVENT = 3
+    RECEIPT = 4  # a later copy of a message that arrived first on another redundant connection (format 1.1)
 
 
-KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binary", RecordKind.EVENT: "event"}
+KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binary", RecordKind.EVENT: "event",
+                              RecordKind.RECEIPT: "receipt"}
+
+# Receipt payload: the original's connection and how much later this copy arrived (copy ts − original ts).
+RECEIPT_BODY = struct.Struct("<IQ")
+
+
+def encode_receipt(orig_conn: int, lag_ns: int) -> bytes:
+    # A clock step backwards between two copies must not make the lag unrepresentable.
+    return RECEIPT_BODY.pack(orig_conn, max(lag_ns, 0))
+
+
+def decode_receipt(payload: bytes) -> tuple[int, int]:
+    """(original conn, lag ns); the original's receive time is the receipt's ts_ns − lag."""
+    if len(payload) != RECEIPT_BODY.size:
+        raise SegmentFormatError(f"receipt payload has {len(payload)} bytes, expected {RECEIPT_BODY.size}")
+    conn, lag = RECEIPT_BODY.unpack(payload)
+    return conn, lag
 
 
 def crc32(data: bytes | bytearray | memoryview) -> int:

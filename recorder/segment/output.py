@@ -12,6 +12,7 @@ from recorder.timeparse import format_ns
 
 _TEXT = int(RecordKind.TEXT)
 _EVENT = int(RecordKind.EVENT)
+_RECEIPT = int(RecordKind.RECEIPT)
 
 
 def jsonl_line(rec: Record, contract: str | None) -> bytes:
@@ -44,6 +45,18 @@ def jsonl_line(rec: Record, contract: str | None) -> bytes:
             out["event"] = orjson.Fragment(rec.payload)
         except orjson.JSONDecodeError:
             out["text"] = rec.payload.decode("utf-8", "replace")
+    elif rec.kind == _RECEIPT:
+        # A later copy (--all-copies): which record it repeats, how much later, and the frame when found.
+        orig_conn, lag = getattr(rec, "orig_conn", -1), getattr(rec, "lag_ns", 0)
+        out["copy_of"] = {"conn": orig_conn, "recv_ns": rec.ts_ns - lag, "lag_ns": lag}
+        if contract is not None:
+            out["contract"] = contract
+        if rec.payload:
+            try:
+                orjson.loads(rec.payload)
+                out["frame"] = orjson.Fragment(rec.payload)
+            except orjson.JSONDecodeError:
+                out["base64"] = base64.b64encode(rec.payload).decode()
     else:
         out["base64"] = base64.b64encode(rec.payload).decode()
     return orjson.dumps(out) + b"\n"

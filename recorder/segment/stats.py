@@ -78,6 +78,8 @@ class RecordingStats:
             if name == "closed" and isinstance(code, int):
                 self.close_codes[code] += 1
             return
+        if kind == RecordKind.RECEIPT:
+            return  # a later copy of a message already counted (redundant capture)
         contract = identify(payload) if kind == RecordKind.TEXT else None
         key = contract if contract is not None else NO_CONTRACT
         stats = self.contracts.get(key)

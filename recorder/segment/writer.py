@@ -86,7 +86,11 @@ class _OpenSegment:
         self.frames: list[FrameInfo] = []
         self.seek: list[SeekEntry] = [SeekEntry(len(header), 0, XXH64_EMPTY_LOW32)]
         self.records = 0
+        self.receipts = 0
         self.raw_bytes = 0
+
+    def seal_meta(self, reason: str) -> dict[str, Any]:
+        return {"reason": reason, "sealed_ns": time.time_ns(), "records": self.records, "receipts": self.receipts}
 
 
 class SegmentWriter:
@@ -293,6 +297,7 @@ class SegmentWriter:
         cur.seek.append(SeekEntry(DESCRIPTOR_FRAME_SIZE, 0, XXH64_EMPTY_LOW32))
         cur.seek.append(SeekEntry(info.compressed_size, info.raw_size, info.checksum))
         cur.records += info.records
+        cur.receipts += batch.receipts
         cur.raw_bytes += info.raw_size
         self.records_written += info.records
         self.frames_written += 1
@@ -358,7 +363,7 @@ class SegmentWriter:
     def _seal(self, reason: str) -> None:
         cur = self._current
         assert cur is not None
-        seal = {"reason": reason, "sealed_ns": time.time_ns(), "records": cur.records}
+        seal = cur.seal_meta(reason)
         index = encode_index(cur.frames, seal)
         seek = [*cur.seek, SeekEntry(len(index), 0, XXH64_EMPTY_LOW32)]
         self._write_all(cur, index + encode_seek_table(seek))
@@ -393,7 +398,7 @@ class SegmentWriter:
         try:
             os.ftruncate(fd, cur.offset)
             os.lseek(fd, cur.offset, os.SEEK_SET)
-            seal = {"reason": "write-error", "sealed_ns": time.time_ns(), "records": cur.records}
+            seal = cur.seal_meta("write-error")
             index = encode_index(cur.frames, seal)
             tail = index + encode_seek_table([*cur.seek, SeekEntry(len(index), 0, XXH64_EMPTY_LOW32)])
             view = memoryview(tail)

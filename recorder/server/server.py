@@ -43,6 +43,7 @@ from recorder.feed.endpoints import (
 from recorder.feed.token import AUTH_HEADER, CONTENT_TYPE, TokenError, decode_token_request, token_from_header
 from recorder.server.framing import MAX_CLOSE_REASON, truncate_utf8
 from recorder.server.http import HttpRequest, HttpResponse, HttpServer
+from recorder.server.slowclient import SlowClientPolicy
 from recorder.server.source import FeedSource
 from recorder.server.subscriber import CLOSE_TIMEOUT, Subscriber
 from recorder.server.tokens import Credentials, TokenAuthority
@@ -66,6 +67,8 @@ class ServerConfig:
     # A slow client may hold at most this much in our user-space buffer before `writable` turns False.
     write_buffer_high: int = 1 << 20
     write_buffer_low: int = 256 << 10
+    # What to do with a client that stays over write_buffer_high: each source's owner chooses (slowclient.py).
+    slow_client: SlowClientPolicy = field(default_factory=SlowClientPolicy)
     history: int = 1000  # closed connections kept for /stats
     use_aiofastnet: bool | None = None  # picows's choice by default
 
@@ -150,6 +153,7 @@ class FeedServer:
         self._next_id = 1
         self._refused: Counter[str] = Counter()
         self._tokens_issued = 0
+        self._cut_slow = 0
         self._started = time.time()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -219,6 +223,11 @@ class FeedServer:
         return f"[{host}]" if ":" in host else host
 
     @property
+    def cut_slow(self) -> int:
+        """Clients closed by the slow-client policy so far."""
+        return self._cut_slow
+
+    @property
     def subscribers(self) -> list[Subscriber]:
         return list(self._subs.values())
 
@@ -263,7 +272,8 @@ class FeedServer:
                token_id: str | None) -> Subscriber:
         transport.underlying_transport.set_write_buffer_limits(
             high=self.config.write_buffer_high, low=self.config.write_buffer_low)
-        sub = Subscriber(self._next_id, kind, contracts, token_id, transport, self._on_gone)
+        sub = Subscriber(self._next_id, kind, contracts, token_id, transport, self._on_gone,
+                         self.config.slow_client)
         self._next_id += 1
         self._subs[sub.id] = sub
         log.info("connection %d open: %s endpoint, %d contract(s), peer %s", sub.id, kind.value, len(contracts),
@@ -274,6 +284,10 @@ class FeedServer:
     def _on_gone(self, sub: Subscriber) -> None:
         self._subs.pop(sub.id, None)
         self._history.append(sub)
+        if sub.cut_slow:
+            self._cut_slow += 1
+            log.warning("connection %d (peer %s) cut, close %s: %s", sub.id, sub.peer, sub.close_code,
+                        sub.close_reason)
         log.info("connection %d closed (%s, code %s): sent %d, dropped %d", sub.id, sub.closed_by,
                  sub.close_code, sub.sent, sub.dropped)
         try:
@@ -312,7 +326,7 @@ class FeedServer:
             "uptime_s": round(time.time() - self._started, 3),
             "open": len(self._subs),
             "connections": conns,
-            "totals": {**totals, "connections": len(conns), "faults": dict(faults)},
+            "totals": {**totals, "connections": len(conns), "faults": dict(faults), "cut_slow": self._cut_slow},
             "refused": dict(self._refused),
             "tokens_issued": self._tokens_issued,
             "source": dict(source_stats),

@@ -13,6 +13,7 @@ from picows import WSCloseCode, WSTransport
 from recorder.feed.endpoints import EndpointKind
 from recorder.server.framing import MAX_CLOSE_REASON as _MAX_REASON
 from recorder.server.framing import OP_PING, OP_TEXT, frame, frame_header, text_header, truncate_utf8
+from recorder.server.slowclient import SlowClientPolicy
 
 CLOSE_TIMEOUT = 2.0  # how long a client gets to answer our CLOSE before the TCP connection is cut
 
@@ -29,17 +30,21 @@ class Subscriber:
 
     Counters: `sent` market messages and `frames` data frames handed to the transport, `sent_bytes` on
     the wire (headers included), `dropped`, `pongs` received, `faults` by name.
+
+    Slow clients: with a `SlowClientPolicy` that has a `send_timeout`, a client that stays paused that long
+    is closed with the policy's code and reason, and `cut_slow` is set (see recorder/server/slowclient.py).
     """
 
     __slots__ = (
-        "__weakref__", "_close_handle", "_closing", "_disconnected", "_on_close", "_paused", "_transport",
-        "_waiters", "_write", "close_code", "close_reason", "closed_at", "closed_by", "connected_at", "contracts",
-        "dropped", "faults", "frames", "id", "kind", "peer", "pongs", "sent", "sent_bytes", "state", "tap",
-        "token_id",
+        "__weakref__", "_close_handle", "_closing", "_cut_handle", "_disconnected", "_on_close", "_paused",
+        "_policy", "_transport", "_waiters", "_write", "close_code", "close_reason", "closed_at", "closed_by",
+        "connected_at", "contracts", "cut_slow", "dropped", "faults", "frames", "id", "kind", "peer", "pongs",
+        "sent", "sent_bytes", "state", "tap", "token_id",
     )
 
     def __init__(self, sub_id: int, kind: EndpointKind, contracts: tuple[str, ...], token_id: str | None,
-                 transport: WSTransport, on_close: Callable[[Subscriber], None] | None = None) -> None:
+                 transport: WSTransport, on_close: Callable[[Subscriber], None] | None = None,
+                 policy: SlowClientPolicy | None = None) -> None:
         self.id = sub_id
         self.kind = kind
         self.contracts = contracts
@@ -67,6 +72,9 @@ class Subscriber:
         self._waiters: list[asyncio.Future[None]] = []
         self._close_handle: asyncio.TimerHandle | None = None
         self._on_close = on_close
+        self._policy = policy
+        self._cut_handle: asyncio.TimerHandle | None = None
+        self.cut_slow = False  # closed by the slow-client policy
         # Sees every byte handed to the transport (ime-sim --sent-log); None costs one check per write.
         self.tap: Callable[[int, bytes | bytearray | memoryview], None] | None = None
 
@@ -196,10 +204,23 @@ class Subscriber:
 
     def _on_pause(self) -> None:
         self._paused = True
+        timeout = self._policy.send_timeout if self._policy is not None else None
+        if timeout is not None and self._cut_handle is None and not self._closing:
+            self._cut_handle = asyncio.get_running_loop().call_later(timeout, self._cut_if_still_paused)
 
     def _on_resume(self) -> None:
         self._paused = False
+        if self._cut_handle is not None:
+            self._cut_handle.cancel()
+            self._cut_handle = None
         self._wake()
+
+    def _cut_if_still_paused(self) -> None:
+        self._cut_handle = None
+        if not self._paused or self._closing or self._policy is None:
+            return
+        self.cut_slow = True
+        self.close(self._policy.close_code, self._policy.reason())
 
     def _on_client_close(self, code: int | None, reason: str) -> None:
         if not self._closing:
@@ -217,8 +238,9 @@ class Subscriber:
         self.closed_at = time.time()
         if self.closed_by is None:
             self.closed_by = "client"  # the peer went away without a close handshake
-        if self._close_handle is not None:
-            self._close_handle.cancel()
+        for handle in (self._close_handle, self._cut_handle):
+            if handle is not None:
+                handle.cancel()
         self._wake()
         if self._on_close is not None:
             self._on_close(self)
@@ -241,4 +263,5 @@ class Subscriber:
             "close_code": self.close_code,
             "close_reason": self.close_reason,
             "closed_by": self.closed_by,
+            "cut_slow": self.cut_slow,
         }

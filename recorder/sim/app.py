@@ -12,7 +12,7 @@ from recorder.server.server import FeedServer, ServerConfig
 from recorder.server.tokens import Credentials
 from recorder.sim.faults import FaultConfig
 from recorder.sim.market import ContractSpec, make_contracts
-from recorder.sim.sentlog import SentLog, TappedSource
+from recorder.sim.sentlog import PublishedLog, SentLog, TappedSource
 from recorder.sim.source import SimSource
 
 DEMO_USERNAME = "demo"
@@ -39,6 +39,7 @@ class SimConfig:
     write_buffer_high: int = 1 << 20
     use_aiofastnet: bool | None = None
     sent_log: Path | None = None  # write every message sent into a segment file here (tests, benchmarks)
+    published_log: Path | None = None  # write every message the market published (ground truth of loss)
 
     def __post_init__(self) -> None:
         if self.contracts < 1:
@@ -53,6 +54,9 @@ class SimConfig:
             raise ValueError("--username and --password must not be empty")
         if self.reject not in ("close", "handshake"):
             raise ValueError("--reject must be close or handshake")
+        if self.published_log is not None and self.rate == 0:
+            raise ValueError("--published-log needs a live market (--rate > 0): with --rate 0 each connection "
+                             "has a private market and its sent log is the whole truth")
         if self.batch_bytes < 1024:
             raise ValueError("batch size must be at least 1024 bytes")
 
@@ -61,12 +65,13 @@ class SimHandle:
     """A running simulator. `token` is a ready-made valid token (the fixed one if configured)."""
 
     def __init__(self, config: SimConfig, server: FeedServer, source: SimSource, token: str,
-                 sent_log: SentLog | None = None) -> None:
+                 sent_log: SentLog | None = None, published_log: PublishedLog | None = None) -> None:
         self.config = config
         self.server = server
         self.source = source
         self.token = token
         self.sent_log = sent_log
+        self.published_log = published_log
         self.contracts: list[ContractSpec] = source.specs
 
     def __repr__(self) -> str:
@@ -145,8 +150,9 @@ class SimHandle:
     async def close(self) -> None:
         await self.server.close()
         await self.source.close()
-        if self.sent_log is not None:
-            self.sent_log.close()
+        for log in (self.sent_log, self.published_log):
+            if log is not None:
+                log.close()
 
 
 async def start_sim(config: SimConfig | None = None) -> SimHandle:
@@ -160,11 +166,20 @@ async def start_sim(config: SimConfig | None = None) -> SimHandle:
         use_aiofastnet=cfg.use_aiofastnet,
     )
     # The source needs the server (to revoke tokens) and the server the source: tie them after creation.
+    published_log = PublishedLog(cfg.published_log, [s.id for s in specs]) if cfg.published_log else None
     source = SimSource(specs, seed=cfg.seed, rate=cfg.rate, burst=cfg.burst, burst_every=cfg.burst_every,
-                       faults=cfg.faults, batch_bytes=cfg.batch_bytes)
+                       faults=cfg.faults, batch_bytes=cfg.batch_bytes,
+                       on_publish=published_log.published if published_log is not None else None)
     sent_log = SentLog(cfg.sent_log) if cfg.sent_log is not None else None
     server = FeedServer(server_cfg, source if sent_log is None else TappedSource(source, sent_log))
     source.set_revoker(server.revoke)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        for log in (sent_log, published_log):
+            if log is not None:
+                log.close()
+        raise
+    source.start()
     token = cfg.token or server.issue_token(cfg.username)
-    return SimHandle(cfg, server, source, token, sent_log)
+    return SimHandle(cfg, server, source, token, sent_log, published_log)

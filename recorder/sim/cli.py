@@ -104,23 +104,28 @@ def _seconds(_ctx: click.Context, param: click.Parameter, value: float | None) -
 
 FAULT_OPTIONS = [
     click.option("--drop-every", type=float, callback=_seconds, metavar="S",
-                 help="Per connection: drain what was sent, then drop TCP without a CLOSE, every S seconds."),
+                 help="Per connection: drain what was sent, then drop TCP without a CLOSE, after a gap drawn "
+                      "uniformly from [0.5 S, 1.5 S] (its own seeded schedule per connection, so redundant "
+                      "connections do not drop together)."),
     click.option("--close-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: close with --close-code every S seconds."),
     click.option("--close-code", type=int, default=1011, show_default=True, help="Close code for --close-every."),
     click.option("--stall-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: send nothing for --stall-for seconds, every S seconds."),
-    click.option("--stall-for", type=float, default=2.0, show_default=True, metavar="S"),
+    click.option("--stall-for", type=float, default=2.0, show_default=True, metavar="S",
+                 help="How long each --stall-every stall lasts, seconds."),
     click.option("--malformed-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: a text frame that is not valid JSON, every S seconds."),
     click.option("--binary-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: a binary frame, every S seconds."),
     click.option("--oversized-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: a valid message padded to --oversized-bytes, every S seconds."),
-    click.option("--oversized-bytes", type=click.IntRange(min=1), default=2_000_000, show_default=True),
+    click.option("--oversized-bytes", type=click.IntRange(min=1), default=2_000_000, show_default=True,
+                 help="Size of each --oversized-every message, bytes."),
     click.option("--fragment-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: one message split into --fragment-parts frames, every S seconds."),
-    click.option("--fragment-parts", type=click.IntRange(min=2), default=3, show_default=True),
+    click.option("--fragment-parts", type=click.IntRange(min=2), default=3, show_default=True,
+                 help="Frames each --fragment-every message is split into."),
     click.option("--ping-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: a PING frame every S seconds."),
     click.option("--revoke-after", type=float, callback=_seconds, metavar="S",
@@ -148,13 +153,15 @@ def fault_options(fn: Any) -> Any:
                    "0: each client as fast as it reads.")
 @click.option("--burst", type=click.IntRange(min=0), default=0, show_default=True,
               help="Extra messages sent at once every --burst-every seconds (with --rate > 0).")
-@click.option("--burst-every", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
+@click.option("--burst-every", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar="S", help="Seconds between --burst bursts.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seeds the market and the fault schedule.")
 @click.option("--token", default=None, help="A fixed token to accept besides the ones the sim issues.")
 @click.option("--token-ttl", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
               help="Lifetime of issued tokens, seconds.")
 @click.option("--username", default=DEMO_USERNAME, show_default=True, help="Demo login for the token endpoint.")
-@click.option("--password", default=DEMO_PASSWORD, show_default=True)
+@click.option("--password", default=DEMO_PASSWORD, show_default=True,
+              help="Demo password for the token endpoint (a test credential, not a secret).")
 @click.option("--reject", type=click.Choice(["close", "handshake"]), default="close", show_default=True,
               help="Refuse bad subscriptions by closing 1008 after the upgrade, or by HTTP 403.")
 @fault_options
@@ -163,12 +170,17 @@ def fault_options(fn: Any) -> Any:
 @click.option("--duration", type=float, callback=_seconds, metavar="S", help="Stop after S seconds.")
 @click.option("--sent-log", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write every message sent, per connection, into segment files here (ground truth for tests).")
+@click.option("--published-log", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write every message the market published, once, into segment files here, whether or not "
+                   "any connection was open (ground truth of real loss; by-id envelope, connection 0; needs "
+                   "--rate > 0).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: picows too).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 @one_line_errors(PROG)
 def cli(host: str, port: int, http_port: int, contracts: int, rate: float, burst: int, burst_every: float,
         seed: int, token: str | None, token_ttl: float, username: str, password: str, reject: str,
-        ready_file: Path | None, duration: float | None, sent_log: Path | None, verbose: int, quiet: bool,
+        ready_file: Path | None, duration: float | None, sent_log: Path | None, published_log: Path | None,
+        verbose: int, quiet: bool,
         **faults: Any) -> None:
     """An IME-compatible WebSocket server with a synthetic market and fault injection, for offline use."""
     setup_logging(verbose, quiet)
@@ -176,7 +188,7 @@ def cli(host: str, port: int, http_port: int, contracts: int, rate: float, burst
         config = SimConfig(host=host, port=port, http_port=http_port, contracts=contracts, rate=rate, burst=burst,
                            burst_every=burst_every, seed=seed, token=token, username=username, password=password,
                            token_ttl=token_ttl, reject=reject,  # type: ignore[arg-type]
-                           faults=FaultConfig(**faults), sent_log=sent_log)
+                           faults=FaultConfig(**faults), sent_log=sent_log, published_log=published_log)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if ready_file is not None and not ready_file.parent.is_dir():

@@ -2,7 +2,10 @@
 
 Each periodic fault with period S happens for the k-th time at k*S +/- 10% (jitter drawn from the seed
 and the connection number), so runs repeat exactly and different connections do not fail in lockstep.
-`revoke_after` happens once, exactly then.
+Drops are spread much wider: the gap before each drop is uniform in [0.5 S, 1.5 S], drawn per connection.
+Redundant connections to the same contracts open at nearly the same moment; with only +/- 10% their
+first drops would still fall within a reconnect of each other, and every copy would miss the same
+messages. `revoke_after` happens once, exactly then.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 JITTER = 0.1
+DROP_SPREAD = 0.5  # a drop comes after a gap uniform in [(1 - DROP_SPREAD) S, (1 + DROP_SPREAD) S]
 
 
 class Fault(enum.StrEnum):
@@ -88,6 +92,11 @@ class FaultPlan:
 
     def _periodic(self, fault: Fault, period: float) -> Iterator[tuple[float, Fault]]:
         rng = random.Random(f"fault:{self.seed}:{self.connection}:{fault.value}")
+        if fault is Fault.DROP:
+            at = 0.0
+            while True:
+                at += period * rng.uniform(1 - DROP_SPREAD, 1 + DROP_SPREAD)
+                yield at, fault
         k = 1
         while True:
             yield period * (k + rng.uniform(-JITTER, JITTER)), fault

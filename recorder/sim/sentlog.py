@@ -1,14 +1,21 @@
-"""`ime-sim --sent-log DIR`: every message the simulator hands to the kernel, as a segment file.
+"""ime-sim's ground-truth logs, as segment files: what it sent (`--sent-log`) and what it published
+(`--published-log`).
 
-It is the ground truth for "nothing lost" tests and benchmarks: a recording must hold, per connection
-and in order, exactly these payloads. Frames are decoded back from what was written to the socket, so
-fragmented, binary and malformed messages are logged as the client must reassemble them.
+The sent log holds every message the simulator hands to the kernel, per connection: a recording must
+hold, per connection and in order, exactly these payloads. Frames are decoded back from what was written
+to the socket, so fragmented, binary and malformed messages are logged as the client must reassemble them.
+
+The published log holds every message the market published, once, whether or not any connection was open
+to receive it: real loss is "published but recorded by no copy". Its records have connection 0 and the
+by-id envelope (`"contractId":"1001"`); a by-name subscriber received the same message with
+`"contractName"` instead. Injected faults (malformed, binary, oversized, fragmented frames) are not market
+messages and appear only in the sent log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +28,18 @@ from recorder.server.source import FeedSource
 from recorder.server.subscriber import Subscriber
 
 _KINDS = {OP_TEXT: int(RecordKind.TEXT), OP_BINARY: int(RecordKind.BINARY)}
+_TEXT = int(RecordKind.TEXT)
+PUBLISHED_CONN = 0  # the published log's connection number: no connection, the market itself
+
+
+def ground_truth_writer(directory: Path, prefix: str, role: str, **meta: Any) -> SegmentWriter:
+    """The segment writer both logs use: short flushes, so a test sees the truth soon after the fact."""
+    return SegmentWriter(directory, prefix=prefix, meta={"role": role, **meta}, flush_ms=50)
 
 
 class SentLog:
     def __init__(self, directory: Path) -> None:
-        self.writer = SegmentWriter(directory, prefix="sent", meta={"role": "ime-sim sent log"}, flush_ms=50)
+        self.writer = ground_truth_writer(directory, "sent", "ime-sim sent log")
         self._partial: dict[int, tuple[int, list[bytes]]] = {}
 
     def opened(self, sub: Subscriber) -> None:
@@ -53,6 +67,23 @@ class SentLog:
                     append(now, sub_id, _KINDS[opcode], payload)
                 else:
                     self._partial[sub_id] = (opcode, [payload])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class PublishedLog:
+    """Every market message, once, at its publication time (see the module docstring)."""
+
+    def __init__(self, directory: Path, ids: Sequence[str]) -> None:
+        # endpoint/contracts in the header let ime-segments and ime-replay name the contracts without a scan.
+        self.writer = ground_truth_writer(directory, "published", "ime-sim published log", endpoint="id",
+                                          contracts=list(ids))
+        self.messages = 0
+
+    def published(self, ts_ns: int, payload: bytes) -> None:
+        self.writer.append(ts_ns, PUBLISHED_CONN, _TEXT, payload)
+        self.messages += 1
 
     def close(self) -> None:
         self.writer.close()

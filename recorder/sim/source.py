@@ -2,7 +2,9 @@
 
 Two ways to send, chosen by `rate`:
 - rate > 0, a live market: one shared Market emits `rate` events per second in total (contract picked at
-  random), event i due at start + i/rate on a perf_counter clock; each event goes to every connection
+  random), event i due at start + i/rate on a perf_counter clock, from `start()` on whether or not anyone
+  listens (as an exchange does: a message published while no connection is open is lost to the client).
+  Each event is published once (to `on_publish`, e.g. the --published-log) and goes to every connection
   subscribed to its contract, all of one tick in one write. A connection whose transport is paused (or
   stalled) does not hold the market up: its messages of that tick are dropped and counted.
 - rate == 0: every connection gets its own Market over its own contracts and a pump that writes batches
@@ -82,7 +84,8 @@ class SimSource:
 
     def __init__(self, specs: Sequence[ContractSpec], *, seed: int = 1, rate: float = 1000.0, burst: int = 0,
                  burst_every: float = 5.0, faults: FaultConfig | None = None, batch_bytes: int = 128 * 1024,
-                 revoke: Callable[[str], None] | None = None) -> None:
+                 revoke: Callable[[str], None] | None = None,
+                 on_publish: Callable[[int, bytes], None] | None = None) -> None:
         if rate < 0:
             raise ValueError("rate must be >= 0")
         self.specs = list(specs)
@@ -101,7 +104,9 @@ class SimSource:
         self._feeds: dict[int, _Feed] = {}
         self._market = Market(self.specs, seed) if rate > 0 else None
         self._routes: list[list[tuple[_Feed, bytes]]] = [[] for _ in self.specs]
-        self._listeners = asyncio.Event()
+        self._on_publish = on_publish
+        # The by-id envelope of each contract: what on_publish receives (see recorder/sim/sentlog.py).
+        self._published_prefixes = [message_prefix(EndpointKind.ID.field, s.id) for s in self.specs]
         self._ticker: asyncio.Task[None] | None = None
         self._private_events = 0
         self.late_skipped = 0
@@ -125,9 +130,7 @@ class SimSource:
             feed = _Feed(sub, self._market, wanted, prefixes)
             for i in wanted:
                 self._routes[i].append((feed, prefixes[i]))
-            self._listeners.set()
-            if self._ticker is None:
-                self._ticker = _spawn(self._tick(), "market ticker")
+            self.start()
         else:
             # A private market per connection: the client alone sets the pace, and sees a complete stream.
             specs = [self.specs[i] for i in wanted]
@@ -148,10 +151,13 @@ class SimSource:
         if self._market is not None:
             for i in feed.positions:
                 self._routes[i] = [r for r in self._routes[i] if r[0] is not feed]
-            if not self._feeds:
-                self._listeners.clear()
         else:
             self._private_events += feed.market.events
+
+    def start(self) -> None:
+        """Open the live market (rate > 0): from now on it publishes, listened to or not. Idempotent."""
+        if self._market is not None and self._ticker is None:
+            self._ticker = _spawn(self._tick(), "market ticker")
 
     def stats(self) -> Mapping[str, Any]:
         private = sum(f.market.events for f in self._feeds.values() if f.market is not self._market)
@@ -215,44 +221,44 @@ class SimSource:
 
     async def _tick(self) -> None:
         rate = self.rate
-        next_burst = 0.0
+        start = time.perf_counter()
+        done = 0
+        next_burst = start + self.burst_every
         while True:
-            if not self._feeds:
-                # Nobody listens: the market pauses, and restarts its schedule with the next subscriber.
-                await self._listeners.wait()
-            start = time.perf_counter()
-            done = 0
-            next_burst = start + self.burst_every
-            while self._feeds:
-                now = time.perf_counter()
-                due = int((now - start) * rate) + 1 - done
-                backlog = due - max(1, int(rate * MAX_CATCH_UP))
-                if backlog > 0:
-                    self.late_skipped += backlog
-                    done += backlog
-                    due -= backlog
-                extra = 0
-                if self.burst and now >= next_burst:
-                    extra = self.burst
-                    self.bursts += 1
-                    next_burst = now + self.burst_every
-                if due + extra > 0:
-                    self._emit(due + extra)
-                    done += due
-                delay = start + done / rate - time.perf_counter()
-                await asyncio.sleep(max(delay, TICK))
+            now = time.perf_counter()
+            due = int((now - start) * rate) + 1 - done
+            backlog = due - max(1, int(rate * MAX_CATCH_UP))
+            if backlog > 0:
+                self.late_skipped += backlog
+                done += backlog
+                due -= backlog
+            extra = 0
+            if self.burst and now >= next_burst:
+                extra = self.burst
+                self.bursts += 1
+                next_burst = now + self.burst_every
+            if due + extra > 0:
+                self._emit(due + extra)
+                done += due
+            delay = start + done / rate - time.perf_counter()
+            await asyncio.sleep(max(delay, TICK))
 
     def _emit(self, n: int) -> None:
         market = self._market
         assert market is not None
-        ts = self._clock.stamp()
+        now_ns = time.time_ns()
+        ts = self._clock.stamp(now_ns)
         market.set_clock(self._clock.date, self._clock.time)
         step = market.step
         routes = self._routes
         hdrs = TEXT_HEADERS
+        publish = self._on_publish
+        published = self._published_prefixes
         touched: list[_Feed] = []
         for _ in range(n):
             i, tail = step()
+            if publish is not None:
+                publish(now_ns, published[i] + ts + tail)
             for feed, prefix in routes[i]:
                 if not feed.count:
                     touched.append(feed)

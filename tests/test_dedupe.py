@@ -1,0 +1,115 @@
+"""The dedupe core: first arrival wins, copies across sources collapse, repeats within a source are kept."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recorder.segment.dedupe import Deduper, ReceiptResolver, digest
+from recorder.segment.format import decode_receipt, encode_receipt
+
+MS = 1_000_000
+
+
+def test_digest_is_16_bytes_of_the_payload_only():
+    assert len(digest(b"x")) == 16
+    assert digest(b"abc") == digest(b"abc")
+    assert digest(b"abc") != digest(b"abd")
+
+
+def test_first_arrival_wins_and_the_copy_names_it():
+    d = Deduper()
+    assert d.observe(100, source=0, payload=b"m1", ref=7) is None
+    assert d.observe(130, source=1, payload=b"m1", ref=9) == (100, 7)
+    assert d.counts.originals == 1
+    assert d.counts.copies == 1
+
+
+def test_a_repeat_on_one_source_is_kept_and_its_copy_pairs_with_the_second_original():
+    d = Deduper()
+    assert d.observe(1, 0, b"same", 10) is None
+    assert d.observe(2, 0, b"same", 10) is None  # the server really sent it twice
+    assert d.observe(3, 1, b"same", 11) == (1, 10)
+    assert d.observe(4, 1, b"same", 11) == (2, 10)
+    assert d.observe(5, 1, b"same", 11) is None  # a third from source 1: more than source 0 had
+    assert d.observe(6, 0, b"same", 10) == (5, 11)
+
+
+def test_copies_outside_the_window_are_kept_as_originals_not_dropped():
+    d = Deduper(window_ns=10 * MS)
+    assert d.observe(0, 0, b"a") is None
+    assert d.observe(11 * MS, 1, b"a") is None
+    assert d.observe(12 * MS, 0, b"a") == (11 * MS, 1)
+
+
+def test_the_entry_cap_bounds_memory():
+    d = Deduper(window_ns=10**18, max_entries=100)
+    for i in range(1000):
+        d.observe(i, 0, str(i).encode())
+    assert len(d) <= 100
+
+
+def _interleave(rng: random.Random, streams: list[list[bytes]], losses: list[set[int]]):
+    """Arrivals of each source's stream (minus its lost positions), merged in a random but per-source order."""
+    cursors = [0] * len(streams)
+    out = []
+    while any(c < len(s) for c, s in zip(cursors, streams, strict=True)):
+        src = rng.choice([i for i, s in enumerate(streams) if cursors[i] < len(s)])
+        pos = cursors[src]
+        cursors[src] += 1
+        if pos not in losses[src]:
+            out.append((src, pos, streams[src][pos]))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=st.lists(st.binary(min_size=0, max_size=4).map(lambda b: b"m" + b), min_size=0, max_size=40),
+    copies=st.integers(min_value=1, max_value=3),
+    seed=st.integers(min_value=0, max_value=2**32),
+    loss=st.floats(min_value=0, max_value=0.6),
+)
+def test_the_union_of_lossy_copies_is_the_published_multiset(messages, copies, seed, loss):
+    """Each copy sees the published sequence with gaps; the originals are exactly what any copy saw.
+
+    Repeated bytes in the published sequence (the server sending the same message twice) must survive.
+    """
+    rng = random.Random(seed)
+    streams = [list(messages) for _ in range(copies)]
+    losses = [{i for i in range(len(messages)) if rng.random() < loss} for _ in range(copies)]
+    d = Deduper(window_ns=10**15)
+    originals: list[bytes] = []
+    for ts, (src, _pos, payload) in enumerate(_interleave(rng, streams, losses)):
+        if d.observe(ts, src, payload) is None:
+            originals.append(payload)
+    # Expected: for each distinct payload, the most occurrences any single copy delivered.
+    expected: dict[bytes, int] = {}
+    for src in range(copies):
+        seen: dict[bytes, int] = {}
+        for i, m in enumerate(messages):
+            if i not in losses[src]:
+                seen[m] = seen.get(m, 0) + 1
+        for m, n in seen.items():
+            expected[m] = max(expected.get(m, 0), n)
+    got: dict[bytes, int] = {}
+    for m in originals:
+        got[m] = got.get(m, 0) + 1
+    assert got == expected
+
+
+def test_receipt_payload_round_trip_and_lag_never_negative():
+    assert decode_receipt(encode_receipt(7, 1234)) == (7, 1234)
+    assert decode_receipt(encode_receipt(7, -5)) == (7, 0)
+
+
+def test_resolver_finds_recent_originals_only():
+    r = ReceiptResolver(window_ns=100)
+    r.original(10, 0, 1, b"a")
+    r.original(50, 0, 2, b"b")
+    assert r.resolve(10, 0, 1) == b"a"
+    assert r.resolve(10, 0, 2) is None
+    r.original(200, 0, 1, b"c")
+    assert r.resolve(10, 0, 1) is None
+    assert r.resolve(200, 0, 1) == b"c"
