@@ -46,6 +46,9 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | 
         except UserError as exc:
             # Raised while click parses, outside the command's one-line error handling.
             fail("ime-record", str(exc), exc.exit_code)
+        multiple = {p.name for p in ctx.command.params if isinstance(p, click.Option) and p.multiple}
+        # A repeatable option (--base-url) may be one string in the file, or a list.
+        values = {k: [v] if k in multiple and not isinstance(v, list) else v for k, v in values.items()}
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
