@@ -342,3 +342,14 @@ def test_retention_remove_takes_empty_day_directories_but_never_out(tmp_path):
     assert not day.exists()
     remove(b, out)
     assert out.is_dir() and not b.exists()
+
+
+def test_ready_needs_every_shard_connected_or_retrying():
+    from recorder.record.operations import settled
+
+    a, b, empty = ShardView(0, 3, state="running"), ShardView(1, 3, state="running"), ShardView(2, 0, state="empty")
+    assert not settled([a, b, empty])  # no report yet
+    a.update(status(connections=2, connections_open=2), now=time.monotonic())
+    assert not settled([a, b, empty])
+    b.update(status(shard=1, connections=1, connections_open=0), now=time.monotonic())  # retrying counts
+    assert settled([a, b, empty])
