@@ -396,3 +396,25 @@ def test_retention_waits_for_on_sealed(recorder, tmp_path):
     rec = recorder("--demo", "--out", str(out), "--retain-days", "7", "--on-sealed", "true", "--duration", "5")
     assert rec.wait(60) == 0, rec.stderr
     assert not any(p.exists() for p in old) and rec.stderr.count("retention: removed") == 2
+
+
+def test_token_file_is_reread_ahead_of_expiry(sim_process, recorder, tmp_path):
+    from recorder.record.auth import issue_token
+
+    sim = sim_process("--contracts", "4", "--rate", "200", "--token-ttl", "8", "--drop-every", "1.5")
+    token_file = tmp_path / "token"
+
+    def rotate() -> None:  # what an operator's cron job or sidecar does: put a fresh token in the file
+        token_file.write_text(issue_token(sim.info["token_url"], sim.info["username"], sim.info["password"]) + "\n")
+
+    rotate()
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--token-file",
+                   str(token_file), "--duration", "16", *sim_args(sim), env={"IME_USERNAME": "", "IME_PASSWORD": ""})
+    deadline = time.monotonic() + 14
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        rotate()
+    assert rec.wait(60) == 0, rec.stderr
+    stats = orjson.loads(urllib.request.urlopen(sim.info["stats_url"], timeout=5).read())
+    assert stats["refused"] == {}, stats["refused"]
+    assert rec.stderr.count("token renewed ahead of expiry") >= 1
