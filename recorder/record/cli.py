@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -266,9 +267,16 @@ def _fault_hook() -> int | None:
 def check_writable(out_dir: Path) -> None:
     """Refuse an unusable --out before any worker starts (and before connecting to the feed)."""
     probe = out_dir / f".ime-record-probe-{os.getpid()}"
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise RuntimeFailure(describe_os_error(exc, out_dir)) from None
+    finally:
+        # A run refused later (credentials, usage) must not leave empty directories behind; the workers
+        # create the directory again when they start.
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()

@@ -18,7 +18,11 @@ class DiskLevel(enum.Enum):
 
 def free_bytes(path: Path) -> int:
     """Bytes an unprivileged writer can still use (f_bavail: root's reserve does not count)."""
-    st = os.statvfs(path)
+    # --out may not exist yet (it is created by the workers): its nearest existing ancestor is on the same disk.
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    st = os.statvfs(probe)
     return st.f_bavail * st.f_frsize
 
 

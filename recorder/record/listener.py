@@ -14,7 +14,7 @@ from time import time_ns
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from recorder.events import Event, encode_event
-from recorder.segment.dedupe import Deduper
+from recorder.segment.dedupe import Deduper, digest
 from recorder.segment.format import RecordKind, encode_receipt
 
 _TEXT = WSMsgType.TEXT
@@ -50,13 +50,13 @@ def first_arrival_sink(append: Append, deduper: Deduper | None, source: int,
 
         return record_and_publish
 
-    observe = deduper.observe
+    observe = deduper.observe_digest
 
     def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
         if kind == _KIND_EVENT:
             append(ts, conn, kind, payload)
             return
-        original = observe(ts, source, payload, conn)
+        original = observe(ts, source, digest(payload), conn)
         if original is None:
             append(ts, conn, kind, payload)
             if live is not None:

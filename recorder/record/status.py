@@ -192,8 +192,9 @@ def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
     lines = [f"recorded for {human_duration(elapsed_s)}:"]
     for v in views:
         lines.append(
-            f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)}) from {v.contracts} "
-            f"contracts, {v.total_records} records in {v.total_files} sealed files ({human_bytes(v.total_disk)}), "
+            f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)}) from "
+            f"{v.contracts - len(v.rejected)} contracts, {v.total_records} records in {v.total_files} sealed files "
+            f"({human_bytes(v.total_disk)}), "
             f"{v.total_reconnects} reconnects, {v.restarts} restarts, state {v.state}"
             + (f", {v.total_copies} redundant copies as receipts" if v.total_copies else "")
             + (f", connected {100 * f:.2f}% of the time" if (f := v.connected_fraction()) is not None

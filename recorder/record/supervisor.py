@@ -37,6 +37,7 @@ log = logging.getLogger("recorder.supervisor")
 RESTART_MIN_S = 0.1
 RESTART_MAX_S = 2.0
 HEALTHY_AFTER_S = 10.0  # a worker that ran this long restarts at RESTART_MIN_S again
+NOTHING_ACCEPTED_AFTER_S = 5.0  # a run this long in which the server never accepted a connection is a failure
 
 
 @dataclass(slots=True)
@@ -133,6 +134,12 @@ class Supervisor:
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._stop_workers()
+        elapsed = time.monotonic() - self.started
+        if self.exit_code == EXIT_OK and not self.accepted_any and elapsed >= NOTHING_ACCEPTED_AFTER_S:
+            # Exit 0 with nothing recorded would hide the failure from a script or a service manager.
+            self.fatal_message = (f"no connection to the feed was accepted in {elapsed:.0f}s, so nothing was "
+                                  "recorded; see the warnings above (check --base-url, the network and the token)")
+            self.exit_code = EXIT_RUNTIME
         status.cancel()
         await ops.close(self.fatal_message or "stopped")  # OPS-WIRING: after the workers sealed their files
         if metrics is not None:

@@ -270,13 +270,18 @@ class Worker:
     async def _run_copy(self, run: GroupRun, crun: CopyRun) -> None:
         core = crun.core
         step: Step = core.start()
+        first = True
         while not self.stopping.is_set() and run.group.gid in self.groups:
             match step:
                 case Wait(delay_s=delay, logs=logs):
                     self._logs(logs)
-                    if delay > 0:
+                    if not first:
+                        # Counted here, once per new attempt, so the summary matches the `reconnect` events.
+                        self.reconnects += 1
                         self._event(Event.RECONNECT, conn=crun.conn_id, group=run.group.gid, copy=crun.copy,
                                     delay_s=round(delay, 3), attempt=core.failures)
+                    first = False
+                    if delay > 0:
                         await self._sleep(delay)
                     if self.stopping.is_set() or run.group.gid not in self.groups:
                         return
@@ -365,11 +370,7 @@ class Worker:
             self._connection_ended(run, crun, listener, 1006, "close handshake timed out")
             raise
         self._connection_ended(run, crun, listener, code, reason)
-        stopping = self.stopping.is_set()
-        step = core.closed(time.monotonic(), code, reason, stopping=stopping)
-        if isinstance(step, Wait) and not stopping:
-            self.reconnects += 1
-        return step
+        return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set())
 
     def _connection_ended(self, run: GroupRun, crun: CopyRun, listener: RecordingListener, code: int,
                           reason: str) -> None:

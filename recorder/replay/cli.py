@@ -14,7 +14,7 @@ from typing import IO
 import click
 
 from recorder.cli_support import one_line_errors, setup_logging
-from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
@@ -24,7 +24,7 @@ from recorder.segment.output import jsonl_line
 from recorder.segment.reader import SegmentFile, discover, open_segment
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
-from recorder.timeparse import format_ns, parse_time
+from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
@@ -132,8 +132,9 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--speed", default="1x", show_default=True, help="1x, 10x, 0.25x … or max (no pacing).")
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
-@click.option("--from", "start", help="Start at this receive time: ISO-8601 (UTC unless an offset is given) or epoch.")
-@click.option("--to", "end", help="Stop before this receive time.")
+@click.option("--from", "start", help=f"Start at this receive time: {TIME_HELP}")
+@click.option("--to", "end", help="Stop before this receive time, same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="stdout format: JSON lines (time, contract, frame) or raw payloads, one per line.")
 @click.option("--max-gap", type=click.FloatRange(min=0), help="Shorten idle periods longer than this many seconds.")
@@ -151,8 +152,8 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No timing report.")
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-         fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str, token: str | None,
-         all_copies: bool, send_timeout: float, quiet: bool) -> None:
+         tz: str, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
+         token: str | None, all_copies: bool, send_timeout: float, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
 
     \b
@@ -171,8 +172,9 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     for problem in unreadable:
         click.echo(f"{PROG}: warning: skipped {problem}", err=True)
     check_contracts(segments, contracts)
-    selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events=True, all_copies=all_copies)
+    selection = Selection.parse(segments, contracts, start, end, tz, all_copies=all_copies)
+    if selection.window_misses(segments):
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
     if listing:
         print_listing(segments, selection)
         damaged = report_damage(segments)

@@ -11,24 +11,36 @@ import click
 import orjson
 
 from recorder.cli_support import one_line_errors
-from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.segment.coverage import Coverage, summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX
 from recorder.segment.output import jsonl_line
-from recorder.segment.reader import Damage, Record, SegmentFile, discover, merge_records, open_segment
-from recorder.segment.recover import recover
+from recorder.segment.reader import (
+    Damage,
+    Record,
+    SegmentFile,
+    discover,
+    merge_records,
+    open_readable,
+    open_segment,
+)
+from recorder.segment.recover import RecoveryError, recover
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
-from recorder.timeparse import format_ns, parse_time
+from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-segments"
 
 
-def open_all(paths: Iterable[str]) -> list[SegmentFile]:
-    """Open every segment named (directories expanded); any that is not one is a usage error."""
+def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
+    """Open every segment named (directories expanded); returns (segments, how many were skipped).
+
+    A file that does not open is skipped with a warning (the caller exits 1); only when none opens is
+    it a usage error.
+    """
     given = list(paths)
     for p in given:
         if not Path(p).exists():
@@ -36,20 +48,20 @@ def open_all(paths: Iterable[str]) -> list[SegmentFile]:
     files = discover(given)
     if not files:
         raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}")
-    segments = []
-    for f in files:
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-        except IsADirectoryError:
-            continue
-    return segments
+    segments, unreadable = open_readable(files)
+    if not segments:
+        raise UserError(unreadable[0] if unreadable else f"no segment files in {', '.join(given)}")
+    for problem in unreadable:
+        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
+    return segments, len(unreadable)
 
 
 def state_of(seg: SegmentFile) -> str:
     if seg.damage:
-        return "damaged" if seg.sealed or not seg.path.name.endswith(OPEN_SUFFIX) else "open,truncated"
+        if seg.sealed or not seg.path.name.endswith(OPEN_SUFFIX):
+            return "damaged"
+        # A crash leaves only a cut-off last frame; anything else in an open file is damage.
+        return "open,truncated" if all(d.reason.startswith("truncated") for d in seg.damage) else "open,damaged"
     return "sealed" if seg.sealed else "open"
 
 
@@ -72,7 +84,8 @@ def cli() -> None:
 @one_line_errors(PROG)
 def ls_cmd(paths: tuple[str, ...]) -> None:
     """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
-    segments = sorted(open_all(paths), key=lambda s: (s.shard, s.start_ns, str(s.path)))
+    opened, skipped = open_all(paths)
+    segments = sorted(opened, key=lambda s: (s.shard, s.start_ns, str(s.path)))
     click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} {'COPIES':>8} "
                f"{'RAW':>10} {'ZST':>10} {'RATIO':>6} STATE")
     for seg in segments:
@@ -85,6 +98,8 @@ def ls_cmd(paths: tuple[str, ...]) -> None:
             f"{human_bytes(seg.size):>10} {ratio:>5.1f}x {state_of(seg)}"
         )
     report_damage(d for s in segments for d in s.damage)
+    if skipped:
+        sys.exit(EXIT_RUNTIME)
 
 
 def receipts_of(seg: SegmentFile) -> str:
@@ -117,8 +132,9 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 @cli.command("cat")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
-@click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
 @click.option("--events/--no-events", default=True, show_default=True,
@@ -127,14 +143,16 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
               help="With --redundancy recordings: also every later copy of a message (a receipt), not only "
                    "the first arrival; jsonl marks them with copy_of.")
 @one_line_errors(PROG)
-def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, fmt: str,
-            events: bool, all_copies: bool) -> None:
+def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, tz: str,
+            fmt: str, events: bool, all_copies: bool) -> None:
     """Records of one or many files, merged by receive time across shards; each message once."""
-    segments = open_all(paths)
-    selection = Selection(frozenset(contracts), parse_time(start) if start else None,
-                          parse_time(end) if end else None, events, all_copies)
-    write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
-    if report_damage(d for s in segments for d in s.damage):
+    segments, skipped = open_all(paths)
+    selection = Selection.parse(segments, contracts, start, end, tz, events, all_copies)
+    count = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    damaged = report_damage(d for s in segments for d in s.damage)
+    if count == 0 and selection.filtered:
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+    if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -166,32 +184,52 @@ def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
         elif not quiet:
             state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
             click.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
+        if not problems and (note := recovery_note(seg)):
+            click.echo(f"NOTE {f}: {note}")
     if bad:
         click.echo(f"{PROG}: {bad} of {len(files)} files damaged", err=True)
         sys.exit(EXIT_RUNTIME)
 
 
+def recovery_note(seg: SegmentFile) -> str | None:
+    """What recovery skipped when it sealed this file: the file is intact, but it is not all that was written."""
+    skipped = seg.seal.get("skipped") if seg.seal.get("reason") == "recovered" else None
+    if not isinstance(skipped, list) or not skipped:
+        return None
+    total = sum(s.get("bytes", 0) for s in skipped if isinstance(s, dict))
+    tail = seg.seal.get("tail") or seg.path.name + ".tail"
+    return (f"recovered after a crash; {len(skipped)} byte range(s), {total} bytes in all, were skipped and kept "
+            f"in {tail}: " + "; ".join(f"offset {s.get('offset')}: {s.get('reason')}" for s in skipped
+                                    if isinstance(s, dict)))
+
+
 @cli.command("stats")
 @click.argument("paths", nargs=-1, required=True)
+@click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
+@click.option("--to", "end", help="Only records before this time, same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @one_line_errors(PROG)
-def stats_cmd(paths: tuple[str, ...], as_json: bool) -> None:
+def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: str, as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
-    segments = open_all(paths)
+    segments, skipped = open_all(paths)
+    selection = Selection.parse(segments, (), start, end, tz)
     stats = RecordingStats()
     coverage = Coverage()
-    for rec in merge_records(segments):
+    for rec in merge_records(segments, selection.start_ns, selection.end_ns):
         stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
         coverage.add(rec.ts_ns, rec.shard, rec.conn, rec.kind, rec.payload)
     connections = summarise(coverage.finish())
     damaged = report_damage(d for s in segments for d in s.damage)
+    if stats.records == 0 and selection.filtered:
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
     if as_json:
         document = {**stats_document(stats), "connections": connections}
         sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print_stats(stats)
         print_coverage(connections)
-    if damaged:
+    if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -214,6 +252,7 @@ def stats_document(stats: RecordingStats) -> dict[str, object]:
         },
         "events": dict(stats.events),
         "close_codes": {str(k): v for k, v in sorted(stats.close_codes.items())},
+        "other_kinds": {str(k): v for k, v in stats.other_kinds.items()},
     }
 
 
@@ -228,6 +267,9 @@ def print_stats(stats: RecordingStats) -> None:
     if stats.events:
         summary = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items()))
         click.echo(f"connection events: {summary}")
+    if stats.other_kinds:
+        click.echo("not counted above (not messages, e.g. receipts), by record kind: "
+                   + ", ".join(f"{k}×{v}" for k, v in stats.other_kinds.items()))
     if stats.close_codes:
         click.echo("close codes: " + ", ".join(f"{k}×{v}" for k, v in sorted(stats.close_codes.items())))
 
@@ -250,25 +292,37 @@ def print_coverage(connections: dict[str, Any]) -> None:
                if c["lag_when_later_us"] else "")
             for k, c in g["copies"].items())
         click.echo(f"{g['shard']:>5} {g['group']:>5} {g['contracts']:>9} {human_duration(g['span_s']):>9} "
-                   f"{human_duration(g['uncovered_s']):>9} {len(g['longest_gaps']):>4}  {copies}")
+                   f"{human_duration(g['uncovered_s']):>9} {g['gaps']:>4}  {copies}")
 
 
 @cli.command("recover")
 @click.argument("paths", nargs=-1, required=True)
 @one_line_errors(PROG)
 def recover_cmd(paths: tuple[str, ...]) -> None:
-    """Seal `.open` files left by a crash, keeping every complete frame (directories: every .open file)."""
+    """Seal `.open` files left by a crash, keeping every intact frame (directories: every .open file).
+
+    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves (all are still recovered).
+    """
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"{p}: no such file or directory")
     targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
     if not targets:
         raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
+    damaged = 0
     for f in targets:
         try:
-            click.echo(str(recover(f)))
+            result = recover(f)
         except SegmentFormatError as exc:
             raise UserError(f"{f}: {exc}") from None
+        except RecoveryError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        click.echo(str(result))
+        damaged += result.damaged
+    if damaged:
+        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, repeated or out-of-order frames "
+                   "(details above); every intact frame was kept", err=True)
+        sys.exit(EXIT_RUNTIME)
 
 
 def main() -> None:

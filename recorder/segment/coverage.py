@@ -43,6 +43,8 @@ class GroupCoverage:
     open_conns: set[int] = field(default_factory=set)
     uncovered_since: int | None = None
     uncovered_ns: int = 0
+    gap_count: int = 0  # uncovered intervals, the wait for the first connection included
+    initial_ns: int = 0  # the wait for the first connection (not a drop)
     gaps: list[tuple[int, int]] = field(default_factory=list)
     copies: dict[int, CopyFigures] = field(default_factory=dict)
     ended: bool = False
@@ -64,6 +66,9 @@ class GroupCoverage:
             gap = (self.uncovered_since, ts)
             self.uncovered_ns += max(0, ts - self.uncovered_since)
             self.uncovered_since = None
+            if self.gap_count == 0:
+                self.initial_ns = gap[1] - gap[0]
+            self.gap_count += 1
             self.gaps.append(gap)
             if len(self.gaps) > MAX_GAPS:
                 self.gaps.sort(key=lambda g: g[0] - g[1])
@@ -177,6 +182,7 @@ def summarise(groups: list[GroupCoverage]) -> dict[str, Any]:
                 "contracts": len(g.contracts),
                 "span_s": round(g.span_ns / 1e9, 6),
                 "uncovered_s": round(g.uncovered_ns / 1e9, 6),
+                "gaps": g.gap_count,
                 "connected_fraction": round(g.covered_fraction(), 6),
                 "longest_gaps": [{"from_ns": a, "to_ns": b, "s": round((b - a) / 1e9, 6)}
                                  for a, b in sorted(g.gaps, key=lambda x: x[0] - x[1])[:5] if b > a],

@@ -2,8 +2,13 @@
 
 Every data frame is checked before any of its records is yielded: the descriptor's CRC, the CRC of
 the compressed bytes, the zstd content checksum, the decompressed size and the record layout. A frame
-that fails is skipped and reported as `Damage`; the file's other frames are still read. A truncated
-tail (a crash mid-write) ends the file and is reported with the number of records salvaged.
+that fails is skipped and reported as `Damage`; the file's other frames are still read. A damaged
+descriptor is skipped by resynchronising on the next valid one. A truncated tail (a crash mid-write)
+ends the file and is reported with the number of records salvaged.
+
+Frame sequence numbers must increase: a frame whose number was already seen is a repeat (damage; its
+records are read once), one that comes after a higher number is out of order (damage; frames are read
+in sequence order), so no record is ever yielded twice.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from operator import itemgetter
+from dataclasses import dataclass, field, replace
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -29,6 +34,7 @@ from recorder.segment.format import (
     SKIPPABLE_MAGIC_MAX,
     SKIPPABLE_MAGIC_MIN,
     SKIPPABLE_MAGIC_SEEK_TABLE,
+    TAG_DESCRIPTOR,
     XXH64_EMPTY_LOW32,
     ZSTD_FRAME_MAGIC,
     FooterIndex,
@@ -49,6 +55,9 @@ from recorder.segment.format import (
 from recorder.segment.naming import OPEN_SUFFIX, SEALED_SUFFIX
 
 MAX_HEADER_BYTES = 16 << 20
+# What every descriptor starts with: a reader that lost its place searches for it.
+DESCRIPTOR_SYNC = SKIP_HEAD.pack(SKIPPABLE_MAGIC_DESCRIPTOR, DESCRIPTOR_CONTENT_SIZE) + TAG_DESCRIPTOR
+RESYNC_CHUNK = 1 << 20
 
 
 class Record(NamedTuple):
@@ -69,10 +78,14 @@ class Damage:
     reason: str
     records_lost: int | None = None  # known when a valid descriptor named the count
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """Where and why, without the path."""
         where = f"frame {self.frame} at offset {self.offset}" if self.frame is not None else f"offset {self.offset}"
         lost = f" ({self.records_lost} records unreadable)" if self.records_lost else ""
-        return f"{self.path}: {where}: {self.reason}{lost}"
+        return f"{where}: {self.reason}{lost}"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.describe()}"
 
 
 @dataclass(slots=True)
@@ -180,7 +193,12 @@ class SegmentFile:
 def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor) -> list[
         tuple[int, int, int, bytes]]:
     fh.seek(info.data_offset)
-    data = fh.read(info.compressed_size)
+    return decode_frame(fh.read(info.compressed_size), info, dctx)
+
+
+def decode_frame(data: bytes, info: FrameInfo, dctx: zstandard.ZstdDecompressor) -> list[
+        tuple[int, int, int, bytes]]:
+    """Verify a data frame's compressed bytes against its descriptor, then split its block."""
     if len(data) != info.compressed_size:
         raise SegmentFormatError(f"data frame truncated: {len(data)} of {info.compressed_size} bytes present")
     if crc32(data) != info.frame_crc:
@@ -254,38 +272,132 @@ def read_seal(fh: BinaryIO, size: int) -> tuple[FooterIndex, list[SeekEntry], in
 
 
 def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], list[Damage], bool]:
-    """Hop from descriptor to descriptor without decompressing. Returns (frames, damage, truncated)."""
+    """Hop from descriptor to descriptor without decompressing. Returns (frames, damage, truncated).
+
+    Frames come in file order, unchecked for sequence (see `order_frames`). Bytes that are not a valid
+    descriptor are skipped up to the next valid one, so one damaged frame does not hide the rest.
+    """
     fh.seek(0)
     head = fh.read(SKIP_HEAD.size)
     _, header_len = SKIP_HEAD.unpack(head)
     offset = SKIP_HEAD.size + header_len
     frames: list[FrameInfo] = []
+    damage: list[Damage] = []
     while offset < size:
         fh.seek(offset)
         head = fh.read(SKIP_HEAD.size)
         if len(head) < SKIP_HEAD.size:
-            return frames, [Damage(path, offset, len(frames), "truncated tail: partial frame header")], True
+            damage.append(Damage(path, offset, None, "truncated tail: partial frame header"))
+            return frames, damage, True
         magic, content_size = SKIP_HEAD.unpack(head)
-        if magic in (SKIPPABLE_MAGIC_INDEX, SKIPPABLE_MAGIC_SEEK_TABLE):
-            return frames, [], False
+        if magic in (SKIPPABLE_MAGIC_INDEX, SKIPPABLE_MAGIC_SEEK_TABLE) and is_seal_start(fh, offset, size):
+            return frames, damage, False
+        problem: str
         if magic != SKIPPABLE_MAGIC_DESCRIPTOR:
-            kind = "a zstd frame with no descriptor" if magic == ZSTD_FRAME_MAGIC else f"unknown magic {magic:#010x}"
-            return frames, [Damage(path, offset, len(frames), f"corrupt: {kind}; the rest is unreadable")], True
-        content = fh.read(content_size) if content_size == DESCRIPTOR_CONTENT_SIZE else b""
-        if content_size == DESCRIPTOR_CONTENT_SIZE and len(content) < content_size:
-            return frames, [Damage(path, offset, len(frames), "truncated tail: partial frame descriptor")], True
-        try:
-            info = decode_descriptor_content(content, offset)
-        except SegmentFormatError as exc:
-            return frames, [Damage(path, offset, len(frames), f"{exc}; the rest is unreadable")], True
-        if info.end_offset > size:
-            missing = info.end_offset - size
-            return frames, [Damage(path, offset, info.seq,
-                                   f"truncated tail: data frame is missing its last {missing} bytes",
-                                   info.records)], True
-        frames.append(info)
-        offset = info.end_offset
-    return frames, [], False
+            problem = "a zstd frame with no descriptor" if magic == ZSTD_FRAME_MAGIC else f"unknown magic {magic:#010x}"
+        else:
+            content = fh.read(content_size) if content_size == DESCRIPTOR_CONTENT_SIZE else b""
+            if content_size == DESCRIPTOR_CONTENT_SIZE and len(content) < content_size:
+                damage.append(Damage(path, offset, None, "truncated tail: partial frame descriptor"))
+                return frames, damage, True
+            try:
+                info = decode_descriptor_content(content, offset)
+            except SegmentFormatError as exc:
+                problem = str(exc)
+            else:
+                if info.end_offset > size:
+                    missing = info.end_offset - size
+                    damage.append(Damage(path, offset, info.seq,
+                                         f"truncated tail: data frame is missing its last {missing} bytes",
+                                         info.records))
+                    return frames, damage, True
+                frames.append(info)
+                offset = info.end_offset
+                continue
+        found = find_descriptor(fh, offset + 1, size)
+        if found is None:
+            damage.append(Damage(path, offset, None, f"corrupt: {problem}; no frame descriptor follows: "
+                                                     f"the last {size - offset} bytes are unreadable"))
+            return frames, damage, True
+        damage.append(Damage(path, offset, None, f"corrupt: {problem}; skipped {found - offset} bytes "
+                                                 f"to the next frame descriptor at offset {found}"))
+        offset = found
+    return frames, damage, False
+
+
+def is_seal_start(fh: BinaryIO, offset: int, size: int) -> bool:
+    """Whether a valid footer index (or the seek table) starts at `offset`: then the frames end there.
+
+    Checked, not assumed from the magic alone: one flipped bit turns a descriptor's magic into these.
+    """
+    fh.seek(offset)
+    magic, content_size = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
+    end = offset + SKIP_HEAD.size + content_size
+    if magic == SKIPPABLE_MAGIC_SEEK_TABLE:
+        return end == size
+    if end > size:
+        return False
+    try:
+        decode_index_content(fh.read(content_size))
+    except SegmentFormatError:
+        return False
+    return True
+
+
+def find_descriptor(fh: BinaryIO, start: int, size: int) -> int | None:
+    """Offset of the first valid descriptor (its CRC checked) at or after `start`, or None."""
+    pos = start
+    while pos < size:
+        fh.seek(pos)
+        # Overlap by one descriptor, so that one cut by the chunk boundary is found in this chunk.
+        buf = fh.read(RESYNC_CHUNK + DESCRIPTOR_FRAME_SIZE)
+        i = buf.find(DESCRIPTOR_SYNC)
+        while 0 <= i < RESYNC_CHUNK:
+            content = buf[i + SKIP_HEAD.size:i + DESCRIPTOR_FRAME_SIZE]
+            try:
+                decode_descriptor_content(content, pos + i)
+            except SegmentFormatError:
+                i = buf.find(DESCRIPTOR_SYNC, i + 1)
+                continue
+            return pos + i
+        pos += RESYNC_CHUNK
+    return None
+
+
+def order_frames(frames: list[FrameInfo], path: Path) -> tuple[list[FrameInfo], list[Damage]]:
+    """Each frame number once, in sequence order; a repeated or out-of-order frame is reported as damage.
+
+    Writers number frames 0, 1, 2, … in file order, so any other order means bytes were copied or moved.
+    The first frame with a number is kept; a later one with the same number is not read (when its
+    descriptor is identical its records are exactly those already read, otherwise they are lost).
+    Out-of-order frames are kept and read in sequence order, which is the order they were written in.
+    """
+    seen: dict[int, FrameInfo] = {}
+    damage: list[Damage] = []
+    highest = -1
+    for f in frames:
+        first = seen.get(f.seq)
+        if first is not None:
+            if same_descriptor(first, f):
+                damage.append(Damage(path, f.offset, f.seq, f"repeats frame {f.seq} at offset {first.offset}; "
+                                                            "its records are read once"))
+            else:
+                damage.append(Damage(path, f.offset, f.seq, f"repeats the number of frame {f.seq} at offset "
+                                                            f"{first.offset} with other content; not read",
+                                     f.records))
+            continue
+        if f.seq < highest:
+            damage.append(Damage(path, f.offset, f.seq, f"out of order (after frame {highest}); "
+                                                        "read in sequence order"))
+        highest = max(highest, f.seq)
+        seen[f.seq] = f
+    if not damage:
+        return frames, damage
+    return sorted(seen.values(), key=attrgetter("seq")), damage
+
+
+def same_descriptor(a: FrameInfo, b: FrameInfo) -> bool:
+    return replace(a, offset=b.offset) == b
 
 
 def open_segment(path: Path | str) -> SegmentFile:
@@ -313,13 +425,15 @@ def open_segment(path: Path | str) -> SegmentFile:
         if not path.name.endswith(OPEN_SUFFIX):
             try:
                 index, _, _ = read_seal(fh, size)
-                seg = SegmentFile(path, header, list(index.frames), True, size, seal=index.seal)
-                return seg
+                frames, order_damage = order_frames(list(index.frames), path)
+                return SegmentFile(path, header, frames, True, size, seal=index.seal, damage=order_damage)
             except SegmentFormatError as exc:
                 if path.name.endswith(SEALED_SUFFIX):
                     sealed_damage.append(Damage(path, size, None, f"not sealed properly ({exc}); read by walking"))
-        frames, damage, truncated = walk_frames(fh, path, size)
-        return SegmentFile(path, header, frames, sealed, size, damage=sealed_damage + damage, truncated=truncated)
+        walked, damage, truncated = walk_frames(fh, path, size)
+        frames, order_damage = order_frames(walked, path)
+        return SegmentFile(path, header, frames, sealed, size, damage=sealed_damage + damage + order_damage,
+                           truncated=truncated)
 
 
 # --- many files -----------------------------------------------------------------------------------
@@ -343,6 +457,23 @@ def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Pat
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def open_readable(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
+    """The segments that open, and one message per file that does not (e.g. cut inside its header).
+
+    One unreadable file must not hide the others; callers warn about each and exit 1.
+    """
+    segments: list[SegmentFile] = []
+    unreadable: list[str] = []
+    for f in files:
+        try:
+            segments.append(open_segment(f))
+        except SegmentFormatError as exc:
+            unreadable.append(f"{f}: {exc}")
+        except IsADirectoryError:
+            continue
+    return segments, unreadable
 
 
 def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:

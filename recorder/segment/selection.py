@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -10,6 +10,7 @@ from recorder.feed.message import identifier_of
 from recorder.segment.dedupe import ReceiptResolver
 from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt
 from recorder.segment.reader import Record, SegmentFile, merge_records
+from recorder.timeparse import format_local, parse_tz, parse_window
 
 _TEXT = int(RecordKind.TEXT)
 _BINARY = int(RecordKind.BINARY)
@@ -35,7 +36,44 @@ class Selection:
     start_ns: int | None = None
     end_ns: int | None = None
     events: bool = True  # connection events are kept unless a contract filter is given
+    # Kinds after EVENT (receipts: later copies of a message already recorded) are not messages:
+    # skipped unless asked for, so that each message is shown once.
     all_copies: bool = False  # also every later copy (receipt) of a message, not only its first arrival
+
+    @classmethod
+    def parse(cls, segments: list[SegmentFile], contracts: Iterable[str], start: str | None, end: str | None,
+              tz: str | None, events: bool = True, all_copies: bool = False) -> Selection:
+        """From the command line's --contract/--from/--to/--tz; a time of day is on the recording's first day."""
+        span = recording_range(segments)
+        lo, hi = parse_window(start, end, tz, span[0] if span is not None else None)
+        return cls(frozenset(contracts), lo, hi, events, all_copies)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.contracts) or self.start_ns is not None or self.end_ns is not None
+
+    def window_misses(self, segments: list[SegmentFile]) -> bool:
+        """True when there is a time window and, by the frame index alone, no record can be in it."""
+        if self.start_ns is None and self.end_ns is None:
+            return False
+        lo = self.start_ns if self.start_ns is not None else -(1 << 63)
+        hi = self.end_ns if self.end_ns is not None else 1 << 63
+        return not any(f.records and f.max_ts >= lo and f.min_ts < hi for s in segments for f in s.frames)
+
+    def nothing_selected(self, segments: list[SegmentFile], tz: str | None) -> str:
+        """The one line saying that the filter selects nothing, with the recording's time range to compare."""
+        zone = parse_tz(tz)
+        what = "no records selected"
+        if self.contracts:
+            what += " for " + ", ".join(sorted(self.contracts))
+        if self.start_ns is not None:
+            what += f" from {format_local(self.start_ns, zone)}"
+        if self.end_ns is not None:
+            what += f" to {format_local(self.end_ns, zone)}"
+        span = recording_range(segments)
+        if span is None:
+            return f"{what}: the recording holds no records"
+        return f"{what}: the recording spans {format_local(span[0], zone)} to {format_local(span[1], zone)}"
 
     def rows(self, segments: list[SegmentFile], identify: bool = True) -> Iterator[tuple[Record, str | None]]:
         """(record, contract identifier or None), merged across files by receive time.
@@ -68,10 +106,10 @@ class Selection:
             elif kind == _EVENT:
                 if keep_events:
                     yield rec, None
-            elif kind == _RECEIPT:
-                continue  # each message once by default: a receipt is a later copy of a recorded message
-            elif not wanted:
+            elif kind == _BINARY and not wanted:
                 yield rec, None
+            # Receipts (later copies of a recorded message) and kinds from a newer format are not messages:
+            # each message is shown once.
 
 
 def resolve_copy(rec: Record, resolver: ReceiptResolver) -> CopyRecord:
@@ -81,6 +119,13 @@ def resolve_copy(rec: Record, resolver: ReceiptResolver) -> CopyRecord:
         return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, b"", -1, 0)
     payload = resolver.resolve(rec.ts_ns - lag, rec.shard, orig_conn) or b""
     return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, payload, orig_conn, lag)
+
+
+def recording_range(segments: list[SegmentFile]) -> tuple[int, int] | None:
+    """(first, last) receive time over all files, from their indexes; None when there are no records."""
+    lows = [s.min_ts for s in segments if s.min_ts is not None]
+    highs = [s.max_ts for s in segments if s.max_ts is not None]
+    return (min(lows), max(highs)) if lows and highs else None
 
 
 def recorded_contracts(segments: list[SegmentFile]) -> set[str]:

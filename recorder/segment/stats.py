@@ -49,8 +49,9 @@ class ContractStats:
 
     @property
     def mean_rate(self) -> float:
-        span = self.span_s
-        return self.records / span if span > 0 else float(self.records)
+        """Records per second over the whole seconds the records touch: never above the busiest second."""
+        seconds = self.last_ns // 1_000_000_000 - self.first_ns // 1_000_000_000 + 1
+        return self.records / seconds if self.records else 0.0
 
 
 @dataclass(slots=True)
@@ -63,9 +64,16 @@ class RecordingStats:
     first_ns: int | None = None
     last_ns: int | None = None
 
+    @property
+    def other_kinds(self) -> dict[int, int]:
+        """Records of kinds that are not messages (receipts, kinds newer than this reader), by kind."""
+        return {k: n for k, n in sorted(self.kinds.items()) if k > RecordKind.EVENT}
+
     def add(self, ts_ns: int, kind: int, payload: bytes, identify: Callable[[bytes], str | None]) -> None:
-        self.records += 1
         self.kinds[kind] += 1
+        if kind > RecordKind.EVENT:
+            return  # not a message (e.g. a receipt: a later copy of one already counted); only counted by kind
+        self.records += 1
         if self.first_ns is None or ts_ns < self.first_ns:
             self.first_ns = ts_ns
         if self.last_ns is None or ts_ns > self.last_ns:

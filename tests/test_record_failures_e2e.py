@@ -1,0 +1,131 @@
+"""Failures an operator must see: a wrong URL, a server that is not IME, a crash-looping worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from record_util import RecorderProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    started: list[RecorderProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
+        proc = RecorderProcess(tmp_path, *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_tree()
+
+
+class NotWebSocket:
+    """A TCP server answering every request with a fixed response: what a wrong host or proxy does."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    self.requests += 1
+                    conn.sendall(self.response)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("response", "said"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", "answered HTTP 200"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "does not speak WebSocket"),
+])
+def test_a_server_that_is_not_ime_is_a_warning_even_with_q_and_exit_1(recorder, tmp_path, response, said):
+    server = NotWebSocket(response)
+    try:
+        rec = recorder("--ids", "1001", "--out", str(tmp_path / "out"), "--duration", "6", "-q",
+                       "--base-url", f"ws://127.0.0.1:{server.port}/data-engine/ime/live/data/websocket",
+                       env={"IME_TOKEN": "a.b.c"})
+        assert rec.wait(40) == 1, rec.stderr
+    finally:
+        server.close()
+    lines = rec.stderr.strip().splitlines()
+    warnings = [line for line in lines if said in line]
+    assert len(warnings) == 1, rec.stderr  # the first failure is reported; repeats are rate-limited
+    assert "WARNING" in warnings[0] and "--base-url" in warnings[0]
+    assert server.requests >= 3  # it kept trying all along
+    assert lines[-1].startswith("ime-record: error: no connection to the feed was accepted")
+    assert "Traceback" not in rec.stderr
+
+
+def test_a_wrong_path_is_an_error_and_exit_1_after_a_few_attempts(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "2")
+    base = sim.info["base_url"].replace("/data-engine/ime/live/data/websocket", "/wrong/path")
+    rec = recorder("--ids", "1001", "--out", str(tmp_path / "out"), "--base-url", base, "--token-url",
+                   sim.info["token_url"], "-q",
+                   env={"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]})
+    assert rec.wait(40) == 1, rec.stderr
+    lines = rec.stderr.strip().splitlines()
+    assert "ERROR" in lines[0] and "HTTP 404" in lines[0]
+    assert lines[-1].startswith("ime-record: error: the server answered HTTP 404")
+    assert "3 times in a row" in lines[-1]
+    assert sum("HTTP 404" in line for line in lines) <= 3
+
+
+def test_a_crash_looping_worker_is_back_within_seconds_each_time_and_each_death_is_explained(sim_process, recorder,
+                                                                                           tmp_path):
+    sim = sim_process("--contracts", "4", "--rate", "400")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--base-url",
+                   sim.info["base_url"], "--token-url", sim.info["token_url"],
+                   env={"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]})
+    deadline = time.monotonic() + 20
+    while not rec.worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    back_after = []
+    for _ in range(4):
+        (victim,) = rec.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        # Generous for a loaded machine, but an exponential restart delay (×4 from 0.1 s: 26 s by the 4th
+        # crash) or an hour-long one fails it.
+        while time.monotonic() - killed < 12:
+            pids = rec.worker_pids()
+            if pids and pids[0] != victim:
+                break
+            time.sleep(0.05)
+        back_after.append(time.monotonic() - killed)
+        assert back_after[-1] < 12, back_after
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    deaths = re.findall(r"shard 0 worker \(pid \d+\) was killed by signal 9 .*restarting in ([\d.]+)s \(restart (\d)\)",
+                        rec.stderr)
+    assert [int(n) for _, n in deaths] == [1, 2, 3, 4], rec.stderr
+    assert max(float(d) for d, _ in deaths) <= 2.0
+    assert "4 restarts" in rec.stderr  # the exit summary counts them
