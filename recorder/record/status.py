@@ -162,7 +162,8 @@ def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | No
         )
     rejected = [c for v in views for c in v.rejected]
     if rejected:
-        lines.append(f"rejected by the server: {', '.join(rejected[:10])}{' …' if len(rejected) > 10 else ''}")
+        line = f"rejected by the server ({len(rejected)}): {', '.join(rejected[:10])}"
+        lines.append(line if len(line) <= 80 else line[:78] + " …")  # the table fits 80 columns
     return lines
 
 
