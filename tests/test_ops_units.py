@@ -323,7 +323,7 @@ def test_status_table_fits_80_columns():
         v.update(status(messages=123_456_789_012, bytes=10**13, reconnects=99999, bytes_on_disk=10**15,
                         connections_open=128, connections=128, last_message_ns=1, sent_ns=1, paused=True), now=1.0)
         v.msg_rate, v.byte_rate = 1_234_567.0, 987_654_321.0
-        v.rejected = [f"CONTRACT-NAME-{i}-{j}" for j in range(12)]
+        v.rejected = [f"CONTRACT-NAME-{v.shard}-{j}" for j in range(12)]
     lines = table(views, now_ns=10**18, elapsed_s=10**7, now=1.5)
     assert "paused" in lines[2]
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
