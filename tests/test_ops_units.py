@@ -354,3 +354,44 @@ def test_ready_needs_every_shard_connected_or_retrying():
     assert not settled([a, b, empty])
     b.update(status(shard=1, connections=1, connections_open=0), now=time.monotonic())  # retrying counts
     assert settled([a, b, empty])
+
+
+def test_watchdog_pings_only_while_the_status_loop_ticks(tmp_path):
+    from recorder.record.auth import TokenProvider
+    from recorder.record.operations import Operations, OpsSettings
+
+    path = tmp_path / "n.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.setblocking(False)
+
+    async def run() -> tuple[int, int]:
+        ops = Operations(OpsSettings(), tmp_path, "ime", views=lambda: [], tokens=TokenProvider(token="x"),
+                         fail=lambda _: None, broadcast_token=lambda *_: None, send_event=None,
+                         notifier=Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}))
+        await ops.start()
+        await asyncio.sleep(0.5)
+        ticking = _drain(server)
+        ops.last_tick -= 60  # the status loop died a minute ago
+        await asyncio.sleep(0.3)
+        _drain(server)
+        await asyncio.sleep(0.5)
+        silent = _drain(server)
+        await ops.close("test")
+        return ticking, silent
+
+    try:
+        ticking, silent = asyncio.run(run())
+    finally:
+        server.close()
+    assert ticking >= 3 and silent == 0
+
+
+def _drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recv(4096)
+        except BlockingIOError:
+            return n
+        n += 1

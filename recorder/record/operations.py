@@ -111,6 +111,7 @@ class Operations:
     _last_status: dict[int, float] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scanning: bool = False
+    last_tick: float = field(default_factory=time.monotonic)
     _last_scan: float = 0.0
 
     def __post_init__(self) -> None:
@@ -152,6 +153,7 @@ class Operations:
 
     def tick(self) -> None:
         """Once a second from the supervisor's loop."""
+        self.last_tick = time.monotonic()
         views = self.views()
         now_ns = time.time_ns()
         if not self.ready and views and settled(views):
@@ -171,10 +173,20 @@ class Operations:
             task.add_done_callback(self._tasks.remove)
 
     async def _watchdog(self, interval_s: float) -> None:
-        # Sent from the supervisor's own loop: if the loop hangs, the pings stop and systemd restarts us.
+        # Sent from the supervisor's own loop, and only while its status loop (which drives stopping, disk
+        # guard and the rest) still ticks: a hung loop or a dead status task stops the pings and systemd
+        # restarts the service.
         assert self.notifier is not None
+        grace = max(5.0, 3 * interval_s)
+        withheld = False
         while True:
-            self.notifier.watchdog()
+            if time.monotonic() - self.last_tick <= grace:
+                self.notifier.watchdog()
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error("the supervisor's status loop has not run for %.0fs; no longer telling systemd we are "
+                          "alive", time.monotonic() - self.last_tick)
             await asyncio.sleep(interval_s)
 
     # --- disk -----------------------------------------------------------------------------------
