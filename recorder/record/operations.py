@@ -108,7 +108,6 @@ class Operations:
     retention_errors_total: int = 0
     token_renewals_total: int = 0
     token_renewal_failures_total: int = 0
-    _last_status: dict[int, float] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scanning: bool = False
     last_tick: float = field(default_factory=time.monotonic)
@@ -139,9 +138,10 @@ class Operations:
     async def close(self, reason: str) -> None:
         if self.notifier is not None:
             self.notifier.stopping(reason)
-        for t in self._tasks:
+        tasks = list(self._tasks)  # finished housekeeping tasks remove themselves from the list
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         # The workers sealed their last files just now: give each its --on-sealed run before leaving.
@@ -170,7 +170,11 @@ class Operations:
             self._scanning = True
             task = asyncio.get_running_loop().create_task(self._housekeeping())
             self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _watchdog(self, interval_s: float) -> None:
         # Sent from the supervisor's own loop, and only while its status loop (which drives stopping, disk
@@ -329,6 +333,8 @@ class Operations:
                    self.retention_errors_total),
             Figure("ime_recorder_token_renewals", "counter", "tokens renewed ahead of expiry",
                    self.token_renewals_total),
+            Figure("ime_recorder_token_renewal_failures", "counter", "failed attempts to renew the token early",
+                   self.token_renewal_failures_total),
         ]
         remaining = self.token_remaining_s()
         out.append(Figure("ime_recorder_token_remaining_seconds", "gauge",
