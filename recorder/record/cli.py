@@ -153,6 +153,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
     Examples:
       ime-record --demo --duration 20
       IME_USERNAME=me IME_PASSWORD=... ime-record --shards 4 --ids-file ids.txt --out /data/ime
+      ime-record --config /etc/ime-record/ime-record.toml --print-config
     """
     setup_logging(verbose, quiet)
     # OPS-WIRING begin: --print-config, secrets on the command line, --password-file, ops settings

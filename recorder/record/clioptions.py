@@ -87,6 +87,11 @@ def read_password(password: str | None, password_file: Path | None) -> str | Non
     first = text.splitlines()[0] if text.strip() else ""
     if not first:
         raise UserError(f"password file {password_file} is empty")
+    try:
+        if password_file.stat().st_mode & 0o004:
+            log.warning("password file %s is readable by every local user; chmod o-r it", password_file)
+    except OSError:
+        pass
     return first
 
 
