@@ -23,3 +23,20 @@ def sim_process(tmp_path: Path) -> Iterator[Callable[..., object]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """`recorder(*args, env=...)` starts `ime-record` as a process tree; every one is killed at teardown."""
+    from record_util import RecorderProcess
+
+    started: list[RecorderProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
+        proc = RecorderProcess(tmp_path, *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_tree()

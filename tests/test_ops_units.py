@@ -25,7 +25,8 @@ from recorder.record.retention import SegmentFile, plan_removals, scan
 from recorder.record.sdnotify import Notifier, socket_address, watchdog_interval_s
 from recorder.record.sessions import TEHRAN, StallAlarm, parse_sessions, session_start_ns
 from recorder.record.status import ShardView, table
-from recorder.segment.layout import day_directory, day_layout, open_segments, segment_files
+from recorder.segment.layout import day_directory, day_layout, segment_files
+from recorder.segment.naming import open_segments
 from recorder.segment.reader import discover, open_segment
 from recorder.segment.recover import recover_directory
 from recorder.segment.writer import SegmentWriter
@@ -254,7 +255,7 @@ def test_day_directories_in_tehran_time_and_both_layouts_found(tmp_path):
     w.append(time.time_ns(), 1, 1, b'{"a":1}')
     w.flush(10)
     today = datetime.now(TEHRAN).strftime("%Y-%m-%d")
-    opened = open_segments(tmp_path, "ime", 0)
+    opened = open_segments(tmp_path, 0, "ime")
     assert len(opened) == 1 and opened[0].parent.name == today
     sealed = w.close()
     assert sealed[0].path.parent == tmp_path / today
@@ -262,9 +263,9 @@ def test_day_directories_in_tehran_time_and_both_layouts_found(tmp_path):
     w2 = SegmentWriter(tmp_path, shard=1)
     w2.append(time.time_ns(), 1, 1, b'{"b":2}')
     w2.flush(10)
-    crashed = open_segments(tmp_path, "ime", 1)
+    crashed = open_segments(tmp_path, 1, "ime")
     assert len(crashed) == 1 and crashed[0].parent == tmp_path
-    assert open_segments(tmp_path, "ime", 0) == []
+    assert open_segments(tmp_path, 0, "ime") == []
     found = segment_files(tmp_path, "ime")
     assert {p.parent for p in found} == {tmp_path, tmp_path / today}
     assert {p for p in discover([tmp_path])} >= set(found)

@@ -7,7 +7,16 @@ import random
 
 import pytest
 
-from recorder.record.connection import ConnectionCore, Failure, GiveUp, Policy, Refusal, Wait
+from recorder.record.connection import (
+    ConnectionCore,
+    Failure,
+    GiveUp,
+    Policy,
+    Refusal,
+    RefusalKind,
+    Wait,
+    classify_refusal,
+)
 
 
 def core(copy: int = 0, **policy) -> ConnectionCore:
@@ -106,3 +115,16 @@ def test_connected_time_is_summed_over_connections():
 def test_connection_limit_waits_long():
     c = core(backoff_base_s=0.25, backoff_cap_s=30)
     assert c.connection_limit_wait().delay_s >= 0.25 * 2 ** 6 / 2
+
+
+@pytest.mark.parametrize(("copy", "accepted", "other_open", "same_token", "kind"), [
+    (0, True, True, True, RefusalKind.TOKEN),  # streaming, then refused: expired or revoked, any copy
+    (1, True, False, True, RefusalKind.TOKEN),
+    (1, False, True, True, RefusalKind.CONNECTION_LIMIT),  # never bisect for an extra copy
+    (0, False, True, True, RefusalKind.CONNECTION_LIMIT),
+    (1, False, True, False, RefusalKind.FOLLOW),  # the other copy holds an older token: not proof of anything
+    (1, False, False, True, RefusalKind.FOLLOW),
+    (0, False, False, True, RefusalKind.PLANNER),
+])
+def test_what_a_refusal_of_one_copy_says(copy, accepted, other_open, same_token, kind):
+    assert classify_refusal(copy, accepted, other_open, same_token) is kind

@@ -8,27 +8,13 @@ import urllib.request
 
 import orjson
 import pytest
-from record_util import RecorderProcess, compare_with_sent_log, connections
+from record_util import compare_with_sent_log, connections
 
 from recorder.events import decode_event
 from recorder.segment.format import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
-        proc = RecorderProcess(tmp_path, *args, env=env).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill_tree()
 
 
 def sim_args(sim) -> list[str]:

@@ -10,23 +10,8 @@ import threading
 import time
 
 import pytest
-from record_util import RecorderProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
-        proc = RecorderProcess(tmp_path, *args, env=env).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill_tree()
 
 
 class NotWebSocket:

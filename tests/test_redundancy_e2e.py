@@ -134,3 +134,68 @@ def test_two_copies_lose_only_what_no_copy_could_see_and_a_tenth_of_one_copy(sim
     print(f"interior {interior} published; lost: one copy {len(lost1)}, two copies {len(lost2)}; "
           f"connected: one copy {covered1:.4%}, two copies {covered2:.4%}; {drops} drops of one copy, "
           f"{per_drop * 1e3:.0f} ms downtime each")
+
+
+def test_two_copies_still_bisect_a_bad_contract_refresh_a_revoked_token_and_stop_cleanly(sim_process, tmp_path):
+    sim = sim_process("--contracts", "6", "--rate", "600", "--revoke-after", "2")
+    info = sim.info
+    out = tmp_path / "out"
+    rec = RecorderProcess(tmp_path, "--ids", "1001,8888,1002,1003", "--redundancy", "2", "--out", str(out),
+                          "--base-url", info["base_url"], "--token-url", info["token_url"], "--duration", "7",
+                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
+    try:
+        assert rec.wait(60) == 0, rec.stderr
+    finally:
+        rec.kill_tree()
+    from recorder.events import decode_event
+
+    events = [decode_event(r.payload) for seg in read(out) for r in seg.iter_records() if r.kind == RecordKind.EVENT]
+    rejected = [e["contracts"] for e in events if e["event"] == "rejected"]
+    assert rejected == [["8888"]], rec.stderr  # found once, by the group's copy 0, never per copy
+    assert any(e["event"] == "token_refreshed" for e in events)
+    assert "connection limit" not in rec.stderr
+    assert not list(out.glob("*.open"))
+    contracts = Counter(identifier_of(p) for _, p in messages(out))
+    assert set(contracts) == {"1001", "1002", "1003"}
+    # Both copies of the surviving groups were up: their later copies are receipts.
+    assert sum(1 for seg in read(out) for r in seg.iter_records() if r.kind == RecordKind.RECEIPT) > 100
+
+
+def test_sigkill_of_a_worker_with_two_copies_restarts_it_and_the_other_shard_is_exact(sim_process, recorder,
+                                                                                     tmp_path):
+    import os
+    import time
+
+    sent_dir, out = tmp_path / "sent", tmp_path / "out"
+    sim = sim_process("--contracts", "8", "--rate", "1000", "--sent-log", str(sent_dir))
+    info = sim.info
+    rec = recorder("--ids", ",".join(info["ids"]), "--shards", "2", "--redundancy", "2", "--out", str(out),
+                   "--base-url", info["base_url"], "--token-url", info["token_url"],
+                   env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]})
+    deadline = time.monotonic() + 20
+    while len(rec.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)
+    victim = rec.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    rec.wait_for("restarting in")
+    rec.wait_for("recovered", timeout=20)
+    time.sleep(1.5)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert not list(out.glob("*.open"))
+    segments = read(out)
+    assert "recovered" in [s.seal.get("reason") for s in segments]
+    by_shard: dict[int, list[Path]] = {}
+    for seg in segments:
+        by_shard.setdefault(seg.shard, []).append(seg.path)
+    killed = {s.shard for s in segments if s.seal.get("reason") == "recovered"}
+    (other,) = set(by_shard) - killed
+    survivor = tmp_path / "survivor"
+    survivor.mkdir()
+    for p in by_shard[other]:
+        (survivor / p.name).symlink_to(p)
+    # The shard that was not killed kept both copies up: every message on each of them, receipts resolved.
+    checked = compare_with_sent_log(survivor, sent_dir, partial=True)
+    assert checked["connections"] == 2 and checked["messages"] > 1000

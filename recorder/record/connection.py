@@ -208,3 +208,24 @@ class ConnectionCore:
 
     def _recovered(self) -> None:
         self._repeats.clear()
+
+
+class RefusalKind(enum.StrEnum):
+    TOKEN = "token"  # a connection that had been accepted was refused: the token expired or was revoked
+    CONNECTION_LIMIT = "limit"  # an extra copy refused while another copy, same contracts and token, is open
+    FOLLOW = "follow"  # copy k > 0 refused at connect time: copy 0 speaks for the group to the planner
+    PLANNER = "planner"  # copy 0 refused at connect time: the token or a contract (planner.py decides)
+
+
+def classify_refusal(copy: int, was_accepted: bool, other_copy_open: bool, same_token: bool) -> RefusalKind:
+    """What a refusal (close 1008, HTTP 401/403) of one copy of a group says.
+
+    A refusal of a connection that was streaming is about the token, whichever copy it is. A copy refused at
+    connect time while another copy with the same contracts and token is open proves the contracts and the
+    token good: only the account's connection limit is left — never bisect or exclude contracts for it.
+    """
+    if was_accepted:
+        return RefusalKind.TOKEN
+    if other_copy_open and same_token:
+        return RefusalKind.CONNECTION_LIMIT
+    return RefusalKind.FOLLOW if copy != 0 else RefusalKind.PLANNER

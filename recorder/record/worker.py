@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import functools
 import logging
 import os
 import random
@@ -19,84 +17,50 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import uvloop
-from picows import WSCloseCode, WSError, WSHandshakeError, WSTransport, ws_connect
+from picows import WSCloseCode
 
 from recorder import __version__
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind, build_url, split_contracts
 from recorder.record import messages as m
+from recorder.record import wsclient
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
-from recorder.record.connection import ConnectionCore, Failure, GiveUp, Policy, Refusal, Step, Wait
+from recorder.record.connection import (
+    ConnectionCore,
+    GiveUp,
+    Policy,
+    Refusal,
+    RefusalKind,
+    Step,
+    Wait,
+    classify_refusal,
+)
+from recorder.record.groups import CopyRun, GroupRun
 from recorder.record.listener import RecordingListener, first_arrival_sink
 from recorder.record.planner import Action, Group, Planner
+from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
 from recorder.record.timeslice import request_slice
+from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
 from recorder.segment.format import RecordKind
-from recorder.segment.naming import OPEN_SUFFIX, parse_segment_name
 from recorder.segment.recover import recover
-from recorder.segment.writer import SegmentWriteError, SegmentWriter, describe_os_error
+from recorder.segment.writer import SegmentWriteError, SegmentWriter
 
 log = logging.getLogger("recorder.worker")
 
 _EVENT = int(RecordKind.EVENT)
-_HIDDEN_HEADERS = {"set-cookie", "authorization", "cookie", "proxy-authorization"}
-
-
-class ShardLocked(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class CopyRun:
-    """One redundant copy of a group: its core and its current connection, if any."""
-
-    copy: int
-    core: ConnectionCore
-    conn_id: int = 0
-    token_gen: int = 0  # the token generation its current (or last) connection used
-    accepted: bool = False  # its current (or last) connection was accepted (data, or open past the probe window)
-    transport: WSTransport | None = None
-    listener: RecordingListener | None = None
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass(slots=True)
-class GroupRun:
-    group: Group
-    deduper: Deduper | None
-    copies: list[CopyRun] = field(default_factory=list)
-    open_copies: int = 0
-    started_ns: int = 0
-    down_since_ns: int = 0  # when the last open copy closed (or the group started); 0 while covered
-    downtime_ns: int = 0  # time with no copy of this group connected: the only time data can be missed
-
-    def open_one(self, now_ns: int) -> None:
-        if self.open_copies == 0 and self.down_since_ns:
-            self.downtime_ns += now_ns - self.down_since_ns
-            self.down_since_ns = 0
-        self.open_copies += 1
-
-    def close_one(self, now_ns: int) -> None:
-        self.open_copies -= 1
-        if self.open_copies == 0:
-            self.down_since_ns = now_ns
-
-    def downtime(self, now_ns: int) -> int:
-        return self.downtime_ns + (now_ns - self.down_since_ns if self.down_since_ns else 0)
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, pipe: Connection) -> None:
+    def __init__(self, cfg: WorkerConfig, link: SupervisorLink) -> None:
         self.cfg = cfg
-        self.pipe = pipe
+        self.link = link
         self.kind = EndpointKind(cfg.connection.kind)
         self.token = cfg.token
         self.token_gen = cfg.token_gen
@@ -106,12 +70,12 @@ class Worker:
         self.exit_code = WORKER_EXIT_OK
         self.stop_reason = "stopped"
         self._conn_seq = 0
-        self._token_waiter: asyncio.Future[bool] | None = None
         self._paused = False
         self._ssl: ssl.SSLContext | None = None
         self.writer: SegmentWriter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepted_elsewhere = False
+        self._accepted_sent = False
         self.rng = random.Random()
         self.policy = Policy(backoff_base_s=cfg.connection.backoff_base_s, backoff_cap_s=cfg.connection.backoff_cap_s,
                              reconnect_jitter_s=cfg.connection.reconnect_jitter_s, stagger_s=cfg.connection.stagger_s)
@@ -119,14 +83,11 @@ class Worker:
         self.reconnects = 0
         self.closed_messages = 0
         self.closed_bytes = 0
-        self.retired_downtime_ns = 0
-        self.retired_group_ns = 0
         self.retired_originals = 0
         self.retired_copies = 0
         self.rejected: list[str] = []
         self._limit_logged: set[int] = set()
         self._lock_fd: int | None = None
-        self._pipe_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -134,12 +95,12 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
-        self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        self.link.start(self.loop, self._handle, lambda: self.request_stop("supervisor went away"))
         storage = self.cfg.storage
         settings = self.cfg.connection
         try:
-            self._lock_shard(storage.out_dir)
-            stale = self._stale_open_files(storage.out_dir)
+            self._lock_fd = lock_shard(storage.out_dir, storage.prefix, self.cfg.shard)
+            stale = stale_open_files(storage.out_dir, storage.prefix, self.cfg.shard)
             self.writer = SegmentWriter(
                 storage.out_dir,
                 shard=self.cfg.shard,
@@ -247,9 +208,6 @@ class Worker:
     def _retire_group(self, run: GroupRun) -> None:
         """The group was split or excluded: keep its figures, stop its other copies."""
         self.groups.pop(run.group.gid, None)
-        now = time.time_ns()
-        self.retired_downtime_ns += run.downtime(now)
-        self.retired_group_ns += now - run.started_ns
         if run.deduper is not None:
             self.retired_originals += run.deduper.counts.originals
             self.retired_copies += run.deduper.counts.copies
@@ -302,12 +260,10 @@ class Worker:
         settings = self.cfg.connection
         core = crun.core
         group = run.group
-        base = settings.url_for_copy(crun.copy)
-        url = build_url(base, self.kind, group.contracts)
+        url = build_url(settings.url_for_copy(crun.copy), self.kind, group.contracts)
         shown_url = redact_url(url)
         self._conn_seq += 1
         conn_id = crun.conn_id = self._conn_seq
-        token = self.token
         crun.token_gen, crun.accepted = self.token_gen, False
 
         def on_accepted(data: bool = True) -> None:
@@ -321,54 +277,38 @@ class Worker:
         self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
         assert self.writer is not None
         sink = first_arrival_sink(self.writer.append, run.deduper, crun.copy)
-        try:
-            transport, listener = await ws_connect(
-                functools.partial(RecordingListener, conn_id, sink, settings.max_message_bytes, on_accepted),
-                url,
-                ssl_context=self._ssl,
-                websocket_handshake_timeout=settings.handshake_timeout_s,
-                enable_auto_ping=settings.ping_interval_s > 0,
-                auto_ping_idle_timeout=settings.ping_interval_s or 10,
-                auto_ping_reply_timeout=settings.ping_timeout_s,
-                max_frame_size=max(4 * settings.max_message_bytes, 16 << 20),
-                extra_headers={"Authorization": token},
-                logger_name="client",
-            )
-        except WSHandshakeError as exc:
-            status = int(exc.response.status) if exc.response is not None else None
-            detail = self._clean(str(exc))
-            self._event(Event.ERROR, conn=conn_id, stage="handshake", status=status, error=detail, **where)
-            return core.handshake_status(time.monotonic(), status, "" if status else detail)
-        except TimeoutError as exc:
-            reason = self._clean(f"{type(exc).__name__}: {exc}")
-            self._event(Event.ERROR, conn=conn_id, stage="connect", error=reason, **where)
-            return core.connect_failed(time.monotonic(), Failure.TIMEOUT, reason)
-        except (OSError, WSError, ValueError) as exc:
-            reason = self._clean(f"{type(exc).__name__}: {exc}")
-            self._event(Event.ERROR, conn=conn_id, stage="connect", error=reason, **where)
-            failure = Failure.NETWORK if isinstance(exc, OSError) else Failure.NOT_WEBSOCKET
-            return core.connect_failed(time.monotonic(), failure, reason)
-        if listener is None:
-            # picows: the peer hung up before answering the upgrade.
-            self._event(Event.ERROR, conn=conn_id, stage="handshake", error="connection closed before the upgrade",
-                        **where)
-            return core.connect_failed(time.monotonic(), Failure.NOT_WEBSOCKET,
-                                       "the server closed the connection before answering the upgrade")
-        assert isinstance(listener, RecordingListener)
+        result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)
+        now = time.monotonic()
+        match result:
+            case wsclient.HandshakeAnswered(status=status, detail=detail):
+                detail = self._clean(detail)
+                self._event(Event.ERROR, conn=conn_id, stage="handshake", status=status, error=detail, **where)
+                return core.handshake_status(now, status, "" if status else detail)
+            case wsclient.NotConnected(failure=failure, detail=detail):
+                detail = self._clean(detail)
+                self._event(Event.ERROR, conn=conn_id, stage="connect", error=detail, **where)
+                return core.connect_failed(now, failure, detail)
+            case wsclient.Connected(transport=transport, listener=listener):
+                pass
         crun.transport, crun.listener = transport, listener
-        now_ns = time.time_ns()
-        run.open_one(now_ns)
-        core.opened(time.monotonic())
+        run.open_one(time.time_ns())
+        core.opened(now)
         self._event(Event.OPENED, conn=conn_id, url=shown_url, contracts=list(group.contracts),
-                    status=int(transport.response.status), headers=self._headers(transport),
-                    **self._addresses(transport), **where)
+                    status=int(transport.response.status), headers=wsclient.response_headers(transport),
+                    **wsclient.addresses(transport), **where)
         if self._paused:
             transport.underlying_transport.pause_reading()
+
+        def on_idle() -> None:
+            self._event(Event.IDLE_TIMEOUT, conn=conn_id, idle_s=settings.idle_timeout_s)
+            log.warning("shard %d: nothing received for %.0fs; reconnecting", self.cfg.shard, settings.idle_timeout_s)
+
         try:
-            code, reason = await self._watch(transport, listener, on_accepted)
+            code, reason = await wsclient.watch(transport, listener, settings, on_accepted, on_idle)
         except asyncio.CancelledError:
             self._connection_ended(run, crun, listener, 1006, "close handshake timed out")
             raise
+        reason = self._clean(reason)
         self._connection_ended(run, crun, listener, code, reason)
         return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set())
 
@@ -388,20 +328,29 @@ class Worker:
             return None
         gid = run.group.gid
         used_gen = crun.token_gen
-        others_open = [c for c in run.copies if c is not crun and c.transport is not None]
-        if others_open and used_gen == self.token_gen:
-            # Another copy with the same contracts and token is open: the contracts and the token are fine.
-            if gid not in self._limit_logged:
-                self._limit_logged.add(gid)
-                log.warning("shard %d group %d: copy %d refused (%s) while copy %d with the same contracts and "
-                            "token is open: the account's connection limit, not a contract; recording with the "
-                            "accepted copies and retrying this one slowly", self.cfg.shard, gid, crun.copy, how,
-                            others_open[0].copy)
-            return crun.core.connection_limit_wait()
-        if crun.copy != 0:
-            # Copy 0 speaks for the group to the planner; the others wait for its verdict.
-            return crun.core.refused_retry()
-        decision = self.planner.refused(gid, used_gen, self.token_gen, crun.accepted)
+        other = run.other_copy_open(crun)
+        match classify_refusal(crun.copy, crun.accepted, other is not None, used_gen == self.token_gen):
+            case RefusalKind.TOKEN:
+                decision = self.planner.refused(gid, used_gen, self.token_gen, True)
+                if decision.action is Action.REFRESH:
+                    log.info("shard %d: the server closed a working connection with %s; getting a fresh token",
+                             self.cfg.shard, how)
+                    await self._refresh_token(used_gen)
+                    return Wait(0.0)
+                return crun.core.refused_retry()
+            case RefusalKind.CONNECTION_LIMIT:
+                if gid not in self._limit_logged:
+                    self._limit_logged.add(gid)
+                    log.warning("shard %d group %d: copy %d refused (%s) while copy %d with the same contracts and "
+                                "token is open: the account's connection limit, not a contract; recording with the "
+                                "accepted copies and retrying this one slowly", self.cfg.shard, gid, crun.copy, how,
+                                other.copy if other is not None else -1)
+                return crun.core.connection_limit_wait()
+            case RefusalKind.FOLLOW:
+                return crun.core.refused_retry()
+            case RefusalKind.PLANNER:
+                pass
+        decision = self.planner.refused(gid, used_gen, self.token_gen, False)
         match decision.action:
             case Action.RETRY:
                 return crun.core.refused_retry()
@@ -421,9 +370,9 @@ class Worker:
                             f"{run.group.contracts[0]}; check the token or the account's IME access")))
                         self.request_stop("token refused", WORKER_EXIT_REFUSED)
                         return None
-                log.warning("shard %d: a fresh token was refused (%s) for %d contracts while the token works "
-                            "elsewhere; looking for the refused contract(s)", self.cfg.shard, how,
-                            len(run.group.contracts))
+                log.warning("shard %d: a fresh token was refused (%s) for %d contracts although the token works "
+                            "(another connection or a probe was accepted); looking for the refused contract(s)",
+                            self.cfg.shard, how, len(run.group.contracts))
                 self._retire_group(run)
                 for g in decision.groups:
                     self._start_group(g)
@@ -440,83 +389,23 @@ class Worker:
         self._conn_seq += 1
         conn_id = self._conn_seq
         self._event(Event.CONNECTING, conn=conn_id, url=redact_url(url), contracts=[contract], probe=True)
-        got_data = asyncio.Event()
-        try:
-            transport, listener = await ws_connect(
-                functools.partial(RecordingListener, conn_id, lambda *_: None, settings.max_message_bytes,
-                                  got_data.set),
-                url, ssl_context=self._ssl, websocket_handshake_timeout=settings.handshake_timeout_s,
-                extra_headers={"Authorization": self.token}, logger_name="client")
-        except WSHandshakeError as exc:
-            status = int(exc.response.status) if exc.response is not None else None
-            return False if status in (401, 403) else None
-        except (OSError, WSError, ValueError, TimeoutError):
-            return None
-        if listener is None:
-            return None
-        assert isinstance(listener, RecordingListener)
-        closed = asyncio.ensure_future(transport.wait_disconnected())
-        data = asyncio.ensure_future(got_data.wait())
-        await asyncio.wait([closed, data], timeout=settings.probe_s, return_when=asyncio.FIRST_COMPLETED)
-        data.cancel()
-        refused = closed.done() and listener.close_code == 1008
-        if not closed.done():
-            transport.send_close(WSCloseCode.OK, b"probe done")
-            transport.disconnect(False)
-            closed.cancel()
-        self._event(Event.CLOSED, conn=conn_id, code=listener.close_code or 1000, reason="probe", probe=True)
-        if refused:
-            return False
-        if closed.done() and not got_data.is_set():
-            return None
-        self.planner.accepted_any = True
-        return True
-
-    async def _watch(self, transport: WSTransport, listener: RecordingListener,
-                     on_accepted: Callable[[bool], None]) -> tuple[int, str]:
-        """Wait for the connection to end; count it as accepted after the probe window; enforce idle timeout."""
-        settings = self.cfg.connection
-        probe_deadline = time.monotonic() + settings.probe_s
-        idle_ns = int(settings.idle_timeout_s * 1e9)
-        opened_ns = time.time_ns()
-        waiter = asyncio.ensure_future(transport.wait_disconnected())
-        try:
-            while True:
-                done, _ = await asyncio.wait([waiter], timeout=0.5)
-                if done:
-                    break
-                if time.monotonic() >= probe_deadline:
-                    # Open past the probe window without a refusal: the token and contracts are good,
-                    # even on a quiet market (not data, so it does not reset the backoff).
-                    on_accepted(False)
-                if idle_ns and time.time_ns() - max(listener.last_ns, opened_ns) > idle_ns:
-                    self._event(Event.IDLE_TIMEOUT, conn=listener.conn_id, idle_s=settings.idle_timeout_s)
-                    log.warning("shard %d: nothing received for %.0fs; reconnecting", self.cfg.shard,
-                                settings.idle_timeout_s)
-                    transport.send_close(WSCloseCode.GOING_AWAY, b"idle timeout")
-                    transport.disconnect(False)
-            exc = waiter.exception()
-        except asyncio.CancelledError:
-            transport.disconnect(False)
-            raise
-        if listener.close_code is not None:
-            return listener.close_code, listener.close_reason
-        handshake = transport.close_handshake
-        if handshake is not None and handshake.recv is not None:
-            return int(handshake.recv.code), handshake.recv.reason or ""
-        if exc is not None:
-            return 1006, self._clean(f"{type(exc).__name__}: {exc}")
-        return 1006, "connection dropped without a close frame"
+        verdict, code = await wsclient.probe(url, self.token, settings, self._ssl, conn_id)
+        self._event(Event.CLOSED, conn=conn_id, code=code, reason="probe", probe=True, accepted=verdict)
+        if verdict:
+            self._accepted(0)
+        return verdict
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def _accepted(self, gid: int) -> None:
-        first = not self.planner.accepted_any
+        """A connection (or a probe, gid 0) was accepted: the token is good."""
         if gid in self.groups:
             self.planner.accepted(gid)
-        if first:
+        self.planner.accepted_any = True
+        if not self._accepted_sent:
+            self._accepted_sent = True
             self._send(m.Accepted(self.cfg.shard))
 
     def _reject(self, contracts: tuple[str, ...], how: str, code: int) -> None:
@@ -540,25 +429,8 @@ class Worker:
     # --- token ----------------------------------------------------------------------------------
 
     async def _refresh_token(self, used_gen: int) -> None:
-        if self.token_gen > used_gen:
-            return
-        assert self.loop is not None
-        if self._token_waiter is None or self._token_waiter.done():
-            self._token_waiter = self.loop.create_future()
-            self._send(m.NeedToken(self.cfg.shard, used_gen))
-        waiter = self._token_waiter
-        stop = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait([waiter, stop], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-
-    def _on_pipe(self) -> None:
-        try:
-            while self.pipe.poll():
-                self._handle(self.pipe.recv())
-        except (EOFError, OSError):
-            assert self.loop is not None
-            self.loop.remove_reader(self.pipe.fileno())
-            self.request_stop("supervisor went away")
+        if self.token_gen <= used_gen:
+            await self.link.fresh_token(used_gen, self.stopping)
 
     def _handle(self, msg: m.SupervisorMessage) -> None:
         match msg:
@@ -569,13 +441,11 @@ class Worker:
                     self.token, self.token_gen = token, gen
                     self.planner.token_refreshed()
                     self._event(Event.TOKEN_REFRESHED, gen=self.token_gen)
-                if self._token_waiter is not None and not self._token_waiter.done():
-                    self._token_waiter.set_result(True)
+                self.link.token_answered(True)
             case m.TokenUnavailable():
                 # No fresh token can be had (a fixed --token): the planner proceeds as if it had been refreshed.
                 self.planner.token_refreshed()
-                if self._token_waiter is not None and not self._token_waiter.done():
-                    self._token_waiter.set_result(False)
+                self.link.token_answered(False)
             case m.AcceptedElsewhere():
                 self.accepted_elsewhere = True
 
@@ -624,29 +494,9 @@ class Worker:
     def _clean(self, text: str) -> str:
         return redact_text(text, (self.token,))
 
-    @staticmethod
-    def _addresses(transport: WSTransport) -> dict[str, str]:
-        """Both ends of the TCP connection: lets an operator match a recording to server-side logs."""
-        out = {}
-        for key, info in (("local", "sockname"), ("peer", "peername")):
-            addr = transport.underlying_transport.get_extra_info(info)
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                out[key] = f"{addr[0]}:{addr[1]}"
-        return out
-
-    @staticmethod
-    def _headers(transport: WSTransport) -> dict[str, str]:
-        headers = transport.response.headers
-        return {str(k): str(v) for k, v in headers.items() if k.lower() not in _HIDDEN_HEADERS}
-
     def _send(self, msg: m.WorkerMessage) -> None:
-        # The recovery thread and log lines send too; a Connection is not safe to share unlocked.
-        try:
-            with self._pipe_lock:
-                self.pipe.send(msg)
-        except (OSError, ValueError):
-            if self.loop is not None and threading.current_thread() is threading.main_thread():
-                self.request_stop("supervisor went away")
+        if not self.link.send(msg) and self.loop is not None and threading.current_thread() is threading.main_thread():
+            self.request_stop("supervisor went away")
 
     def _status(self, final: bool = False) -> m.Status:
         now = time.time_ns()
@@ -670,8 +520,9 @@ class Worker:
             records_written=w.records_written if w else 0, bytes_on_disk=w.bytes_written if w else 0,
             files_sealed=w.files_sealed if w else 0, backlog_bytes=w.backlog_bytes if w else 0,
             paused=self._paused, rejected=tuple(self.rejected),
-            downtime_ns=self.retired_downtime_ns + sum(g.downtime(now) for g in self.groups.values()),
-            group_ns=self.retired_group_ns + sum(now - g.started_ns for g in self.groups.values()),
+            # Over the groups recording now: a group split by bisection or excluded is not a gap of theirs.
+            downtime_ns=sum(g.downtime(now) for g in self.groups.values()),
+            group_ns=sum(now - g.started_ns for g in self.groups.values()),
             final=final,
         )
 
@@ -692,29 +543,6 @@ class Worker:
             await asyncio.sleep(self.cfg.status_interval_s)
             self._send(self._status())
 
-    def _lock_shard(self, out_dir: Path) -> None:
-        path = out_dir / f".{self.cfg.storage.prefix}-s{self.cfg.shard:02d}.lock"
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:  # restarting cannot fix a directory that went away or turned read-only
-            raise SegmentWriteError(describe_os_error(exc, out_dir)) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ShardLocked(f"another recorder is writing shard {self.cfg.shard} in {out_dir}; "
-                              "use another --out or stop it first") from None
-        self._lock_fd = fd
-
-    def _stale_open_files(self, out_dir: Path) -> list[Path]:
-        stale = []
-        for p in sorted(out_dir.glob(f"{self.cfg.storage.prefix}-s*{OPEN_SUFFIX}")):
-            parsed = parse_segment_name(p.name)
-            if parsed is not None and parsed[0] == self.cfg.storage.prefix and parsed[1] == self.cfg.shard:
-                stale.append(p)
-        return stale
-
     def _recover(self, paths: list[Path]) -> None:
         for p in paths:
             try:
@@ -725,26 +553,13 @@ class Worker:
                 log.error("shard %d: could not recover %s: %s", self.cfg.shard, p, exc)
 
 
-class PipeLogHandler(logging.Handler):
-    """Log lines travel to the supervisor, which prints them above its live status table."""
-
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.worker._send(m.LogLine(self.worker.cfg.shard, self.format(record)))
-        except Exception:
-            self.handleError(record)
-
-
 def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     """Entry point of the worker process (multiprocessing spawn target)."""
     # Until the event loop installs its handlers, a Ctrl-C aimed at the supervisor must not kill us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = Worker(cfg, pipe)
-    handler = PipeLogHandler(worker)
+    link = SupervisorLink(pipe, cfg.shard)
+    worker = Worker(cfg, link)
+    handler = PipeLogHandler(link)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s s{cfg.shard:02d}: %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
@@ -752,5 +567,5 @@ def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     root.setLevel(cfg.log_level)
     logging.getLogger("picows").setLevel(logging.ERROR)
     code = uvloop.run(worker.run())
-    pipe.close()
+    link.close()
     os._exit(code)  # skip interpreter teardown: everything is sealed and flushed already

@@ -27,8 +27,7 @@ from recorder.segment.format import (
     encode_index,
     encode_seek_table,
 )
-from recorder.segment.layout import open_segments
-from recorder.segment.naming import OPEN_SUFFIX, TAIL_SUFFIX, sealed_path
+from recorder.segment.naming import OPEN_SUFFIX, TAIL_SUFFIX, open_segments, sealed_path
 from recorder.segment.reader import Damage, check_timestamps, decode_frame, open_segment
 from recorder.segment.writer import FILE_MODE, fsync_directory
 
@@ -212,5 +211,5 @@ def _header_end(fh: BinaryIO) -> int:
 
 def recover_directory(directory: Path, shard: int | None = None) -> list[Recovery]:
     """Seal every `.open` file in a directory (optionally only one shard's): the recorder does this at start."""
-    # Day directories (layout.py) and the flat layout alike.
-    return [recover(p) for p in open_segments(directory, None, shard)]
+    # Day directories and the flat layout alike (naming.open_segments searches both).
+    return [recover(p) for p in open_segments(directory, shard)]
