@@ -17,27 +17,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from record_util import RecorderProcess
 
 from recorder.segment.layout import segment_files
 from recorder.segment.reader import discover, open_segment
 from recorder.segment.writer import SegmentWriter
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
-        proc = RecorderProcess(tmp_path, *args, env=env).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill_tree()
 
 
 def sim_args(sim) -> list[str]:
