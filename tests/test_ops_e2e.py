@@ -55,7 +55,8 @@ def test_config_file_precedence_print_config_and_secret_refusal(tmp_path):
     assert got.returncode == 0, got.stderr
     out = got.stdout
     assert "shards = 5  # command line" in out
-    assert 'ids-file = "ids.txt"  # config file' in out and 'out = "/srv/ime"  # config file' in out
+    # A relative path is relative to the config file.
+    assert f'ids-file = "{tmp_path / "ids.txt"}"  # config file' in out and 'out = "/srv/ime"  # config file' in out
     assert "flush-ms = 50.0  # config file" in out and "retain-days = 30.0  # config file" in out
     assert 'username = "alice"  # environment' in out and "level = 3  # default" in out
     assert "hunter2-secret" not in out + got.stderr and '# password = "***"  # environment' in out

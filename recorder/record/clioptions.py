@@ -46,9 +46,14 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | 
         except UserError as exc:
             # Raised while click parses, outside the command's one-line error handling.
             fail("ime-record", str(exc), exc.exit_code)
-        multiple = {p.name for p in ctx.command.params if isinstance(p, click.Option) and p.multiple}
+        options = [p for p in ctx.command.params if isinstance(p, click.Option)]
+        multiple = {p.name for p in options if p.multiple}
+        paths = {p.name for p in options if isinstance(p.type, click.Path)}
         # A repeatable option (--base-url) may be one string in the file, or a list.
         values = {k: [v] if k in multiple and not isinstance(v, list) else v for k, v in values.items()}
+        # A relative path in the file is relative to the file, not to wherever the service happens to start.
+        values = {k: str(value.parent / v) if k in paths and isinstance(v, str) and not Path(v).is_absolute()
+                  else v for k, v in values.items()}
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
