@@ -396,3 +396,24 @@ def _drain(sock: socket.socket) -> int:
         except BlockingIOError:
             return n
         n += 1
+
+
+def test_hook_does_not_see_the_recorders_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("IME_PASSWORD", "hunter2")
+    monkeypatch.setenv("IME_TOKEN", "eyJsecret")
+    monkeypatch.setenv("RCLONE_CONFIG", "/etc/rclone.conf")
+    script = tmp_path / "env.sh"
+    script.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env.txt"\n')
+    script.chmod(0o755)
+    f = tmp_path / "ime-s00-20261120T000000.000Z.zst"
+    f.write_bytes(b"x")
+
+    async def run() -> None:
+        h = HookRunner(str(script), tmp_path)
+        h.submit(f)
+        await h.close(grace_s=30)
+
+    asyncio.run(run())
+    env = (tmp_path / "env.txt").read_text()
+    assert "RCLONE_CONFIG=/etc/rclone.conf" in env
+    assert "hunter2" not in env and "eyJsecret" not in env

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def parse_command(command: str) -> list[str]:
     if not argv:
         raise UserError("--on-sealed is empty; give a command, e.g. --on-sealed 'rclone copyto --immutable'")
     return argv
+
+
+# The recorder's own secrets and systemd's sockets are not the hook's business.
+WITHHELD_ENV = frozenset({"IME_PASSWORD", "IME_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
+
+def hook_environment(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in WITHHELD_ENV}
 
 
 def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
@@ -141,7 +150,7 @@ class HookRunner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, str(path), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=hook_environment(os.environ))
         except OSError as exc:
             return f"cannot run {self.argv[0]}: {exc.strerror or exc}"
         try:
