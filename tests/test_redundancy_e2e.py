@@ -71,7 +71,7 @@ def uncovered_at(groups: list[GroupCoverage], contract: str, ts: int) -> bool:
 
 def test_two_copies_lose_only_what_no_copy_could_see_and_a_tenth_of_one_copy(sim_process, tmp_path):
     published_dir, sent_dir = tmp_path / "published", tmp_path / "sent"
-    sim = sim_process("--contracts", "8", "--rate", "1500", "--seed", "11", "--drop-every", str(DROP_EVERY_S),
+    sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "11", "--drop-every", str(DROP_EVERY_S),
                       "--published-log", str(published_dir), "--sent-log", str(sent_dir))
     info = sim.info
     env = {"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -323,6 +323,113 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
         click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, repeated or out-of-order frames "
                    "(details above); every intact frame was kept", err=True)
         sys.exit(EXIT_RUNTIME)
+
+
+# --- ime-segments merge (redundant capture across hosts/runs; recorder/segment/merge.py) -------------------
+
+MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the merge waits for the writer
+
+
+@cli.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New or empty directory for the merged segments (never inside an input).")
+@click.option("--keep-receipts", is_flag=True,
+              help="Keep each later copy as a receipt record (which input and connection, when), and the "
+                   "inputs' own receipts. Default: drop them; the merge then holds each message once.")
+@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=2.0, show_default=True, metavar="S",
+              help="Seconds within which copies of one message are matched; raise it when the inputs' clocks "
+                   "differ by more than a fraction of it (recordings from hosts without NTP).")
+@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many uncovered intervals to list.")
+@one_line_errors(PROG)
+def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_window: float, show: int) -> None:
+    """Merge recordings of overlapping contracts (other hosts, other runs) into sealed, verified segments.
+
+    \b
+    Each message is written once, from the input where it arrived first (exact dedupe on the payload bytes
+    within --dedupe-window; a message an input itself holds twice stays twice). Reports, per input, how many
+    messages only it had, and the intervals when no input had a connection open for some contract.
+    Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
+    """
+    from recorder.segment.merge import check_paths, merge, report_lines
+    from recorder.segment.writer import SegmentWriteError, SegmentWriter
+
+    for p in inputs:
+        if not p.exists():
+            raise UserError(f"{p}: no such file or directory")
+    problem = check_paths(inputs, out)
+    if problem is not None:
+        raise UserError(problem)
+    if out.is_dir() and discover([out]):
+        raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
+    opened: list[tuple[str, list[SegmentFile]]] = []
+    unreadable = 0
+    for p in inputs:
+        files = discover([p])
+        if not files:
+            raise UserError(f"no segment files (*.zst, *.zst.open) in {p}")
+        segs = []
+        for f in files:
+            try:
+                segs.append(open_segment(f))
+            except SegmentFormatError as exc:
+                click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
+                unreadable += 1
+        opened.append((str(p), segs))
+    writers: list[SegmentWriter] = []
+
+    def writer_for(number: int, shard: int) -> Callable[[int, int, int, bytes], None]:
+        # One output shard per input shard, numbered in order of appearance.
+        name, segs = opened[number]
+        try:
+            writer = SegmentWriter(out, shard=len(writers), prefix="ime", flush_ms=1000, rotate_seconds=0,
+                                   meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
+                                         "merged_from": [n for n, _ in opened], "input": name, "input_shard": shard})
+        except SegmentWriteError as exc:
+            raise UserError(str(exc), EXIT_RUNTIME) from None
+        writers.append(writer)
+        return writer.append
+
+    def pace() -> None:
+        for w in writers:
+            if w.backlog_bytes > MERGE_BACKLOG_BYTES:
+                w.flush()
+
+    sealed = []
+    try:
+        result = merge(opened, writer_for, keep_receipts=keep_receipts, window_ns=int(dedupe_window * 1e9),
+                       after_batch=pace)
+        for w in writers:
+            sealed.extend(w.close("merged"))
+    except SegmentWriteError as exc:
+        raise UserError(str(exc), EXIT_RUNTIME) from None
+    damaged = [d for s in sealed for d in open_segment(s.path).verify()]
+    for line in report_lines(result, show):
+        click.echo(line)
+    click.echo(f"{len(sealed)} sealed files in {out}, " + ("verified" if not damaged else "DAMAGED"))
+    damage = report_damage([*damaged, *(d for st in result.inputs for d in st.damage)])
+    if damage or unreadable:
+        sys.exit(EXIT_RUNTIME)
+
+
+def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
+    """Header keys for merged files: the subscription, when the files it came from agree on the endpoint."""
+    endpoints = {s.header.meta.get("endpoint") for _, segs in inputs for s in segs}
+    meta: dict[str, object] = {"role": "ime-segments merge"}
+    if len(endpoints) == 1 and None not in endpoints:
+        contracts: dict[str, None] = {}
+        for _, segs in inputs:
+            for s in segs:
+                listed = s.header.meta.get("contracts")
+                if isinstance(listed, list):
+                    contracts.update(dict.fromkeys(str(c) for c in listed))
+        meta["endpoint"] = endpoints.pop()
+        meta["contracts"] = list(contracts)
+    return meta
+
+
+# --- end of ime-segments merge -------------------------------------------------------------------------
 
 
 def main() -> None:

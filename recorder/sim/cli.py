@@ -63,8 +63,11 @@ def banner(sim: SimHandle) -> str:
 def summary(sim: SimHandle, elapsed: float) -> str:
     stats = sim.stats()
     totals = stats["totals"]
+    published = stats["source"].get("events", 0) if stats["source"].get("mode") == "paced" else None
     lines = [
-        f"{PROG}: stopped after {elapsed:.1f}s: {totals['connections']} connection(s), sent {totals['sent']} "
+        f"{PROG}: stopped after {elapsed:.1f}s: "
+        + (f"the market published {published} messages; " if published is not None else "")
+        + f"{totals['connections']} connection(s), sent {totals['sent']} "
         f"messages ({totals['bytes'] / 1e6:.1f} MB), dropped {totals['dropped']}"
         + (f", refused {sum(stats['refused'].values())}" if stats["refused"] else "")
     ]

@@ -1,0 +1,521 @@
+"""Merging recordings of overlapping contracts (other hosts, other runs) into one, with exact dedupe.
+
+Every input is a set of segment files. All records of all inputs are taken in receive-time order and the
+messages (text and binary records) go through the same first-arrival `Deduper` the recorder uses, with the
+input as the source: the first copy of a message is written as a normal record; a later copy from another
+input becomes a receipt (`keep_receipts`) or is dropped. A message an input really holds twice stays twice
+(multiset semantics, see dedupe.py). Receipts already in an input (its own redundant connections) are kept
+only with `keep_receipts`, re-pointed at the record that won the merge. Records of unknown kinds are skipped
+and counted. Connection events are kept, with the input's number added.
+
+Connection ids restart in every recorder process, so each (input, host, pid, shard, conn) of the inputs gets
+a fresh output connection id, unique across the output; events and receipts are rewritten to match. Each
+input shard is written to an output shard of its own (see `merge`).
+
+Coverage comes from connection events: an input covers a connection's contracts from its `opened` event to
+its `closed` event (or, when the worker died without one, to the last record seen on that connection).
+What no input covered, between the first and the last record of all inputs, is the only time a message can
+be missing from the merge, and `MergeResult.uncovered` lists it.
+
+This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
+Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
+heap operation per record: a merge reads hundreds of thousands of records per second.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from recorder.events import Event, decode_event, encode_event
+from recorder.humanize import human_duration
+from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper, digest
+from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt, encode_receipt
+from recorder.segment.reader import Damage, SegmentFile, sequences
+from recorder.timeparse import format_ns
+
+_TEXT = int(RecordKind.TEXT)
+_BINARY = int(RecordKind.BINARY)
+_EVENT = int(RecordKind.EVENT)
+_RECEIPT = int(RecordKind.RECEIPT)
+_MESSAGE_KINDS = frozenset((_TEXT, _BINARY))
+_TS = itemgetter(0)
+
+Row = tuple[int, int, int, bytes]  # ts_ns, output conn, kind, payload
+Sink = Callable[[int, int, int, bytes], None]  # SegmentWriter.append
+SinkFor = Callable[[int, int], Sink]  # (input number, input shard) -> where that input shard's records go
+
+
+@dataclass(slots=True)
+class InputStats:
+    name: str
+    files: int = 0
+    records: int = 0  # every record read
+    messages: int = 0  # text and binary records
+    originals: int = 0  # messages of this input that arrived first: written from it
+    copies: int = 0  # messages another input had first (dropped, or written as receipts)
+    shared: int = 0  # originals of this input that another input also holds
+    events: int = 0
+    receipts: int = 0  # receipts already in the input (its own redundant connections)
+    unknown: int = 0  # records of a kind this version does not know (skipped)
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def only_here(self) -> int:
+        """Messages no other input holds: what the merge would lose without this input."""
+        return self.originals - self.shared
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    start_ns: int
+    end_ns: int
+    contracts: frozenset[str]  # the contracts no input covered during [start_ns, end_ns)
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(slots=True)
+class MergeResult:
+    inputs: list[InputStats]
+    written: int = 0  # records written in all
+    messages: int = 0  # messages written as records
+    receipts: int = 0  # receipts written (copies across inputs, and the inputs' own with keep_receipts)
+    events: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    uncovered: list[Interval] = field(default_factory=list)  # within `window`
+    window: tuple[int, int] | None = None  # the first `opened` to the last `closed` of any input
+    contracts: frozenset[str] = frozenset()
+
+
+# --- coverage (pure) -----------------------------------------------------------------------------------
+
+
+class ContractCoverage:
+    """Which contracts were being received when, from connection events; then what nobody covered.
+
+    Unlike segment/coverage.py (one recording, per connection group, the longest gaps only, fed every record),
+    this is across recordings and per contract, keeps every interval exactly, and is fed events plus each block's
+    last record time per recorder process: the union of several inputs' connections is what tells a real loss.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[int, frozenset[str]]] = {}  # conn -> (opened ns, contracts)
+        self._last: dict[Any, int] = {}  # recorder process -> its last record ns
+        self.spans: list[tuple[int, int, frozenset[str]]] = []
+        self.contracts: set[str] = set()
+
+    def opened(self, conn: int, ts_ns: int, contracts: frozenset[str]) -> None:
+        self.close(conn, ts_ns)  # an `opened` without a `closed` before it: the first one ended here
+        self._open[conn] = (ts_ns, contracts)
+        self.contracts.update(contracts)
+
+    def close(self, conn: int, ts_ns: int) -> None:
+        started = self._open.pop(conn, None)
+        if started is not None:
+            self.spans.append((started[0], max(ts_ns, started[0]), started[1]))
+
+    def seen(self, process: Any, ts_ns: int) -> None:
+        """A record of `process` (one recorder process's connections) at `ts_ns`; called once per block."""
+        if ts_ns > self._last.get(process, ts_ns - 1):
+            self._last[process] = ts_ns
+
+    def finish(self, process_of: Callable[[int], Any]) -> None:
+        """Connections still open at the end end at their process's last record: a worker killed without writing
+        `closed` took all its connections down with it."""
+        for conn, (opened_ns, _) in list(self._open.items()):
+            self.close(conn, max(self._last.get(process_of(conn), opened_ns), opened_ns))
+
+    def uncovered(self, start_ns: int, end_ns: int) -> list[Interval]:
+        """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input.
+
+        A sweep over the spans' ends, counting open connections per *atom*: contracts that are in exactly the
+        same connection groups share an atom (with the same sharding on every input, an atom is a group). So a
+        day of reconnects over thousands of contracts costs (changes x atoms per group), not (x contracts).
+        """
+        if not self.contracts or end_ns <= start_ns:
+            return []
+        # Atoms: contracts grouped by which distinct contract sets (connection groups) they belong to.
+        set_ids: dict[frozenset[str], int] = {}
+        for _, _, contracts in self.spans:
+            set_ids.setdefault(contracts, len(set_ids))
+        signature: dict[str, list[int]] = {c: [] for c in self.contracts}
+        for contracts, sid in set_ids.items():
+            for c in contracts:
+                signature[c].append(sid)
+        atom_ids: dict[tuple[int, ...], int] = {}
+        atom_contracts: list[list[str]] = []
+        for c, sids in signature.items():
+            aid = atom_ids.setdefault(tuple(sids), len(atom_ids))
+            if aid == len(atom_contracts):
+                atom_contracts.append([])
+            atom_contracts[aid].append(c)
+        atoms_of_set: dict[int, set[int]] = {sid: set() for sid in set_ids.values()}
+        for sids, aid in atom_ids.items():
+            for sid in sids:
+                atoms_of_set[sid].add(aid)
+
+        deltas: dict[int, list[tuple[int, set[int]]]] = {}
+        for lo, hi, contracts in self.spans:
+            lo, hi = max(lo, start_ns), min(hi, end_ns)
+            if lo < hi:
+                atoms = atoms_of_set[set_ids[contracts]]
+                deltas.setdefault(lo, []).append((1, atoms))
+                deltas.setdefault(hi, []).append((-1, atoms))
+        counts = [0] * len(atom_contracts)
+        missing = set(range(len(atom_contracts)))
+        names: dict[frozenset[int], frozenset[str]] = {}
+        out: list[Interval] = []
+        last_atoms: frozenset[int] | None = None
+        cursor = start_ns
+        for t in sorted({*deltas, end_ns}):
+            if t > cursor and missing:
+                now = frozenset(missing)
+                if out and out[-1].end_ns == cursor and now == last_atoms:
+                    out[-1] = Interval(out[-1].start_ns, t, out[-1].contracts)
+                else:
+                    contracts = names.get(now)
+                    if contracts is None:
+                        contracts = names[now] = frozenset(c for a in now for c in atom_contracts[a])
+                    out.append(Interval(cursor, t, contracts))
+                last_atoms = now
+            cursor = t
+            for sign, atoms in deltas.get(t, ()):
+                for a in atoms:
+                    n = counts[a] = counts[a] + sign
+                    if n == 0:
+                        missing.add(a)
+                    elif n == 1 and sign > 0:
+                        missing.discard(a)
+        return out
+
+
+# --- reading the inputs as time-ordered blocks -----------------------------------------------------------
+
+
+class _ConnIds(dict[tuple[Any, ...], int]):
+    """(input, host, pid, shard, conn) -> output connection id, handed out on first sight, with its sink."""
+
+    def __init__(self, sink_for: SinkFor) -> None:
+        super().__init__()
+        self.source: list[int] = [-1]  # output conn -> input number (ids start at 1)
+        self.keys: list[tuple[Any, ...]] = [()]  # output conn -> its key
+        self.sinks: list[Sink] = [_nowhere]  # output conn -> the appender of its output shard
+        self._sink_for = sink_for
+        self._shard_sinks: dict[tuple[int, int], Sink] = {}
+
+    def __missing__(self, key: tuple[Any, ...]) -> int:
+        new = len(self.source)
+        self.source.append(key[0])
+        self.keys.append(key)
+        where = (key[0], key[3])
+        sink = self._shard_sinks.get(where)
+        if sink is None:
+            sink = self._shard_sinks[where] = self._sink_for(*where)
+        self.sinks.append(sink)
+        self[key] = new
+        return new
+
+
+def _nowhere(ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
+    raise AssertionError("output connection 0 is never handed out")
+
+
+class _Stream:
+    """One input's files of one shard, in file order, as blocks of rows with output connection ids."""
+
+    __slots__ = ("blocks", "buf", "pos")
+
+    def __init__(self, blocks: Iterator[list[Row]]) -> None:
+        self.blocks = blocks
+        self.buf: list[Row] = []
+        self.pos = 0
+
+    def fill(self) -> bool:
+        """Make sure rows are pending; False when the stream is exhausted."""
+        while self.pos >= len(self.buf):
+            block = next(self.blocks, None)
+            if block is None:
+                return False
+            self.buf, self.pos = block, 0
+        return True
+
+
+def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
+            conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
+            rows: list[int], seen: Callable[[Any, int], None]) -> Iterator[list[Row]]:
+    """The chain's blocks with output connection ids; counts rows into `rows[number]` and reports the recorder
+    process's last record time to `seen` (here, a block at a time, to keep the merge loop lean)."""
+    for seg in chain:
+        base = conn_key(number, seg)
+        mapping: dict[int, int] = {}
+
+        def remap(conn: int, base: tuple[Any, ...] = base, mapping: dict[int, int] = mapping) -> int:
+            new = mapping[conn] = ids[(*base, conn)]
+            return new
+
+        for block in seg.iter_blocks():
+            get = mapping.get
+            out = [(ts, get(conn) or remap(conn), kind, payload) for ts, conn, kind, payload in block]
+            if out:
+                rows[number] += len(out)
+                seen(base, max(out[0][0], out[-1][0]))
+                yield out
+
+
+def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
+    meta = seg.header.meta
+    # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell them apart.
+    return number, meta.get("host"), meta.get("pid"), seg.shard
+
+
+def merged_blocks(streams: list[_Stream]) -> Iterator[list[Row]]:
+    """Rows of all streams in receive-time order (ties: stream order), a batch at a time.
+
+    Each round takes, from every stream, the pending rows up to the smallest "last pending time" among the
+    streams, and sorts those pre-sorted runs together (Timsort merges runs in C). A stream whose rows step
+    back in time (a wall-clock step) cannot stall this: the stream that sets the bound gives all it has.
+    """
+    active = [s for s in streams if s.fill()]
+    while active:
+        if len(active) == 1:
+            s = active[0]
+            yield s.buf[s.pos:] if s.pos else s.buf
+            s.pos = len(s.buf)
+        else:
+            bound = min(s.buf[-1][0] for s in active)
+            parts: list[Row] = []
+            for s in active:
+                buf = s.buf
+                # The stream that sets the bound gives everything pending, even rows that step back in time.
+                end = len(buf) if buf[-1][0] == bound else bisect.bisect_right(buf, bound, s.pos, len(buf), key=_TS)
+                if end > s.pos:
+                    parts.extend(buf[s.pos:end] if s.pos or end < len(buf) else buf)
+                    s.pos = end
+            parts.sort(key=_TS)
+            yield parts
+        active = [s for s in active if s.fill()]
+
+
+# --- the merge -------------------------------------------------------------------------------------------
+
+
+def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor, *, keep_receipts: bool = False,
+          window_ns: int = DEFAULT_WINDOW_NS, after_batch: Callable[[], None] | None = None) -> MergeResult:
+    """Merge `inputs` (name, opened segments) in receive-time order; see the module docstring.
+
+    Each input shard's records (its first arrivals and its connection events) go to its own output shard,
+    `sink_for(input number, input shard)`: a shard's worker restarts and connection groups stay what they were,
+    so `ime-segments stats` on the output still reads each input's coverage. A receipt goes to the shard of the
+    record it points at (output connection ids are unique across shards), so that it resolves there.
+
+    `after_batch` runs between batches of records: the place for the caller to wait for its writer.
+    """
+    stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
+    result = MergeResult(stats)
+    ids = _ConnIds(sink_for)
+    coverage = ContractCoverage()
+    rows = [0] * len(stats)
+    streams = [_Stream(_blocks(number, chain, ids, _conn_key, rows, coverage.seen))
+               for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
+    # The loop allocates a tuple per record and the Deduper holds ~10^5 container objects: the cyclic garbage
+    # collector would walk them every few thousand records. Nothing here makes cycles; refcounting frees it all.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _merge_loop(stats, result, ids, coverage, rows, streams, inputs, keep_receipts, window_ns,
+                           after_batch)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, coverage: ContractCoverage,
+                rows: list[int], streams: list[_Stream], inputs: Sequence[tuple[str, Sequence[SegmentFile]]],
+                keep_receipts: bool, window_ns: int, after_batch: Callable[[], None] | None) -> MergeResult:
+    source, sinks = ids.source, ids.sinks
+    deduper = Deduper(window_ns=window_ns)
+    observe = deduper.observe_digest
+    # Originals another input also had, so that "only in this input" counts each original once however
+    # many inputs repeat it. Only copies touch it; entries older than twice the window can no longer match.
+    shared: dict[tuple[int, int], None] = {}
+    # With keep_receipts: which record won for each input record that lost (so that the input's own receipts
+    # pointing at it can be re-pointed at the winner), for as long as a receipt may follow its original.
+    lost: dict[tuple[int, int], tuple[int, int]] = {}
+    lost_order: deque[tuple[int, int]] = deque()
+    copies = [0] * len(stats)
+    counted_shared = [0] * len(stats)
+    receipts_out = 0
+    first_ns: int | None = None
+    last_ns = 0
+    several = len(stats) > 2
+    for batch in merged_blocks(streams):
+        if first_ns is None:
+            first_ns = batch[0][0]
+        # The hot loop: one dedupe lookup and one append per message, everything else counted elsewhere.
+        for ts, conn, kind, payload in batch:
+            if kind in _MESSAGE_KINDS:
+                won = observe(ts, source[conn], digest(payload), conn)
+                if won is None:
+                    sinks[conn](ts, conn, kind, payload)
+                    continue
+                copies[source[conn]] += 1
+                # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
+                # original), so it is counted as shared once without remembering it.
+                if not several:
+                    counted_shared[source[won[1]]] += 1
+                elif won not in shared:
+                    shared[won] = None
+                    counted_shared[source[won[1]]] += 1
+                if keep_receipts:
+                    sinks[won[1]](ts, conn, _RECEIPT, encode_receipt(won[1], ts - won[0]))
+                    receipts_out += 1
+                    key = (ts, conn)
+                    lost[key] = won
+                    lost_order.append(key)
+            elif kind == _EVENT:
+                stats[source[conn]].events += 1
+                sinks[conn](ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
+            elif kind == _RECEIPT:
+                stats[source[conn]].receipts += 1
+                if keep_receipts:
+                    body = _repoint(payload, ts, conn, ids, lost)
+                    if body is not None:
+                        sinks[decode_receipt(body)[0]](ts, conn, kind, body)
+                        receipts_out += 1
+            else:
+                stats[source[conn]].unknown += 1
+        last_ns = max(last_ns, batch[-1][0])
+        if after_batch is not None:
+            after_batch()
+        if len(shared) > 4 * deduper.max_entries:
+            horizon = last_ns - 2 * window_ns
+            shared = {k: None for k in shared if k[0] >= horizon}
+        if lost_order:
+            horizon = last_ns - 2 * window_ns
+            while lost_order and lost_order[0][0] < horizon:
+                lost.pop(lost_order.popleft(), None)
+    coverage.finish(lambda conn: ids.keys[conn][:-1])
+    for number, (_, segs) in enumerate(inputs):
+        st = stats[number]
+        st.records = rows[number]
+        st.messages = st.records - st.events - st.receipts - st.unknown
+        st.copies, st.shared = copies[number], counted_shared[number]
+        st.originals = st.messages - st.copies
+        st.damage = [d for seg in segs for d in seg.damage]
+    result.messages = sum(st.originals for st in stats)
+    result.events = sum(st.events for st in stats)
+    result.receipts = receipts_out
+    result.written = result.messages + result.events + result.receipts
+    result.first_ns, result.last_ns = first_ns, (last_ns if first_ns is not None else None)
+    result.contracts = frozenset(coverage.contracts)
+    if coverage.spans:
+        # From the first connection opened to the last one closed, in any input: start-up before the first
+        # `opened` and shutdown after the last `closed` are not gaps in the recording.
+        result.window = (min(lo for lo, _, _ in coverage.spans), max(hi for _, hi, _ in coverage.spans))
+        result.uncovered = coverage.uncovered(*result.window)
+    return result
+
+
+def _event(payload: bytes, conn: int, number: int, ts_ns: int, coverage: ContractCoverage) -> bytes:
+    """The event rewritten for the output (its connection id, the input it came from); feeds coverage."""
+    fields = decode_event(payload)
+    name = str(fields.pop("event", "unparseable"))
+    if name == Event.OPENED and not fields.get("probe"):
+        contracts = fields.get("contracts")
+        if isinstance(contracts, list):
+            coverage.opened(conn, ts_ns, frozenset(str(c) for c in contracts))
+    elif name == Event.CLOSED:
+        coverage.close(conn, ts_ns)
+    if "conn" in fields:
+        fields["conn"] = conn
+    fields["input"] = number
+    return encode_event(name, **fields)
+
+
+def _repoint(payload: bytes, ts_ns: int, conn: int, ids: _ConnIds,
+             lost: dict[tuple[int, int], tuple[int, int]]) -> bytes | None:
+    """An input's own receipt, pointed at its original's output connection, or at the record that won the merge
+    when that original lost to another input's copy. None if the receipt is unreadable."""
+    try:
+        orig_conn, lag = decode_receipt(payload)
+    except SegmentFormatError:
+        return None
+    # The original came on a connection of the same recorder process and shard as this receipt.
+    base = ids.keys[conn][:-1]
+    target = ids[(*base, orig_conn)]
+    orig_ts = ts_ns - lag
+    won = lost.get((orig_ts, target))
+    if won is not None:
+        orig_ts, target = won
+    return encode_receipt(target, ts_ns - orig_ts)
+
+
+# --- for the command line: refusing to overwrite inputs, and the report --------------------------------
+
+
+def check_paths(inputs: Sequence[Path], out: Path) -> str | None:
+    """Why this merge must not run (its output would land in an input, or an input is given twice), or None."""
+    resolved = [p.resolve() for p in inputs]
+    target = out.resolve()
+    for given, real in zip(inputs, resolved, strict=True):
+        if target == real or target.is_relative_to(real):
+            return (f"--out {out} is inside the input {given}: a merge never writes into its inputs; "
+                    "choose an output directory outside every input")
+        if real.is_relative_to(target):
+            return (f"the input {given} is inside --out {out}: a merge never writes into its inputs; "
+                    "choose an output directory outside every input")
+    for i, a in enumerate(resolved):
+        for j, b in enumerate(resolved):
+            if i != j and a.is_relative_to(b):
+                return f"the input {inputs[i]} is {'the same as' if a == b else 'inside'} the input {inputs[j]}: " \
+                       "give each recording once"
+    return None
+
+
+def report_lines(result: MergeResult, show: int = 10) -> list[str]:
+    """The merge report: totals, then per input, then what no input covered (at most `show` intervals)."""
+    lines = [f"wrote {result.messages} messages, {result.receipts} receipts and {result.events} connection events "
+             f"from {len(result.inputs)} inputs"]
+    for number, st in enumerate(result.inputs, start=1):
+        extra = []
+        if st.receipts:
+            extra.append(f"{st.receipts} receipts of its own")
+        if st.unknown:
+            extra.append(f"{st.unknown} records of an unknown kind skipped")
+        if st.damage:
+            extra.append(f"{len(st.damage)} damaged frames skipped")
+        lines.append(f"input {number} {st.name}: {st.messages} messages in {st.files} files, {st.originals} first "
+                     f"here, {st.copies} already in an earlier input, {st.only_here} only here"
+                     + (f"; {', '.join(extra)}" if extra else ""))
+    if result.first_ns is None:
+        return lines
+    if result.window is None or not result.contracts:
+        span = f"{format_ns(result.first_ns)} – {format_ns(result.last_ns or result.first_ns)}"
+        lines.append(f"coverage: unknown (no connection events in the inputs) for {span}")
+        return lines
+    span = f"{format_ns(result.window[0])} – {format_ns(result.window[1])}"
+    if not result.uncovered:
+        lines.append(f"coverage: every contract was covered by at least one input from {span}")
+    else:
+        total = sum(i.seconds for i in result.uncovered)
+        lines.append(f"not covered by any input: {len(result.uncovered)} intervals, {human_duration(total)} in all "
+                     f"(within {span})")
+        for iv in result.uncovered[:show]:
+            names = sorted(iv.contracts)
+            which = "all contracts" if iv.contracts == result.contracts else \
+                ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+            lines.append(f"  {format_ns(iv.start_ns)} – {format_ns(iv.end_ns)} ({human_duration(iv.seconds)}): "
+                         f"{which}")
+        if len(result.uncovered) > show:
+            lines.append(f"  … and {len(result.uncovered) - show} more")
+    return lines
