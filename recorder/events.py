@@ -26,6 +26,8 @@ class Event(enum.StrEnum):
     MALFORMED = "malformed"  # a protocol-level oddity worth seeing in the data (e.g. stray continuation)
     BACKPRESSURE = "backpressure"  # reading paused/resumed because the disk could not keep up
     IDLE_TIMEOUT = "idle_timeout"  # nothing received for --idle-timeout seconds; reconnecting
+    STALL = "stall"  # no message for --stall-alert seconds during a trading session: silent_s, after_s
+    STALL_OVER = "stall_over"  # messages arrive again (or the session ended)
 
 
 def encode_event(event: Event | str, **fields: Any) -> bytes:

@@ -203,7 +203,7 @@ def test_status_rates_and_restarts_accumulate_across_incarnations():
     v.update(status(messages=10, bytes=7500, last_message_ns=5_000_000_000, sent_ns=5_000_000_000), now=12.0)
     assert v.total_messages == 1110
     lines = table([v], now_ns=6_000_000_000, elapsed_s=12, now=12.5)
-    assert "1110" in lines[2] and "1.0s" in lines[2]
+    assert "1.11k" in lines[2] and "1.0s" in lines[2]
     assert lines[2].split()[-1] == "1"  # the restart count column
     assert "1110 messages" in summary_line([v], 6_000_000_000, now=12.5)
     assert "1 restarts" in summary_line([v], 6_000_000_000, now=12.5)

@@ -14,8 +14,17 @@ from recorder.cli_support import one_line_errors, setup_logging
 from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
 from recorder.record.auth import TokenProvider
+from recorder.record.clioptions import (  # OPS-WIRING
+    check_port_free,
+    effective_settings,
+    load_config_file,
+    read_password,
+    warn_secrets_on_command_line,
+)
 from recorder.record.config import ConnectionSettings, StorageSettings
 from recorder.record.contracts import ContractList, parse_inline, read_contract_file
+from recorder.record.operations import OpsSettings  # OPS-WIRING
+from recorder.record.sessions import DEFAULT_SESSIONS  # OPS-WIRING
 from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
 from recorder.redact import redact_url
@@ -62,6 +71,10 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.option("--token-file", type=click.Path(path_type=Path), help="File holding the JWT; re-read when refused.")
 @click.option("--username", envvar="IME_USERNAME", help="Account for the token endpoint (or IME_USERNAME).")
 @click.option("--password", envvar="IME_PASSWORD", help="Password (prefer the IME_PASSWORD variable).")
+# OPS-WIRING begin: --password-file
+@click.option("--password-file", type=click.Path(path_type=Path),
+              help="File holding the password (its first line); not visible in `ps` like --password is.")
+# OPS-WIRING end
 @click.option("--token-url", default=DEFAULT_TOKEN_URL, show_default=True, help="Token endpoint.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop cleanly after this many seconds (default: until SIGINT/SIGTERM).")
@@ -97,6 +110,28 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between status log lines when stderr is not a terminal.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle for wss:// and https://.")
+# OPS-WIRING begin: unattended operation (recorder/record/operations.py)
+@click.option("--retain-days", type=click.FloatRange(min=0, min_open=True),
+              help="Remove sealed segments that were finished this many days ago or earlier.")
+@click.option("--retain-gb", type=click.FloatRange(min=0, min_open=True),
+              help="Remove the oldest sealed segments while the recording takes more than this many GB.")
+@click.option("--warn-free-gb", type=click.FloatRange(min=0), help="Log a warning while the data disk has less free.")
+@click.option("--min-free-gb", type=click.FloatRange(min=0),
+              help="Seal every segment and stop (exit 1) when the data disk has less free than this.")
+@click.option("--on-sealed", help="Command run for each sealed segment, its path appended as the last argument.")
+@click.option("--on-sealed-jobs", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="At most this many --on-sealed commands at once.")
+@click.option("--stall-alert", type=click.FloatRange(min=0, min_open=True),
+              help="ERROR line, event and metric when no message arrives for this many seconds in a session.")
+@click.option("--sessions", default=DEFAULT_SESSIONS, show_default=True,
+              help="Trading sessions in Asia/Tehran time for --stall-alert, e.g. 'sat-wed 09:00-17:00'.")
+@click.option("--notify/--no-notify", default=True, show_default=True,
+              help="Tell systemd (NOTIFY_SOCKET) when recording is ready and that the supervisor is alive.")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), is_eager=True,
+              callback=load_config_file, expose_value=True,
+              help="TOML file of options under their long names; the command line overrides it.")
+@click.option("--print-config", is_flag=True, help="Print the effective settings (secrets masked) and exit.")
+# OPS-WIRING end
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
@@ -108,15 +143,33 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int, metrics_port: int | None,
-         metrics_host: str, status_interval: float, ca_file: str | None, verbose: int, quiet: bool) -> None:
+         metrics_host: str, status_interval: float, ca_file: str | None, verbose: int, quiet: bool,
+         password_file: Path | None, retain_days: float | None, retain_gb: float | None,  # OPS-WIRING
+         warn_free_gb: float | None, min_free_gb: float | None, on_sealed: str | None, on_sealed_jobs: int,
+         stall_alert: float | None, sessions: str, notify: bool, config: Path | None, print_config: bool) -> None:
     """Record the IME WebSocket feed, every frame with its receive time, into zstd segment files.
 
     \b
     Examples:
       ime-record --demo --duration 20
       IME_USERNAME=me IME_PASSWORD=... ime-record --shards 4 --ids-file ids.txt --out /data/ime
+      ime-record --config /etc/ime-record/ime-record.toml --print-config
     """
     setup_logging(verbose, quiet)
+    # OPS-WIRING begin: --print-config, secrets on the command line, --password-file, ops settings
+    ctx = click.get_current_context()
+    if print_config:
+        for line in effective_settings(ctx):
+            click.echo(line)
+        return
+    warn_secrets_on_command_line(ctx)
+    password = read_password(password, password_file)
+    ops = OpsSettings.build(retain_days=retain_days, retain_gb=retain_gb, warn_free_gb=warn_free_gb,
+                            min_free_gb=min_free_gb, on_sealed=on_sealed, on_sealed_jobs=on_sealed_jobs,
+                            stall_alert_s=stall_alert, sessions=sessions, notify=notify)
+    if metrics_port:
+        check_port_free(metrics_host, metrics_port)
+    # OPS-WIRING end
     chosen = load_contracts(ids_file, names_file, ids, names)
     if chosen is None and not demo:
         raise UserError("no contracts: give --ids-file, --names-file, --ids or --names (or --demo)")
@@ -125,6 +178,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
     base_url = base_urls[0]
 
     check_writable(out_dir)
+    ops.check_disk_before_start(out_dir)  # OPS-WIRING
     sim = None
     try:  # the demo simulator is a child process: stop it on every way out
         if demo:
@@ -185,6 +239,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             log_level=logging.getLogger().level,
+            ops=ops,  # OPS-WIRING
         )
         code = run_supervisor(settings, tokens)
     finally:

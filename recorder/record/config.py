@@ -49,6 +49,9 @@ class StorageSettings:
     rotate_seconds: float = 3600.0
     max_backlog_bytes: int = 256 << 20
     fault_enospc_after_bytes: int | None = None  # test hook: pretend the disk fills up after this many bytes
+    # OPS-WIRING: segments go to OUT/YYYY-MM-DD/ by the date in this zone when the worker passes
+    # SegmentWriter(subdir=layout.day_layout(ZoneInfo(day_tz))); None: the flat layout.
+    day_tz: str | None = "Asia/Tehran"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from recorder.humanize import human_bytes, human_duration
+from recorder.humanize import human_bytes, human_count, human_duration
 from recorder.record.messages import Status
 
 STALE_AFTER_S = 3.0  # a running worker reports every second; silence this long means it is frozen
@@ -146,21 +146,30 @@ class ShardView:
 
 
 def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None) -> list[str]:
+    # Every column has a bounded width (human_count/human_bytes), so the table fits an 80-column terminal.
     now = time.monotonic() if now is None else now
-    head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>9} {'MB/S':>7} {'MESSAGES':>11} {'RECONN':>6} "
-            f"{'LAST':>7} {'DISK':>9} {'RESTARTS':>8}")
+    head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>6} {'MB/S':>6} {'MSGS':>6} {'RECONN':>6} "
+            f"{'LAST':>7} {'DISK':>9} {'RESTART':>7}")
     lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
     for v in views:
+        state = v.shown_state(now)
         lines.append(
-            f"{v.shard:>5} {v.shown_state(now):<10} "
-            f"{f'{v.connections_open}/{v.connections}':>7} {v.current_rate(now):>9.0f} {v.byte_rate / 1e6:>7.2f} "
-            f"{v.total_messages:>11} {v.total_reconnects:>6} {human_duration(v.last_age_s(now_ns)):>7} "
-            f"{human_bytes(v.total_disk):>9} {v.restarts:>8}"
+            f"{v.shard:>5} {'paused' if state.endswith('(paused)') else state:<10.10} "
+            f"{f'{v.connections_open}/{v.connections}':>7.7} {human_count(v.current_rate(now)):>6} "
+            f"{_mb_rate(v.byte_rate):>6} {human_count(v.total_messages):>6} "
+            f"{human_count(v.total_reconnects):>6} {human_duration(v.last_age_s(now_ns)):>7.7} "
+            f"{human_bytes(v.total_disk):>9} {human_count(v.restarts):>7}"
         )
     rejected = [c for v in views for c in v.rejected]
     if rejected:
-        lines.append(f"rejected by the server: {', '.join(rejected[:10])}{' …' if len(rejected) > 10 else ''}")
+        line = f"rejected by the server ({len(rejected)}): {', '.join(rejected[:10])}"
+        lines.append(line if len(line) <= 80 else line[:78] + " …")  # the table fits 80 columns
     return lines
+
+
+def _mb_rate(byte_rate: float) -> str:
+    mb = byte_rate / 1e6
+    return f"{mb:.2f}" if mb < 100 else human_count(mb)
 
 
 def summary_line(views: list[ShardView], now_ns: int, now: float | None = None) -> str:

@@ -25,6 +25,7 @@ from recorder.record.config import (
     WorkerConfig,
 )
 from recorder.record.metrics import MetricsServer
+from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
 from recorder.record.status import Console, ShardView, exit_summary, summary_line, table
 from recorder.record.worker import worker_main
 from recorder.segment.recover import recover_directory
@@ -66,6 +67,7 @@ class RunSettings:
     stop_timeout_s: float = 15.0
     log_level: int = logging.INFO
     live: bool | None = None
+    ops: OpsSettings = field(default_factory=OpsSettings)  # OPS-WIRING
 
 
 class Supervisor:
@@ -85,6 +87,7 @@ class Supervisor:
         self._pending_fatal: dict[int, str] = {}  # a worker's last words, used when it exits
         self._token_fixed_logged = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ops: Operations | None = None  # OPS-WIRING
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -108,11 +111,21 @@ class Supervisor:
                  self.run_id, self.tokens.source)
         for s in active:
             self._spawn(s, token, gen)
+        # OPS-WIRING begin: notify/watchdog, disk guard, retention, --on-sealed, token renewal, stall alarm
+        ops = self.ops = Operations(
+            self.settings.ops, self.settings.storage.out_dir, self.settings.storage.prefix,
+            views=lambda: [s.view for s in self.shards], tokens=self.tokens, fail=self.fail,
+            broadcast_token=lambda t, g: [self._send(o, m.Token(g, t)) for o in self.shards],
+            # The stall event record needs a supervisor → worker message (m.RecordEvent) the worker writes with
+            # self._event(...); until messages.py and worker.py have it, the stall is a log line and a metric.
+            send_event=None)
+        await ops.start()
+        # OPS-WIRING end
 
         metrics: MetricsServer | None = None
         if self.settings.metrics_port is not None:
             metrics = MetricsServer(lambda: [s.view for s in self.shards], self.settings.metrics_host,
-                                    self.settings.metrics_port)
+                                    self.settings.metrics_port, figures=ops.figures, health=ops.health)  # OPS-WIRING
             port = await metrics.start()
             log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host, port)
         if self.settings.duration_s is not None:
@@ -128,6 +141,7 @@ class Supervisor:
                                   "recorded; see the warnings above (check --base-url, the network and the token)")
             self.exit_code = EXIT_RUNTIME
         status.cancel()
+        await ops.close(self.fatal_message or "stopped")  # OPS-WIRING: after the workers sealed their files
         if metrics is not None:
             await metrics.close()
         self.console.close()
@@ -350,6 +364,8 @@ class Supervisor:
             views = [s.view for s in self.shards]
             now = time.time_ns()
             self.console.draw(table(views, now, time.monotonic() - self.started))
+            if self.ops is not None:
+                self.ops.tick()  # OPS-WIRING
             if not self.console.live and time.monotonic() - last_line >= self.settings.status_interval_s:
                 last_line = time.monotonic()
                 log.info(summary_line(views, now))

@@ -10,6 +10,7 @@ SEALED_SUFFIX = ".zst"
 OPEN_SUFFIX = ".zst.open"
 TAIL_SUFFIX = ".zst.tail"
 
+DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # OUT/YYYY-MM-DD/ (layout.py)
 _NAME = re.compile(r"^(?P<prefix>.+)-s(?P<shard>\d{2,})-(?P<stamp>\d{8}T\d{6}\.\d{3})Z\.zst(?:\.open)?$")
 
 
@@ -40,13 +41,25 @@ def open_path_for(sealed: Path) -> Path:
     return sealed.with_name(sealed.name + ".open")
 
 
+def segment_dirs(directory: Path) -> list[Path]:
+    """Where segments of a recording live: OUT itself (the flat layout) and its day directories
+    `OUT/YYYY-MM-DD/` (layout.py), so that both layouts are found wherever files are looked up."""
+    try:
+        days = sorted(p for p in directory.iterdir() if DAY_DIR.match(p.name) and p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [directory, *days]
+
+
 def open_segments(directory: Path, shard: int | None = None, prefix: str | None = None) -> list[Path]:
-    """`.open` segment files in a directory, optionally of one shard and prefix, in name (time) order."""
+    """`.open` segment files in a directory and its day directories, optionally of one shard and prefix, in
+    name (time) order."""
     found = []
-    for p in sorted(directory.glob(f"*{OPEN_SUFFIX}")):
-        parsed = parse_segment_name(p.name)
-        if parsed is None:
-            continue
-        if (shard is None or parsed[1] == shard) and (prefix is None or parsed[0] == prefix):
-            found.append(p)
-    return found
+    for d in segment_dirs(directory):
+        for p in d.glob(f"*{OPEN_SUFFIX}"):
+            parsed = parse_segment_name(p.name)
+            if parsed is None:
+                continue
+            if (shard is None or parsed[1] == shard) and (prefix is None or parsed[0] == prefix):
+                found.append(p)
+    return sorted(found, key=lambda p: p.name)

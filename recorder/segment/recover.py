@@ -211,4 +211,5 @@ def _header_end(fh: BinaryIO) -> int:
 
 def recover_directory(directory: Path, shard: int | None = None) -> list[Recovery]:
     """Seal every `.open` file in a directory (optionally only one shard's): the recorder does this at start."""
+    # Day directories and the flat layout alike (naming.open_segments searches both).
     return [recover(p) for p in open_segments(directory, shard)]

@@ -115,8 +115,10 @@ class SegmentWriter:
         on_error: Callable[[SegmentWriteError], None] | None = None,
         on_sealed: Callable[[SealedSegment], None] | None = None,
         fault_enospc_after_bytes: int | None = None,
+        subdir: Callable[[int], str] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._subdir = subdir  # start_ns -> directory under `directory` (layout.day_layout); None: flat
         self.shard = shard
         self.prefix = prefix
         self.level = level
@@ -358,10 +360,16 @@ class SegmentWriter:
         meta = {**self._meta, "start_ns": start_ns, "file_seq": self._file_seq}
         header = encode_header(meta)
         stamp = start_ns
+        directory = self.directory
+        if self._subdir is not None:
+            directory = self.directory / self._subdir(start_ns)
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                fsync_directory(self.directory)  # the new day directory must survive a power cut too
         while True:
             name = segment_name(self.prefix, self.shard, stamp)
-            sealed = self.directory / name
-            path = self.directory / (name[: -len(".zst")] + OPEN_SUFFIX)
+            sealed = directory / name
+            path = directory / (name[: -len(".zst")] + OPEN_SUFFIX)
             if sealed.exists():
                 stamp += 1_000_000
                 continue

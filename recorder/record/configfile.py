@@ -1,0 +1,96 @@
+"""`ime-record --config FILE`: a TOML file holding command-line options under their long names.
+
+Pure: the caller passes the command's options (long name → parameter name), so this module knows nothing
+about click beyond that mapping. Secrets never come from the file itself: a service's config file is
+usually readable by more people than its environment file, so a password or token in it is refused.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from recorder.errors import UserError
+from recorder.redact import MASK
+
+# Keys that hold a secret in clear; each says where the secret belongs instead.
+SECRET_KEYS: dict[str, str] = {
+    "password": "set IME_PASSWORD in the environment (file) or name a file with password-file",
+    "token": "set IME_TOKEN in the environment (file) or name a file with token-file",
+}
+# Options that make no sense inside the file they would be read from.
+NOT_IN_FILE = frozenset({"config", "print-config", "help", "version"})
+
+
+def option_key(name: str) -> str:
+    """`ids_file`, `ids-file` and `--ids-file` are the same key."""
+    return name.strip().lstrip("-").replace("_", "-").lower()
+
+
+def parse_config(text: str, source: str, options: Mapping[str, str]) -> dict[str, Any]:
+    """Parameter name → value for every key of the TOML `text`.
+
+    `options` maps long option names (`ids-file`) to parameter names (`ids_file`). Raises UserError with one
+    line naming `source` and the key for bad TOML, unknown keys, secrets in clear, tables and repeats.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config {source}: not valid TOML: {exc}") from None
+    known = {option_key(k): v for k, v in options.items()}
+    out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for raw_key, value in data.items():
+        key = option_key(raw_key)
+        if key in SECRET_KEYS:
+            raise UserError(f"config {source}: refusing '{raw_key}' in clear (readable by whoever reads the file); "
+                            f"{SECRET_KEYS[key]}")
+        if key in NOT_IN_FILE or key not in known:
+            raise UserError(f"config {source}: unknown key '{raw_key}'; keys are the long options of "
+                            "`ime-record --help` without the dashes")
+        if key in seen:
+            raise UserError(f"config {source}: '{raw_key}' repeats '{seen[key]}'")
+        if isinstance(value, dict):
+            raise UserError(f"config {source}: '{raw_key}' is a table; give a plain value")
+        seen[key] = raw_key
+        out[known[key]] = value
+    return out
+
+
+def read_config(path: Path, options: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path} is not UTF-8 text") from None
+    return parse_config(text, str(path), options)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def render_effective(settings: Iterable[tuple[str, Any, str]]) -> list[str]:
+    """TOML lines `key = value  # source` for (long name, value, source); secrets masked, unset options
+    commented out, so the output can be edited into a config file."""
+    lines = []
+    for key, value, source in settings:
+        if key in SECRET_KEYS and value:
+            lines.append(f'# {key} = "{MASK}"  # {source}; secrets are never printed')
+        elif value is None:
+            lines.append(f"# {key} =  # not set")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}  # {source}")
+    return lines
