@@ -14,7 +14,8 @@ from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
 from recorder.segment.cli import open_all, report_damage
-from recorder.timeparse import parse_time
+from recorder.segment.selection import recording_range
+from recorder.timeparse import parse_window
 
 
 def parse_tables(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -30,12 +31,10 @@ def parse_tables(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-               tables: tuple[str, ...], quiet: bool) -> None:
-    segments = open_all(paths)
-    start_ns = parse_time(start) if start else None
-    end_ns = parse_time(end) if end else None
-    if start_ns is not None and end_ns is not None and end_ns <= start_ns:
-        raise UserError("--to must be later than --from")
+               tz: str | None, tables: tuple[str, ...], quiet: bool) -> None:
+    segments, skipped = open_all(paths)
+    span = recording_range(segments)
+    start_ns, end_ns = parse_window(start, end, tz, span[0] if span is not None else None)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
@@ -46,7 +45,7 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
     if not quiet:
         print_summary(summary)
-    if damaged:
+    if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 

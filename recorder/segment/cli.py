@@ -33,6 +33,7 @@ from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-segments"
+TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 
 
 def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
@@ -134,7 +135,7 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
+@TZ_OPTION
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
 @click.option("--events/--no-events", default=True, show_default=True,
@@ -207,7 +208,7 @@ def recovery_note(seg: SegmentFile) -> str | None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
 @click.option("--to", "end", help="Only records before this time, same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
+@TZ_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @one_line_errors(PROG)
 def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: str, as_json: bool) -> None:
@@ -438,13 +439,14 @@ def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
+@TZ_OPTION
 @click.option("--tables", multiple=True,
               help="Comma-separated tables to write (default all): best_limit, aggregate, allowed_price_range, "
                    "contract_info, events, messages, extras.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @one_line_errors(PROG)
 def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-               tables: tuple[str, ...], quiet: bool) -> None:
+               tz: str, tables: tuple[str, ...], quiet: bool) -> None:
     """Typed Parquet datasets (hive-partitioned by Tehran trading date) for DuckDB, polars, pandas."""
     # Imported here: segment/ knows nothing of the IME format or of pyarrow (the `analysis` extra).
     try:
@@ -452,7 +454,7 @@ def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     except ImportError as exc:
         raise UserError(f"export needs pyarrow ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
-    run_export(paths, out, contracts, start, end, tables, quiet)
+    run_export(paths, out, contracts, start, end, tz, tables, quiet)
 
 
 def main() -> None:
