@@ -297,7 +297,8 @@ def test_from_to_and_contract_select_rows(recording: Path, tmp_path: Path) -> No
     (["/nonexistent/x", "--out", "{out}"], "no such file or directory"),
     (["{rec}", "--out", "{out}", "--tables", "best_limit,nope"], "unknown table nope"),
     (["{rec}", "--out", "{out}", "--from", "yesterday"], "cannot read time"),
-    (["{rec}", "--out", "{out}", "--from", "2026-05-30T00:00:00Z", "--to", "2026-05-29T00:00:00Z"], "is not before --to"),
+    (["{rec}", "--out", "{out}", "--from", "2026-05-30T00:00:00Z", "--to", "2026-05-29T00:00:00Z"],
+     "is not before --to"),
     (["{rec}", "--out", "{file}"], "is a file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(recording: Path, tmp_path: Path, args: list[str], message: str) -> None:

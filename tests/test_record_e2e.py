@@ -38,7 +38,7 @@ def events(out_dir, name=None):
 
 
 def no_open_files(out_dir) -> bool:
-    return not list(out_dir.glob("*.open"))
+    return not list(out_dir.rglob("*.open"))
 
 
 def test_every_frame_sent_is_recorded_once_across_shards_drops_fragments_and_binary(sim_process, recorder, tmp_path):

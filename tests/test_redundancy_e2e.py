@@ -154,7 +154,7 @@ def test_two_copies_still_bisect_a_bad_contract_refresh_a_revoked_token_and_stop
     assert rejected == [["8888"]], rec.stderr  # found once, by the group's copy 0, never per copy
     assert any(e["event"] == "token_refreshed" for e in events)
     assert "connection limit" not in rec.stderr
-    assert not list(out.glob("*.open"))
+    assert not list(out.rglob("*.open"))
     contracts = Counter(identifier_of(p) for _, p in messages(out))
     assert set(contracts) == {"1001", "1002", "1003"}
     # Both copies of the surviving groups were up: their later copies are receipts.
@@ -184,7 +184,7 @@ def test_sigkill_of_a_worker_with_two_copies_restarts_it_and_the_other_shard_is_
     rec.signal(signal.SIGTERM)
     assert rec.wait(30) == 0, rec.stderr
     sim.stop()
-    assert not list(out.glob("*.open"))
+    assert not list(out.rglob("*.open"))
     segments = read(out)
     assert "recovered" in [s.seal.get("reason") for s in segments]
     by_shard: dict[int, list[Path]] = {}

@@ -102,4 +102,12 @@ class AcceptedElsewhere:
     """Another shard's connection was accepted with the current token: a refusal here is about contracts."""
 
 
-SupervisorMessage = Stop | Token | TokenUnavailable | AcceptedElsewhere
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """An event the supervisor noticed (a stall in trading hours) that belongs in the data, in every shard."""
+
+    event: str
+    fields: tuple[tuple[str, float | int | str], ...] = ()
+
+
+SupervisorMessage = Stop | Token | TokenUnavailable | AcceptedElsewhere | RecordEvent

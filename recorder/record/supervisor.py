@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 from recorder.record import messages as m
@@ -116,9 +117,7 @@ class Supervisor:
             self.settings.ops, self.settings.storage.out_dir, self.settings.storage.prefix,
             views=lambda: [s.view for s in self.shards], tokens=self.tokens, fail=self.fail,
             broadcast_token=lambda t, g: [self._send(o, m.Token(g, t)) for o in self.shards],
-            # The stall event record needs a supervisor → worker message (m.RecordEvent) the worker writes with
-            # self._event(...); until messages.py and worker.py have it, the stall is a log line and a metric.
-            send_event=None)
+            send_event=self._record_event)
         await ops.start()
         # OPS-WIRING end
 
@@ -349,6 +348,12 @@ class Supervisor:
                 for other in self.shards:
                     self._send(other, m.AcceptedElsewhere())
             return
+
+    def _record_event(self, event: dict[str, Any]) -> None:
+        """An event record in every running shard's segment (a stall during trading hours, and its end)."""
+        fields = tuple((k, v) for k, v in event.items() if k != "event")
+        for s in self.shards:
+            self._send(s, m.RecordEvent(str(event["event"]), fields))
 
     def _send(self, s: ShardProcess, msg: m.SupervisorMessage) -> None:
         if s.pipe is not None:

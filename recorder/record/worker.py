@@ -20,6 +20,7 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvloop
 from picows import WSCloseCode
@@ -49,6 +50,7 @@ from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
 from recorder.segment.format import RecordKind
+from recorder.segment.layout import day_layout
 from recorder.segment.recover import recover
 from recorder.segment.writer import SegmentWriteError, SegmentWriter
 
@@ -114,6 +116,7 @@ class Worker:
                 on_backlog=self._backlog_threadsafe,
                 on_error=self._writer_error_threadsafe,
                 fault_enospc_after_bytes=storage.fault_enospc_after_bytes,
+                subdir=day_layout(ZoneInfo(storage.day_tz)) if storage.day_tz else None,
                 meta={
                     "shards": self.cfg.shards,
                     "endpoint": self.kind.value,
@@ -448,6 +451,8 @@ class Worker:
                 self.link.token_answered(False)
             case m.AcceptedElsewhere():
                 self.accepted_elsewhere = True
+            case m.RecordEvent(event=event, fields=fields):
+                self._event(event, **dict(fields))
 
     # --- writer callbacks (may come from the writer thread) ---------------------------------------
 
@@ -486,7 +491,7 @@ class Worker:
         for line in logs:
             log.log(line.level, "%s", self._clean(line.message))
 
-    def _event(self, event: Event, **fields: Any) -> None:
+    def _event(self, event: Event | str, **fields: Any) -> None:
         writer = self.writer
         if writer is not None:
             writer.append(time.time_ns(), int(fields.get("conn", 0)), _EVENT, encode_event(event, **fields))
