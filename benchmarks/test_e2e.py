@@ -57,6 +57,10 @@ if QUICK:
     # A 3 s run leaves a 1.5 s window (30k samples): one scheduler hiccup of a few ms on a shared CI machine
     # moves a p99 of ~100 µs a lot, even as the median of three rounds.
     FLOORS["p99_vs_ceiling_max"] = 2.0
+    # The recorder needs two busy threads at full speed (receive, and compression in the writer) where the ceiling
+    # needs one; with the blaster also on the machine, a loaded 2-core CI runner starves the recorder first
+    # (measured 0.35× at load average 5, 0.6× on an idle machine). The quick gate only catches a collapse.
+    FLOORS["throughput_vs_ceiling"] = 0.25
 
 
 def record(benchmark: Any, key: str, run: Run) -> None:
