@@ -29,6 +29,10 @@ PACED_SECONDS = 3 if QUICK else 8
 RESULTS: dict[str, float] = {}
 REPLAY_RAW_FLOOR = 0.25
 PACING_P99_VS_NAIVE_MAX = 0.1
+if QUICK:
+    # A 3 s paced run on a loaded 2-core CI runner: the replay process gets a fraction of a core and its p99 reached
+    # 0.05× the naive pacer's at load average 5; the quick gate only catches an accumulating (naive-like) pacer.
+    PACING_P99_VS_NAIVE_MAX = 0.25
 
 
 def write_recording(directory: Path, records: tuple[tuple[int, bytes], ...]) -> Path:
