@@ -297,10 +297,11 @@ def worker_pids(supervisor: int) -> list[int]:
     return out
 
 
-def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, latency: bool = False) -> Run:
+def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, latency: bool = False,
+                 extra_args: tuple[str, ...] = ()) -> Run:
     out_dir = workdir / f"rec-{time.monotonic_ns()}"
     args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(feed.ids), "--shards", str(shards),
-            "--base-url", feed.base_url, "--out", str(out_dir), "--duration", str(seconds), "-q"]
+            "--base-url", feed.base_url, "--out", str(out_dir), "--duration", str(seconds), "-q", *extra_args]
     env = {**os.environ, "IME_TOKEN": feed.token}
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

@@ -21,7 +21,7 @@ def load(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     machine: dict[str, Any] = {}
     for path in paths:
         data = json.loads(path.read_text())
-        machine = data.get("machine_info", machine)
+        machine = {**data.get("machine_info", machine), **({"note": data["note"]} if "note" in data else {})}
         for bench in data.get("benchmarks", []):
             info = dict(bench.get("extra_info", {}))
             found[str(info.get("key") or bench["name"])] = info
@@ -46,6 +46,8 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
     out.append(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
                f"Python {machine.get('python_version', '?')}. Peers run side by side in the same run; "
                "ratios are what CI checks.")
+    if machine.get("note"):
+        out += ["", f"**Note:** {machine['note']}."]
     out.append("")
 
     tp = {p: results.get(f"throughput/{p}", {}).get("msgs_per_s") for p in ("ceiling", "seed", "recorder")}
