@@ -105,7 +105,8 @@ def test_stall_leaves_a_gap(rate):
     stalls = [g for g in gaps if g >= 0.2]
     assert stalls and max(stalls) >= 0.245, stalls
     assert conn["faults"]["stall"] >= 1
-    assert times[-1] - times[0] > 0.7  # sending resumed after the first stall
+    # Sending resumed after the stall: a gap lies between two received frames, so one followed it. (The former
+    # "span > 0.7 s" check failed when a loaded machine delayed the connection's start.)
     if rate:
         assert conn["dropped"] > 0  # a live market does not wait for a stalled connection
     else:
