@@ -91,7 +91,9 @@ def test_sigterm_exits_0_seals_everything_and_loses_nothing(sim_process, recorde
     t0 = time.monotonic()
     rec.signal(signal.SIGTERM)
     assert rec.wait(30) == 0, rec.stderr
-    assert time.monotonic() - t0 < 5, "stops within a few seconds"
+    # issue 15: the worker's close handshake has a 3 s budget, then sealing; 10 s still proves it stopped by itself,
+    # well before the supervisor's 15 s kill, with room for a loaded machine.
+    assert time.monotonic() - t0 < 10, "stops within a few seconds"
     sim.stop()
     assert no_open_files(out)
     assert all(open_segment(p).sealed and not open_segment(p).verify() for p in discover([out]))
