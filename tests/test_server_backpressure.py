@@ -38,7 +38,11 @@ def test_slow_client_is_bounded_and_resumes(rate):
     async def go() -> None:
         async with running_sim(contracts=3, rate=rate, write_buffer_high=HIGH, batch_bytes=32 * 1024) as sim:
             _, reader, writer = await stalled_client(sim.url(EndpointKind.ID), sim.token)
-            await asyncio.sleep(0.6)
+            # issue 15: wait for the state, not a fixed time (a loaded machine may take longer to fill the buffers).
+            deadline = asyncio.get_running_loop().time() + 20
+            while not (sim.server.subscribers and next(iter(sim.server.subscribers)).paused):
+                assert asyncio.get_running_loop().time() < deadline, "the server never paused the stalled client"
+                await asyncio.sleep(0.05)
             (sub,) = sim.server.subscribers
             assert sub.paused and not sub.writable
             before = sub.sent

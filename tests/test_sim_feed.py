@@ -14,19 +14,25 @@ from recorder.feed.message import parse_envelope, parse_timestamp_ns
 
 
 def test_paced_rate_is_market_wide_and_shared_by_contracts():
-    async def go() -> tuple[int, int, int]:
+    async def go() -> tuple[list[bytes], int, int]:
         async with running_sim(contracts=10, rate=5000) as sim:
             all_ids, half = sim.ids, sim.ids[:5]
             results = await asyncio.gather(
-                picows_session(sim.url(EndpointKind.ID, all_ids), sim.token, timeout=1.0, keep_text=False),
+                picows_session(sim.url(EndpointKind.ID, all_ids), sim.token, timeout=1.0),
                 picows_session(sim.url(EndpointKind.ID, half), sim.token, timeout=1.0, keep_text=False),
             )
-            return len(results[0].data()), len(results[1].data()), sim.stats()["source"]["late_skipped"]
+            return results[0].texts(), len(results[1].data()), sim.stats()["source"]["late_skipped"]
 
-    full, half, skipped = run(go())
-    assert 4000 <= full <= 5600, full  # 5000/s for ~1 s
+    texts, half, skipped = run(go())
+    full = len(texts)
+    # issue 15: the rate is checked on the sender's own clock (each frame's `timestamp` is its send time), so a
+    # loaded machine that delays the clients or stretches the 1 s session cannot move it. A late ticker skips
+    # what is older than MAX_CATCH_UP (counted in late_skipped): sent + skipped keeps the market's schedule.
+    span = (parse_timestamp_ns(parse_envelope(texts[-1]).timestamp) -
+            parse_timestamp_ns(parse_envelope(texts[0]).timestamp)) / 1e9
+    assert span > 0.5, span
+    assert 0.95 * 5000 * span - 10 <= full + skipped <= 1.05 * 5000 * span + 10, (full, skipped, span)
     assert 0.35 <= half / full <= 0.65, (half, full)  # half the contracts, about half the messages
-    assert skipped == 0
 
 
 def test_id_and_name_subscribers_see_the_same_market():

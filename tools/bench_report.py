@@ -21,7 +21,7 @@ def load(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     machine: dict[str, Any] = {}
     for path in paths:
         data = json.loads(path.read_text())
-        machine = data.get("machine_info", machine)
+        machine = {**data.get("machine_info", machine), **({"note": data["note"]} if "note" in data else {})}
         for bench in data.get("benchmarks", []):
             info = dict(bench.get("extra_info", {}))
             found[str(info.get("key") or bench["name"])] = info
@@ -46,15 +46,25 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
     out.append(f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, "
                f"Python {machine.get('python_version', '?')}. Peers run side by side in the same run; "
                "ratios are what CI checks.")
+    if machine.get("note"):
+        out += ["", f"**Note:** {machine['note']}."]
     out.append("")
 
     tp = {p: results.get(f"throughput/{p}", {}).get("msgs_per_s") for p in ("ceiling", "seed", "recorder")}
     if any(tp.values()):
-        out += ["## Zero-loss throughput, one connection (`ime-sim --rate 0`)", "",
+        window = results.get("throughput/ceiling", {}).get("window_s")
+        out += ["## Zero-loss throughput, one connection (fed by the pre-framed blaster)", "",
+                f"Every client is counted over the same window of its own timeline ({window} s after a 0.5 s "
+                "warm-up); the recorder's count is checked against what the blaster sent.", "",
                 "| client | msgs/s | vs ceiling | notes |", "|---|---:|---:|---|"]
+        feeder = results.get("throughput/feeder")
+        if feeder:
+            out.append(f"| feeder capacity (blaster → byte drain) | {fmt_rate(feeder.get('msgs_per_s'))} | "
+                       f"{feeder['msgs_per_s'] / tp['ceiling']:.2f}× | {feeder.get('mb_per_s')} MB/s; what the "
+                       "feeder pushes when the reader costs nothing |" if tp["ceiling"] else "")
         ceiling = tp["ceiling"] or 0
         notes = {"ceiling": "bare picows, counts frames only",
-                 "seed": "websockets + json.loads + gzip (the API example, extended)",
+                 "seed": "the API example's `async for` loop + json.loads + gzip level 6",
                  "recorder": "ime-record, 1 worker, default settings"}
         for peer in ("ceiling", "seed", "recorder"):
             rate = tp[peer]
@@ -62,14 +72,15 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
             info = results.get(f"throughput/{peer}", {})
             extra = notes[peer]
             if peer == "recorder" and info:
-                extra += (f"; lost {info.get('lost')}, compression {info.get('compression_ratio')}×, "
-                          f"worker RSS {info.get('worker_peak_rss_mib')} MiB")
+                extra += (f"; lost {info.get('lost')} of {info.get('feeder_sent')} sent, compression "
+                          f"{info.get('compression_ratio')}×, worker peak RSS {info.get('worker_peak_rss_mib')} MiB")
             out.append(f"| {peer} | {fmt_rate(rate)} | {ratio} | {extra} |")
-        scaling = [(1, tp["recorder"])] + [
-            (n, results.get(f"throughput/recorder x{n}", {}).get("msgs_per_s")) for n in (2, 4)]
-        out += ["", "| recorder shards | total msgs/s (all shards, one ime-sim process feeding them) |",
-                "|---:|---:|"]
-        out += [f"| {n} | {fmt_rate(r)} |" for n, r in scaling]
+        scaling = [(1, results.get("throughput/recorder", {}))] + [
+            (n, results.get(f"throughput/recorder x{n}", {})) for n in (2, 4)]
+        out += ["", "| recorder shards | total msgs/s (one common window) | lost | worker peak RSS |",
+                "|---:|---:|---:|---:|"]
+        out += [f"| {n} | {fmt_rate(r.get('msgs_per_s'))} | {r.get('lost', '–')} | "
+                f"{r.get('worker_peak_rss_mib', '–')} MiB |" for n, r in scaling]
         out.append("")
 
     rates = sorted({int(k.split("/")[2]) for k in results if k.startswith("latency/")})
@@ -78,6 +89,14 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
                 "| client | p50 | p90 | p99 | p99.9 | max |", "|---|---:|---:|---:|---:|---:|"]
         for peer in ("ceiling", "seed", "recorder"):
             out.append(latency_row(peer, results.get(f"latency/{peer}/{rate}")))
+        losses = []
+        for peer in ("ceiling", "seed", "recorder"):
+            info = results.get(f"latency/{peer}/{rate}", {})
+            if "feeder_sent" in info:
+                losses.append(f"{peer} got {info.get('received'):,} of {info['feeder_sent']:,} sent "
+                              f"(sim dropped {info.get('feeder_dropped')})")
+        if losses:
+            out += ["", "Loss against ime-sim's own counters: " + "; ".join(losses) + "."]
         rounds = {p: results.get(f"latency/{p}/{rate}", {}).get("p99_rounds_us")
                   for p in ("ceiling", "seed", "recorder")}
         if any(rounds.values()):

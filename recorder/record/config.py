@@ -47,7 +47,7 @@ class StorageSettings:
     flush_ms: float = 200.0
     rotate_bytes: int = 1 << 30
     rotate_seconds: float = 3600.0
-    max_backlog_bytes: int = 256 << 20
+    max_backlog_bytes: int = 8 << 20
     fault_enospc_after_bytes: int | None = None  # test hook: pretend the disk fills up after this many bytes
     # OPS-WIRING: segments go to OUT/YYYY-MM-DD/ by the date in this zone when the worker passes
     # SegmentWriter(subdir=layout.day_layout(ZoneInfo(day_tz))); None: the flat layout.

@@ -50,7 +50,9 @@ DEFAULT_FLUSH_MS = 200
 DEFAULT_ROTATE_BYTES = 1 << 30
 DEFAULT_ROTATE_SECONDS = 3600
 DEFAULT_LEVEL = 3
-DEFAULT_MAX_BACKLOG_BYTES = 256 << 20
+# Eight default frames. At full speed from a fast feeder the receive thread outruns compression and the backlog
+# sits at this limit; at 256 MiB a worker peaked at 351 MiB RSS (issue 15), far above DESIGN's 100 MB.
+DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
 FILE_MODE = 0o640
 
 
