@@ -39,7 +39,7 @@ def shard_of(path: Path) -> int:
 def disk_by_shard(out: Path) -> dict[int, int]:
     """Bytes of every segment file (sealed, open, and any moved-away tail) per shard, as the OS sees them."""
     sizes: dict[int, int] = {}
-    for p in out.glob("ime-s*.zst*"):
+    for p in out.rglob("ime-s*.zst*"):
         try:
             size = p.stat().st_size
         except FileNotFoundError:  # renamed from .open to .zst between glob and stat
@@ -109,7 +109,7 @@ def test_a_restart_and_the_bytes_on_disk_show_in_metrics_status_and_summary(sim_
     # The killed incarnation's count is its last report (≤ 1 s old); recovery then appended an index. So the
     # restarted shard's figure lies between what its new incarnation wrote and everything on disk.
     by_incarnation: dict[int, int] = {}
-    for p in out.glob(f"ime-s{killed:02d}-*.zst"):
+    for p in out.rglob(f"ime-s{killed:02d}-*.zst"):
         incarnation = int((open_segment(p).header.meta.get("worker") or {}).get("incarnation", 0))
         by_incarnation[incarnation] = by_incarnation.get(incarnation, 0) + p.stat().st_size
     assert len(by_incarnation) == 2, by_incarnation
