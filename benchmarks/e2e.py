@@ -282,6 +282,15 @@ def proc_rss_kib(pid: int) -> int:
     return 0
 
 
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pids(supervisor: int) -> list[int]:
     try:
         pids = [int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()]
@@ -307,15 +316,22 @@ def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, lat
                             stderr=subprocess.PIPE)
     # The largest worker's RSS over time (one sample every 0.2 s): the peak is gated, the curve is reported.
     rss_curve: list[tuple[float, float]] = []
+    cpu: dict[int, float] = {}  # each worker's CPU seconds, last seen (a worker exits before the supervisor)
     t0 = time.monotonic()
     while proc.poll() is None:
-        rss = max((proc_rss_kib(p) for p in worker_pids(proc.pid)), default=0)
+        pids = worker_pids(proc.pid)
+        rss = max((proc_rss_kib(p) for p in pids), default=0)
+        for p in pids:
+            cpu[p] = max(cpu.get(p, 0.0), proc_cpu_s(p))
         rss_curve.append((round(time.monotonic() - t0, 1), round(rss / 1024, 1)))
-        time.sleep(0.2)
+        time.sleep(0.1)
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise RuntimeError(f"ime-record failed ({proc.returncode}): {stderr}")
-    return analyse_recording(out_dir, seconds, latency, shards, rss_curve)
+    run = analyse_recording(out_dir, seconds, latency, shards, rss_curve)
+    # The last sample is up to 0.1 s before a worker's exit: a slight undercount, the same for every run.
+    run.extra["worker_cpu_s"] = round(sum(cpu.values()), 3)
+    return run
 
 
 def analyse_recording(out_dir: Path, seconds: float, latency: bool, shards: int,
@@ -351,7 +367,7 @@ def analyse_recording(out_dir: Path, seconds: float, latency: bool, shards: int,
     return Run("recorder" if shards == 1 else f"recorder x{shards}", round(messages), window_s,
                latency_of(samples) if latency else Histogram(),
                {"shards": shards, "received": total, "recorded": total,
-                "compression_ratio": round(raw / disk, 2) if disk else 0.0,
+                "compression_ratio": round(raw / disk, 2) if disk else 0.0, "disk_bytes": disk,
                 "worker_peak_rss_mib": peak, "worker_rss_mib_over_time": rss_curve[::step], **info})
 
 

@@ -69,14 +69,16 @@ def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
         if kind == _KIND_EVENT:
             append(ts, conn, kind, payload)
             return
-        original = observe(ts, source, digest(payload), (conn, position()))
+        serial, index = position()
+        # One int for where the original went (an int, not a tuple: see Deduper on the garbage collector).
+        original = observe(ts, source, digest(payload), conn | (index << 32) | (serial << 64))
         if original is None:
             append(ts, conn, kind, payload)
             if live is not None:
                 live(ts, conn, kind, payload)
         else:
-            orig_ts, (orig_conn, orig_position) = original
-            append_receipt(ts, conn, orig_ts, orig_conn, orig_position)
+            orig_ts, ref = original
+            append_receipt(ts, conn, orig_ts, ref & 0xFFFFFFFF, (ref >> 64, (ref >> 32) & 0xFFFFFFFF))
 
     return first_arrival
 
