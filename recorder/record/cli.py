@@ -87,6 +87,23 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between status log lines when stderr is not a terminal.")
+# LIVE-WIRING begin: live outputs (recorder/live/options.py)
+@click.option("--relay", metavar="[HOST:]PORT",
+              help="Serve the live feed to local IME clients (both endpoints, real paths); host 127.0.0.1 by default.")
+@click.option("--relay-token", envvar="IME_RELAY_TOKEN",
+              help="Relay clients must send this Authorization token (prefer the IME_RELAY_TOKEN variable).")
+@click.option("--publish", metavar="nats://HOST:PORT",
+              help="Publish every message to NATS JetStream (needs the 'nats' extra); comma-separate several servers.")
+@click.option("--nats-stream", default="IME", show_default=True, help="JetStream stream (created if missing).")
+@click.option("--nats-max-age", default="24h", show_default=True,
+              help="Stream retention when the recorder creates it: 3600, 30m, 24h, 7d.")
+@click.option("--nats-duplicate-window", default="2m", show_default=True,
+              help="Stream duplicate window when the recorder creates it (Nats-Msg-Id deduplication).")
+@click.option("--nats-replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Stream replicas when the recorder creates it (3 on a 3-node cluster).")
+@click.option("--nats-backlog", type=click.IntRange(min=1000), default=1_000_000, show_default=True,
+              help="Messages kept for NATS while it is down or slow; older ones are dropped and counted.")
+# LIVE-WIRING end
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle for wss:// and https://.")
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -98,7 +115,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int, metrics_port: int | None,
-         metrics_host: str, status_interval: float, ca_file: str | None, verbose: int, quiet: bool) -> None:
+         metrics_host: str, status_interval: float, relay: str | None, relay_token: str | None,
+         publish: str | None, nats_stream: str, nats_max_age: str, nats_duplicate_window: str, nats_replicas: int,
+         nats_backlog: int, ca_file: str | None, verbose: int, quiet: bool) -> None:  # LIVE-WIRING: relay..nats_backlog
     """Record the IME WebSocket feed, every frame with its receive time, into zstd segment files.
 
     \b
@@ -144,6 +163,10 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
         if not (token or token_file or username):
             raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
 
+        from recorder.live.options import live_settings  # LIVE-WIRING
+
+        live_outputs = live_settings(kind.value, contract_list.contracts, relay, relay_token, publish,  # LIVE-WIRING
+                                     nats_stream, nats_max_age, nats_duplicate_window, nats_replicas, nats_backlog)
         settings = RunSettings(
             shards=partition(contract_list.contracts, shards),
             connection=ConnectionSettings(
@@ -171,6 +194,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             log_level=logging.getLogger().level,
+            live_outputs=live_outputs,  # LIVE-WIRING
         )
         code = run_supervisor(settings, tokens)
     finally:

@@ -45,8 +45,10 @@ def render(views: list[ShardView], now_ns: int | None = None) -> str:
 class MetricsServer:
     """GET /metrics on 127.0.0.1 (by default); anything else is 404. One response per connection."""
 
-    def __init__(self, views: Callable[[], list[ShardView]], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, views: Callable[[], list[ShardView]], host: str = "127.0.0.1", port: int = 0,
+                 extra: Callable[[], str] | None = None) -> None:
         self._views = views
+        self._extra = extra  # LIVE-WIRING: the live hub's figures
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -67,7 +69,7 @@ class MetricsServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if request.startswith(b"GET ") and target.split(b"?")[0] in (b"/metrics", b"/"):
-                body = render(self._views()).encode()
+                body = (render(self._views()) + (self._extra() if self._extra is not None else "")).encode()
                 head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             else:
                 body = b"not found\n"

@@ -32,6 +32,7 @@ from recorder.feed.endpoints import EndpointKind, build_url, split_contracts
 from recorder.record.backoff import Backoff
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
 from recorder.record.listener import RecordingListener
+from recorder.record.live import close_live_output, make_live_output, tee  # LIVE-WIRING
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.timeslice import request_slice
 from recorder.redact import redact_text, redact_url
@@ -86,6 +87,7 @@ class Worker:
         self.rejected: list[str] = []
         self._lock_fd: int | None = None
         self._pipe_lock = threading.Lock()
+        self._live = make_live_output(cfg.live)  # LIVE-WIRING
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class Worker:
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._shutdown()
+        close_live_output(self._live)  # LIVE-WIRING
         tick.cancel()
         status.cancel()
         return self.exit_code
@@ -226,8 +229,8 @@ class Worker:
             try:
                 assert self.writer is not None
                 transport, listener = await ws_connect(
-                    functools.partial(RecordingListener, conn_id, self.writer.append, settings.max_message_bytes,
-                                      on_accepted),
+                    functools.partial(RecordingListener, conn_id, tee(self.writer.append, self._live),
+                                      settings.max_message_bytes, on_accepted),  # LIVE-WIRING: tee(...)
                     url,
                     ssl_context=self._ssl,
                     websocket_handshake_timeout=settings.handshake_timeout_s,
