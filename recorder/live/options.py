@@ -65,8 +65,8 @@ def _check_can_listen(host: str, port: int) -> None:
 
 
 def live_settings(kind: str, contracts: tuple[str, ...], relay: str | None, relay_token: str | None,
-                  publish: str | None, nats_stream: str, nats_max_age: str, nats_duplicate_window: str,
-                  nats_replicas: int, nats_backlog: int) -> LiveSettings | None:
+                  relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
+                  nats_duplicate_window: str, nats_replicas: int, nats_backlog: int) -> LiveSettings | None:
     """None when neither --relay nor --publish is given."""
     if relay is None and publish is None:
         if relay_token:
@@ -96,6 +96,7 @@ def live_settings(kind: str, contracts: tuple[str, ...], relay: str | None, rela
         relay_host=relay_host,
         relay_port=relay_port,
         relay_token=relay_token or None,
+        relay_client_buffer=relay_client_kib * 1024,
         nats_url=publish,
         nats_stream=nats_stream,
         nats_max_age_s=max_age,

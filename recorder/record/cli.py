@@ -92,6 +92,8 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
               help="Serve the live feed to local IME clients (both endpoints, real paths); host 127.0.0.1 by default.")
 @click.option("--relay-token", envvar="IME_RELAY_TOKEN",
               help="Relay clients must send this Authorization token (prefer the IME_RELAY_TOKEN variable).")
+@click.option("--relay-client-kib", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="A relay client with more than this much unread is cut (close code 1013); the relay never waits.")
 @click.option("--publish", metavar="nats://HOST:PORT",
               help="Publish every message to NATS JetStream (needs the 'nats' extra); comma-separate several servers.")
 @click.option("--nats-stream", default="IME", show_default=True, help="JetStream stream (created if missing).")
@@ -116,8 +118,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int, metrics_port: int | None,
          metrics_host: str, status_interval: float, relay: str | None, relay_token: str | None,
-         publish: str | None, nats_stream: str, nats_max_age: str, nats_duplicate_window: str, nats_replicas: int,
-         nats_backlog: int, ca_file: str | None, verbose: int, quiet: bool) -> None:  # LIVE-WIRING: relay..nats_backlog
+         relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
+         nats_duplicate_window: str, nats_replicas: int, nats_backlog: int,  # LIVE-WIRING: relay..nats_backlog
+         ca_file: str | None, verbose: int, quiet: bool) -> None:
     """Record the IME WebSocket feed, every frame with its receive time, into zstd segment files.
 
     \b
@@ -165,8 +168,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
 
         from recorder.live.options import live_settings  # LIVE-WIRING
 
-        live_outputs = live_settings(kind.value, contract_list.contracts, relay, relay_token, publish,  # LIVE-WIRING
-                                     nats_stream, nats_max_age, nats_duplicate_window, nats_replicas, nats_backlog)
+        live_outputs = live_settings(kind.value, contract_list.contracts, relay, relay_token, relay_client_kib,
+                                     publish, nats_stream, nats_max_age, nats_duplicate_window, nats_replicas,
+                                     nats_backlog)  # LIVE-WIRING
         settings = RunSettings(
             shards=partition(contract_list.contracts, shards),
             connection=ConnectionSettings(
