@@ -31,8 +31,8 @@ class LiveSource:
         self.kind = kind
         self.known = frozenset(contracts)
         self.max_client_buffer = max_client_buffer
-        self.by_contract: dict[str, list[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
+        self._sets: dict[Subscriber, frozenset[str]] = {}
         self._buffered = buffered or Subscriber.write_buffer_size
         self.sent = 0  # messages handed to clients
         self.cut = 0  # clients disconnected for being too slow
@@ -43,54 +43,48 @@ class LiveSource:
 
     def on_subscribe(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
-        for c in set(sub.contracts):
-            self.by_contract.setdefault(c, []).append(sub)
+        self._sets[sub] = frozenset(sub.contracts)
 
     def on_unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
-        for c in set(sub.contracts):
-            subs = self.by_contract.get(c)
-            if subs is not None and sub in subs:
-                subs.remove(sub)
-                if not subs:
-                    del self.by_contract[c]
+        self._sets.pop(sub, None)
 
     def stats(self) -> Mapping[str, Any]:
         return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "unrouted": self.unrouted}
 
     def dispatch(self, batch: list[LiveItem]) -> None:
-        """Runs on the hub's loop: one framed write per subscriber for the whole batch."""
-        by_contract = self.by_contract
-        if not by_contract:
+        """Runs on the hub's loop: one framed write per subscriber for the whole batch.
+
+        Subscribers with the same contract set get the same bytes, so each distinct set is framed once:
+        ten bots on the same contracts cost one framing and ten writes, not ten framings.
+        """
+        if not self.subscribers:
             return
-        out: dict[Subscriber, list[bytes]] = {}
-        counts: dict[Subscriber, int] = {}
-        for contract, kind, payload in batch:
-            if contract is None:
-                self.unrouted += 1
-                continue
-            subs = by_contract.get(contract)
-            if not subs:
-                continue
-            head = text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY)
-            for sub in subs:
-                parts = out.get(sub)
-                if parts is None:
-                    parts = out[sub] = []
-                    counts[sub] = 0
-                parts.append(head)
-                parts.append(payload)
-                counts[sub] += 1
-        for sub, parts in out.items():
-            if sub.closing:
+        groups: dict[frozenset[str], list[Subscriber]] = {}
+        for sub in self.subscribers:
+            if not sub.closing:
+                groups.setdefault(self._sets[sub], []).append(sub)
+        for contracts, subs in groups.items():
+            parts: list[bytes] = []
+            append = parts.append
+            n = 0
+            for contract, kind, payload in batch:
+                if contract in contracts:
+                    append(text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY))
+                    append(payload)
+                    n += 1
+            if not n:
                 continue
             data = b"".join(parts)
-            queued = self._buffered(sub)
-            if queued + len(data) > self.max_client_buffer:
-                self.cut_client(sub, queued)
-                continue
-            if sub.write_frames(data, counts[sub]):
-                self.sent += counts[sub]
+            for sub in subs:
+                queued = self._buffered(sub)
+                if queued + len(data) > self.max_client_buffer:
+                    self.cut_client(sub, queued)
+                elif sub.write_frames(data, n):
+                    self.sent += n
+        for contract, _, _ in batch:
+            if contract is None:
+                self.unrouted += 1
 
     def cut_client(self, sub: Subscriber, queued: int) -> None:
         self.cut += 1
