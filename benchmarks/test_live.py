@@ -70,17 +70,18 @@ def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], c
     if clients:
         url = (f"ws://127.0.0.1:{port}/data-engine/ime/live/data/websocket/contract/id?"
                + "&".join(f"contract_id={i}" for i in s.info["ids"]))
+        result = workdir / f"clients-{time.monotonic_ns()}.json"
         client = subprocess.Popen([sys.executable, str(HERE / "peers" / "relay_client.py"), url, str(clients),
-                                   str(seconds + 30)] + (["--latency"] if latency else []),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   str(seconds + 30), str(result)] + (["--latency"] if latency else []),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=seconds + 90)
     if proc.returncode != 0:
         raise RuntimeError(f"ime-record failed ({proc.returncode}): {err.decode()}")
     if client is not None:
-        cout, cerr = client.communicate(timeout=60)
+        _, cerr = client.communicate(timeout=60)
         if client.returncode != 0:
             raise RuntimeError(f"relay client failed: {cerr.decode()}")
-        client_out = json.loads(cout)
+        client_out = json.loads(result.read_bytes())
     sent = sum(c["sent"] for c in s.stats()["connections"])
     return analyse_recording(out_dir, sent, False, 1, 0), {**client_out, "out_dir": out_dir}
 
@@ -119,7 +120,8 @@ def test_relay_added_latency_at_20k(benchmark, tmp_path):
     summary = {k: round(v, 1) for k, v in hist.summary().items()}
     RESULTS["relay_p99_us"] = hist.percentile(99) / 1e3
     benchmark.extra_info.update({"key": "live/relay_latency_20k", "rate": 20_000, "samples": hist.count,
-                                 "added_latency_us": summary, "recorder_lost": run.extra["lost"]})
+                                 "added_latency_us": summary, "recorder_lost": run.extra["lost"],
+                                 "load_average": os.getloadavg()[0]})
 
 
 def test_relay_and_publish_cost_on_recorder_throughput(benchmark, tmp_path):
@@ -211,6 +213,40 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
     assert pub.dropped == 0
     await pub.close()
     return elapsed, cpu
+
+
+def test_worker_live_output_cost(benchmark):
+    """What the worker's receive path pays per first arrival: LiveOutput.__call__, socket sends included."""
+    ns = once(benchmark, lambda: uvloop.run(_output_cost()))
+    RESULTS["worker_output_ns"] = ns
+    benchmark.extra_info.update({"key": "live/worker_output_cost", "ns_per_message": round(ns)})
+
+
+async def _output_cost() -> float:
+    import uuid
+
+    from recorder.record.live import LiveOutput
+
+    address = f"\0ime-bench-{uuid.uuid4().hex}"
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    server = await asyncio.get_running_loop().create_unix_server(Sink, address)
+    out = LiveOutput(address, 0, 64 << 20)
+    payload = b"x" * 600
+    n = 100_000 if QUICK else 500_000
+    t0 = time.perf_counter()
+    for i in range(n // 100):
+        for k in range(100):  # ~100 frames per socket read at high rates
+            out(i, k, 1, payload)
+        await asyncio.sleep(0)
+    elapsed = time.perf_counter() - t0
+    out.close()
+    server.close()
+    assert out.dropped == 0
+    return elapsed / n * 1e9
 
 
 def test_live_floors(benchmark):

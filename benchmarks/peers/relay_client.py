@@ -1,10 +1,10 @@
 """Relay clients for the live benchmarks: N picows connections in one process, counting frames.
 
-    python benchmarks/peers/relay_client.py URL CLIENTS SECONDS [--latency]
+    python benchmarks/peers/relay_client.py URL CLIENTS SECONDS OUT.json [--latency]
 
 Connects (retrying until the relay listens), then reads until the relay closes or SECONDS pass. With
 --latency, client 0 keeps (receive time_ns, xxh3-64 of the payload) per frame, so the benchmark can join
-them with the recorder's receive times from the segment files. Prints one JSON object.
+them with the recorder's receive times from the segment files. Writes one JSON object to OUT.json.
 """
 
 from __future__ import annotations
@@ -70,4 +70,5 @@ async def run(url: str, clients: int, seconds: float, latency: bool) -> dict[str
 
 if __name__ == "__main__":
     result = uvloop.run(run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), "--latency" in sys.argv))
-    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+    with open(sys.argv[4], "wb") as out:
+        out.write(orjson.dumps(result))

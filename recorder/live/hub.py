@@ -24,6 +24,7 @@ from recorder.feed.message import identifier_of
 from recorder.live.relay import LiveItem, LiveSource
 from recorder.live.wire import Decoder, LiveRecord, WireError
 from recorder.record.live import LiveSettings
+from recorder.record.timeslice import request_slice
 from recorder.server.server import FeedServer, ServerConfig
 
 log = logging.getLogger("recorder.live")
@@ -199,6 +200,11 @@ def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.
     root.setLevel(log_level)
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
     logging.getLogger("picows").setLevel(logging.ERROR)
+    # The hub mostly sleeps and then has a few µs of work per message: like the workers' receive thread, it
+    # asks for a short CPU slice so that it preempts bulk work when it wakes (see record/timeslice.py).
+    why_not = request_slice(settings.slice_us) if settings.slice_us else None
+    if why_not:
+        log.debug("short CPU slice for the hub not applied: %s", why_not)
     code = uvloop.run(Hub(settings, pipe).run())
     pipe.close()
     os._exit(code)

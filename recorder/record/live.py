@@ -48,6 +48,7 @@ class LiveSettings:
     nats_replicas: int = 1
     nats_backlog: int = 1_000_000  # messages kept for NATS while it is down or slow
     worker_buffer_bytes: int = 8 << 20  # bytes a worker holds for the hub before it drops
+    slice_us: int = 100  # the hub's CPU slice (record/timeslice.py); 0: the kernel's default
 
     def __repr__(self) -> str:
         relay = f"{self.relay_host}:{self.relay_port}" if self.relay_port is not None else "off"
