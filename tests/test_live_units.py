@@ -179,3 +179,33 @@ def test_msg_id_is_the_xxh3_128_hex_of_the_payload():
 
     assert msg_id(b"abc") == xxhash.xxh3_128_digest(b"abc").hex()
     assert len(msg_id(b"")) == 32
+
+
+def test_router_names_contracts_as_identifier_of_does_and_learns_prefixes():
+    from workload_util import sim_payloads
+
+    from recorder.feed.message import identifier_of
+    from recorder.live.route import Router
+
+    for field in ("contractId", "contractName"):
+        payloads = sim_payloads(field)
+        router = Router()
+        assert [router.contract(p) for p in payloads] == [identifier_of(p) for p in payloads]
+        assert router.parsed <= 20, "after the first message of each contract, no parsing"
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"channel":"x","data":{"contractId":"9"},"contractId":"1"}',  # nested first: not a prefix
+    b'{"channel":"x","contractName":"\\u0633\\u06a9\\u0647","timestamp":"t"}',  # escaped: parsed every time
+    b'{"channel":"x","contractId":"","contractName":"GOLD"}',  # empty id falls through to the name
+    b'[{"contractId":"1"}]',
+    b'not json',
+])
+def test_router_never_learns_what_parsing_would_not_say(payload):
+    from recorder.feed.message import identifier_of
+    from recorder.live.route import Router
+
+    router = Router()
+    for _ in range(3):
+        assert router.contract(payload) == identifier_of(payload)
+    assert router.contract(b'{"channel":"x","contractId":"2","timestamp":"t"}') == "2"

@@ -20,8 +20,8 @@ from typing import Any
 import uvloop
 
 from recorder.feed.endpoints import EndpointKind
-from recorder.feed.message import identifier_of
 from recorder.live.relay import LiveItem, LiveSource
+from recorder.live.route import Router
 from recorder.live.wire import Decoder, LiveRecord, WireError
 from recorder.record.live import LiveSettings
 from recorder.record.timeslice import request_slice
@@ -75,6 +75,7 @@ class Hub:
         self.server: FeedServer | None = None
         self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
         self.relay_error: str | None = None
+        self.router = Router()
 
     # -- the data path -------------------------------------------------------------------------------
 
@@ -83,11 +84,12 @@ class Hub:
         expected = self.next_seq.get(key)
         items: list[LiveItem] = []
         append = items.append
+        route = self.router.contract
         for rec in records:
             if expected is not None and rec.seq != expected:
                 self.worker_dropped += rec.seq - expected
             expected = rec.seq + 1
-            append((identifier_of(rec.payload) if rec.kind == _TEXT else None, rec.kind, rec.payload))
+            append((route(rec.payload) if rec.kind == _TEXT else None, rec.kind, rec.payload))
         self.next_seq[key] = expected if expected is not None else 0
         self.received += len(records)
         if self.source is not None:
