@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -193,3 +194,30 @@ def test_a_stalled_client_is_cut_and_counted_while_others_and_the_recording_go_o
     compare_with_sent_log(out, sent)
     assert good.close_code == 1001
     assert assert_suffix_per_contract(good.texts(), recorded_by_contract(out), tuple(ids)) > 5000
+
+
+def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "4", "--rate", "3000", "--sent-log", str(sent))
+    ids = sim.info["ids"]
+    rec = recorder("--ids", ",".join(ids), "--shards", "2", "--out", str(out), "--relay", "127.0.0.1:0",
+                   *sim_args(sim), env=creds(sim))
+    base = relay_base(rec)
+    hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
+    time.sleep(1)
+    os.kill(hub_pid, signal.SIGKILL)
+    rec.wait_for("restarting in")
+    deadline = time.monotonic() + 30
+    while rec.stderr.count("live relay serving") < 2:
+        assert time.monotonic() < deadline, rec.stderr
+        time.sleep(0.1)
+    base2 = re.findall(r"live relay serving (ws://\S+)", rec.stderr)[-1]
+    assert base2 == base, "the restarted hub serves on the same address"
+    session = run(picows_session(build_url(base, EndpointKind.ID, ids[:2]), None, done=lambda s: len(s.texts()) > 200,
+                                 timeout=20), 40)
+    assert len(session.texts()) > 200
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert compare_with_sent_log(out, sent)["messages"] > 5000  # recording went on through the hub's death

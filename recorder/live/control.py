@@ -12,10 +12,11 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
+from urllib.parse import urlsplit
 
 from recorder.live.hub import hub_main
 from recorder.record.live import LiveSettings
@@ -146,8 +147,12 @@ class HubControl:
         if kind == "ready":
             self.view.state = "running"
             self.view.relay_url = msg.get("relay_url")
+            if self.view.relay_url and self.settings.relay_port == 0:
+                # A restarted hub must listen where the bots already connect, not on another free port.
+                self.settings = replace(self.settings, relay_port=urlsplit(self.view.relay_url).port)
             if self.view.relay_url:
-                log.info("live relay serving %s (stats: %s)", self.view.relay_url, msg.get("stats_url"))
+                log.info("live relay serving %s (stats: %s, hub pid %s)", self.view.relay_url, msg.get("stats_url"),
+                         msg.get("pid"))
             if self.settings.nats_url is not None:
                 log.info("publishing to NATS JetStream stream %s", self.settings.nats_stream)
         elif kind == "status":
