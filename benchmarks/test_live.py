@@ -75,7 +75,12 @@ def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], c
         client = subprocess.Popen([sys.executable, str(HERE / "peers" / "relay_client.py"), url, str(clients),
                                    str(seconds + 30), str(result)] + ([mode] if latency or mode != "--latency" else []),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=seconds + 90)
+    cpu: dict[int, tuple[str, float]] = {}
+    deadline = time.monotonic() + seconds + 90
+    while proc.poll() is None and time.monotonic() < deadline:
+        sample_children_cpu(proc.pid, cpu)
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     if proc.returncode != 0:
         raise RuntimeError(f"ime-record failed ({proc.returncode}): {err.decode()}")
     if client is not None:
@@ -84,7 +89,33 @@ def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], c
             raise RuntimeError(f"relay client failed: {cerr.decode()}")
         client_out = json.loads(result.read_bytes())
     sent = sum(c["sent"] for c in s.stats()["connections"])
-    return analyse_recording(out_dir, sent, False, 1, 0), {**client_out, "out_dir": out_dir}
+    run = analyse_recording(out_dir, sent, False, 1, 0)
+    recorded = run.extra["recorded"] or 1
+    # CPU seconds per recorded message, by process kind: what the relay or publisher costs each process,
+    # independent of how busy the (shared) machine was.
+    for kind in ("worker", "hub"):
+        used = sum(c for k, c in cpu.values() if k == kind)
+        if used:
+            run.extra[f"{kind}_cpu_us_per_msg"] = round(used / recorded * 1e6, 2)
+    return run, {**client_out, "out_dir": out_dir}
+
+
+def sample_children_cpu(parent: int, cpu: dict[int, tuple[str, float]]) -> None:
+    """The last CPU time (user + system) seen for each child of the supervisor: "worker" or "hub"."""
+    try:
+        pids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return
+    for pid in map(int, pids):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            used = cpu_seconds(pid)
+        except OSError:
+            continue
+        if b"resource_tracker" in cmd:
+            continue
+        cpu[pid] = ("hub" if comm == "ime-live-hub" else "worker", used)
 
 
 def relay_latency(out_dir: Path, samples: list[list[int]]) -> Histogram:
@@ -147,7 +178,9 @@ def test_relay_and_publish_cost_on_recorder_throughput(benchmark, tmp_path):
             nats_proc.wait(10)
         shutil.rmtree(store, ignore_errors=True)
     RESULTS["relay_throughput_ratio"] = relay.rate / base.rate
-    info: dict[str, Any] = {
+    cpu_figures = {f"{name}_{k}": v for name, r in (("without", base), ("relay", relay), ("publish", publish))
+                   if r is not None for k, v in r.extra.items() if k.endswith("_cpu_us_per_msg")}
+    info: dict[str, Any] = {**cpu_figures,
         "key": "live/recorder_throughput", "without_msgs_per_s": round(base.rate),
         "with_relay_msgs_per_s": round(relay.rate), "relay_clients": RELAY_CLIENTS,
         "relay_client_bytes": client.get("bytes"), "relay_throughput_ratio": round(relay.rate / base.rate, 3),

@@ -178,6 +178,16 @@ class Hub:
             self._send(self._status())
 
 
+PROCESS_NAME = "ime-live-hub"  # what top/ps -o comm show, so operators can tell the hub from the workers
+
+
+def _set_process_name(name: str) -> None:
+    with contextlib.suppress(Exception):  # Linux only; cosmetic
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
 class _PipeLog(logging.Handler):
     """Log lines go to the supervisor, which prints them above its status table, as workers' do."""
 
@@ -195,6 +205,7 @@ class _PipeLog(logging.Handler):
 def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.INFO) -> None:
     """Entry point of the hub process (multiprocessing spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    _set_process_name(PROCESS_NAME)
     handler = _PipeLog(pipe)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s live: %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
