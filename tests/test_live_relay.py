@@ -221,3 +221,16 @@ def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, reco
     assert rec.wait(30) == 0, rec.stderr
     sim.stop()
     assert compare_with_sent_log(out, sent)["messages"] > 5000  # recording went on through the hub's death
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--relay", "localhost:http"], "bad --relay 'localhost:http': give [HOST:]PORT"),
+    (["--publish", "http://127.0.0.1:4222"], "--publish needs a URL such as nats://"),
+    (["--relay", "0", "--nats-max-age", "forever"], "bad --nats-max-age 'forever'"),
+])
+def test_bad_live_options_are_one_line_exit_2(recorder, tmp_path, args, message):
+    rec = recorder("--ids", "1001", "--out", str(tmp_path / "out"), *args, env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 2
+    lines = rec.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ime-record: error: "), rec.stderr
+    assert message in rec.stderr and "Traceback" not in rec.stderr

@@ -94,8 +94,9 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
               help="Relay clients must send this Authorization token (prefer the IME_RELAY_TOKEN variable).")
 @click.option("--relay-client-kib", type=click.IntRange(min=16), default=4096, show_default=True,
               help="A relay client with more than this much unread is cut (close code 1013); the relay never waits.")
-@click.option("--publish", metavar="nats://HOST:PORT",
-              help="Publish every message to NATS JetStream (needs the 'nats' extra); comma-separate several servers.")
+@click.option("--publish", metavar="nats://HOST:PORT", envvar="IME_NATS_URL",
+              help="Publish every message to NATS JetStream (needs the 'nats' extra); comma-separate several "
+                   "servers; a URL with user:password belongs in IME_NATS_URL (arguments show in `ps`).")
 @click.option("--nats-stream", default="IME", show_default=True, help="JetStream stream (created if missing).")
 @click.option("--nats-max-age", default="24h", show_default=True,
               help="Stream retention when the recorder creates it: 3600, 30m, 24h, 7d.")
