@@ -170,9 +170,11 @@ class LiveOutput:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-            sock.connect(self.address)  # a local connect completes at once or fails
+            # Non-blocking before connect: a Unix connect blocks while the listener's backlog is full, and this
+            # runs in the receive path; without blocking it completes at once or fails (EAGAIN: try later).
             sock.setblocking(False)
-            sock.sendall(hello(self.shard, os.getpid()))
+            sock.connect(self.address)
+            sock.send(hello(self.shard, os.getpid()))  # 10 bytes into an empty buffer
         except OSError:
             sock.close()
             return None
