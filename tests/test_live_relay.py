@@ -153,7 +153,7 @@ def test_a_stalled_client_is_cut_and_counted_while_others_and_the_recording_go_o
     out = tmp_path / "out"
     sim = sim_process("--contracts", "6", "--rate", "4000", "--seed", "3", "--sent-log", str(sent))
     ids = sim.info["ids"]
-    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--relay-client-kib", "64",
+    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--relay-client-kib", "2048",
                    "--metrics-port", "0", "--status-interval", "1", *sim_args(sim), env=creds(sim))
     base = relay_base(rec)
     metrics = metrics_url(rec)
