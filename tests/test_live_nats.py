@@ -135,6 +135,7 @@ def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(si
         leader = info.cluster.leader
         victim = next(n for n in nodes if n.name == leader)
         victim.kill()
+        killed_at = time.strftime("%H:%M:%S", time.gmtime())
         survivors = [n for n in nodes if n is not victim]
         time.sleep(4)
         rec.signal(signal.SIGTERM)
@@ -142,7 +143,9 @@ def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(si
         recorded = set(recorded_payloads(tmp_path / "out"))
         payloads = [p for _, p, _ in run(stream_messages(survivors[0].url), 60)]
         assert len(payloads) == len(set(payloads)), "a message is in the stream twice"
-        assert set(payloads) == recorded, f"{len(recorded - set(payloads))} recorded messages missing from the stream"
+        missing = sorted(orjson.loads(p)["timestamp"] for p in recorded - set(payloads))
+        assert set(payloads) == recorded, (f"{len(missing)} recorded messages missing from the stream: "
+                                           f"{missing[:1]}..{missing[-1:]}, leader {leader} killed at {killed_at}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and consumed.read_bytes().count(b"\n") < len(payloads):
             time.sleep(0.2)

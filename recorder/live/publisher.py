@@ -34,6 +34,7 @@ log = logging.getLogger("recorder.live")
 
 FENCE_EVERY = 256
 ACK_TIMEOUT_S = 3.0
+REFUSAL_HOLD_S = 1.0
 SEND_CHUNK = 2048  # messages sent per event-loop turn, so acks and the relay get their turns
 RECONNECT_WAIT_S = 0.5
 
@@ -102,6 +103,11 @@ class NatsPublisher:
         self.republished = 0
         self.unrouted = 0
         self.reconnects = 0
+        self.refusals = 0
+        self._last_refusal_log = 0.0
+        self._hold_until = 0.0  # after a refusal, wait before sending again
+        self._check_stream = False
+        self._checker: asyncio.Task[bool] | None = None
 
     # -- in ------------------------------------------------------------------------------------------
 
@@ -173,14 +179,13 @@ class NatsPublisher:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self.connected:
+                if self.connected and time.monotonic() >= self._hold_until:
                     await self._send()
         finally:
             watchdog.cancel()
 
     async def _connect(self) -> None:
         import nats
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
         s = self.settings
         assert s.nats_url is not None
@@ -198,34 +203,49 @@ class NatsPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.js = self.nc.jetstream()
-        while not self._closing:
-            try:
-                await self.js.stream_info(s.nats_stream)
-                break
-            except Exception as exc:
-                if type(exc).__name__ != "NotFoundError":
-                    log.warning("NATS stream %s not available (%s); retrying", s.nats_stream, _why(exc))
-                    await asyncio.sleep(RECONNECT_WAIT_S)
-                    continue
-            try:
-                await self.js.add_stream(StreamConfig(
-                    name=s.nats_stream, subjects=stream_subjects(self.prefix), retention=RetentionPolicy.LIMITS,
-                    discard=DiscardPolicy.OLD, storage=StorageType.FILE, max_age=s.nats_max_age_s,
-                    duplicate_window=s.nats_duplicate_window_s, num_replicas=s.nats_replicas))
-                log.info("created NATS stream %s (subjects %s, max age %gs, duplicate window %gs, replicas %d)",
-                         s.nats_stream, stream_subjects(self.prefix)[0], s.nats_max_age_s,
-                         s.nats_duplicate_window_s, s.nats_replicas)
-                break
-            except Exception as exc:
-                # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                log.warning("cannot create NATS stream %s (%s); retrying", s.nats_stream, _why(exc))
-                await asyncio.sleep(RECONNECT_WAIT_S)
+        await self._ensure_stream()
         self._inbox = f"_IME_ACK.{self.nc.new_inbox().split('.')[-1]}"
         await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack, pending_msgs_limit=1 << 20,
                                 pending_bytes_limit=256 << 20)
         self.connected = True
         self._rewind()
         log.info("connected to NATS; publishing to stream %s", s.nats_stream)
+
+    async def _ensure_stream(self, once: bool = False) -> bool:
+        """Make sure the stream exists (created with our settings if missing) and has a leader.
+
+        A replicated stream accepts publishes only once its leader is elected; until then a publish without a
+        reply vanishes without a trace, so publishing waits for the leader. `once`: one attempt, no retries.
+        """
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        s = self.settings
+        while not self._closing:
+            try:
+                info = await self.js.stream_info(s.nats_stream)
+                if info.cluster is None or info.cluster.leader:
+                    return True
+            except Exception as exc:
+                if type(exc).__name__ == "NotFoundError":
+                    try:
+                        await self.js.add_stream(StreamConfig(
+                            name=s.nats_stream, subjects=stream_subjects(self.prefix),
+                            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
+                            max_age=s.nats_max_age_s, duplicate_window=s.nats_duplicate_window_s,
+                            num_replicas=s.nats_replicas))
+                        log.info("created NATS stream %s (subjects %s, max age %gs, duplicate window %gs, "
+                                 "replicas %d)", s.nats_stream, stream_subjects(self.prefix)[0], s.nats_max_age_s,
+                                 s.nats_duplicate_window_s, s.nats_replicas)
+                        continue  # now wait for its leader
+                    except Exception as exc2:
+                        # Another recorder may have created it meanwhile; stream_info tells on the next round.
+                        log.warning("cannot create NATS stream %s (%s); retrying", s.nats_stream, _why(exc2))
+                elif not once:
+                    log.warning("NATS stream %s not available (%s); retrying", s.nats_stream, _why(exc))
+            if once:
+                return False
+            await asyncio.sleep(0.1)
+        return False
 
     # -- out -----------------------------------------------------------------------------------------
 
@@ -285,8 +305,16 @@ class NatsPublisher:
         data: bytes = msg.data
         if b'"error"' in data or not data:
             fence.failed = True
-            log.warning("NATS refused a publish (%s); sending the unconfirmed messages again",
-                        data[:200].decode("utf-8", "replace") or "no responders")
+            self.refusals += 1
+            now = time.monotonic()
+            if now - self._last_refusal_log > 10:
+                self._last_refusal_log = now
+                log.warning("NATS refused a publish (%s; %d refusals so far); checking the stream and sending the "
+                            "unconfirmed messages again in %.0fs", data[:200].decode("utf-8", "replace")
+                            or "no responders", self.refusals, REFUSAL_HOLD_S)
+            # Not at once: a stream that was deleted or does not take our subjects would refuse again.
+            self._hold_until = now + REFUSAL_HOLD_S
+            self._check_stream = True
             self._rewind()
             return
         fence.ok = True
@@ -322,11 +350,24 @@ class NatsPublisher:
     async def _watch_fences(self) -> None:
         while True:
             await asyncio.sleep(0.25)
+            if self._check_stream and self.connected and self._checker is None:
+                self._check_stream = False
+                # Its own task: the fence timeouts below must keep being watched meanwhile.
+                self._checker = asyncio.create_task(self._ensure_stream(once=True))
+                self._checker.add_done_callback(self._checked)
+            if self._hold_until and time.monotonic() >= self._hold_until:
+                self._hold_until = 0.0
+                self._wake.set()
             if self.fence_order and self.connected:
                 oldest = self.fences[self.fence_order[0]]
                 if time.monotonic() - oldest.sent_at > ACK_TIMEOUT_S:
                     log.warning("no ack from NATS within %.0fs; sending the unconfirmed messages again", ACK_TIMEOUT_S)
                     self._rewind()
+
+    def _checked(self, task: asyncio.Task[bool]) -> None:
+        self._checker = None
+        if not task.cancelled() and task.exception() is None and not task.result():
+            self._check_stream = True  # no leader yet (or unreachable): look again on the next round
 
     # -- nats-py callbacks ---------------------------------------------------------------------------
 
