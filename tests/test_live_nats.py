@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import orjson
 import pytest
 import xxhash
-from live_util import recorded_payloads
+from live_util import metrics_url, recorded_payloads
 from nats_util import NatsServer, cluster, needs_nats_server, stream_info, stream_messages, wait_jetstream
 from record_util import RecorderProcess, compare_with_sent_log
 from sim_util import run
@@ -93,12 +95,17 @@ def test_nats_killed_and_restarted_loses_nothing_locally_and_the_publisher_resum
     out = tmp_path / "out"
     sim = sim_process("--contracts", "6", "--rate", "2000", "--sent-log", str(sent))
     rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--publish", server.url,
-                   "--status-interval", "1", *sim_args(sim), env=creds(sim))
+                   "--status-interval", "1", "--metrics-port", "0", *sim_args(sim), env=creds(sim))
     rec.wait_for("connected to NATS")
+    metrics = metrics_url(rec)
     time.sleep(2)
     server.kill()
     rec.wait_for("disconnected from NATS")
     time.sleep(2.5)
+    down = urllib.request.urlopen(metrics, timeout=5).read().decode()
+    assert "ime_recorder_nats_connected 0" in down, down
+    backlog = int(re.search(r"^ime_recorder_nats_backlog (\d+)$", down, re.M)[1])
+    assert backlog > 1000, "messages wait in the backlog while NATS is down"
     server.start()
     rec.wait_for("reconnected to NATS")
     time.sleep(2)
