@@ -9,8 +9,10 @@ Throughput without losing anything: messages are published without waiting, and 
 the last of each burst) asks JetStream for an ack. A message leaves the backlog only when the ack of a
 later fence arrived and every fence before it was acked too. A fence that fails, or is not acked within
 ACK_TIMEOUT_S, and every reconnect rewind the sender to the oldest unconfirmed message and send again;
-JetStream drops what it already stored, by Msg-Id. The backlog is bounded (`--nats-backlog` messages):
-beyond it the oldest are dropped and counted. All of this runs in the hub process, never in a worker.
+JetStream drops what it already stored, by Msg-Id. Publishing waits for the stream's leader, since a
+replicated stream without one drops publishes that ask for no ack without a trace. The backlog is bounded
+(`--nats-backlog` messages): beyond it the oldest are dropped and counted. All of this runs in the hub
+process, never in a worker.
 """
 
 from __future__ import annotations
