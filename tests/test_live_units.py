@@ -17,7 +17,7 @@ from recorder.live.options import is_loopback, live_settings, parse_duration
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence, msg_id
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
-from recorder.record.live import LiveOutput, LiveSettings, make_live_output
+from recorder.record.live import LiveOutput, LiveSettings
 
 records = st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 65535), st.sampled_from([1, 2]),
                              st.binary(max_size=300)), max_size=30)
@@ -92,17 +92,16 @@ def test_live_settings_checks_options_and_warns_off_loopback(caplog):
     assert "t0k" not in repr(s)
 
 
-def test_worker_output_drops_and_counts_without_a_hub_then_delivers_in_order():
+def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order():
     address = f"\0ime-test-{uuid.uuid4().hex}"
 
     async def scenario():
-        out = make_live_output(LiveSettings(address=address, kind="id", contracts=("1",), relay_port=0, shard=2))
-        assert isinstance(out, LiveOutput)
+        out = LiveOutput(address, 2, max_buffer=2000)
         for i in range(10):
-            out(i, 0, 1, b"early %d" % i)
+            out(i, 0, 1, b"early %d " % i + b"x" * 300)
         out(99, 0, 3, b"an event is never relayed")
         await asyncio.sleep(0.01)
-        assert out.sent == 0  # nobody listening: dropped, and recording never noticed
+        assert out.sent == 0 and out.dropped == 3  # 7 fit (the bound is checked before each); never waited
         received = bytearray()
         got_all = asyncio.Event()
 
@@ -113,7 +112,8 @@ def test_worker_output_drops_and_counts_without_a_hub_then_delivers_in_order():
                     got_all.set()
 
         server = await asyncio.get_running_loop().create_unix_server(Hub, address)
-        await asyncio.sleep(0.6)  # past the reconnect pause
+        await asyncio.sleep(0.3)  # the output retries on its own, without new messages
+        assert out.sent > 0
         for i in range(10, 2010):
             out(i, 1, 1, b"x" * 100)
         await asyncio.wait_for(got_all.wait(), 10)
@@ -125,8 +125,8 @@ def test_worker_output_drops_and_counts_without_a_hub_then_delivers_in_order():
 
     shard, recs = run(scenario())
     assert shard == 2
-    assert [r.seq for r in recs] == list(range(10, 2010))  # 0-9 dropped: the hub counts the gap
-    assert [r.ts_ns for r in recs] == list(range(10, 2010))
+    assert [r.seq for r in recs] == [*range(7), *range(10, 2010)]  # 7-9 dropped: the hub counts the gap
+    assert [r.ts_ns for r in recs] == [*range(7), *range(10, 2010)]
 
 
 def _publisher(backlog: int = 10) -> NatsPublisher:

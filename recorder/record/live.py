@@ -25,7 +25,7 @@ log = logging.getLogger("recorder.live")
 LiveOutputFn = Callable[[int, int, int, bytes], None]
 
 _MAX_DATA_KIND = 2  # TEXT and BINARY; events (3) and receipts (4) are not market data for consumers
-_RECONNECT_S = 0.5
+_RECONNECT_S = 0.1
 # A socket read can hold dozens of frames and the worker spends µs on each; relaying all of them only at the
 # end of the read would make the first wait for the rest. So the first frame after a pause goes at once, and
 # then every FLUSH_EVERY-th; the rest of a read goes in one send at the end of the loop turn.
@@ -129,6 +129,7 @@ class LiveOutput:
         except Exception:  # never into the receive path: recording goes on whatever happens here
             log.exception("live output failed; dropping its buffer")
             self._reset()
+            self._buf.clear()
 
     def _send(self) -> None:
         buf = self._buf
@@ -138,7 +139,11 @@ class LiveOutput:
         if sock is None:
             sock = self._connect()
             if sock is None:
-                buf.clear()  # the hub is not there: what was waiting is dropped (it sees the gap)
+                # The hub is not listening (yet: workers start beside it, and it restarts after a crash). Keep
+                # what waits, within the same bound as always (new messages are dropped past it), and try again.
+                if self._loop is not None and not self._scheduled:
+                    self._scheduled = True
+                    self._loop.call_later(_RECONNECT_S, self._flush)
                 return
         if self._writer_on:
             return  # the writability callback will send
