@@ -109,6 +109,26 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between status log lines when stderr is not a terminal.")
+# LIVE-WIRING begin: live outputs (recorder/live/options.py)
+@click.option("--relay", metavar="[HOST:]PORT",
+              help="Serve the live feed to local IME clients (both endpoints, real paths); host 127.0.0.1 by default.")
+@click.option("--relay-token", envvar="IME_RELAY_TOKEN",
+              help="Relay clients must send this Authorization token (prefer the IME_RELAY_TOKEN variable).")
+@click.option("--relay-client-kib", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="A relay client with more than this much unread is cut (close code 1013); the relay never waits.")
+@click.option("--publish", metavar="nats://HOST:PORT", envvar="IME_NATS_URL",
+              help="Publish every message to NATS JetStream (needs the 'nats' extra); comma-separate several "
+                   "servers; a URL with user:password belongs in IME_NATS_URL (arguments show in `ps`).")
+@click.option("--nats-stream", default="IME", show_default=True, help="JetStream stream (created if missing).")
+@click.option("--nats-max-age", default="24h", show_default=True,
+              help="Stream retention when the recorder creates it: 3600, 30m, 24h, 7d.")
+@click.option("--nats-duplicate-window", default="2m", show_default=True,
+              help="Stream duplicate window when the recorder creates it (Nats-Msg-Id deduplication).")
+@click.option("--nats-replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+              help="Stream replicas when the recorder creates it (3 on a 3-node cluster).")
+@click.option("--nats-backlog", type=click.IntRange(min=1000), default=1_000_000, show_default=True,
+              help="Messages kept for NATS while it is down or slow; older ones are dropped and counted.")
+# LIVE-WIRING end
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle for wss:// and https://.")
 # OPS-WIRING begin: unattended operation (recorder/record/operations.py)
 @click.option("--retain-days", type=click.FloatRange(min=0, min_open=True),
@@ -143,7 +163,10 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int, metrics_port: int | None,
-         metrics_host: str, status_interval: float, ca_file: str | None, verbose: int, quiet: bool,
+         metrics_host: str, status_interval: float, relay: str | None, relay_token: str | None,
+         relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
+         nats_duplicate_window: str, nats_replicas: int, nats_backlog: int,  # LIVE-WIRING: relay..nats_backlog
+         ca_file: str | None, verbose: int, quiet: bool,
          password_file: Path | None, retain_days: float | None, retain_gb: float | None,  # OPS-WIRING
          warn_free_gb: float | None, min_free_gb: float | None, on_sealed: str | None, on_sealed_jobs: int,
          stall_alert: float | None, sessions: str, notify: bool, config: Path | None, print_config: bool) -> None:
@@ -209,6 +232,11 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
         if not (token or token_file or username):
             raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
 
+        from recorder.live.options import live_settings  # LIVE-WIRING
+
+        live_outputs = live_settings(kind.value, contract_list.contracts, relay, relay_token, relay_client_kib,
+                                     publish, nats_stream, nats_max_age, nats_duplicate_window, nats_replicas,
+                                     nats_backlog)  # LIVE-WIRING
         settings = RunSettings(
             shards=partition(contract_list.contracts, shards),
             connection=ConnectionSettings(
@@ -240,6 +268,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             metrics_host=metrics_host,
             log_level=logging.getLogger().level,
             ops=ops,  # OPS-WIRING
+            live_outputs=live_outputs,  # LIVE-WIRING
         )
         code = run_supervisor(settings, tokens)
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recorder.record.live import LiveSettings  # LIVE-WIRING
+
 # Worker exit codes the supervisor acts on (anything else, a signal included, means "crashed: restart").
 WORKER_EXIT_OK = 0
 WORKER_EXIT_FATAL = 3  # disk full, unwritable directory, shard locked: restarting would not help
@@ -67,6 +69,7 @@ class WorkerConfig:
     token_gen: int = 0
     status_interval_s: float = 1.0
     log_level: int = 20
+    live: LiveSettings | None = None  # LIVE-WIRING: --relay / --publish
 
     def __repr__(self) -> str:  # never show the token, even in a debugger or a crash report
         return f"WorkerConfig(shard={self.shard}, contracts={len(self.contracts)}, incarnation={self.incarnation})"

@@ -9,7 +9,7 @@ import multiprocessing
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -25,7 +25,8 @@ from recorder.record.config import (
     StorageSettings,
     WorkerConfig,
 )
-from recorder.record.metrics import MetricsServer
+from recorder.record.live import LiveSettings  # LIVE-WIRING
+from recorder.record.metrics import Figure, MetricsServer
 from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
 from recorder.record.status import Console, ShardView, exit_summary, summary_line, table
 from recorder.record.worker import worker_main
@@ -69,6 +70,7 @@ class RunSettings:
     log_level: int = logging.INFO
     live: bool | None = None
     ops: OpsSettings = field(default_factory=OpsSettings)  # OPS-WIRING
+    live_outputs: LiveSettings | None = None  # LIVE-WIRING: --relay / --publish
 
 
 class Supervisor:
@@ -89,6 +91,7 @@ class Supervisor:
         self._token_fixed_logged = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ops: Operations | None = None  # OPS-WIRING
+        self.hub: Any = None  # LIVE-WIRING: recorder.live.control.HubControl when --relay/--publish is on
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -110,6 +113,11 @@ class Supervisor:
         log.info("recording %d contracts on %d shards into %s (run %s, token from %s)",
                  sum(len(s.contracts) for s in self.shards), len(active), self.settings.storage.out_dir,
                  self.run_id, self.tokens.source)
+        if self.settings.live_outputs is not None:  # LIVE-WIRING: start the live hub (never waited for)
+            from recorder.live.control import HubControl
+
+            self.hub = HubControl(self.settings.live_outputs, self.console.log, self.settings.log_level)
+            self.hub.start()
         for s in active:
             self._spawn(s, token, gen)
         # OPS-WIRING begin: notify/watchdog, disk guard, retention, --on-sealed, token renewal, stall alarm
@@ -124,7 +132,7 @@ class Supervisor:
         metrics: MetricsServer | None = None
         if self.settings.metrics_port is not None:
             metrics = MetricsServer(lambda: [s.view for s in self.shards], self.settings.metrics_host,
-                                    self.settings.metrics_port, figures=ops.figures, health=ops.health)  # OPS-WIRING
+                                    self.settings.metrics_port, figures=self._figures, health=ops.health)
             port = await metrics.start()
             log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host, port)
         if self.settings.duration_s is not None:
@@ -133,6 +141,8 @@ class Supervisor:
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._stop_workers()
+        if self.hub is not None:  # LIVE-WIRING: after the workers, so it relays and publishes their last messages
+            await self.hub.stop()
         elapsed = time.monotonic() - self.started
         if self.exit_code == EXIT_OK and not self.accepted_any and elapsed >= NOTHING_ACCEPTED_AFTER_S:
             # Exit 0 with nothing recorded would hide the failure from a script or a service manager.
@@ -147,6 +157,8 @@ class Supervisor:
         elapsed = time.monotonic() - self.started
         for line in exit_summary([s.view for s in self.shards], elapsed):
             self.console.log(line)
+        if self.hub is not None:  # LIVE-WIRING
+            self.console.log(f"  {self.hub.view.line()}")
         if self.fatal_message:
             self.console.log(f"ime-record: error: {self.fatal_message}")
         return self.exit_code
@@ -202,6 +214,8 @@ class Supervisor:
             token_gen=gen,
             status_interval_s=1.0,
             log_level=self.settings.log_level,
+            live=(replace(self.settings.live_outputs, shard=s.shard)  # LIVE-WIRING
+                  if self.settings.live_outputs is not None else None),
         )
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=worker_main, args=(cfg, child), name=f"ime-record-s{s.shard:02d}",
@@ -349,6 +363,11 @@ class Supervisor:
                     self._send(other, m.AcceptedElsewhere())
             return
 
+    def _figures(self) -> list[Figure]:
+        """Recorder-wide figures for Prometheus: operations (disk, tokens, stalls) and the live hub."""
+        hub = self.hub.view.prometheus() if self.hub is not None else []
+        return (self.ops.figures() if self.ops is not None else []) + hub
+
     def _record_event(self, event: dict[str, Any]) -> None:
         """An event record in every running shard's segment (a stall during trading hours, and its end)."""
         fields = tuple((k, v) for k, v in event.items() if k != "event")
@@ -368,12 +387,17 @@ class Supervisor:
             await asyncio.sleep(1.0)
             views = [s.view for s in self.shards]
             now = time.time_ns()
-            self.console.draw(table(views, now, time.monotonic() - self.started))
+            lines = table(views, now, time.monotonic() - self.started)
+            if self.hub is not None:  # LIVE-WIRING
+                lines.append(self.hub.view.line())
+            self.console.draw(lines)
             if self.ops is not None:
                 self.ops.tick()  # OPS-WIRING
             if not self.console.live and time.monotonic() - last_line >= self.settings.status_interval_s:
                 last_line = time.monotonic()
                 log.info(summary_line(views, now))
+                if self.hub is not None:  # LIVE-WIRING
+                    log.info("status: %s", self.hub.view.line())
 
 
 def run_supervisor(settings: RunSettings, tokens: TokenProvider) -> int:

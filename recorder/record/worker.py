@@ -43,6 +43,7 @@ from recorder.record.connection import (
 )
 from recorder.record.groups import CopyRun, GroupRun
 from recorder.record.listener import RecordingListener, first_arrival_sink
+from recorder.record.live import close_live_output, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
 from recorder.record.timeslice import request_slice
@@ -77,6 +78,8 @@ class Worker:
         self.writer: SegmentWriter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepted_elsewhere = False
+        # The relay/NATS hub: first arrivals only, never blocking the receive path (record/live.py).
+        self._live = make_live_output(cfg.live)
         self._accepted_sent = False
         self.rng = random.Random()
         self.policy = Policy(backoff_base_s=cfg.connection.backoff_base_s, backoff_cap_s=cfg.connection.backoff_cap_s,
@@ -153,6 +156,7 @@ class Worker:
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._shutdown()
+        close_live_output(self._live)
         tick.cancel()
         status.cancel()
         return self.exit_code
@@ -279,7 +283,7 @@ class Worker:
         where = {"group": group.gid, "copy": crun.copy}
         self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
         assert self.writer is not None
-        sink = first_arrival_sink(self.writer, run.deduper, crun.copy)
+        sink = first_arrival_sink(self.writer, run.deduper, crun.copy, self._live)
         result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)
         now = time.monotonic()
         match result:

@@ -129,7 +129,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--speed", default="1x", show_default=True, help="1x, 10x, 0.25x … or max (no pacing).")
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start at this receive time: {TIME_HELP}")
@@ -149,11 +149,19 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("--send-timeout", type=click.FloatRange(min=0), default=DEFAULT_SEND_TIMEOUT, show_default=True,
               metavar="S", help="With --serve: a client that cannot take more data for S seconds is closed (1013) "
                                 "and counted, and the replay goes on for the others; 0: wait for it forever.")
+@click.option("--from-nats", "from_nats", metavar="nats://HOST:PORT",
+              help="Read the live feed from NATS JetStream instead of files (see --since), then follow it.")
+@click.option("--since", help="With --from-nats: start at this time (ISO-8601, epoch, 30m, 1h, or all); "
+                              "default: new messages only.")
+@click.option("--nats-stream", default="IME", show_default=True, help="With --from-nats: the JetStream stream.")
+@click.option("--count", "max_count", type=click.IntRange(min=1),
+              help="With --from-nats: stop after this many messages.")
 @click.option("-q", "--quiet", is_flag=True, help="No timing report.")
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
          tz: str, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
-         token: str | None, all_copies: bool, send_timeout: float, quiet: bool) -> None:
+         token: str | None, all_copies: bool, send_timeout: float, from_nats: str | None, since: str | None,
+         nats_stream: str, max_count: int | None, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
 
     \b
@@ -161,10 +169,20 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
       ime-replay ime-data/ --speed 10x --format raw | my-backtest
       ime-replay 'ime-data/*.zst' --contract 1001 --from 2026-11-23T09:00:00Z --speed max
       ime-replay ime-data/ --serve 127.0.0.1:8765 --speed 1x
+      ime-replay --from-nats nats://10.0.0.5:4222 --contract 1001 --since 1h --format raw | my-bot
     """
     if serve is None:
         check_serve_only_options(click.get_current_context())
     setup_logging(0, quiet)
+    if from_nats is not None:
+        if paths or serve or listing:
+            raise UserError("--from-nats reads NATS, not files: give no PATHS, --serve or --list with it")
+        from recorder.replay.nats_source import follow_nats
+
+        follow_nats(from_nats, nats_stream, contracts, since, fmt, max_count)
+        return
+    if not paths:
+        raise UserError("give segment files or directories to replay (or --from-nats URL)")
     # The server's per-connection INFO lines are for ime-sim operators; here they would drown the report.
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
     factor = parse_speed(speed)

@@ -23,6 +23,7 @@ from typing import Any
 import click
 import uvloop
 
+from recorder.cli_support import parse_host_port
 from recorder.errors import UserError
 from recorder.feed.endpoints import EndpointKind, build_url
 from recorder.replay.pacing import Pacer
@@ -45,16 +46,7 @@ MAX_CLIENT_BUFFER = 8 << 20  # bytes queued for one client before the replay wai
 
 def parse_serve(spec: str) -> tuple[str, int]:
     """'8765', ':8765', '127.0.0.1:8765', '[::1]:8765' → (host, port); the host defaults to 127.0.0.1."""
-    text = spec.strip()
-    host, _, port_text = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UserError(f"bad --serve {spec!r}: give [HOST:]PORT, e.g. 127.0.0.1:8765") from None
-    if not 0 <= port <= 65535:
-        raise UserError(f"bad --serve {spec!r}: port must be 0-65535")
-    return host, port
+    return parse_host_port(spec, "--serve")
 
 
 def recorded_subscriptions(segments: list[SegmentFile], selection: Selection) -> dict[EndpointKind, set[str]]:

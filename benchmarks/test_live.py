@@ -1,0 +1,311 @@
+"""Live fan-out benchmarks: relay latency and throughput cost, NATS publish throughput, measured in one run.
+
+    .venv/bin/pytest benchmarks/test_live.py                      # full: 8 s per run
+    IME_BENCH_QUICK=1 .venv/bin/pytest benchmarks/test_live.py    # CI: 3 s per run
+
+relay latency   ime-sim at 20k msgs/s → ime-record --relay → one relay client; per message the client's
+                receive time minus the recorder's receive time (from the segment files, joined by payload
+                hash): what the relay adds after the recorder has the message.
+relay cost      recorder throughput (ime-sim --rate 0, as fast as it reads) with --relay and 10 clients
+                reading every contract, against the same recorder without --relay, in the same run.
+nats publish    the hub's NatsPublisher alone against a local nats-server -js: messages/s confirmed stored
+                by JetStream; and the recorder's throughput with --publish against without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+import xxhash
+from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, sim
+
+from recorder.histogram import Histogram
+from recorder.live.publisher import NatsPublisher
+from recorder.live.wire import LiveRecord
+from recorder.record.live import LiveSettings
+from recorder.segment.format import RecordKind
+from recorder.segment.reader import discover, open_segment
+
+SECONDS = 3.0 if QUICK else 8.0
+RELAY_CLIENTS = 10
+NATS_MESSAGES = 200_000 if QUICK else 1_000_000
+FLOORS = {"relay_p99_us_max": 150.0, "relay_throughput_ratio": 0.8, "nats_msgs_per_s": 100_000.0,
+          "publish_throughput_ratio": 0.8}
+RESULTS: dict[str, float] = {}
+NATS_SERVER = shutil.which("nats-server")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], clients: int = 0,
+                      latency: bool = False, mode: str = "--latency") -> tuple[Run, dict[str, Any]]:
+    out_dir = workdir / f"rec-{time.monotonic_ns()}"
+    port = free_port()
+    relay = ["--relay", f"127.0.0.1:{port}"] if clients else []
+    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(s.info["ids"]), "--base-url",
+            s.info["base_url"], "--out", str(out_dir), "--duration", str(seconds), "-q", *relay, *extra]
+    env = {**os.environ, "IME_TOKEN": s.info["token"]}
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    client_out: dict[str, Any] = {}
+    client = None
+    if clients:
+        url = (f"ws://127.0.0.1:{port}/data-engine/ime/live/data/websocket/contract/id?"
+               + "&".join(f"contract_id={i}" for i in s.info["ids"]))
+        result = workdir / f"clients-{time.monotonic_ns()}.json"
+        client = subprocess.Popen([sys.executable, str(HERE / "peers" / "relay_client.py"), url, str(clients),
+                                   str(seconds + 30), str(result)] + ([mode] if latency or mode != "--latency" else []),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cpu: dict[int, tuple[str, float]] = {}
+    deadline = time.monotonic() + seconds + 90
+    while proc.poll() is None and time.monotonic() < deadline:
+        sample_children_cpu(proc.pid, cpu)
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    if proc.returncode != 0:
+        raise RuntimeError(f"ime-record failed ({proc.returncode}): {err.decode()}")
+    if client is not None:
+        _, cerr = client.communicate(timeout=60)
+        if client.returncode != 0:
+            raise RuntimeError(f"relay client failed: {cerr.decode()}")
+        client_out = json.loads(result.read_bytes())
+    sent = sum(c["sent"] for c in s.stats()["connections"])
+    run = analyse_recording(out_dir, sent, False, 1, 0)
+    recorded = run.extra["recorded"] or 1
+    # CPU seconds per recorded message, by process kind: what the relay or publisher costs each process,
+    # independent of how busy the (shared) machine was.
+    for kind in ("worker", "hub"):
+        used = sum(c for k, c in cpu.values() if k == kind)
+        if used:
+            run.extra[f"{kind}_cpu_us_per_msg"] = round(used / recorded * 1e6, 2)
+    return run, {**client_out, "out_dir": out_dir}
+
+
+def sample_children_cpu(parent: int, cpu: dict[int, tuple[str, float]]) -> None:
+    """The last CPU time (user + system) seen for each child of the supervisor: "worker" or "hub"."""
+    try:
+        pids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return
+    for pid in map(int, pids):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            used = cpu_seconds(pid)
+        except OSError:
+            continue
+        if b"resource_tracker" in cmd:
+            continue
+        cpu[pid] = ("hub" if comm == "ime-live-hub" else "worker", used)
+
+
+def relay_latency(out_dir: Path, samples: list[list[int]]) -> Histogram:
+    recorded: dict[int, int] = {}
+    ambiguous: set[int] = set()
+    for path in discover([out_dir]):
+        for rec in open_segment(path).iter_records():
+            if rec.kind == RecordKind.TEXT:
+                h = xxhash.xxh3_64_intdigest(rec.payload)
+                if h in recorded:
+                    ambiguous.add(h)  # the same bytes twice: which copy the client saw is unknowable
+                recorded[h] = rec.ts_ns
+    hist = Histogram()
+    if not samples:
+        return hist
+    start = samples[0][0] + int(WARMUP_S * 1e9)
+    for received, h in samples:
+        if received >= start and h in recorded and h not in ambiguous:
+            hist.record(received - recorded[h])
+    return hist
+
+
+def once(benchmark: Any, fn: Any) -> Any:
+    box: list[Any] = []
+    benchmark.pedantic(lambda: box.append(fn()), rounds=1, iterations=1)
+    return box[0]
+
+
+def test_relay_added_latency_at_20k(benchmark, tmp_path):
+    with sim(tmp_path, 20_000) as s:
+        run, client = once(benchmark, lambda: run_recorder_live(s, SECONDS, tmp_path, [], clients=1, latency=True))
+    hist = relay_latency(client["out_dir"], client["samples"])
+    assert hist.count > 10_000, "too few joined samples"
+    summary = {k: round(v, 1) for k, v in hist.summary().items()}
+    RESULTS["relay_p99_us"] = hist.percentile(99) / 1e3
+    benchmark.extra_info.update({"key": "live/relay_latency_20k", "rate": 20_000, "samples": hist.count,
+                                 "added_latency_us": summary, "recorder_lost": run.extra["lost"],
+                                 "load_average": os.getloadavg()[0]})
+
+
+def test_relay_and_publish_cost_on_recorder_throughput(benchmark, tmp_path):
+    """Same run, same simulator: without live outputs, with --relay and 10 clients, with --publish."""
+    nats_proc = None
+    store = tempfile.mkdtemp(prefix="nats-bench-")
+    try:
+        with sim(tmp_path, 0) as s:
+            base, _ = run_recorder_live(s, SECONDS, tmp_path, [])
+            relay, client = once(benchmark, lambda: run_recorder_live(s, SECONDS, tmp_path, [],
+                                                                      clients=RELAY_CLIENTS, mode="--bytes"))
+            publish = None
+            if NATS_SERVER:
+                port = free_port()
+                nats_proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                publish, _ = run_recorder_live(s, SECONDS, tmp_path, ["--publish", f"nats://127.0.0.1:{port}"])
+    finally:
+        if nats_proc is not None:
+            nats_proc.send_signal(signal.SIGTERM)
+            nats_proc.wait(10)
+        shutil.rmtree(store, ignore_errors=True)
+    RESULTS["relay_throughput_ratio"] = relay.rate / base.rate
+    cpu_figures = {f"{name}_{k}": v for name, r in (("without", base), ("relay", relay), ("publish", publish))
+                   if r is not None for k, v in r.extra.items() if k.endswith("_cpu_us_per_msg")}
+    info: dict[str, Any] = {**cpu_figures,
+        "key": "live/recorder_throughput", "without_msgs_per_s": round(base.rate),
+        "with_relay_msgs_per_s": round(relay.rate), "relay_clients": RELAY_CLIENTS,
+        "relay_client_bytes": client.get("bytes"), "relay_throughput_ratio": round(relay.rate / base.rate, 3),
+    }
+    if publish is not None:
+        RESULTS["publish_throughput_ratio"] = publish.rate / base.rate
+        info.update(with_publish_msgs_per_s=round(publish.rate),
+                    publish_throughput_ratio=round(publish.rate / base.rate, 3))
+    benchmark.extra_info.update(info)
+
+
+@pytest.mark.skipif(NATS_SERVER is None, reason="nats-server is not installed")
+def test_nats_publish_throughput(benchmark, tmp_path):
+    from workload import sim_records
+
+    records = sim_records(NATS_MESSAGES, rate=100_000)
+    port = free_port()
+    proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        server_cpu0 = cpu_seconds(proc.pid)
+        seconds, own_cpu = once(benchmark, lambda: uvloop.run(_publish_all(port, records)))
+        server_cpu = cpu_seconds(proc.pid) - server_cpu0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    rate = len(records) / seconds
+    RESULTS["nats_msgs_per_s"] = rate
+    # CPU per message tells what the wall-clock rate would be on idle cores (the machine may be shared).
+    benchmark.extra_info.update({"key": "live/nats_publish", "messages": len(records),
+                                 "seconds": round(seconds, 3), "msgs_per_s": round(rate),
+                                 "publisher_cpu_us_per_msg": round(own_cpu / len(records) * 1e6, 2),
+                                 "nats_server_cpu_us_per_msg": round(server_cpu / len(records) * 1e6, 2),
+                                 "load_average": os.getloadavg()[0]})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tuple[float, float]:
+    settings = LiveSettings(address="\0unused", kind="id", contracts=(), nats_url=f"nats://127.0.0.1:{port}",
+                            nats_backlog=len(records) + 1)
+    pub = NatsPublisher(settings)
+    pub.start()
+    while not pub.connected:
+        await asyncio.sleep(0.01)
+    chunk = 1000
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    for i in range(0, len(records), chunk):
+        part = records[i:i + chunk]
+        recs = [LiveRecord(i + k, ts, 0, 1, p) for k, (ts, p) in enumerate(part)]
+        # The contract as the hub finds it (identifier_of), cheaply: the simulator's ids are in the prefix.
+        pub.enqueue(recs, [(p[p.find(b'"contractId":"') + 14:p.find(b'"', p.find(b'"contractId":"') + 14)].decode(),
+                            1, p) for _, p in part])
+        await asyncio.sleep(0)
+    while pub.confirmed < len(records):
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    assert pub.dropped == 0
+    await pub.close()
+    return elapsed, cpu
+
+
+def test_worker_live_output_cost(benchmark):
+    """What the worker's receive path pays per first arrival: LiveOutput.__call__, socket sends included."""
+    ns = once(benchmark, lambda: uvloop.run(_output_cost()))
+    RESULTS["worker_output_ns"] = ns
+    benchmark.extra_info.update({"key": "live/worker_output_cost", "ns_per_message": round(ns)})
+
+
+async def _output_cost() -> float:
+    import uuid
+
+    from recorder.record.live import LiveOutput
+
+    address = f"\0ime-bench-{uuid.uuid4().hex}"
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    server = await asyncio.get_running_loop().create_unix_server(Sink, address)
+    out = LiveOutput(address, 0, 64 << 20)
+    payload = b"x" * 600
+    n = 100_000 if QUICK else 500_000
+    t0 = time.perf_counter()
+    for i in range(n // 100):
+        for k in range(100):  # ~100 frames per socket read at high rates
+            out(i, k, 1, payload)
+        await asyncio.sleep(0)
+    elapsed = time.perf_counter() - t0
+    out.close()
+    server.close()
+    assert out.dropped == 0
+    return elapsed / n * 1e9
+
+
+def test_live_floors(benchmark):
+    """The issue's targets, from the measurements above (same run)."""
+    needed = ["relay_p99_us", "relay_throughput_ratio"]
+    missing = [k for k in needed if k not in RESULTS]
+    if missing:
+        pytest.skip(f"run the whole module for the floors (missing {missing})")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    values = {"relay_p99_us_max": RESULTS["relay_p99_us"], "relay_throughput_ratio": RESULTS["relay_throughput_ratio"]}
+    if "nats_msgs_per_s" in RESULTS:
+        values["nats_msgs_per_s"] = RESULTS["nats_msgs_per_s"]
+    if "publish_throughput_ratio" in RESULTS:
+        values["publish_throughput_ratio"] = RESULTS["publish_throughput_ratio"]
+    benchmark.extra_info.update({"key": "live/floors", "quick": QUICK, "floors": FLOORS,
+                                 "values": {k: round(v, 3) for k, v in values.items()}})
+    failures = []
+    for name, value in values.items():
+        floor = FLOORS[name]
+        if not (value <= floor if name.endswith("_max") else value >= floor):
+            failures.append(f"{name} = {value:.3f} (floor {floor})")
+    benchmark.extra_info["failures"] = failures
+    if QUICK and failures:
+        # These targets are absolute and CPU-bound: a 3 s run on a shared 2-core CI machine does not decide
+        # them. The quick run records the verdicts (REPORT shows them); the full run gates.
+        warnings.warn("live floors not met in quick mode: " + "; ".join(failures), stacklevel=1)
+        return
+    assert not failures, "; ".join(failures)

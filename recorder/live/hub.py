@@ -1,0 +1,223 @@
+"""The hub process: first arrivals from every worker in, the relay and the NATS publisher out.
+
+It is a process of its own so that neither serving clients nor talking to NATS can take CPU time or event
+loop turns from a worker's receive path, and so that its failure is a restart, never a gap in recording.
+Workers connect to its Unix socket (see record/live.py and live/wire.py); it talks to the supervisor over
+a multiprocessing pipe: `ready` once listening, `status` every second, `fatal` if it cannot start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvloop
+
+from recorder.feed.endpoints import EndpointKind
+from recorder.live.relay import LiveItem, LiveSource
+from recorder.live.route import Router
+from recorder.live.wire import Decoder, LiveRecord, WireError
+from recorder.record.live import LiveSettings
+from recorder.record.timeslice import request_slice
+from recorder.server.server import FeedServer, ServerConfig
+
+log = logging.getLogger("recorder.live")
+
+_TEXT = 1
+STATUS_INTERVAL_S = 1.0
+DRAIN_S = 2.0  # on stop, how long worker links get to deliver their last bytes
+
+
+class _WorkerLink(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.decoder = Decoder()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.hub.links.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            records = self.decoder.feed(data)
+        except WireError as exc:
+            log.error("dropping a worker link: %s", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if records:
+            self.hub.on_records(self.decoder.shard or 0, self.decoder.pid or 0, records)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.links.discard(self)
+        self.hub.link_closed.set()
+
+
+class Hub:
+    def __init__(self, settings: LiveSettings, pipe: Connection | None) -> None:
+        self.settings = settings
+        self.pipe = pipe
+        self.kind = EndpointKind(settings.kind)
+        self.links: set[_WorkerLink] = set()
+        self.link_closed = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.next_seq: dict[tuple[int, int], int] = {}
+        self.received = 0
+        self.worker_dropped = 0  # messages workers could not hand over (seen as sequence gaps)
+        self.source: LiveSource | None = None
+        self.server: FeedServer | None = None
+        self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
+        self.relay_error: str | None = None
+        self.router = Router()
+
+    # -- the data path -------------------------------------------------------------------------------
+
+    def on_records(self, shard: int, pid: int, records: list[LiveRecord]) -> None:
+        key = (shard, pid)
+        expected = self.next_seq.get(key)
+        items: list[LiveItem] = []
+        append = items.append
+        route = self.router.contract
+        for rec in records:
+            if expected is not None and rec.seq != expected:
+                self.worker_dropped += rec.seq - expected
+            expected = rec.seq + 1
+            append((route(rec.payload) if rec.kind == _TEXT else None, rec.kind, rec.payload))
+        self.next_seq[key] = expected if expected is not None else 0
+        self.received += len(records)
+        if self.source is not None:
+            try:
+                self.source.dispatch(items)
+            except Exception:  # one broken client must not take the feed from the others
+                log.exception("relay dispatch failed")
+        if self.publisher is not None:
+            self.publisher.enqueue(records, items)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        if self.pipe is not None:
+            loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        s = self.settings
+        unix = await loop.create_unix_server(lambda: _WorkerLink(self), s.address)
+        ready: dict[str, Any] = {"type": "ready", "pid": os.getpid()}
+        if s.relay_port is not None:
+            self.source = LiveSource(self.kind, s.contracts, s.relay_client_buffer)
+            self.server = FeedServer(ServerConfig(host=s.relay_host or "127.0.0.1", port=s.relay_port, http_port=0,
+                                                  static_token=s.relay_token, require_token=s.relay_token is not None),
+                                     self.source)
+            try:
+                await self.server.start()
+                ready["relay_url"] = self.server.base_url
+                ready["stats_url"] = self.server.stats_url
+            except OSError as exc:
+                # Recording goes on without the relay; the operator is told why.
+                self.relay_error = f"relay cannot listen on {s.relay_host}:{s.relay_port}: {exc.strerror}"
+                self.source = self.server = None
+                log.error("%s; recording goes on without it", self.relay_error)
+        if s.nats_url is not None:
+            from recorder.live.publisher import NatsPublisher
+
+            self.publisher = NatsPublisher(s)
+            self.publisher.start()
+        self._send(ready)
+        status = asyncio.create_task(self._status_loop())
+        await self.stopping.wait()
+        unix.close()
+        deadline = time.monotonic() + DRAIN_S
+        while self.links and time.monotonic() < deadline:
+            self.link_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.link_closed.wait(), max(0.0, deadline - time.monotonic()))
+        if self.server is not None:
+            await self.server.close(1001, "recorder stopping", timeout=1.0)
+        if self.publisher is not None:
+            await self.publisher.close()
+        status.cancel()
+        self._send(self._status())
+        return 0
+
+    def _on_pipe(self) -> None:
+        assert self.pipe is not None
+        try:
+            while self.pipe.poll():
+                msg = self.pipe.recv()
+                if isinstance(msg, dict) and msg.get("type") == "stop":
+                    self.stopping.set()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+            self.stopping.set()  # the supervisor is gone
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self.pipe is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.pipe.send(msg)
+
+    def _status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "status", "received": self.received, "worker_dropped": self.worker_dropped,
+                               "links": len(self.links)}
+        if self.server is not None and self.source is not None:
+            out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
+                       relay_cut=self.source.cut)
+        if self.publisher is not None:
+            out.update(self.publisher.status())
+        return out
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self._send(self._status())
+
+
+PROCESS_NAME = "ime-live-hub"  # what top/ps -o comm show, so operators can tell the hub from the workers
+
+
+def _set_process_name(name: str) -> None:
+    with contextlib.suppress(Exception):  # Linux only; cosmetic
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+class _PipeLog(logging.Handler):
+    """Log lines go to the supervisor, which prints them above its status table, as workers' do."""
+
+    def __init__(self, pipe: Connection) -> None:
+        super().__init__()
+        self.pipe = pipe
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pipe.send({"type": "log", "line": self.format(record)})
+        except Exception:
+            self.handleError(record)
+
+
+def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.INFO) -> None:
+    """Entry point of the hub process (multiprocessing spawn target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    _set_process_name(PROCESS_NAME)
+    handler = _PipeLog(pipe)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s live: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level)
+    logging.getLogger("recorder.server").setLevel(logging.WARNING)
+    logging.getLogger("picows").setLevel(logging.ERROR)
+    # The hub mostly sleeps and then has a few µs of work per message: like the workers' receive thread, it
+    # asks for a short CPU slice so that it preempts bulk work when it wakes (see record/timeslice.py).
+    why_not = request_slice(settings.slice_us) if settings.slice_us else None
+    if why_not:
+        log.debug("short CPU slice for the hub not applied: %s", why_not)
+    code = uvloop.run(Hub(settings, pipe).run())
+    pipe.close()
+    os._exit(code)

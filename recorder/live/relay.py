@@ -1,0 +1,93 @@
+"""`ime-record --relay`: the live feed as a FeedSource, so the IME-compatible server serves it to local bots.
+
+The hub calls `dispatch` with each batch of first arrivals from the workers; every subscriber gets its
+contracts' frames of the batch in one write, byte for byte as received, in arrival order. A client that
+does not read is never waited for: once more than `max_client_buffer` bytes are queued for it, it is cut
+with close code SLOW_CLIENT_CODE and a reason saying why, and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from recorder.feed.endpoints import EndpointKind
+from recorder.server.framing import OP_BINARY, frame_header, text_header
+from recorder.server.subscriber import Subscriber
+
+SLOW_CLIENT_CODE = 1013  # RFC 6455 "Try Again Later": a temporary condition on the server's side
+_TEXT = 1
+_BINARY = 2
+
+# (contract or None, record kind, payload) for each first arrival, in arrival order.
+LiveItem = tuple[str | None, int, bytes]
+
+
+class LiveSource:
+    """Routes live messages to subscribers by contract; only the endpoint being recorded has contracts."""
+
+    def __init__(self, kind: EndpointKind, contracts: Iterable[str], max_client_buffer: int = 4 << 20,
+                 buffered: Callable[[Subscriber], int] | None = None) -> None:
+        self.kind = kind
+        self.known = frozenset(contracts)
+        self.max_client_buffer = max_client_buffer
+        self.subscribers: set[Subscriber] = set()
+        self._sets: dict[Subscriber, frozenset[str]] = {}
+        self._buffered = buffered or Subscriber.write_buffer_size
+        self.sent = 0  # messages handed to clients
+        self.cut = 0  # clients disconnected for being too slow
+        self.unrouted = 0  # messages with no contract (binary frames, non-envelopes): nobody subscribed to them
+
+    def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
+        return kind is self.kind and identifier in self.known
+
+    def on_subscribe(self, sub: Subscriber) -> None:
+        self.subscribers.add(sub)
+        self._sets[sub] = frozenset(sub.contracts)
+
+    def on_unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        self._sets.pop(sub, None)
+
+    def stats(self) -> Mapping[str, Any]:
+        return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "unrouted": self.unrouted}
+
+    def dispatch(self, batch: list[LiveItem]) -> None:
+        """Runs on the hub's loop: one framed write per subscriber for the whole batch.
+
+        Subscribers with the same contract set get the same bytes, so each distinct set is framed once:
+        ten bots on the same contracts cost one framing and ten writes, not ten framings.
+        """
+        if not self.subscribers:
+            return
+        groups: dict[frozenset[str], list[Subscriber]] = {}
+        for sub in self.subscribers:
+            if not sub.closing:
+                groups.setdefault(self._sets[sub], []).append(sub)
+        for contracts, subs in groups.items():
+            parts: list[bytes] = []
+            append = parts.append
+            n = 0
+            for contract, kind, payload in batch:
+                if contract in contracts:
+                    append(text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY))
+                    append(payload)
+                    n += 1
+            if not n:
+                continue
+            data = b"".join(parts)
+            for sub in subs:
+                queued = self._buffered(sub)
+                if queued + len(data) > self.max_client_buffer:
+                    self.cut_client(sub, queued)
+                elif sub.write_frames(data, n):
+                    self.sent += n
+        for contract, _, _ in batch:
+            if contract is None:
+                self.unrouted += 1
+
+    def cut_client(self, sub: Subscriber, queued: int) -> None:
+        self.cut += 1
+        sub.add_dropped(1)
+        sub.count_fault("slow_client_cut")
+        sub.close(SLOW_CLIENT_CODE, f"too slow: {queued} bytes unread; the live relay never waits for a client")

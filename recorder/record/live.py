@@ -1,0 +1,227 @@
+"""Live outputs, worker side: hand each first arrival to the hub process without ever holding recording up.
+
+`make_live_output(settings)` builds the one callable the worker calls for every first arrival:
+`live_output(ts_ns, conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 1 µs)
+and, once per event-loop turn, writes the buffer to the hub's Unix socket without blocking. When the hub
+is slow, restarting or gone, what does not fit is dropped and counted (the hub also sees the gap in the
+sequence numbers): the segment file, not the live feed, is the record that must be complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from recorder.live.wire import RECORD, hello
+
+log = logging.getLogger("recorder.live")
+
+LiveOutputFn = Callable[[int, int, int, bytes], None]
+
+_MAX_DATA_KIND = 2  # TEXT and BINARY; events (3) and receipts (4) are not market data for consumers
+_RECONNECT_S = 0.1
+# A socket read can hold dozens of frames and the worker spends µs on each; relaying all of them only at the
+# end of the read would make the first wait for the rest. So the first frame after a pause goes at once, and
+# then every FLUSH_EVERY-th; the rest of a read goes in one send at the end of the loop turn.
+FLUSH_EVERY = 8
+_PAUSE_NS = 100_000
+_SOCKET_BUFFER = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSettings:
+    """What the supervisor, the hub and every worker need to know about live outputs; picklable."""
+
+    address: str  # the hub's Unix socket (abstract namespace when it starts with NUL)
+    kind: str  # "id" or "name": the endpoint being recorded
+    contracts: tuple[str, ...]
+    shard: int = 0  # set per worker
+    relay_host: str | None = None
+    relay_port: int | None = None
+    relay_token: str | None = field(default=None, repr=False)
+    relay_client_buffer: int = 4 << 20  # bytes a relay client may leave unread before it is cut
+    nats_url: str | None = field(default=None, repr=False)  # may carry user:password
+    nats_stream: str = "IME"
+    nats_max_age_s: float = 24 * 3600.0
+    nats_duplicate_window_s: float = 120.0
+    nats_replicas: int = 1
+    nats_backlog: int = 1_000_000  # messages kept for NATS while it is down or slow
+    worker_buffer_bytes: int = 8 << 20  # bytes a worker holds for the hub before it drops
+    slice_us: int = 100  # the hub's CPU slice (record/timeslice.py); 0: the kernel's default
+
+    def __repr__(self) -> str:
+        relay = f"{self.relay_host}:{self.relay_port}" if self.relay_port is not None else "off"
+        return f"LiveSettings(relay={relay}, nats={'on' if self.nats_url else 'off'}, shard={self.shard})"
+
+    @property
+    def enabled(self) -> bool:
+        return self.relay_port is not None or self.nats_url is not None
+
+
+class LiveOutput:
+    """The worker's end of the hub socket. Call it on the event loop thread only."""
+
+    __slots__ = ("_buf", "_last_ns", "_loop", "_max", "_next_try", "_pack", "_pending", "_scheduled", "_seq", "_sock",
+                 "_writer_on", "address", "dropped", "sent", "shard")
+
+    def __init__(self, address: str, shard: int, max_buffer: int) -> None:
+        self.address = address
+        self.shard = shard
+        self._max = max_buffer
+        self._buf = bytearray()
+        self._seq = 0
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._writer_on = False
+        self._next_try = 0.0
+        self._pack = RECORD.pack
+        self._pending = 0  # messages buffered since the last send
+        self._last_ns = 0  # receive time of the last message
+        self.dropped = 0
+        self.sent = 0
+
+    def __call__(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
+        if kind > _MAX_DATA_KIND:
+            return
+        seq = self._seq
+        self._seq = seq + 1
+        buf = self._buf
+        if len(buf) > self._max:
+            self.dropped += 1
+            return
+        buf += self._pack(len(payload), seq, ts_ns, conn, kind)
+        buf += payload
+        pending = self._pending + 1
+        paused = ts_ns - self._last_ns > _PAUSE_NS
+        self._last_ns = ts_ns
+        if pending >= FLUSH_EVERY or paused:
+            self._pending = 0
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._send_now()
+            return
+        self._pending = pending
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            # One write per loop turn: every frame of one socket read goes to the hub in one send.
+            loop.call_soon(self._flush)
+
+    # -- the socket --------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        self._pending = 0
+        self._send_now()
+
+    def _send_now(self) -> None:
+        try:
+            self._send()
+        except Exception:  # never into the receive path: recording goes on whatever happens here
+            log.exception("live output failed; dropping its buffer")
+            self._reset()
+            self._buf.clear()
+
+    def _send(self) -> None:
+        buf = self._buf
+        if not buf:
+            return
+        sock = self._sock
+        if sock is None:
+            sock = self._connect()
+            if sock is None:
+                # The hub is not listening (yet: workers start beside it, and it restarts after a crash). Keep
+                # what waits, within the same bound as always (new messages are dropped past it), and try again.
+                if self._loop is not None and not self._scheduled:
+                    self._scheduled = True
+                    self._loop.call_later(_RECONNECT_S, self._flush)
+                return
+        if self._writer_on:
+            return  # the writability callback will send
+        try:
+            sent = sock.send(buf)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._reset()
+            buf.clear()
+            return
+        del buf[:sent]
+        self.sent += sent
+        if buf and self._loop is not None:
+            self._writer_on = True
+            self._loop.add_writer(sock, self._on_writable)
+
+    def _on_writable(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_writer(self._sock)
+        self._writer_on = False
+        self._flush()
+
+    def _connect(self) -> socket.socket | None:
+        now = time.monotonic()
+        if now < self._next_try:
+            return None
+        self._next_try = now + _RECONNECT_S
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            # Non-blocking before connect: a Unix connect blocks while the listener's backlog is full, and this
+            # runs in the receive path; without blocking it completes at once or fails (EAGAIN: try later).
+            sock.setblocking(False)
+            sock.connect(self.address)
+            sock.send(hello(self.shard, os.getpid()))  # 10 bytes into an empty buffer
+        except OSError:
+            sock.close()
+            return None
+        self._sock = sock
+        return sock
+
+    def _reset(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._writer_on and self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_writer(sock)
+            self._writer_on = False
+            sock.close()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send what is buffered (waiting at most `timeout`), then hang up; the worker calls this on stop."""
+        sock = self._sock
+        if sock is None:
+            self._buf.clear()
+            return
+        if self._writer_on and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(sock)
+            self._writer_on = False
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(self._buf)
+        except OSError:
+            pass
+        self._buf.clear()
+        self._sock = None
+        sock.close()
+
+
+def make_live_output(settings: LiveSettings | None) -> LiveOutputFn | None:
+    """The worker's live output, or None when neither --relay nor --publish is on."""
+    if settings is None or not settings.enabled:
+        return None
+    return LiveOutput(settings.address, settings.shard, settings.worker_buffer_bytes)
+
+
+def close_live_output(output: LiveOutputFn | None, timeout: float = 1.0) -> None:
+    if isinstance(output, LiveOutput):
+        output.close(timeout)

@@ -1,0 +1,166 @@
+"""ime-record --publish and ime-replay --from-nats against real nats-server processes (JetStream, loopback)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+import xxhash
+from live_util import metrics_url, recorded_payloads
+from nats_util import NatsServer, cluster, needs_nats_server, stream_info, stream_messages, wait_jetstream
+from record_util import RecorderProcess, compare_with_sent_log
+from sim_util import run
+
+from recorder.live.subjects import contract_token
+
+pytestmark = [pytest.mark.slow, needs_nats_server]
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    started: list[RecorderProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
+        proc = RecorderProcess(tmp_path, *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_tree()
+
+
+@pytest.fixture
+def nats_servers():
+    started: list[NatsServer] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def sim_args(sim) -> list[str]:
+    return ["--base-url", sim.info["base_url"], "--token-url", sim.info["token_url"]]
+
+
+def creds(sim) -> dict[str, str]:
+    return {"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]}
+
+
+def test_two_recorders_publish_each_message_once_with_digest_ids_and_receive_times(sim_process, recorder,
+                                                                                   nats_servers, tmp_path):
+    server = NatsServer(tmp_path).start()
+    nats_servers.append(server)
+    sim = sim_process("--contracts", "8", "--rate", "2000", "--seed", "9")
+    ids = ",".join(sim.info["ids"])
+    recs = [recorder("--ids", ids, "--shards", str(i + 1), "--out", str(tmp_path / f"out{i}"), "--publish", server.url,
+                     "--nats-max-age", "1h", *sim_args(sim), env=creds(sim)) for i in range(2)]
+    time.sleep(4)
+    for rec in recs:
+        rec.signal(signal.SIGTERM)
+    for rec in recs:
+        assert rec.wait(30) == 0, rec.stderr
+    first, second = (set(recorded_payloads(tmp_path / f"out{i}")) for i in range(2))
+    assert len(first & second) > 3000, "both recorders saw the same messages"
+    msgs = run(stream_messages(server.url))
+    payloads = [p for _, p, _ in msgs]
+    assert len(payloads) == len(set(payloads)), "a message is in the stream twice"
+    missing = sorted(orjson.loads(p)["timestamp"] for p in (first | second) - set(payloads))
+    assert set(payloads) == first | second, f"{len(missing)} missing: {missing[:2]}..{missing[-2:]}"
+    for subject, payload, headers in msgs[:500]:
+        assert headers["Nats-Msg-Id"] == xxhash.xxh3_128_digest(payload).hex()
+        assert int(headers["Ime-Receive-Ns"]) > 1_700_000_000 * 10**9
+        assert subject == f"ime.id.{contract_token(orjson.loads(payload)['contractId'])}"
+    info = run(stream_info(server.url))
+    assert info.config.max_age == 3600 and info.config.duplicate_window == 120
+    # The consumer side: everything for one contract, from the start of the stream.
+    c = sim.info["ids"][0]
+    want = [p for p in payloads if orjson.loads(p)["contractId"] == c]
+    out = subprocess.run([sys.executable, "-m", "recorder.replay", "--from-nats", server.url, "--contract", c,
+                          "--since", "all", "--format", "raw", "--count", str(len(want))],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == want
+
+
+def test_nats_killed_and_restarted_loses_nothing_locally_and_the_publisher_resumes(sim_process, recorder,
+                                                                                    nats_servers, tmp_path):
+    server = NatsServer(tmp_path).start()
+    nats_servers.append(server)
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "2000", "--sent-log", str(sent))
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--publish", server.url,
+                   "--status-interval", "1", "--metrics-port", "0", *sim_args(sim), env=creds(sim))
+    rec.wait_for("connected to NATS")
+    metrics = metrics_url(rec)
+    time.sleep(2)
+    server.kill()
+    rec.wait_for("disconnected from NATS")
+    time.sleep(2.5)
+    down = urllib.request.urlopen(metrics, timeout=5).read().decode()
+    assert "ime_recorder_nats_connected 0" in down, down
+    backlog = int(re.search(r"^ime_recorder_nats_backlog (\d+)$", down, re.M)[1])
+    assert backlog > 1000, "messages wait in the backlog while NATS is down"
+    server.start()
+    rec.wait_for("reconnected to NATS")
+    time.sleep(2)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert compare_with_sent_log(out, sent)["messages"] > 10_000  # recording never waited for NATS
+    recorded = set(recorded_payloads(out))
+    payloads = [p for _, p, _ in run(stream_messages(server.url))]
+    assert len(payloads) == len(set(payloads))
+    assert set(payloads) == recorded, f"{len(recorded - set(payloads))} recorded messages missing from the stream"
+    assert "NATS DOWN" in rec.stderr  # the status line showed it
+
+
+def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(sim_process, recorder, nats_servers,
+                                                                               tmp_path):
+    nodes = cluster(tmp_path)
+    for node in nodes:
+        nats_servers.append(node.start())
+    urls = ",".join(n.url for n in nodes)
+    run(wait_jetstream(nodes[0].url), 60)
+    sim = sim_process("--contracts", "6", "--rate", "1500")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--publish", urls,
+                   "--nats-replicas", "3", *sim_args(sim), env=creds(sim))
+    rec.wait_for("connected to NATS", 60)
+    consumed = tmp_path / "consumed.raw"
+    with open(consumed, "wb") as sink:
+        consumer = subprocess.Popen([sys.executable, "-m", "recorder.replay", "--from-nats", urls, "--since", "all",
+                                     "--format", "raw"], stdout=sink, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.5)
+        info = run(stream_info(nodes[0].url))
+        assert info.config.num_replicas == 3
+        leader = info.cluster.leader
+        victim = next(n for n in nodes if n.name == leader)
+        victim.kill()
+        killed_at = time.strftime("%H:%M:%S", time.gmtime())
+        survivors = [n for n in nodes if n is not victim]
+        time.sleep(4)
+        rec.signal(signal.SIGTERM)
+        assert rec.wait(60) == 0, rec.stderr
+        recorded = set(recorded_payloads(tmp_path / "out"))
+        payloads = [p for _, p, _ in run(stream_messages(survivors[0].url), 60)]
+        assert len(payloads) == len(set(payloads)), "a message is in the stream twice"
+        missing = sorted(orjson.loads(p)["timestamp"] for p in recorded - set(payloads))
+        assert set(payloads) == recorded, (f"{len(missing)} recorded messages missing from the stream: "
+                                           f"{missing[:1]}..{missing[-1:]}, leader {leader} killed at {killed_at}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and consumed.read_bytes().count(b"\n") < len(payloads):
+            time.sleep(0.2)
+    finally:
+        consumer.send_signal(signal.SIGINT)
+        _, err = consumer.communicate(timeout=15)
+    lines = consumed.read_bytes().splitlines()
+    assert consumer.returncode == 0, err
+    assert len(lines) == len(set(lines)) == len(payloads), "the consumer saw each message once"
+    assert set(lines) == recorded

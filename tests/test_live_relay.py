@@ -1,0 +1,237 @@
+"""ime-record --relay end to end: real recorder, hub and worker processes, real picows/websockets/node clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import orjson
+import pytest
+from live_util import assert_suffix_per_contract, metrics_url, recorded_by_contract, relay_base
+from record_util import RecorderProcess, compare_with_sent_log
+from sim_util import doc_client, picows_session, run
+
+from recorder.feed.endpoints import EndpointKind, build_url
+
+pytestmark = pytest.mark.slow
+
+NODE = shutil.which("node")
+JS_CLIENT = """
+const WebSocket = require('ws');
+const url = process.argv[process.argv.length - 2];  // the only changes: where the URL and the token come from
+const token = process.argv[process.argv.length - 1];
+const ws = new WebSocket(url, { headers: { Authorization: token } });
+ws.on('open', () => { console.log('Connected'); });
+ws.on('message', (message) => {
+  const data = JSON.parse(message);
+  const identifier = data.contractId || data.contractName;
+  console.log(data.timestamp, identifier, data.channel);
+});
+ws.on('close', () => { console.log('Disconnected'); });
+"""
+
+
+def node_has_ws() -> bool:
+    if NODE is None:
+        return False
+    return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    started: list[RecorderProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
+        proc = RecorderProcess(tmp_path, *args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill_tree()
+
+
+def sim_args(sim) -> list[str]:
+    return ["--base-url", sim.info["base_url"], "--token-url", sim.info["token_url"]]
+
+
+def creds(sim, **extra: str) -> dict[str, str]:
+    return {"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"], **extra}
+
+
+async def _js_client(url: str, token: str) -> list[str]:
+    proc = await asyncio.create_subprocess_exec(NODE or "node", "-e", JS_CLIENT, url, token,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return out.decode().splitlines()
+
+
+@pytest.mark.parametrize("kind", [EndpointKind.ID, EndpointKind.NAME])
+def test_twenty_clients_get_exactly_what_was_recorded_and_refusals_are_1008(sim_process, recorder, tmp_path, kind):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "12", "--rate", "3000", "--seed", "7", "--sent-log", str(sent))
+    contracts = list(sim.info["ids"] if kind is EndpointKind.ID else sim.info["names"])
+    listing = tmp_path / "contracts.txt"
+    listing.write_text("\n".join(contracts) + "\n", encoding="utf-8")
+    rec = recorder(f"--{kind.value}s-file", str(listing), "--shards", "2", "--out", str(out), "--relay",
+                   "127.0.0.1:0", "--flush-ms", "50", *sim_args(sim), env=creds(sim, IME_RELAY_TOKEN="relay-s3cret"))
+    base = relay_base(rec)
+    assert "relay-s3cret" not in rec.stderr
+    rng = random.Random(11)
+    subsets = [tuple(rng.sample(contracts, rng.randint(1, 4))) for _ in range(20)]
+    other = EndpointKind.NAME if kind is EndpointKind.ID else EndpointKind.ID
+    js = node_has_ws()
+
+    async def scenario():
+        clients = [asyncio.ensure_future(picows_session(build_url(base, kind, s), "relay-s3cret", timeout=60))
+                   for s in subsets]
+        doc = asyncio.ensure_future(doc_client(build_url(base, kind, [contracts[0]]), "relay-s3cret", 200))
+        node = asyncio.ensure_future(_js_client(build_url(base, kind, [contracts[1]]), "relay-s3cret")) if js else None
+        bad_token = await picows_session(build_url(base, kind, contracts[:2]), "wrong", timeout=5)
+        no_token = await picows_session(build_url(base, kind, contracts[:2]), None, timeout=5)
+        unknown = await picows_session(build_url(base, kind, [contracts[0], "99999"]), "relay-s3cret", timeout=5)
+        wrong_endpoint = await picows_session(build_url(base, other, ["1001"]), "relay-s3cret", timeout=5)
+        await asyncio.sleep(3)
+        rec.signal(signal.SIGTERM)
+        sessions = await asyncio.gather(*clients)
+        return sessions, await doc, (await node if node else None), (bad_token, no_token, unknown, wrong_endpoint)
+
+    sessions, doc_seen, js_lines, refused = run(scenario(), 90)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    compare_with_sent_log(out, sent)  # the relay took nothing from the recording
+    recorded = recorded_by_contract(out)
+    total = 0
+    for subset, session in zip(subsets, sessions, strict=True):
+        assert session.close_code == 1001, (session.close_code, session.close_reason)
+        total += assert_suffix_per_contract(session.texts(), recorded, subset)
+    assert total > 2000
+    for session in refused:
+        assert session.close_code == 1008 and not session.texts()
+    assert "unknown contract: 99999" in refused[2].close_reason
+    # The API document's Python example, unchanged apart from URL and token.
+    assert len(doc_seen) == 200
+    expected = [orjson.loads(p) for p in recorded[contracts[0]]]
+    got = [m[3] for m in doc_seen]
+    start = expected.index(got[0])
+    assert got == expected[start:start + 200]
+    if js_lines is not None:
+        assert js_lines[0] == "Connected" and js_lines[-1] == "Disconnected"
+        expected = [orjson.loads(p) for p in recorded[contracts[1]]]
+        shown = [f"{m['timestamp']} {contracts[1]} IME Stream" for m in expected]
+        body = js_lines[1:-1]
+        assert body and body == shown[shown.index(body[0]):]
+
+
+def _stalled_client(host: str, port: int, path: str, token: str) -> socket.socket:
+    """A client that completes the upgrade and then never reads again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: {token}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_a_stalled_client_is_cut_and_counted_while_others_and_the_recording_go_on(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "4000", "--seed", "3", "--sent-log", str(sent))
+    ids = sim.info["ids"]
+    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--relay-client-kib", "2048",
+                   "--metrics-port", "0", "--status-interval", "1", *sim_args(sim), env=creds(sim))
+    base = relay_base(rec)
+    metrics = metrics_url(rec)
+    host, port = base.split("//")[1].split("/")[0].rsplit(":", 1)
+    path = build_url(base, EndpointKind.ID, ids).split(f":{port}", 1)[1]
+    stalled = _stalled_client(host, int(port), path, "any")
+
+    async def scenario():
+        good = asyncio.ensure_future(picows_session(build_url(base, EndpointKind.ID, ids), None, timeout=60))
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics, timeout=5).read().decode())
+            if "ime_recorder_relay_slow_clients_cut_total 1" in text:
+                break
+        await asyncio.sleep(1.5)
+        rec.signal(signal.SIGTERM)
+        return await good, text
+
+    good, text = run(scenario(), 90)
+    assert "ime_recorder_relay_slow_clients_cut_total 1" in text, text
+    assert rec.wait(30) == 0, rec.stderr
+    assert "1 slow cut" in rec.stderr
+    # The stalled client's connection was closed by the relay: reading now ends in EOF (or a reset).
+    stalled.settimeout(10)
+    ended = False
+    try:
+        while stalled.recv(1 << 16):
+            pass
+        ended = True
+    except ConnectionResetError:
+        ended = True
+    finally:
+        stalled.close()
+    assert ended
+    sim.stop()
+    compare_with_sent_log(out, sent)
+    assert good.close_code == 1001
+    assert assert_suffix_per_contract(good.texts(), recorded_by_contract(out), tuple(ids)) > 5000
+
+
+def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, recorder, tmp_path):
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "4", "--rate", "3000", "--sent-log", str(sent))
+    ids = sim.info["ids"]
+    rec = recorder("--ids", ",".join(ids), "--shards", "2", "--out", str(out), "--relay", "127.0.0.1:0",
+                   *sim_args(sim), env=creds(sim))
+    base = relay_base(rec)
+    hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
+    time.sleep(1)
+    os.kill(hub_pid, signal.SIGKILL)
+    rec.wait_for("restarting in")
+    deadline = time.monotonic() + 30
+    while rec.stderr.count("live relay serving") < 2:
+        assert time.monotonic() < deadline, rec.stderr
+        time.sleep(0.1)
+    base2 = re.findall(r"live relay serving (ws://\S+)", rec.stderr)[-1]
+    assert base2 == base, "the restarted hub serves on the same address"
+    session = run(picows_session(build_url(base, EndpointKind.ID, ids[:2]), None, done=lambda s: len(s.texts()) > 200,
+                                 timeout=20), 40)
+    assert len(session.texts()) > 200
+    time.sleep(1)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    sim.stop()
+    assert compare_with_sent_log(out, sent)["messages"] > 3000  # recording went on through the hub's death
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--relay", "localhost:http"], "bad --relay 'localhost:http': give [HOST:]PORT"),
+    (["--publish", "http://127.0.0.1:4222"], "--publish needs a URL such as nats://"),
+    (["--relay", "0", "--nats-max-age", "forever"], "bad --nats-max-age 'forever'"),
+])
+def test_bad_live_options_are_one_line_exit_2(recorder, tmp_path, args, message):
+    rec = recorder("--ids", "1001", "--out", str(tmp_path / "out"), *args, env={"IME_TOKEN": "x"})
+    assert rec.wait(30) == 2
+    lines = rec.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ime-record: error: "), rec.stderr
+    assert message in rec.stderr and "Traceback" not in rec.stderr

@@ -1,0 +1,211 @@
+"""Live fan-out pieces on their own: the worker→hub stream, subjects, options, the worker's output, the backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sim_util import run
+
+from recorder.errors import UserError
+from recorder.live.options import is_loopback, live_settings, parse_duration
+from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence, msg_id
+from recorder.live.subjects import contract_of, contract_token, subject_for
+from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
+from recorder.record.live import LiveOutput, LiveSettings
+
+records = st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 65535), st.sampled_from([1, 2]),
+                             st.binary(max_size=300)), max_size=30)
+
+
+@given(records, st.lists(st.integers(1, 97), min_size=1, max_size=20))
+def test_wire_stream_decodes_whatever_the_chunking(recs, cuts):
+    data = hello(3, 4242) + b"".join(record_header(len(p), i, ts, conn, kind) + p
+                                     for i, (ts, conn, kind, p) in enumerate(recs))
+    dec = Decoder()
+    got: list[LiveRecord] = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        got += dec.feed(data[pos:pos + step])
+        pos += step
+        i += 1
+    assert (dec.shard, dec.pid) == (3, 4242)
+    assert got == [LiveRecord(i, ts, conn, kind, p) for i, (ts, conn, kind, p) in enumerate(recs)]
+    assert dec.pending == 0
+
+
+def test_wire_refuses_a_stream_that_is_not_a_workers():
+    with pytest.raises(WireError):
+        Decoder().feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize("name", ["1001", "GOLD-APR", "سکه بهار آزادی", "a.b", "x*y>z", "50% off", "tab\there",
+                                  "~tilde", "ملی.1403/12"])
+def test_contract_tokens_are_safe_nats_tokens_and_reversible(name):
+    token = contract_token(name)
+    assert re.fullmatch(r"[A-Za-z0-9_%-]+", token), token
+    assert contract_of(token) == name
+    assert subject_for("name", name).split(".") == ["ime", "name", token]
+
+
+def test_plain_ids_stay_readable():
+    assert subject_for("id", "1001") == "ime.id.1001"
+    assert contract_token("سکه") == "%D8%B3%DA%A9%D9%87"
+
+
+def test_durations_and_loopback():
+    assert parse_duration("24h", "--x") == 86400
+    assert parse_duration("90", "--x") == 90
+    assert parse_duration("2m", "--x") == 120
+    with pytest.raises(UserError, match="--x"):
+        parse_duration("soon", "--x")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+
+
+def test_live_settings_checks_options_and_warns_off_loopback(caplog):
+    assert live_settings("id", ("1",), None, None, 64, None, "IME", "24h", "2m", 1, 1000) is None
+    with pytest.raises(UserError, match="--relay"):
+        live_settings("id", ("1",), "host:port", None, 64, None, "IME", "24h", "2m", 1, 1000)
+    with pytest.raises(UserError, match="--nats-stream"):
+        live_settings("id", ("1",), "0", None, 64, None, "a.b", "24h", "2m", 1, 1000)
+    with pytest.raises(UserError, match="duplicate-window"):
+        live_settings("id", ("1",), "0", None, 64, None, "IME", "1m", "2m", 1, 1000)
+    with pytest.raises(UserError, match="nats://"):
+        live_settings("id", ("1",), None, None, 64, "http://x:4222", "IME", "24h", "2m", 1, 1000)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen"):
+            live_settings("id", ("1",), f"127.0.0.1:{busy.getsockname()[1]}", None, 64, None, "IME", "24h", "2m", 1,
+                          1000)
+    s = live_settings("id", ("1",), "0.0.0.0:0", "t0k", 64, None, "IME", "24h", "2m", 1, 1000)
+    assert s is not None and s.relay_host == "0.0.0.0" and s.relay_client_buffer == 64 * 1024
+    assert "not a loopback address" in caplog.text
+    assert "t0k" not in repr(s)
+
+
+def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order():
+    address = f"\0ime-test-{uuid.uuid4().hex}"
+
+    async def scenario():
+        out = LiveOutput(address, 2, max_buffer=2000)
+        for i in range(10):
+            out(i, 0, 1, b"early %d " % i + b"x" * 300)
+        out(99, 0, 3, b"an event is never relayed")
+        await asyncio.sleep(0.01)
+        assert out.sent == 0 and out.dropped == 3  # 7 fit (the bound is checked before each); never waited
+        received = bytearray()
+        got_all = asyncio.Event()
+
+        class Hub(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.extend(data)
+                if len(received) > 200_000:
+                    got_all.set()
+
+        server = await asyncio.get_running_loop().create_unix_server(Hub, address)
+        await asyncio.sleep(0.3)  # the output retries on its own, without new messages
+        assert out.sent > 0
+        for i in range(10, 2010):
+            out(i, 1, 1, b"x" * 100)
+        await asyncio.wait_for(got_all.wait(), 10)
+        out.close()
+        server.close()
+        dec = Decoder()
+        recs = dec.feed(bytes(received))
+        return dec.shard, recs
+
+    shard, recs = run(scenario())
+    assert shard == 2
+    assert [r.seq for r in recs] == [*range(7), *range(10, 2010)]  # 7-9 dropped: the hub counts the gap
+    assert [r.ts_ns for r in recs] == [*range(7), *range(10, 2010)]
+
+
+def _publisher(backlog: int = 10) -> NatsPublisher:
+    settings = LiveSettings(address="\0x", kind="id", contracts=("1",), nats_url="nats://127.0.0.1:1",
+                            nats_backlog=backlog)
+
+    async def make() -> NatsPublisher:
+        return NatsPublisher(settings)
+
+    return run(make())
+
+
+def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
+    recs = [LiveRecord(i, i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    return recs, [("1001", 1, r.payload) for r in recs]
+
+
+def test_backlog_is_bounded_and_keeps_the_newest():
+    pub = _publisher(backlog=10)
+    pub.enqueue(*_items(25))
+    assert pub.pending == 10 and pub.dropped == 15
+    assert [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
+    assert pub.status()["nats_backlog"] == 10 and pub.status()["nats_dropped"] == 15
+
+
+def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resends_the_rest():
+    pub = _publisher(backlog=100)
+    pub.enqueue(*_items(6))
+    # As _send does: move to unconfirmed, fence after the 3rd and the 6th.
+    for _ in range(6):
+        pub.unconfirmed.append(pub.unsent.popleft())
+    pub.fences = {1: _Fence(3, 0.0), 2: _Fence(6, 0.0)}
+    pub.fence_order.extend([1, 2])
+    pub.fences[2].ok = True
+    pub._advance()
+    assert pub.confirmed == 0, "fence 2 alone proves nothing while fence 1 is outstanding"
+    pub.fences[1].ok = True
+    pub._advance()
+    assert pub.confirmed == 6 and pub.pending == 0
+    pub.enqueue(*_items(4, start=6))
+    for _ in range(4):
+        pub.unconfirmed.append(pub.unsent.popleft())
+    pub._rewind()
+    assert pub.republished == 4 and [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
+    assert FENCE_EVERY > 1
+
+
+def test_msg_id_is_the_xxh3_128_hex_of_the_payload():
+    import xxhash
+
+    assert msg_id(b"abc") == xxhash.xxh3_128_digest(b"abc").hex()
+    assert len(msg_id(b"")) == 32
+
+
+def test_router_names_contracts_as_identifier_of_does_and_learns_prefixes():
+    from workload_util import sim_payloads
+
+    from recorder.feed.message import identifier_of
+    from recorder.live.route import Router
+
+    for field in ("contractId", "contractName"):
+        payloads = sim_payloads(field)
+        router = Router()
+        assert [router.contract(p) for p in payloads] == [identifier_of(p) for p in payloads]
+        assert router.parsed <= 20, "after the first message of each contract, no parsing"
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"channel":"x","data":{"contractId":"9"},"contractId":"1"}',  # nested first: not a prefix
+    b'{"channel":"x","contractName":"\\u0633\\u06a9\\u0647","timestamp":"t"}',  # escaped: parsed every time
+    b'{"channel":"x","contractId":"","contractName":"GOLD"}',  # empty id falls through to the name
+    b'[{"contractId":"1"}]',
+    b'not json',
+])
+def test_router_never_learns_what_parsing_would_not_say(payload):
+    from recorder.feed.message import identifier_of
+    from recorder.live.route import Router
+
+    router = Router()
+    for _ in range(3):
+        assert router.contract(payload) == identifier_of(payload)
+    assert router.contract(b'{"channel":"x","contractId":"2","timestamp":"t"}') == "2"
