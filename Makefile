@@ -21,7 +21,7 @@ demo: $(BIN)/ime-record
 $(VENV)/node/node_modules/ws:
 	-command -v npm >/dev/null && npm install --silent --no-audit --no-fund --prefix $(VENV)/node ws@8
 
-# LIVE-WIRING: the NATS tests need a real nats-server (Debian package); installed when missing and we are root,
+# The NATS tests need a real nats-server (Debian package); installed when missing and we are root,
 # otherwise those tests skip and say why.
 nats-server:
 	@command -v nats-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

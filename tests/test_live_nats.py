@@ -105,7 +105,7 @@ def test_nats_killed_and_restarted_loses_nothing_locally_and_the_publisher_resum
     time.sleep(2.5)
     down = urllib.request.urlopen(metrics, timeout=5).read().decode()
     assert "ime_recorder_nats_connected 0" in down, down
-    backlog = int(re.search(r"^ime_recorder_nats_backlog (\d+)$", down, re.M)[1])
+    backlog = float(re.search(r"^ime_recorder_nats_backlog ([0-9.e+]+)$", down, re.M)[1])
     assert backlog > 1000, "messages wait in the backlog while NATS is down"
     server.start()
     rec.wait_for("reconnected to NATS")
