@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import uvloop
 import xxhash
-from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, sim
+from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, new_connections, sim
 
 from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
@@ -59,6 +59,7 @@ def free_port() -> int:
 def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], clients: int = 0,
                       latency: bool = False, mode: str = "--latency") -> tuple[Run, dict[str, Any]]:
     out_dir = workdir / f"rec-{time.monotonic_ns()}"
+    before = s.connections()
     port = free_port()
     relay = ["--relay", f"127.0.0.1:{port}"] if clients else []
     args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(s.info["ids"]), "--base-url",
@@ -88,8 +89,11 @@ def run_recorder_live(s: Sim, seconds: float, workdir: Path, extra: list[str], c
         if client.returncode != 0:
             raise RuntimeError(f"relay client failed: {cerr.decode()}")
         client_out = json.loads(result.read_bytes())
-    sent = sum(c["sent"] for c in s.stats()["connections"])
-    run = analyse_recording(out_dir, sent, False, 1, 0)
+    # Only this run's connections count (the simulator serves every run of the module).
+    counters = new_connections(before, s.connections())
+    run = analyse_recording(out_dir, seconds, False, 1, [])
+    run.extra["lost"] = counters["sent"] - run.extra["recorded"]
+    run.extra["feeder_dropped"] = counters["dropped"]
     recorded = run.extra["recorded"] or 1
     # CPU seconds per recorded message, by process kind: what the relay or publisher costs each process,
     # independent of how busy the (shared) machine was.
