@@ -18,6 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from recorder.events import decode_event
+from recorder.segment.format import RecordKind
 from recorder.segment.layout import segment_files
 from recorder.segment.reader import discover, open_segment
 from recorder.segment.writer import SegmentWriter
@@ -337,6 +339,10 @@ def test_stall_alert_during_a_session_and_quiet_outside(recorder, tmp_path):
     assert rec.stderr.count("stall: no message for") == 1  # once per stall, not once a second
     rec.signal(signal.SIGTERM)
     assert rec.wait(30) == 0
+    # The stall is in the data too: an event record in the shard's segment.
+    stalls = [decode_event(r.payload) for p in discover([tmp_path / "a"]) for r in open_segment(p).iter_records()
+              if r.kind == RecordKind.EVENT and decode_event(r.payload).get("event") == "stall"]
+    assert len(stalls) == 1 and stalls[0]["after_s"] == 2
 
     # The same silence outside every session says nothing.
     rec = recorder("--demo", "--demo-rate", "0.001", "--out", str(tmp_path / "b"), "--stall-alert", "1",

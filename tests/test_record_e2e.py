@@ -282,6 +282,7 @@ def test_bad_usage_is_one_line_exit_2(recorder, tmp_path, args, message):
     assert rec.wait(30) == 2
     assert message in rec.stderr
     assert rec.stderr.strip().count("\n") == 0, rec.stderr
+    assert not (tmp_path / "out").exists()  # a refused run leaves no empty output directory behind
 
 
 def test_malformed_ids_file_is_one_line_exit_2(recorder, tmp_path):

@@ -114,3 +114,64 @@ def test_a_crash_looping_worker_is_back_within_seconds_each_time_and_each_death_
     assert [int(n) for _, n in deaths] == [1, 2, 3, 4], rec.stderr
     assert max(float(d) for d, _ in deaths) <= 2.0
     assert "4 restarts" in rec.stderr  # the exit summary counts them
+
+
+def test_a_frozen_worker_shows_as_stale_with_no_rate_and_down_in_metrics(sim_process, recorder, tmp_path):
+    """SIGSTOP one worker: its own line says stale (not the last rate it reported), metrics say it is down."""
+    import urllib.request
+
+    sim = sim_process("--contracts", "8", "--rate", "800")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--shards", "2", "--out", str(tmp_path / "out"),
+                   "--metrics-port", "0", "--status-interval", "1", "--base-url", sim.info["base_url"],
+                   "--token-url", sim.info["token_url"],
+                   env={"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]})
+    rec.wait_for("Prometheus metrics on http://127.0.0.1:")
+    port = int(rec.stderr.split("Prometheus metrics on http://127.0.0.1:")[1].split("/")[0])
+    rec.wait_for("status: 2 shards, 2/2 connections", timeout=30)
+
+    def up() -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("ime_recorder_up{")}
+
+    assert up() == {"0": 1.0, "1": 1.0}
+    victim = rec.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        mark = len(rec.stderr)
+        deadline = time.monotonic() + 20
+        while "STALE" not in rec.stderr[mark:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        line = next(x for x in rec.stderr[mark:].splitlines() if "STALE" in x)
+        assert re.search(r"\(1 STALE, no report for >3s: shard \d\)", line), line
+        assert sorted(up().values()) == [0.0, 1.0]
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while up() != {"0": 1.0, "1": 1.0} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert up() == {"0": 1.0, "1": 1.0}
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0
+
+
+def test_recover_refuses_the_files_a_running_recorder_is_writing(recorder, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    rec = recorder("--demo", "--duration", "6", "--out", str(out))
+    deadline = time.monotonic() + 20
+    while not list(out.rglob("*.zst.open")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    open_files = list(out.rglob("*.zst.open"))
+    assert open_files
+    segments = str(Path(sys.executable).parent / "ime-segments")
+    proc = subprocess.run([segments, "recover", str(out)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "being written by a running ime-record" in proc.stderr and proc.stderr.count("\n") == 1
+    assert all(p.exists() for p in open_files)  # untouched
+    assert rec.wait(40) == 0, rec.stderr
+    verify = subprocess.run([segments, "verify", "-q", str(out)], capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

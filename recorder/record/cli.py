@@ -198,6 +198,11 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
         raise UserError("no contracts: give --ids-file, --names-file, --ids or --names (or --demo)")
     for url in base_urls:
         check_base_url(url)
+    if not demo and username:
+        check_token_url(token_url)
+    if len(base_urls) > 1 and redundancy == 1:
+        log.warning("%d --base-url given but --redundancy 1: only the first is used (copy k uses URL k mod "
+                    "count)", len(base_urls))
     base_url = base_urls[0]
 
     check_writable(out_dir)
@@ -279,13 +284,30 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
 
 
 def check_base_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        shown = url if len(url) <= 60 else url[:57] + "..."
-        raise UserError(f"--base-url {redact_url(shown)!r} is not a WebSocket URL: give ws://HOST[:PORT]/PATH or "
-                        "wss://HOST[:PORT]/PATH")
+    _check_url("--base-url", url, ("ws", "wss"), "ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH")
+    if urlsplit(url).query or urlsplit(url).fragment:
+        raise UserError("--base-url must not hold a query or fragment: the recorder adds the contracts' query "
+                        "itself; give the path only (…/data-engine/ime/live/data/websocket)")
+
+
+def check_token_url(url: str) -> None:
+    _check_url("--token-url", url, ("http", "https"), "https://HOST[:PORT]/PATH")
+
+
+def _check_url(option: str, url: str, schemes: tuple[str, ...], form: str) -> None:
+    """A URL the recorder can connect to, or one line saying why not (never a traceback)."""
+    shown = redact_url(url if len(url) <= 60 else url[:57] + "...")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number or out of range
+    except ValueError as exc:
+        raise UserError(f"{option} {shown!r} is not a valid URL ({exc}): give {form}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise UserError(f"{option} {shown!r} is not a {'/'.join(schemes)} URL: give {form}")
+    if port == 0:
+        raise UserError(f"{option} {shown!r} has port 0: give the server's port")
     if parts.username or parts.password:
-        raise UserError("--base-url must not hold credentials: use IME_TOKEN, --token-file or IME_USERNAME")
+        raise UserError(f"{option} must not hold credentials: use IME_TOKEN, --token-file or IME_USERNAME")
 
 
 def _fault_hook() -> int | None:

@@ -72,8 +72,9 @@ def effective_settings(ctx: click.Context) -> Iterator[str]:
 
 def warn_secrets_on_command_line(ctx: click.Context) -> None:
     for key in SECRET_KEYS:
-        if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE:
-            env = "IME_PASSWORD or --password-file" if key == "password" else "IME_TOKEN or --token-file"
+        if ctx.get_parameter_source(key.replace("-", "_")) is ParameterSource.COMMANDLINE:
+            env = {"password": "IME_PASSWORD or --password-file", "token": "IME_TOKEN or --token-file"}.get(
+                key, "IME_RELAY_TOKEN")
             log.warning("--%s on the command line is readable by every local user (ps, /proc/PID/cmdline); "
                         "use %s instead", key, env)
 

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from recorder.errors import UserError
-from recorder.redact import MASK
+from recorder.redact import MASK, redact_url
+
+URL_KEYS = frozenset({"base-url", "token-url", "publish", "nats-url"})
 
 # Keys that hold a secret in clear; each says where the secret belongs instead.
 SECRET_KEYS: dict[str, str] = {
     "password": "set IME_PASSWORD in the environment (file) or name a file with password-file",
     "token": "set IME_TOKEN in the environment (file) or name a file with token-file",
+    "relay-token": "set IME_RELAY_TOKEN in the environment (file)",
 }
 # Options that make no sense inside the file they would be read from.
 NOT_IN_FILE = frozenset({"config", "print-config", "help", "version"})
@@ -89,6 +92,12 @@ def render_effective(settings: Iterable[tuple[str, Any, str]]) -> list[str]:
     for key, value, source in settings:
         if key in SECRET_KEYS and value:
             lines.append(f'# {key} = "{MASK}"  # {source}; secrets are never printed')
+        elif key in URL_KEYS and value:
+            # A URL may carry credentials (user:password@, ?token=): shown without them.
+            urls = [str(v) for v in value] if isinstance(value, list | tuple) else None
+            shown = [redact_url(u) for u in urls] if urls is not None else ",".join(
+                redact_url(u) for u in str(value).split(","))
+            lines.append(f"{key} = {_toml_value(shown)}  # {source}")
         elif value is None:
             lines.append(f"# {key} =  # not set")
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -17,6 +18,12 @@ import orjson
 from recorder.errors import RuntimeFailure
 
 READY_TIMEOUT_S = 20.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the recorder dies, even by SIGKILL (no orphaned simulator)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 class DemoSimulator:
@@ -38,7 +45,7 @@ class DemoSimulator:
                 "--ready-file", str(ready), "--quiet", *self.extra_args]
         # Its own session: a Ctrl-C meant for the recorder must not take the feed away mid-shutdown.
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not ready.exists():
             if self.proc.poll() is not None:

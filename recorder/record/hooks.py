@@ -38,7 +38,10 @@ def parse_command(command: str) -> list[str]:
 
 
 # The recorder's own secrets and systemd's sockets are not the hook's business.
-WITHHELD_ENV = frozenset({"IME_PASSWORD", "IME_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+# Every secret the recorder reads from its environment, and systemd's own variables: the hook is the
+# operator's program, which has no business with the feed's or the relay's credentials.
+WITHHELD_ENV = frozenset({"IME_PASSWORD", "IME_TOKEN", "IME_USERNAME", "IME_RELAY_TOKEN", "IME_NATS_URL",
+                          "IME_REPLAY_TOKEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def hook_environment(env: Mapping[str, str]) -> dict[str, str]:

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from recorder.segment.naming import open_segments
+from recorder.segment.naming import open_segments, shard_lock_path
 from recorder.segment.writer import SegmentWriteError, describe_os_error
 
 
@@ -16,7 +16,7 @@ class ShardLocked(Exception):
 
 def lock_shard(out_dir: Path, prefix: str, shard: int) -> int:
     """Take the shard's lock for the life of the process (the fd is kept open); refuse a second recorder."""
-    path = out_dir / f".{prefix}-s{shard:02d}.lock"
+    path = shard_lock_path(out_dir, prefix, shard)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)

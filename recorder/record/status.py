@@ -125,14 +125,14 @@ class ShardView:
         return "stale" if self.stale(now) else self.state + (" (paused)" if self.paused else "")
 
     def last_age_s(self, now_ns: int) -> float | None:
-        """Age of the last message when the worker last reported, plus the time since that report.
+        """Age of the last message when the worker last reported (its own clock, at send time).
 
-        The worker measures at send time; the supervisor only adds how old that report is. Taking the
-        supervisor's clock against a one-second-old `last_message_ns` showed ~0.5 s at any message rate.
+        The supervisor cannot know more recent arrivals; adding the report's own age (up to a status
+        interval) showed ~0.5 s at any message rate. A report that stops coming is shown as stale instead.
         """
         if not self.last_message_ns or not self.sent_ns:
             return None
-        return max(0, self.sent_ns - self.last_message_ns) / 1e9 + max(0, now_ns - self.sent_ns) / 1e9
+        return max(0, self.sent_ns - self.last_message_ns) / 1e9
 
     def current_rate(self, now: float) -> float:
         return 0.0 if self.stale(now) else self.msg_rate
@@ -176,7 +176,8 @@ def summary_line(views: list[ShardView], now_ns: int, now: float | None = None) 
     now = time.monotonic() if now is None else now
     open_conns = sum(v.connections_open for v in views)
     conns = sum(v.connections for v in views)
-    ages = [a for v in views if (a := v.last_age_s(now_ns)) is not None]
+    # A stale shard's age would be a figure from its last report: leave it out, the STALE note says why.
+    ages = [a for v in views if not v.stale(now) and (a := v.last_age_s(now_ns)) is not None]
     stale = [str(v.shard) for v in views if v.stale(now)]
     return (
         f"status: {len(views)} shards"
@@ -193,7 +194,8 @@ def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
     lines = [f"recorded for {human_duration(elapsed_s)}:"]
     for v in views:
         lines.append(
-            f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)}) from "
+            f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)} received"
+            + (" over all copies" if v.total_copies else "") + ") from "
             f"{v.contracts - len(v.rejected)} contracts, {v.total_records} records in {v.total_files} sealed files "
             f"({human_bytes(v.total_disk)}), "
             f"{v.total_reconnects} reconnects, {v.restarts} restarts, state {v.state}"

@@ -39,7 +39,7 @@ log = logging.getLogger("recorder.supervisor")
 RESTART_MIN_S = 0.1
 RESTART_MAX_S = 2.0
 HEALTHY_AFTER_S = 10.0  # a worker that ran this long restarts at RESTART_MIN_S again
-NOTHING_ACCEPTED_AFTER_S = 5.0  # a run this long in which the server never accepted a connection is a failure
+NOTHING_ACCEPTED_AFTER_S = 1.0  # a run this long in which the server never accepted a connection is a failure
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.segment.coverage import Coverage, summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
-from recorder.segment.naming import OPEN_SUFFIX
+from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line
 from recorder.segment.reader import (
     Damage,
@@ -310,6 +310,10 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
     targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
     if not targets:
         raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
+    live = [f for f in targets if held_by_recorder(f)]
+    if live:
+        raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
+                        "own files when it stops — stop it first, or leave this file alone")
     damaged = 0
     for f in targets:
         try:

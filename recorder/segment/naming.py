@@ -63,3 +63,32 @@ def open_segments(directory: Path, shard: int | None = None, prefix: str | None 
             if (shard is None or parsed[1] == shard) and (prefix is None or parsed[0] == prefix):
                 found.append(p)
     return sorted(found, key=lambda p: p.name)
+
+
+def shard_lock_path(out_dir: Path, prefix: str, shard: int) -> Path:
+    """The lock file a recorder holds (flock) while it writes a shard in `out_dir`."""
+    return out_dir / f".{prefix}-s{shard:02d}.lock"
+
+
+def held_by_recorder(open_file: Path) -> bool:
+    """Is this `.open` segment's shard locked by a running recorder (in its directory or the parent of a day
+    directory)? Recovering a file that is still being written would lose everything written after it."""
+    import fcntl
+    import os
+
+    parsed = parse_segment_name(open_file.name)
+    if parsed is None:
+        return False
+    for directory in (open_file.parent, open_file.parent.parent):
+        lock = shard_lock_path(directory, parsed[0], parsed[1])
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock if we took it
+    return False

@@ -16,7 +16,8 @@ import click
 import orjson
 
 from recorder.cli_support import one_line_errors, setup_logging
-from recorder.errors import EXIT_USAGE, UserError
+from recorder.errors import EXIT_USAGE, RuntimeFailure, UserError
+from recorder.segment.writer import SegmentWriteError
 from recorder.sim.app import DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimHandle, start_sim
 from recorder.sim.faults import FaultConfig
 
@@ -198,7 +199,10 @@ def cli(host: str, port: int, http_port: int, contracts: int, rate: float, burst
         raise UserError(f"--ready-file: directory {ready_file.parent} does not exist")
     import uvloop
 
-    uvloop.run(serve(config, ready_file, duration))
+    try:
+        uvloop.run(serve(config, ready_file, duration))
+    except SegmentWriteError as exc:  # --sent-log / --published-log in a directory it cannot write
+        raise RuntimeFailure(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
