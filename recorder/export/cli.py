@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
 from recorder.segment.cli import open_all, report_damage
-from recorder.segment.selection import recording_range
+from recorder.segment.selection import Selection, recording_range
 from recorder.timeparse import parse_window
 
 
@@ -38,6 +38,13 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
+    resolved = out_dir.resolve()
+    for p in paths:
+        inp = Path(p).resolve()
+        if inp.is_dir() and (resolved == inp or inp in resolved.parents):
+            # The next run would read the Parquet directory as part of the recording, and a later
+            # retention of the recording would delete the export.
+            raise UserError(f"--out {out} is inside the recording {p}; export to a directory of its own")
     options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
     total = sum(s.records for s in segments if s.sealed)
     with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
@@ -45,6 +52,11 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
     if not quiet:
         print_summary(summary)
+    filtered = bool(contracts) or start_ns is not None or end_ns is not None
+    if filtered and summary.exported and not sum(summary.rows.values()):
+        # As `ime-segments cat` does: a filter that selects nothing is said, with what the recording holds.
+        selection = Selection(frozenset(contracts), start_ns, end_ns)
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
     if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 

@@ -217,6 +217,16 @@ class NatsPublisher:
         from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
         s = self.settings
+        delay = 0.1  # doubles to 5 s: a stream that cannot be made (subjects taken by another) must not spin
+        last_logged: dict[str, float] = {}
+
+        def warn(kind: str, message: str) -> None:
+            # The first time, then at most once a minute: visible, never a flood.
+            now = time.monotonic()
+            if now - last_logged.get(kind, -1e9) >= 60.0:
+                last_logged[kind] = now
+                log.warning("%s", message)
+
         while not self._closing:
             try:
                 info = await self.js.stream_info(s.nats_stream)
@@ -236,12 +246,14 @@ class NatsPublisher:
                         continue  # now wait for its leader
                     except Exception as exc2:
                         # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                        log.warning("cannot create NATS stream %s (%s); retrying", s.nats_stream, _why(exc2))
+                        warn("create", f"cannot create NATS stream {s.nats_stream} ({_why(exc2)}); retrying "
+                                       "(a stream that already takes subjects ime.> must be used: --nats-stream)")
                 elif not once:
-                    log.warning("NATS stream %s not available (%s); retrying", s.nats_stream, _why(exc))
+                    warn("info", f"NATS stream {s.nats_stream} not available ({_why(exc)}); retrying")
             if once:
                 return False
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         return False
 
     # -- out -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ def parse_command(command: str) -> list[str]:
         raise UserError(f"--on-sealed '{command}': {exc}") from None
     if not argv:
         raise UserError("--on-sealed is empty; give a command, e.g. --on-sealed 'rclone copyto --immutable'")
+    if shutil.which(argv[0]) is None:
+        # Found out at start, not after the first sealed file: retrying a missing program only delays stops.
+        raise UserError(f"--on-sealed: {argv[0]} is not an executable program (not found on PATH or not "
+                        "executable)")
     return argv
 
 

@@ -342,7 +342,8 @@ class Supervisor:
             except TokenUnavailable as exc:
                 if not self._token_fixed_logged:
                     self._token_fixed_logged = True
-                    log.warning("the server refused the token and %s", exc)
+                    log.warning("the server refused a connection and %s; one probe per shard will tell a bad token "
+                                "from a bad contract", exc)
                 self._send(s, m.TokenUnavailable())
                 return
             except CredentialsRefused as exc:

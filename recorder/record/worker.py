@@ -362,7 +362,7 @@ class Worker:
             case Action.RETRY:
                 return crun.core.refused_retry()
             case Action.REFRESH:
-                log.info("shard %d: the server refused a connection (%s); getting a fresh token", self.cfg.shard,
+                log.info("shard %d: the server refused a connection (%s); asking for a fresh token", self.cfg.shard,
                          how)
                 await self._refresh_token(used_gen)
                 return Wait(0.0)
@@ -372,12 +372,12 @@ class Worker:
                     if verdict is not True:
                         self._retire_group(run)
                         self._send(m.Fatal(self.cfg.shard, refused=True, message=(
-                            f"the server refuses the token: a fresh token was refused ({how}) for shard "
-                            f"{self.cfg.shard}'s contracts, and so was a probe with the single contract "
+                            f"the server refuses the token: it refused it ({how}) for shard {self.cfg.shard}'s "
+                            "contracts after a refresh was tried, and for a probe with the single contract "
                             f"{run.group.contracts[0]}; check the token or the account's IME access")))
                         self.request_stop("token refused", WORKER_EXIT_REFUSED)
                         return None
-                log.warning("shard %d: a fresh token was refused (%s) for %d contracts although the token works "
+                log.warning("shard %d: the token was refused again (%s) for %d contracts although it works "
                             "(another connection or a probe was accepted); looking for the refused contract(s)",
                             self.cfg.shard, how, len(run.group.contracts))
                 self._retire_group(run)
@@ -419,14 +419,15 @@ class Worker:
         self.rejected.extend(contracts)
         self._event(Event.REJECTED, contracts=list(contracts), code=code,
                     reason="refused by the server with a fresh token")
-        log.error("shard %d: the server refuses contract %s (%s with a fresh token); excluded, recording the rest",
-                  self.cfg.shard, ", ".join(contracts), how)
+        log.error("shard %d: the server refuses contract %s (%s, also after a token refresh); excluded%s",
+                  self.cfg.shard, ", ".join(contracts), how, ", recording the rest" if self.groups else "")
         self._send(m.Rejected(self.cfg.shard, tuple(contracts)))
         if self.planner.give_up:
             self._send(m.Fatal(self.cfg.shard, refused=True,
                                message=f"the server refused every contract tried on shard {self.cfg.shard} "
-                                       f"({len(self.planner.rejected)} of {self.planner.total}) and accepted none: "
-                                       "the token or the account's IME access is probably the problem"))
+                                       f"({', '.join(self.planner.rejected[:5])}) and accepted none: either they "
+                                       f"do not exist on the {self.kind.value} endpoint or the token lacks IME "
+                                       "access"))
             self.request_stop("every contract refused", WORKER_EXIT_REFUSED)
         elif not self.groups:
             self._send(m.Fatal(self.cfg.shard, refused=True,
