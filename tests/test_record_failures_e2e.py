@@ -90,9 +90,8 @@ def test_a_crash_looping_worker_is_back_within_seconds_each_time_and_each_death_
     rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--base-url",
                    sim.info["base_url"], "--token-url", sim.info["token_url"],
                    env={"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"]})
-    deadline = time.monotonic() + 20
-    while not rec.worker_pids() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Killed only once the feed has accepted it: a run in which nothing was ever accepted exits 1 by design.
+    rec.wait_for("the feed accepted shard 0's connection", timeout=30)
     back_after = []
     for _ in range(4):
         (victim,) = rec.worker_pids()

@@ -303,7 +303,8 @@ def _check_url(option: str, url: str, schemes: tuple[str, ...], form: str) -> No
     except ValueError as exc:
         raise UserError(f"{option} {shown!r} is not a valid URL ({exc}): give {form}") from None
     if parts.scheme not in schemes or not parts.hostname:
-        raise UserError(f"{option} {shown!r} is not a {'/'.join(schemes)} URL: give {form}")
+        kind = "WebSocket" if "ws" in schemes else "HTTP"
+        raise UserError(f"{option} {shown!r} is not a {kind} URL: give {form}")
     if port == 0:
         raise UserError(f"{option} {shown!r} has port 0: give the server's port")
     if parts.username or parts.password:

@@ -321,6 +321,7 @@ class Supervisor:
             case m.Accepted():
                 if not self.accepted_any:
                     self.accepted_any = True
+                    log.info("the feed accepted shard %d's connection: the token is good", s.shard)
                     # A refusal elsewhere is now about contracts, not the token: no token probe needed.
                     for other in self.shards:
                         if other is not s:
