@@ -91,13 +91,27 @@ async def stream_messages(url: str, stream: str = "IME") -> list[tuple[str, byte
     """Every message in the stream, in stream order: (subject, payload, headers)."""
     import nats
 
+    from nats.js.errors import ServiceUnavailableError
+
+    async def patient(call: Any, timeout: float = 30.0) -> Any:
+        # Right after a node is killed the cluster elects new leaders and answers 503 for a while: the test
+        # reads what the stream holds once it answers again.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await call()
+            except ServiceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
+        info = await patient(lambda: js.stream_info(stream))
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
+            msg = await patient(lambda seq=seq: js.get_msg(stream, seq))
             out.append((msg.subject, msg.data or b"", dict(msg.headers or {})))
         return out
     finally:
