@@ -90,7 +90,6 @@ async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
 async def stream_messages(url: str, stream: str = "IME") -> list[tuple[str, bytes, dict[str, Any]]]:
     """Every message in the stream, in stream order: (subject, payload, headers)."""
     import nats
-
     from nats.js.errors import ServiceUnavailableError
 
     async def patient(call: Any, timeout: float = 30.0) -> Any:
