@@ -14,26 +14,12 @@ import pytest
 import xxhash
 from live_util import metrics_url, recorded_payloads
 from nats_util import NatsServer, cluster, needs_nats_server, stream_info, stream_messages, wait_jetstream
-from record_util import RecorderProcess, compare_with_sent_log
+from record_util import compare_with_sent_log
 from sim_util import run
 
 from recorder.live.subjects import contract_token
 
 pytestmark = [pytest.mark.slow, needs_nats_server]
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
-        proc = RecorderProcess(tmp_path, *args, env=env).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill_tree()
 
 
 @pytest.fixture

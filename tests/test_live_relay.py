@@ -17,7 +17,7 @@ import urllib.request
 import orjson
 import pytest
 from live_util import assert_suffix_per_contract, metrics_url, recorded_by_contract, relay_base
-from record_util import RecorderProcess, compare_with_sent_log
+from record_util import compare_with_sent_log
 from sim_util import doc_client, picows_session, run
 
 from recorder.feed.endpoints import EndpointKind, build_url
@@ -44,20 +44,6 @@ def node_has_ws() -> bool:
     if NODE is None:
         return False
     return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def recorder(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> RecorderProcess:
-        proc = RecorderProcess(tmp_path, *args, env=env).start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill_tree()
 
 
 def sim_args(sim) -> list[str]:
