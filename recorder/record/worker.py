@@ -369,7 +369,9 @@ class Worker:
             case Action.SPLIT:
                 if not (self.planner.accepted_any or self.accepted_elsewhere):
                     verdict = await self._probe(run.group.contracts[0])
-                    if verdict is not True:
+                    # None: the probe could not tell (no connection, or closed without a verdict); the token
+                    # is called bad only on a refusal, otherwise the bisection goes ahead.
+                    if verdict is False:
                         self._retire_group(run)
                         self._send(m.Fatal(self.cfg.shard, refused=True, message=(
                             f"the server refuses the token: it refused it ({how}) for shard {self.cfg.shard}'s "
