@@ -58,6 +58,8 @@ from recorder.segment.writer import SegmentWriteError, SegmentWriter
 log = logging.getLogger("recorder.worker")
 
 _EVENT = int(RecordKind.EVENT)
+CLOSE_IDLE_S = 3.0  # at stop: no message for this long and no CLOSE from the server, so hang up
+CLOSE_MAX_S = 10.0  # below the supervisor's stop timeout (15 s), which leaves time to seal
 
 
 class Worker:
@@ -176,13 +178,24 @@ class Worker:
             if run.transport is not None:
                 with contextlib.suppress(Exception):
                     run.transport.send_close(WSCloseCode.GOING_AWAY, b"recorder stopping")
-        tasks = [r.task for r in self._copies() if r.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=3)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1)
+        pending = {r.task for r in self._copies() if r.task is not None}
+        # Wait for the server's CLOSE while data still arrives: a feed faster than the disk (reading paused by
+        # backpressure) needs longer than a fixed timeout to drain, and cutting it short would lose its tail.
+        # Give up after CLOSE_IDLE_S without a new message, or CLOSE_MAX_S in all.
+        started = last_progress = time.monotonic()
+        last_count = self._received()
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+            now = time.monotonic()
+            count = self._received()
+            if count != last_count:
+                last_count, last_progress = count, now
+            if now - last_progress > CLOSE_IDLE_S or now - started > CLOSE_MAX_S:
+                break
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1)
         writer = self.writer
         assert writer is not None and self.loop is not None
         try:
@@ -191,6 +204,9 @@ class Worker:
             self._send(m.Fatal(self.cfg.shard, str(exc)))
             self.exit_code = WORKER_EXIT_FATAL
         self._send(self._status(final=True))
+
+    def _received(self) -> int:
+        return self.closed_messages + sum(c.listener.messages for c in self._copies() if c.listener is not None)
 
     def _copies(self) -> list[CopyRun]:
         return [c for g in self.groups.values() for c in g.copies]
