@@ -112,13 +112,18 @@ class Sim:
         return {c["id"]: {"sent": c["sent"], "dropped": c["dropped"]} for c in self.stats()["connections"]}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the feeder writes its counters and logs on the way out), SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @contextlib.contextmanager
@@ -173,13 +178,7 @@ class Blaster:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 Feed = Sim | Blaster
@@ -282,12 +281,9 @@ def proc_rss_kib(pid: int) -> int:
     return 0
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far; OSError when it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -322,7 +318,8 @@ def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, lat
         pids = worker_pids(proc.pid)
         rss = max((proc_rss_kib(p) for p in pids), default=0)
         for p in pids:
-            cpu[p] = max(cpu.get(p, 0.0), proc_cpu_s(p))
+            with contextlib.suppress(OSError):
+                cpu[p] = max(cpu.get(p, 0.0), cpu_seconds(p))
         rss_curve.append((round(time.monotonic() - t0, 1), round(rss / 1024, 1)))
         time.sleep(0.1)
     stderr = proc.stderr.read().decode() if proc.stderr else ""

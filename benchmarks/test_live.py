@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import uvloop
 import xxhash
-from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, new_connections, sim
+from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, cpu_seconds, new_connections, sim
 
 from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
@@ -230,11 +230,6 @@ def test_nats_publish_throughput(benchmark, tmp_path):
                                  "publisher_cpu_us_per_msg": round(own_cpu / len(records) * 1e6, 2),
                                  "nats_server_cpu_us_per_msg": round(server_cpu / len(records) * 1e6, 2),
                                  "load_average": os.getloadavg()[0]})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +193,13 @@ class SimProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+# The API document's JavaScript client runs under node with the `ws` package (installed by `make test`).
+NODE = shutil.which("node")
+
+
+def node_has_ws() -> bool:
+    if NODE is None:
+        return False
+    return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0

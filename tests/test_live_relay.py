@@ -7,10 +7,8 @@ import base64
 import os
 import random
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 
@@ -18,13 +16,12 @@ import orjson
 import pytest
 from live_util import assert_suffix_per_contract, metrics_url, recorded_by_contract, relay_base
 from record_util import compare_with_sent_log
-from sim_util import doc_client, picows_session, run
+from sim_util import NODE, doc_client, node_has_ws, picows_session, run
 
 from recorder.feed.endpoints import EndpointKind, build_url
 
 pytestmark = pytest.mark.slow
 
-NODE = shutil.which("node")
 JS_CLIENT = """
 const WebSocket = require('ws');
 const url = process.argv[process.argv.length - 2];  // the only changes: where the URL and the token come from
@@ -38,12 +35,6 @@ ws.on('message', (message) => {
 });
 ws.on('close', () => { console.log('Disconnected'); });
 """
-
-
-def node_has_ws() -> bool:
-    if NODE is None:
-        return False
-    return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0
 
 
 def sim_args(sim) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import orjson
 import pytest
 import websockets
 from segment_util import ime_payload, write_records
+from sim_util import NODE, node_has_ws
 
 from recorder.events import Event, encode_event
 from recorder.segment.reader import open_segment
@@ -342,7 +342,6 @@ def test_start_now_does_not_wait_for_a_client(tmp_path):
     assert b"replayed 602 records" in out.stderr
 
 
-NODE = shutil.which("node")
 JS_CLIENT = """
 const WebSocket = require('ws');
 const url = process.argv[process.argv.length - 1];  // the only change: where the URL comes from
@@ -356,12 +355,6 @@ ws.on('message', (message) => {
 });
 ws.on('close', () => { console.log('Disconnected'); });
 """
-
-
-def node_has_ws() -> bool:
-    if NODE is None:
-        return False
-    return subprocess.run([NODE, "-e", "require('ws')"], capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(not node_has_ws(), reason="node with the 'ws' package is not installed (.ci/run installs it)")

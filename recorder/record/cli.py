@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import click
 
@@ -284,8 +284,8 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
 
 
 def check_base_url(url: str) -> None:
-    _check_url("--base-url", url, ("ws", "wss"), "ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH")
-    if urlsplit(url).query or urlsplit(url).fragment:
+    parts = _check_url("--base-url", url, ("ws", "wss"), "ws://HOST[:PORT]/PATH or wss://HOST[:PORT]/PATH")
+    if parts.query or parts.fragment:
         raise UserError("--base-url must not hold a query or fragment: the recorder adds the contracts' query "
                         "itself; give the path only (…/data-engine/ime/live/data/websocket)")
 
@@ -294,7 +294,7 @@ def check_token_url(url: str) -> None:
     _check_url("--token-url", url, ("http", "https"), "https://HOST[:PORT]/PATH")
 
 
-def _check_url(option: str, url: str, schemes: tuple[str, ...], form: str) -> None:
+def _check_url(option: str, url: str, schemes: tuple[str, ...], form: str) -> SplitResult:
     """A URL the recorder can connect to, or one line saying why not (never a traceback)."""
     shown = redact_url(url if len(url) <= 60 else url[:57] + "...")
     try:
@@ -309,6 +309,7 @@ def _check_url(option: str, url: str, schemes: tuple[str, ...], form: str) -> No
         raise UserError(f"{option} {shown!r} has port 0: give the server's port")
     if parts.username or parts.password:
         raise UserError(f"{option} must not hold credentials: use IME_TOKEN, --token-file or IME_USERNAME")
+    return parts
 
 
 def _fault_hook() -> int | None:

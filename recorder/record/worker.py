@@ -530,7 +530,7 @@ class Worker:
         now = time.time_ns()
         copies = self._copies()
         open_runs = [c for c in copies if c.listener is not None]
-        received = self.closed_messages + sum(c.listener.messages for c in open_runs if c.listener)
+        received = self._received()
         received_bytes = self.closed_bytes + sum(c.listener.bytes for c in open_runs if c.listener)
         last = max((c.listener.last_ns for c in open_runs if c.listener), default=0)
         dedupers = [g.deduper for g in self.groups.values() if g.deduper is not None]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,9 +75,6 @@ def shard_lock_path(out_dir: Path, prefix: str, shard: int) -> Path:
 def held_by_recorder(open_file: Path) -> bool:
     """Is this `.open` segment's shard locked by a running recorder (in its directory or the parent of a day
     directory)? Recovering a file that is still being written would lose everything written after it."""
-    import fcntl
-    import os
-
     parsed = parse_segment_name(open_file.name)
     if parsed is None:
         return False
