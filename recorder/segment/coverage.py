@@ -113,12 +113,7 @@ class Coverage:
         if name == "worker_started":
             # A worker that stopped cleanly ended its groups already; one that was killed did not: its
             # connections went down with its last record, and nothing was covered until this restart.
-            for (s, e, _), group in self.groups.items():
-                if s == shard and e == epoch and not group.ended:
-                    if group.open_conns:
-                        group.open_conns.clear()
-                        group._uncover(previous)
-                    group.end(ts)
+            self._end_shard(shard, epoch, ts, down_since=previous)
             self._epoch[shard] = epoch + 1
             return
         if name == "worker_stopping":
@@ -155,9 +150,13 @@ class Coverage:
             if not group.open_conns:
                 group._uncover(ts)
 
-    def _end_shard(self, shard: int, epoch: int, ts: int) -> None:
+    def _end_shard(self, shard: int, epoch: int, ts: int, down_since: int | None = None) -> None:
+        """End a worker's groups at `ts`; with `down_since`, its open connections died then (a crash)."""
         for (s, e, _), group in self.groups.items():
-            if s == shard and e == epoch:
+            if s == shard and e == epoch and not group.ended:
+                if down_since is not None and group.open_conns:
+                    group.open_conns.clear()
+                    group._uncover(down_since)
                 group.end(ts)
 
     def finish(self) -> list[GroupCoverage]:
