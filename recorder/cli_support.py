@@ -6,7 +6,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
@@ -19,6 +19,50 @@ R = TypeVar("R")
 def fail(prog: str, message: str, exit_code: int) -> None:
     click.echo(f"{prog}: error: {message}", err=True)
     sys.exit(exit_code)
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as one line naming the command, like every other error of ours.
+
+    click's own form (usage, a hint and the error on three lines) breaks a service log into fragments.
+    """
+
+    def __init__(self, message: str, ctx: click.Context | None, prog: str, root: str) -> None:
+        super().__init__(message, ctx)
+        self.prog, self.root = prog, root
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"{self.root}: error: {self.format_message()} (see {self.prog} --help)", err=True, file=file)
+
+
+def _one_line(exc: click.UsageError, info_name: str | None, parent: click.Context | None) -> OneLineUsageError:
+    if isinstance(exc, OneLineUsageError):
+        return exc
+    # Some parser errors carry no context: the names come from where the command was invoked.
+    prog = f"{parent.command_path} {info_name}" if parent is not None else str(info_name)
+    root = str(parent.find_root().info_name) if parent is not None else str(info_name)
+    return OneLineUsageError(exc.format_message(), exc.ctx, prog, root)
+
+
+class OneLineCommand(click.Command):
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        # Parsing and option callbacks raise their usage errors here, for a command and a group's subcommand.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc, info_name, parent) from None
+
+
+class OneLineGroup(OneLineCommand, click.Group):
+    command_class = OneLineCommand
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc, ctx.info_name, ctx.parent) from None
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -70,7 +70,9 @@ def test_config_file_precedence_print_config_and_secret_refusal(tmp_path):
 
     for text, needle in (('password = "hunter2"\n', "refusing 'password' in clear"),
                          ('token = "eyJabc.def.ghi"\n', "refusing 'token' in clear"),
-                         ("sharts = 2\n", "unknown key 'sharts'")):
+                         ("sharts = 2\n", "unknown key 'sharts'"),
+                         ("shards = 2.7\n", "'shards' must be a whole number, not 2.7"),
+                         ('base-url = ["ws://a", 3]\n', "'base-url' must be a string, not 3")):
         cfg.write_text(text)
         bad = run_cli("--config", str(cfg), "--demo", "--duration", "1", "--out", str(tmp_path / "never"))
         assert bad.returncode == 2, bad.stderr

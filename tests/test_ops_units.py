@@ -61,6 +61,24 @@ def test_config_refusals_are_one_line_and_never_echo_the_secret(text, needle):
     assert err.value.exit_code == 2
 
 
+KINDS = {"shards": ("int", False), "demo": ("bool", False), "out_dir": ("text", False), "ids_file": ("text", False)}
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("shards = 2.7", "'shards' must be a whole number, not 2.7"),
+    ("shards = true", "'shards' must be a whole number, not true"),
+    ('shards = "4"', "'shards' must be a whole number, not a string"),
+    ('demo = "no"', "'demo' must be true or false, not a string"),
+    ("out = 5", "'out' must be a string, not 5"),
+    ('ids-file = ["a", "b"]', "'ids-file' takes one value, not a list"),
+])
+def test_config_values_of_the_wrong_kind_are_refused_not_converted(text, needle):
+    with pytest.raises(UserError) as err:
+        parse_config(text, "c.toml", OPTIONS, KINDS)
+    assert needle in str(err.value) and "\n" not in str(err.value) and err.value.exit_code == 2
+    assert parse_config("shards = 3\ndemo = false", "c.toml", OPTIONS, KINDS) == {"shards": 3, "demo": False}
+
+
 def test_effective_settings_mask_secrets():
     lines = render_effective([("password", "hunter2", "environment"), ("out", Path("/d"), "config file"),
                               ("ids", None, "default"), ("demo", False, "default")])

@@ -143,3 +143,16 @@ def test_unknown_record_kinds_are_skipped_by_cat_and_stats(tmp_path):
     doc = orjson.loads(stats.stdout)
     assert doc["records"] == 5 and doc["contracts"]["1001"]["records"] == 5
     assert doc["other_kinds"] == {"4": 5}
+
+
+@pytest.mark.parametrize(("module", "args", "needle"), [
+    ("recorder.record", ["--shards", "0"], "ime-record: error: Invalid value for '--shards'"),
+    ("recorder.record", ["--no-such-option"], "ime-record: error: No such option"),
+    ("recorder.segment", ["bogus"], "ime-segments: error: No such command 'bogus'"),
+    ("recorder.segment", ["cat", "--nope"], "(see ime-segments cat --help)"),
+    ("recorder.replay", ["x.zst", "--speed"], "ime-replay: error: Option '--speed' requires an argument"),
+    ("recorder.sim", ["--port", "x"], "ime-sim: error: Invalid value for '--port'"),
+])
+def test_usage_errors_are_one_line_naming_the_command(module, args, needle):
+    out = run(*args, module=module)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and needle in out.stderr, out.stderr

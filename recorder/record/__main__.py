@@ -1,3 +1,3 @@
-from recorder.record.cli import main
+from recorder.record.cli import PROG, main
 
-main()
+main(prog_name=PROG)

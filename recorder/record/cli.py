@@ -10,7 +10,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import click
 
-from recorder.cli_support import one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
 from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
 from recorder.record.auth import TokenProvider
@@ -50,7 +50,7 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
     return None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--ids-file", type=click.Path(path_type=Path), help="File with one contract id per line.")
 @click.option("--names-file", type=click.Path(path_type=Path), help="File with one contract name per line.")
 @click.option("--ids", help="Comma-separated contract ids.")

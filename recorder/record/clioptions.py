@@ -37,12 +37,32 @@ def long_names(command: click.Command) -> dict[str, str]:
     return names
 
 
+def option_kinds(command: click.Command) -> dict[str, tuple[str, bool]]:
+    """Parameter name → (kind, repeatable) for configfile's type check, from each option's click type."""
+    kinds: dict[str, tuple[str, bool]] = {}
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        if param.is_flag:
+            kind = "bool"
+        elif isinstance(param.type, click.types.IntParamType):
+            kind = "int"
+        elif isinstance(param.type, click.types.FloatParamType):
+            kind = "float"
+        elif isinstance(param.type, click.types.BoolParamType):
+            kind = "bool"
+        else:
+            kind = "text"
+        kinds[param.name] = (kind, param.multiple)
+    return kinds
+
+
 def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
     """Eager callback of --config: its values become the defaults, so the command line and the
     environment still override them (click: command line > environment > default_map > default)."""
     if value is not None:
         try:
-            values = read_config(value, long_names(ctx.command))
+            values = read_config(value, long_names(ctx.command), option_kinds(ctx.command))
         except UserError as exc:
             # Raised while click parses, outside the command's one-line error handling.
             fail("ime-record", str(exc), exc.exit_code)

@@ -32,11 +32,51 @@ def option_key(name: str) -> str:
     return name.strip().lstrip("-").replace("_", "-").lower()
 
 
-def parse_config(text: str, source: str, options: Mapping[str, str]) -> dict[str, Any]:
+# What a value must be, by the kind of its option. Checked here because click converts a default silently:
+# `shards = 2.7` would run 2 shards and `demo = "no"` would turn the demo on.
+KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "text": "a string"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _shown(value: Any) -> str:
+    # Numbers and booleans only: a string may be a URL with credentials in it.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "a list" if isinstance(value, list) else "a string" if isinstance(value, str) else type(value).__name__
+
+
+def check_kind(raw_key: str, value: Any, kind: tuple[str, bool], source: str) -> None:
+    """One line naming the key when `value` is not of the option's kind (its type name, and whether it repeats)."""
+    name, multiple = kind
+    if isinstance(value, list):
+        if not multiple:
+            raise UserError(f"config {source}: '{raw_key}' takes one value, not a list")
+        items = value
+    else:
+        items = [value]
+    for item in items:
+        if not _fits(item, name):
+            raise UserError(f"config {source}: '{raw_key}' must be {KIND_NAMES[name]}, not {_shown(item)}")
+
+
+def parse_config(text: str, source: str, options: Mapping[str, str],
+                 kinds: Mapping[str, tuple[str, bool]] | None = None) -> dict[str, Any]:
     """Parameter name → value for every key of the TOML `text`.
 
-    `options` maps long option names (`ids-file`) to parameter names (`ids_file`). Raises UserError with one
-    line naming `source` and the key for bad TOML, unknown keys, secrets in clear, tables and repeats.
+    `options` maps long option names (`ids-file`) to parameter names (`ids_file`); `kinds` maps parameter
+    names to (kind, repeatable), kind one of KIND_NAMES. Raises UserError with one line naming `source` and
+    the key for bad TOML, unknown keys, secrets in clear, tables, repeats and values of the wrong kind.
     """
     try:
         data = tomllib.loads(text)
@@ -57,19 +97,22 @@ def parse_config(text: str, source: str, options: Mapping[str, str]) -> dict[str
             raise UserError(f"config {source}: '{raw_key}' repeats '{seen[key]}'")
         if isinstance(value, dict):
             raise UserError(f"config {source}: '{raw_key}' is a table; give a plain value")
+        if kinds is not None and known[key] in kinds:
+            check_kind(raw_key, value, kinds[known[key]], source)
         seen[key] = raw_key
         out[known[key]] = value
     return out
 
 
-def read_config(path: Path, options: Mapping[str, str]) -> dict[str, Any]:
+def read_config(path: Path, options: Mapping[str, str],
+                kinds: Mapping[str, tuple[str, bool]] | None = None) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read config {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UserError(f"config {path} is not UTF-8 text") from None
-    return parse_config(text, str(path), options)
+    return parse_config(text, str(path), options, kinds)
 
 
 def _toml_value(value: Any) -> str:

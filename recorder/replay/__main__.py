@@ -1,3 +1,3 @@
-from recorder.replay.cli import main
+from recorder.replay.cli import PROG, main
 
-main()
+main(prog_name=PROG)

@@ -13,7 +13,7 @@ from typing import IO
 
 import click
 
-from recorder.cli_support import one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
@@ -127,7 +127,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
         click.echo("connection events: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items())))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
 @click.argument("paths", nargs=-1)
 @click.option("--speed", default="1x", show_default=True, help="1x, 10x, 0.25x … or max (no pacing).")

@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from recorder.cli_support import one_line_errors
+from recorder.cli_support import OneLineGroup, one_line_errors
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
@@ -74,7 +74,7 @@ def report_damage(damage: Iterable[Damage]) -> int:
     return count
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
 def cli() -> None:
     """Inspect, read, check and repair ime-recorder segment files (*.zst)."""

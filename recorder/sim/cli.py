@@ -15,7 +15,7 @@ from typing import Any
 import click
 import orjson
 
-from recorder.cli_support import one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
 from recorder.errors import EXIT_USAGE, RuntimeFailure, UserError
 from recorder.segment.writer import SegmentWriteError
 from recorder.sim.app import DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimHandle, start_sim
@@ -143,7 +143,7 @@ def fault_options(fn: Any) -> Any:
     return fn
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="ime-recorder", prog_name=PROG)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.UsageError as exc:
-        click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
+        exc.show()
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         sys.exit(130)
