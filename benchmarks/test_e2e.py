@@ -100,16 +100,27 @@ def test_feeder_capacity(benchmark, tmp_path):
 
 @pytest.mark.parametrize("peer", ["ceiling", "seed", "recorder"])
 def test_throughput(benchmark, tmp_path, peer):
-    """Zero-loss throughput: the blaster sends frames as fast as the client reads them (TCP flow control)."""
-    with blaster(tmp_path) as b:
-        if peer == "ceiling":
-            run = once(benchmark, lambda: run_ceiling(b, SECONDS, tmp_path, latency=False))
-        elif peer == "seed":
-            run = once(benchmark, lambda: run_seed(b, SECONDS, tmp_path, latency=False))
-        else:
-            run = once(benchmark, lambda: run_recorder(b, SECONDS, tmp_path, shards=1))
+    """Zero-loss throughput: the blaster sends frames as fast as the client reads them (TCP flow control).
+
+    The median of ROUNDS runs, each with a fresh blaster: the recorder needs two busy threads (receive and
+    compression) beside the blaster where the ceiling needs one, so one run that meets a busy moment of the
+    machine otherwise decides the gated ratio on its own (measured 0.13x against 0.25x quiet).
+    """
+    def measure() -> Run:
+        with blaster(tmp_path) as b:
+            if peer == "ceiling":
+                return run_ceiling(b, SECONDS, tmp_path, latency=False)
+            if peer == "seed":
+                return run_seed(b, SECONDS, tmp_path, latency=False)
+            run = run_recorder(b, SECONDS, tmp_path, shards=1)
             # The recorder closes with a handshake: it must hold exactly what the blaster handed the kernel.
             check_client_loss(run, new_connections({}, b.connections(wait_for=1)), 0, hung_up=False)
+            return run
+
+    runs = [once(benchmark, measure)] + [measure() for _ in range(ROUNDS - 1)]
+    runs.sort(key=lambda r: r.rate)
+    run = runs[len(runs) // 2]
+    run.extra["rate_rounds"] = [round(r.rate) for r in runs]
     record(benchmark, f"throughput/{peer}", run)
 
 

@@ -71,6 +71,8 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
             ratio = f"{rate / ceiling:.2f}×" if rate and ceiling else "–"
             info = results.get(f"throughput/{peer}", {})
             extra = notes[peer]
+            if info.get("rate_rounds"):
+                extra += "; median of rounds " + ", ".join(fmt_rate(v) for v in info["rate_rounds"])
             if peer == "recorder" and info:
                 extra += (f"; lost {info.get('lost')} of {info.get('feeder_sent')} sent, compression "
                           f"{info.get('compression_ratio')}×, worker peak RSS {info.get('worker_peak_rss_mib')} MiB")
