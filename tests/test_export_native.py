@@ -304,6 +304,11 @@ def test_window_and_contract_filters_equal() -> None:
     assert {t: x.to_pylist() for t, x in a.items()} == {t: x.to_pylist() for t, x in b.items()}
     ident = json.loads(FRAMES[-1])["contractName"]
     same(FRAMES + EDGES, contracts=(ident, "nothing"))
+    # Contracts filtered out leave no trace, not even in the dictionary of the contract column.
+    f = Flattener((ident,), native=True)
+    f.add_block(block, 0, "a", 0)
+    contract = f.take()["best_limit"].column("contract").combine_chunks()
+    assert contract.dictionary.to_pylist() == [ident]
 
 
 # Byte-wise mutations of valid frames: the bytes a scanner is most likely to misread.

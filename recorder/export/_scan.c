@@ -124,7 +124,8 @@ static int dict_grow(Dict *d) {
 }
 
 /* Index of s in the dictionary, added if new; -2 if not valid UTF-8 (refuse the frame), -1 on error.
-   With `wanted` (a set), *allowed says whether the value is in it. */
+   With `wanted` (a set), *allowed says whether the value is in it; a value not wanted is remembered as such
+   (so it is decoded once) but gets no index: the dictionary holds only values that have rows. */
 static int32_t dict_index(Dict *d, const char *s, Py_ssize_t n, PyObject *wanted, int *allowed) {
     uint64_t h = fnv(s, n);
     Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)(d->cap - 1));
@@ -148,13 +149,13 @@ static int32_t dict_index(Dict *d, const char *s, Py_ssize_t n, PyObject *wanted
         if (ok < 0) { Py_DECREF(str); return -1; }
     }
     Py_ssize_t off = d->arena.len;
-    if (buf_put(&d->arena, s, n) < 0 || PyList_Append(d->values, str) < 0) { Py_DECREF(str); return -1; }
+    int32_t idx = ok ? (int32_t)PyList_GET_SIZE(d->values) : 0;
+    if (buf_put(&d->arena, s, n) < 0 || (ok && PyList_Append(d->values, str) < 0)) { Py_DECREF(str); return -1; }
     Py_DECREF(str);
     Slot *sl = &d->slots[j];
-    sl->h = h; sl->off = off; sl->len = n; sl->idx = (int32_t)d->count; sl->allowed = (int8_t)ok; sl->used = 1;
+    sl->h = h; sl->off = off; sl->len = n; sl->idx = idx; sl->allowed = (int8_t)ok; sl->used = 1;
     d->count++;
     *allowed = ok;
-    int32_t idx = sl->idx;
     if (d->count * 2 > d->cap && dict_grow(d) < 0) return -1;
     return idx;
 }
