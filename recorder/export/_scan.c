@@ -42,6 +42,7 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
 }
 
 static int buf_put(Buf *b, const void *src, Py_ssize_t n) {
+    if (n == 0) return 0;  /* the buffer may not exist yet: memcpy from/to NULL is undefined even for 0 bytes */
     if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->p + b->len, src, (size_t)n);
     b->len += n;
@@ -131,7 +132,7 @@ static int32_t dict_index(Dict *d, const char *s, Py_ssize_t n, PyObject *wanted
     Py_ssize_t j = (Py_ssize_t)(h & (uint64_t)(d->cap - 1));
     while (d->slots[j].used) {
         Slot *sl = &d->slots[j];
-        if (sl->h == h && sl->len == n && memcmp(d->arena.p + sl->off, s, (size_t)n) == 0) {
+        if (sl->h == h && sl->len == n && (n == 0 || memcmp(d->arena.p + sl->off, s, (size_t)n) == 0)) {
             *allowed = sl->allowed;
             return sl->idx;
         }
