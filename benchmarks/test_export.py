@@ -38,11 +38,12 @@ MEMORY_RECORDING_BYTES = (40 << 20) if QUICK else (1 << 30)  # raw payload bytes
 # parses a message in ~0.6 us where orjson.loads alone takes ~2.4 us; the rest is reading the segment (~0.7 us)
 # and pyarrow building and writing Parquet (~1.3 us). Measured on the shared 2-core dev machine under load from
 # other jobs (README, "Analysis: export to Parquet"; three full and three quick runs): 12.9-26.5x the baseline and
-# 287-420k msgs/s; the pure-Python paths 2.5-4.4x. The floors are under the lowest ratio measured for the path
-# that ran, and the C floor is above what the Python paths reach, so losing the scanner fails the gate.
+# 287-420k msgs/s; the pure-Python paths 2.5-4.4x. The floor is under the lowest ratio measured with the scanner
+# and above what the Python paths reach: a slower scanner fails the gate, and so does an install where it was
+# not built (setup.py's optional build hides a compile error; the message then says so).
 RATIO_TARGET = 5.0
 RATE_TARGET = 250_000
-RATIO_FLOOR = {"C": 8.0, "Python": 2.5}
+RATIO_FLOOR = 8.0
 PEAK_RSS_CEILING_MB = 600
 RESULTS: dict[str, float] = {}
 NS = 1_000_000_000
@@ -151,7 +152,7 @@ def test_export_baseline_naive(benchmark, segment, tmp_path):
     rate = len(subset) / best
     ratio = RESULTS.get("export_mps", 0.0) / rate
     parser = str(RESULTS.get("parser", "C"))
-    floor = RATIO_FLOOR[parser]
+    floor = RATIO_FLOOR
     export_mps = RESULTS.get("export_mps", 0.0)
     benchmark.extra_info.update({
         "messages": len(subset),
@@ -171,7 +172,8 @@ def test_export_baseline_naive(benchmark, segment, tmp_path):
           f"baseline's {rate:,.0f} msgs/s (target {RATIO_TARGET}x: {'met' if ratio >= RATIO_TARGET else 'NOT met'}, "
           f"floor {floor}x); Python paths {RESULTS.get('python_mps', 0.0):,.0f} msgs/s")
     if "export_mps" in RESULTS:
-        assert ratio >= floor, f"export ({parser}) is {ratio:.1f}x the naive baseline; the floor is {floor}x"
+        assert parser == "C", "recorder.export._scan is not built (no C compiler or Python headers at install?)"
+        assert ratio >= floor, f"export is {ratio:.1f}x the naive baseline; the floor is {floor}x"
 
 
 def write_large_recording(directory: Path, raw_bytes: int) -> tuple[int, int]:
