@@ -4,8 +4,9 @@
     IME_BENCH_QUICK=1 .venv/bin/pytest benchmarks/test_export.py     # CI: 30 k messages, 40 MB recording
 
 Throughput: the exporter (recorder.export.run.export_segments, all tables, Parquet written) on a sealed segment
-of simulator messages, pinned to one CPU with pyarrow limited to one thread. Baseline, same run and same pin: what
-a researcher writes first — json.loads per message, pandas.json_normalize, DataFrame.to_parquet.
+of simulator messages, pinned to one CPU with pyarrow limited to one thread; with the C scanner when it is built
+(extra_info "parser" says which ran), and once more with the pure-Python paths for comparison. Baseline, same run
+and same pin: what a researcher writes first — json.loads per message, pandas.json_normalize, DataFrame.to_parquet.
 Memory: `ime-segments export` in a subprocess on a large recording (streamed from the simulator into segments,
 never held in memory), its peak RSS (VmHWM); bounded means it does not grow with the recording.
 """
@@ -32,13 +33,17 @@ from recorder.sim.market import Market, make_contracts, message_prefix
 MESSAGES = 30_000 if QUICK else 300_000
 BASELINE_MESSAGES = 10_000 if QUICK else 100_000  # the baseline is slow; its rate does not depend on the count
 MEMORY_RECORDING_BYTES = (40 << 20) if QUICK else (1 << 30)  # raw payload bytes of the large recording
-# Issue targets: >= 5x the naive baseline and >= 250k messages/s on one core. Measured on the shared 2-core dev
-# machine the exporter reaches 4-8x and 56-94k/s (README, "Analysis: export to Parquet"): orjson alone takes
-# ~2 us of the ~10 us per message in CPython. The gate below is a regression floor under the lowest measured
-# ratio (load on a shared machine moves it); the targets are reported next to it in extra_info.
+# Issue targets: >= 5x the naive baseline and >= 250k messages/s on one core, reported as met or not in extra_info
+# (the rate depends on the machine and its load; the ratio is what is gated). The C scanner (recorder/export/_scan.c)
+# parses a message in ~0.6 us where orjson.loads alone takes ~2.4 us; the rest is reading the segment (~0.7 us)
+# and pyarrow building and writing Parquet (~1.3 us). Measured on the shared 2-core dev machine under load from
+# other jobs (README, "Analysis: export to Parquet"; three full and three quick runs): 12.9-26.5x the baseline and
+# 287-420k msgs/s; the pure-Python paths 2.5-4.4x. The floor is under the lowest ratio measured with the scanner
+# and above what the Python paths reach: a slower scanner fails the gate, and so does an install where it was
+# not built (setup.py's optional build hides a compile error; the message then says so).
 RATIO_TARGET = 5.0
 RATE_TARGET = 250_000
-RATIO_FLOOR = 2.5
+RATIO_FLOOR = 8.0
 PEAK_RSS_CEILING_MB = 600
 RESULTS: dict[str, float] = {}
 NS = 1_000_000_000
@@ -72,8 +77,7 @@ def segment(records, tmp_path_factory):
     return sealed.path
 
 
-def test_export_throughput(benchmark, segment, records, tmp_path_factory):
-    """All tables to Parquet: read + verify + parse + check types + write, on one core."""
+def export_rounds(benchmark, segment, tmp_path_factory, rounds: int):
     from recorder.export.run import ExportOptions, export_segments
 
     seg = open_segment(segment)
@@ -84,15 +88,27 @@ def test_export_throughput(benchmark, segment, records, tmp_path_factory):
         summaries.append(summary)
         return summary
 
-    benchmark.pedantic(run, rounds=3, iterations=1)
-    best = benchmark.stats.stats.min
+    benchmark.pedantic(run, rounds=rounds, iterations=1)
     summary = summaries[-1]
     assert summary.rows["best_limit"] == MESSAGES
+    return seg, summary, benchmark.stats.stats.min
+
+
+def test_export_throughput(benchmark, segment, records, tmp_path_factory):
+    """All tables to Parquet: read + verify + parse + check types + write, on one core."""
+    seg, summary, best = export_rounds(benchmark, segment, tmp_path_factory, rounds=3)
+    parser = "C" if summary.native else "Python"
+    if summary.native:
+        assert summary.counts["parsed_c"] == MESSAGES  # simulator frames never need the Python paths
     raw = sum(len(p) for _, p in records)
     RESULTS["export_mps"] = MESSAGES / best
+    RESULTS["parser"] = parser
     benchmark.extra_info.update({
+        "parser": parser,
         "messages": MESSAGES,
         "messages_per_s": round(MESSAGES / best),
+        "rate_target": RATE_TARGET,
+        "rate_target_met": MESSAGES / best >= RATE_TARGET,
         "raw_MB_per_s": round(raw / best / 1e6, 1),
         "segment_bytes": seg.size,
         "parquet_bytes": summary.output_bytes,
@@ -100,6 +116,17 @@ def test_export_throughput(benchmark, segment, records, tmp_path_factory):
         "parquet_to_raw": round(summary.output_bytes / raw, 3),
         "files": summary.files,
     })
+
+
+def test_export_throughput_python_paths(benchmark, segment, tmp_path_factory, monkeypatch):
+    """The same export with the C scanner switched off: what an install without a compiler gets."""
+    import recorder.export.flatten as flatten
+
+    monkeypatch.setattr(flatten, "NATIVE", False)
+    _, summary, best = export_rounds(benchmark, segment, tmp_path_factory, rounds=1)
+    assert not summary.native and not summary.counts["parsed_c"]
+    RESULTS["python_mps"] = MESSAGES / best
+    benchmark.extra_info.update({"parser": "Python", "messages": MESSAGES, "messages_per_s": round(MESSAGES / best)})
 
 
 def test_export_baseline_naive(benchmark, segment, tmp_path):
@@ -124,17 +151,29 @@ def test_export_baseline_naive(benchmark, segment, tmp_path):
     best = benchmark.stats.stats.min
     rate = len(subset) / best
     ratio = RESULTS.get("export_mps", 0.0) / rate
+    parser = str(RESULTS.get("parser", "C"))
+    floor = RATIO_FLOOR
+    export_mps = RESULTS.get("export_mps", 0.0)
     benchmark.extra_info.update({
         "messages": len(subset),
         "messages_per_s": round(rate),
+        "parser": parser,
         "export_ratio": round(ratio, 2),
         "ratio_target": RATIO_TARGET,
-        "ratio_floor": RATIO_FLOOR,
-        "export_messages_per_s": round(RESULTS.get("export_mps", 0.0)),
+        "ratio_target_met": ratio >= RATIO_TARGET,
+        "ratio_floor": floor,
+        "export_messages_per_s": round(export_mps),
         "rate_target": RATE_TARGET,
+        "rate_target_met": export_mps >= RATE_TARGET,
+        "python_paths_ratio": round(RESULTS.get("python_mps", 0.0) / rate, 2),
     })
+    print(f"\nexport ({parser} parser): {export_mps:,.0f} msgs/s on one core "
+          f"(target {RATE_TARGET:,}: {'met' if export_mps >= RATE_TARGET else 'NOT met'}), {ratio:.1f}x the naive "
+          f"baseline's {rate:,.0f} msgs/s (target {RATIO_TARGET}x: {'met' if ratio >= RATIO_TARGET else 'NOT met'}, "
+          f"floor {floor}x); Python paths {RESULTS.get('python_mps', 0.0):,.0f} msgs/s")
     if "export_mps" in RESULTS:
-        assert ratio >= RATIO_FLOOR, f"export is {ratio:.1f}x the naive baseline; the floor is {RATIO_FLOOR}x"
+        assert parser == "C", "recorder.export._scan is not built (no C compiler or Python headers at install?)"
+        assert ratio >= floor, f"export is {ratio:.1f}x the naive baseline; the floor is {floor}x"
 
 
 def write_large_recording(directory: Path, raw_bytes: int) -> tuple[int, int]:

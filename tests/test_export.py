@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 import pytest
 from export_util import EXE, export, raw_records, sim_frames, write_recording
 
+from recorder.export.flatten import NATIVE
 from recorder.export.schema import INT_COLUMNS, SCHEMAS, SECTION_TABLES, STR_COLUMNS
 from recorder.feed.message import MessageError, parse_envelope, parse_timestamp_ns
 from recorder.segment.writer import SegmentWriter
@@ -212,6 +213,8 @@ def test_incremental_export_converts_only_new_sealed_segments(tmp_path: Path) ->
     first = export(str(rec), "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert "exported 4 segments" in first.stdout
+    # The summary says which parser ran.
+    assert ("parser: C scanner for 400 of 408" if NATIVE else "parser: Python for all 408") in first.stdout
     manifest = orjson.loads((out / "_manifest.json").read_bytes())
     assert len(manifest["segments"]) == 4
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
@@ -318,6 +321,7 @@ def test_simulator_frames_take_the_fast_path(exported: Path) -> None:
         counts.update(entry["counts"])
     assert counts["parsed"] == 4 * 200 + 4 * 2  # simulator frames + the two odd ones per file that parse
     assert counts["parsed_fast"] == 4 * 200
+    assert counts["parsed_c"] == (4 * 200 if NATIVE else 0)  # with the C scanner built, it takes them all
 
 
 def test_progress_bar_on_a_terminal_only(recording: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Property tests of the export's pure core (recorder/export/flatten.py) over simulator frames bent in every
 way the feed might: Persian names, missing sections and levels, extra fields, nulls, huge integers, floats,
 mistyped fields, malformed JSON and binary frames. The oracle is feed/message.py's parser plus the stdlib's
-exact JSON decoder; a second oracle is the exporter's own slow path, which must agree with the fast one."""
+exact JSON decoder; a second oracle is the exporter's own slow path, which must agree with the fast ones (the C
+scanner where it is built, and the Python fast path; tests/test_export_native.py compares those two closely)."""
 
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ record = st.one_of(
 
 
 def flatten(records: list[tuple[int, bytes]], slow: bool = False,
-            tables: tuple[str, ...] = TABLES) -> dict[str, pa.Table]:
-    f = Flattener(tables=tables)
+            tables: tuple[str, ...] = TABLES, native: bool = True) -> dict[str, pa.Table]:
+    f = Flattener(tables=tables, native=native and not slow)
     block = [(1_780_000_000_000_000_000 + i, 1, kind, p) for i, (kind, p) in enumerate(records)]
     if slow:
         for i, (ts, conn, kind, p) in enumerate(block):
@@ -196,11 +197,11 @@ def test_every_frame_once_values_exact_and_both_paths_agree(records: list[tuple[
     assert sorted(only) == (["extras"] if "extras" in tables else [])
     if "extras" in tables:
         assert only["extras"].to_pylist() == tables["extras"].to_pylist()
-    slow = flatten(records, slow=True)
-    assert sorted(slow) == sorted(tables)
-    for t, table in tables.items():
-        other = slow[t]
-        if t == "extras":  # the two paths find extras in another order
-            assert sorted(map(str, table.to_pylist())) == sorted(map(str, other.to_pylist()))
-        else:
-            assert table.to_pylist() == other.to_pylist(), t
+    for other_tables in (flatten(records, slow=True), flatten(records, native=False)):
+        assert sorted(other_tables) == sorted(tables)
+        for t, table in tables.items():
+            other = other_tables[t]
+            if t == "extras":  # the paths find extras in another order
+                assert sorted(map(str, table.to_pylist())) == sorted(map(str, other.to_pylist()))
+            else:
+                assert table.to_pylist() == other.to_pylist(), t

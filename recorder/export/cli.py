@@ -85,7 +85,15 @@ def print_summary(s: ExportSummary) -> None:
         skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
     if skipped:
         click.echo("skipped: " + ", ".join(skipped))
-    notable = {k: v for k, v in sorted(s.counts.items()) if v and k not in ("parsed", "parsed_fast", "events")}
+    parsed = s.counts.get("parsed", 0)
+    if s.native:
+        scanned = s.counts.get("parsed_c", 0)
+        click.echo(f"parser: C scanner for {scanned} of {parsed} parsed frames, Python for the rest")
+    else:
+        click.echo(f"parser: Python for all {parsed} parsed frames (the C scanner recorder.export._scan is not built: "
+                   "install with a C compiler for a faster export)")
+    quiet = ("parsed", "parsed_fast", "parsed_c", "events")
+    notable = {k: v for k, v in sorted(s.counts.items()) if v and k not in quiet}
     if notable:
         click.echo("counted: " + ", ".join(f"{k}={v}" for k, v in notable.items()))
     if s.leftovers_removed:

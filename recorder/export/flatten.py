@@ -1,11 +1,17 @@
 """Records -> rows of the exported tables: a pure core (no files), fed one decompressed block at a time.
 
-Two paths, one meaning. The fast path takes a frame whose JSON has exactly the shape the API document
-describes (known keys only, every level present) and copies its values into row tuples without building
-any objects. Anything else — an unknown field or section, a missing level, a number that is not an
-int64, a mistyped field, invalid JSON — goes through feed/message.py's parser (`envelope_from_object`),
-which decides what is known, what is extra and what is malformed. The fast path only ever accepts frames
-that the parser would read to the same values; tests check that both paths give identical tables.
+Three paths, one meaning. First, when it is built, the C scanner (recorder/export/_scan.c) takes every TEXT
+frame that is strict JSON of exactly the documented shape (integers that fit int64, no escapes, valid UTF-8;
+its header comment lists the rules) and writes the values straight into column buffers. It is told the keys
+and columns by `scanner_layout()`, from schema.py, so the message format is described in feed/message.py only.
+Every frame it refuses, and every frame when it is not built, goes to the Python paths. The Python fast path
+takes a frame whose JSON has exactly the shape the API document describes (known keys only, every level
+present) and copies its values into row tuples without building any objects. Anything else — an unknown
+field or section, a missing level, a number that is not an int64, a mistyped field, invalid JSON — goes
+through feed/message.py's parser (`envelope_from_object`), which decides what is known, what is extra and
+what is malformed. The fast paths only ever accept frames that the parser would read to the same values;
+tests check that all paths give identical tables, in the order the records came in (rows of the C scanner
+and of the Python paths are merged by arrival).
 
 Where a frame goes (every TEXT record lands in exactly one place):
 - it parses and has at least one known section: one row in each section table it has a section for
@@ -62,6 +68,24 @@ FULL_WIDTH = 1 + sum(len(S.INT_COLUMNS[t]) for t in S.SECTION_TABLES)
 WIDTH |= {"full": FULL_WIDTH, "full.str": len(S.STR_COLUMNS["aggregate"])}
 _POW10 = tuple(10 ** (9 - n) for n in range(10))
 
+try:
+    from recorder.export import _scan
+except ImportError:  # installed without a C compiler: the Python paths do everything, more slowly
+    _scan = None  # type: ignore[assignment]
+
+# Which fast path an export runs: "C" (the built scanner) or "Python"; said in the export's summary.
+NATIVE = _scan is not None
+ENVELOPE_KEYS = ("channel", ID_FIELD, NAME_FIELD, "timestamp", "data")
+
+
+def scanner_layout(collect: Iterable[str] = S.SECTION_TABLES) -> list[tuple[str, list[tuple[tuple[str, ...], str]],
+                                                                              bool]]:
+    """What the C scanner accepts and fills, per section table in SECTION_TABLES order: the section's key under
+    `data`, every column's path under it with its kind in schema order (string columns, then integer ones) and
+    whether its rows are collected. Its objects must hold exactly these keys."""
+    return [(S.SECTION_OF[t], [(path[1:], "str") for _, path in S.STR_COLUMNS.get(t, [])]
+             + [(path[1:], "int") for _, path in S.INT_COLUMNS[t]], t in collect) for t in S.SECTION_TABLES]
+
 
 def _wires(table: str) -> list[str]:
     return [path[-1] for _, path in S.STR_COLUMNS.get(table, []) + S.INT_COLUMNS[table]]
@@ -99,14 +123,22 @@ class _Slow(Exception):
 class Flattener:
     """Accumulates rows for every table; `take()` turns them into Arrow tables and starts over."""
 
-    def __init__(self, contracts: Iterable[str] = (), tables: Iterable[str] = S.TABLES) -> None:
+    def __init__(self, contracts: Iterable[str] = (), tables: Iterable[str] = S.TABLES, native: bool = True) -> None:
+        """`native=False` runs the Python paths only, even where the C scanner is built (tests compare them)."""
         self.contracts = frozenset(contracts)
         self.tables = frozenset(tables)
         # Section rows are where non-integers are found: with `extras` selected, every section is collected.
         self._collect = self.tables | frozenset(S.SECTION_TABLES) if "extras" in self.tables else self.tables
         self.counts: Counter[str] = Counter()
         self._ts_cache: dict[str, int] = {}
+        self._scanner = _scan.Scanner(ENVELOPE_KEYS, scanner_layout(self._collect),
+                                      set(self.contracts) if self.contracts else None) if native and NATIVE else None
         self._reset()
+
+    @property
+    def native(self) -> bool:
+        """True when the C scanner takes the frames it can (else the Python paths take all)."""
+        return self._scanner is not None
 
     def _reset(self) -> None:
         # Flat lists, WIDTH values per row, so that a column is one C-level slice (`rows[j::WIDTH]`), not a
@@ -114,19 +146,57 @@ class Flattener:
         # identifier_field, channel, payload. A table row: the frame's index, then the table's own values.
         self._frames: list[Any] = []
         self._rows: dict[str, list[Any]] = {t: [] for t in WIDTH}
+        # With the C scanner: records fed since the last take (a frame's arrival number is `_arrivals` at its
+        # block plus its place there), the arrival number of each Python-path frame, and the segment names.
+        self._arrivals = 0
+        self._py_seq: list[int] = []
+        self._segments: dict[str, int] = {}
 
     @property
     def pending(self) -> int:
+        """Frames collected since the last take(), on all paths."""
+        scanned = self._scanner.pending if self._scanner is not None else 0
+        return len(self._frames) // FRAME_WIDTH + scanned
+
+    @property
+    def _py_frames(self) -> int:
         return len(self._frames) // FRAME_WIDTH
 
     # --- feeding ----------------------------------------------------------------------------------
 
-    def add_block(self, records: Iterable[tuple[int, int, int, bytes]], shard: int, segment: str,
+    def add_block(self, records: list[tuple[int, int, int, bytes]], shard: int, segment: str,
                   first_record: int, lo: int = -(1 << 63), hi: int = 1 << 63) -> None:
         """Records (ts_ns, conn, kind, payload) of one block, those received in [lo, hi) only.
 
         `first_record` is the index of the block's first record in its file (the `record` column).
         """
+        scanner = self._scanner
+        if scanner is None:
+            self._add(records, range(first_record, first_record + len(records)), shard, segment, lo, hi)
+            return
+        seq = self._arrivals
+        self._arrivals += len(records)
+        refused = scanner.scan(records, first_record, shard, self._segments.setdefault(segment, len(self._segments)),
+                               lo, hi, seq)
+        parsed, filtered = scanner.counts()
+        counts = self.counts
+        if parsed:
+            counts["parsed"] += parsed
+            counts["parsed_fast"] += parsed
+            counts["parsed_c"] += parsed
+        if filtered:
+            counts["filtered_out"] += filtered
+        if refused:
+            before = self._py_frames
+            self._add([records[i] for i in refused], [first_record + i for i in refused], shard, segment, lo, hi)
+            frames = self._frames
+            # A record gives at most one frame: its arrival number follows from its `record` value.
+            self._py_seq.extend(seq + frames[k * FRAME_WIDTH + 4] - first_record
+                                for k in range(before, self._py_frames))
+
+    def _add(self, records: list[tuple[int, int, int, bytes]], numbers: Iterable[int], shard: int, segment: str,
+             lo: int, hi: int) -> None:
+        """The Python paths: `numbers` are the records' indices in their file."""
         frames = self._frames
         frame = frames.extend
         rows = self._rows
@@ -156,9 +226,7 @@ class Flattener:
         agg_get, agg_str_get, range_get, info_get = _agg_get, _agg_str_get, _range_get, _info_get
         agg_len, range_len, info_len = len(S.AGGREGATE_KEYS), len(S.RANGE_KEYS), len(S.INFO_KEYS)
         parsed = 0
-        record = first_record - 1
-        for ts_ns, conn, kind, payload in records:
-            record += 1
+        for record, (ts_ns, conn, kind, payload) in zip(numbers, records, strict=True):
             if clip and (ts_ns < lo or ts_ns >= hi):
                 continue
             if kind != TEXT:
@@ -269,6 +337,8 @@ class Flattener:
                 base = parse_timestamp_ns(head)
             except MessageError:
                 return None
+            if not INT64_MIN <= base <= INT64_MAX - 1_000_000_000:
+                return None  # beyond timestamp[ns] (before 1677 or after 2262): the parser reports it
             if len(self._ts_cache) > 4096:
                 self._ts_cache.clear()
             self._ts_cache[head] = base
@@ -289,7 +359,7 @@ class Flattener:
             self.counts["events"] += 1
             event = decode_event(payload)
             code = event.get("code")
-            fi = self.pending
+            fi = self._py_frames
             self._frames.extend((ts_ns, shard, conn, segment, record, None, None, None, None, payload))
             self._rows["events"].extend((fi, str(event.get("event")),
                                          code if type(code) is int and INT64_MIN <= code <= INT64_MAX else None,
@@ -306,7 +376,7 @@ class Flattener:
 
     def _put_frame(self, frame: tuple[Any, ...], fi: int | None) -> int:
         if fi is None:
-            fi = self.pending
+            fi = self._py_frames
             self._frames.extend(frame)
         else:
             self._frames[fi * FRAME_WIDTH:(fi + 1) * FRAME_WIDTH] = frame
@@ -321,6 +391,8 @@ class Flattener:
             if exact is not None:
                 env = envelope_from_object(exact)
             server_ns = env.timestamp_ns
+            if server_ns is not None and not INT64_MIN <= server_ns <= INT64_MAX:
+                raise MessageError(f"timestamp {env.timestamp!r:.40} is beyond the ns range of 1677-2262")
         except MessageError as exc:
             self._unparsed(ts_ns, shard, conn, segment, record, payload, str(exc), fi)
             return
@@ -365,6 +437,8 @@ class Flattener:
             contract = identifier_of(payload)
         if server_ns is None:
             server_ns = timestamp_ns_of(payload)
+            if server_ns is not None and not INT64_MIN <= server_ns <= INT64_MAX:
+                server_ns = None
         if self.contracts and contract not in self.contracts:
             self.counts["filtered_out"] += 1
             return
@@ -437,6 +511,7 @@ class Flattener:
             rows["messages"] = [msgs[i + k] for i in ordered for k in range(width)]
         frames = self._frames
         out: dict[str, pa.Table] = {}
+        order: dict[str, np.ndarray] = {}  # frame index of each section row (Python path)
         if frames:
             fcols = _columns(frames, FRAME_WIDTH)
             base = {
@@ -456,6 +531,7 @@ class Flattener:
                 if t not in self.tables or not len(cols[0]):
                     continue
                 cols = _in_record_order(cols)
+                order[t] = cols[0]
                 idx = pa.array(cols[0]).cast(pa.int32())
                 arrays = [base[name].take(idx) for name, _ in S.RECORD_COLUMNS + S.MESSAGE_COLUMNS]
                 names = [name for name, _ in S.STR_COLUMNS.get(t, []) + S.INT_COLUMNS[t]]
@@ -483,8 +559,51 @@ class Flattener:
                     base["contract"].take(idx), pa.array(section, pa.string()).dictionary_encode(),
                     pa.array(field, pa.string()), pa.array(reason, pa.string()).dictionary_encode(),
                     pa.array(value, pa.string())])
+        if self._scanner is not None:
+            self._merge_scanned(out, order)
         self._reset()
         return out
+
+    def _merge_scanned(self, out: dict[str, pa.Table], order: dict[str, np.ndarray]) -> None:
+        """Add the C scanner's rows to the section tables, merged with the Python paths' rows by arrival."""
+        assert self._scanner is not None
+        got = self._scanner.take()
+        n = got["frames"]
+        if not n:
+            return
+        py_seq = np.asarray(self._py_seq, np.int64)
+        seq = np.frombuffer(got["seq"], np.int64)
+        base = [
+            _from_buffer(S.TS, n, got["recv"]),
+            _from_buffer(pa.int32(), n, got["shard"]),
+            _from_buffer(pa.int64(), n, got["conn"]),
+            _dictionary(got["segment"], list(self._segments)),
+            _from_buffer(pa.int64(), n, got["record"]),
+            _from_buffer(S.TS, n, got["server"]),
+            _dictionary(got["contract"], got["contracts"]),
+            _dictionary(got["identifier_field"], [ID_FIELD, NAME_FIELD]),
+            _dictionary(got["channel"], got["channels"]),
+        ]
+        for t, (rows, fi_bytes, cols) in zip(S.SECTION_TABLES, got["tables"], strict=True):
+            if not rows or t not in self.tables:
+                continue
+            # A frame has at most one row per table, added in frame order: as many rows as frames is all of them.
+            fi = None if rows == n else np.frombuffer(fi_bytes, np.int32)
+            arrays = list(base) if fi is None else [a.take(pa.array(fi)) for a in base]
+            kinds = [pa.string()] * len(S.STR_COLUMNS.get(t, [])) + [pa.int64()] * len(S.INT_COLUMNS[t])
+            for kind, (values, data, validity, nulls) in zip(kinds, cols, strict=True):
+                buffers = [None if validity is None else pa.py_buffer(validity), pa.py_buffer(values)]
+                if data is not None:
+                    buffers.append(pa.py_buffer(data))
+                arrays.append(pa.Array.from_buffers(kind, rows, buffers, null_count=nulls))
+            table = _table(t, arrays)
+            if t not in out:
+                out[t] = table
+                continue
+            # Rows of both paths: put them back in the order the records came in.
+            keys = np.concatenate([seq if fi is None else seq[fi], py_seq[order[t]]])
+            merged = pa.concat_tables([table, out[t]]).unify_dictionaries().combine_chunks()
+            out[t] = merged.take(pa.array(np.argsort(keys, kind="stable")))
 
     def _full_columns(self) -> dict[str, list[Any]]:
         """The "full" rows split into the four tables' columns; on anything unusual they are moved to the
@@ -645,6 +764,14 @@ def _in_record_order(cols: list[Any]) -> list[Any]:
 
 def _columns(flat: list[Any], width: int) -> list[Any]:
     return [flat[j::width] for j in range(width)]
+
+
+def _from_buffer(kind: pa.DataType, n: int, data: bytes) -> pa.Array:
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(data)])
+
+
+def _dictionary(indices: bytes, values: list[str]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.frombuffer(indices, np.int32)), pa.array(values, pa.string()))
 
 
 def _int64(values: list[Any]) -> pa.Array:

@@ -66,6 +66,7 @@ class ExportSummary:
     seconds: float = 0.0
     damage: list[Damage] = field(default_factory=list)
     leftovers_removed: int = 0
+    native: bool = False  # the C scanner ran (else the Python paths parsed every frame)
 
 
 def part_name(seg: SegmentFile) -> str:
@@ -91,6 +92,7 @@ def export_segments(segments: Iterable[SegmentFile], options: ExportOptions,
     summary = ExportSummary(leftovers_removed=remove_leftovers(out))
     started = time.perf_counter()
     flattener = Flattener(options.contracts, options.tables)
+    summary.native = flattener.native
     for seg in sorted(segments, key=lambda s: (s.shard, s.start_ns, s.path.name)):
         if not seg.sealed:
             summary.open_skipped.append(seg.path.name)
