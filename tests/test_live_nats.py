@@ -46,13 +46,17 @@ def test_two_recorders_publish_each_message_once_with_digest_ids_and_receive_tim
     ids = ",".join(sim.info["ids"])
     recs = [recorder("--ids", ids, "--shards", str(i + 1), "--out", str(tmp_path / f"out{i}"), "--publish", server.url,
                      "--nats-max-age", "1h", *sim_args(sim), env=creds(sim)) for i in range(2)]
-    time.sleep(4)
+    # Both recording and publishing before the common window starts: on a loaded machine a start takes seconds.
+    for rec in recs:
+        rec.wait_for("the feed accepted shard")
+        rec.wait_for("connected to NATS")
+    time.sleep(3)
     for rec in recs:
         rec.signal(signal.SIGTERM)
     for rec in recs:
         assert rec.wait(30) == 0, rec.stderr
     first, second = (set(recorded_payloads(tmp_path / f"out{i}")) for i in range(2))
-    assert len(first & second) > 3000, "both recorders saw the same messages"
+    assert len(first & second) > 1000, "both recorders saw the same messages"
     msgs = run(stream_messages(server.url))
     payloads = [p for _, p, _ in msgs]
     assert len(payloads) == len(set(payloads)), "a message is in the stream twice"
