@@ -92,8 +92,10 @@ def test_one_x_keeps_the_original_timing(tmp_path):
     fig = report_figures(out.stderr)
     assert fig["span"] == pytest.approx(1.5, abs=0.01)
     assert_paced(fig, 1.0)
-    # Lateness is reported; a p99 of 100 ms at 1,000 msgs/s would mean the pacer is broken, not the machine busy.
-    assert 0 <= fig["p99_us"] < 100_000
+    # Lateness is reported. A pacer that holds messages back and lets them out in bursts keeps the wall time but
+    # makes them late by a good part of the span; a busy machine delays some by scheduling, up to ~0.12 s measured
+    # at load average 4. The bound tells the two apart without timing the machine.
+    assert 0 <= fig["p99_us"] < fig["span"] / 3 * 1e6
 
 
 def test_jsonl_has_time_contract_and_the_original_frame(tmp_path):
