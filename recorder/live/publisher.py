@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from recorder.errors import exception_text
 from recorder.live.relay import LiveItem
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
@@ -196,7 +197,8 @@ class NatsPublisher:
                     reconnected_cb=self._on_reconnected, pending_size=64 << 20)
                 break
             except Exception as exc:
-                log.warning("cannot connect to NATS (%s); retrying in %.1fs; recording goes on", _why(exc), delay)
+                log.warning("cannot connect to NATS (%s); retrying in %.1fs; recording goes on", exception_text(exc),
+                            delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.js = self.nc.jetstream()
@@ -246,10 +248,10 @@ class NatsPublisher:
                         continue  # now wait for its leader
                     except Exception as exc2:
                         # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                        warn("create", f"cannot create NATS stream {s.nats_stream} ({_why(exc2)}); retrying "
+                        warn("create", f"cannot create NATS stream {s.nats_stream} ({exception_text(exc2)}); retrying "
                                        "(a stream that already takes subjects ime.> must be used: --nats-stream)")
                 elif not once:
-                    warn("info", f"NATS stream {s.nats_stream} not available ({_why(exc)}); retrying")
+                    warn("info", f"NATS stream {s.nats_stream} not available ({exception_text(exc)}); retrying")
             if once:
                 return False
             await asyncio.sleep(delay)
@@ -297,7 +299,7 @@ class NatsPublisher:
                 await send_command(b"".join(parts))
                 await nc._flush_pending()
             except Exception as exc:  # closed or buffer full mid-reconnect: nats-py reconnects, we resend
-                log.debug("publish failed: %s", _why(exc))
+                log.debug("publish failed: %s", exception_text(exc))
                 self._rewind()
                 await asyncio.sleep(0.05)
                 return
@@ -381,7 +383,7 @@ class NatsPublisher:
     # -- nats-py callbacks ---------------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS: %s", _why(exc))
+        log.debug("NATS: %s", exception_text(exc))
 
     async def _on_disconnected(self) -> None:
         if self.connected and not self._closing:
@@ -394,8 +396,3 @@ class NatsPublisher:
         self.connected = True
         log.info("reconnected to NATS; sending %d unconfirmed messages", self.pending)
         self._rewind()
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
