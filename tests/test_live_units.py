@@ -148,7 +148,7 @@ def test_backlog_is_bounded_and_keeps_the_newest():
     pub = _publisher(backlog=10)
     pub.enqueue(*_items(25))
     assert pub.pending == 10 and pub.dropped == 15
-    assert [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
+    assert [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
     assert pub.status()["nats_backlog"] == 10 and pub.status()["nats_dropped"] == 15
 
 
@@ -170,7 +170,7 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
     for _ in range(4):
         pub.unconfirmed.append(pub.unsent.popleft())
     pub._rewind()
-    assert pub.republished == 4 and [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
+    assert pub.republished == 4 and [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
     assert FENCE_EVERY > 1
 
 
@@ -209,3 +209,41 @@ def test_router_never_learns_what_parsing_would_not_say(payload):
     for _ in range(3):
         assert router.contract(payload) == identifier_of(payload)
     assert router.contract(b'{"channel":"x","contractId":"2","timestamp":"t"}') == "2"
+
+
+def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences():
+    """The bytes _send hands nats-py: one HPUB per message, its headers, a reply subject on every fence."""
+    n = FENCE_EVERY + 5
+    pub = _publisher(backlog=1000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    recs, items = _items(n)
+    items[3] = (None, 2, recs[3].payload)  # a binary frame: no contract, not published
+    pub.enqueue(recs, items)
+    run(pub._send())
+    data = b"".join(sent)
+    commands = []
+    while data:
+        line, _, data = data.partition(b"\r\n")
+        verb, subject, *reply, hlen, tlen = line.split(b" ")
+        body, data = data[:int(tlen)], data[int(tlen) + 2:]
+        commands.append((verb, subject, reply, body[:int(hlen)], body[int(hlen):]))
+    payloads = [r.payload for i, r in enumerate(recs) if i != 3]
+    assert [c[4] for c in commands] == payloads and pub.unrouted == 1
+    assert {c[0] for c in commands} == {b"HPUB"} and {c[1] for c in commands} == {subject_for("id", "1001").encode()}
+    for (_, _, _, headers, payload), rec in zip(commands, [r for i, r in enumerate(recs) if i != 3], strict=True):
+        assert headers == (f"NATS/1.0\r\nNats-Msg-Id: {msg_id(payload)}\r\nIme-Receive-Ns: {rec.ts_ns}\r\n\r\n"
+                           .encode())
+    fenced = [i for i, c in enumerate(commands) if c[2]]
+    assert fenced == [FENCE_EVERY - 1, len(commands) - 1]  # every FENCE_EVERY-th, and the last of the burst
+    assert [c[2] for c in commands if c[2]] == [[b"_IME_ACK.x.1"], [b"_IME_ACK.x.2"]]
+    assert [pub.fences[t].end for t in pub.fence_order] == [FENCE_EVERY, len(commands)]
+    assert pub.pending == len(commands) and not pub.unsent
