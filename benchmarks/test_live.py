@@ -244,7 +244,7 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
     c0 = time.process_time()
     for i in range(0, len(records), chunk):
         part = records[i:i + chunk]
-        recs = [LiveRecord(i + k, ts, 0, 1, p) for k, (ts, p) in enumerate(part)]
+        recs: list[LiveRecord] = [(i + k, ts, 0, 1, p) for k, (ts, p) in enumerate(part)]
         # The contract as the hub finds it (identifier_of), cheaply: the simulator's ids are in the prefix.
         pub.enqueue(recs, [(p[p.find(b'"contractId":"') + 14:p.find(b'"', p.find(b'"contractId":"') + 14)].decode(),
                             1, p) for _, p in part])

@@ -110,14 +110,14 @@ class NatsPublisher:
         subjects = self._subjects
         append = self.unsent.append
         headers = _HEADERS
-        for rec, (contract, _, payload) in zip(records, items, strict=True):
+        for (_, ts_ns, _, _, payload), (contract, _, _) in zip(records, items, strict=True):
             if contract is None:
                 self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
                 continue
             subject = subjects.get(contract)
             if subject is None:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
-            append((subject, headers % (hexlify(digest(payload)), rec.ts_ns), payload))
+            append((subject, headers % (hexlify(digest(payload)), ts_ns), payload))
         self.enqueued += len(records)
         over = self.pending - self.max_backlog
         if over > 0:
