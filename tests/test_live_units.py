@@ -292,12 +292,19 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         counts.append(sock.sends)  # still 2
         await asyncio.sleep(0)
         counts.append(sock.sends)  # 3
+        await asyncio.sleep(0.01)
+        start = time.time_ns()
+        for us in (0, 10, 30, 45, 60, 90, 95):  # a burst after a pause that takes the worker 95 µs to record
+            out(start + us * 1000, 0, 1, b"frame at +%d us" % us)
+            counts.append(sock.sends)  # at once (+0), then whatever waited past 40 µs (+45, +90)
+        await asyncio.sleep(0)
+        counts.append(sock.sends)  # and the rest at the end of the turn
         await asyncio.sleep(0.05)
         out.close()
         server.close()
         dec = Decoder()
         recs = dec.feed(bytes(received))
-        assert [r[0] for r in recs] == list(range(103)) and out.dropped == 0
+        assert [r[0] for r in recs] == list(range(110)) and out.dropped == 0
         return counts
 
-    assert run(scenario()) == [1, 1, 2, 2, 3]
+    assert run(scenario()) == [1, 1, 2, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]

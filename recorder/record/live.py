@@ -3,8 +3,9 @@
 `make_live_output(settings)` builds the one callable the worker calls for every first arrival:
 `live_output(ts_ns, conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 0.5 µs)
 and writes the buffer to the hub's Unix socket without blocking: the first frame of a burst at once, the
-rest of the burst in one send at the end of the event-loop turn (a send per frame would cost the receive
-thread more than recording the frame, and wake the hub for every one). When the hub
+rest of the burst in one send at the end of the event-loop turn, or every 40 µs while a burst after a pause
+lasts (a send per frame would cost the receive thread more than recording the frame, and wake the hub for
+every one). When the hub
 is slow, restarting or gone, what does not fit is dropped and counted (the hub also sees the gap in the
 sequence numbers): the segment file, not the live feed, is the record that must be complete.
 """
@@ -33,6 +34,11 @@ _RECONNECT_S = 0.1
 _PAUSE_NS = 100_000
 # A loop turn that buffers more than this sends it at once rather than holding it to the end of the turn.
 _SEND_AT = 256 << 10
+# Within a burst that followed a pause, what has waited this long goes without waiting for the end of the turn:
+# a burst of ~20 frames takes the worker ~100 µs to record, and its early frames need not wait for the last.
+# (At full rate there is no pause, so no such send: one per turn, the cheapest for the worker.) Measured at
+# 20k msgs/s in six pairs of runs, relay p99 0.7-1.2 ms with it against 1.3-2.0 ms without, p50 unchanged.
+_BURST_SEND_NS = 40_000
 _SOCKET_BUFFER = 4 << 20
 
 
@@ -69,8 +75,8 @@ class LiveSettings:
 class LiveOutput:
     """The worker's end of the hub socket. Call it on the event loop thread only."""
 
-    __slots__ = ("_buf", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack", "_scheduled", "_send_at", "_seq",
-                 "_sock", "_writer_on", "address", "dropped", "sent", "shard")
+    __slots__ = ("_buf", "_burst_deadline", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack", "_scheduled",
+                 "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
 
     def __init__(self, address: str, shard: int, max_buffer: int) -> None:
         self.address = address
@@ -86,6 +92,7 @@ class LiveOutput:
         self._next_try = 0.0
         self._pack = RECORD.pack
         self._last_flush_ns = 0
+        self._burst_deadline = 0
         self.dropped = 0
         self.sent = 0
 
@@ -102,20 +109,25 @@ class LiveOutput:
             self._send_now()
         buf += self._pack(len(payload), seq, ts_ns, conn, kind)
         buf += payload
-        if self._scheduled:
-            return  # not the first of this loop turn: it goes with the rest of the turn's frames
+        if self._scheduled:  # not the first of this loop turn: it goes with the rest of the turn's frames
+            if self._burst_deadline and ts_ns > self._burst_deadline:
+                self._burst_deadline = ts_ns + _BURST_SEND_NS
+                self._send_now()
+            return
         self._scheduled = True
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         loop.call_soon(self._flush)
         if ts_ns - self._last_flush_ns > _PAUSE_NS:
+            self._burst_deadline = ts_ns + _BURST_SEND_NS
             self._send_now()
 
     # -- the socket --------------------------------------------------------------------------------
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._burst_deadline = 0
         self._last_flush_ns = time.time_ns()
         self._send_now()
 
