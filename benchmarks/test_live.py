@@ -47,14 +47,15 @@ SECONDS = 3.0 if QUICK else 8.0
 RELAY_CLIENTS = 10
 NATS_MESSAGES = 200_000 if QUICK else 1_000_000
 # Issue 12's targets, reported with every run (extra_info "targets_met"). Full runs on the shared 2-core machine
-# (load average 4-5.5, 2026-11-25): NATS 103-126k msgs/s (met); relay p99 1.6-2.1 ms with p50 144-152 us, relay
-# throughput 0.51-0.66x, publish throughput 0.37-0.52x (not met: see README "Figures" for what bounds them).
+# (load average 2.8-4.8, 2026-11-25): NATS 107-143k msgs/s (met); relay p99 1.1-8.0 ms with p50 124-148 us, relay
+# throughput 0.41-0.63x, publish throughput 0.23-0.55x (not met: see README "Figures" for what bounds them).
 TARGETS = {"relay_p99_us_max": 150.0, "relay_throughput_ratio": 0.8, "nats_msgs_per_s": 100_000.0,
            "publish_throughput_ratio": 0.8}
 # Gated floors: regressions from the figures above (with room for a loaded machine), in both modes, so the gate
-# can fail (a relay that adds 10 ms, a publisher at half its rate, or live outputs that halve recording fail it).
-FLOORS = {"relay_p99_us_max": 10_000.0, "relay_throughput_ratio": 0.3, "nats_msgs_per_s": 50_000.0,
-          "publish_throughput_ratio": 0.2}
+# can fail (a relay that adds 20 ms, a publisher at half its rate, or live outputs that cut recording to a
+# third with the relay or a seventh with NATS fail it).
+FLOORS = {"relay_p99_us_max": 20_000.0, "relay_throughput_ratio": 0.3, "nats_msgs_per_s": 50_000.0,
+          "publish_throughput_ratio": 0.15}
 if QUICK:
     # A 3 s run beside the blaster on a shared 2-core runner: p99 ranged 1.7-46 ms and the ratios 0.23-0.85 at load
     # 4-9. The quick floors catch a collapse only.
