@@ -5,9 +5,8 @@
 and writes the buffer to the hub's Unix socket without blocking: the first frame of a burst at once, the
 rest of the burst in one send at the end of the event-loop turn, or every 40 µs while a burst after a pause
 lasts (a send per frame would cost the receive thread more than recording the frame, and wake the hub for
-every one). When the hub
-is slow, restarting or gone, what does not fit is dropped and counted (the hub also sees the gap in the
-sequence numbers): the segment file, not the live feed, is the record that must be complete.
+every one). When the hub is slow, restarting or gone, what does not fit is dropped and counted (the hub also
+sees the gap in the sequence numbers): the segment file, not the live feed, is the record that must be complete.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ LiveOutputFn = Callable[[int, int, int, bytes], None]
 
 _MAX_DATA_KIND = 2  # TEXT and BINARY; events (3) and receipts (4) are not market data for consumers
 _RECONNECT_S = 0.1
-# A frame that arrives this long after the last send starts a new burst and goes to the hub at once; the rest of
-# the burst (one socket read can hold dozens of frames) goes in one send at the end of the event-loop turn.
+# A frame that arrives this long after the last end-of-turn send starts a new burst and goes to the hub at once;
+# the rest of the burst (one socket read can hold dozens of frames) goes in one send at the end of the loop turn.
 _PAUSE_NS = 100_000
 # A loop turn that buffers more than this sends it at once rather than holding it to the end of the turn.
 _SEND_AT = 256 << 10
