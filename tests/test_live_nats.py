@@ -46,6 +46,8 @@ def test_two_recorders_publish_each_message_once_with_digest_ids_and_receive_tim
     ids = ",".join(sim.info["ids"])
     recs = [recorder("--ids", ids, "--shards", str(i + 1), "--out", str(tmp_path / f"out{i}"), "--publish", server.url,
                      "--nats-max-age", "1h", *sim_args(sim), env=creds(sim)) for i in range(2)]
+    for rec in recs:  # both up before the window starts: on a loaded machine starting takes seconds
+        rec.wait_for("connected to NATS", 60)
     time.sleep(4)
     for rec in recs:
         rec.signal(signal.SIGTERM)
