@@ -22,3 +22,9 @@ class RuntimeFailure(UserError):
     """Something failed while running (disk full, credentials refused): exit 1."""
 
     exit_code = EXIT_RUNTIME
+
+
+def exception_text(exc: BaseException) -> str:
+    """`Type: message` (or just the type when the message is empty), for one-line reports of a library's error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -48,8 +48,8 @@ def test_two_recorders_publish_each_message_once_with_digest_ids_and_receive_tim
                      "--nats-max-age", "1h", *sim_args(sim), env=creds(sim)) for i in range(2)]
     # Both recording and publishing before the common window starts: on a loaded machine a start takes seconds.
     for rec in recs:
-        rec.wait_for("the feed accepted shard")
-        rec.wait_for("connected to NATS")
+        rec.wait_for("the feed accepted shard", 60)
+        rec.wait_for("connected to NATS", 60)
     time.sleep(3)
     for rec in recs:
         rec.signal(signal.SIGTERM)

@@ -212,3 +212,12 @@ def test_bad_live_options_are_one_line_exit_2(recorder, tmp_path, args, message)
     lines = rec.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ime-record: error: "), rec.stderr
     assert message in rec.stderr and "Traceback" not in rec.stderr
+
+
+def test_a_bad_relay_option_with_demo_starts_nothing(recorder, tmp_path):
+    """The options are checked before the demo simulator starts: one line, exit 2, no simulator ran."""
+    rec = recorder("--demo", "--relay", "nonsense", "--out", str(tmp_path / "out"))
+    assert rec.wait(30) == 2
+    lines = rec.stderr.strip().splitlines()
+    assert lines == ["ime-record: error: bad --relay 'nonsense': give [HOST:]PORT, e.g. 127.0.0.1:8765"], rec.stderr
+    assert "simulator" not in rec.stderr and "ime-sim" not in rec.stderr

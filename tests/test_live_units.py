@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 import uuid
 
 import pytest
@@ -37,7 +38,7 @@ def test_wire_stream_decodes_whatever_the_chunking(recs, cuts):
         pos += step
         i += 1
     assert (dec.shard, dec.pid) == (3, 4242)
-    assert got == [LiveRecord(i, ts, conn, kind, p) for i, (ts, conn, kind, p) in enumerate(recs)]
+    assert got == [(i, ts, conn, kind, p) for i, (ts, conn, kind, p) in enumerate(recs)]
     assert dec.pending == 0
 
 
@@ -125,8 +126,8 @@ def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_deliver
 
     shard, recs = run(scenario())
     assert shard == 2
-    assert [r.seq for r in recs] == [*range(7), *range(10, 2010)]  # 7-9 dropped: the hub counts the gap
-    assert [r.ts_ns for r in recs] == [*range(7), *range(10, 2010)]
+    assert [r[0] for r in recs] == [*range(7), *range(10, 2010)]  # 7-9 dropped: the hub counts the gap
+    assert [r[1] for r in recs] == [*range(7), *range(10, 2010)]
 
 
 def _publisher(backlog: int = 10) -> NatsPublisher:
@@ -140,15 +141,15 @@ def _publisher(backlog: int = 10) -> NatsPublisher:
 
 
 def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
-    recs = [LiveRecord(i, i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
-    return recs, [("1001", 1, r.payload) for r in recs]
+    recs: list[LiveRecord] = [(i, i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    return recs, [("1001", 1, r[4]) for r in recs]
 
 
 def test_backlog_is_bounded_and_keeps_the_newest():
     pub = _publisher(backlog=10)
     pub.enqueue(*_items(25))
     assert pub.pending == 10 and pub.dropped == 15
-    assert [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
+    assert [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
     assert pub.status()["nats_backlog"] == 10 and pub.status()["nats_dropped"] == 15
 
 
@@ -170,7 +171,7 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
     for _ in range(4):
         pub.unconfirmed.append(pub.unsent.popleft())
     pub._rewind()
-    assert pub.republished == 4 and [e.payload for e in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
+    assert pub.republished == 4 and [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
     assert FENCE_EVERY > 1
 
 
@@ -209,3 +210,101 @@ def test_router_never_learns_what_parsing_would_not_say(payload):
     for _ in range(3):
         assert router.contract(payload) == identifier_of(payload)
     assert router.contract(b'{"channel":"x","contractId":"2","timestamp":"t"}') == "2"
+
+
+def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences():
+    """The bytes _send hands nats-py: one HPUB per message, its headers, a reply subject on every fence."""
+    n = FENCE_EVERY + 5
+    pub = _publisher(backlog=1000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    recs, items = _items(n)
+    items[3] = (None, 2, recs[3][4])  # a binary frame: no contract, not published
+    pub.enqueue(recs, items)
+    run(pub._send())
+    data = b"".join(sent)
+    commands = []
+    while data:
+        line, _, data = data.partition(b"\r\n")
+        verb, subject, *reply, hlen, tlen = line.split(b" ")
+        body, data = data[:int(tlen)], data[int(tlen) + 2:]
+        commands.append((verb, subject, reply, body[:int(hlen)], body[int(hlen):]))
+    payloads = [r[4] for i, r in enumerate(recs) if i != 3]
+    assert [c[4] for c in commands] == payloads and pub.unrouted == 1
+    assert {c[0] for c in commands} == {b"HPUB"} and {c[1] for c in commands} == {subject_for("id", "1001").encode()}
+    for (_, _, _, headers, payload), rec in zip(commands, [r for i, r in enumerate(recs) if i != 3], strict=True):
+        assert headers == (f"NATS/1.0\r\nNats-Msg-Id: {msg_id(payload)}\r\nIme-Receive-Ns: {rec[1]}\r\n\r\n"
+                           .encode())
+    fenced = [i for i, c in enumerate(commands) if c[2]]
+    assert fenced == [FENCE_EVERY - 1, len(commands) - 1]  # every FENCE_EVERY-th, and the last of the burst
+    assert [c[2] for c in commands if c[2]] == [[b"_IME_ACK.x.1"], [b"_IME_ACK.x.2"]]
+    assert [pub.fences[t].end for t in pub.fence_order] == [FENCE_EVERY, len(commands)]
+    assert pub.pending == len(commands) and not pub.unsent
+
+
+def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn():
+    address = f"\0ime-test-{uuid.uuid4().hex}"
+
+    class Counting:
+        """The output's socket, counting the sends that reach it."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+            self.sends = 0
+
+        def send(self, data: bytes) -> int:
+            self.sends += 1
+            return self.sock.send(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.sock, name)
+
+    async def scenario() -> list[int]:
+        received = bytearray()
+
+        class Hub(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.extend(data)
+
+        server = await asyncio.get_running_loop().create_unix_server(Hub, address)
+        out = LiveOutput(address, 0, max_buffer=8 << 20)
+        out(time.time_ns(), 0, 1, b"connects")
+        await asyncio.sleep(0.01)
+        sock = out._sock = Counting(out._sock)  # type: ignore[assignment]
+        counts = []
+        now = time.time_ns()
+        out(now, 0, 1, b"first of a burst after a pause")
+        counts.append(sock.sends)  # 1: at once
+        for i in range(100):
+            out(now + i, 0, 1, b"x" * 500)
+        counts.append(sock.sends)  # still 1: the rest waits for the end of the turn
+        await asyncio.sleep(0)
+        counts.append(sock.sends)  # 2: the rest of the burst in one send
+        out(out._last_flush_ns + 1_000, 0, 1, b"1 us after the last send: no pause, so with the rest of its turn")
+        counts.append(sock.sends)  # still 2
+        await asyncio.sleep(0)
+        counts.append(sock.sends)  # 3
+        await asyncio.sleep(0.01)
+        start = time.time_ns()
+        for us in (0, 10, 30, 45, 60, 90, 95):  # a burst after a pause that takes the worker 95 µs to record
+            out(start + us * 1000, 0, 1, b"frame at +%d us" % us)
+            counts.append(sock.sends)  # at once (+0), then whatever waited past 40 µs (+45, +90)
+        await asyncio.sleep(0)
+        counts.append(sock.sends)  # and the rest at the end of the turn
+        await asyncio.sleep(0.05)
+        out.close()
+        server.close()
+        dec = Decoder()
+        recs = dec.feed(bytes(received))
+        assert [r[0] for r in recs] == list(range(110)) and out.dropped == 0
+        return counts
+
+    assert run(scenario()) == [1, 1, 2, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]

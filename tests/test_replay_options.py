@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from test_replay_e2e import make_recording, replay
@@ -36,3 +37,19 @@ def test_the_token_from_the_environment_does_not_stop_a_stdout_replay(tmp_path):
 def test_version():
     out = replay("--version")
     assert out.returncode == 0 and out.stdout.decode().startswith("ime-replay, version ")
+
+
+@pytest.mark.parametrize("url", ["nats://127.0.0.1:1", "nats://127.0.0.1:1,nats://127.0.0.1:2"])
+def test_from_nats_with_no_server_there_is_one_line_and_exit_1(url):
+    pytest.importorskip("nats", reason="the NATS client (ime-recorder[nats]) is not installed")
+    """Nothing listens there: one line saying what went wrong and what to do, within seconds, no tracebacks."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "recorder.replay", "--from-nats", url, "--contract", "1001"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert time.monotonic() - started < 15
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("ime-replay: error: cannot connect to NATS at nats://127.0.0.1:1")
+    assert "Connection refused" in lines[0] and "nats-server is running" in lines[0]
+    assert out.stdout == ""

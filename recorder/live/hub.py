@@ -81,16 +81,14 @@ class Hub:
 
     def on_records(self, shard: int, pid: int, records: list[LiveRecord]) -> None:
         key = (shard, pid)
-        expected = self.next_seq.get(key)
-        items: list[LiveItem] = []
-        append = items.append
+        # A worker numbers its messages 0, 1, 2, …: whatever it could not hand over shows as missing numbers.
+        last = records[-1][0]
+        first = self.next_seq.get(key, records[0][0])
+        self.worker_dropped += last + 1 - first - len(records)
+        self.next_seq[key] = last + 1
         route = self.router.contract
-        for rec in records:
-            if expected is not None and rec.seq != expected:
-                self.worker_dropped += rec.seq - expected
-            expected = rec.seq + 1
-            append((route(rec.payload) if rec.kind == _TEXT else None, rec.kind, rec.payload))
-        self.next_seq[key] = expected if expected is not None else 0
+        items: list[LiveItem] = [(route(payload) if kind == _TEXT else None, kind, payload)
+                                 for _, _, _, kind, payload in records]
         self.received += len(records)
         if self.source is not None:
             try:

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from recorder.cli_support import parse_host_port
@@ -64,10 +65,44 @@ def _check_can_listen(host: str, port: int) -> None:
             raise UserError(f"--relay cannot listen on {host}:{port}: {exc.strerror}; choose another port") from None
 
 
-def live_settings(kind: str, contracts: tuple[str, ...], relay: str | None, relay_token: str | None,
-                  relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
-                  nats_duplicate_window: str, nats_replicas: int, nats_backlog: int) -> LiveSettings | None:
-    """None when neither --relay nor --publish is given."""
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    """--relay/--publish checked and parsed, before anything starts (the contracts may not be known yet)."""
+
+    relay_host: str | None
+    relay_port: int | None
+    relay_token: str | None
+    relay_client_buffer: int
+    nats_url: str | None
+    nats_stream: str
+    nats_max_age_s: float
+    nats_duplicate_window_s: float
+    nats_replicas: int
+    nats_backlog: int
+
+    def settings(self, kind: str, contracts: tuple[str, ...]) -> LiveSettings:
+        return LiveSettings(
+            # Abstract socket namespace: nothing on disk to clean up, and unique to this run.
+            address=f"\0ime-record-live-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            kind=kind,
+            contracts=contracts,
+            relay_host=self.relay_host,
+            relay_port=self.relay_port,
+            relay_token=self.relay_token,
+            relay_client_buffer=self.relay_client_buffer,
+            nats_url=self.nats_url,
+            nats_stream=self.nats_stream,
+            nats_max_age_s=self.nats_max_age_s,
+            nats_duplicate_window_s=self.nats_duplicate_window_s,
+            nats_replicas=self.nats_replicas,
+            nats_backlog=self.nats_backlog,
+        )
+
+
+def parse_live_options(relay: str | None, relay_token: str | None, relay_client_kib: int, publish: str | None,
+                       nats_stream: str, nats_max_age: str, nats_duplicate_window: str, nats_replicas: int,
+                       nats_backlog: int) -> LiveOptions | None:
+    """None when neither --relay nor --publish is given; a UserError (one line, exit 2) when one is wrong."""
     if relay is None and publish is None:
         if relay_token:
             log.warning("--relay-token (or IME_RELAY_TOKEN) is set but --relay is not; ignored")
@@ -88,19 +123,14 @@ def live_settings(kind: str, contracts: tuple[str, ...], relay: str | None, rela
     window = parse_duration(nats_duplicate_window, "--nats-duplicate-window")
     if window > max_age:
         raise UserError("--nats-duplicate-window cannot be longer than --nats-max-age")
-    return LiveSettings(
-        # Abstract socket namespace: nothing on disk to clean up, and unique to this run.
-        address=f"\0ime-record-live-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-        kind=kind,
-        contracts=contracts,
-        relay_host=relay_host,
-        relay_port=relay_port,
-        relay_token=relay_token or None,
-        relay_client_buffer=relay_client_kib * 1024,
-        nats_url=publish,
-        nats_stream=nats_stream,
-        nats_max_age_s=max_age,
-        nats_duplicate_window_s=window,
-        nats_replicas=nats_replicas,
-        nats_backlog=nats_backlog,
-    )
+    return LiveOptions(relay_host, relay_port, relay_token or None, relay_client_kib * 1024, publish, nats_stream,
+                       max_age, window, nats_replicas, nats_backlog)
+
+
+def live_settings(kind: str, contracts: tuple[str, ...], relay: str | None, relay_token: str | None,
+                  relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
+                  nats_duplicate_window: str, nats_replicas: int, nats_backlog: int) -> LiveSettings | None:
+    """parse_live_options and settings in one step, for when the contracts are known."""
+    options = parse_live_options(relay, relay_token, relay_client_kib, publish, nats_stream, nats_max_age,
+                                 nats_duplicate_window, nats_replicas, nats_backlog)
+    return options.settings(kind, contracts) if options is not None else None

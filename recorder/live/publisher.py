@@ -21,10 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from binascii import hexlify
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from recorder.errors import exception_text
 from recorder.live.relay import LiveItem
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
@@ -40,8 +42,9 @@ SEND_CHUNK = 2048  # messages sent per event-loop turn, so acks and the relay ge
 RECONNECT_WAIT_S = 0.5
 
 
-_HDR_HEAD = f"NATS/1.0\r\n{MSG_ID_HEADER}: ".encode()
-_HDR_MID = f"\r\n{RECEIVE_HEADER}: ".encode()
+# The NATS header block of one message, formatted once when it is queued (and reused when it is sent again):
+# nats-py's publish would build a dict and re-encode it for every send.
+_HEADERS = f"NATS/1.0\r\n{MSG_ID_HEADER}: %s\r\n{RECEIVE_HEADER}: %d\r\n\r\n".encode()
 
 
 def msg_id(payload: bytes) -> str:
@@ -49,13 +52,8 @@ def msg_id(payload: bytes) -> str:
     return digest(payload).hex()
 
 
-class _Entry:
-    __slots__ = ("payload", "subject", "ts_ns")
-
-    def __init__(self, subject: bytes, ts_ns: int, payload: bytes) -> None:
-        self.subject = subject
-        self.ts_ns = ts_ns
-        self.payload = payload
+# (subject, header block, payload) of one message waiting for NATS; tuples, since a million may be kept.
+_Entry = tuple[bytes, bytes, bytes]
 
 
 class _Fence:
@@ -110,15 +108,16 @@ class NatsPublisher:
 
     def enqueue(self, records: Sequence[LiveRecord], items: Sequence[LiveItem]) -> None:
         subjects = self._subjects
-        backlog = self.unsent
-        for rec, (contract, _, payload) in zip(records, items, strict=True):
+        append = self.unsent.append
+        headers = _HEADERS
+        for (_, ts_ns, _, _, payload), (contract, _, _) in zip(records, items, strict=True):
             if contract is None:
                 self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
                 continue
             subject = subjects.get(contract)
             if subject is None:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
-            backlog.append(_Entry(subject, rec.ts_ns, payload))
+            append((subject, headers % (hexlify(digest(payload)), ts_ns), payload))
         self.enqueued += len(records)
         over = self.pending - self.max_backlog
         if over > 0:
@@ -196,7 +195,8 @@ class NatsPublisher:
                     reconnected_cb=self._on_reconnected, pending_size=64 << 20)
                 break
             except Exception as exc:
-                log.warning("cannot connect to NATS (%s); retrying in %.1fs; recording goes on", _why(exc), delay)
+                log.warning("cannot connect to NATS (%s); retrying in %.1fs; recording goes on", exception_text(exc),
+                            delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.js = self.nc.jetstream()
@@ -246,10 +246,10 @@ class NatsPublisher:
                         continue  # now wait for its leader
                     except Exception as exc2:
                         # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                        warn("create", f"cannot create NATS stream {s.nats_stream} ({_why(exc2)}); retrying "
+                        warn("create", f"cannot create NATS stream {s.nats_stream} ({exception_text(exc2)}); retrying "
                                        "(a stream that already takes subjects ime.> must be used: --nats-stream)")
                 elif not once:
-                    warn("info", f"NATS stream {s.nats_stream} not available ({_why(exc)}); retrying")
+                    warn("info", f"NATS stream {s.nats_stream} not available ({exception_text(exc)}); retrying")
             if once:
                 return False
             await asyncio.sleep(delay)
@@ -274,30 +274,32 @@ class NatsPublisher:
             unsent, unconfirmed = self.unsent, self.unconfirmed
             parts: list[bytes] = []
             append = parts.append
+            since = self._since_fence
+            end = self.base + len(unconfirmed)  # absolute index just past the message being framed
             for _ in range(min(len(unsent), SEND_CHUNK)):
                 entry = unsent.popleft()
                 unconfirmed.append(entry)
-                payload = entry.payload
-                hdr = b"%s%s%s%d\r\n\r\n" % (_HDR_HEAD, digest(payload).hex().encode(), _HDR_MID, entry.ts_ns)
-                self._since_fence += 1
-                if self._since_fence >= FENCE_EVERY or not unsent:
-                    self._since_fence = 0
+                subject, hdr, payload = entry
+                end += 1
+                since += 1
+                size = len(hdr)
+                if since >= FENCE_EVERY or not unsent:
+                    since = 0
                     self._fence_seq += 1
                     token = self._fence_seq
-                    self.fences[token] = _Fence(self.base + len(unconfirmed), time.monotonic())
+                    self.fences[token] = _Fence(end, time.monotonic())
                     self.fence_order.append(token)
-                    append(b"HPUB %s %s.%d %d %d\r\n" % (entry.subject, inbox, token, len(hdr),
-                                                          len(hdr) + len(payload)))
+                    append(b"HPUB %s %s.%d %d %d\r\n%s" % (subject, inbox, token, size, size + len(payload), hdr))
                 else:
-                    append(b"HPUB %s %d %d\r\n" % (entry.subject, len(hdr), len(hdr) + len(payload)))
-                append(hdr)
+                    append(b"HPUB %s %d %d\r\n%s" % (subject, size, size + len(payload), hdr))
                 append(payload)
                 append(b"\r\n")
+            self._since_fence = since
             try:
                 await send_command(b"".join(parts))
                 await nc._flush_pending()
             except Exception as exc:  # closed or buffer full mid-reconnect: nats-py reconnects, we resend
-                log.debug("publish failed: %s", _why(exc))
+                log.debug("publish failed: %s", exception_text(exc))
                 self._rewind()
                 await asyncio.sleep(0.05)
                 return
@@ -381,7 +383,7 @@ class NatsPublisher:
     # -- nats-py callbacks ---------------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS: %s", _why(exc))
+        log.debug("NATS: %s", exception_text(exc))
 
     async def _on_disconnected(self) -> None:
         if self.connected and not self._closing:
@@ -394,8 +396,3 @@ class NatsPublisher:
         self.connected = True
         log.info("reconnected to NATS; sending %d unconfirmed messages", self.pending)
         self._rewind()
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -207,6 +207,11 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
 
     check_writable(out_dir)
     ops.check_disk_before_start(out_dir)  # OPS-WIRING
+    # LIVE-WIRING: checked before the demo simulator starts, so a bad option starts nothing.
+    from recorder.live.options import parse_live_options
+
+    live = parse_live_options(relay, relay_token, relay_client_kib, publish, nats_stream, nats_max_age,
+                              nats_duplicate_window, nats_replicas, nats_backlog)
     sim = None
     try:  # the demo simulator is a child process: stop it on every way out
         if demo:
@@ -237,11 +242,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
         if not (token or token_file or username):
             raise UserError("no credentials: set IME_TOKEN, or --token-file, or IME_USERNAME and IME_PASSWORD")
 
-        from recorder.live.options import live_settings  # LIVE-WIRING
-
-        live_outputs = live_settings(kind.value, contract_list.contracts, relay, relay_token, relay_client_kib,
-                                     publish, nats_stream, nats_max_age, nats_duplicate_window, nats_replicas,
-                                     nats_backlog)  # LIVE-WIRING
+        live_outputs = live.settings(kind.value, contract_list.contracts) if live else None  # LIVE-WIRING
         settings = RunSettings(
             shards=partition(contract_list.contracts, shards),
             connection=ConnectionSettings(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 import sys
@@ -19,8 +20,9 @@ from typing import IO, Any
 
 import click
 
-from recorder.errors import RuntimeFailure, UserError
+from recorder.errors import RuntimeFailure, UserError, exception_text
 from recorder.live.subjects import DEFAULT_PREFIX, RECEIVE_HEADER, contract_of, filter_subject
+from recorder.redact import redact_url
 from recorder.segment.format import RecordKind
 from recorder.segment.output import jsonl_line
 from recorder.segment.reader import Record
@@ -29,6 +31,8 @@ from recorder.timeparse import parse_time
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TEXT = int(RecordKind.TEXT)
+CONNECT_WITHIN_S = 5.0
+log = logging.getLogger("recorder.replay")
 
 
 def parse_since(text: str | None, now_ns: int | None = None) -> int | None:
@@ -68,14 +72,9 @@ class _Out:
 
 async def _follow(url: str, stream: str, contracts: tuple[str, ...], since_ns: int | None, fmt: str,
                   limit: int | None) -> int:
-    import nats
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    try:
-        nc = await nats.connect(servers=[u.strip() for u in url.split(",")], name="ime-replay", connect_timeout=3,
-                                max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-    except Exception as exc:
-        raise RuntimeFailure(f"cannot connect to NATS: {type(exc).__name__}") from None
+    nc = await _connect(url)
     out = _Out(sys.stdout.buffer, fmt)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +113,33 @@ async def _follow(url: str, stream: str, contracts: tuple[str, ...], since_ns: i
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2)
     return out.count
+
+
+async def _connect(url: str) -> Any:
+    """Connected, or a RuntimeFailure within CONNECT_WITHIN_S saying why; never a retry loop on stderr.
+
+    Once connected, the client reconnects for ever (a server restart must not end a bot's feed); the first
+    connection gets a deadline, since a wrong URL or a server that is not running would otherwise be retried
+    silently for ever, and nats-py's default error callback prints a traceback for every attempt.
+    """
+    import nats
+
+    last_error: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        last_error[:] = [exc]
+        log.debug("NATS: %s", exception_text(exc))
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(servers=[u.strip() for u in url.split(",")], name="ime-replay",
+                         connect_timeout=CONNECT_WITHIN_S / 2, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                         error_cb=on_error),
+            CONNECT_WITHIN_S)
+    except Exception as exc:
+        why = exception_text(last_error[0] if last_error else exc)
+        raise RuntimeFailure(f"cannot connect to NATS at {redact_url(url)} within {CONNECT_WITHIN_S:g}s ({why}): "
+                             "check the URL and that nats-server is running there") from None
 
 
 async def _flush_every(stream: IO[bytes], period: float) -> None:
