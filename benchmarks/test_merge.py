@@ -81,7 +81,7 @@ def run_merge(paths: tuple[Path, ...], out: Path) -> tuple[float, int, int, floa
 
     def writer_for(number: int, shard: int):
         writers.append(SegmentWriter(out, shard=len(writers), flush_ms=1000, rotate_seconds=0))
-        return writers[-1].append
+        return writers[-1]
 
     started, cpu = time.perf_counter(), time.thread_time()
     result = merge(opened(paths), writer_for)
