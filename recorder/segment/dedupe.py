@@ -156,15 +156,20 @@ class Deduper:
         copy from another source of a one-original entry) and the window's expiry are inlined here, with the
         state in locals; everything else goes through `observe_digest`.
         """
+        if not sources or min(sources) < 0 or max(sources) >= _FAST_SOURCES:
+            return self._observe_each(stamps, sources, keys, refs)
         times, held_refs, order, entries = self._times, self._refs, self._keys, self._entries
         get, window, max_entries = entries.get, self.window_ns, self.max_entries
+        put_time, put_ref, put_key = times.append, held_refs.append, order.append
         head, base = self._head, self._base
         due = times[head] + window if len(times) > head else _NEVER  # when the oldest entry leaves
         size = len(times) - head
         copy_at: list[int] = []
         orig_ts: list[int] = []
         orig_refs: list[int] = []
+        copy_index, copy_ts, copy_ref = copy_at.append, orig_ts.append, orig_refs.append
         originals = fast_copies = 0
+        # Every source is 0-7 here (checked above): the fast paths need not check.
         for index, (ts, source, key, ref) in enumerate(zip(stamps, sources, keys, refs, strict=True)):
             if ts > due or size >= max_entries:
                 horizon = ts - window
@@ -181,26 +186,24 @@ class Deduper:
                 size = len(times) - head
             entry = get(key)
             if entry is None:
-                if 0 <= source < _FAST_SOURCES:
-                    entries[key] = ((base + len(times)) << _POS_SHIFT) | source
-                    if not size:
-                        due = ts + window
-                    times.append(ts)
-                    held_refs.append(ref)
-                    order.append(key)
-                    size += 1
-                    originals += 1
-                    continue
-            elif type(entry) is int and 0 <= source < _FAST_SOURCES and source != entry & (_FAST_SOURCES - 1):
-                bit = 1 << (source + _MASK_SHIFT)
-                if not entry & bit:
-                    entries[key] = entry | bit
-                    at = (entry >> _POS_SHIFT) - base
-                    copy_at.append(index)
-                    orig_ts.append(times[at])
-                    orig_refs.append(held_refs[at])
-                    fast_copies += 1
-                    continue
+                entries[key] = ((base + len(times)) << _POS_SHIFT) | source
+                if not size:
+                    due = ts + window
+                put_time(ts)
+                put_ref(ref)
+                put_key(key)
+                size += 1
+                originals += 1
+                continue
+            bit = 1 << (source + _MASK_SHIFT)
+            if type(entry) is int and source != entry & (_FAST_SOURCES - 1) and not entry & bit:
+                entries[key] = entry | bit
+                at = (entry >> _POS_SHIFT) - base
+                copy_index(index)
+                copy_ts(times[at])
+                copy_ref(held_refs[at])
+                fast_copies += 1
+                continue
             # The general cases, in the general code (the expiry it checks first is already done).
             self._head = head
             won = self.observe_digest(ts, source, key, ref)
@@ -208,13 +211,26 @@ class Deduper:
             due = times[head] + window if len(times) > head else _NEVER
             size = len(times) - head
             if won is not None:
-                copy_at.append(index)
-                orig_ts.append(won[0])
-                orig_refs.append(won[1])
+                copy_index(index)
+                copy_ts(won[0])
+                copy_ref(won[1])
         self._advance(head)
         counts = self.counts  # observe_digest counted its own decisions
         counts.originals += originals
         counts.copies += fast_copies
+        return copy_at, orig_ts, orig_refs
+
+    def _observe_each(self, stamps: Sequence[int], sources: Sequence[int], keys: Sequence[bytes],
+                      refs: Sequence[int]) -> BatchCopies:
+        copy_at: list[int] = []
+        orig_ts: list[int] = []
+        orig_refs: list[int] = []
+        for index, arrival in enumerate(zip(stamps, sources, keys, refs, strict=True)):
+            won = self.observe_digest(*arrival)
+            if won is not None:
+                copy_at.append(index)
+                orig_ts.append(won[0])
+                orig_refs.append(won[1])
         return copy_at, orig_ts, orig_refs
 
     def _expire(self, now_ns: int) -> None:

@@ -19,7 +19,9 @@ be missing from the merge, and `MergeResult.uncovered` lists it.
 
 This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
 Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
-heap operation per record: a merge reads hundreds of thousands of records per second.
+heap operation per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
+written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
+second, and a Python call per record per step costs more than the step.
 """
 
 from __future__ import annotations
@@ -266,17 +268,18 @@ def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
     for seg in chain:
         base = conn_key(number, seg)
         mapping: dict[int, int] = {}
+
+        def remap(conn: int, base: tuple[Any, ...] = base, mapping: dict[int, int] = mapping) -> int:
+            new = mapping[conn] = ids[(*base, conn)]
+            return new
+
         for block in seg.iter_blocks():
-            if not block:
-                continue
-            stamps, conns, kinds, payloads = zip(*block, strict=True)
-            for conn in dict.fromkeys(conns):  # new connections numbered in order of appearance
-                if conn not in mapping:
-                    mapping[conn] = ids[(*base, conn)]
-            out = list(zip(stamps, map(mapping.__getitem__, conns), kinds, payloads, strict=True))
-            rows[number] += len(out)
-            seen(base, max(out[0][0], out[-1][0]))
-            yield out
+            get = mapping.get
+            out = [(ts, get(conn) or remap(conn), kind, payload) for ts, conn, kind, payload in block]
+            if out:
+                rows[number] += len(out)
+                seen(base, max(out[0][0], out[-1][0]))
+                yield out
 
 
 def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
@@ -398,8 +401,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
                     lost_order.append((ts, conn))
                 receipts_out += len(copy_at)
             else:
-                for i in copy_at:
-                    route[i] = -1
+                deque(map(route.__setitem__, copy_at, repeat(-1)), maxlen=0)  # dropped (in C: one per copy)
         numbers = set(route)
         for number in numbers:
             if number >= 0:
