@@ -16,7 +16,7 @@ arrives after its original left the window is kept as a new original (shown twic
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -24,12 +24,11 @@ import xxhash
 DEFAULT_WINDOW_NS = 2_000_000_000
 DEFAULT_MAX_ENTRIES = 200_000
 
-_xxh3_128 = xxhash.xxh3_128_digest
-
-
-def digest(payload: bytes) -> bytes:
-    """The 16-byte xxh3-128 of a payload: the message's identity for dedupe and for NATS `Nats-Msg-Id`."""
-    return _xxh3_128(payload)
+# digest(payload): the 16-byte xxh3-128 of a payload, the message's identity for dedupe and for NATS
+# `Nats-Msg-Id`. The C function itself rather than a wrapper: the recorder and the merge call it for every
+# message, and a Python frame around it added ~15 ns to the ~105 ns of hashing a 750-byte message.
+digest: Callable[[bytes], bytes] = xxhash.xxh3_128_digest
+_xxh3_128 = digest
 
 
 class _Entry:
