@@ -20,15 +20,18 @@ from e2e import QUICK, Run, new_connections, run_ceiling, run_recorder, sim
 SECONDS = 3.0 if QUICK else 8.0
 RATE = 20_000
 ROUNDS = 1 if QUICK else 3
-# Gates (documented): both keep up with the offered rate; the receipts' disk cost stays near its 1.1 target
-# (1.09-1.10 measured; the gate leaves room for a different mix of near and far receipts).
+# Gates (documented): both keep up with the offered rate; the receipts' disk cost stays within its 1.1 target
+# (receipt columns, record kind 6: 1.065-1.067 in full runs, 1.045-1.05 in quick ones; kind 5 with single far
+# receipts was 1.13-1.14 and 1.09-1.11).
 # On loopback both copies come from one simulator process, so the race cannot shorten the tail; the second copy
 # is extra work for the receive thread (hash, dedupe, receipt: ~1.6x CPU per message), which lengthens it:
 # measured 1.4x, 1.8x and 2.5x in full runs, 1.4-3.2x in quick runs next to the rest of the suite (the target,
-# <= 1x, is not met). The floors catch a collapse (a 20 ms garbage-collector stall per second made it 22x).
+# <= 1x, is not met). With receipt columns (2026-11-25, load 2-3.5): 0.43x, 23x and 1.97x in full runs (the 23x
+# run's two-copy rounds had a 52.7 ms p99, not seen again), 1.7x and 2.4x quick (the code before: 1.2x and 1.6x
+# in the same quarter hour). The floors catch a collapse (a 20 ms garbage-collector stall per second made it 22x).
 FLOORS = {
     "rate_ratio_min": 0.97,
-    "disk_per_message_ratio_max": 1.15,
+    "disk_per_message_ratio_max": 1.1,
     "p99_ratio_max": 5.0 if QUICK else 3.0,
 }
 

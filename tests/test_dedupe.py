@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -113,3 +114,60 @@ def test_resolver_finds_recent_originals_only():
     r.original(200, 0, 1, b"c")
     assert r.resolve(10, 0, 1) is None
     assert r.resolve(200, 0, 1) == b"c"
+
+
+def _state(d: Deduper) -> tuple:
+    live = slice(d._head, None)
+    entries = {k: v if isinstance(v, int) else (v.originals, v.counts) for k, v in d._entries.items()}
+    return d._times[live], d._refs[live], d._keys[live], d._base + d._head, entries, d.counts
+
+
+_arrivals = st.lists(st.tuples(st.integers(-3, 40),  # ts step (a wall clock may step back)
+                               st.integers(0, 9),  # source: 8 and 9 take the general path
+                               st.integers(0, 12),  # key: few, so that copies and repeats are common
+                               st.integers(0, 2**70)),  # ref
+                     max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=_arrivals, cuts=st.lists(st.integers(0, 120), max_size=8),
+       window=st.integers(1, 200), max_entries=st.integers(1, 30))
+def test_observe_batch_decides_exactly_as_observe_digest_one_by_one(arrivals, cuts, window, max_entries):
+    """The merge's batch path is the reference, arrival by arrival: same copies, same originals, same state."""
+    one, batched = Deduper(window, max_entries), Deduper(window, max_entries)
+    stamps, ts = [], 1000
+    for step, *_ in arrivals:
+        ts += step
+        stamps.append(ts)
+    rows = [(t, s, digest(b"k%d" % k), r) for t, (_, s, k, r) in zip(stamps, arrivals, strict=True)]
+    expected = [(i, *won) for i, row in enumerate(rows) if (won := one.observe_digest(*row)) is not None]
+    got = []
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    for lo, hi in pairwise(bounds):
+        part = rows[lo:hi]
+        at, orig_ts, orig_refs = batched.observe_batch(*(list(col) for col in zip(*part, strict=True)))
+        got.extend((lo + i, t, r) for i, t, r in zip(at, orig_ts, orig_refs, strict=True))
+        assert _state(batched) == _state(one if hi == len(rows) else _replayed(rows[:hi], window, max_entries))
+    assert got == expected
+    assert _state(batched) == _state(one)
+
+
+def _replayed(rows, window, max_entries) -> Deduper:
+    d = Deduper(window, max_entries)
+    for row in rows:
+        d.observe_digest(*row)
+    return d
+
+
+def test_observe_batch_expires_a_full_window_and_compacts():
+    """Tens of thousands of entries through a small window: the lists are compacted, positions stay right."""
+    one, batched = Deduper(window_ns=1000, max_entries=50_000), Deduper(window_ns=1000, max_entries=50_000)
+    rows = [(i * 10, i % 2, digest(b"%d" % (i // 2)), i) for i in range(30_000)]
+    expected = [(i, *won) for i, row in enumerate(rows) if (won := one.observe_digest(*row)) is not None]
+    got = []
+    for lo in range(0, len(rows), 777):
+        at, orig_ts, orig_refs = batched.observe_batch(*(list(c) for c in zip(*rows[lo:lo + 777], strict=True)))
+        got.extend((lo + i, t, r) for i, t, r in zip(at, orig_ts, orig_refs, strict=True))
+    assert got == expected and len(got) == 15_000
+    assert batched._base > 0  # compacted at least once
+    assert _state(batched) == _state(one)

@@ -135,7 +135,10 @@ def parse(data: bytes) -> Parsed:
                 records.append((ts, conn, kind, raw[at:at + length]))
                 at += length
             assert sum(h[2] == 3 for h in heads) == nevents
-            assert min(h[0] for h in heads) == min_ts and max(h[0] for h in heads) == max_ts
+            # Receive times in the block: its records', and those of the copies a receipt block stands for.
+            frame_records = records[-count:]
+            times = [h[0] for h in heads] + [t for r in frame_records for t in receipt_times(r, frame_records)]
+            assert min(times) == min_ts and max(times) == max_ts
             descriptors.append((pos, content[4:48]))
             seek_sizes += [60, csize]
             pos += 60 + csize
@@ -221,3 +224,122 @@ def test_an_open_file_is_the_header_and_whole_descriptor_frame_pairs(tmp_path):
     writer.close()
     parsed = parse(data)  # no index, no seek table: the parser walks descriptor → frame pairs to the end
     assert parsed.seal is None and parsed.records == flat
+
+
+# --- receipts (format 1.1): kind 5 as first written, kind 6 since, both laid out from the document ---------------
+
+
+def shuffled(values: list[int], width: int) -> bytes:
+    """A little-endian column, byte-shuffled: byte 0 of every value, then byte 1 of every value, ..."""
+    raw = [v.to_bytes(width, "little") for v in values]
+    return b"".join(bytes(r[k] for r in raw) for k in range(width))
+
+
+def unshuffled(data: bytes, count: int, width: int) -> list[int]:
+    return [int.from_bytes(bytes(data[k * count + i] for k in range(width)), "little") for i in range(count)]
+
+
+def receipt_columns(near: list[tuple[int, int, int]], far: list[tuple[int, int, int, int]]) -> bytes:
+    """Kind 6: u32 n, u32 m; near: index delta (mod 2^32), lag, conn; far: ts delta (mod 2^64), conn, orig_conn, lag."""
+    index_deltas = [(r[0] - (near[i - 1][0] if i else 0)) % 2**32 for i, r in enumerate(near)]
+    ts_deltas = [(r[0] - (far[i - 1][0] if i else 0)) % 2**64 for i, r in enumerate(far)]
+    return (struct.pack("<II", len(near), len(far)) + shuffled(index_deltas, 4) + shuffled([r[1] for r in near], 8)
+            + shuffled([r[2] for r in near], 4) + shuffled(ts_deltas, 8) + shuffled([r[1] for r in far], 4)
+            + shuffled([r[2] for r in far], 4) + shuffled([r[3] for r in far], 8))
+
+
+def parse_receipt_columns(payload: bytes) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, int]]]:
+    n, m = struct.unpack_from("<II", payload)
+    assert len(payload) == 8 + 16 * n + 24 * m
+    cols, at = [], 8
+    for count, width in ((n, 4), (n, 8), (n, 4), (m, 8), (m, 4), (m, 4), (m, 8)):
+        cols.append(unshuffled(payload[at:at + count * width], count, width))
+        at += count * width
+    index, stamp, near, far = 0, 0, [], []
+    for delta, lag, conn in zip(cols[0], cols[1], cols[2], strict=True):
+        index = (index + delta) % 2**32
+        near.append((index, lag, conn))
+    for delta, conn, orig_conn, lag in zip(cols[3], cols[4], cols[5], cols[6], strict=True):
+        stamp = (stamp + delta) % 2**64
+        far.append((stamp - 2**64 if stamp >= 2**63 else stamp, conn, orig_conn, lag))
+    return near, far
+
+
+def receipt_times(record: tuple[int, int, int, bytes], block_records: list[tuple[int, int, int, bytes]]) -> list[int]:
+    """The receive times of the copies a kind-5 or kind-6 record stands for (none for other kinds)."""
+    _, _, kind, payload = record
+    if kind == 5:
+        (n,) = struct.unpack_from("<I", payload)
+        indexes, lags = struct.unpack_from(f"<{n}I", payload, 4), struct.unpack_from(f"<{n}Q", payload, 4 + 4 * n)
+        return [block_records[i][0] + lag for i, lag in zip(indexes, lags, strict=True)]
+    if kind == 6:
+        near, far = parse_receipt_columns(payload)
+        return [block_records[i][0] + lag for i, lag, _ in near] + [r[0] for r in far]
+    return []
+
+
+def receipt(ts: int, conn: int, orig_conn: int, lag: int) -> tuple[int, int, int, bytes]:
+    """Kind 4: ts_ns and conn of the copy; payload u32 orig_conn, u64 lag_ns."""
+    return ts, conn, 4, struct.pack("<IQ", orig_conn, lag)
+
+
+MESSAGES = [(T0 + 10, 1, 1, b'{"m":1}'), (T0 + 20, 1, 1, b'{"m":2}'), (T0 + 30, 1, 1, b'{"m":3}')]
+
+
+def test_the_projects_reader_expands_receipt_blocks_of_both_kinds(tmp_path):
+    """A kind-5 block (files written before kind 6) and a kind-6 block with near and far receipts, laid out from
+    the document: the reader shows one kind-4 receipt per copy, merged into the records by receive time (a record
+    before a receipt of equal time). Copy times stay within the frame's records' [min, max], as a writer's do."""
+    kind5 = struct.pack("<I2I2Q2I", 2, 0, 1, 7, 5, 2, 2)  # copies of records 0 and 1 on conn 2
+    later = [(T0 + S + r[0] - T0, *r[1:]) for r in MESSAGES]
+    near = [(1, 5, 2), (0, 12, 3)]  # index, lag, conn: copies at S+25 and S+22 (arrival order is not time order)
+    far = [(T0 + S + 25, 2, 1, 4_000), (T0 + S + 10, 3, 1, 70)]  # ts, conn, orig_conn, lag; the clock stepped back
+    frames = [[*MESSAGES, (T0 + 17, 0, 5, kind5)], [*later, (T0 + S + 25, 0, 6, receipt_columns(near, far))]]
+    path = tmp_path / "ime-s00-20251124T160000.000Z.zst"
+    path.write_bytes(hand_built_segment({"format": "1.1", "shard": 0}, frames, {"reason": "closed", "records": 8}))
+    seg = open_segment(path)
+    assert seg.verify() == []
+    got = [(r.ts_ns, r.conn, r.kind, r.payload) for r in seg.iter_records()]
+    first = [MESSAGES[0], receipt(T0 + 17, 2, 1, 7), MESSAGES[1], receipt(T0 + 25, 2, 1, 5), MESSAGES[2]]
+    second = [later[0], receipt(T0 + S + 10, 3, 1, 70), later[1], receipt(T0 + S + 22, 3, 1, 12),
+              receipt(T0 + S + 25, 2, 1, 5), receipt(T0 + S + 25, 2, 1, 4_000), later[2]]
+    assert got == first + second
+
+
+def test_receipts_written_by_segment_writer_follow_the_document(tmp_path):
+    """Near and far copies from SegmentWriter: the document's kind-6 layout, decoded here, names exactly the
+    receipts the project's reader shows."""
+    writer = SegmentWriter(tmp_path, frame_bytes=1 << 20, flush_ms=1e9, rotate_seconds=0)
+    shown = []
+    positions = []
+    for i in range(30):
+        ts = T0 + 1_000 * i
+        positions.append((ts, writer.position()))
+        writer.append(ts, 1, 1, b'{"m":%d}' % i)
+        if i % 3 == 2:
+            orig_ts, pos = positions[i - 2]
+            writer.append_receipt(ts + 7, 2, orig_ts, 1, pos)
+            shown.append(receipt(ts + 7, 2, 1, ts + 7 - orig_ts))
+        if i == 14:
+            writer.cut()
+        if i == 15:  # a copy whose original is in the first frame: far
+            orig_ts, pos = positions[13]
+            writer.append_receipt(ts + 3, 3, orig_ts, 1, pos)
+            shown.append(receipt(ts + 3, 3, 1, ts + 3 - orig_ts))
+    (sealed,) = writer.close()
+    parsed = parse(sealed.path.read_bytes())
+    columns = [r for r in parsed.records if r[2] == 6]
+    assert len(columns) == 2 and not any(r[2] in (4, 5) for r in parsed.records)
+    messages = [r for r in parsed.records if r[2] == 1]
+    from_document = []
+    for frame_start, (_, conn, _, payload) in zip((0, 15), columns, strict=True):
+        assert conn == 0
+        near, far = parse_receipt_columns(payload)
+        for index, lag, copy_conn in near:
+            orig = messages[frame_start + index]
+            from_document.append(receipt(orig[0] + lag, copy_conn, orig[1], lag))
+        from_document.extend(receipt(*r) for r in far)
+        assert len(far) == (1 if frame_start else 0)
+    seg = open_segment(sealed.path)
+    assert sorted(from_document) == sorted(shown) == sorted(
+        (r.ts_ns, r.conn, r.kind, r.payload) for r in seg.iter_records() if r.kind == 4)

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,35 @@ def test_sigkill_mid_stream_then_recover_keeps_every_flushed_frame(tmp_path):
     assert len(got) >= flushed
     assert [ts for ts, *_ in got] == list(range(len(got)))
     assert got[flushed - 1][3] == b'{"contractId":"1001","n":%d}' % (flushed - 1)
+
+
+def _frames(directory: Path) -> list[tuple]:
+    segs = [open_segment(p) for p in discover([directory])]
+    return [((f.records, f.events, f.raw_size, f.min_ts, f.max_ts), blk)
+            for s in segs for f, blk in zip(s.frames, s.iter_blocks(), strict=True)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.integers(0, 3_000), st.integers(1, 4), st.sampled_from([1, 2, 3, 4]),
+                               st.binary(max_size=300)), max_size=200),
+       cuts=st.lists(st.integers(0, 200), max_size=6), frame_bytes=st.integers(40, 3_000),
+       flush_ms=st.sampled_from([0.0, 0.001, 0.5]))
+def test_extend_cuts_the_same_frames_as_one_append_per_record(tmp_path, rows, cuts, frame_bytes, flush_ms):
+    """The merge's bulk writes: the same frames, byte for byte in their blocks, as appending record by record
+    (timestamps step back now and then, so the age cut sees a clock step too)."""
+    stamped = [(1_000_000 + ts * 997 - (ts % 7) * 5_000, conn, kind, payload) for ts, conn, kind, payload in rows]
+    run = tempfile.mkdtemp(dir=tmp_path)
+    one = SegmentWriter(Path(run) / "one", frame_bytes=frame_bytes, flush_ms=flush_ms, rotate_seconds=0)
+    many = SegmentWriter(Path(run) / "many", frame_bytes=frame_bytes, flush_ms=flush_ms, rotate_seconds=0)
+    for row in stamped:
+        one.append(*row)
+    bounds = sorted({0, len(stamped), *(c for c in cuts if c < len(stamped))})
+    for n, (lo, hi) in enumerate(pairwise(bounds)):
+        if n % 2:  # as the merge does: runs of messages in bulk, a connection event on its own between them
+            for row in stamped[lo:hi]:
+                many.append(*row)
+        else:
+            many.extend(stamped[lo:hi])
+    one.close()
+    many.close()
+    assert _frames(Path(run) / "many") == _frames(Path(run) / "one")

@@ -48,7 +48,7 @@ def run_merge(tmp_path: Path, inputs: dict[str, list[tuple[int, int, int, bytes]
         write_records(tmp_path / name, recs, meta={"endpoint": "id", "contracts": CONTRACTS})
         opened_inputs.append((name, segments(tmp_path / name)))
     writer = SegmentWriter(tmp_path / "out", rotate_seconds=0)
-    result = merge(opened_inputs, lambda number, shard: writer.append, keep_receipts=keep_receipts)
+    result = merge(opened_inputs, lambda number, shard: writer, keep_receipts=keep_receipts)
     writer.close()
     return result, records(tmp_path / "out")
 

@@ -8,6 +8,7 @@ on the writer thread (zstandard releases the GIL while it compresses).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import zstandard
 
@@ -18,25 +19,27 @@ from recorder.segment.format import (
     RecordKind,
     crc32,
     encode_descriptor,
-    encode_receipt_block,
+    encode_receipt_columns,
     zstd_content_checksum,
 )
 
 _EVENT = int(RecordKind.EVENT)
 _RECEIPT = int(RecordKind.RECEIPT)
-_RECEIPT_BLOCK = int(RecordKind.RECEIPT_BLOCK)
+_RECEIPT_COLUMNS = int(RecordKind.RECEIPT_COLUMNS)
 RECEIPT_TS = struct.Struct("<q")  # the ts_ns at the start of a packed record header
+_FAR_RAW = 24  # a far receipt's bytes in the receipt columns
 
 
 class RecordBatch:
     """The records of one future data frame, in arrival order."""
 
-    __slots__ = ("events", "first_ts", "headers", "max_ts", "min_ts", "near", "payloads", "raw_size", "receipts",
-                 "records", "serial")
+    __slots__ = ("events", "far", "first_ts", "headers", "max_ts", "min_ts", "near", "payloads", "raw_size",
+                 "receipts", "records", "serial")
 
     def __init__(self, serial: int = 0) -> None:
         self.serial = serial  # tells the writer whether an original is still in this batch
         self.near: list[tuple[int, int, int]] = []  # receipts whose original is in this batch: (index, lag, conn)
+        self.far: list[tuple[int, int, int, int]] = []  # the others, once it holds a record: (ts, conn, orig conn, lag)
         self.headers = bytearray()
         self.payloads: list[bytes] = []
         self.records = 0
@@ -64,25 +67,56 @@ class RecordBatch:
         elif kind == _RECEIPT:
             self.receipts += 1
 
+    def extend(self, stamps: Sequence[int], conns: Sequence[int], kinds: Sequence[int],
+               payloads: Sequence[bytes]) -> None:
+        """`append` for each record of these columns in turn (same bytes, same figures), with no Python loop:
+        `ime-segments merge` writes hundreds of thousands of records a second."""
+        if not stamps:
+            return
+        lengths = list(map(len, payloads))
+        self.headers += b"".join(map(RECORD_HEADER.pack, stamps, conns, kinds, lengths))
+        self.payloads.extend(payloads)
+        self.raw_size += RECORD_HEADER.size * len(lengths) + sum(lengths)
+        lo, hi = min(stamps), max(stamps)
+        if self.records == 0:
+            self.first_ts, self.min_ts, self.max_ts = stamps[0], lo, hi
+        else:
+            self.min_ts, self.max_ts = min(self.min_ts, lo), max(self.max_ts, hi)
+        self.records += len(lengths)
+        self.events += kinds.count(_EVENT)
+        self.receipts += kinds.count(_RECEIPT)
+
     def append_near_receipt(self, ts_ns: int, conn: int, orig_index: int, lag_ns: int) -> None:
         """A later copy of the record at `orig_index` of this batch: stored as columns at the end of the block."""
         self.near.append((orig_index, lag_ns, conn))
+        self._receipt(ts_ns, 6)  # about what its columns take; only steers when the batch is cut
+
+    def append_far_receipt(self, ts_ns: int, conn: int, orig_conn: int, lag_ns: int) -> None:
+        """A later copy of a record of an earlier batch (its lag spans a cut), in the same columns. Only once the
+        batch holds a record: a batch is cut, and its columns written, only when it does."""
+        self.far.append((ts_ns, conn, orig_conn, lag_ns))
+        self._receipt(ts_ns, _FAR_RAW)
+
+    def _receipt(self, ts_ns: int, size: int) -> None:
         self.receipts += 1
-        self.raw_size += 6  # about what its columns take; only steers when the batch is cut
+        self.raw_size += size
         if ts_ns > self.max_ts:
             self.max_ts = ts_ns
         elif ts_ns < self.min_ts:
             self.min_ts = ts_ns
 
     def block(self) -> bytes:
-        if self.near:
-            # One record holds them all; its time is the first copy's, inside the block's [min, max].
-            first = self.near[0]
-            near, self.near = self.near, []
-            payload = encode_receipt_block(near)
+        if self.near or self.far:
+            # One record holds them all; its time is a copy's, inside the block's [min, max].
+            if self.near:
+                index, lag, _ = self.near[0]
+                ts = RECEIPT_TS.unpack_from(self.headers, index * RECORD_HEADER.size)[0] + lag
+            else:
+                ts = self.far[0][0]
+            payload = encode_receipt_columns(self.near, self.far)
+            self.near, self.far = [], []
             raw_size = self.raw_size  # the writer's backlog was charged with this size at the cut
-            self.append(RECEIPT_TS.unpack_from(self.headers, first[0] * RECORD_HEADER.size)[0] + first[1], 0,
-                        _RECEIPT_BLOCK, payload)
+            self.append(ts, 0, _RECEIPT_COLUMNS, payload)
             self.raw_size = raw_size
         return b"".join((BLOCK_COUNT.pack(self.records), self.headers, *self.payloads))
 

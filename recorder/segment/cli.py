@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -384,7 +384,7 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
         opened.append((str(p), segs))
     writers: list[SegmentWriter] = []
 
-    def writer_for(number: int, shard: int) -> Callable[[int, int, int, bytes], None]:
+    def writer_for(number: int, shard: int) -> SegmentWriter:
         # One output shard per input shard, numbered in order of appearance.
         name, segs = opened[number]
         try:
@@ -394,7 +394,7 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
         except SegmentWriteError as exc:
             raise UserError(str(exc), EXIT_RUNTIME) from None
         writers.append(writer)
-        return writer.append
+        return writer
 
     def pace() -> None:
         for w in writers:

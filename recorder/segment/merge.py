@@ -19,7 +19,9 @@ be missing from the merge, and `MergeResult.uncovered` lists it.
 
 This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
 Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
-heap operation per record: a merge reads hundreds of thousands of records per second.
+heap operation per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
+written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
+second, and a Python call per record per step costs more than the step.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import gc
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import eq, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.humanize import human_duration
@@ -44,11 +47,20 @@ _TEXT = int(RecordKind.TEXT)
 _BINARY = int(RecordKind.BINARY)
 _EVENT = int(RecordKind.EVENT)
 _RECEIPT = int(RecordKind.RECEIPT)
-_MESSAGE_KINDS = frozenset((_TEXT, _BINARY))
+_NOT_MESSAGE = frozenset(range(256)) - {_TEXT, _BINARY}
 _TS = itemgetter(0)
 
 Row = tuple[int, int, int, bytes]  # ts_ns, output conn, kind, payload
-Sink = Callable[[int, int, int, bytes], None]  # SegmentWriter.append
+
+
+class Sink(Protocol):
+    """Where an output shard's records go (a SegmentWriter): one record, or many in order."""
+
+    def append(self, ts_ns: int, conn: int, kind: int, payload: bytes, /) -> None: ...
+
+    def extend(self, rows: Sequence[Row], /) -> None: ...
+
+
 SinkFor = Callable[[int, int], Sink]  # (input number, input shard) -> where that input shard's records go
 
 
@@ -209,25 +221,23 @@ class _ConnIds(dict[tuple[Any, ...], int]):
         super().__init__()
         self.source: list[int] = [-1]  # output conn -> input number (ids start at 1)
         self.keys: list[tuple[Any, ...]] = [()]  # output conn -> its key
-        self.sinks: list[Sink] = [_nowhere]  # output conn -> the appender of its output shard
+        self.shard: list[int] = [-1]  # output conn -> the number of its output shard (index in `outputs`)
+        self.outputs: list[Sink] = []
         self._sink_for = sink_for
-        self._shard_sinks: dict[tuple[int, int], Sink] = {}
+        self._shards: dict[tuple[int, int], int] = {}
 
     def __missing__(self, key: tuple[Any, ...]) -> int:
         new = len(self.source)
         self.source.append(key[0])
         self.keys.append(key)
         where = (key[0], key[3])
-        sink = self._shard_sinks.get(where)
-        if sink is None:
-            sink = self._shard_sinks[where] = self._sink_for(*where)
-        self.sinks.append(sink)
+        number = self._shards.get(where)
+        if number is None:
+            number = self._shards[where] = len(self.outputs)
+            self.outputs.append(self._sink_for(*where))
+        self.shard.append(number)
         self[key] = new
         return new
-
-
-def _nowhere(ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
-    raise AssertionError("output connection 0 is never handed out")
 
 
 class _Stream:
@@ -342,9 +352,8 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor
 def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, coverage: ContractCoverage,
                 rows: list[int], streams: list[_Stream], inputs: Sequence[tuple[str, Sequence[SegmentFile]]],
                 keep_receipts: bool, window_ns: int, after_batch: Callable[[], None] | None) -> MergeResult:
-    source, sinks = ids.source, ids.sinks
+    source, shard_of, outputs = ids.source, ids.shard, ids.outputs
     deduper = Deduper(window_ns=window_ns)
-    observe = deduper.observe_digest
     # Originals another input also had, so that "only in this input" counts each original once however
     # many inputs repeat it. Only copies touch it; entries older than twice the window can no longer match.
     shared: dict[tuple[int, int], None] = {}
@@ -358,42 +367,76 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
     first_ns: int | None = None
     last_ns = 0
     several = len(stats) > 2
+
+    def messages(batch: list[Row], stamps: Sequence[int], conns: Sequence[int], payloads: Sequence[bytes]) -> None:
+        """A run of messages: deduped as a batch, then each output shard's share written in one call."""
+        nonlocal receipts_out
+        srcs = list(map(source.__getitem__, conns))
+        copy_at, orig_ts, orig_conns = deduper.observe_batch(stamps, srcs, list(map(digest, payloads)), conns)
+        out: list[Row] = batch
+        route = list(map(shard_of.__getitem__, conns))
+        if copy_at:
+            out = list(batch)
+            copy_srcs = list(map(srcs.__getitem__, copy_at))
+            orig_srcs = list(map(source.__getitem__, orig_conns))
+            for number in set(copy_srcs):
+                copies[number] += copy_srcs.count(number)
+            if not several:
+                # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
+                # original), so it is counted as shared once without remembering it.
+                for number in set(orig_srcs):
+                    counted_shared[number] += orig_srcs.count(number)
+            else:
+                for original, number in zip(zip(orig_ts, orig_conns, strict=True), orig_srcs, strict=True):
+                    if original not in shared:
+                        shared[original] = None
+                        counted_shared[number] += 1
+            if keep_receipts:
+                for i, ots, oconn in zip(copy_at, orig_ts, orig_conns, strict=True):
+                    ts, conn = batch[i][0], batch[i][1]
+                    # A receipt goes where its original went, in receive-time order there.
+                    out[i] = (ts, conn, _RECEIPT, encode_receipt(oconn, ts - ots))
+                    route[i] = shard_of[oconn]
+                    lost[(ts, conn)] = (ots, oconn)
+                    lost_order.append((ts, conn))
+                receipts_out += len(copy_at)
+            else:
+                deque(map(route.__setitem__, copy_at, repeat(-1)), maxlen=0)  # dropped (in C: one per copy)
+        numbers = set(route)
+        for number in numbers:
+            if number >= 0:
+                outputs[number].extend(out if len(numbers) == 1 else
+                                       list(compress(out, map(eq, route, repeat(number)))))
+
     for batch in merged_blocks(streams):
         if first_ns is None:
             first_ns = batch[0][0]
-        # The hot loop: one dedupe lookup and one append per message, everything else counted elsewhere.
-        for ts, conn, kind, payload in batch:
-            if kind in _MESSAGE_KINDS:
-                won = observe(ts, source[conn], digest(payload), conn)
-                if won is None:
-                    sinks[conn](ts, conn, kind, payload)
-                    continue
-                copies[source[conn]] += 1
-                # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
-                # original), so it is counted as shared once without remembering it.
-                if not several:
-                    counted_shared[source[won[1]]] += 1
-                elif won not in shared:
-                    shared[won] = None
-                    counted_shared[source[won[1]]] += 1
-                if keep_receipts:
-                    sinks[won[1]](ts, conn, _RECEIPT, encode_receipt(won[1], ts - won[0]))
-                    receipts_out += 1
-                    key = (ts, conn)
-                    lost[key] = won
-                    lost_order.append(key)
-            elif kind == _EVENT:
-                stats[source[conn]].events += 1
-                sinks[conn](ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
-            elif kind == _RECEIPT:
-                stats[source[conn]].receipts += 1
-                if keep_receipts:
-                    body = _repoint(payload, ts, conn, ids, lost)
-                    if body is not None:
-                        sinks[decode_receipt(body)[0]](ts, conn, kind, body)
-                        receipts_out += 1
-            else:
-                stats[source[conn]].unknown += 1
+        stamps, conns, kinds, payloads = zip(*batch, strict=True)
+        n = len(kinds)
+        if kinds.count(_TEXT) + kinds.count(_BINARY) == n:
+            messages(batch, stamps, conns, payloads)
+        else:
+            # Runs of messages between the other records, each in its place in the output.
+            start = 0
+            for i in compress(range(n), map(_NOT_MESSAGE.__contains__, kinds)):
+                if i > start:
+                    messages(batch[start:i], stamps[start:i], conns[start:i], payloads[start:i])
+                start = i + 1
+                ts, conn, kind, payload = batch[i]
+                if kind == _EVENT:
+                    stats[source[conn]].events += 1
+                    outputs[shard_of[conn]].append(ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
+                elif kind == _RECEIPT:
+                    stats[source[conn]].receipts += 1
+                    if keep_receipts:
+                        body = _repoint(payload, ts, conn, ids, lost)
+                        if body is not None:
+                            outputs[shard_of[decode_receipt(body)[0]]].append(ts, conn, kind, body)
+                            receipts_out += 1
+                else:
+                    stats[source[conn]].unknown += 1
+            if n > start:
+                messages(batch[start:], stamps[start:], conns[start:], payloads[start:])
         last_ns = max(last_ns, batch[-1][0])
         if after_batch is not None:
             after_batch()

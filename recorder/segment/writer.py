@@ -20,8 +20,11 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, compress, islice, repeat
+from operator import add, ge
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
     FORMAT_MAJOR,
     FORMAT_MINOR,
+    RECORD_HEADER,
     XXH64_EMPTY_LOW32,
     FrameInfo,
     RecordKind,
@@ -183,6 +187,29 @@ class SegmentWriter:
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
             self.cut()
 
+    def extend(self, rows: Sequence[tuple[int, int, int, bytes]]) -> None:
+        """`append` for each (ts_ns, conn, kind, payload) in turn, cut into frames at exactly the same records,
+        a frame's worth at a time (the merge's writer; see RecordBatch.extend)."""
+        if not rows:
+            return
+        stamps, conns, kinds, payloads = zip(*rows, strict=True)
+        # Where append would cut: the first record that brings the batch to frame_bytes, or that is flush_ms
+        # younger than the batch's first record.
+        ends = list(accumulate(map(add, map(len, payloads), repeat(RECORD_HEADER.size))))
+        start, n = 0, len(stamps)
+        while start < n:
+            batch = self._batch
+            base = ends[start - 1] if start else 0
+            full = bisect_left(ends, self.frame_bytes - batch.raw_size + base, start)
+            first = batch.first_ts if batch.records else stamps[start]
+            old = next(compress(range(start, n), map(ge, islice(stamps, start, None),
+                                                     repeat(first + self.flush_ns))), n)
+            end = min(full, old, n - 1) + 1
+            batch.extend(stamps[start:end], conns[start:end], kinds[start:end], payloads[start:end])
+            if end - 1 in (full, old):
+                self.cut()
+            start = end
+
     def position(self) -> tuple[int, int]:
         """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
         return self._batch.serial, self._batch.records
@@ -191,16 +218,20 @@ class SegmentWriter:
                        orig_position: tuple[int, int]) -> None:
         """A later copy of the record appended at `orig_position` (see `position`) by `orig_conn` at `orig_ts_ns`.
 
-        While that record is still in the current batch, the receipt joins the batch's columnar receipt block;
-        otherwise it is a 12-byte receipt record of its own.
+        It joins the batch's receipt columns: by the original's index while that is in the batch, with its own
+        time and the original's connection otherwise. Only in a batch with no record yet is it a 12-byte receipt
+        record of its own.
         """
         batch = self._batch
-        if orig_position[0] == batch.serial and batch.records:
-            batch.append_near_receipt(ts_ns, conn, orig_position[1], ts_ns - orig_ts_ns)
-            if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
-                self.cut()
-        else:
+        if not batch.records:
             self.append(ts_ns, conn, _RECEIPT, encode_receipt(orig_conn, ts_ns - orig_ts_ns))
+            return
+        if orig_position[0] == batch.serial:
+            batch.append_near_receipt(ts_ns, conn, orig_position[1], ts_ns - orig_ts_ns)
+        else:
+            batch.append_far_receipt(ts_ns, conn, orig_conn, ts_ns - orig_ts_ns)
+        if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
+            self.cut()
 
     def cut(self) -> None:
         """Hand the current batch to the writer thread (no-op when empty)."""
