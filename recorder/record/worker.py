@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -594,6 +595,9 @@ def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level)
     logging.getLogger("picows").setLevel(logging.ERROR)
+    # Everything imported so far lives as long as the process: out of the collector's sight, a full collection
+    # walks only what recording creates (it walked ~27k objects, a 10-15 ms stall of the receive thread).
+    gc.freeze()
     code = uvloop.run(worker.run())
     link.close()
     os._exit(code)  # skip interpreter teardown: everything is sealed and flushed already

@@ -35,11 +35,14 @@ class RecordBatch:
 
     __slots__ = ("events", "far", "first_ts", "headers", "max_ts", "min_ts", "near", "payloads", "raw_size",
                  "receipts", "records", "serial")
+    near: tuple[list[int], list[int], list[int]]
+    far: tuple[list[int], list[int], list[int], list[int]]
 
     def __init__(self, serial: int = 0) -> None:
         self.serial = serial  # tells the writer whether an original is still in this batch
-        self.near: list[tuple[int, int, int]] = []  # receipts whose original is in this batch: (index, lag, conn)
-        self.far: list[tuple[int, int, int, int]] = []  # the others, once it holds a record: (ts, conn, orig conn, lag)
+        # Receipts as columns of ints, never a tuple each (see encode_receipt_columns on the garbage collector).
+        self.near = ([], [], [])  # whose original is in this batch: index, lag, conn
+        self.far = ([], [], [], [])  # the others, once it holds a record: ts, conn, orig conn, lag
         self.headers = bytearray()
         self.payloads: list[bytes] = []
         self.records = 0
@@ -88,13 +91,20 @@ class RecordBatch:
 
     def append_near_receipt(self, ts_ns: int, conn: int, orig_index: int, lag_ns: int) -> None:
         """A later copy of the record at `orig_index` of this batch: stored as columns at the end of the block."""
-        self.near.append((orig_index, lag_ns, conn))
+        indexes, lags, conns = self.near
+        indexes.append(orig_index)
+        lags.append(lag_ns)
+        conns.append(conn)
         self._receipt(ts_ns, 6)  # about what its columns take; only steers when the batch is cut
 
     def append_far_receipt(self, ts_ns: int, conn: int, orig_conn: int, lag_ns: int) -> None:
         """A later copy of a record of an earlier batch (its lag spans a cut), in the same columns. Only once the
         batch holds a record: a batch is cut, and its columns written, only when it does."""
-        self.far.append((ts_ns, conn, orig_conn, lag_ns))
+        stamps, conns, orig_conns, lags = self.far
+        stamps.append(ts_ns)
+        conns.append(conn)
+        orig_conns.append(orig_conn)
+        lags.append(lag_ns)
         self._receipt(ts_ns, _FAR_RAW)
 
     def _receipt(self, ts_ns: int, size: int) -> None:
@@ -106,15 +116,16 @@ class RecordBatch:
             self.min_ts = ts_ns
 
     def block(self) -> bytes:
-        if self.near or self.far:
+        near_indexes, near_lags, _ = self.near
+        far_stamps = self.far[0]
+        if near_indexes or far_stamps:
             # One record holds them all; its time is a copy's, inside the block's [min, max].
-            if self.near:
-                index, lag, _ = self.near[0]
-                ts = RECEIPT_TS.unpack_from(self.headers, index * RECORD_HEADER.size)[0] + lag
+            if near_indexes:
+                ts = RECEIPT_TS.unpack_from(self.headers, near_indexes[0] * RECORD_HEADER.size)[0] + near_lags[0]
             else:
-                ts = self.far[0][0]
+                ts = far_stamps[0]
             payload = encode_receipt_columns(self.near, self.far)
-            self.near, self.far = [], []
+            self.near, self.far = ([], [], []), ([], [], [], [])
             raw_size = self.raw_size  # the writer's backlog was charged with this size at the cut
             self.append(ts, 0, _RECEIPT_COLUMNS, payload)
             self.raw_size = raw_size
