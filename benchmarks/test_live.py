@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,18 @@ from typing import Any
 import pytest
 import uvloop
 import xxhash
-from e2e import HERE, QUICK, WARMUP_S, Run, Sim, analyse_recording, cpu_seconds, new_connections, sim
+from e2e import (
+    HERE,
+    QUICK,
+    WARMUP_S,
+    Run,
+    Sim,
+    analyse_recording,
+    cpu_seconds,
+    new_connections,
+    sim,
+    stop_process,
+)
 
 from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
@@ -210,8 +220,7 @@ def test_relay_and_publish_cost_on_recorder_throughput(benchmark, tmp_path):
                                                also={"nats_server": nats_proc.pid})
     finally:
         if nats_proc is not None:
-            nats_proc.send_signal(signal.SIGTERM)
-            nats_proc.wait(10)
+            stop_process(nats_proc)
         shutil.rmtree(store, ignore_errors=True)
     RESULTS["relay_throughput_ratio"] = relay.rate / base.rate
     cpu_figures = {f"{name}_{k}": v for name, r in (("without", base), ("relay", relay), ("publish", publish))
@@ -242,8 +251,7 @@ def test_nats_publish_throughput(benchmark, tmp_path):
         seconds, own_cpu = once(benchmark, lambda: uvloop.run(_publish_all(port, records)))
         server_cpu = cpu_seconds(proc.pid) - server_cpu0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        stop_process(proc)
     rate = len(records) / seconds
     RESULTS["nats_msgs_per_s"] = rate
     # CPU per message tells what the wall-clock rate would be on idle cores (the machine may be shared).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e import stop_process
 
 HERE = Path(__file__).parent
 QUICK = os.environ.get("IME_BENCH_QUICK") == "1"
@@ -48,13 +48,7 @@ def server(args: list[str], ready: Path) -> Iterator[dict[str, Any]]:
     try:
         yield wait_for(ready, proc)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def sim_server(tmp_path: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
