@@ -201,6 +201,55 @@ def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, reco
     assert compare_with_sent_log(out, sent)["messages"] > 3000  # recording went on through the hub's death
 
 
+def test_messages_that_never_reached_the_hub_cut_its_clients_and_the_recording_keeps_them(sim_process, recorder,
+                                                                                                   tmp_path):
+    """A stopped hub (as a starved one would be) makes the worker drop what it cannot hand over: the relay's
+    clients are cut with a reason instead of silently missing those messages; a new client is served again."""
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "6", "--rate", "8000", "--seed", "5", "--sent-log", str(sent))
+    ids = sim.info["ids"]
+    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--metrics-port", "0",
+                   "--status-interval", "1", *sim_args(sim), env=creds(sim))
+    base = relay_base(rec)
+    metrics = metrics_url(rec)
+    hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
+    url = build_url(base, EndpointKind.ID, ids)
+
+    async def scenario():
+        first = asyncio.ensure_future(picows_session(url, None, timeout=90, keep_text=False))
+        await asyncio.sleep(1.5)
+        # ~6 MB/s of frames against the worker's 8 MiB buffer and the socket's: 8 s stopped overflows them.
+        os.kill(hub_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(8)
+        finally:
+            os.kill(hub_pid, signal.SIGCONT)
+        cut = await asyncio.wait_for(first, 60)
+        second = await picows_session(url, None, done=lambda s: len(s.texts()) > 500, timeout=30)
+        deadline = time.monotonic() + 20
+        while True:  # the hub reports every second
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics, timeout=5).read().decode())
+            if re.search(r"^ime_recorder_relay_gap_clients_cut_total [1-9]", text, re.M) or time.monotonic() > deadline:
+                return cut, second, text
+            await asyncio.sleep(0.5)
+
+    cut, second, text = run(scenario(), 150)
+    assert cut.close_code == 1013, (cut.close_code, cut.close_reason)
+    assert re.fullmatch(r"the relay missed \d+ messages the recorder could not hand over \(CPU overload\); "
+                        r"reconnect to resume", cut.close_reason), cut.close_reason
+    assert len(second.texts()) > 500
+    missed = float(re.search(r"^ime_recorder_live_worker_dropped_total (\S+)", text, re.M)[1])
+    assert missed > 0, text
+    assert re.search(r"^ime_recorder_relay_gap_clients_cut_total [1-9]", text, re.M), text
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    assert "cut for gaps" in rec.stderr and "not handed over by workers" in rec.stderr
+    assert "could not hand" in rec.stderr and "relay clients were cut to reconnect" in rec.stderr
+    sim.stop()
+    compare_with_sent_log(out, sent)  # every message is recorded, including those the relay missed
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--relay", "localhost:http"], "bad --relay 'localhost:http': give [HOST:]PORT"),
     (["--publish", "http://127.0.0.1:4222"], "--publish needs a URL such as nats://"),

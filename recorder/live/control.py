@@ -37,6 +37,8 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ime_recorder_relay_clients", "gauge", "relay clients connected", "relay_clients"),
     ("ime_recorder_relay_messages_sent_total", "counter", "messages written to relay clients", "relay_sent"),
     ("ime_recorder_relay_slow_clients_cut_total", "counter", "relay clients cut for not reading", "relay_cut"),
+    ("ime_recorder_relay_gap_clients_cut_total", "counter",
+     "relay clients cut because messages never reached the hub", "relay_gap_cut"),
     ("ime_recorder_nats_connected", "gauge", "1 while connected to NATS", "nats_connected"),
     ("ime_recorder_nats_published_total", "counter", "messages confirmed stored by JetStream", "nats_confirmed"),
     ("ime_recorder_nats_duplicates_total", "counter", "publishes JetStream reported as duplicates",
@@ -77,6 +79,8 @@ class HubView:
         if "relay_clients" in self.figures:
             parts.append(f"relay {self.figures['relay_clients']} clients, {self.total('relay_sent')} sent, "
                          f"{self.total('relay_cut')} slow cut")
+            if self.total("relay_gap_cut"):
+                parts[-1] += f", {self.total('relay_gap_cut')} cut for gaps"
         if "nats_backlog" in self.figures:
             state = "up" if self.figures.get("nats_connected") else "DOWN"
             parts.append(f"NATS {state}, {self.total('nats_confirmed')} stored, backlog "

@@ -31,6 +31,7 @@ log = logging.getLogger("recorder.live")
 
 _TEXT = 1
 STATUS_INTERVAL_S = 1.0
+GAP_LOG_INTERVAL_S = 10.0
 DRAIN_S = 2.0  # on stop, how long worker links get to deliver their last bytes
 
 
@@ -71,6 +72,7 @@ class Hub:
         self.next_seq: dict[tuple[int, int], int] = {}
         self.received = 0
         self.worker_dropped = 0  # messages workers could not hand over (seen as sequence gaps)
+        self._next_gap_log = 0.0
         self.source: LiveSource | None = None
         self.server: FeedServer | None = None
         self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
@@ -84,8 +86,18 @@ class Hub:
         # A worker numbers its messages 0, 1, 2, …: whatever it could not hand over shows as missing numbers.
         last = records[-1][0]
         first = self.next_seq.get(key, records[0][0])
-        self.worker_dropped += last + 1 - first - len(records)
+        missed = last + 1 - first - len(records)
         self.next_seq[key] = last + 1
+        if missed:
+            self.worker_dropped += missed
+            if self.source is not None:
+                self.source.cut_for_gap(missed)
+            now = time.monotonic()
+            if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
+                self._next_gap_log = now + GAP_LOG_INTERVAL_S
+                log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); relay "
+                            "clients were cut to reconnect, NATS will not have them; the recording has them",
+                            shard, missed)
         route = self.router.contract
         items: list[LiveItem] = [(route(payload) if kind == _TEXT else None, kind, payload)
                                  for _, _, _, kind, payload in records]
@@ -165,7 +177,7 @@ class Hub:
                                "links": len(self.links)}
         if self.server is not None and self.source is not None:
             out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
-                       relay_cut=self.source.cut)
+                       relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut)
         if self.publisher is not None:
             out.update(self.publisher.status())
         return out

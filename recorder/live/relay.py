@@ -36,6 +36,7 @@ class LiveSource:
         self._buffered = buffered or Subscriber.write_buffer_size
         self.sent = 0  # messages handed to clients
         self.cut = 0  # clients disconnected for being too slow
+        self.gap_cut = 0  # clients disconnected because messages never reached the hub (see cut_for_gap)
         self.unrouted = 0  # messages with no contract (binary frames, non-envelopes): nobody subscribed to them
 
     def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
@@ -50,7 +51,8 @@ class LiveSource:
         self._sets.pop(sub, None)
 
     def stats(self) -> Mapping[str, Any]:
-        return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "unrouted": self.unrouted}
+        return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "gap_clients_cut": self.gap_cut,
+                "unrouted": self.unrouted}
 
     def dispatch(self, batch: list[LiveItem]) -> None:
         """Runs on the hub's loop: one framed write per subscriber for the whole batch.
@@ -85,6 +87,19 @@ class LiveSource:
         for contract, _, _ in batch:
             if contract is None:
                 self.unrouted += 1
+
+    def cut_for_gap(self, missed: int) -> None:
+        """Messages a worker recorded never reached the hub (it was behind, or restarting): every client is cut.
+
+        Which contracts they were for is unknowable here, and a client that silently misses messages is worse
+        off than one told to reconnect: it would trade on a book it believes is whole. The recording has them.
+        """
+        for sub in list(self.subscribers):
+            if not sub.closing:
+                self.gap_cut += 1
+                sub.count_fault("gap_cut")
+                sub.close(SLOW_CLIENT_CODE, f"the relay missed {missed} messages the recorder could not hand over "
+                                            "(CPU overload); reconnect to resume")
 
     def cut_client(self, sub: Subscriber, queued: int) -> None:
         self.cut += 1
