@@ -13,6 +13,7 @@ from segment_util import ime_payload, write_records
 from recorder.events import Event, decode_event, encode_event
 from recorder.segment.format import RecordKind, decode_receipt, encode_receipt
 from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
+from recorder.segment.naming import segment_name
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
 from recorder.segment.writer import SegmentWriter
 
@@ -221,6 +222,10 @@ def test_the_command_writes_sealed_verified_segments_and_reports(tmp_path):
     assert [(seg.shard, seg.header.meta["input"]) for seg in merged] == [(0, str(tmp_path / "hostA")),
                                                                           (1, str(tmp_path / "hostB"))]
     assert [seg.records for seg in merged] == [1800 + 4, 150 + 4]
+    # Named by the data they hold (its earliest record), not by when the merge ran.
+    for seg in merged:
+        first_ms = min(rec.ts_ns for rec in seg.iter_records()) // 1_000_000
+        assert seg.path.name == segment_name("ime", seg.shard, first_ms * 1_000_000), seg.path.name
     assert not list((tmp_path / "m").glob("*.open"))
     assert segments_cli("verify", str(tmp_path / "m")).returncode == 0
     # Merging again into the same directory would mix two merges: refused.

@@ -389,6 +389,7 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
         name, segs = opened[number]
         try:
             writer = SegmentWriter(out, shard=len(writers), prefix="ime", flush_ms=1000, rotate_seconds=0,
+                                   name_by_data=True,
                                    meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
                                          "merged_from": [n for n, _ in opened], "input": name, "input_shard": shard})
         except SegmentWriteError as exc:

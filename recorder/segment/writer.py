@@ -44,7 +44,7 @@ from recorder.segment.format import (
     encode_receipt,
     encode_seek_table,
 )
-from recorder.segment.naming import OPEN_SUFFIX, segment_name
+from recorder.segment.naming import OPEN_SUFFIX, open_path_for, sealed_path, segment_name
 
 log = logging.getLogger("recorder.segment.writer")
 _RECEIPT = int(RecordKind.RECEIPT)
@@ -122,8 +122,12 @@ class SegmentWriter:
         on_sealed: Callable[[SealedSegment], None] | None = None,
         fault_enospc_after_bytes: int | None = None,
         subdir: Callable[[int], str] | None = None,
+        name_by_data: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        # A sealed file is named by its earliest record rather than by when it was opened: files written
+        # after the fact (`ime-segments merge`) then sort and read by the time of the data they hold.
+        self._name_by_data = name_by_data
         self._subdir = subdir  # start_ns -> directory under `directory` (layout.day_layout); None: flat
         self.shard = shard
         self.prefix = prefix
@@ -426,7 +430,7 @@ class SegmentWriter:
         self._write_all(cur, index + encode_seek_table(seek))
         os.fsync(cur.fd)
         os.close(cur.fd)
-        final = cur.path.with_name(cur.path.name[: -len(".open")])
+        final = self._sealed_name(cur)
         os.rename(cur.path, final)
         fsync_directory(final.parent)
         sealed = SealedSegment(final, cur.records, len(cur.frames), cur.raw_bytes, cur.offset)
@@ -434,6 +438,17 @@ class SegmentWriter:
         self.files_sealed += 1
         if self._on_sealed is not None:
             self._on_sealed(sealed)
+
+    def _sealed_name(self, cur: _OpenSegment) -> Path:
+        final = sealed_path(cur.path)
+        if not self._name_by_data or not cur.frames:
+            return final
+        stamp = min(f.min_ts for f in cur.frames)
+        while True:
+            candidate = final.with_name(segment_name(self.prefix, self.shard, stamp))
+            if candidate == final or not (candidate.exists() or open_path_for(candidate).exists()):
+                return candidate
+            stamp += 1_000_000
 
     def _fail(self, exc: OSError) -> None:
         cur = self._current
