@@ -308,3 +308,51 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         return counts
 
     assert run(scenario()) == [1, 1, 2, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]
+
+
+class _Client:
+    """A relay subscriber as LiveSource sees one: its contracts, and how it was closed."""
+
+    def __init__(self, *contracts: str) -> None:
+        self.contracts = contracts
+        self.closing = False
+        self.closed: tuple[int, str] | None = None
+        self.faults: list[str] = []
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing, self.closed = True, (code, reason)
+
+    def count_fault(self, name: str) -> None:
+        self.faults.append(name)
+
+
+def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only():
+    from recorder.feed.endpoints import EndpointKind
+    from recorder.live.hub import Hub
+    from recorder.live.relay import SLOW_CLIENT_CODE, LiveSource
+
+    settings = LiveSettings(address="\0x", kind="id", contracts=("1", "2", "3"), relay_port=0,
+                            shard_contracts=(("1", "2"), ("3",)))
+    hub = Hub(settings, None)
+    source = hub.source = LiveSource(EndpointKind.ID, settings.contracts)
+    on_0, on_1, on_both = _Client("1"), _Client("3"), _Client("2", "3")
+    for c in (on_0, on_1, on_both):
+        source.on_subscribe(c)  # type: ignore[arg-type]
+    payload = b'{"contractId":"3","channel":"BestLimit"}'
+    hub.on_records(1, 77, [(0, 10, 0, 1, payload), (1, 11, 0, 1, payload)])
+    assert hub.worker_dropped == 0 and not any(c.closed for c in (on_0, on_1, on_both))
+    hub.on_records(1, 77, [(5, 12, 0, 1, payload)])  # 2, 3 and 4 never arrived
+    assert hub.worker_dropped == 3 and source.gap_cut == 2
+    assert on_0.closed is None
+    for c in (on_1, on_both):
+        assert c.closed == (SLOW_CLIENT_CODE, "the relay missed 3 messages the recorder could not hand over "
+                                              "(CPU overload); reconnect to resume")
+        assert c.faults == ["gap_cut"]
+    # Without the plan (an older supervisor, a test hub) every client is cut.
+    bare = Hub(LiveSettings(address="\0y", kind="id", contracts=("1", "3")), None)
+    bare.source = LiveSource(EndpointKind.ID, ("1", "3"))
+    lone = _Client("1")
+    bare.source.on_subscribe(lone)  # type: ignore[arg-type]
+    bare.on_records(1, 78, [(0, 10, 0, 1, payload)])
+    bare.on_records(1, 78, [(2, 12, 0, 1, payload)])
+    assert lone.closed is not None and bare.source.gap_cut == 1

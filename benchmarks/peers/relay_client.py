@@ -65,6 +65,8 @@ class ByteReader(asyncio.Protocol):
         self.bytes = 0
         self.head = b""
         self.upgraded = asyncio.get_running_loop().create_future()
+        self.upgraded_at = 0.0
+        self.ended_at: float | None = None
 
     def data_received(self, data: bytes) -> None:
         if not self.upgraded.done():
@@ -72,6 +74,7 @@ class ByteReader(asyncio.Protocol):
             if b"\r\n\r\n" in self.head:
                 head, _, rest = self.head.partition(b"\r\n\r\n")
                 self.upgraded.set_result(head.startswith(b"HTTP/1.1 101"))
+                self.upgraded_at = time.monotonic()
                 self.bytes += len(rest)
             return
         self.bytes += len(data)
@@ -79,6 +82,7 @@ class ByteReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
             self.upgraded.set_result(False)
+        self.ended_at = time.monotonic()
         self.done.set()
 
 
@@ -108,7 +112,10 @@ async def read_bytes(url: str, clients: int, seconds: float) -> dict[str, object
     await asyncio.wait([asyncio.ensure_future(r.done.wait()) for _, r in readers], timeout=seconds)
     for transport, _ in readers:
         transport.close()
-    return {"bytes": [r.bytes for _, r in readers]}
+    # How long each client was served: the relay closes every one at the recorder's stop, so a much shorter
+    # time means it was cut (too slow, or messages that never reached the hub).
+    return {"bytes": [r.bytes for _, r in readers],
+            "served_s": [round((r.ended_at or time.monotonic()) - r.upgraded_at, 2) for _, r in readers]}
 
 
 async def run(url: str, clients: int, seconds: float, latency: bool) -> dict[str, object]:

@@ -73,6 +73,7 @@ class Hub:
         self.received = 0
         self.worker_dropped = 0  # messages workers could not hand over (seen as sequence gaps)
         self._next_gap_log = 0.0
+        self.shard_sets = {shard: frozenset(c) for shard, c in enumerate(settings.shard_contracts)}
         self.source: LiveSource | None = None
         self.server: FeedServer | None = None
         self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
@@ -91,7 +92,7 @@ class Hub:
         if missed:
             self.worker_dropped += missed
             if self.source is not None:
-                self.source.cut_for_gap(missed)
+                self.source.cut_for_gap(missed, self.shard_sets.get(shard))
             now = time.monotonic()
             if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
                 self._next_gap_log = now + GAP_LOG_INTERVAL_S

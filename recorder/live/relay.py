@@ -88,14 +88,14 @@ class LiveSource:
             if contract is None:
                 self.unrouted += 1
 
-    def cut_for_gap(self, missed: int) -> None:
-        """Messages a worker recorded never reached the hub (it was behind, or restarting): every client is cut.
+    def cut_for_gap(self, missed: int, contracts: frozenset[str] | None = None) -> None:
+        """Messages a worker recorded never reached the hub (it was behind): its clients are cut.
 
-        Which contracts they were for is unknowable here, and a client that silently misses messages is worse
-        off than one told to reconnect: it would trade on a book it believes is whole. The recording has them.
+        A client that silently misses messages is worse off than one told to reconnect: it would trade on a
+        book it believes is whole. The recording has them. `contracts`: the worker's (None: unknown, so all).
         """
         for sub in list(self.subscribers):
-            if not sub.closing:
+            if not sub.closing and (contracts is None or not contracts.isdisjoint(self._sets[sub])):
                 self.gap_cut += 1
                 sub.count_fault("gap_cut")
                 sub.close(SLOW_CLIENT_CODE, f"the relay missed {missed} messages the recorder could not hand over "

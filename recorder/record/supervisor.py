@@ -116,7 +116,9 @@ class Supervisor:
         if self.settings.live_outputs is not None:  # LIVE-WIRING: start the live hub (never waited for)
             from recorder.live.control import HubControl
 
-            self.hub = HubControl(self.settings.live_outputs, self.console.log, self.settings.log_level)
+            hub_settings = replace(self.settings.live_outputs,
+                                   shard_contracts=tuple(tuple(s.contracts) for s in self.shards))
+            self.hub = HubControl(hub_settings, self.console.log, self.settings.log_level)
             self.hub.start()
         for s in active:
             self._spawn(s, token, gen)
