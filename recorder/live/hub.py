@@ -96,9 +96,10 @@ class Hub:
             now = time.monotonic()
             if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
                 self._next_gap_log = now + GAP_LOG_INTERVAL_S
-                log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); relay "
-                            "clients were cut to reconnect, NATS will not have them; the recording has them",
-                            shard, missed)
+                outputs = [text for on, text in ((self.source is not None, "relay clients were cut to reconnect"),
+                                                 (self.publisher is not None, "NATS will not have them")) if on]
+                log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); %s; the "
+                            "recording has them", shard, missed, ", ".join(outputs) or "nothing was serving them")
         route = self.router.contract
         items: list[LiveItem] = [(route(payload) if kind == _TEXT else None, kind, payload)
                                  for _, _, _, kind, payload in records]
