@@ -127,8 +127,9 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def sim(workdir: Path, rate: float, contracts: int = 50) -> Iterator[Sim]:
-    s = Sim(workdir, rate, contracts)
+def sim(workdir: Path, rate: float, contracts: int = 50, *extra: str) -> Iterator[Sim]:
+    """ime-sim at `rate`; `extra` are more ime-sim options (faults: `--delay-every`, ...)."""
+    s = Sim(workdir, rate, contracts, *extra)
     try:
         yield s
     finally:

@@ -12,7 +12,7 @@ from sim_util import Session, picows_session, run, running_sim
 
 from recorder.feed.endpoints import EndpointKind
 from recorder.feed.message import parse_envelope
-from recorder.sim.faults import JITTER, Fault, FaultConfig, FaultPlan
+from recorder.sim.faults import DROP_SPREAD, JITTER, Fault, FaultConfig, FaultPlan
 
 # -- the schedule (pure) ------------------------------------------------------------------------------
 
@@ -34,6 +34,18 @@ def test_plan_is_deterministic_ordered_and_periodic():
     assert len({round(t - k, 6) for k, (t, f) in enumerate(plan) if f is Fault.PING}) > 1  # jittered
 
 
+def test_delays_come_after_independent_wide_gaps_per_connection():
+    cfg = FaultConfig(delay_every=0.5)
+    plans = [[t for t, f in FaultPlan(cfg, seed=1, connection=c).first(60)] for c in (1, 2)]
+    for times in plans:
+        gaps = [b - a for a, b in itertools.pairwise([0.0, *times])]
+        assert all((1 - DROP_SPREAD) * 0.5 <= g <= (1 + DROP_SPREAD) * 0.5 for g in gaps)
+    # Two copies' 20 ms hiccups overlap rarely (on a +/- 10% grid about a third of them would).
+    overlapping = sum(1 for a in plans[0] if any(abs(a - b) < 0.02 for b in plans[1]))
+    assert overlapping <= len(plans[0]) // 4, overlapping
+    assert FaultConfig().delay_for == 0.02
+
+
 def test_no_faults_configured():
     assert not FaultConfig().enabled
     assert FaultPlan(FaultConfig(), 1, 1).first(5) == []
@@ -46,6 +58,8 @@ def test_no_faults_configured():
     ({"close_code": 1005}, "close code 1005"),
     ({"close_code": 999}, "close code"),
     ({"stall_for": 0}, "stall-for"),
+    ({"delay_for": 0}, "delay-for must be positive"),
+    ({"delay_every": -0.5}, "delay-every must be positive"),
     ({"fragment_parts": 1}, "fragment-parts"),
     ({"oversized_bytes": 0}, "oversized-bytes"),
 ])
@@ -111,6 +125,23 @@ def test_stall_leaves_a_gap(rate):
         assert conn["dropped"] > 0  # a live market does not wait for a stalled connection
     else:
         assert conn["dropped"] == 0
+
+
+@pytest.mark.parametrize("rate", [3000.0, 0.0])
+def test_delay_holds_the_messages_then_sends_every_one(rate):
+    session, conn = faulty_session(FaultConfig(delay_every=0.3, delay_for=0.1), lambda s: False, timeout=1.2,
+                                   rate=rate, keep_text=False)
+    times = [f.at for f in session.data()]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert conn["faults"]["delay"] >= 1
+    assert max(gaps) >= 0.09, max(gaps)
+    # A hiccup is not a stall: what was published meanwhile arrives late, not never.
+    assert conn["dropped"] == 0
+    # The client hangs up mid-stream: what was on the wire then is the only difference (tests/test_record_e2e.py
+    # checks every message against the sent and published logs).
+    assert len(times) > 100
+    if rate:
+        assert 0 <= conn["sent"] - len(times) <= rate * 0.1, (conn["sent"], len(times))
 
 
 def has(msg_type: WSMsgType):

@@ -168,7 +168,7 @@ async def start_sim(config: SimConfig | None = None) -> SimHandle:
     # The source needs the server (to revoke tokens) and the server the source: tie them after creation.
     published_log = PublishedLog(cfg.published_log, [s.id for s in specs]) if cfg.published_log else None
     source = SimSource(specs, seed=cfg.seed, rate=cfg.rate, burst=cfg.burst, burst_every=cfg.burst_every,
-                       faults=cfg.faults, batch_bytes=cfg.batch_bytes,
+                       faults=cfg.faults, batch_bytes=cfg.batch_bytes, held_limit=cfg.write_buffer_high,
                        on_publish=published_log.published if published_log is not None else None)
     sent_log = SentLog(cfg.sent_log) if cfg.sent_log is not None else None
     server = FeedServer(server_cfg, source if sent_log is None else TappedSource(source, sent_log))

@@ -118,6 +118,14 @@ FAULT_OPTIONS = [
                  help="Per connection: send nothing for --stall-for seconds, every S seconds."),
     click.option("--stall-for", type=float, default=2.0, show_default=True, metavar="S",
                  help="How long each --stall-every stall lasts, seconds."),
+    click.option("--delay-every", type=float, callback=_seconds, metavar="S",
+                 help="Per connection: a path hiccup (a TCP retransmission, a congested hop) after a gap drawn "
+                      "uniformly from [0.5 S, 1.5 S]: its messages are held for --delay-for seconds, then sent "
+                      "all at once, in order, with their publish timestamps; none is dropped (unless the held "
+                      "messages would overflow the connection's write buffer, counted as dropped)."),
+    click.option("--delay-for", type=float, default=0.02, show_default=True, metavar="S",
+                 help="How long each --delay-every hiccup holds a connection's messages, seconds (0.02: about "
+                      "one retransmission on a path with a 20 ms round trip)."),
     click.option("--malformed-every", type=float, callback=_seconds, metavar="S",
                  help="Per connection: a text frame that is not valid JSON, every S seconds."),
     click.option("--binary-every", type=float, callback=_seconds, metavar="S",

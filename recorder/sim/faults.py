@@ -2,10 +2,12 @@
 
 Each periodic fault with period S happens for the k-th time at k*S +/- 10% (jitter drawn from the seed
 and the connection number), so runs repeat exactly and different connections do not fail in lockstep.
-Drops are spread much wider: the gap before each drop is uniform in [0.5 S, 1.5 S], drawn per connection.
-Redundant connections to the same contracts open at nearly the same moment; with only +/- 10% their
-first drops would still fall within a reconnect of each other, and every copy would miss the same
-messages. `revoke_after` happens once, exactly then.
+Drops and delays are spread much wider: the gap before each one is uniform in [0.5 S, 1.5 S], drawn per
+connection. Redundant connections to the same contracts open at nearly the same moment; with only +/- 10%
+their first drops would still fall within a reconnect of each other, and every copy would miss the same
+messages. Delays model hiccups of independent network paths (a retransmission, a congested hop): on the
++/- 10% grid two copies' 20 ms hiccups would overlap about a third of the time for as long as they stayed
+connected, a coupling real paths do not have. `revoke_after` happens once, exactly then.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 JITTER = 0.1
-DROP_SPREAD = 0.5  # a drop comes after a gap uniform in [(1 - DROP_SPREAD) S, (1 + DROP_SPREAD) S]
+DROP_SPREAD = 0.5  # a drop or delay comes after a gap uniform in [(1 - DROP_SPREAD) S, (1 + DROP_SPREAD) S]
 
 
 class Fault(enum.StrEnum):
     DROP = "drop"  # drain what was sent, then cut TCP without a CLOSE
     CLOSE = "close"  # CLOSE with close_code
-    STALL = "stall"  # send nothing for stall_for seconds
+    STALL = "stall"  # send nothing for stall_for seconds (what the market published meanwhile is dropped)
+    DELAY = "delay"  # hold the messages for delay_for seconds, then send them all at once: none dropped
     MALFORMED = "malformed"  # a text frame that is not valid JSON
     BINARY = "binary"  # a binary frame
     OVERSIZED = "oversized"  # a valid envelope padded to oversized_bytes
@@ -45,6 +48,8 @@ class FaultConfig:
     close_code: int = 1011
     stall_every: float | None = None
     stall_for: float = 2.0
+    delay_every: float | None = None
+    delay_for: float = 0.02
     malformed_every: float | None = None
     binary_every: float | None = None
     oversized_every: float | None = None
@@ -63,6 +68,8 @@ class FaultConfig:
             raise ValueError(f"close code {self.close_code} cannot be sent (use 1000-1014 or 3000-4999)")
         if self.stall_for <= 0:
             raise ValueError("stall-for must be positive")
+        if self.delay_for <= 0:
+            raise ValueError("delay-for must be positive")
         if self.oversized_bytes < 1:
             raise ValueError("oversized-bytes must be positive")
         if self.fragment_parts < 2:
@@ -71,6 +78,7 @@ class FaultConfig:
     def periods(self) -> dict[Fault, float]:
         every = {
             Fault.DROP: self.drop_every, Fault.CLOSE: self.close_every, Fault.STALL: self.stall_every,
+            Fault.DELAY: self.delay_every,
             Fault.MALFORMED: self.malformed_every, Fault.BINARY: self.binary_every,
             Fault.OVERSIZED: self.oversized_every, Fault.FRAGMENT: self.fragment_every,
             Fault.PING: self.ping_every,
@@ -92,7 +100,7 @@ class FaultPlan:
 
     def _periodic(self, fault: Fault, period: float) -> Iterator[tuple[float, Fault]]:
         rng = random.Random(f"fault:{self.seed}:{self.connection}:{fault.value}")
-        if fault is Fault.DROP:
+        if fault in (Fault.DROP, Fault.DELAY):
             at = 0.0
             while True:
                 at += period * rng.uniform(1 - DROP_SPREAD, 1 + DROP_SPREAD)

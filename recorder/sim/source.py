@@ -7,8 +7,12 @@ Two ways to send, chosen by `rate`:
   Each event is published once (to `on_publish`, e.g. the --published-log) and goes to every connection
   subscribed to its contract, all of one tick in one write. A connection whose transport is paused (or
   stalled) does not hold the market up: its messages of that tick are dropped and counted.
+  A delayed connection (a path hiccup) keeps its messages, stamped when published, in a held buffer and
+  sends them all at once when the hiccup ends; held bytes are bounded by `held_limit` (the server's write
+  buffer high-water mark) and what would overflow it is dropped and counted.
 - rate == 0: every connection gets its own Market over its own contracts and a pump that writes batches
   of about `batch_bytes` whenever the transport can take them: as fast as the client drains, no drops.
+  A delay holds the batch rendered when it began and sends it when the delay ends.
 Frames are pre-rendered: the timestamp is rendered once per batch and spliced between cached bytes.
 """
 
@@ -59,7 +63,8 @@ class Clock:
 class _Feed:
     """Per-connection sending state."""
 
-    __slots__ = ("count", "fault_n", "market", "parts", "positions", "prefixes", "stalled_until", "sub", "tasks")
+    __slots__ = ("count", "delayed_until", "fault_n", "held", "held_bytes", "held_count", "market", "parts",
+                 "positions", "prefixes", "release", "stalled_until", "sub", "tasks")
 
     def __init__(self, sub: Subscriber, market: Market, positions: list[int], prefixes: dict[int, bytes]) -> None:
         self.sub = sub
@@ -69,6 +74,11 @@ class _Feed:
         self.parts: list[bytes] = []
         self.count = 0
         self.stalled_until = 0.0
+        self.delayed_until = 0.0  # perf_counter time a path hiccup ends; until then frames go to `held`
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.held_count = 0
+        self.release: asyncio.TimerHandle | None = None
         self.fault_n = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -85,7 +95,7 @@ class SimSource:
     def __init__(self, specs: Sequence[ContractSpec], *, seed: int = 1, rate: float = 1000.0, burst: int = 0,
                  burst_every: float = 5.0, faults: FaultConfig | None = None, batch_bytes: int = 128 * 1024,
                  revoke: Callable[[str], None] | None = None,
-                 on_publish: Callable[[int, bytes], None] | None = None) -> None:
+                 on_publish: Callable[[int, bytes], None] | None = None, held_limit: int = 1 << 20) -> None:
         if rate < 0:
             raise ValueError("rate must be >= 0")
         self.specs = list(specs)
@@ -95,6 +105,7 @@ class SimSource:
         self.burst_every = burst_every
         self.faults = faults or FaultConfig()
         self.batch_bytes = batch_bytes
+        self.held_limit = held_limit
         self._revoke = revoke
         self._by_kind = {
             EndpointKind.ID: {s.id: s.index for s in self.specs},
@@ -148,6 +159,7 @@ class SimSource:
             return
         for task in feed.tasks:
             task.cancel()
+        self._end_delay(feed, send=False)
         if self._market is not None:
             for i in feed.positions:
                 self._routes[i] = [r for r in self._routes[i] if r[0] is not feed]
@@ -172,6 +184,8 @@ class SimSource:
 
     async def close(self) -> None:
         tasks = [t for f in self._feeds.values() for t in f.tasks]
+        for f in self._feeds.values():
+            self._end_delay(f, send=False)
         if self._ticker is not None:
             tasks.append(self._ticker)
         for t in tasks:
@@ -197,7 +211,8 @@ class SimSource:
                 if not await sub.wait_writable():
                     return
                 continue
-            wait = feed.stalled_until - time.perf_counter()
+            now = time.perf_counter()
+            wait = max(feed.stalled_until, feed.delayed_until if feed.held else 0.0) - now
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -213,7 +228,7 @@ class SimSource:
                 extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix, ts, tail))
                 size += length + 4
                 n += 1
-            sub.write_frames(b"".join(parts), n)
+            self._send(feed, b"".join(parts), n, now, bounded=False)
             # One batch per turn, so other connections, timers and reads get the loop too.
             await asyncio.sleep(0)
 
@@ -269,12 +284,60 @@ class SimSource:
         now = time.perf_counter()
         for feed in touched:
             sub = feed.sub
-            if sub.writable and feed.stalled_until <= now:
-                sub.write_frames(b"".join(feed.parts), feed.count)
-            elif not sub.closing:
-                sub.add_dropped(feed.count)
+            if feed.stalled_until > now or not (sub.writable or feed.delayed_until > now):
+                if not sub.closing:
+                    sub.add_dropped(feed.count)
+            else:
+                self._send(feed, b"".join(feed.parts), feed.count, now)
             feed.parts.clear()
             feed.count = 0
+
+    # -- path hiccups (delay faults) -----------------------------------------------------------------
+
+    def _send(self, feed: _Feed, data: bytes, n: int, now: float, bounded: bool = True) -> None:
+        """Write `n` messages' frames, or hold them while the connection's path hiccups."""
+        sub = feed.sub
+        if feed.delayed_until > now:
+            if sub.closing:
+                return
+            # Held frames join the transport's buffer on release: together they stay under its high-water mark.
+            # (The drain pump holds a single batch and never drops: it is not bounded here.)
+            if bounded and feed.held_bytes + len(data) + sub.write_buffer_size() > self.held_limit:
+                sub.add_dropped(n)
+                return
+            feed.held.append(data)
+            feed.held_bytes += len(data)
+            feed.held_count += n
+            return
+        if feed.held:  # the hiccup is over but its release timer has not fired yet: keep the order
+            self._end_delay(feed)
+        sub.write_frames(data, n)
+
+    def _start_delay(self, feed: _Feed, seconds: float) -> None:
+        feed.delayed_until = max(feed.delayed_until, time.perf_counter() + seconds)
+        if feed.release is not None:
+            feed.release.cancel()
+        feed.release = asyncio.get_running_loop().call_later(
+            feed.delayed_until - time.perf_counter(), self._end_delay, feed)
+
+    def _end_delay(self, feed: _Feed, send: bool = True) -> None:
+        """The hiccup is over: everything held goes out in one write, in order.
+
+        A connection that closed meanwhile never gets what was held: like a message published after the close
+        (or in flight when the client hung up), that is not counted as dropped, which is for open connections
+        that could not keep up.
+        """
+        if feed.release is not None:
+            feed.release.cancel()
+            feed.release = None
+        feed.delayed_until = 0.0
+        if not feed.held:
+            return
+        if send:
+            feed.sub.write_frames(b"".join(feed.held), feed.held_count)
+        feed.held.clear()
+        feed.held_bytes = 0
+        feed.held_count = 0
 
     # -- faults --------------------------------------------------------------------------------------
 
@@ -300,6 +363,8 @@ class SimSource:
             sub.send_ping(b"ime-sim %d" % sub.faults[fault.value])
         elif fault is Fault.STALL:
             feed.stalled_until = time.perf_counter() + cfg.stall_for
+        elif fault is Fault.DELAY:
+            self._start_delay(feed, cfg.delay_for)
         elif fault is Fault.MALFORMED:
             message = feed.sample(self._clock.stamp())
             sub.write_frames(frame(message[: len(message) * 2 // 3], OP_TEXT), 0, 1)
