@@ -209,8 +209,10 @@ def test_messages_that_never_reached_the_hub_cut_its_clients_and_the_recording_k
     out = tmp_path / "out"
     sim = sim_process("--contracts", "6", "--rate", "8000", "--seed", "5", "--sent-log", str(sent))
     ids = sim.info["ids"]
-    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--metrics-port", "0",
-                   "--status-interval", "1", *sim_args(sim), env=creds(sim))
+    # After SIGCONT the hub passes on the ~16 MB the worker and the socket held before the gap: a client buffer
+    # larger than that keeps the client from being cut as too slow first.
+    rec = recorder("--ids", ",".join(ids), "--out", str(out), "--relay", "127.0.0.1:0", "--relay-client-kib",
+                   "65536", "--metrics-port", "0", "--status-interval", "1", *sim_args(sim), env=creds(sim))
     base = relay_base(rec)
     metrics = metrics_url(rec)
     hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
