@@ -1,5 +1,6 @@
 """The one thing pyproject.toml cannot say: the optional C fast paths, the export's scanner
-(recorder/export/_scan.c) and the dedupe's window (recorder/segment/_dedupe.c).
+(recorder/export/_scan.c), the dedupe's window (recorder/segment/_dedupe.c) and the data-block split
+(recorder/segment/_block.c).
 
 `optional=True`: without a compiler or Python headers the install still succeeds, and each runs its pure-Python
 implementation (slower, same results; `ime-segments export` says which path ran, `recorder.segment.dedupe.NATIVE`
@@ -13,4 +14,5 @@ _FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra"]
 setup(ext_modules=[
     Extension("recorder.export._scan", ["recorder/export/_scan.c"], optional=True, extra_compile_args=_FLAGS),
     Extension("recorder.segment._dedupe", ["recorder/segment/_dedupe.c"], optional=True, extra_compile_args=_FLAGS),
+    Extension("recorder.segment._block", ["recorder/segment/_block.c"], optional=True, extra_compile_args=_FLAGS),
 ])
