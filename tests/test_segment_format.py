@@ -214,3 +214,25 @@ def test_receipt_blocks_are_left_to_python_and_conns_apply_after_their_expansion
     # re-points receipts itself).
     assert fmt.decode_block(block, batch.records, {1: 11, 2: 12}) == [
         (100, 11, 1, b"m"), (130, 12, 4, fmt.encode_receipt(1, 30))]
+
+
+@needs_c_split
+@settings(max_examples=100, deadline=None)
+@given(records)
+def test_the_c_header_packing_is_struct_packing(recs):
+    cols = [list(c) for c in zip(*recs, strict=True)] if recs else [[], [], [], []]
+    lengths = [len(p) for p in cols[3]]
+    expected = b"".join(map(fmt.RECORD_HEADER.pack, cols[0], cols[1], cols[2], lengths))
+    assert fmt._block.headers(cols[0], cols[1], cols[2], lengths) == expected
+    assert fmt.pack_headers(cols[0], cols[1], cols[2], lengths) == expected
+
+
+@pytest.mark.parametrize(("column", "value"), [(0, 1 << 63), (0, -(1 << 63) - 1), (1, 1 << 32), (1, -1),
+                                               (2, 256), (3, 1 << 32), (2, 1.0)])
+def test_a_header_value_out_of_range_is_refused_as_struct_refuses_it(column, value):
+    cols = [[1, 2], [3, 4], [1, 1], [5, 6]]
+    cols[column][1] = value
+    if fmt._block is not None:
+        assert fmt._block.headers(*cols) is None  # left to struct, which says what is wrong
+    with pytest.raises(struct.error):
+        fmt.pack_headers(*cols)

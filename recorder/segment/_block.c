@@ -1,4 +1,5 @@
-/* recorder.segment._block: splitting a data block into records in C (format.py's _split_block is the reference).
+/* recorder.segment._block: a data block's records in C — split (format.py's _split_block is the reference) and
+the record headers packed (format.py's pack_headers falls back to struct for anything this refuses).
 
 split(block, expected_records, conns, defer) -> list of (ts_ns, conn, kind, payload) tuples, or None.
 
@@ -106,14 +107,72 @@ fail:
     return NULL;
 }
 
+static inline void put_le32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+/* headers(stamps, conns, kinds, lengths) -> the records' packed "<qIBI" headers, or None for anything that is not
+   an int in range (struct then raises its own error). Sequences of equal length. */
+static PyObject *headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "headers(stamps, conns, kinds, lengths) takes 4 arguments");
+        return NULL;
+    }
+    PyObject *cols[4] = {NULL, NULL, NULL, NULL}, *out = NULL;
+    Py_ssize_t n = 0;
+    for (int c = 0; c < 4; c++) {
+        if (!(cols[c] = PySequence_Fast(args[c], "headers takes four sequences"))) goto done;
+        if (c && PySequence_Fast_GET_SIZE(cols[c]) != n) {
+            PyErr_SetString(PyExc_ValueError, "headers: the four columns differ in length");
+            goto done;
+        }
+        n = PySequence_Fast_GET_SIZE(cols[c]);
+    }
+    if (!(out = PyBytes_FromStringAndSize(NULL, n * HEADER_BYTES))) goto done;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    PyObject **items[4];
+    for (int c = 0; c < 4; c++) items[c] = PySequence_Fast_ITEMS(cols[c]);
+    static const unsigned long long limit[4] = {0, 0xFFFFFFFFULL, 0xFFULL, 0xFFFFFFFFULL};
+    for (Py_ssize_t i = 0; i < n; i++, p += HEADER_BYTES) {
+        unsigned long long v[4];
+        for (int c = 0; c < 4; c++) {
+            PyObject *o = items[c][i];
+            if (!PyLong_Check(o)) goto refuse;
+            int overflow;
+            long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
+            if (overflow || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); goto refuse; }
+            if (c && (x < 0 || (unsigned long long)x > limit[c])) goto refuse;
+            v[c] = (unsigned long long)x;
+        }
+        put_le32(p, (uint32_t)v[0]);
+        put_le32(p + 4, (uint32_t)(v[0] >> 32));
+        put_le32(p + 8, (uint32_t)v[1]);
+        p[12] = (unsigned char)v[2];
+        put_le32(p + 13, (uint32_t)v[3]);
+    }
+    goto done;
+refuse:
+    Py_CLEAR(out);
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    for (int c = 0; c < 4; c++) Py_XDECREF(cols[c]);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(block, expected_records, conns, defer): the block's (ts_ns, conn, kind, payload) records, or None."},
+    {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL,
+     "headers(stamps, conns, kinds, lengths): the records' packed headers, or None for a value out of range."},
     {NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, .m_name = "_block", .m_doc = "Splitting data blocks into records in C.", .m_size = -1,
+    PyModuleDef_HEAD_INIT, .m_name = "_block", .m_doc = "Data blocks' records in C.", .m_size = -1,
     .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__block(void) { return PyModule_Create(&module); }
