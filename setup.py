@@ -1,10 +1,18 @@
-"""The one thing pyproject.toml cannot say: the export's optional C fast path (recorder/export/_scan.c).
+"""The one thing pyproject.toml cannot say: the optional C fast paths, the export's scanner
+(recorder/export/_scan.c), the dedupe's window (recorder/segment/_dedupe.c) and the data-block split
+(recorder/segment/_block.c).
 
-`optional=True`: without a compiler or Python headers the install still succeeds, and the export runs its
-pure-Python path (slower, same tables; `ime-segments export` says which path ran).
+`optional=True`: without a compiler or Python headers the install still succeeds, and each runs its pure-Python
+implementation (slower, same results; `ime-segments export` says which path ran, `recorder.segment.dedupe.NATIVE`
+which Deduper is in use).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("recorder.export._scan", ["recorder/export/_scan.c"], optional=True,
-                             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"])])
+_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra"]
+
+setup(ext_modules=[
+    Extension("recorder.export._scan", ["recorder/export/_scan.c"], optional=True, extra_compile_args=_FLAGS),
+    Extension("recorder.segment._dedupe", ["recorder/segment/_dedupe.c"], optional=True, extra_compile_args=_FLAGS),
+    Extension("recorder.segment._block", ["recorder/segment/_block.c"], optional=True, extra_compile_args=_FLAGS),
+])

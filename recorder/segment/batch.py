@@ -20,6 +20,7 @@ from recorder.segment.format import (
     crc32,
     encode_descriptor,
     encode_receipt_columns,
+    pack_headers,
     zstd_content_checksum,
 )
 
@@ -77,7 +78,7 @@ class RecordBatch:
         if not stamps:
             return
         lengths = list(map(len, payloads))
-        self.headers += b"".join(map(RECORD_HEADER.pack, stamps, conns, kinds, lengths))
+        self.headers += pack_headers(stamps, conns, kinds, lengths)
         self.payloads.extend(payloads)
         self.raw_size += RECORD_HEADER.size * len(lengths) + sum(lengths)
         lo, hi = min(stamps), max(stamps)

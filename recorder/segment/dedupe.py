@@ -11,10 +11,16 @@ source is a copy of the n-th original of those bytes, whichever source that orig
 
 The window is bounded in time and in entries so memory stays flat at any message rate; a copy that
 arrives after its original left the window is kept as a new original (shown twice), never dropped.
+
+Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
+(recorder/segment/_dedupe.c, built at install when a compiler is there), which makes the same decisions and
+holds the same state arrival by arrival (tests/test_dedupe_native.py compares them). `Deduper` is the C one
+when it is built, unless IME_DEDUPE=python; `ime-segments merge` and the recorder's copies both use `Deduper`.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,9 +77,26 @@ _NEVER = 1 << 127  # later than any ts_ns: no expiry is due while the window is 
 # observe_batch's answer: the copies of a batch as columns (index in the batch, original ts_ns, original ref);
 # every other arrival of the batch is an original.
 BatchCopies = tuple[list[int], list[int], list[int]]
+# For tests, both implementations' state as plain values (see `_state`).
+DedupeState = tuple[int, list[tuple[int, int, bytes]], dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]]]
 
 
-class Deduper:
+class _Observe:
+    """What both implementations share: `observe` is `observe_digest` of the payload's digest."""
+
+    __slots__ = ()
+    observe_digest: Callable[[int, int, bytes, int], tuple[int, int] | None]
+
+    def observe(self, ts_ns: int, source: int, payload: bytes, ref: int | None = None) -> tuple[int, int] | None:
+        """None: the first copy (record it). Otherwise (original ts_ns, original ref) of the message it repeats.
+
+        `ref` is what a later copy is told about its original (the recorder packs the connection and where
+        the record went into it); it defaults to the source. Sources are small non-negative integers.
+        """
+        return self.observe_digest(ts_ns, source, _xxh3_128(payload), source if ref is None else ref)
+
+
+class PyDeduper(_Observe):
     """First arrival wins; later copies are reported with the original they repeat.
 
     Entries live in insertion order in three parallel lists of atoms — receive times, refs, keys — from `_head`
@@ -102,14 +125,6 @@ class Deduper:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def observe(self, ts_ns: int, source: int, payload: bytes, ref: int | None = None) -> tuple[int, int] | None:
-        """None: the first copy (record it). Otherwise (original ts_ns, original ref) of the message it repeats.
-
-        `ref` is what a later copy is told about its original (the recorder packs the connection and where
-        the record went into it); it defaults to the source. Sources are small non-negative integers.
-        """
-        return self.observe_digest(ts_ns, source, _xxh3_128(payload), source if ref is None else ref)
 
     def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
         times = self._times
@@ -253,6 +268,46 @@ class Deduper:
             self._base += head
             head = 0
         self._head = head
+
+    def _state(self) -> DedupeState:
+        """The state as plain values, for tests: (absolute position of the oldest entry, [(ts, ref, key)] oldest
+        first, {key: ([(ts, ref)] originals, {source: arrivals})}); _dedupe.c's `_state` gives the same."""
+        live = range(self._head, len(self._times))
+        entries: dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]] = {}
+        for key, entry in self._entries.items():
+            if type(entry) is int:
+                at = (entry >> _POS_SHIFT) - self._base
+                first = entry & (_FAST_SOURCES - 1)
+                entries[key] = ([(self._times[at], self._refs[at])],
+                                {s: 1 for s in range(_FAST_SOURCES) if s == first or entry >> (s + _MASK_SHIFT) & 1})
+            else:
+                entries[key] = (list(entry.originals), dict(entry.counts))
+        return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries)
+
+
+try:
+    from recorder.segment import _dedupe
+except ImportError:  # installed without a C compiler: PyDeduper does it all, more slowly
+    _dedupe = None  # type: ignore[assignment]
+
+if _dedupe is not None:
+    class NativeDeduper(_dedupe.Deduper, _Observe):
+        """The C implementation (_dedupe.c). It takes ts_ns, sources and refs as ints and keys as 16-byte digests
+        (what every caller passes; anything else is a TypeError), ts_ns and sources within int64 (OverflowError).
+        Its ring and table keep the size of the most entries the window ever held (at most max_entries)."""
+
+        __slots__ = ()
+
+        @property
+        def counts(self) -> DedupeCounts:
+            return DedupeCounts(self.originals, self.copies)
+else:
+    NativeDeduper = None  # type: ignore[assignment,misc]
+
+# IME_DEDUPE=python: the pure-Python implementation even when the C one is built (to compare, or to rule it out).
+IMPLEMENTATION_ENV = "IME_DEDUPE"
+NATIVE = NativeDeduper is not None and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
+Deduper: type[PyDeduper] = NativeDeduper if NATIVE else PyDeduper  # type: ignore[assignment]
 
 
 

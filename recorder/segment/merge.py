@@ -21,7 +21,9 @@ This module knows the segment format and the recorder's connection events, never
 Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
 heap operation per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
 written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
-second, and a Python call per record per step costs more than the step.
+second, and a Python call per record per step costs more than the step. Blocks come with their output
+connection ids already in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the dedupe is
+in C when _dedupe.c is.
 """
 
 from __future__ import annotations
@@ -260,22 +262,29 @@ class _Stream:
         return True
 
 
+class _SegmentConns(dict[int, int]):
+    """One segment's connection ids -> output connection ids, handed out by `ids` on first sight."""
+
+    __slots__ = ("base", "ids")
+
+    def __init__(self, ids: _ConnIds, base: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.ids, self.base = ids, base
+
+    def __missing__(self, conn: int) -> int:
+        new = self[conn] = self.ids[(*self.base, conn)]
+        return new
+
+
 def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
             conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
             rows: list[int], seen: Callable[[Any, int], None]) -> Iterator[list[Row]]:
-    """The chain's blocks with output connection ids; counts rows into `rows[number]` and reports the recorder
-    process's last record time to `seen` (here, a block at a time, to keep the merge loop lean)."""
+    """The chain's blocks with output connection ids (given as the block is split, not by building every row
+    again); counts rows into `rows[number]` and reports the recorder process's last record time to `seen`
+    (here, a block at a time, to keep the merge loop lean)."""
     for seg in chain:
         base = conn_key(number, seg)
-        mapping: dict[int, int] = {}
-
-        def remap(conn: int, base: tuple[Any, ...] = base, mapping: dict[int, int] = mapping) -> int:
-            new = mapping[conn] = ids[(*base, conn)]
-            return new
-
-        for block in seg.iter_blocks():
-            get = mapping.get
-            out = [(ts, get(conn) or remap(conn), kind, payload) for ts, conn, kind, payload in block]
+        for out in seg.iter_blocks(conns=_SegmentConns(ids, base)):
             if out:
                 rows[number] += len(out)
                 seen(base, max(out[0][0], out[-1][0]))

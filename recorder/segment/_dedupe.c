@@ -1,0 +1,531 @@
+/* recorder.segment._dedupe: the Deduper's C implementation (dedupe.py holds the pure-Python one, the reference).
+
+Same decisions, same state, arrival by arrival (tests/test_dedupe_native.py compares them on random interleavings):
+first arrival wins, multiset semantics per source, a window bounded in time and in entries, oldest first.
+
+State. The live entries (one per distinct key: its first original) sit in insertion order in a ring of slots,
+addressed by absolute position (`head` .. `tail`); a slot holds the original's receive time and ref, the 16-byte
+key, and either the common case inline — the first source and a bitmask of the sources 0-7 that already
+delivered their copy — or, for a key that one source delivered twice or a source beyond 7, a `General` entry:
+every original of those bytes and how many arrivals each source has had (dedupe.py's `_Entry`). An open-addressing
+table (linear probing, backward-shift deletion) maps a key's hash to its slot's position. Keys are xxh3-128
+digests, already uniform: the table mixes their two halves with one multiply.
+
+Refs are Python ints, held by reference (a recorder's ref packs a connection, a batch serial and an index and
+does not fit 64 bits); times are int64 (the segment format's). Nothing here calls back into Python, and the type
+holds only ints, so it needs no garbage-collector support: the collector never walks the window.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FAST_SOURCES 8
+#define EMPTY UINT64_MAX
+#define KEY_BYTES 16
+
+typedef struct { int64_t ts; PyObject *ref; } Original;
+typedef struct { int64_t source; int64_t n; } SourceCount;
+
+typedef struct {
+    Original *originals;
+    Py_ssize_t n_originals, cap_originals;
+    SourceCount *sources;
+    Py_ssize_t n_sources, cap_sources;
+} General;
+
+typedef struct {
+    int64_t ts;
+    PyObject *ref;      /* owned */
+    uint64_t k0, k1;
+    General *general;   /* NULL: the inline case (first, mask) */
+    uint8_t first;
+    uint8_t mask;
+} Slot;
+
+typedef struct { uint64_t hash; uint64_t pos; } Bucket;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *ring;
+    uint64_t ring_cap;   /* a power of two */
+    uint64_t head, tail; /* absolute positions of the live slots: [head, tail) */
+    Bucket *table;
+    uint64_t table_cap;  /* a power of two, at least twice the live entries */
+    int table_shift;     /* 64 - log2(table_cap) */
+    int64_t window_ns;
+    Py_ssize_t max_entries;
+    long long originals, copies;
+} Deduper;
+
+/* --- keys and the table ----------------------------------------------------------------------------------- */
+
+static inline uint64_t key_hash(uint64_t k0, uint64_t k1) {
+    return (k0 ^ (k1 * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL;
+}
+
+static inline Slot *slot_at(Deduper *d, uint64_t pos) { return &d->ring[pos & (d->ring_cap - 1)]; }
+
+/* The live position holding this key, or EMPTY; *free_at is where it would go (the first empty bucket). */
+static inline uint64_t table_find(Deduper *d, uint64_t hash, uint64_t k0, uint64_t k1, uint64_t *free_at) {
+    uint64_t mask = d->table_cap - 1, i = hash >> d->table_shift;
+    for (;;) {
+        Bucket *b = &d->table[i];
+        if (b->pos == EMPTY) { *free_at = i; return EMPTY; }
+        if (b->hash == hash) {
+            Slot *s = slot_at(d, b->pos);
+            if (s->k0 == k0 && s->k1 == k1) return b->pos;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static void table_remove(Deduper *d, uint64_t hash, uint64_t pos) {
+    uint64_t mask = d->table_cap - 1, i = hash >> d->table_shift;
+    while (d->table[i].pos != pos) i = (i + 1) & mask;
+    /* Backward shift: pull later buckets of the same probe run into the hole, so lookups need no tombstones. */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        Bucket *b = &d->table[j];
+        if (b->pos == EMPTY) break;
+        uint64_t home = b->hash >> d->table_shift;
+        /* b may move to the hole i unless its home lies cyclically in (i, j]. */
+        int stays = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) { d->table[i] = *b; i = j; }
+    }
+    d->table[i].pos = EMPTY;
+}
+
+static int table_resize(Deduper *d, uint64_t cap) {
+    Bucket *table = PyMem_Malloc(cap * sizeof(Bucket));
+    if (!table) { PyErr_NoMemory(); return -1; }
+    for (uint64_t i = 0; i < cap; i++) table[i].pos = EMPTY;
+    int shift = 64;
+    for (uint64_t c = cap; c > 1; c >>= 1) shift--;
+    PyMem_Free(d->table);
+    d->table = table;
+    d->table_cap = cap;
+    d->table_shift = shift;
+    for (uint64_t pos = d->head; pos < d->tail; pos++) {
+        Slot *s = slot_at(d, pos);
+        uint64_t hash = key_hash(s->k0, s->k1), i = hash >> shift;
+        while (table[i].pos != EMPTY) i = (i + 1) & (cap - 1);
+        table[i].hash = hash;
+        table[i].pos = pos;
+    }
+    return 0;
+}
+
+static int ring_grow(Deduper *d) {
+    uint64_t cap = d->ring_cap * 2;
+    Slot *ring = PyMem_Malloc(cap * sizeof(Slot));
+    if (!ring) { PyErr_NoMemory(); return -1; }
+    for (uint64_t pos = d->head; pos < d->tail; pos++) ring[pos & (cap - 1)] = *slot_at(d, pos);
+    PyMem_Free(d->ring);
+    d->ring = ring;
+    d->ring_cap = cap;
+    return 0;
+}
+
+/* --- entries ---------------------------------------------------------------------------------------------- */
+
+static void general_free(General *g) {
+    for (Py_ssize_t i = 0; i < g->n_originals; i++) Py_DECREF(g->originals[i].ref);
+    PyMem_Free(g->originals);
+    PyMem_Free(g->sources);
+    PyMem_Free(g);
+}
+
+static int general_add_original(General *g, int64_t ts, PyObject *ref) {
+    if (g->n_originals == g->cap_originals) {
+        Py_ssize_t cap = g->cap_originals ? 2 * g->cap_originals : 2;
+        Original *o = PyMem_Realloc(g->originals, (size_t)cap * sizeof(Original));
+        if (!o) { PyErr_NoMemory(); return -1; }
+        g->originals = o;
+        g->cap_originals = cap;
+    }
+    Py_INCREF(ref);
+    g->originals[g->n_originals++] = (Original){ts, ref};
+    return 0;
+}
+
+/* The count of arrivals from `source` so far, as a pointer to update (added at 0 when new); NULL on no memory. */
+static int64_t *general_count(General *g, int64_t source) {
+    for (Py_ssize_t i = 0; i < g->n_sources; i++)
+        if (g->sources[i].source == source) return &g->sources[i].n;
+    if (g->n_sources == g->cap_sources) {
+        Py_ssize_t cap = g->cap_sources ? 2 * g->cap_sources : 4;
+        SourceCount *s = PyMem_Realloc(g->sources, (size_t)cap * sizeof(SourceCount));
+        if (!s) { PyErr_NoMemory(); return NULL; }
+        g->sources = s;
+        g->cap_sources = cap;
+    }
+    g->sources[g->n_sources] = (SourceCount){source, 0};
+    return &g->sources[g->n_sources++].n;
+}
+
+/* dedupe.py's _Entry(ts, ref, first_source, matched): one original, one arrival from `first` and from each
+   source in `matched`. */
+static General *general_new(int64_t ts, PyObject *ref, int64_t first, unsigned matched) {
+    General *g = PyMem_Calloc(1, sizeof(General));
+    if (!g) { PyErr_NoMemory(); return NULL; }
+    if (general_add_original(g, ts, ref) < 0) goto fail;
+    int64_t *n = general_count(g, first);
+    if (!n) goto fail;
+    *n = 1;
+    for (int source = 0; matched; source++, matched >>= 1) {
+        if (matched & 1) {
+            if (!(n = general_count(g, source))) goto fail;
+            *n = 1;
+        }
+    }
+    return g;
+fail:
+    general_free(g);
+    return NULL;
+}
+
+static void slot_release(Slot *s) {
+    Py_CLEAR(s->ref);
+    if (s->general) { general_free(s->general); s->general = NULL; }
+}
+
+/* Drop the oldest entries while the oldest is older than the window or the window is full (dedupe.py _expire). */
+static inline void expire(Deduper *d, int64_t ts) {
+    __int128 horizon = (__int128)ts - d->window_ns;
+    while (d->head < d->tail) {
+        Slot *s = slot_at(d, d->head);
+        if (!((__int128)s->ts < horizon || d->tail - d->head >= (uint64_t)d->max_entries)) break;
+        table_remove(d, key_hash(s->k0, s->k1), d->head);
+        slot_release(s);
+        d->head++;
+    }
+}
+
+/* One arrival: 0 for an original; 1 for a copy, with its original in *orig_ts / *orig_ref (borrowed); -1 on error.
+   Exactly dedupe.py's observe_digest. */
+static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+                   int64_t *orig_ts, PyObject **orig_ref) {
+    if (d->head < d->tail) {
+        Slot *oldest = slot_at(d, d->head);
+        if ((__int128)oldest->ts < (__int128)ts - d->window_ns || d->tail - d->head >= (uint64_t)d->max_entries)
+            expire(d, ts);
+    }
+    uint64_t hash = key_hash(k0, k1), free_at;
+    uint64_t pos = table_find(d, hash, k0, k1, &free_at);
+    int fast = 0 <= source && source < FAST_SOURCES;
+    if (pos == EMPTY) {
+        if (d->tail - d->head == d->ring_cap && ring_grow(d) < 0) return -1;
+        if (2 * (d->tail - d->head + 1) > d->table_cap) {
+            if (table_resize(d, 2 * d->table_cap) < 0) return -1;
+            table_find(d, hash, k0, k1, &free_at);
+        }
+        General *g = NULL;
+        if (!fast && !(g = general_new(ts, ref, source, 0))) return -1;
+        Slot *s = slot_at(d, d->tail);
+        s->ts = ts;
+        Py_INCREF(ref);
+        s->ref = ref;
+        s->k0 = k0;
+        s->k1 = k1;
+        s->general = g;
+        s->first = fast ? (uint8_t)source : 0;
+        s->mask = 0;
+        d->table[free_at] = (Bucket){hash, d->tail};
+        d->tail++;
+        d->originals++;
+        return 0;
+    }
+    Slot *s = slot_at(d, pos);
+    if (!s->general) {
+        if (fast && source != s->first && !(s->mask & (1u << source))) {
+            s->mask |= (uint8_t)(1u << source);
+            d->copies++;
+            *orig_ts = s->ts;
+            *orig_ref = s->ref;
+            return 1;
+        }
+        /* The same source again (a real repeat of these bytes), or a source beyond 7: count per source. */
+        if (!(s->general = general_new(s->ts, s->ref, s->first, s->mask))) return -1;
+    }
+    General *g = s->general;
+    int64_t *n = general_count(g, source);
+    if (!n) return -1;
+    *n += 1;
+    if (*n > g->n_originals) {
+        if (general_add_original(g, ts, ref) < 0) { *n -= 1; return -1; }
+        d->originals++;
+        return 0;
+    }
+    d->copies++;
+    *orig_ts = g->originals[*n - 1].ts;
+    *orig_ref = g->originals[*n - 1].ref;
+    return 1;
+}
+
+/* --- argument conversion ---------------------------------------------------------------------------------- */
+
+static int as_int64(PyObject *o, int64_t *out, const char *what) {
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 0;
+}
+
+static int as_key(PyObject *o, uint64_t *k0, uint64_t *k1) {
+    if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) != KEY_BYTES) {
+        PyErr_SetString(PyExc_TypeError, "a dedupe key is the 16 bytes of a digest");
+        return -1;
+    }
+    const char *p = PyBytes_AS_STRING(o);
+    memcpy(k0, p, 8);
+    memcpy(k1, p + 8, 8);
+    return 0;
+}
+
+static int as_ref(PyObject *o) {
+    if (PyLong_Check(o)) return 0;
+    PyErr_Format(PyExc_TypeError, "ref must be an int, not %.100s", Py_TYPE(o)->tp_name);
+    return -1;
+}
+
+/* --- the type ----------------------------------------------------------------------------------------------- */
+
+static int Deduper_init(Deduper *d, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"window_ns", "max_entries", NULL};
+    long long window_ns = 2000000000LL;
+    Py_ssize_t max_entries = 200000;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Ln", names, &window_ns, &max_entries)) return -1;
+    if (window_ns <= 0 || max_entries <= 0) {
+        PyErr_SetString(PyExc_ValueError, "the dedupe window must be positive");
+        return -1;
+    }
+    if (d->ring) {  /* __init__ called again: start over */
+        for (uint64_t pos = d->head; pos < d->tail; pos++) slot_release(slot_at(d, pos));
+        PyMem_Free(d->ring);
+        PyMem_Free(d->table);
+        d->ring = NULL;
+        d->table = NULL;
+    }
+    d->window_ns = window_ns;
+    d->max_entries = max_entries;
+    d->head = d->tail = 0;
+    d->originals = d->copies = 0;
+    d->ring_cap = 1024;
+    if (!(d->ring = PyMem_Malloc(d->ring_cap * sizeof(Slot)))) { PyErr_NoMemory(); return -1; }
+    return table_resize(d, 2048);
+}
+
+static void Deduper_dealloc(Deduper *d) {
+    if (d->ring)
+        for (uint64_t pos = d->head; pos < d->tail; pos++) slot_release(slot_at(d, pos));
+    PyMem_Free(d->ring);
+    PyMem_Free(d->table);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static int ready(Deduper *d) {
+    if (d->ring) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "Deduper.__init__ was not called");
+    return -1;
+}
+
+static PyObject *Deduper_observe_digest(Deduper *d, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "observe_digest(ts_ns, source, key, ref) takes 4 arguments");
+        return NULL;
+    }
+    int64_t ts, source, orig_ts;
+    uint64_t k0, k1;
+    PyObject *orig_ref;
+    if (ready(d) < 0 || as_int64(args[0], &ts, "ts_ns") < 0 || as_int64(args[1], &source, "source") < 0 ||
+        as_key(args[2], &k0, &k1) < 0 || as_ref(args[3]) < 0)
+        return NULL;
+    int won = observe(d, ts, source, k0, k1, args[3], &orig_ts, &orig_ref);
+    if (won < 0) return NULL;
+    if (!won) Py_RETURN_NONE;
+    PyObject *t = PyLong_FromLongLong(orig_ts);
+    if (!t) return NULL;
+    Py_INCREF(orig_ref);
+    PyObject *pair = PyTuple_New(2);
+    if (!pair) { Py_DECREF(t); Py_DECREF(orig_ref); return NULL; }
+    PyTuple_SET_ITEM(pair, 0, t);
+    PyTuple_SET_ITEM(pair, 1, orig_ref);
+    return pair;
+}
+
+typedef struct { Py_ssize_t index; int64_t ts; PyObject *ref; } Copy;  /* ref owned */
+
+static PyObject *Deduper_observe_batch(Deduper *d, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "observe_batch(stamps, sources, keys, refs) takes 4 arguments");
+        return NULL;
+    }
+    if (ready(d) < 0) return NULL;
+    PyObject *cols[4] = {NULL, NULL, NULL, NULL}, *result = NULL;
+    Copy *copies = NULL;
+    Py_ssize_t n_copies = 0, n = 0;
+    for (int c = 0; c < 4; c++) {
+        if (!(cols[c] = PySequence_Fast(args[c], "observe_batch takes four sequences"))) goto done;
+        Py_ssize_t len = PySequence_Fast_GET_SIZE(cols[c]);
+        if (c && len != n) {
+            PyErr_SetString(PyExc_ValueError, "observe_batch: the four columns differ in length");
+            goto done;
+        }
+        n = len;
+    }
+    PyObject **stamps = PySequence_Fast_ITEMS(cols[0]), **sources = PySequence_Fast_ITEMS(cols[1]);
+    PyObject **keys = PySequence_Fast_ITEMS(cols[2]), **refs = PySequence_Fast_ITEMS(cols[3]);
+    if (n && !(copies = PyMem_Malloc((size_t)n * sizeof(Copy)))) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t ts, source, orig_ts;
+        uint64_t k0, k1;
+        PyObject *orig_ref;
+        if (as_int64(stamps[i], &ts, "ts_ns") < 0 || as_int64(sources[i], &source, "source") < 0 ||
+            as_key(keys[i], &k0, &k1) < 0 || as_ref(refs[i]) < 0)
+            goto done;
+        int won = observe(d, ts, source, k0, k1, refs[i], &orig_ts, &orig_ref);
+        if (won < 0) goto done;
+        if (won) {
+            Py_INCREF(orig_ref);  /* a later arrival of this batch may expire it */
+            copies[n_copies++] = (Copy){i, orig_ts, orig_ref};
+        }
+    }
+    PyObject *at = PyList_New(n_copies), *ts_col = PyList_New(n_copies), *ref_col = PyList_New(n_copies);
+    if (!at || !ts_col || !ref_col) goto lists_failed;
+    for (Py_ssize_t k = 0; k < n_copies; k++) {
+        PyObject *index = PyLong_FromSsize_t(copies[k].index), *t = PyLong_FromLongLong(copies[k].ts);
+        if (!index || !t) { Py_XDECREF(index); Py_XDECREF(t); goto lists_failed; }
+        PyList_SET_ITEM(at, k, index);
+        PyList_SET_ITEM(ts_col, k, t);
+        PyList_SET_ITEM(ref_col, k, copies[k].ref);
+        copies[k].ref = NULL;
+    }
+    result = PyTuple_Pack(3, at, ts_col, ref_col);
+lists_failed:
+    Py_XDECREF(at);
+    Py_XDECREF(ts_col);
+    Py_XDECREF(ref_col);
+done:
+    for (Py_ssize_t k = 0; k < n_copies; k++) Py_XDECREF(copies[k].ref);
+    PyMem_Free(copies);
+    for (int c = 0; c < 4; c++) Py_XDECREF(cols[c]);
+    return result;
+}
+
+/* The state as plain values, for tests: (absolute position of the oldest entry, [(ts, ref, key)] oldest first,
+   {key: ([(ts, ref)] originals, {source: arrivals})}). dedupe.py's `_state` gives the same for its own. */
+static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
+    if (ready(d) < 0) return NULL;
+    PyObject *order = PyList_New(0), *entries = PyDict_New(), *result = NULL;
+    if (!order || !entries) goto done;
+    for (uint64_t pos = d->head; pos < d->tail; pos++) {
+        Slot *s = slot_at(d, pos);
+        char raw[KEY_BYTES];
+        memcpy(raw, &s->k0, 8);
+        memcpy(raw + 8, &s->k1, 8);
+        PyObject *key = PyBytes_FromStringAndSize(raw, KEY_BYTES);
+        PyObject *row = key ? Py_BuildValue("(LOO)", (long long)s->ts, s->ref, key) : NULL;
+        PyObject *originals = PyList_New(0), *counts = PyDict_New(), *entry = NULL;
+        int ok = row && originals && counts && PyList_Append(order, row) == 0;
+        if (ok && s->general) {
+            General *g = s->general;
+            for (Py_ssize_t i = 0; ok && i < g->n_originals; i++) {
+                PyObject *o = Py_BuildValue("(LO)", (long long)g->originals[i].ts, g->originals[i].ref);
+                ok = o && PyList_Append(originals, o) == 0;
+                Py_XDECREF(o);
+            }
+            for (Py_ssize_t i = 0; ok && i < g->n_sources; i++) {
+                PyObject *k = PyLong_FromLongLong(g->sources[i].source), *v = PyLong_FromLongLong(g->sources[i].n);
+                ok = k && v && PyDict_SetItem(counts, k, v) == 0;
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+            }
+        } else if (ok) {
+            PyObject *o = Py_BuildValue("(LO)", (long long)s->ts, s->ref);
+            ok = o && PyList_Append(originals, o) == 0;
+            Py_XDECREF(o);
+            for (int source = 0; ok && source < FAST_SOURCES; source++) {
+                if (source != s->first && !(s->mask & (1u << source))) continue;
+                PyObject *k = PyLong_FromLong(source), *v = PyLong_FromLong(1);
+                ok = k && v && PyDict_SetItem(counts, k, v) == 0;
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+            }
+        }
+        if (ok) ok = (entry = PyTuple_Pack(2, originals, counts)) && PyDict_SetItem(entries, key, entry) == 0;
+        Py_XDECREF(key);
+        Py_XDECREF(row);
+        Py_XDECREF(originals);
+        Py_XDECREF(counts);
+        Py_XDECREF(entry);
+        if (!ok) goto done;
+    }
+    result = Py_BuildValue("(KOO)", (unsigned long long)d->head, order, entries);
+done:
+    Py_XDECREF(order);
+    Py_XDECREF(entries);
+    return result;
+}
+
+static Py_ssize_t Deduper_len(Deduper *d) { return (Py_ssize_t)(d->tail - d->head); }
+
+static PyObject *get_window_ns(Deduper *d, void *Py_UNUSED(closure)) { return PyLong_FromLongLong(d->window_ns); }
+static PyObject *get_max_entries(Deduper *d, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(d->max_entries); }
+static PyObject *get_originals(Deduper *d, void *Py_UNUSED(closure)) { return PyLong_FromLongLong(d->originals); }
+static PyObject *get_copies(Deduper *d, void *Py_UNUSED(closure)) { return PyLong_FromLongLong(d->copies); }
+
+static PyGetSetDef Deduper_getset[] = {
+    {"window_ns", (getter)get_window_ns, NULL, "how long an original is remembered (ns)", NULL},
+    {"max_entries", (getter)get_max_entries, NULL, "at most this many distinct keys are remembered", NULL},
+    {"originals", (getter)get_originals, NULL, "arrivals that were first", NULL},
+    {"copies", (getter)get_copies, NULL, "arrivals that repeated an original of another source", NULL},
+    {NULL},
+};
+
+static PyMethodDef Deduper_methods[] = {
+    {"observe_digest", (PyCFunction)(void (*)(void))Deduper_observe_digest, METH_FASTCALL,
+     "observe_digest(ts_ns, source, key, ref): None for a first arrival, else (original ts_ns, original ref)."},
+    {"observe_batch", (PyCFunction)(void (*)(void))Deduper_observe_batch, METH_FASTCALL,
+     "observe_batch(stamps, sources, keys, refs): observe_digest for each in turn; the copies as columns "
+     "(index in the batch, original ts_ns, original ref)."},
+    {"_state", (PyCFunction)Deduper_state, METH_NOARGS, "The state as plain values, for tests."},
+    {NULL},
+};
+
+static PySequenceMethods Deduper_as_sequence = {.sq_length = (lenfunc)Deduper_len};
+
+static PyTypeObject DeduperType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "recorder.segment._dedupe.Deduper",
+    .tp_basicsize = sizeof(Deduper),
+    .tp_dealloc = (destructor)Deduper_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "First-arrival dedupe of redundant copies (see recorder/segment/dedupe.py).",
+    .tp_methods = Deduper_methods,
+    .tp_getset = Deduper_getset,
+    .tp_as_sequence = &Deduper_as_sequence,
+    .tp_init = (initproc)Deduper_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_dedupe", .m_doc = "The Deduper's C implementation.", .m_size = -1};
+
+PyMODINIT_FUNC PyInit__dedupe(void) {
+    if (PyType_Ready(&DeduperType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&DeduperType);
+    if (PyModule_AddObject(m, "Deduper", (PyObject *)&DeduperType) < 0) {
+        Py_DECREF(&DeduperType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
