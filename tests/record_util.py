@@ -101,7 +101,7 @@ def connections(paths: list[Path]) -> tuple[dict[object, list[tuple[int, bytes]]
             if rec.kind == RecordKind.EVENT:
                 event = decode_event(rec.payload)
                 if event.get("event") == "opened":
-                    opened[key] = event
+                    opened[key] = {**event, "_ts": rec.ts_ns}
             elif rec.kind == RecordKind.RECEIPT:
                 orig_conn, lag = decode_receipt(rec.payload)
                 original = originals.get((seg.shard, incarnation, orig_conn, rec.ts_ns - lag))
@@ -114,6 +114,31 @@ def connections(paths: list[Path]) -> tuple[dict[object, list[tuple[int, bytes]]
     return data, opened
 
 
+PAIRING_SLACK_NS = 500_000_000
+
+
+def pair_connections(sent_opened: dict[object, dict], got_opened: dict[object, dict]) -> dict[object, object]:
+    """Each simulator connection's recorded connection: the same client port, opened at the nearest time.
+
+    A port alone is not enough: Linux reuses a loopback port as soon as its connection closed (tcp_tw_reuse),
+    so a recorder that reconnects every few seconds, or a second recorder on the same simulator, can open a
+    later connection on a port an earlier one had. Closest opening times first, each side matched once.
+    """
+    by_port: dict[object, list[tuple[int, object]]] = defaultdict(list)
+    for key, event in got_opened.items():
+        by_port[event.get("local")].append((event["_ts"], key))
+    candidates = sorted((abs(ts - event["_ts"]), key, got)
+                        for key, event in sent_opened.items() for ts, got in by_port.get(event.get("peer"), ())
+                        if abs(ts - event["_ts"]) <= PAIRING_SLACK_NS)
+    pairs: dict[object, object] = {}
+    taken: set[object] = set()
+    for _, key, got in candidates:
+        if key not in pairs and got not in taken:
+            pairs[key] = got
+            taken.add(got)
+    return pairs
+
+
 def compare_with_sent_log(recording: Path, sent_log: Path, partial: bool = False) -> dict[str, int]:
     """Assert that every message the simulator sent is recorded once, byte for byte, per connection in order.
 
@@ -122,21 +147,21 @@ def compare_with_sent_log(recording: Path, sent_log: Path, partial: bool = False
     rec_files = [p for p in discover([recording]) if p.name.startswith("ime-")]
     sent_data, sent_opened = connections(discover([sent_log]))
     got_data, got_opened = connections(rec_files)
-    by_local = {event.get("local"): key for key, event in got_opened.items()}
+    pairs = pair_connections(sent_opened, got_opened)
     matched = 0
     messages = 0
     for key, event in sent_opened.items():
         sent = sent_data.get(key, [])
         peer = event.get("peer")
-        if partial and peer not in by_local:
+        if partial and key not in pairs:
             continue
-        assert peer in by_local, f"sim connection {key} from {peer} has no `opened` event in the recording"
-        got = got_data.get(by_local[peer], [])
+        assert key in pairs, f"sim connection {key} from {peer} has no `opened` event in the recording"
+        got = got_data.get(pairs[key], [])
         assert len(got) == len(sent), f"connection {peer}: sent {len(sent)} messages, recorded {len(got)}"
         for i, (a, b) in enumerate(zip(sent, got, strict=True)):
             assert a == b, f"connection {peer}: message {i} differs: sent {a[1][:80]!r}, recorded {b[1][:80]!r}"
         matched += 1
         messages += len(sent)
-    extra = set(got_data) - {by_local[e.get("peer")] for e in sent_opened.values() if e.get("peer") in by_local}
+    extra = set(got_data) - set(pairs.values())
     assert not any(got_data[k] for k in extra), f"recorded messages on connections the sim never served: {extra}"
     return {"connections": matched, "messages": messages}

@@ -9,7 +9,7 @@ import urllib.request
 import orjson
 import pytest
 from loss_bound import check_killed_tail, sent_times
-from record_util import compare_with_sent_log, connections
+from record_util import compare_with_sent_log, connections, pair_connections
 
 from recorder.events import decode_event
 from recorder.feed.message import parse_timestamp_ns
@@ -155,9 +155,9 @@ def test_sigkill_of_a_worker_restarts_it_recovers_its_file_and_other_shards_see_
         per_shard[shard] = per_shard.get(shard, 0) + 1
     assert sorted(per_shard.values()) == [1, 1, 2]
     sent_data, sent_opened = connections(discover([sent]))
-    by_local = {e["local"]: k for k, e in opened.items()}
-    for key, event in sent_opened.items():
-        rec_key = by_local[event["peer"]]
+    pairs = pair_connections(sent_opened, opened)
+    for key in sent_opened:
+        rec_key = pairs[key]
         if per_shard[rec_key[0]] == 1:
             assert data[rec_key] == sent_data[key]
         else:
