@@ -36,6 +36,16 @@ def test_a_drop_after_data_reconnects_at_once_however_often_it_happens():
     assert c.failures == 0
 
 
+def test_a_copy_whose_sibling_is_up_reconnects_without_the_jitter():
+    alone, beside = core(), core(copy=1)
+    delays = []
+    for c, copy_open in ((alone, False), (beside, True)):
+        c.opened(0.0)
+        c.data()
+        delays.append(c.closed(5.0, 1006, "", copy_open=copy_open).delay_s)
+    assert 0 < delays[0] <= 0.05 and delays[1] == 0.0
+
+
 def test_backoff_grows_over_consecutive_connect_failures_and_is_capped():
     c = core(backoff_base_s=0.25, backoff_cap_s=8.0)
     delays = [c.connect_failed(float(i), Failure.NETWORK, "refused").delay_s for i in range(12)]

@@ -155,7 +155,8 @@ class ConnectionCore:
             self.failures = 0
             self._recovered()
 
-    def closed(self, now_s: float, code: int, reason: str, stopping: bool = False) -> Step:
+    def closed(self, now_s: float, code: int, reason: str, stopping: bool = False, copy_open: bool = False) -> Step:
+        """`copy_open`: another copy of this group is still connected."""
         if self.opened_at_s is not None:
             self.connected_s += max(0.0, now_s - self.opened_at_s)
             self.opened_at_s = None
@@ -168,7 +169,10 @@ class ConnectionCore:
         if delivered:
             # A working connection dropped: the market does not wait, so neither do we.
             self.failures = 0
-            delay = self.rng.uniform(0, self.policy.reconnect_jitter_s)
+            # The jitter keeps connections that dropped together (a server restart) from coming back in lock-step.
+            # A copy whose sibling is still up did not drop with it: waiting would only widen the window in which
+            # a drop of the sibling loses messages (tests/test_redundancy_e2e.py: 21 lost against a bound of 19).
+            delay = 0.0 if copy_open else self.rng.uniform(0, self.policy.reconnect_jitter_s)
             return Wait(delay, (Log(logging.INFO, f"{self.label}: connection closed ({why}); reconnecting"),))
         return self._retry(now_s, Failure.EMPTY, f"{self.label}: the server closed the connection ({why}) "
                                                  "before sending any data")

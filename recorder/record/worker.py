@@ -334,7 +334,8 @@ class Worker:
             raise
         reason = self._clean(reason)
         self._connection_ended(run, crun, listener, code, reason)
-        return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set())
+        return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set(),
+                           copy_open=run.open_copies > 0)
 
     def _connection_ended(self, run: GroupRun, crun: CopyRun, listener: RecordingListener, code: int,
                           reason: str) -> None:
