@@ -167,8 +167,8 @@ class PyDeduper(_Observe):
         (tests compare them); returns only the copies, as columns (see BatchCopies).
 
         `ime-segments merge` decides this for every message it reads: the common cases (a new key; the first
-        copy from another source of a one-original entry) and the window's expiry are inlined here, with the
-        state in locals; everything else goes through `observe_digest`.
+        copy from another source of a one-original entry) are inlined here, with the state in locals; expiry
+        is `_expire`'s, and everything else goes through `observe_digest`.
         """
         if not sources or min(sources) < 0 or max(sources) >= _FAST_SOURCES:
             return self._observe_each(stamps, sources, keys, refs)
@@ -186,16 +186,9 @@ class PyDeduper(_Observe):
         # Every source is 0-7 here (checked above): the fast paths need not check.
         for index, (ts, source, key, ref) in enumerate(zip(stamps, sources, keys, refs, strict=True)):
             if ts > due or size >= max_entries:
-                horizon = ts - window
-                end = len(times)
-                while head < end and (times[head] < horizon or end - head >= max_entries):
-                    entries.pop(order[head], None)
-                    order[head] = b""  # freed now, a few at a time, not all at the next compaction
-                    held_refs[head] = times[head] = 0
-                    head += 1
-                if head >= 4096 and 2 * head >= end:
-                    self._advance(head)
-                    head, base = self._head, self._base
+                self._head = head
+                self._expire(ts)
+                head, base = self._head, self._base
                 due = times[head] + window if len(times) > head else _NEVER
                 size = len(times) - head
             entry = get(key)
