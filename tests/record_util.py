@@ -54,8 +54,19 @@ class RecorderProcess:
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        # multiprocessing's resource tracker is a child too; workers are the ones running worker_main.
-        return [p for p in pids if "multiprocessing.spawn" in _cmdline(p) and "resource_tracker" not in _cmdline(p)]
+        # multiprocessing's resource tracker is a child too, and so is the live hub (--relay, --publish); workers
+        # are the other ones running multiprocessing.spawn.
+        return [p for p in pids if "multiprocessing.spawn" in _cmdline(p) and "resource_tracker" not in _cmdline(p)
+                and _comm(p) != "ime-live-hub"]
+
+    def worker_thread_nices(self) -> dict[int, list[int]]:
+        """Each worker's threads' nice values, main thread first (Linux: getpriority takes a thread id)."""
+        out: dict[int, list[int]] = {}
+        for pid in self.worker_pids():
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+            out[pid] = [os.getpriority(os.PRIO_PROCESS, pid)] + [os.getpriority(os.PRIO_PROCESS, t)
+                                                                  for t in tids if t != pid]
+        return out
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -73,6 +84,13 @@ class RecorderProcess:
     @property
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> str:

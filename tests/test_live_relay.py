@@ -182,6 +182,16 @@ def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, reco
                    *sim_args(sim), env=creds(sim))
     base = relay_base(rec)
     hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
+    # With the relay on, each worker's writer thread (and only it) runs at nice 10, so that the hub and local bots
+    # waking on a core it holds run first (record/timeslice.py); the receive thread and the hub stay at 0.
+    deadline = time.monotonic() + 30  # the relay can serve before the workers have started their writers
+    while True:
+        nices = rec.worker_thread_nices()  # (4 contracts may all hash to one shard: a shard with none has no worker)
+        if nices and all(n[0] == 0 and n.count(10) == 1 and set(n) == {0, 10} for n in nices.values()):
+            break
+        assert time.monotonic() < deadline, nices
+        time.sleep(0.1)
+    assert os.getpriority(os.PRIO_PROCESS, hub_pid) == 0
     time.sleep(1)
     os.kill(hub_pid, signal.SIGKILL)
     rec.wait_for("restarting in")

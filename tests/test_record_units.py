@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -19,7 +20,13 @@ from recorder.record.metrics import render
 from recorder.record.planner import Action, Planner
 from recorder.record.shard import partition, shard_of
 from recorder.record.status import ShardView, exit_summary, summary_line, table
-from recorder.record.timeslice import clamp_slice_us, request_slice
+from recorder.record.timeslice import (
+    WRITER_NICE_WITH_LIVE,
+    clamp_slice_us,
+    lower_priority,
+    request_slice,
+    writer_nice_for,
+)
 from recorder.redact import redact_text, redact_url
 from recorder.timeparse import format_ns, parse_time
 
@@ -288,6 +295,40 @@ def test_parse_time_errors_and_format():
     with pytest.raises(UserError, match="cannot read time"):
         parse_time("yesterday")
     assert format_ns(1_732_449_000_000_000_123) == "2024-11-24T11:50:00.000000123Z"
+
+
+def test_writer_nice_defaults_to_lower_only_with_live_outputs():
+    assert writer_nice_for(None, live_outputs=False) == 0
+    assert writer_nice_for(None, live_outputs=True) == WRITER_NICE_WITH_LIVE == 10
+    assert writer_nice_for(3, live_outputs=True) == 3 and writer_nice_for(0, live_outputs=True) == 0
+    assert writer_nice_for(7, live_outputs=False) == 7
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_lower_priority_changes_only_the_named_thread_and_never_raises_it():
+    ready, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def bulk() -> None:  # stands for the writer thread
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=bulk)
+    t.start()
+    try:
+        assert ready.wait(10)
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert lower_priority(tid[0], 4) is None
+        assert os.getpriority(os.PRIO_PROCESS, tid[0]) == min(19, base + 4)
+        # Asking for less than the thread already has leaves it as it is (an operator's own nice is kept).
+        assert lower_priority(tid[0], 2) is None and lower_priority(tid[0], 0) is None
+        assert os.getpriority(os.PRIO_PROCESS, tid[0]) == min(19, base + 4)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base, "the calling thread keeps its priority"
+    finally:
+        done.set()
+        t.join()
+    assert lower_priority(2**22 + 12345, 1) is not None, "a thread that does not exist is reported, not raised"
 
 
 def test_receive_thread_slice_request_applies_and_resets_on_linux():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -230,6 +231,9 @@ def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.
     why_not = request_slice(settings.slice_us) if settings.slice_us else None
     if why_not:
         log.debug("short CPU slice for the hub not applied: %s", why_not)
+    # As in the workers (worker_main): what is imported lives as long as the process, so a full collection need
+    # not walk it. Traced at 20k msgs/s, one unfrozen full collection held the hub for 6.8 ms.
+    gc.freeze()
     code = uvloop.run(Hub(settings, pipe).run())
     pipe.close()
     os._exit(code)

@@ -47,7 +47,7 @@ from recorder.record.listener import RecordingListener, first_arrival_sink
 from recorder.record.live import close_live_output, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
-from recorder.record.timeslice import request_slice
+from recorder.record.timeslice import lower_priority, request_slice
 from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
@@ -144,6 +144,10 @@ class Worker:
             why_not = request_slice(settings.receive_slice_us)
             if why_not:
                 log.debug("short CPU slice for the receive thread not applied: %s", why_not)
+        if settings.writer_nice and self.writer.thread_id is not None:
+            why_not = lower_priority(self.writer.thread_id, settings.writer_nice)
+            if why_not:
+                log.debug("lower priority for the writer thread not applied: %s", why_not)
 
         self._event(Event.WORKER_STARTED, pid=os.getpid(), incarnation=self.cfg.incarnation,
                     contracts=list(self.cfg.contracts), version=__version__, redundancy=settings.redundancy)

@@ -183,6 +183,11 @@ class SegmentWriter:
         self._thread = threading.Thread(target=self._run, name=f"segment-writer-s{shard:02d}", daemon=True)
         self._thread.start()
 
+    @property
+    def thread_id(self) -> int | None:
+        """The writer thread's kernel thread id (for scheduling it: record/timeslice.py)."""
+        return self._thread.native_id
+
     # --- caller's thread ------------------------------------------------------------------------
 
     def append(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
