@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import time
@@ -356,3 +357,79 @@ def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only
     bare.on_records(1, 78, [(0, 10, 0, 1, payload)])
     bare.on_records(1, 78, [(2, 12, 0, 1, payload)])
     assert lone.closed is not None and bare.source.gap_cut == 1
+
+
+class _Reader(_Client):
+    """A relay subscriber that keeps what it is written."""
+
+    def __init__(self, *contracts: str) -> None:
+        super().__init__(*contracts)
+        self.data = bytearray()
+        self.messages = 0
+        self.dropped = 0
+
+    def write_frames(self, data: bytes, messages: int) -> bool:
+        self.data += data
+        self.messages += messages
+        return True
+
+    def add_dropped(self, n: int) -> None:
+        self.dropped += n
+
+
+def _texts(data: bytes) -> list[bytes]:
+    from recorder.server.framing import OP_TEXT
+
+    out, pos = [], 0
+    while pos < len(data):
+        first, second = data[pos], data[pos + 1]
+        assert first & 0x0F == OP_TEXT and second < 126  # the test's payloads are short, unmasked text
+        out.append(bytes(data[pos + 2:pos + 2 + second]))
+        pos += 2 + second
+    return out
+
+
+def test_relay_dispatch_gives_each_client_its_contracts_in_order_with_one_lookup_per_message():
+    from recorder.feed.endpoints import EndpointKind
+    from recorder.live.relay import LiveSource
+
+    contracts = tuple(str(1001 + i) for i in range(20))
+    buffered: dict[int, int] = {}
+    source = LiveSource(EndpointKind.ID, contracts, max_client_buffer=10_000,
+                        buffered=lambda sub: buffered.get(id(sub), 0))  # type: ignore[arg-type]
+    everything = [_Reader(*contracts) for _ in range(3)]  # one set: framed once, written three times
+    tenths = [_Reader(*contracts[i::10]) for i in range(10)]  # disjoint sets
+    overlap = _Reader("1001", "1002", "1003")
+    for c in (*everything, *tenths, overlap):
+        source.on_subscribe(c)  # type: ignore[arg-type]
+    rng = random.Random(7)
+    batches = [[(c, 1, b'{"contractId":"%s","n":%d}' % (c.encode(), rng.randrange(10**6))) if c is not None
+                else (None, 1, b"not an envelope")
+                for c in (rng.choice((*contracts, None)) for _ in range(rng.randrange(1, 40)))] for _ in range(30)]
+    late = _Reader("1005")
+    for i, batch in enumerate(batches):
+        if i == 10:
+            source.on_subscribe(late)  # type: ignore[arg-type]
+        if i == 20:
+            source.on_unsubscribe(tenths[0])  # type: ignore[arg-type]
+        source.dispatch(batch)  # type: ignore[arg-type]
+
+    def expected(wanted: tuple[str, ...], first: int = 0, last: int = len(batches)) -> list[bytes]:
+        return [p for b in batches[first:last] for c, _, p in b if c in wanted]
+
+    for c in everything:
+        assert _texts(c.data) == expected(contracts) and c.messages == len(expected(contracts))
+    for c in tenths[1:]:
+        assert _texts(c.data) == expected(c.contracts)
+    assert _texts(tenths[0].data) == expected(tenths[0].contracts, last=20)
+    assert _texts(overlap.data) == expected(overlap.contracts)
+    assert _texts(late.data) == expected(late.contracts, first=10)
+    assert source.unrouted == sum(1 for b in batches for c, _, _ in b if c is None)
+    # A client past its buffer is cut (once) and gets nothing more; the others are untouched.
+    buffered[id(overlap)] = 9_990
+    before = [bytes(c.data) for c in everything]
+    source.dispatch([("1001", 1, b'{"contractId":"1001"}')])
+    source.dispatch([("1002", 1, b'{"contractId":"1002"}')])
+    assert overlap.closed is not None and overlap.faults == ["slow_client_cut"] and source.cut == 1
+    assert all(bytes(c.data) == b + m for c, b, m in zip(everything, before, [b"\x81\x15"
+               b'{"contractId":"1001"}\x81\x15{"contractId":"1002"}'] * 3, strict=True))

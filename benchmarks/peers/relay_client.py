@@ -1,13 +1,14 @@
 """Relay clients for the live benchmarks: N picows connections in one process, counting frames.
 
-    python benchmarks/peers/relay_client.py URL CLIENTS SECONDS OUT.json [--latency | --bytes]
+    python benchmarks/peers/relay_client.py URL CLIENTS SECONDS OUT.json [--latency | --bytes | --split]
 
 Connects (retrying until the relay listens), then reads until the relay closes or SECONDS pass. With
 --latency, the process asks for a short CPU slice (as a latency-minded bot would) and client 0 keeps
 (receive time_ns, xxh3-64 of the payload) per frame, so the benchmark can join
 them with the recorder's receive times from the segment files. With --bytes the clients only read and
 count bytes after the upgrade (no per-frame Python callback): what serving N readers costs the recorder,
-without N Python frame parsers competing for the same cores. Writes one JSON object to OUT.json.
+without N Python frame parsers competing for the same cores. --split is --bytes with client i of N subscribed
+to every N-th contract of the URL's list (bots on disjoint contracts). Writes one JSON object to OUT.json.
 """
 
 from __future__ import annotations
@@ -87,14 +88,22 @@ class ByteReader(asyncio.Protocol):
         self.done.set()
 
 
-async def read_bytes(url: str, clients: int, seconds: float) -> dict[str, object]:
+def split_path(path: str, clients: int, i: int) -> str:
+    """Client i of N subscribes to every N-th contract of the URL's list, starting at the i-th."""
+    route, _, query = path.partition("?")
+    params = query.split("&")
+    return f"{route}?{'&'.join(params[i::clients])}"
+
+
+async def read_bytes(url: str, clients: int, seconds: float, split: bool = False) -> dict[str, object]:
     rest = url.split("://", 1)[1]
     hostport, _, path = rest.partition("/")
     host, port = hostport.rsplit(":", 1)
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + 20
     readers: list[tuple[asyncio.BaseTransport, ByteReader]] = []
-    for _ in range(clients):
+    for i in range(clients):
+        target = split_path(path, clients, i) if split else path
         while True:
             done = asyncio.Event()
             try:
@@ -105,7 +114,7 @@ async def read_bytes(url: str, clients: int, seconds: float) -> dict[str, object
                     raise
                 await asyncio.sleep(0.02)
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
+        transport.write((f"GET /{target} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
                          ).encode())
         assert await reader.upgraded
@@ -141,8 +150,8 @@ if __name__ == "__main__":
         why_not = request_slice(100)
         if why_not:
             print(f"relay_client: short CPU slice not applied: {why_not}", file=sys.stderr)
-    if "--bytes" in sys.argv:
-        result = uvloop.run(read_bytes(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    if "--bytes" in sys.argv or "--split" in sys.argv:
+        result = uvloop.run(read_bytes(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), "--split" in sys.argv))
     else:
         result = uvloop.run(run(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), "--latency" in sys.argv))
     with open(sys.argv[4], "wb") as out:
