@@ -16,9 +16,10 @@ wake-up in 25, and so did a relay client: the woken task was not eligible to pre
 fairness. With live outputs on, the writer thread is niced (+10; `--writer-nice`): the scheduler then
 lets what wakes run first, while the writer still gets all the CPU nobody else wants. The relay's p99
 fell from 0.6-1.0 ms to 0.4-0.55 ms in alternating runs; full-speed throughput against the blaster did
-not change (403-418k msgs/s at nice 0, 411-424k at nice 10, three rounds each). Without live outputs
-it stays 0: the feed's own hop then gained nothing (p99 200-300 µs at 20k msgs/s either way, slightly
-worse niced in most pairs: a niced writer preempted while it holds the GIL keeps the receive thread waiting).
+not change (402-421k msgs/s at nice 0, 399-438k at nice 10, six rounds each). Without live outputs it
+stays 0: the feed's own hop then gained nothing and was slightly worse niced (p99 at 20k msgs/s 200-310 µs
+against 235-400 µs over ten runs each; a niced writer preempted while it holds the GIL keeps the receive
+thread waiting).
 """
 
 from __future__ import annotations
