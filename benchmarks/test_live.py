@@ -314,16 +314,20 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
 
 
 def test_worker_live_output_cost(benchmark):
-    """What the worker's receive path pays per first arrival: LiveOutput.__call__, socket sends included."""
-    ns = once(benchmark, lambda: uvloop.run(_output_cost()))
+    """What the worker's receive path pays per first arrival: LiveOutput.__call__, socket sends included; the C
+    output (_handover.c, what the worker runs when it is built) against the Python reference, in the same run."""
+    from recorder.record.live import LiveOutput, PyLiveOutput
+
+    ns = once(benchmark, lambda: uvloop.run(_output_cost(LiveOutput)))
+    py_ns = uvloop.run(_output_cost(PyLiveOutput))
     RESULTS["worker_output_ns"] = ns
-    benchmark.extra_info.update({"key": "live/worker_output_cost", "ns_per_message": round(ns)})
+    benchmark.extra_info.update({"key": "live/worker_output_cost", "implementation": LiveOutput.__name__,
+                                 "ns_per_message": round(ns), "python_ns_per_message": round(py_ns),
+                                 "vs_python": round(ns / py_ns, 2)})
 
 
-async def _output_cost() -> float:
+async def _output_cost(cls: Any) -> float:
     import uuid
-
-    from recorder.record.live import LiveOutput
 
     address = f"\0ime-bench-{uuid.uuid4().hex}"
 
@@ -332,7 +336,7 @@ async def _output_cost() -> float:
             pass
 
     server = await asyncio.get_running_loop().create_unix_server(Sink, address)
-    out = LiveOutput(address, 0, 64 << 20)
+    out = cls(address, 0, 64 << 20)
     payload = b"x" * 600
     n = 100_000 if QUICK else 500_000
     t0 = time.perf_counter()

@@ -19,7 +19,13 @@ from recorder.live.options import is_loopback, live_settings, parse_duration
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence, msg_id
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
-from recorder.record.live import LiveOutput, LiveSettings
+from recorder.record import live as live_module
+from recorder.record.live import LiveSettings, NativeLiveOutput, PyLiveOutput
+
+# Both implementations of the worker's live output: the C one (when built) and the Python reference.
+OUTPUTS = [pytest.param(PyLiveOutput, id="python"),
+           pytest.param(NativeLiveOutput, id="native",
+                        marks=pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built"))]
 
 records = st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 65535), st.sampled_from([1, 2]),
                              st.binary(max_size=300)), max_size=30)
@@ -94,7 +100,8 @@ def test_live_settings_checks_options_and_warns_off_loopback(caplog):
     assert "t0k" not in repr(s)
 
 
-def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order():
+@pytest.mark.parametrize("LiveOutput", OUTPUTS)
+def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order(LiveOutput):
     address = f"\0ime-test-{uuid.uuid4().hex}"
 
     async def scenario():
@@ -251,7 +258,9 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
     assert pub.pending == len(commands) and not pub.unsent
 
 
-def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn():
+@pytest.mark.parametrize("LiveOutput", OUTPUTS)
+def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn(
+        LiveOutput):
     address = f"\0ime-test-{uuid.uuid4().hex}"
 
     class Counting:
@@ -309,6 +318,90 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         return counts
 
     assert run(scenario()) == [1, 1, 2, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]
+
+
+@pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
+def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypatch):
+    """Same calls, same clock: after every call the same sequence, drops, buffer and sends; the same bytes at the hub.
+
+    The clock is the test's (both read it through live.time), so every pause, burst deadline and reconnect
+    decision is the same for both; the retry timer is pushed out of the test and fired by hand for both.
+    """
+    clock = [1_800_000_000_000_000_000]
+
+    class Clock:
+        @staticmethod
+        def time_ns() -> int:
+            return clock[0]
+
+        @staticmethod
+        def monotonic() -> float:
+            return clock[0] / 1e9
+
+    monkeypatch.setattr(live_module, "time", Clock)
+    monkeypatch.setattr(live_module, "_RECONNECT_S", 3600.0)
+    rng = random.Random(1404)
+    addresses = [f"\0ime-test-{uuid.uuid4().hex}" for _ in range(2)]
+
+    class Counting:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+            self.sends = 0
+
+        def send(self, data: bytes) -> int:
+            self.sends += 1
+            return self.sock.send(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.sock, name)
+
+    def sends(out: object) -> int:
+        sock = out._sock  # type: ignore[attr-defined]
+        return sock.sends if isinstance(sock, Counting) else -1
+
+    async def scenario() -> tuple[list[list[tuple[int, ...]]], list[bytes]]:
+        outs = [PyLiveOutput(addresses[0], 4, 6000), NativeLiveOutput(addresses[1], 4, 6000)]
+        received = [bytearray(), bytearray()]
+        servers = []
+        logs: list[list[tuple[int, ...]]] = [[], []]
+        for turn in range(400):
+            if turn == 60:  # the hub starts listening; the retry (an hour later by this clock) connects
+                for i in range(2):
+                    class Hub(asyncio.Protocol):
+                        def data_received(self, data: bytes, into: bytearray = received[i]) -> None:
+                            into.extend(data)
+
+                    servers.append(await asyncio.get_running_loop().create_unix_server(Hub, addresses[i]))
+                clock[0] += 3601 * 10**9
+                for out in outs:  # what the retry timer does, at the same moment for both
+                    out._flush()
+            clock[0] += rng.choice((2_000, 60_000, 150_000, 3_000_000))
+            for _ in range(rng.choice((0, 1, 3, 12, 40))):
+                clock[0] += rng.choice((0, 3_000, 25_000))
+                args = (clock[0] + rng.choice((0, 1_000, 45_000)), rng.randrange(4), rng.choice((1, 1, 1, 2, 3, 4)),
+                        rng.randbytes(rng.choice((0, 40, 700, 2500))))
+                for out, log in zip(outs, logs, strict=True):
+                    if out._sock is not None and not isinstance(out._sock, Counting):
+                        out._sock = Counting(out._sock)
+                    out(*args)
+                    log.append((out._seq, out.dropped, len(out._buf), sends(out), out._scheduled,
+                                out._burst_deadline))
+            await asyncio.sleep(0)  # the end of the loop turn: each flushes what the turn left
+            for out, log in zip(outs, logs, strict=True):
+                log.append((out._last_flush_ns, len(out._buf), sends(out)))
+        for out in outs:
+            out.close()
+        await asyncio.sleep(0.05)
+        for server in servers:
+            server.close()
+        return logs, [bytes(r) for r in received]
+
+    logs, received = run(scenario())
+    assert logs[0] == logs[1]
+    assert max(entry[1] for entry in logs[0] if len(entry) == 6) > 0, "the hub's absence made both drop"
+    assert received[0] == received[1] and len(received[0]) > 100_000
+    recs = Decoder().feed(received[0])
+    assert len({r[0] for r in recs}) == len(recs) and all(r[3] in (1, 2) for r in recs)
 
 
 class _Client:
