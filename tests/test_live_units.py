@@ -428,8 +428,8 @@ def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only
     settings = LiveSettings(address="\0x", kind="id", contracts=("1", "2", "3"), relay_port=0,
                             shard_contracts=(("1", "2"), ("3",)))
     hub = Hub(settings, None)
-    source = hub.source = LiveSource(EndpointKind.ID, settings.contracts)
-    on_0, on_1, on_both = _Client("1"), _Client("3"), _Client("2", "3")
+    source = hub.source = LiveSource(EndpointKind.ID, settings.contracts, buffered=lambda sub: 0)
+    on_0, on_1, on_both = _Reader("1"), _Reader("3"), _Reader("2", "3")
     for c in (on_0, on_1, on_both):
         source.on_subscribe(c)  # type: ignore[arg-type]
     payload = b'{"contractId":"3","channel":"BestLimit"}'
@@ -444,8 +444,8 @@ def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only
         assert c.faults == ["gap_cut"]
     # Without the plan (an older supervisor, a test hub) every client is cut.
     bare = Hub(LiveSettings(address="\0y", kind="id", contracts=("1", "3")), None)
-    bare.source = LiveSource(EndpointKind.ID, ("1", "3"))
-    lone = _Client("1")
+    bare.source = LiveSource(EndpointKind.ID, ("1", "3"), buffered=lambda sub: 0)
+    lone = _Reader("1")
     bare.source.on_subscribe(lone)  # type: ignore[arg-type]
     bare.on_records(1, 78, [(0, 10, 0, 1, payload)])
     bare.on_records(1, 78, [(2, 12, 0, 1, payload)])
@@ -526,3 +526,62 @@ def test_relay_dispatch_gives_each_client_its_contracts_in_order_with_one_lookup
     assert overlap.closed is not None and overlap.faults == ["slow_client_cut"] and source.cut == 1
     assert all(bytes(c.data) == b + m for c, b, m in zip(everything, before, [b"\x81\x15"
                b'{"contractId":"1001"}\x81\x15{"contractId":"1002"}'] * 3, strict=True))
+
+
+def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplog):
+    from recorder.feed.endpoints import EndpointKind
+    from recorder.live.relay import INTERNAL_ERROR_CODE, LiveSource
+
+    class Broken(_Reader):
+        def write_frames(self, data: bytes, messages: int) -> bool:
+            raise RuntimeError("a bug in the write path")
+
+    source = LiveSource(EndpointKind.ID, ("A", "B"), buffered=lambda sub: 0)  # type: ignore[arg-type]
+    broken, good_a, good_b = Broken("A"), _Reader("A"), _Reader("B")
+    for c in (broken, good_a, good_b):
+        source.on_subscribe(c)  # type: ignore[arg-type]
+    batches = [[("A", 1, b'{"contractId":"A","n":%d}' % i), ("B", 1, b'{"contractId":"B","n":%d}' % i)]
+               for i in range(50)]
+    for batch in batches:
+        source.dispatch(batch)  # type: ignore[arg-type]
+    assert broken.closed == (INTERNAL_ERROR_CODE, "relay error; reconnect to resume") and source.errors == 1
+    assert broken.faults == ["error_cut"] and "writing to a client failed" in caplog.text
+    assert _texts(good_a.data) == [b[0][2] for b in batches] and _texts(good_b.data) == [b[1][2] for b in batches]
+    assert all(not parts for parts, _ in source._outputs), "nothing is held over from one batch to the next"
+
+
+@pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
+def test_the_native_live_output_decides_as_python_does_at_the_ends_of_int64():
+    """A deadline past int64 is "never" in both (Python's int grows, C saturates); a difference that overflows int64
+    is as large as Python says. Time_ns() never gets there; the two must still agree."""
+    def counting(base: type) -> type:
+        class Counted(base):  # type: ignore[misc,valid-type]
+            __slots__ = ("calls",)
+
+            def _send_now(self) -> None:
+                self.calls += 1
+
+            def _schedule(self) -> None:
+                pass
+
+        return Counted
+
+    top, bottom = 2**63 - 1, -(2**63)
+    # (ts, the end-of-turn flush time before it or None): a burst near the top, then turns flushed at each end.
+    script = [(top - 10, None), (top, None), (bottom, top), (0, None), (top, bottom), (top - 1, None),
+              (bottom + 5, 0), (bottom + 50_000, None)]
+    outcomes = []
+    for base in (PyLiveOutput, NativeLiveOutput):
+        out = counting(base)("\0unused", 0, 1 << 20)
+        out.calls = 0
+        seen = []
+        for ts, flushed_at in script:
+            if flushed_at is not None:
+                out._scheduled, out._burst_deadline, out._last_flush_ns = False, 0, flushed_at
+            out(ts, 1, 1, b"m")
+            seen.append((out.calls, out._scheduled, out._burst_deadline >= top))
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == (1, True, True) and outcomes[0][1] == (1, True, True)  # deadline past int64: no send
+    assert outcomes[0][2][0] == 1  # bottom - top overflows int64 in C: long before the last flush, no pause
+    assert outcomes[0][4][0] == 2  # top - bottom overflows too: "after a pause", as Python says

@@ -180,7 +180,8 @@ class Hub:
                                "links": len(self.links)}
         if self.server is not None and self.source is not None:
             out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
-                       relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut)
+                       relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut,
+                       relay_error_cut=self.source.errors)
         if self.publisher is not None:
             out.update(self.publisher.status())
         return out

@@ -8,6 +8,8 @@ with close code SLOW_CLIENT_CODE and a reason saying why, and counted.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,8 +18,10 @@ from recorder.server.framing import OP_BINARY, frame_header, text_header
 from recorder.server.subscriber import Subscriber
 
 SLOW_CLIENT_CODE = 1013  # RFC 6455 "Try Again Later": a temporary condition on the server's side
+INTERNAL_ERROR_CODE = 1011  # RFC 6455: the server met a condition it did not expect
 _TEXT = 1
 _BINARY = 2
+log = logging.getLogger("recorder.live")
 
 # (contract or None, record kind, payload) for each first arrival, in arrival order.
 LiveItem = tuple[str | None, int, bytes]
@@ -41,6 +45,7 @@ class LiveSource:
         self.sent = 0  # messages handed to clients
         self.cut = 0  # clients disconnected for being too slow
         self.gap_cut = 0  # clients disconnected because messages never reached the hub (see cut_for_gap)
+        self.errors = 0  # clients closed because writing to them raised (a bug: logged with its traceback)
         self.unrouted = 0  # messages with no contract (binary frames, non-envelopes): nobody subscribed to them
 
     def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
@@ -58,7 +63,7 @@ class LiveSource:
 
     def stats(self) -> Mapping[str, Any]:
         return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "gap_clients_cut": self.gap_cut,
-                "unrouted": self.unrouted}
+                "error_clients_cut": self.errors, "unrouted": self.unrouted}
 
     def dispatch(self, batch: list[LiveItem]) -> None:
         """Runs on the hub's loop: one framed write per subscriber for the whole batch.
@@ -76,30 +81,44 @@ class LiveSource:
         routes = self._routes
         assert routes is not None
         get = routes.get
-        for contract, kind, payload in batch:
-            targets = get(contract)
-            if targets is None:
-                if contract is None:
-                    self.unrouted += 1
-                continue
-            header = text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY)
-            for parts in targets:
-                parts.append(header)
-                parts.append(payload)
-        for parts, subs in self._outputs:
-            if not parts:
-                continue
-            n = len(parts) >> 1
-            data = b"".join(parts)
-            parts.clear()
-            for sub in subs:
-                if sub.closing:
+        try:
+            for contract, kind, payload in batch:
+                targets = get(contract)
+                if targets is None:
+                    if contract is None:
+                        self.unrouted += 1
                     continue
-                queued = self._buffered(sub)
-                if queued + len(data) > self.max_client_buffer:
-                    self.cut_client(sub, queued)
-                elif sub.write_frames(data, n):
-                    self.sent += n
+                header = text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY)
+                for parts in targets:
+                    parts.append(header)
+                    parts.append(payload)
+            for parts, subs in self._outputs:
+                if not parts:
+                    continue
+                n = len(parts) >> 1
+                data = b"".join(parts)
+                for sub in subs:
+                    if sub.closing:
+                        continue
+                    try:
+                        queued = self._buffered(sub)
+                        if queued + len(data) > self.max_client_buffer:
+                            self.cut_client(sub, queued)
+                        elif sub.write_frames(data, n):
+                            self.sent += n
+                    except Exception:  # one broken client must not cost the others this batch
+                        self._failed(sub)
+        finally:
+            # The parts lists live as long as the plan: what a failed batch left must not reach the next one.
+            for parts, _ in self._outputs:
+                parts.clear()
+
+    def _failed(self, sub: Subscriber) -> None:
+        self.errors += 1
+        log.exception("relay: writing to a client failed; closing it")
+        with contextlib.suppress(Exception):
+            sub.count_fault("error_cut")
+            sub.close(INTERNAL_ERROR_CODE, "relay error; reconnect to resume")
 
     def _plan(self) -> None:
         """The routing table for the current subscribers (rebuilt only when one comes or goes)."""

@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <string.h>
 
 #define HEADER_SIZE 23 /* struct "<IQqHB": payload length, sequence, receive ts_ns, conn, record kind */
@@ -78,6 +79,27 @@ put_le(unsigned char *p, unsigned long long v, int n)
     }
 }
 
+/* Python's ints do not overflow; these give the same answers within int64 (a deadline past its end never
+ * comes, as with Python's larger int). Only absurd timestamps get near the limits; time_ns() never does. */
+static inline long long
+add_saturating(long long a, long long b)
+{
+    long long r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? LLONG_MAX : LLONG_MIN;
+    return r;
+}
+
+/* a - b > gap, as Python computes it: when a - b overflows, a and b have opposite signs and a's sign says. */
+static inline int
+later_than(long long a, long long b, long long gap)
+{
+    long long d;
+    if (__builtin_sub_overflow(a, b, &d))
+        return a > 0;
+    return d > gap;
+}
+
 /* output(ts_ns, conn, kind, payload) */
 static PyObject *
 OutputBase_call(OutputBase *self, PyObject *args, PyObject *kwds)
@@ -138,7 +160,7 @@ OutputBase_call(OutputBase *self, PyObject *args, PyObject *kwds)
     PyBuffer_Release(&view);
     if (self->scheduled) { /* not the first of this loop turn: it goes with the rest of the turn's frames */
         if (self->burst_deadline && ts > self->burst_deadline) {
-            self->burst_deadline = ts + self->burst_ns;
+            self->burst_deadline = add_saturating(ts, self->burst_ns);
             if (call_method(self, str_send_now) < 0)
                 return NULL;
         }
@@ -147,8 +169,8 @@ OutputBase_call(OutputBase *self, PyObject *args, PyObject *kwds)
     self->scheduled = 1;
     if (call_method(self, str_schedule) < 0)
         return NULL;
-    if (ts - self->last_flush_ns > self->pause_ns) {
-        self->burst_deadline = ts + self->burst_ns;
+    if (later_than(ts, self->last_flush_ns, self->pause_ns)) {
+        self->burst_deadline = add_saturating(ts, self->burst_ns);
         if (call_method(self, str_send_now) < 0)
             return NULL;
     }

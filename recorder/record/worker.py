@@ -502,8 +502,12 @@ class Worker:
                     t.resume_reading()
         self._event(Event.BACKPRESSURE, paused=paused)
         if paused:
-            log.warning("shard %d: the disk is not keeping up; reading paused until the writer catches up",
-                        self.cfg.shard)
+            # A niced writer can also fall behind because busy processes (bots) outrank it: say how to rule that out.
+            niced = self.cfg.connection.writer_nice
+            hint = (f" (its thread runs at nice +{niced}: if the machine is busy rather than the disk slow, "
+                    "--writer-nice 0 gives it a full share)") if niced else ""
+            log.warning("shard %d: the disk or the compression is not keeping up; reading paused until the writer "
+                        "catches up%s", self.cfg.shard, hint)
 
     def _writer_error_threadsafe(self, error: SegmentWriteError) -> None:
         assert self.loop is not None
