@@ -258,24 +258,25 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
     assert pub.pending == len(commands) and not pub.unsent
 
 
+class _Counting:
+    """A live output's socket, counting the sends that reach it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
 @pytest.mark.parametrize("LiveOutput", OUTPUTS)
 def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn(
         LiveOutput):
     address = f"\0ime-test-{uuid.uuid4().hex}"
-
-    class Counting:
-        """The output's socket, counting the sends that reach it."""
-
-        def __init__(self, sock: socket.socket) -> None:
-            self.sock = sock
-            self.sends = 0
-
-        def send(self, data: bytes) -> int:
-            self.sends += 1
-            return self.sock.send(data)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.sock, name)
 
     async def scenario() -> list[int]:
         received = bytearray()
@@ -288,7 +289,7 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         out = LiveOutput(address, 0, max_buffer=8 << 20)
         out(time.time_ns(), 0, 1, b"connects")
         await asyncio.sleep(0.01)
-        sock = out._sock = Counting(out._sock)  # type: ignore[assignment]
+        sock = out._sock = _Counting(out._sock)  # type: ignore[assignment]
         counts = []
         now = time.time_ns()
         out(now, 0, 1, b"first of a burst after a pause")
@@ -343,21 +344,9 @@ def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypa
     rng = random.Random(1404)
     addresses = [f"\0ime-test-{uuid.uuid4().hex}" for _ in range(2)]
 
-    class Counting:
-        def __init__(self, sock: socket.socket) -> None:
-            self.sock = sock
-            self.sends = 0
-
-        def send(self, data: bytes) -> int:
-            self.sends += 1
-            return self.sock.send(data)
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.sock, name)
-
     def sends(out: object) -> int:
         sock = out._sock  # type: ignore[attr-defined]
-        return sock.sends if isinstance(sock, Counting) else -1
+        return sock.sends if isinstance(sock, _Counting) else -1
 
     async def scenario() -> tuple[list[list[tuple[int, ...]]], list[bytes]]:
         outs = [PyLiveOutput(addresses[0], 4, 6000), NativeLiveOutput(addresses[1], 4, 6000)]
@@ -381,8 +370,8 @@ def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypa
                 args = (clock[0] + rng.choice((0, 1_000, 45_000)), rng.randrange(4), rng.choice((1, 1, 1, 2, 3, 4)),
                         rng.randbytes(rng.choice((0, 40, 700, 2500))))
                 for out, log in zip(outs, logs, strict=True):
-                    if out._sock is not None and not isinstance(out._sock, Counting):
-                        out._sock = Counting(out._sock)
+                    if out._sock is not None and not isinstance(out._sock, _Counting):
+                        out._sock = _Counting(out._sock)
                     out(*args)
                     log.append((out._seq, out.dropped, len(out._buf), sends(out), out._scheduled,
                                 out._burst_deadline))
