@@ -76,10 +76,9 @@ class LiveSource:
         """
         if not self.subscribers:
             return
-        if self._routes is None:
-            self._plan()
         routes = self._routes
-        assert routes is not None
+        if routes is None:
+            routes = self._plan()
         get = routes.get
         try:
             for contract, kind, payload in batch:
@@ -120,7 +119,7 @@ class LiveSource:
             sub.count_fault("error_cut")
             sub.close(INTERNAL_ERROR_CODE, "relay error; reconnect to resume")
 
-    def _plan(self) -> None:
+    def _plan(self) -> dict[str | None, list[list[bytes]]]:
         """The routing table for the current subscribers (rebuilt only when one comes or goes)."""
         groups: dict[frozenset[str], list[Subscriber]] = {}
         for sub in self.subscribers:
@@ -131,6 +130,7 @@ class LiveSource:
             for contract in contracts:
                 routes.setdefault(contract, []).append(parts)
         self._routes = routes
+        return routes
 
     def cut_for_gap(self, missed: int, contracts: frozenset[str] | None = None) -> None:
         """Messages a worker recorded never reached the hub (it was behind): its clients are cut.

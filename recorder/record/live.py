@@ -83,6 +83,8 @@ class _HubSocket:
 
     __slots__ = ()
     _buf: bytearray
+    _max: int
+    _send_at: int
     _scheduled: bool
     _burst_deadline: int
     _last_flush_ns: int
@@ -94,9 +96,11 @@ class _HubSocket:
     shard: int
     sent: int
 
-    def _init_socket(self, address: str, shard: int) -> None:
+    def _init_socket(self, address: str, shard: int, max_buffer: int) -> None:
         self.address = address
         self.shard = shard
+        self._max = max_buffer
+        self._send_at = min(_SEND_AT, max_buffer // 2)
         self._sock = None
         self._loop = None
         self._writer_on = False
@@ -220,9 +224,7 @@ class PyLiveOutput(_HubSocket):
                  "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
 
     def __init__(self, address: str, shard: int, max_buffer: int) -> None:
-        self._init_socket(address, shard)
-        self._max = max_buffer
-        self._send_at = min(_SEND_AT, max_buffer // 2)
+        self._init_socket(address, shard, max_buffer)
         self._buf = bytearray()
         self._seq = 0
         self._scheduled = False
@@ -268,9 +270,7 @@ if _handover is not None:
         __slots__ = ("_loop", "_next_try", "_sock", "_writer_on", "address", "sent", "shard")
 
         def __init__(self, address: str, shard: int, max_buffer: int) -> None:
-            self._init_socket(address, shard)
-            self._max = max_buffer
-            self._send_at = min(_SEND_AT, max_buffer // 2)
+            self._init_socket(address, shard, max_buffer)
             self._pause_ns = _PAUSE_NS
             self._burst_ns = _BURST_SEND_NS
             self._max_kind = _MAX_DATA_KIND
