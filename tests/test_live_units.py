@@ -305,9 +305,13 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         counts.append(sock.sends)  # 3
         await asyncio.sleep(0.01)
         start = time.time_ns()
-        for us in (0, 10, 30, 45, 60, 90, 95):  # a burst after a pause that takes the worker 95 µs to record
+        # A burst after a pause that takes the worker 1.4 ms to record: at once (+0), then whatever waited past
+        # 40 µs (+45), each later send twice as long after the one before (+130: 80 µs after +45's deadline at
+        # +125; +300: 160 µs), then every 320 µs at most (+700, +1400).
+        burst = (0, 10, 30, 45, 60, 90, 95, 130, 200, 290, 300, 500, 700, 1000, 1019, 1400, 1410)
+        for us in burst:
             out(start + us * 1000, 0, 1, b"frame at +%d us" % us)
-            counts.append(sock.sends)  # at once (+0), then whatever waited past 40 µs (+45, +90)
+            counts.append(sock.sends)
         await asyncio.sleep(0)
         counts.append(sock.sends)  # and the rest at the end of the turn
         await asyncio.sleep(0.05)
@@ -315,10 +319,12 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         server.close()
         dec = Decoder()
         recs = dec.feed(bytes(received))
-        assert [r[0] for r in recs] == list(range(110)) and out.dropped == 0
+        assert [r[0] for r in recs] == list(range(103 + len(burst))) and out.dropped == 0
         return counts
 
-    assert run(scenario()) == [1, 1, 2, 2, 3, 4, 4, 4, 5, 5, 6, 6, 7]
+    assert run(scenario()) == [1, 1, 2, 2, 3,
+                               4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 7, 7, 8, 8, 8, 9, 9,
+                               10]
 
 
 @pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
@@ -374,7 +380,7 @@ def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypa
                         out._sock = _Counting(out._sock)
                     out(*args)
                     log.append((out._seq, out.dropped, len(out._buf), sends(out), out._scheduled,
-                                out._burst_deadline))
+                                out._burst_deadline, out._burst_step))
             await asyncio.sleep(0)  # the end of the loop turn: each flushes what the turn left
             for out, log in zip(outs, logs, strict=True):
                 log.append((out._last_flush_ns, len(out._buf), sends(out)))
@@ -387,7 +393,7 @@ def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypa
 
     logs, received = run(scenario())
     assert logs[0] == logs[1]
-    assert max(entry[1] for entry in logs[0] if len(entry) == 6) > 0, "the hub's absence made both drop"
+    assert max(entry[1] for entry in logs[0] if len(entry) == 7) > 0, "the hub's absence made both drop"
     assert received[0] == received[1] and len(received[0]) > 100_000
     recs = Decoder().feed(received[0])
     assert len({r[0] for r in recs}) == len(recs) and all(r[3] in (1, 2) for r in recs)

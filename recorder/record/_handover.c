@@ -27,6 +27,8 @@ typedef struct {
     long long last_flush_ns;
     long long pause_ns;
     long long burst_ns;
+    long long burst_step; /* the wait before the next send within this burst: burst_ns, doubling up to burst_max_ns */
+    long long burst_max_ns;
     long max_kind;
     char scheduled;
 } OutputBase;
@@ -160,7 +162,9 @@ OutputBase_call(OutputBase *self, PyObject *args, PyObject *kwds)
     PyBuffer_Release(&view);
     if (self->scheduled) { /* not the first of this loop turn: it goes with the rest of the turn's frames */
         if (self->burst_deadline && ts > self->burst_deadline) {
-            self->burst_deadline = add_saturating(ts, self->burst_ns);
+            long long step = self->burst_step > self->burst_max_ns / 2 ? self->burst_max_ns : self->burst_step * 2;
+            self->burst_step = step;
+            self->burst_deadline = add_saturating(ts, step);
             if (call_method(self, str_send_now) < 0)
                 return NULL;
         }
@@ -170,6 +174,7 @@ OutputBase_call(OutputBase *self, PyObject *args, PyObject *kwds)
     if (call_method(self, str_schedule) < 0)
         return NULL;
     if (later_than(ts, self->last_flush_ns, self->pause_ns)) {
+        self->burst_step = self->burst_ns;
         self->burst_deadline = add_saturating(ts, self->burst_ns);
         if (call_method(self, str_send_now) < 0)
             return NULL;
@@ -190,6 +195,8 @@ static PyMemberDef OutputBase_members[] = {
     {"_last_flush_ns", T_LONGLONG, offsetof(OutputBase, last_flush_ns), 0, NULL},
     {"_pause_ns", T_LONGLONG, offsetof(OutputBase, pause_ns), 0, NULL},
     {"_burst_ns", T_LONGLONG, offsetof(OutputBase, burst_ns), 0, NULL},
+    {"_burst_step", T_LONGLONG, offsetof(OutputBase, burst_step), 0, NULL},
+    {"_burst_max_ns", T_LONGLONG, offsetof(OutputBase, burst_max_ns), 0, NULL},
     {"_max_kind", T_LONG, offsetof(OutputBase, max_kind), 0, NULL},
     {"_scheduled", T_BOOL, offsetof(OutputBase, scheduled), 0, NULL},
     {NULL, 0, 0, 0, NULL},

@@ -1,13 +1,13 @@
 """Live outputs, worker side: hand each first arrival to the hub process without ever holding recording up.
 
-`make_live_output(settings)` builds the one callable the worker calls for every first arrival:
-`live_output(ts_ns, conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 0.15 µs in
-C, _handover.c; 0.5 µs in the Python reference) and writes the buffer to the hub's Unix socket without
-blocking: the first frame of a burst at once, the rest of the burst in one send at the end of the event-loop
-turn, or every 40 µs while a burst after a pause lasts (a send per frame would cost the receive thread more
-than recording the frame, and wake the hub for every one). When the hub is slow, restarting or gone, what does
-not fit is dropped and counted (the hub also sees the gap in the sequence numbers): the segment file, not the
-live feed, is the record that must be complete.
+`make_live_output(settings)` builds the one callable the worker calls for every first arrival: `live_output(ts_ns,
+conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 0.15 µs in C, _handover.c; 0.5 µs
+in the Python reference) and writes the buffer to the hub's Unix socket without blocking: the first frame of a
+burst at once, the rest of the burst in one send at the end of the event-loop turn, or while a burst after a pause
+lasts, 40 µs into it and then at doubling intervals up to 320 µs (a send per frame would cost the receive thread
+more than recording the frame, and wake the hub for every one). When the hub is slow, restarting or gone, what does
+not fit is dropped and counted (the hub also sees the gap in the sequence numbers): the segment file, not the live
+feed, is the record that must be complete.
 """
 
 from __future__ import annotations
@@ -36,9 +36,15 @@ _PAUSE_NS = 100_000
 _SEND_AT = 256 << 10
 # Within a burst that followed a pause, what has waited this long goes without waiting for the end of the turn:
 # a burst of ~20 frames takes the worker ~100 µs to record, and its early frames need not wait for the last.
-# (At full rate there is no pause, so no such send: one per turn, the cheapest for the worker.) Measured at
-# 20k msgs/s in six pairs of runs, relay p99 0.7-1.2 ms with it against 1.3-2.0 ms without, p50 unchanged.
+# Measured at 20k msgs/s in six pairs of runs, relay p99 0.7-1.2 ms with it against 1.3-2.0 ms without, p50
+# unchanged.
 _BURST_SEND_NS = 40_000
+# Each send within one burst waits twice as long as the one before, up to this: a burst that goes on is a feed
+# at full speed, where a loop turn reads thousands of frames (~14 ms of work) and a send every 40 µs was 25k
+# sends a second, each waking the hub: +0.6 µs a message on the worker and 13k hub wake-ups a second, with
+# nothing gained (the hub is behind anyway). Doubling leaves a short burst's first sends where they were
+# (at 0 and 40 µs) and a long one's at about one per 320 µs.
+_BURST_MAX_NS = 320_000
 _SOCKET_BUFFER = 4 << 20
 
 
@@ -87,6 +93,7 @@ class _HubSocket:
     _send_at: int
     _scheduled: bool
     _burst_deadline: int
+    _burst_step: int
     _last_flush_ns: int
     _loop: asyncio.AbstractEventLoop | None
     _sock: socket.socket | None
@@ -220,8 +227,8 @@ class PyLiveOutput(_HubSocket):
     The reference implementation of the per-message call; NativeLiveOutput (_handover.c) does the same in C.
     """
 
-    __slots__ = ("_buf", "_burst_deadline", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack", "_scheduled",
-                 "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
+    __slots__ = ("_buf", "_burst_deadline", "_burst_step", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack",
+                 "_scheduled", "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
 
     def __init__(self, address: str, shard: int, max_buffer: int) -> None:
         self._init_socket(address, shard, max_buffer)
@@ -231,6 +238,7 @@ class PyLiveOutput(_HubSocket):
         self._pack = RECORD.pack
         self._last_flush_ns = 0
         self._burst_deadline = 0
+        self._burst_step = _BURST_SEND_NS
         self.dropped = 0
 
     def __call__(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
@@ -248,12 +256,14 @@ class PyLiveOutput(_HubSocket):
         buf += payload
         if self._scheduled:  # not the first of this loop turn: it goes with the rest of the turn's frames
             if self._burst_deadline and ts_ns > self._burst_deadline:
-                self._burst_deadline = ts_ns + _BURST_SEND_NS
+                step = self._burst_step = min(self._burst_step * 2, _BURST_MAX_NS)
+                self._burst_deadline = ts_ns + step
                 self._send_now()
             return
         self._scheduled = True
         self._schedule()
         if ts_ns - self._last_flush_ns > _PAUSE_NS:
+            self._burst_step = _BURST_SEND_NS
             self._burst_deadline = ts_ns + _BURST_SEND_NS
             self._send_now()
 
@@ -272,7 +282,8 @@ if _handover is not None:
         def __init__(self, address: str, shard: int, max_buffer: int) -> None:
             self._init_socket(address, shard, max_buffer)
             self._pause_ns = _PAUSE_NS
-            self._burst_ns = _BURST_SEND_NS
+            self._burst_ns = self._burst_step = _BURST_SEND_NS
+            self._burst_max_ns = _BURST_MAX_NS
             self._max_kind = _MAX_DATA_KIND
 else:
     NativeLiveOutput = None  # type: ignore[assignment,misc]
