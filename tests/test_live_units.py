@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from sim_util import run
 
 from recorder.errors import UserError
+from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.options import is_loopback, live_settings, parse_duration
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence, msg_id
+from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
 from recorder.record import live as live_module
@@ -26,6 +28,11 @@ from recorder.record.live import LiveSettings, NativeLiveOutput, PyLiveOutput
 OUTPUTS = [pytest.param(PyLiveOutput, id="python"),
            pytest.param(NativeLiveOutput, id="native",
                         marks=pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built"))]
+
+# Both implementations of the hub's data path: the C one (when built) and the Python reference.
+FANOUTS = [pytest.param(PyFanout, id="python"),
+           pytest.param(NativeFanout, id="native",
+                        marks=pytest.mark.skipif(NativeFanout is None, reason="_fanout.c is not built"))]
 
 records = st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 65535), st.sampled_from([1, 2]),
                              st.binary(max_size=300)), max_size=30)
@@ -415,7 +422,14 @@ class _Client:
         self.faults.append(name)
 
 
-def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only():
+def _stream(shard: int, pid: int, recs: list[tuple[int, bytes]], hello_first: bool = True) -> bytes:
+    """What a worker sends the hub: its hello, then (sequence, payload) records of text messages."""
+    return (hello(shard, pid) if hello_first else b"") + b"".join(
+        record_header(len(p), seq, 10 + seq, 0, 1) + p for seq, p in recs)
+
+
+@pytest.mark.parametrize("Fanout", FANOUTS)
+def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only(Fanout):
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.hub import Hub
     from recorder.live.relay import SLOW_CLIENT_CODE, LiveSource
@@ -423,27 +437,33 @@ def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only
     settings = LiveSettings(address="\0x", kind="id", contracts=("1", "2", "3"), relay_port=0,
                             shard_contracts=(("1", "2"), ("3",)))
     hub = Hub(settings, None)
-    source = hub.source = LiveSource(EndpointKind.ID, settings.contracts, buffered=lambda sub: 0)
+    hub.fanout = Fanout(Router())
+    source = hub.source = LiveSource(EndpointKind.ID, settings.contracts, buffered=lambda sub: 0, fanout=hub.fanout)
     on_0, on_1, on_both = _Reader("1"), _Reader("3"), _Reader("2", "3")
     for c in (on_0, on_1, on_both):
         source.on_subscribe(c)  # type: ignore[arg-type]
     payload = b'{"contractId":"3","channel":"BestLimit"}'
-    hub.on_records(1, 77, [(0, 10, 0, 1, payload), (1, 11, 0, 1, payload)])
+    link = hub.fanout.new_link()
+    hub.on_data(link, _stream(1, 77, [(0, payload), (1, payload)]))
     assert hub.worker_dropped == 0 and not any(c.closed for c in (on_0, on_1, on_both))
-    hub.on_records(1, 77, [(5, 12, 0, 1, payload)])  # 2, 3 and 4 never arrived
+    assert on_1.messages == on_both.messages == 2 and on_0.messages == 0
+    hub.on_data(link, _stream(1, 77, [(5, payload)], hello_first=False))  # 2, 3 and 4 never arrived
     assert hub.worker_dropped == 3 and source.gap_cut == 2
     assert on_0.closed is None
     for c in (on_1, on_both):
         assert c.closed == (SLOW_CLIENT_CODE, "the relay missed 3 messages the recorder could not hand over "
                                               "(CPU overload); reconnect to resume")
         assert c.faults == ["gap_cut"]
+        assert c.messages == 2, "a client cut for a gap gets nothing after it"
     # Without the plan (an older supervisor, a test hub) every client is cut.
     bare = Hub(LiveSettings(address="\0y", kind="id", contracts=("1", "3")), None)
-    bare.source = LiveSource(EndpointKind.ID, ("1", "3"), buffered=lambda sub: 0)
+    bare.fanout = Fanout(Router())
+    bare.source = LiveSource(EndpointKind.ID, ("1", "3"), buffered=lambda sub: 0, fanout=bare.fanout)
     lone = _Reader("1")
     bare.source.on_subscribe(lone)  # type: ignore[arg-type]
-    bare.on_records(1, 78, [(0, 10, 0, 1, payload)])
-    bare.on_records(1, 78, [(2, 12, 0, 1, payload)])
+    link = bare.fanout.new_link()
+    bare.on_data(link, _stream(1, 78, [(0, payload)]))
+    bare.on_data(link, _stream(1, 78, [(2, payload)], hello_first=False))
     assert lone.closed is not None and bare.source.gap_cut == 1
 
 
@@ -477,14 +497,33 @@ def _texts(data: bytes) -> list[bytes]:
     return out
 
 
-def test_relay_dispatch_gives_each_client_its_contracts_in_order_with_one_lookup_per_message():
+class _Worker:
+    """Feeds a LiveSource through its fanout as the hub does: the batch's payloads as a worker's stream."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+        self.fanout = source.fanout  # type: ignore[attr-defined]
+        self.link = self.fanout.new_link()
+        self.seq = 0
+
+    def __call__(self, payloads: list[bytes]) -> None:
+        data = _stream(0, 1, list(enumerate(payloads, self.seq)), hello_first=self.seq == 0)
+        self.seq += len(payloads)
+        self.source.prepare()  # type: ignore[attr-defined]
+        self.fanout.feed(self.link, data)
+        self.source.deliver(self.fanout.take())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("Fanout", FANOUTS)
+def test_relay_delivery_gives_each_client_its_contracts_in_order_framed_once_per_contract_set(Fanout):
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.relay import LiveSource
 
     contracts = tuple(str(1001 + i) for i in range(20))
     buffered: dict[int, int] = {}
-    source = LiveSource(EndpointKind.ID, contracts, max_client_buffer=10_000,
+    source = LiveSource(EndpointKind.ID, contracts, max_client_buffer=10_000, fanout=Fanout(Router()),
                         buffered=lambda sub: buffered.get(id(sub), 0))  # type: ignore[arg-type]
+    worker = _Worker(source)
     everything = [_Reader(*contracts) for _ in range(3)]  # one set: framed once, written three times
     tenths = [_Reader(*contracts[i::10]) for i in range(10)]  # disjoint sets
     overlap = _Reader("1001", "1002", "1003")
@@ -500,7 +539,7 @@ def test_relay_dispatch_gives_each_client_its_contracts_in_order_with_one_lookup
             source.on_subscribe(late)  # type: ignore[arg-type]
         if i == 20:
             source.on_unsubscribe(tenths[0])  # type: ignore[arg-type]
-        source.dispatch(batch)  # type: ignore[arg-type]
+        worker([p for _, _, p in batch])
 
     def expected(wanted: tuple[str, ...], first: int = 0, last: int = len(batches)) -> list[bytes]:
         return [p for b in batches[first:last] for c, _, p in b if c in wanted]
@@ -516,14 +555,15 @@ def test_relay_dispatch_gives_each_client_its_contracts_in_order_with_one_lookup
     # A client past its buffer is cut (once) and gets nothing more; the others are untouched.
     buffered[id(overlap)] = 9_990
     before = [bytes(c.data) for c in everything]
-    source.dispatch([("1001", 1, b'{"contractId":"1001"}')])
-    source.dispatch([("1002", 1, b'{"contractId":"1002"}')])
+    worker([b'{"contractId":"1001"}'])
+    worker([b'{"contractId":"1002"}'])
     assert overlap.closed is not None and overlap.faults == ["slow_client_cut"] and source.cut == 1
     assert all(bytes(c.data) == b + m for c, b, m in zip(everything, before, [b"\x81\x15"
                b'{"contractId":"1001"}\x81\x15{"contractId":"1002"}'] * 3, strict=True))
 
 
-def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplog):
+@pytest.mark.parametrize("Fanout", FANOUTS)
+def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplog, Fanout):
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.relay import INTERNAL_ERROR_CODE, LiveSource
 
@@ -531,18 +571,20 @@ def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplo
         def write_frames(self, data: bytes, messages: int) -> bool:
             raise RuntimeError("a bug in the write path")
 
-    source = LiveSource(EndpointKind.ID, ("A", "B"), buffered=lambda sub: 0)  # type: ignore[arg-type]
+    source = LiveSource(EndpointKind.ID, ("A", "B"), buffered=lambda sub: 0,  # type: ignore[arg-type]
+                        fanout=Fanout(Router()))
+    worker = _Worker(source)
     broken, good_a, good_b = Broken("A"), _Reader("A"), _Reader("B")
     for c in (broken, good_a, good_b):
         source.on_subscribe(c)  # type: ignore[arg-type]
     batches = [[("A", 1, b'{"contractId":"A","n":%d}' % i), ("B", 1, b'{"contractId":"B","n":%d}' % i)]
                for i in range(50)]
     for batch in batches:
-        source.dispatch(batch)  # type: ignore[arg-type]
+        worker([p for _, _, p in batch])
     assert broken.closed == (INTERNAL_ERROR_CODE, "relay error; reconnect to resume") and source.errors == 1
     assert broken.faults == ["error_cut"] and "writing to a client failed" in caplog.text
     assert _texts(good_a.data) == [b[0][2] for b in batches] and _texts(good_b.data) == [b[1][2] for b in batches]
-    assert all(not parts for parts, _ in source._outputs), "nothing is held over from one batch to the next"
+    assert source.fanout.take() == [], "nothing is held over from one batch to the next"
 
 
 @pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
@@ -580,3 +622,76 @@ def test_the_native_live_output_decides_as_python_does_at_the_ends_of_int64():
     assert outcomes[0][0] == (1, True, True) and outcomes[0][1] == (1, True, True)  # deadline past int64: no send
     assert outcomes[0][2][0] == 1  # bottom - top overflows int64 in C: long before the last flush, no pause
     assert outcomes[0][4][0] == 2  # top - bottom overflows too: "after a pause", as Python says
+
+
+def _payloads(rng: random.Random) -> list[bytes]:
+    """Payloads of every shape the router meets: envelopes by id and by name (learned prefixes), escaped and nested
+    identifiers (parsed every time), Persian names, non-JSON, empty, and sizes for each frame-header length."""
+    names = ["GOLD-APR", "سکه بهار آزادی", "a.b", "1001", "1002", "1003", "x y"]
+    out = []
+    for i in range(60):
+        name = rng.choice(names)
+        field = rng.choice(("contractId", "contractName"))
+        pad = "p" * rng.choice((0, 10, 200, 70_000))
+        out.append(f'{{"channel":"IME Stream","{field}":"{name}","n":{i},"pad":"{pad}"}}'.encode())
+    out += [b'{"channel":"x","data":{"contractId":"1001"},"contractId":"1002"}',
+            b'{"channel":"x","contractName":"\\u0633\\u06a9\\u0647","timestamp":"t"}',
+            b'{"channel":"x","contractId":"","contractName":"1003"}', b'{"contractId":1001}', b"[1,2]", b"not json",
+            b"", b'{"contractId":"1001"']
+    return out
+
+
+@pytest.mark.skipif(NativeFanout is None, reason="_fanout.c is not built")
+@pytest.mark.parametrize("seed", range(6))
+def test_the_native_fanout_gives_what_the_python_one_gives_chunk_by_chunk(seed):
+    """Same worker streams, same chunks, same route changes: the same batches, outputs, counters and link state."""
+    rng = random.Random(seed)
+    shapes = _payloads(rng)
+    contracts = ["GOLD-APR", "سکه بهار آزادی", "a.b", "1001", "1002", "1003", "x y", "سکه"]
+    fanouts = [PyFanout(Router()), NativeFanout(Router())]
+    links = [[f.new_link() for _ in range(2)] for f in fanouts]
+    streams = []
+    for w in range(2):
+        recs = [(rng.choice((1, 1, 1, 1, 2)), rng.choice(shapes)) for _ in range(400)]
+        streams.append(hello(w, 100 + w) + b"".join(
+            record_header(len(p), seq + (seq > 200) * 3, 1_000 + seq, rng.randrange(4), kind) + p
+            for seq, (kind, p) in enumerate(recs)))
+    positions = [0, 0]
+    steps = 0
+    while positions[0] < len(streams[0]) or positions[1] < len(streams[1]):
+        steps += 1
+        if rng.random() < 0.1:  # subscribers came or went: new routes (sometimes none)
+            outputs = rng.randrange(0, 5)
+            routes = {c: tuple(sorted(rng.sample(range(outputs), rng.randrange(0, outputs + 1))))
+                      for c in rng.sample(contracts, rng.randrange(0, len(contracts)))} if outputs else {}
+            for f in fanouts:
+                f.set_routes(routes, outputs)
+        w = rng.randrange(2)
+        start = positions[w]
+        end = min(len(streams[w]), start + rng.choice((1, 5, 23, 24, 300, 5_000, 100_000)))
+        positions[w] = end
+        keep = rng.random() < 0.5
+        got = [f.feed(ls[w], streams[w][start:end], keep) for f, ls in zip(fanouts, links, strict=True)]
+        assert got[0] == got[1], (seed, steps)
+        assert fanouts[0].take() == fanouts[1].take()
+        states = [(ls[w].shard, ls[w].pid, ls[w].pending) for ls in links]
+        assert states[0] == states[1]
+        assert fanouts[0].unrouted == fanouts[1].unrouted
+        assert fanouts[0].router.parsed == fanouts[1].router.parsed
+    assert steps > 50 and fanouts[0].unrouted > 0 and all(ls[w].pending == 0 for ls in links for w in range(2))
+
+
+@pytest.mark.parametrize("Fanout", FANOUTS)
+def test_a_stream_that_is_not_a_workers_is_refused_and_puts_nothing_into_the_outputs(Fanout):
+    fanout = Fanout(Router())
+    fanout.set_routes({"1001": (0,)}, 1)
+    with pytest.raises(WireError, match="not a recorder worker stream"):
+        fanout.feed(fanout.new_link(), b"GET / HTTP/1.1\r\n\r\n")
+    good = b'{"contractId":"1001"}'
+    link = fanout.new_link()
+    absurd = record_header(64 << 20 | 1, 1, 0, 0, 1)
+    with pytest.raises(WireError, match="record of 67108865 bytes"):
+        fanout.feed(link, hello(0, 1) + record_header(len(good), 0, 0, 0, 1) + good + absurd)
+    assert fanout.take() == [], "the chunk's good record went nowhere: the link is dropped"
+    with pytest.raises(ValueError, match="out of range"):
+        fanout.set_routes({"1001": (1,)}, 1)

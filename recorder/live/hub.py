@@ -21,16 +21,16 @@ from typing import Any
 import uvloop
 
 from recorder.feed.endpoints import EndpointKind
-from recorder.live.relay import LiveItem, LiveSource
+from recorder.live.fanout import Fanout
+from recorder.live.relay import LiveSource
 from recorder.live.route import Router
-from recorder.live.wire import Decoder, LiveRecord, WireError
+from recorder.live.wire import WireError
 from recorder.record.live import LiveSettings
 from recorder.record.timeslice import request_slice
 from recorder.server.server import FeedServer, ServerConfig
 
 log = logging.getLogger("recorder.live")
 
-_TEXT = 1
 STATUS_INTERVAL_S = 1.0
 GAP_LOG_INTERVAL_S = 10.0
 DRAIN_S = 2.0  # on stop, how long worker links get to deliver their last bytes
@@ -39,7 +39,7 @@ DRAIN_S = 2.0  # on stop, how long worker links get to deliver their last bytes
 class _WorkerLink(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.decoder = Decoder()
+        self.link = hub.fanout.new_link()  # this worker's stream: a partial record, its shard and pid
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,14 +48,11 @@ class _WorkerLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            records = self.decoder.feed(data)
+            self.hub.on_data(self.link, data)
         except WireError as exc:
             log.error("dropping a worker link: %s", exc)
             if self.transport is not None:
                 self.transport.close()
-            return
-        if records:
-            self.hub.on_records(self.decoder.shard or 0, self.decoder.pid or 0, records)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.links.discard(self)
@@ -79,37 +76,45 @@ class Hub:
         self.server: FeedServer | None = None
         self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
         self.relay_error: str | None = None
-        self.router = Router()
+        self.fanout = Fanout(Router())
 
     # -- the data path -------------------------------------------------------------------------------
 
-    def on_records(self, shard: int, pid: int, records: list[LiveRecord]) -> None:
-        key = (shard, pid)
+    def on_data(self, link: Any, data: bytes) -> None:
+        """What a worker sent: decoded, routed and framed by the fanout, then to the relay and the publisher.
+
+        Raises WireError when the stream is not a worker's (the caller drops the link).
+        """
+        source = self.source
+        if source is not None:
+            source.prepare()
+        batch = self.fanout.feed(link, data, self.publisher is not None)
+        if batch is None:
+            return
+        count, first, last, records, items = batch
+        shard = link.shard or 0
+        key = (shard, link.pid or 0)
         # A worker numbers its messages 0, 1, 2, …: whatever it could not hand over shows as missing numbers.
-        last = records[-1][0]
-        first = self.next_seq.get(key, records[0][0])
-        missed = last + 1 - first - len(records)
+        first = self.next_seq.get(key, first)
+        missed = last + 1 - first - count
         self.next_seq[key] = last + 1
         if missed:
             self.worker_dropped += missed
-            if self.source is not None:
-                self.source.cut_for_gap(missed, self.shard_sets.get(shard))
+            if source is not None:
+                source.cut_for_gap(missed, self.shard_sets.get(shard))
             now = time.monotonic()
             if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
                 self._next_gap_log = now + GAP_LOG_INTERVAL_S
-                outputs = [text for on, text in ((self.source is not None, "relay clients were cut to reconnect"),
+                outputs = [text for on, text in ((source is not None, "relay clients were cut to reconnect"),
                                                  (self.publisher is not None, "NATS will not have them")) if on]
                 log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); %s; the "
                             "recording has them", shard, missed, ", ".join(outputs) or "nothing was serving them")
-        route = self.router.contract
-        items: list[LiveItem] = [(route(payload) if kind == _TEXT else None, kind, payload)
-                                 for _, _, _, kind, payload in records]
-        self.received += len(records)
-        if self.source is not None:
+        self.received += count
+        if source is not None:
             try:
-                self.source.dispatch(items)
+                source.deliver(self.fanout.take())
             except Exception:  # one broken client must not take the feed from the others
-                log.exception("relay dispatch failed")
+                log.exception("relay delivery failed")
         if self.publisher is not None:
             self.publisher.enqueue(records, items)
 
@@ -124,7 +129,7 @@ class Hub:
         unix = await loop.create_unix_server(lambda: _WorkerLink(self), s.address)
         ready: dict[str, Any] = {"type": "ready", "pid": os.getpid()}
         if s.relay_port is not None:
-            self.source = LiveSource(self.kind, s.contracts, s.relay_client_buffer)
+            self.source = LiveSource(self.kind, s.contracts, s.relay_client_buffer, fanout=self.fanout)
             self.server = FeedServer(ServerConfig(host=s.relay_host or "127.0.0.1", port=s.relay_port, http_port=0,
                                                   static_token=s.relay_token, require_token=s.relay_token is not None),
                                      self.source)

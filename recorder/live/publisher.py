@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recorder.errors import exception_text
-from recorder.live.relay import LiveItem
+from recorder.live.fanout import LiveItem
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
 from recorder.record.live import LiveSettings

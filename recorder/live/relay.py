@@ -1,9 +1,10 @@
 """`ime-record --relay`: the live feed as a FeedSource, so the IME-compatible server serves it to local bots.
 
-The hub calls `dispatch` with each batch of first arrivals from the workers; every subscriber gets its
-contracts' frames of the batch in one write, byte for byte as received, in arrival order. A client that
-does not read is never waited for: once more than `max_client_buffer` bytes are queued for it, it is cut
-with close code SLOW_CLIENT_CODE and a reason saying why, and counted.
+Subscribers with the same contract set are one output: the hub's fanout (live/fanout.py) frames each message once
+for every output that wants its contract, and `deliver` writes each output's frames of the batch to its
+subscribers in one write each, byte for byte as received, in arrival order. A client that does not read is never
+waited for: once more than `max_client_buffer` bytes are queued for it, it is cut with close code
+SLOW_CLIENT_CODE and a reason saying why, and counted.
 """
 
 from __future__ import annotations
@@ -14,39 +15,40 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from recorder.feed.endpoints import EndpointKind
-from recorder.server.framing import OP_BINARY, frame_header, text_header
+from recorder.live.fanout import Fanout, Output, PyFanout
+from recorder.live.route import Router
 from recorder.server.subscriber import Subscriber
 
 SLOW_CLIENT_CODE = 1013  # RFC 6455 "Try Again Later": a temporary condition on the server's side
 INTERNAL_ERROR_CODE = 1011  # RFC 6455: the server met a condition it did not expect
-_TEXT = 1
-_BINARY = 2
 log = logging.getLogger("recorder.live")
-
-# (contract or None, record kind, payload) for each first arrival, in arrival order.
-LiveItem = tuple[str | None, int, bytes]
 
 
 class LiveSource:
     """Routes live messages to subscribers by contract; only the endpoint being recorded has contracts."""
 
     def __init__(self, kind: EndpointKind, contracts: Iterable[str], max_client_buffer: int = 4 << 20,
-                 buffered: Callable[[Subscriber], int] | None = None) -> None:
+                 buffered: Callable[[Subscriber], int] | None = None, fanout: PyFanout | None = None) -> None:
         self.kind = kind
         self.known = frozenset(contracts)
         self.max_client_buffer = max_client_buffer
+        self.fanout = fanout if fanout is not None else Fanout(Router())
         self.subscribers: set[Subscriber] = set()
         self._sets: dict[Subscriber, frozenset[str]] = {}
         self._buffered = buffered or Subscriber.write_buffer_size
-        # Built by _plan from the subscribers: each distinct contract set's frame parts (filled per batch) and its
-        # subscribers, and for each contract the parts lists of the sets that hold it. None: to be rebuilt.
-        self._outputs: list[tuple[list[bytes], list[Subscriber]]] = []
-        self._routes: dict[str | None, list[list[bytes]]] | None = None
+        # The subscribers of each output (one per distinct contract set), as last given to the fanout by `prepare`;
+        # replanned only there, so that the outputs of a batch always index the plan they were framed for.
+        self._groups: list[list[Subscriber]] = []
+        self._stale = False
         self.sent = 0  # messages handed to clients
         self.cut = 0  # clients disconnected for being too slow
         self.gap_cut = 0  # clients disconnected because messages never reached the hub (see cut_for_gap)
         self.errors = 0  # clients closed because writing to them raised (a bug: logged with its traceback)
-        self.unrouted = 0  # messages with no contract (binary frames, non-envelopes): nobody subscribed to them
+
+    @property
+    def unrouted(self) -> int:
+        """Text messages with no contract (not an envelope): nobody can have subscribed to them."""
+        return self.fanout.unrouted
 
     def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
         return kind is self.kind and identifier in self.known
@@ -54,63 +56,50 @@ class LiveSource:
     def on_subscribe(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
         self._sets[sub] = frozenset(sub.contracts)
-        self._routes = None
+        self._stale = True
 
     def on_unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
         self._sets.pop(sub, None)
-        self._routes = None
+        self._stale = True
 
     def stats(self) -> Mapping[str, Any]:
         return {"live_messages_sent": self.sent, "slow_clients_cut": self.cut, "gap_clients_cut": self.gap_cut,
                 "error_clients_cut": self.errors, "unrouted": self.unrouted}
 
-    def dispatch(self, batch: list[LiveItem]) -> None:
-        """Runs on the hub's loop: one framed write per subscriber for the whole batch.
+    def prepare(self) -> None:
+        """Before the hub feeds a batch: the fanout's routes for the current subscribers, if they changed.
 
-        Subscribers with the same contract set get the same bytes, so each distinct set is framed once: ten bots
-        on the same contracts cost one framing and ten writes, not ten framings. Each message is looked up once
-        in a table from contract to the sets that hold it, so bots on many different sets cost the hub per
-        delivery, not per set and message (ten bots on disjoint tenths of 50 contracts used to cost ten
-        membership tests a message).
+        Each distinct contract set is one output: ten bots on the same contracts cost one framing and ten writes.
         """
-        if not self.subscribers:
+        if not self._stale:
             return
-        routes = self._routes
-        if routes is None:
-            routes = self._plan()
-        get = routes.get
-        try:
-            for contract, kind, payload in batch:
-                targets = get(contract)
-                if targets is None:
-                    if contract is None:
-                        self.unrouted += 1
+        self._stale = False
+        groups: dict[frozenset[str], list[Subscriber]] = {}
+        for sub in self.subscribers:
+            groups.setdefault(self._sets[sub], []).append(sub)
+        routes: dict[str, list[int]] = {}
+        for index, contracts in enumerate(groups):
+            for contract in contracts:
+                routes.setdefault(contract, []).append(index)
+        self.fanout.set_routes({c: tuple(t) for c, t in routes.items()}, len(groups))
+        self._groups = list(groups.values())
+
+    def deliver(self, outputs: list[Output]) -> None:
+        """Runs on the hub's loop: each output's frames of the batch (`fanout.take()`) in one write per subscriber."""
+        groups = self._groups
+        for index, data, n in outputs:
+            for sub in groups[index]:
+                if sub.closing:
                     continue
-                header = text_header(len(payload)) if kind == _TEXT else frame_header(len(payload), OP_BINARY)
-                for parts in targets:
-                    parts.append(header)
-                    parts.append(payload)
-            for parts, subs in self._outputs:
-                if not parts:
-                    continue
-                n = len(parts) >> 1
-                data = b"".join(parts)
-                for sub in subs:
-                    if sub.closing:
-                        continue
-                    try:
-                        queued = self._buffered(sub)
-                        if queued + len(data) > self.max_client_buffer:
-                            self.cut_client(sub, queued)
-                        elif sub.write_frames(data, n):
-                            self.sent += n
-                    except Exception:  # one broken client must not cost the others this batch
-                        self._failed(sub)
-        finally:
-            # The parts lists live as long as the plan: what a failed batch left must not reach the next one.
-            for parts, _ in self._outputs:
-                parts.clear()
+                try:
+                    queued = self._buffered(sub)
+                    if queued + len(data) > self.max_client_buffer:
+                        self.cut_client(sub, queued)
+                    elif sub.write_frames(data, n):
+                        self.sent += n
+                except Exception:  # one broken client must not cost the others this batch
+                    self._failed(sub)
 
     def _failed(self, sub: Subscriber) -> None:
         self.errors += 1
@@ -118,19 +107,6 @@ class LiveSource:
         with contextlib.suppress(Exception):
             sub.count_fault("error_cut")
             sub.close(INTERNAL_ERROR_CODE, "relay error; reconnect to resume")
-
-    def _plan(self) -> dict[str | None, list[list[bytes]]]:
-        """The routing table for the current subscribers (rebuilt only when one comes or goes)."""
-        groups: dict[frozenset[str], list[Subscriber]] = {}
-        for sub in self.subscribers:
-            groups.setdefault(self._sets[sub], []).append(sub)
-        self._outputs = [([], subs) for subs in groups.values()]
-        routes: dict[str | None, list[list[bytes]]] = {}
-        for (parts, _), contracts in zip(self._outputs, groups, strict=True):
-            for contract in contracts:
-                routes.setdefault(contract, []).append(parts)
-        self._routes = routes
-        return routes
 
     def cut_for_gap(self, missed: int, contracts: frozenset[str] | None = None) -> None:
         """Messages a worker recorded never reached the hub (it was behind): its clients are cut.

@@ -1,0 +1,123 @@
+"""The hub's data path, pure: a worker link's bytes in; each relay output's frames, and the publisher's records, out.
+
+`fanout.feed(link, data, keep)` decodes what a worker sent (live/wire.py), names each text message's contract
+(live/route.py), and appends its WebSocket frame to every relay output that wants that contract; `take()` hands the
+framed bytes of each output over, so LiveSource writes one buffer per output to each of its subscribers. With
+`keep` (the NATS publisher is on) it also returns the records and their contracts for the publisher.
+
+PyFanout is the reference. NativeFanout (_fanout.c) does the same in C: the hub's per-message Python (decode,
+route, frame; about 1 µs of the hub's 1.2-1.4 µs a message at full speed) was what made it fall behind a worker at
+full speed with ten relay clients, so that every client was cut for the gap. IME_FANOUT=python selects the
+reference even when the C one is built. tests/test_live_units.py checks that both give the same outputs, records,
+counters and link state for the same input, however it is chunked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from recorder.live.route import Router
+from recorder.live.wire import Decoder, LiveRecord
+from recorder.server.framing import text_header
+
+_TEXT = 1
+
+# (contract or None, record kind, payload) for each message, in arrival order: what the publisher takes.
+LiveItem = tuple[str | None, int, bytes]
+# (messages, first sequence number, last sequence number, records, items); records and items only with `keep`.
+Batch = tuple[int, int, int, list[LiveRecord] | None, list[LiveItem] | None]
+# (output index, its framed bytes, messages in them) for each output that got something.
+Output = tuple[int, bytes, int]
+
+
+class PyFanout:
+    """The reference implementation; see the module docstring. Call it on one thread (the hub's loop) only."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._routes: Mapping[str, tuple[int, ...]] = {}
+        self._parts: list[list[bytes]] = []
+        self.unrouted = 0  # text messages that were routed and named no contract (not an envelope)
+
+    @staticmethod
+    def new_link() -> Decoder:
+        """The state of one worker's stream (a partial record, the worker's shard and pid once it said hello)."""
+        return Decoder()
+
+    def set_routes(self, routes: Mapping[str, tuple[int, ...]], outputs: int) -> None:
+        """Which outputs (0 … outputs-1) want each contract; what the outputs held is dropped."""
+        for targets in routes.values():
+            for i in targets:
+                if not 0 <= i < outputs:
+                    raise ValueError(f"output {i} out of range (outputs: {outputs})")
+        self._routes = dict(routes)
+        self._parts = [[] for _ in range(outputs)]
+
+    def feed(self, link: Decoder, data: bytes, keep: bool = False) -> Batch | None:
+        """Whole records of `link`'s stream so far: framed into the outputs; None when `data` completed none.
+
+        Raises WireError (from the decoder) when the stream is not what a worker sends; nothing of `data` is
+        then in the outputs.
+        """
+        records = link.feed(data)
+        if not records:
+            return None
+        routes = self._routes
+        parts = self._parts
+        route = self.router.contract if routes or keep else None
+        items: list[LiveItem] | None = [] if keep else None
+        for _, _, _, kind, payload in records:
+            contract = None
+            if kind == _TEXT and route is not None:
+                contract = route(payload)
+                if contract is None:
+                    self.unrouted += 1
+                else:
+                    targets = routes.get(contract)
+                    if targets:
+                        header = text_header(len(payload))
+                        for i in targets:
+                            out = parts[i]
+                            out.append(header)
+                            out.append(payload)
+            if items is not None:
+                items.append((contract, kind, payload))
+        return len(records), records[0][0], records[-1][0], records if keep else None, items
+
+    def take(self) -> list[Output]:
+        """Each output's frames since the last take, as one buffer, and how many messages it holds."""
+        out: list[Output] = []
+        for i, parts in enumerate(self._parts):
+            if parts:
+                out.append((i, b"".join(parts), len(parts) >> 1))
+                parts.clear()
+        return out
+
+
+try:
+    from recorder.live import _fanout
+except ImportError:  # installed without a C compiler: PyFanout does it, slower
+    _fanout = None  # type: ignore[assignment]
+
+if _fanout is not None:
+    class NativeFanout(_fanout.Fanout):  # type: ignore[misc]
+        """PyFanout in C (_fanout.c): the same outputs, records, counters and link state."""
+
+        def __init__(self, router: Router) -> None:
+            # The router's own table and lengths, read in place: what it learns is seen at once; its `contract`
+            # names what no known prefix does (and learns the prefix).
+            super().__init__(router._prefixes, router._lengths, router.contract)
+            self.router = router
+
+        @staticmethod
+        def new_link() -> Any:
+            return _fanout.Link()
+else:
+    NativeFanout = None  # type: ignore[assignment,misc]
+
+# IME_FANOUT=python: the reference even when the C one is built (to compare, or to rule it out).
+IMPLEMENTATION_ENV = "IME_FANOUT"
+NATIVE = NativeFanout is not None and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
+Fanout: type[PyFanout] = NativeFanout if NATIVE else PyFanout  # type: ignore[assignment]
