@@ -197,6 +197,26 @@ def test_msg_id_is_the_xxh3_128_hex_of_the_payload():
     assert len(msg_id(b"")) == 32
 
 
+def test_msg_ids_number_repeats_alike_in_every_recorder_within_a_bounded_window():
+    from recorder.live.msgid import MsgIds
+
+    clock = [0.0]
+    feed = [b"a", b"b", b"a", b"a", b"c", b"b"]
+    hosts = [MsgIds(window_s=1.0, clock=lambda: clock[0]) for _ in range(2)]
+    ids = [[h(p).decode() for p in feed] for h in hosts]
+    d = {p: msg_id(p) for p in set(feed)}
+    assert ids[0] == ids[1] == [d[b"a"], d[b"b"], f"{d[b'a']}-1", f"{d[b'a']}-2", d[b"c"], f"{d[b'b']}-1"]
+    one = hosts[0]
+    clock[0] = 1.5  # one window later: the last window's counts still number the next repeat
+    assert one(b"a") == f"{d[b'a']}-3".encode()
+    clock[0] = 3.6  # two windows without it: a repeat this far apart is a first occurrence again
+    assert one(b"a") == d[b"a"].encode()
+    bounded = MsgIds(window_s=3600.0, max_entries=10, clock=lambda: 0.0)
+    for i in range(1000):
+        bounded(b"%d" % i)
+    assert len(bounded._current) <= 10 and len(bounded._previous) <= 10, "memory stays bounded at any rate"
+
+
 def test_router_names_contracts_as_identifier_of_does_and_learns_prefixes():
     from workload_util import sim_payloads
 

@@ -1,8 +1,9 @@
 """`ime-record --publish`: every first arrival into a NATS JetStream stream, exactly once across recorders.
 
 Each message goes to `ime.<kind>.<contract token>` (live/subjects.py) with two headers:
-`Nats-Msg-Id` = hex of the payload's 16-byte xxh3-128 (the dedupe digest), so that recorders on several
-hosts publishing the same message store it once (within the stream's duplicate window), and
+`Nats-Msg-Id` = hex of the payload's 16-byte xxh3-128 (the dedupe digest; `-k` added for the k-th repeat of the
+same bytes, live/msgid.py), so that recorders on several hosts publishing the same message store it once (within
+the stream's duplicate window), and
 `Ime-Receive-Ns` = the recorder's receive time in epoch nanoseconds.
 
 Throughput without losing anything: messages are published without waiting, and every FENCE_EVERY-th (and
@@ -21,13 +22,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from binascii import hexlify
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from recorder.errors import exception_text
 from recorder.live.fanout import LiveItem
+from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
 from recorder.record.live import LiveSettings
@@ -48,7 +49,7 @@ _HEADERS = f"NATS/1.0\r\n{MSG_ID_HEADER}: %s\r\n{RECEIVE_HEADER}: %d\r\n\r\n".en
 
 
 def msg_id(payload: bytes) -> str:
-    """The message's dedupe digest: recorders on several hosts publish each message into the stream once."""
+    """The Msg-Id of a message's first occurrence, its dedupe digest (MsgIds numbers repeats)."""
     return digest(payload).hex()
 
 
@@ -84,6 +85,7 @@ class NatsPublisher:
         self._fence_seq = 0
         self._since_fence = 0
         self._subjects: dict[str, bytes] = {}
+        self._ids = MsgIds()
         self.nc: Any = None
         self.js: Any = None
         self._inbox = ""
@@ -110,6 +112,7 @@ class NatsPublisher:
         subjects = self._subjects
         append = self.unsent.append
         headers = _HEADERS
+        ids = self._ids
         for (_, ts_ns, _, _, payload), (contract, _, _) in zip(records, items, strict=True):
             if contract is None:
                 self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
@@ -117,7 +120,7 @@ class NatsPublisher:
             subject = subjects.get(contract)
             if subject is None:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
-            append((subject, headers % (hexlify(digest(payload)), ts_ns), payload))
+            append((subject, headers % (ids(payload), ts_ns), payload))
         self.enqueued += len(records)
         over = self.pending - self.max_backlog
         if over > 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "ime"
-MSG_ID_HEADER = "Nats-Msg-Id"  # hex of the payload's dedupe digest
+MSG_ID_HEADER = "Nats-Msg-Id"  # hex of the payload's dedupe digest, `-k` for its k-th repeat (live/msgid.py)
 RECEIVE_HEADER = "Ime-Receive-Ns"  # the recorder's receive time, epoch nanoseconds
 _SAFE = "-_"  # quote() keeps ASCII letters and digits, plus these; `.`, `~` and `%` are escaped too
 
