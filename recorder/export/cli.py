@@ -13,7 +13,7 @@ from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
-from recorder.segment.cli import open_all, report_damage
+from recorder.segment.cli_inputs import open_all, report_damage
 from recorder.segment.selection import Selection, recording_range
 from recorder.timeparse import parse_window
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,17 +14,16 @@ from recorder.cli_support import OneLineGroup, one_line_errors
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
+from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import Coverage, summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line
 from recorder.segment.reader import (
-    Damage,
     Record,
     SegmentFile,
     discover,
     merge_records,
-    open_readable,
     open_segment,
 )
 from recorder.segment.recover import RecoveryError, recover
@@ -32,29 +31,7 @@ from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
-PROG = "ime-segments"
 TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
-
-
-def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
-    """Open every segment named (directories expanded); returns (segments, how many were skipped).
-
-    A file that does not open is skipped with a warning (the caller exits 1); only when none opens is
-    it a usage error.
-    """
-    given = list(paths)
-    for p in given:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    files = discover(given)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}")
-    segments, unreadable = open_readable(files)
-    if not segments:
-        raise UserError(unreadable[0] if unreadable else f"no segment files in {', '.join(given)}")
-    for problem in unreadable:
-        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
-    return segments, len(unreadable)
 
 
 def state_of(seg: SegmentFile) -> str:
@@ -64,14 +41,6 @@ def state_of(seg: SegmentFile) -> str:
         # A crash leaves only a cut-off last frame; anything else in an open file is damage.
         return "open,truncated" if all(d.reason.startswith("truncated") for d in seg.damage) else "open,damaged"
     return "sealed" if seg.sealed else "open"
-
-
-def report_damage(damage: Iterable[Damage]) -> int:
-    count = 0
-    for d in damage:
-        click.echo(f"{PROG}: warning: {d}", err=True)
-        count += 1
-    return count
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
