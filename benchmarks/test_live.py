@@ -421,6 +421,42 @@ async def _output_cost(cls: Any) -> float:
     return elapsed / n * 1e9
 
 
+def test_hub_fanout_cost(benchmark):
+    """What the hub pays per message to decode a worker's stream, name the contract and frame it for the relay's
+    outputs: the C data path (_fanout.c, what the hub runs when it is built) against the Python reference, in the
+    same run, on the simulator's market (50 contracts), 10 outputs on disjoint tenths of them."""
+    from workload import sim_records
+
+    from recorder.live.fanout import Fanout, PyFanout
+    from recorder.live.route import Router
+    from recorder.live.wire import hello, record_header
+
+    records = sim_records(20_000 if QUICK else 100_000, contracts=50)
+    contracts = sorted({p[p.find(b'"contractId":"') + 14:p.find(b'"', p.find(b'"contractId":"') + 14)].decode()
+                        for _, p in records})
+    routes = {c: (i % RELAY_CLIENTS,) for i, c in enumerate(contracts)}
+    body = b"".join(record_header(len(p), seq, ts, 0, 1) + p for seq, (ts, p) in enumerate(records))
+    step = 64 << 10  # what one read of the worker's socket brings, about
+    chunks = [hello(0, 1) + body[:step]] + [body[i:i + step] for i in range(step, len(body), step)]
+
+    def cost(cls: Any) -> float:
+        fanout = cls(Router())
+        fanout.set_routes(routes, RELAY_CLIENTS)
+        link = fanout.new_link()
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            fanout.feed(link, chunk)
+            fanout.take()
+        return (time.perf_counter() - t0) / len(records) * 1e9
+
+    ns = once(benchmark, lambda: cost(Fanout))
+    py_ns = cost(PyFanout)
+    benchmark.extra_info.update({"key": "live/hub_fanout_cost", "implementation": Fanout.__name__,
+                                 "ns_per_message": round(ns), "python_ns_per_message": round(py_ns),
+                                 "vs_python": round(ns / py_ns, 2), "outputs": RELAY_CLIENTS,
+                                 "messages": len(records)})
+
+
 def test_live_floors(benchmark):
     """The issue's targets, from the measurements above (same run)."""
     needed = ["relay_p99_us", "relay_throughput_ratio"]
