@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,11 +252,8 @@ def test_relay_cost_on_recorder_throughput(benchmark, tmp_path):
     rounds.append(once(benchmark, one_round))
     rounds += [one_round() for _ in range(ROUNDS - 1)]
 
-    def median(values: list[float]) -> float:
-        return sorted(values)[len(values) // 2]
-
-    ratio = median([r["relay"].rate / r["base"].rate for r in rounds])
-    split_ratio = median([r["split"].rate / r["base"].rate for r in rounds])
+    ratio = statistics.median([r["relay"].rate / r["base"].rate for r in rounds])
+    split_ratio = statistics.median([r["split"].rate / r["base"].rate for r in rounds])
     cut = sum(r["cut"] for r in rounds)
     RESULTS["relay_throughput_ratio"] = ratio
     RESULTS["relay_clients_cut"] = cut

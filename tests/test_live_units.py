@@ -16,8 +16,9 @@ from sim_util import run
 
 from recorder.errors import UserError
 from recorder.live.fanout import NativeFanout, PyFanout
+from recorder.live.msgid import msg_id
 from recorder.live.options import is_loopback, live_settings, parse_duration
-from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence, msg_id
+from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence
 from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header

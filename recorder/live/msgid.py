@@ -22,6 +22,11 @@ from collections.abc import Callable
 from recorder.segment.dedupe import digest
 
 
+def msg_id(payload: bytes) -> str:
+    """The Msg-Id of a message's first occurrence: its dedupe digest (MsgIds numbers the repeats)."""
+    return hexlify(digest(payload)).decode()
+
+
 class MsgIds:
     __slots__ = ("_clock", "_current", "_max", "_previous", "_rotate_at", "_window")
 

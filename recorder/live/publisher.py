@@ -32,7 +32,6 @@ from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
 from recorder.record.live import LiveSettings
-from recorder.segment.dedupe import digest
 
 log = logging.getLogger("recorder.live")
 
@@ -46,11 +45,6 @@ RECONNECT_WAIT_S = 0.5
 # The NATS header block of one message, formatted once when it is queued (and reused when it is sent again):
 # nats-py's publish would build a dict and re-encode it for every send.
 _HEADERS = f"NATS/1.0\r\n{MSG_ID_HEADER}: %s\r\n{RECEIVE_HEADER}: %d\r\n\r\n".encode()
-
-
-def msg_id(payload: bytes) -> str:
-    """The Msg-Id of a message's first occurrence, its dedupe digest (MsgIds numbers repeats)."""
-    return digest(payload).hex()
 
 
 # (subject, header block, payload) of one message waiting for NATS; tuples, since a million may be kept.
