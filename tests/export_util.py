@@ -57,7 +57,9 @@ EDGE_TEXT = [
 
 def write_recording(directory: Path, per_shard: int = 400, edge: bool = True) -> list[Path]:
     """Two shards (shard 0 on the id endpoint, shard 1 on the name endpoint), several files per shard,
-    connection events, binary frames, a redundant-copy receipt (kind 4) and malformed/odd frames."""
+    connection events, binary frames, a redundant-copy receipt (kind 4), malformed/odd frames and, as a
+    `--redundancy 2` recorder writes them, later copies of most messages in the blocks' receipt columns (their
+    originals in the same block or, across a frame cut, an earlier one)."""
     paths: list[Path] = []
     for shard, field in ((0, "contractId"), (1, "contractName")):
         frames = sim_frames(per_shard, field, seed=3 + shard)
@@ -65,7 +67,13 @@ def write_recording(directory: Path, per_shard: int = 400, edge: bool = True) ->
         for part in (frames[:half], frames[half:]):
             writer = SegmentWriter(directory, shard=shard, meta={"contracts": []}, frame_bytes=16_384)
             writer.append(part[0][0] - 1000, 7, 3, encode_event("opened", url="ws://127.0.0.1/x"))
+            copies: list[tuple[int, tuple[int, int]]] = []
             for k, (ts, payload) in enumerate(part):
+                if edge and copies and copies[0][0] < ts:
+                    orig_ts, at = copies.pop(0)
+                    writer.append_receipt(orig_ts + 700, 9, orig_ts, 7, at)
+                if edge and k % 4:
+                    copies.append((ts, writer.position()))
                 writer.append(ts, 7, 1, payload)
                 if edge and k == 10:
                     writer.append(ts, 8, 4, struct.pack("<IQ", 7, 1500))  # receipt: never exported
@@ -78,13 +86,14 @@ def write_recording(directory: Path, per_shard: int = 400, edge: bool = True) ->
 
 
 def raw_records(directory: Path) -> list[tuple[str, int, int, int, int, bytes]]:
-    """(segment name, record index, shard, ts_ns, kind, payload) of every record, from the segment reader."""
+    """(segment name, record number, shard, ts_ns, kind, payload) of every record as stored (a block's receipt
+    columns as one record), from the segment reader."""
     from recorder.segment.reader import discover, open_segment
 
     out = []
     for path in discover([directory]):
         seg = open_segment(path)
-        for i, rec in enumerate(seg.iter_records()):
+        for i, rec in enumerate(seg.iter_records(expand=False)):
             out.append((path.name, i, rec.shard, rec.ts_ns, rec.kind, rec.payload))
     return out
 

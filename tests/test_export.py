@@ -24,6 +24,7 @@ from export_util import EXE, export, raw_records, sim_frames, write_recording
 from recorder.export.flatten import NATIVE
 from recorder.export.schema import INT_COLUMNS, SCHEMAS, SECTION_TABLES, STR_COLUMNS
 from recorder.feed.message import MessageError, parse_envelope, parse_timestamp_ns
+from recorder.segment.format import RecordKind
 from recorder.segment.writer import SegmentWriter
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -370,3 +371,21 @@ def test_damaged_frame_is_reported_and_the_rest_exported(tmp_path: Path) -> None
     assert "warning" in result.stderr and "checksum" in result.stderr and "Traceback" not in result.stderr
     assert read(tmp_path / "out", "best_limit").num_rows == 600 - victim.records
     assert f"records_damaged={victim.records}" in result.stdout
+
+
+def test_segment_and_record_identify_one_stored_record_with_receipt_columns(recording: Path, exported: Path) -> None:
+    """A redundant recording's receipts are stored as one receipt-columns record per block: numbering records as
+    readers expand them gave the same (segment, record) to several frames (issue 21: 46,318 rows, 35,298 distinct
+    pairs). Numbers follow the stored order, so each pair is one record and below the file's record count."""
+    from recorder.segment.reader import discover, open_segment
+
+    counts = {p.name: open_segment(p).records for p in discover([recording])}
+    stored = {(seg, idx): (ts, p) for seg, idx, _, ts, _, p in raw_records(recording)}
+    assert any(kind == RecordKind.RECEIPT_COLUMNS for *_, kind, _ in raw_records(recording))
+    for t in (*SECTION_TABLES, "messages", "events"):
+        table = read(exported, t)
+        k = keys(table)
+        assert len(k) == len(set(k)), f"a (segment, record) pair names two frames in {t}"
+        for (seg, idx), recv in zip(k, ns(table, "recv_time"), strict=True):
+            assert 0 <= idx < counts[seg]
+            assert stored[(seg, idx)][0] == recv

@@ -49,6 +49,7 @@ from recorder.feed.message import (
     parse_timestamp_ns,
     timestamp_ns_of,
 )
+from recorder.segment.format import RecordKind, receipts_in_block
 
 TEXT, BINARY, EVENT = 1, 2, 3
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -364,8 +365,10 @@ class Flattener:
             self._rows["events"].extend((fi, str(event.get("event")),
                                          code if type(code) is int and INT64_MIN <= code <= INT64_MAX else None,
                                          payload.decode("utf-8", "replace")))
-        elif kind == 4:
+        elif kind == RecordKind.RECEIPT:
             self.counts["receipts_skipped"] += 1  # a redundant copy: the first arrival is exported
+        elif kind in (RecordKind.RECEIPT_BLOCK, RecordKind.RECEIPT_COLUMNS):
+            self.counts["receipts_skipped"] += receipts_in_block(kind, payload)
         else:
             self.counts[f"unknown_kind_{kind}_skipped"] += 1
 

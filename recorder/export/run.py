@@ -144,10 +144,12 @@ def _export_one(seg: SegmentFile, options: ExportOptions, flattener: Flattener,
 
 def segment_blocks(seg: SegmentFile, lo: int = NO_LOWER, hi: int = NO_UPPER, damage: list[Damage] | None = None,
                    progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[Record]]]:
-    """(index of the first record in the file, verified records) per data frame that may hold [lo, hi).
+    """(number of the first record in the file, verified records as stored) per data frame that may hold [lo, hi).
 
-    The index picks the frames, so the others are never decompressed; a damaged frame is skipped and
-    reported in `damage`, the rest of the file is still read.
+    Records come as stored (a block's receipts as one receipt-block record, format.decode_block's `expand=False`),
+    so record k of a block is record number `first + k` of the file, the number the frame index counts: with
+    receipts expanded, a redundant recording's numbers repeated across blocks. The index picks the frames, so the
+    others are never decompressed; a damaged frame is skipped and reported in `damage`, the rest is still read.
     """
     first = 0
     dctx = zstandard.ZstdDecompressor()
@@ -157,7 +159,7 @@ def segment_blocks(seg: SegmentFile, lo: int = NO_LOWER, hi: int = NO_UPPER, dam
             first += info.records
             if info.records and lo <= info.max_ts and info.min_ts < hi:
                 try:
-                    block = read_frame(fh, info, dctx)
+                    block = read_frame(fh, info, dctx, expand=False)
                 except SegmentFormatError as exc:
                     if damage is not None:
                         damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))

@@ -216,21 +216,25 @@ def block_payload_base(records: int) -> int:
     return BLOCK_COUNT.size + RECORD_HEADER.size * records
 
 
-def decode_block(block: bytes, expected_records: int,
-                 conns: Mapping[int, int] | None = None) -> list[tuple[int, int, int, bytes]]:
+def decode_block(block: bytes, expected_records: int, conns: Mapping[int, int] | None = None,
+                 expand: bool = True) -> list[tuple[int, int, int, bytes]]:
     """Split a verified block into (ts_ns, conn, kind, payload) tuples; raise if it is inconsistent.
 
     A receipt block (kind 5 or 6) is expanded into one receipt record (kind 4) per later copy, placed in
     receive-time order: readers only ever see receipts, whichever way they were stored. With `conns`, each
     record's connection id is conns[conn] (after the expansion, which reads the ids as stored).
+
+    `expand=False` gives the records as stored, the receipt block as one record: record k of the result is then
+    the block's record number k, the numbering every reader that names records shares (docs/FORMAT.md,
+    "Record numbers"; the export's `record` column).
     """
     if _block is not None:
         # The C split takes every consistent block without receipt blocks; anything else comes back as None.
-        records = _block.split(block, expected_records, conns, _DEFER_TO_PYTHON)
+        records = _block.split(block, expected_records, conns, _DEFER_TO_PYTHON if expand else _DEFER_NOTHING)
         if records is not None:
             return records
     records = _split_block(block, expected_records)
-    if not _RECEIPT_BLOCKS.isdisjoint([r[2] for r in records]):
+    if expand and not _RECEIPT_BLOCKS.isdisjoint([r[2] for r in records]):
         records = expand_receipt_blocks(records)
     if conns is not None:
         records = [(ts, conns[conn], kind, payload) for ts, conn, kind, payload in records]
@@ -243,6 +247,7 @@ except ImportError:
     _block = None  # type: ignore[assignment]
 # Kinds the C split leaves to Python, one flag per kind (the receipt blocks, which need expanding).
 _DEFER_TO_PYTHON = bytes(kind in _RECEIPT_BLOCKS for kind in range(256))
+_DEFER_NOTHING = bytes(256)
 
 
 def pack_headers(stamps: Sequence[int], conns: Sequence[int], kinds: Sequence[int], lengths: Sequence[int]) -> bytes:
@@ -475,6 +480,16 @@ def decode_receipt_columns(payload: bytes) -> tuple[list[NearReceipt], list[FarR
 
 def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def receipts_in_block(kind: int, payload: bytes) -> int:
+    """How many receipts a stored receipt block (kind 5 or 6) holds, from its counts alone."""
+    if kind == _RECEIPT_COLUMNS and len(payload) >= 8:
+        n, m = struct.unpack_from("<II", payload)
+        return n + m
+    if kind == _RECEIPT_BLOCK and len(payload) >= 4:
+        return U32.unpack_from(payload)[0]
+    return 0
 
 
 def decode_receipt_block(payload: bytes) -> list[NearReceipt]:

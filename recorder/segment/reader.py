@@ -144,10 +144,14 @@ class SegmentFile:
 
     # --- records --------------------------------------------------------------------------------
 
-    def iter_records(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Record]:
-        """Verified records with start_ns <= ts < end_ns, in file order; damage goes to `self.damage`."""
+    def iter_records(self, start_ns: int | None = None, end_ns: int | None = None,
+                     expand: bool = True) -> Iterator[Record]:
+        """Verified records with start_ns <= ts < end_ns, in file order; damage goes to `self.damage`.
+
+        `expand=False`: as stored (receipt blocks unexpanded), so that the k-th record of an unfiltered read is
+        record number k of the file (format.decode_block)."""
         shard = self.shard
-        for block_records in self.iter_blocks(start_ns, end_ns):
+        for block_records in self.iter_blocks(start_ns, end_ns, expand=expand):
             if start_ns is None and end_ns is None:
                 for ts, conn, kind, payload in block_records:
                     yield Record(ts, shard, conn, kind, payload)
@@ -159,7 +163,8 @@ class SegmentFile:
                         yield Record(ts, shard, conn, kind, payload)
 
     def iter_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
-                    conns: Mapping[int, int] | None = None) -> Iterator[list[tuple[int, int, int, bytes]]]:
+                    conns: Mapping[int, int] | None = None,
+                    expand: bool = True) -> Iterator[list[tuple[int, int, int, bytes]]]:
         """Each selected frame's records, verified; the index picks frames, so earlier ones are never read.
         With `conns`, each record's connection id is conns[conn] (see format.decode_block)."""
         dctx = zstandard.ZstdDecompressor()
@@ -172,7 +177,7 @@ class SegmentFile:
                 if end_ns is not None and info.min_ts >= end_ns:
                     continue
                 try:
-                    records = read_frame(fh, info, dctx, conns)
+                    records = read_frame(fh, info, dctx, conns, expand)
                 except SegmentFormatError as exc:
                     self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
                     continue
@@ -196,13 +201,13 @@ class SegmentFile:
 
 
 def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
-               conns: Mapping[int, int] | None = None) -> list[tuple[int, int, int, bytes]]:
+               conns: Mapping[int, int] | None = None, expand: bool = True) -> list[tuple[int, int, int, bytes]]:
     fh.seek(info.data_offset)
-    return decode_frame(fh.read(info.compressed_size), info, dctx, conns)
+    return decode_frame(fh.read(info.compressed_size), info, dctx, conns, expand)
 
 
 def decode_frame(data: bytes, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
-                 conns: Mapping[int, int] | None = None) -> list[tuple[int, int, int, bytes]]:
+                 conns: Mapping[int, int] | None = None, expand: bool = True) -> list[tuple[int, int, int, bytes]]:
     """Verify a data frame's compressed bytes against its descriptor, then split its block."""
     if len(data) != info.compressed_size:
         raise SegmentFormatError(f"data frame truncated: {len(data)} of {info.compressed_size} bytes present")
@@ -214,7 +219,7 @@ def decode_frame(data: bytes, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
         raise SegmentFormatError(f"zstd frame does not decompress: {exc}") from None
     if len(block) != info.raw_size:
         raise SegmentFormatError(f"data frame decompressed to {len(block)} bytes, descriptor says {info.raw_size}")
-    return decode_block(block, info.records, conns)
+    return decode_block(block, info.records, conns, expand)
 
 
 def check_timestamps(records: list[tuple[int, int, int, bytes]], info: FrameInfo) -> None:
