@@ -269,7 +269,7 @@ def test_day_directories_in_tehran_time_and_both_layouts_found(tmp_path):
     # 21:00 UTC on 2026-11-24 is 00:30 on 2026-11-25 in Tehran.
     late = int(datetime.fromisoformat("2026-11-24T21:00:00+00:00").timestamp()) * 10**9
     assert day_directory(late, TEHRAN) == "2026-11-25"
-    w = SegmentWriter(tmp_path, shard=0, subdir=day_layout(TEHRAN))
+    w = SegmentWriter(tmp_path, shard=0, days=day_layout(TEHRAN))
     w.append(time.time_ns(), 1, 1, b'{"a":1}')
     w.flush(10)
     today = datetime.now(TEHRAN).strftime("%Y-%m-%d")
@@ -435,3 +435,28 @@ def test_hook_does_not_see_the_recorders_secrets(tmp_path, monkeypatch):
     env = (tmp_path / "env.txt").read_text()
     assert "RCLONE_CONFIG=/etc/rclone.conf" in env
     assert "hunter2" not in env and "eyJsecret" not in env
+
+
+def test_no_file_and_no_frame_holds_records_of_two_tehran_days(tmp_path):
+    """Files rotated on UTC hours put Tehran 00:00-00:30 in the previous day's folder (issue 21: 1,170 records in
+    one trial). The writer cuts its batch at the day's end and starts that day's file for what follows."""
+    midnight = int(datetime.fromisoformat("2026-11-25T00:00:00+03:30").timestamp()) * 10**9
+    w = SegmentWriter(tmp_path, shard=0, days=day_layout(TEHRAN), frame_bytes=1 << 30, flush_ms=1e9,
+                      rotate_seconds=3600, rotate_bytes=1 << 40)
+    stamps = [midnight + k * 7_000_000 for k in range(-200, 200)]  # 1.4 s before to 1.4 s after, one batch
+    for k, ts in enumerate(stamps):
+        w.append(ts, 1, 1, b'{"k":%d}' % k)
+        if k % 50 == 0:
+            w.append_receipt(ts + 1000, 2, ts, 1, (0, 0))  # receipts are records of their own time too
+    sealed = w.close()
+    by_day: dict[str, list[int]] = {}
+    for s in sealed:
+        seg = open_segment(s.path)
+        times = [r.ts_ns for r in seg.iter_records()]
+        if times:
+            by_day.setdefault(s.path.parent.name, []).extend(times)
+            assert all(day_directory(t, TEHRAN) == s.path.parent.name for t in times), s.path
+            # The file name's time is of the same day as its folder.
+            assert s.path.name.startswith("ime-s00-2026112")
+    assert sorted(by_day) == ["2026-11-24", "2026-11-25"]
+    assert sum(len(v) for v in by_day.values()) == len(stamps) + 8

@@ -53,7 +53,7 @@ class StorageSettings:
     max_backlog_bytes: int = 8 << 20
     fault_enospc_after_bytes: int | None = None  # test hook: pretend the disk fills up after this many bytes
     # OPS-WIRING: segments go to OUT/YYYY-MM-DD/ by the date in this zone when the worker passes
-    # SegmentWriter(subdir=layout.day_layout(ZoneInfo(day_tz))); None: the flat layout.
+    # SegmentWriter(days=layout.day_layout(ZoneInfo(day_tz))); None: the flat layout.
     day_tz: str | None = "Asia/Tehran"
 
 

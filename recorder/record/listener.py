@@ -1,6 +1,6 @@
 """The picows listener of one recording connection: timestamp first, then hand the raw bytes on.
 
-`on_ws_frame` is the hottest code in the recorder. It takes `time.time_ns()` before anything else, does
+`on_ws_frame` is the hottest code in the recorder. It takes `time_ns()` (recorder/clock.py) before anything else, does
 no JSON parsing, copies the payload once (picows reuses its buffer after the callback) and appends it to
 the segment writer's current batch. Fragmented messages are reassembled here, because picows delivers
 fragments as they come; the record gets the time the first fragment arrived.
@@ -9,11 +9,11 @@ fragments as they come; the record gets the time the first fragment arrived.
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import time_ns
 from typing import Protocol
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from recorder.clock import time_ns
 from recorder.events import Event, encode_event
 from recorder.segment.dedupe import Deduper, digest
 from recorder.segment.format import RecordKind

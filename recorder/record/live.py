@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from recorder import clock
 from recorder.live.wire import RECORD, hello
 
 log = logging.getLogger("recorder.live")
@@ -126,7 +127,7 @@ class _HubSocket:
     def _flush(self) -> None:
         self._scheduled = False
         self._burst_deadline = 0
-        self._last_flush_ns = time.time_ns()
+        self._last_flush_ns = clock.time_ns()
         self._send_now()
 
     def _send_now(self) -> None:

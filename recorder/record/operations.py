@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recorder import clock
 from recorder.errors import RuntimeFailure
 from recorder.feed.token import token_expiry
 from recorder.humanize import human_bytes
@@ -101,7 +102,7 @@ class Operations:
     hooks: HookRunner | None = None
     stall: StallAlarm | None = None
     ready: bool = False
-    started_ns: int = field(default_factory=time.time_ns)
+    started_ns: int = field(default_factory=clock.time_ns)
     disk_free: int = -1
     retention_removed_total: int = 0
     retention_removed_bytes_total: int = 0
@@ -155,7 +156,7 @@ class Operations:
         """Once a second from the supervisor's loop."""
         self.last_tick = time.monotonic()
         views = self.views()
-        now_ns = time.time_ns()
+        now_ns = clock.time_ns()
         if not self.ready and views and settled(views):
             self.ready = True
             if self.notifier is not None:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from recorder import clock
 from recorder.humanize import human_bytes, human_count, human_duration
 from recorder.record.messages import Status
 
@@ -243,4 +244,4 @@ class Console:
 
 
 def now_ns() -> int:
-    return time.time_ns()
+    return clock.time_ns()

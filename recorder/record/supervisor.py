@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from recorder import clock
 from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 from recorder.record import messages as m
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
@@ -390,7 +391,7 @@ class Supervisor:
         while True:
             await asyncio.sleep(1.0)
             views = [s.view for s in self.shards]
-            now = time.time_ns()
+            now = clock.time_ns()
             lines = table(views, now, time.monotonic() - self.started)
             if self.hub is not None:  # LIVE-WIRING
                 lines.append(self.hub.view.line())

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import uvloop
 from picows import WSCloseCode
 
-from recorder import __version__
+from recorder import __version__, clock
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind, build_url, split_contracts
 from recorder.record import messages as m
@@ -122,7 +122,7 @@ class Worker:
                 on_backlog=self._backlog_threadsafe,
                 on_error=self._writer_error_threadsafe,
                 fault_enospc_after_bytes=storage.fault_enospc_after_bytes,
-                subdir=day_layout(ZoneInfo(storage.day_tz)) if storage.day_tz else None,
+                days=day_layout(ZoneInfo(storage.day_tz)) if storage.day_tz else None,
                 meta={
                     "shards": self.cfg.shards,
                     "endpoint": self.kind.value,
@@ -222,7 +222,7 @@ class Worker:
         settings = self.cfg.connection
         redundancy = settings.redundancy
         deduper = Deduper(int(settings.dedupe_window_s * 1e9)) if redundancy > 1 else None
-        now = time.time_ns()
+        now = clock.time_ns()
         run = GroupRun(group, deduper, started_ns=now, down_since_ns=now)
         self.groups[group.gid] = run
         for copy in range(redundancy):
@@ -319,7 +319,7 @@ class Worker:
             case wsclient.Connected(transport=transport, listener=listener):
                 pass
         crun.transport, crun.listener = transport, listener
-        run.open_one(time.time_ns())
+        run.open_one(clock.time_ns())
         core.opened(now)
         self._event(Event.OPENED, conn=conn_id, url=shown_url, contracts=list(group.contracts),
                     status=int(transport.response.status), headers=wsclient.response_headers(transport),
@@ -344,7 +344,7 @@ class Worker:
     def _connection_ended(self, run: GroupRun, crun: CopyRun, listener: RecordingListener, code: int,
                           reason: str) -> None:
         crun.transport, crun.listener = None, None
-        run.close_one(time.time_ns())
+        run.close_one(clock.time_ns())
         lived = (time.monotonic() - crun.core.opened_at_s) if crun.core.opened_at_s is not None else 0.0
         self.closed_messages += listener.messages
         self.closed_bytes += listener.bytes
@@ -527,7 +527,7 @@ class Worker:
     def _event(self, event: Event | str, **fields: Any) -> None:
         writer = self.writer
         if writer is not None:
-            writer.append(time.time_ns(), int(fields.get("conn", 0)), _EVENT, encode_event(event, **fields))
+            writer.append(clock.time_ns(), int(fields.get("conn", 0)), _EVENT, encode_event(event, **fields))
 
     def _clean(self, text: str) -> str:
         return redact_text(text, (self.token,))
@@ -537,7 +537,7 @@ class Worker:
             self.request_stop("supervisor went away")
 
     def _status(self, final: bool = False) -> m.Status:
-        now = time.time_ns()
+        now = clock.time_ns()
         copies = self._copies()
         open_runs = [c for c in copies if c.listener is not None]
         received = self._received()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from picows import WSCloseCode, WSError, WSHandshakeError, WSTransport, ws_connect
 
+from recorder import clock
 from recorder.record.config import ConnectionSettings
 from recorder.record.connection import Failure
 from recorder.record.listener import Append, RecordingListener
@@ -80,7 +81,7 @@ async def watch(transport: WSTransport, listener: RecordingListener, settings: C
     """Wait for the connection to end: (close code, reason). Counts it as accepted after the probe window."""
     probe_deadline = time.monotonic() + settings.probe_s
     idle_ns = int(settings.idle_timeout_s * 1e9)
-    opened_ns = time.time_ns()
+    opened_ns = clock.time_ns()
     waiter = asyncio.ensure_future(transport.wait_disconnected())
     try:
         while True:
@@ -91,7 +92,7 @@ async def watch(transport: WSTransport, listener: RecordingListener, settings: C
                 # Open past the probe window without a refusal: the token and contracts are good, even on
                 # a quiet market (not data, so it does not reset the backoff).
                 on_accepted(False)
-            if idle_ns and time.time_ns() - max(listener.last_ns, opened_ns) > idle_ns:
+            if idle_ns and clock.time_ns() - max(listener.last_ns, opened_ns) > idle_ns:
                 on_idle()
                 transport.send_close(WSCloseCode.GOING_AWAY, b"idle timeout")
                 transport.disconnect(False)

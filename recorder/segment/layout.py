@@ -7,8 +7,8 @@ caller gives (the recorder uses the exchange's, Asia/Tehran), so a trading day n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, tzinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 from recorder.segment.naming import DAY_DIR, OPEN_SUFFIX, SEALED_SUFFIX, parse_segment_name, segment_dirs
@@ -19,9 +19,28 @@ def day_directory(start_ns: int, tz: tzinfo) -> str:
     return datetime.fromtimestamp(start_ns / 1e9, tz).strftime("%Y-%m-%d")
 
 
-def day_layout(tz: tzinfo) -> Callable[[int], str]:
-    """A `subdir` function for SegmentWriter: start time (epoch ns) → relative directory."""
-    return lambda start_ns: day_directory(start_ns, tz)
+@dataclass(frozen=True, slots=True)
+class DayLayout:
+    """Day folders for SegmentWriter: which folder a time belongs in, and when that folder's day ends.
+
+    The writer cuts its frames and files at the end of each day, so that no file holds records of two days.
+    """
+
+    tz: tzinfo
+
+    def directory(self, ns: int) -> str:
+        return day_directory(ns, self.tz)
+
+    def day_bounds(self, ns: int) -> tuple[int, int]:
+        """[first ns, first ns of the next day) of the calendar day in `tz` that holds `ns`."""
+        moment = datetime.fromtimestamp(ns // 1_000_000_000, self.tz)
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=1, hours=3)).replace(hour=0)  # +3 h: a day of 23 or 25 hours lands on it
+        return int(start.timestamp()) * 1_000_000_000, int(end.timestamp()) * 1_000_000_000
+
+
+def day_layout(tz: tzinfo) -> DayLayout:
+    return DayLayout(tz)
 
 
 def is_day_directory(name: str) -> bool:

@@ -28,7 +28,7 @@ from operator import add, ge
 from pathlib import Path
 from typing import Any
 
-from recorder import __version__
+from recorder import __version__, clock
 from recorder.segment.batch import RecordBatch, encode_frame, new_compressor
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
@@ -44,6 +44,7 @@ from recorder.segment.format import (
     encode_receipt,
     encode_seek_table,
 )
+from recorder.segment.layout import DayLayout
 from recorder.segment.naming import OPEN_SUFFIX, open_path_for, sealed_path, segment_name
 
 log = logging.getLogger("recorder.segment.writer")
@@ -58,6 +59,7 @@ DEFAULT_LEVEL = 3
 # sits at this limit; at 256 MiB a worker peaked at 351 MiB RSS (issue 15), far above DESIGN's 100 MB.
 DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
 FILE_MODE = 0o640
+_ALL_TIME = (-(1 << 63), 1 << 63)  # the day bounds of the flat layout: a batch never has to be cut for a day
 
 
 class SegmentWriteError(Exception):
@@ -87,10 +89,11 @@ def describe_os_error(exc: OSError, path: Path) -> str:
 class _OpenSegment:
     """One `.open` file being written by the writer thread."""
 
-    def __init__(self, path: Path, fd: int, start_ns: int, header: bytes) -> None:
+    def __init__(self, path: Path, fd: int, start_ns: int, header: bytes, day: tuple[int, int]) -> None:
         self.path = path
         self.fd = fd
         self.start_ns = start_ns
+        self.day = day  # [start, end) of the day whose folder holds the file; its records are all of that day
         self.offset = 0
         self.frames: list[FrameInfo] = []
         self.seek: list[SeekEntry] = [SeekEntry(len(header), 0, XXH64_EMPTY_LOW32)]
@@ -99,7 +102,7 @@ class _OpenSegment:
         self.raw_bytes = 0
 
     def seal_meta(self, reason: str) -> dict[str, Any]:
-        return {"reason": reason, "sealed_ns": time.time_ns(), "records": self.records, "receipts": self.receipts}
+        return {"reason": reason, "sealed_ns": clock.time_ns(), "records": self.records, "receipts": self.receipts}
 
 
 class SegmentWriter:
@@ -121,14 +124,18 @@ class SegmentWriter:
         on_error: Callable[[SegmentWriteError], None] | None = None,
         on_sealed: Callable[[SealedSegment], None] | None = None,
         fault_enospc_after_bytes: int | None = None,
-        subdir: Callable[[int], str] | None = None,
+        days: DayLayout | None = None,
         name_by_data: bool = False,
     ) -> None:
         self.directory = Path(directory)
         # A sealed file is named by its earliest record rather than by when it was opened: files written
         # after the fact (`ime-segments merge`) then sort and read by the time of the data they hold.
         self._name_by_data = name_by_data
-        self._subdir = subdir  # start_ns -> directory under `directory` (layout.day_layout); None: flat
+        # Day folders (layout.DayLayout), or None for the flat layout. With them, no frame and no file holds
+        # records of two days: the caller's thread cuts the batch when a record of a new day comes
+        # (`_day_end`), and the writer thread starts a new file for a batch of another day than its file's.
+        self._days = days
+        self._day_end = _ALL_TIME[0] if days is not None else _ALL_TIME[1]  # the first record sets it
         self.shard = shard
         self.prefix = prefix
         self.level = level
@@ -177,7 +184,7 @@ class SegmentWriter:
         # Open the first file here, on the caller's thread, so an unwritable directory fails at start.
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._current = self._open_segment(time.time_ns())
+            self._current = self._open_segment(clock.time_ns())
         except OSError as exc:
             raise SegmentWriteError(describe_os_error(exc, self.directory)) from None
         self._thread = threading.Thread(target=self._run, name=f"segment-writer-s{shard:02d}", daemon=True)
@@ -191,6 +198,8 @@ class SegmentWriter:
     # --- caller's thread ------------------------------------------------------------------------
 
     def append(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
+        if ts_ns >= self._day_end:
+            self._next_day(ts_ns)
         batch = self._batch
         batch.append(ts_ns, conn, kind, payload)
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
@@ -200,6 +209,10 @@ class SegmentWriter:
         """`append` for each (ts_ns, conn, kind, payload) in turn, cut into frames at exactly the same records,
         a frame's worth at a time (the merge's writer; see RecordBatch.extend)."""
         if not rows:
+            return
+        if self._days is not None:
+            for row in rows:  # cut at each day's end (the merge, whose speed this is for, writes no day folders)
+                self.append(*row)
             return
         stamps, conns, kinds, payloads = zip(*rows, strict=True)
         # Where append would cut: the first record that brings the batch to frame_bytes, or that is flush_ms
@@ -231,6 +244,8 @@ class SegmentWriter:
         time and the original's connection otherwise. Only in a batch with no record yet is it a 12-byte receipt
         record of its own.
         """
+        if ts_ns >= self._day_end:
+            self._next_day(ts_ns)
         batch = self._batch
         if not batch.records:
             self.append(ts_ns, conn, _RECEIPT, encode_receipt(orig_conn, ts_ns - orig_ts_ns))
@@ -241,6 +256,11 @@ class SegmentWriter:
             batch.append_far_receipt(ts_ns, conn, orig_conn, ts_ns - orig_ts_ns)
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
             self.cut()
+
+    def _next_day(self, ts_ns: int) -> None:
+        """A record of a later day: what the batch holds is of the day before, and goes in a frame of its own."""
+        self.cut()
+        self._day_end = self._days.day_bounds(ts_ns)[1] if self._days is not None else _ALL_TIME[1]
 
     def cut(self) -> None:
         """Hand the current batch to the writer thread (no-op when empty)."""
@@ -264,7 +284,7 @@ class SegmentWriter:
     def tick(self, now_ns: int | None = None) -> None:
         """Call every few tens of ms: cuts a batch that has grown old while the feed was quiet."""
         batch = self._batch
-        if batch.records and (now_ns if now_ns is not None else time.time_ns()) - batch.first_ts >= self.flush_ns:
+        if batch.records and (now_ns if now_ns is not None else clock.time_ns()) - batch.first_ts >= self.flush_ns:
             self.cut()
 
     @property
@@ -321,13 +341,13 @@ class SegmentWriter:
                 elif op == "rotate":
                     if self._current is not None and self._current.frames:
                         self._seal("rotated")
-                        self._current = self._open_segment(time.time_ns())
+                        self._current = self._open_segment(clock.time_ns())
                 elif op == "close":
                     if self._current is not None:
                         self._seal(arg)
                         self._current = None
                     return
-                now_ns = time.time_ns()
+                now_ns = clock.time_ns()
                 if self._due_for_time_rotation(now_ns):
                     self._seal("rotated")
                     self._current = self._open_segment(now_ns)
@@ -357,6 +377,9 @@ class SegmentWriter:
     def _write_batch(self, batch: RecordBatch, cctx: Any) -> None:
         cur = self._current
         assert cur is not None
+        if not cur.day[0] <= batch.first_ts < cur.day[1]:
+            # A batch of another day (the caller cut it at the day's end): a file in that day's folder.
+            cur = self._current = self._replace(cur, batch.first_ts)
         info, data = encode_frame(batch, len(cur.frames), cur.offset, cctx)
         self._write_all(cur, data)
         cur.frames.append(info)
@@ -377,7 +400,7 @@ class SegmentWriter:
             self._on_backlog(False)
         if cur.offset >= self.rotate_bytes:
             self._seal("rotated")
-            self._current = self._open_segment(time.time_ns())
+            self._current = self._open_segment(clock.time_ns())
 
     def _write_all(self, cur: _OpenSegment, data: bytes) -> None:
         view = memoryview(data)
@@ -397,14 +420,26 @@ class SegmentWriter:
         self.bytes_written += len(data)
         self._total_written += len(data)
 
+    def _replace(self, cur: _OpenSegment, start_ns: int) -> _OpenSegment:
+        """Seal the current file (or drop it, if no frame made it into it yet) and open one starting at start_ns."""
+        if cur.frames:
+            self._seal("rotated")
+        else:
+            os.close(cur.fd)
+            os.unlink(cur.path)
+            self._file_seq -= 1
+        return self._open_segment(start_ns)
+
     def _open_segment(self, start_ns: int) -> _OpenSegment:
         self._file_seq += 1
         meta = {**self._meta, "start_ns": start_ns, "file_seq": self._file_seq}
         header = encode_header(meta)
         stamp = start_ns
         directory = self.directory
-        if self._subdir is not None:
-            directory = self.directory / self._subdir(start_ns)
+        day = _ALL_TIME
+        if self._days is not None:
+            day = self._days.day_bounds(start_ns)
+            directory = self.directory / self._days.directory(start_ns)
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
                 fsync_directory(self.directory)  # the new day directory must survive a power cut too
@@ -422,7 +457,7 @@ class SegmentWriter:
                 continue
             break
         os.fchmod(fd, FILE_MODE)  # the umask must not widen or narrow what operators rely on
-        cur = _OpenSegment(path, fd, start_ns, header)
+        cur = _OpenSegment(path, fd, start_ns, header, day)
         self._write_all(cur, header)
         return cur
 
