@@ -167,7 +167,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     \b
     Examples:
       ime-replay ime-data/ --speed 10x --format raw | my-backtest
-      ime-replay 'ime-data/*.zst' --contract 1001 --from 2026-11-23T09:00:00Z --speed max
+      ime-replay 'ime-data/*/*.zst' --contract 1001 --from 09:00 --tz Asia/Tehran --speed max
       ime-replay ime-data/ --serve 127.0.0.1:8765 --speed 1x
       ime-replay --from-nats nats://10.0.0.5:4222 --contract 1001 --since 1h --format raw | my-bot
     """
@@ -204,10 +204,13 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
         report = serve_replay(segments, selection, pacer, serve, start_mode, token, send_timeout or None)
     else:
         report = replay_to_stdout(segments, selection, pacer, fmt)
-    if not quiet:
+    if not quiet or report.signal is not None:
         for line in report.lines():
             click.echo(f"{PROG}: {line}", err=True)
-    if report_damage(segments) or unreadable:
+    damaged = report_damage(segments)
+    if report.signal is not None:
+        sys.exit(128 + report.signal)  # as a shell reports a command a signal stopped: a script sees it
+    if damaged or unreadable:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -227,17 +230,20 @@ def check_serve_only_options(ctx: click.Context) -> None:
 
 def replay_to_stdout(segments: list[SegmentFile], selection: Selection, pacer: Pacer, fmt: str) -> ReplayReport:
     sink = StreamSink(sys.stdout.buffer, fmt)
-    stop = {"flag": False}
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop["flag"] = True
+        received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return play(selection.rows(segments, identify=fmt == "jsonl"), pacer, sink.emit, sink.flush,
-                    should_stop=lambda: stop["flag"])
+        report = play(selection.rows(segments, identify=fmt == "jsonl"), pacer, sink.emit, sink.flush,
+                      should_stop=lambda: bool(received))
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    report.signal = received[0] if received else None
+    return report
 
 
 def report_damage(segments: list[SegmentFile]) -> int:

@@ -6,6 +6,7 @@ so the bytes reach the pipe or socket on time, and lateness is measured at that 
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class ReplayReport:
     compressed_s: float = 0.0
     lateness: Histogram = field(default_factory=Histogram)
     stopped_early: bool = False
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it, if one did
     clients_cut: int = 0  # --serve: clients closed because they could not keep up within --send-timeout
     cut_reason: str = ""
 
@@ -56,7 +58,9 @@ class ReplayReport:
         if self.clients_cut:
             out.append(f"cut {self.clients_cut} client(s) that could not keep up ({self.cut_reason}); "
                        "the replay went on for the others")
-        if self.stopped_early:
+        if self.signal is not None:
+            out.append(f"interrupted by {signal.Signals(self.signal).name} before the end of the recording")
+        elif self.stopped_early:
             out.append("stopped before the end of the recording")
         return out
 

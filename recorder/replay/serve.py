@@ -150,8 +150,14 @@ async def _serve(segments: list[SegmentFile], selection: Selection, pacer: Pacer
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     loop = asyncio.get_running_loop()
     stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     kinds = ", ".join(f"/contract/{k.value}: {len(v)} contracts" for k, v in known.items() if v)
     click.echo(f"ime-replay: serving {server.base_url} ({kinds})", err=True)
     for kind, contracts in known.items():
@@ -166,7 +172,7 @@ async def _serve(segments: list[SegmentFile], selection: Selection, pacer: Pacer
         if stop.is_set():
             waiter.cancel()
             await server.close()
-            return ReplayReport(stopped_early=True)
+            return ReplayReport(stopped_early=True, signal=received[0] if received else None)
 
     def emit(batch: list[Row]) -> None:
         while not source.clear.wait(0.1) and not stop.is_set():
@@ -179,6 +185,7 @@ async def _serve(segments: list[SegmentFile], selection: Selection, pacer: Pacer
     # Let the loop write the last batches before saying goodbye.
     await asyncio.sleep(0.05)
     await server.close(1000, "end of replay", timeout=2.0)
+    report.signal = received[0] if received else None
     report.clients_cut = server.cut_slow
     if server.cut_slow:
         report.cut_reason = f"close {policy.close_code}, {policy.reason()}"
