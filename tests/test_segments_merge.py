@@ -280,6 +280,16 @@ def test_kept_receipts_resolve_in_the_readers(tmp_path):
     assert len(lines) == 550 and len(copies) == 250
     assert all(c["copy_of"]["lag_ns"] == 15_000 for c in copies)
     assert all(c.get("frame") for c in copies), "every receipt resolves to its original's payload"
+    # --from between message 200 and its later copy: that copy's original is not read. Raw output used to print
+    # it as an empty line (an empty frame to a consumer); it is left out and counted.
+    cut = str(T0 + 200 * MS + 30_000)
+    raw = segments_cli("cat", str(tmp_path / "m"), "--all-copies", "--format", "raw", "--from", cut)
+    assert raw.returncode == 0, raw.stderr
+    assert b"" not in raw.stdout.encode().split(b"\n")[:-1]
+    assert "1 later copies left out: their originals are not among the records read" in raw.stderr
+    jsonl = [orjson.loads(line) for line in segments_cli("cat", str(tmp_path / "m"), "--all-copies", "--no-events",
+                                                           "--from", cut).stdout.splitlines()]
+    assert [c for c in jsonl if "copy_of" in c and "frame" not in c] == [jsonl[0]]
 
 
 def test_coverage_matches_a_per_contract_brute_force_with_different_sharding():

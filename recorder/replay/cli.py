@@ -20,7 +20,7 @@ from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import ReplayReport, Row, play
 from recorder.segment.format import RecordKind, SegmentFormatError
-from recorder.segment.output import jsonl_line
+from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import SegmentFile, discover, open_segment
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
@@ -90,10 +90,11 @@ class StreamSink:
         parts = self._parts
         if self.raw:
             for rec, _ in batch:
-                if rec.kind != _EVENT:
-                    parts.append(rec.payload)
+                payload = raw_payload(rec)
+                if payload is not None:
+                    parts.append(payload)
                     parts.append(b"\n")
-                    self._size += len(rec.payload) + 1
+                    self._size += len(payload) + 1
         else:
             for rec, contract in batch:
                 line = jsonl_line(rec, contract)

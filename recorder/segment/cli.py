@@ -18,7 +18,7 @@ from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import Coverage, summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
-from recorder.segment.output import jsonl_line
+from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import (
     Record,
     SegmentFile,
@@ -78,15 +78,18 @@ def receipts_of(seg: SegmentFile) -> str:
     return str(value) if isinstance(value, int) else "-"
 
 
-def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> int:
-    """Raw: payloads of frames only, newline-terminated (events are not frames); jsonl: everything."""
-    count = 0
+def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> tuple[int, int]:
+    """Raw: payloads of frames only, newline-terminated (events are not frames); jsonl: everything.
+    Returns (records written, copies left out of raw output because their original was not read)."""
+    count = unknown = 0
     buf: list[bytes] = []
     for rec, contract in rows:
         if fmt == "raw":
-            if rec.kind == RecordKind.EVENT:
+            payload = raw_payload(rec)
+            if payload is None:
+                unknown += rec.kind == RecordKind.RECEIPT
                 continue
-            buf.append(rec.payload)
+            buf.append(payload)
             buf.append(b"\n")
         else:
             buf.append(jsonl_line(rec, contract))
@@ -96,7 +99,7 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
             buf.clear()
     stream.write(b"".join(buf))
     stream.flush()
-    return count
+    return count, unknown
 
 
 @cli.command("cat")
@@ -118,7 +121,10 @@ def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | Non
     """Records of one or many files, merged by receive time across shards; each message once."""
     segments, skipped = open_all(paths)
     selection = Selection.parse(segments, contracts, start, end, tz, events, all_copies)
-    count = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    count, unknown = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    if unknown:
+        click.echo(f"{PROG}: note: {unknown} later copies left out: their originals are not among the records "
+                   "read (another file, or before --from); --format jsonl shows them with copy_of", err=True)
     damaged = report_damage(d for s in segments for d in s.damage)
     if count == 0 and selection.filtered:
         raise RuntimeFailure(selection.nothing_selected(segments, tz))

@@ -15,6 +15,15 @@ _EVENT = int(RecordKind.EVENT)
 _RECEIPT = int(RecordKind.RECEIPT)
 
 
+def raw_payload(rec: Record) -> bytes | None:
+    """What `--format raw` writes for a record (its payload, a newline follows), or None when it has nothing to
+    write: a connection event (not a frame), or a later copy whose original is not among the records read (its
+    bytes are unknown; an empty line would read as an empty frame)."""
+    if rec.kind == _EVENT or not getattr(rec, "found", True):
+        return None
+    return rec.payload
+
+
 def jsonl_line(rec: Record, contract: str | None) -> bytes:
     """One JSON object: receive time (ns and ISO), shard, connection, kind, contract and the frame itself.
 

@@ -28,6 +28,7 @@ class CopyRecord(NamedTuple):
     payload: bytes  # the original's payload; b"" when the original is not in what was read
     orig_conn: int
     lag_ns: int
+    found: bool = True  # False: the original is not among the records read (another file, or before --from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +117,9 @@ def resolve_copy(rec: Record, resolver: ReceiptResolver) -> CopyRecord:
     try:
         orig_conn, lag = decode_receipt(rec.payload)
     except SegmentFormatError:
-        return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, b"", -1, 0)
-    payload = resolver.resolve(rec.ts_ns - lag, rec.shard, orig_conn) or b""
-    return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, payload, orig_conn, lag)
+        return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, b"", -1, 0, False)
+    payload = resolver.resolve(rec.ts_ns - lag, rec.shard, orig_conn)
+    return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, payload or b"", orig_conn, lag, payload is not None)
 
 
 def recording_range(segments: list[SegmentFile]) -> tuple[int, int] | None:
