@@ -460,3 +460,30 @@ def test_no_file_and_no_frame_holds_records_of_two_tehran_days(tmp_path):
             assert s.path.name.startswith("ime-s00-2026112")
     assert sorted(by_day) == ["2026-11-24", "2026-11-25"]
     assert sum(len(v) for v in by_day.values()) == len(stamps) + 8
+
+
+def test_the_live_table_leaves_no_stale_line_on_a_narrow_terminal():
+    """A table line wider than the terminal wrapped onto two rows; redrawing moved the cursor up one row per line,
+    so the old table's first lines stayed on screen (issue 21). Checked on a VT100 emulator's screen (pyte), fed
+    exactly the bytes the console wrote, with the tty's newline translation."""
+    import io
+
+    import pyte
+
+    from recorder.record.status import Console
+
+    out = io.StringIO()
+    console = Console(out, live=True)  # not a terminal: 80 columns assumed
+    rows = [ShardView(k, 12, state="running", connections=2, connections_open=2, messages=10**9) for k in range(3)]
+    long_line = ("live hub running; relay 3 clients, 123456 sent, 0 slow cut; NATS up, 999999 stored, backlog 0, "
+                 "12 dropped")
+    for k in range(5):
+        console.draw([*table(rows, time.time_ns(), 12.0 + k), long_line])
+        console.log(f"a log line {k}")
+    console.draw([*table(rows, time.time_ns(), 99.0), long_line])
+    screen = pyte.Screen(80, 40)
+    pyte.Stream(screen).feed(out.getvalue().replace("\n", "\r\n"))
+    shown = [line.rstrip() for line in screen.display if line.strip()]
+    assert [line for line in shown if line.startswith("a log line")] == [f"a log line {k}" for k in range(5)]
+    assert sum(line.startswith("ime-record: 3 shards") for line in shown) == 1, "\n".join(shown)
+    assert shown[-1].startswith("live hub running") and shown[-1].endswith("…")

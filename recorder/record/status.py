@@ -5,6 +5,7 @@ Everything here is pure formatting of `ShardView`s, except `Console`, which owns
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -213,12 +214,26 @@ def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
 
 
 class Console:
-    """Log lines scroll above a live table on a terminal; elsewhere only log lines are written."""
+    """Log lines scroll above a live table on a terminal; elsewhere only log lines are written.
 
-    def __init__(self, stream: TextIO | None = None, live: bool | None = None) -> None:
+    The table is redrawn by moving the cursor up over it, so each of its lines must take exactly one row: a line
+    wider than the terminal wrapped onto two, the cursor went up too few rows, and old lines stayed on screen.
+    Lines are cut to the terminal's width (asked again at every draw: it may have been resized).
+    """
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, width: int | None = None) -> None:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
+        self._width = width
         self._drawn = 0
+
+    def width(self) -> int:
+        if self._width is not None:
+            return self._width
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def _erase(self) -> None:
         if self._drawn:
@@ -234,6 +249,9 @@ class Console:
         if not self.live:
             return
         self._erase()
+        # One column spare: a line that fills the last column leaves some terminals' cursor on the next row.
+        room = max(self.width() - 1, 2)
+        lines = [line if len(line) <= room else line[:room - 1] + "…" for line in lines]
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self._drawn = len(lines)
