@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from recorder.events import decode_event
+from recorder.humanize import human_bytes
 from recorder.segment.format import RecordKind
 from recorder.segment.layout import segment_files
 from recorder.segment.reader import discover, open_segment
@@ -206,12 +207,21 @@ def test_retention_removes_exactly_the_oldest_sealed_files(recorder, tmp_path):
     base = 1_767_000_000 * 10**9
     old = [_old_segment(day, 0, base + i * 10**9, 40 - i) for i in range(3)]  # 40, 39, 38 days old
     young = [_old_segment(out, 1, base + (10 + i) * 10**9, 3 - i) for i in range(3)]  # 3, 2, 1 days old
+    old_bytes = sum(p.stat().st_size for p in old)
     rec = recorder("--demo", "--out", str(out), "--retain-days", "7", "--duration", "4")
     assert rec.wait(60) == 0, rec.stderr
     assert [p.exists() for p in old] == [False] * 3 and all(p.exists() for p in young)
     assert not day.exists()  # an emptied day directory goes too
     assert rec.stderr.count("retention: removed") == 3 and "older than 7 days" in rec.stderr
     all_sealed(out)
+    # The summary counted the removed files as "on disk" (issue 21): it now says what retention removed and
+    # what the directory holds, which is what is there.
+    files = [p for p in out.rglob("*.zst")]
+    summary = re.search(r"retention removed 3 files \(([^)]+)\) of this and earlier runs; the recording directory "
+                        r"holds (\d+) segment files \(([^)]+)\)", rec.stderr)
+    assert summary is not None, rec.stderr
+    assert int(summary[2]) == len(files) and summary[3] == human_bytes(sum(p.stat().st_size for p in files))
+    assert summary[1] == human_bytes(old_bytes)
 
     # By size: keep at most ~150 KiB of the five 64 KiB+ files → the oldest of the young go first, by name time.
     more = [_old_segment(out, 2, base + (20 + i) * 10**9, 0.5) for i in range(2)]

@@ -100,8 +100,8 @@ def test_a_restart_and_the_bytes_on_disk_show_in_metrics_status_and_summary(sim_
         rec.kill_tree()
 
     summary = {int(m[1]): m for m in re.finditer(
-        r"^  shard (\d+): .* records in \d+ sealed files \(([^)]+)\), \d+ reconnects, (\d+) restarts", rec.stderr,
-        re.MULTILINE)}
+        r"^  shard (\d+): .* records in \d+ sealed files \(([^)]+) written\), \d+ reconnects, (\d+) restarts",
+        rec.stderr, re.MULTILINE)}
     assert (summary[killed][3], summary[other][3]) == ("1", "0"), rec.stderr
     final = disk_by_shard(out)
     # The shard that was never killed reported every byte it wrote, seals included: exactly the files' sizes.

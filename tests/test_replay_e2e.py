@@ -381,7 +381,7 @@ def test_a_signal_stops_the_replay_with_its_exit_code_and_a_line(tmp_path, sig):
     assert proc.stdout is not None
     proc.stdout.readline()  # it is replaying
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + sig, err
     name = "SIGINT" if sig == 2 else "SIGTERM"
     assert f"interrupted by {name} before the end of the recording" in err.decode()

@@ -192,14 +192,24 @@ def summary_line(views: list[ShardView], now_ns: int, now: float | None = None) 
     )
 
 
-def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class DiskFigures:
+    """What the recording directory holds when the run ends, and what retention took from it meanwhile."""
+
+    files: int
+    bytes: int
+    removed_files: int = 0
+    removed_bytes: int = 0
+
+
+def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | None = None) -> list[str]:
     lines = [f"recorded for {human_duration(elapsed_s)}:"]
     for v in views:
         lines.append(
             f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)} received"
             + (" over all copies" if v.total_copies else "") + ") from "
             f"{v.contracts - len(v.rejected)} contracts, {v.total_records} records in {v.total_files} sealed files "
-            f"({human_bytes(v.total_disk)}), "
+            f"({human_bytes(v.total_disk)} written), "
             f"{v.total_reconnects} reconnects, {v.restarts} restarts, state {v.state}"
             + (f", {v.total_copies} redundant copies as receipts" if v.total_copies else "")
             + (f", connected {100 * f:.2f}% of the time" if (f := v.connected_fraction()) is not None
@@ -208,8 +218,16 @@ def exit_summary(views: list[ShardView], elapsed_s: float) -> list[str]:
         )
     total = sum(v.total_messages for v in views)
     rate = total / elapsed_s if elapsed_s > 0 else 0.0
-    lines.append(f"  total: {total} messages, {rate:.0f} msgs/s on average, "
-                 f"{human_bytes(sum(v.total_disk for v in views))} on disk")
+    # Written is this run's; retention may have removed some of it (or older runs' files) since: what the
+    # directory holds now is counted apart, never written minus removed.
+    line = (f"  total: {total} messages, {rate:.0f} msgs/s on average, "
+            f"{human_bytes(sum(v.total_disk for v in views))} written")
+    if disk is not None:
+        if disk.removed_files:
+            line += (f"; retention removed {disk.removed_files} files ({human_bytes(disk.removed_bytes)}) of this "
+                     "and earlier runs")
+        line += f"; the recording directory holds {disk.files} segment files ({human_bytes(disk.bytes)})"
+    lines.append(line)
     return lines
 
 

@@ -29,7 +29,8 @@ from recorder.record.config import (
 from recorder.record.live import LiveSettings  # LIVE-WIRING
 from recorder.record.metrics import Figure, MetricsServer
 from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
-from recorder.record.status import Console, ShardView, exit_summary, summary_line, table
+from recorder.record.retention import scan
+from recorder.record.status import Console, DiskFigures, ShardView, exit_summary, summary_line, table
 from recorder.record.worker import worker_main
 from recorder.segment.recover import recover_directory
 
@@ -158,13 +159,24 @@ class Supervisor:
             await metrics.close()
         self.console.close()
         elapsed = time.monotonic() - self.started
-        for line in exit_summary([s.view for s in self.shards], elapsed):
+        for line in exit_summary([s.view for s in self.shards], elapsed, self._disk_figures()):
             self.console.log(line)
         if self.hub is not None:  # LIVE-WIRING
             self.console.log(f"  {self.hub.view.line()}")
         if self.fatal_message:
             self.console.log(f"ime-record: error: {self.fatal_message}")
         return self.exit_code
+
+    def _disk_figures(self) -> DiskFigures | None:
+        storage = self.settings.storage
+        try:
+            files = scan(storage.out_dir, storage.prefix)
+        except OSError:
+            return None  # the directory went away: the summary says what was written, the errors said the rest
+        ops = self.ops
+        return DiskFigures(len(files), sum(f.size for f in files),
+                           ops.retention_removed_total if ops is not None else 0,
+                           ops.retention_removed_bytes_total if ops is not None else 0)
 
     def stop(self, reason: str = "stopping", exit_code: int | None = None) -> None:
         if exit_code is not None and self.exit_code == EXIT_OK:
