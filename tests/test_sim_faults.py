@@ -174,11 +174,14 @@ def test_binary_frame():
 def test_oversized_frame():
     big = 300_000
     session, conn = faulty_session(FaultConfig(oversized_every=0.15, oversized_bytes=big),
-                                   lambda s: any(len(p) == big for p in s.texts()))
-    (payload,) = [p for p in session.texts() if len(p) > 10_000]
-    env = parse_envelope(payload)
-    assert env.identifier in ("1001", "1002", "1003") and set(env.extra["padding"]) == {"x"}
-    assert conn["faults"]["oversized"] >= 1
+                                   lambda s: any(len(p) == big for p in s.texts()), timeout=20.0)
+    # On a busy machine a second one (0.15 s later) may arrive before the session hangs up: every one counts.
+    oversized = [p for p in session.texts() if len(p) > 10_000]
+    assert oversized and all(len(p) == big for p in oversized)
+    for payload in oversized:
+        env = parse_envelope(payload)
+        assert env.identifier in ("1001", "1002", "1003") and set(env.extra["padding"]) == {"x"}
+    assert conn["faults"]["oversized"] >= len(oversized)
 
 
 def test_fragmented_message_reassembles():
