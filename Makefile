@@ -32,7 +32,7 @@ nats-server:
 		echo "nats-server not installed (not root or no apt-get): the NATS tests will be skipped"; }
 
 test: $(BIN)/ime-record $(VENV)/node/node_modules/ws nats-server
-	NODE_PATH=$(CURDIR)/$(VENV)/node/node_modules $(BIN)/pytest -n 2
+	NODE_PATH=$(CURDIR)/$(VENV)/node/node_modules $(BIN)/pytest -n 2 --dist loadgroup
 
 lint: $(BIN)/ime-record
 	$(BIN)/ruff check recorder tests benchmarks tools
