@@ -4,6 +4,8 @@ checked against the simulator's `--published-log` (every message the market publ
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from record_util import RecorderProcess, compare_with_sent_log
 
 from recorder.feed.message import identifier_of
 from recorder.segment.coverage import Coverage, GroupCoverage
-from recorder.segment.format import RecordKind
+from recorder.segment.format import RecordKind, decode_receipt
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.segment.selection import Selection
 
@@ -199,3 +201,78 @@ def test_sigkill_of_a_worker_with_two_copies_restarts_it_and_the_other_shard_is_
     # The shard that was not killed kept both copies up: every message on each of them, receipts resolved.
     checked = compare_with_sent_log(survivor, sent_dir, partial=True)
     assert checked["connections"] == 2 and checked["messages"] > 1000
+
+
+WINDOW_S = 1.0
+REPEAT_RUN_S = 12.0
+SLACK_NS = 500_000_000  # a publication this close to a group's connect or disconnect may or may not be received
+
+
+def _arrivals(directory: Path) -> dict[bytes, list[tuple[int, int]]]:
+    """Each payload's arrivals on any copy: (receive ns, ns of the original it repeats, or 0 for an original)."""
+    out: dict[bytes, list[tuple[int, int]]] = {}
+    originals: dict[tuple[int, int, int], bytes] = {}
+    for rec in merge_records(read(directory)):
+        if rec.kind == RecordKind.TEXT:
+            originals[(rec.shard, rec.conn, rec.ts_ns)] = rec.payload
+            out.setdefault(rec.payload, []).append((rec.ts_ns, 0))
+        elif rec.kind == RecordKind.RECEIPT:
+            conn, lag = decode_receipt(rec.payload)
+            payload = originals[(rec.shard, conn, rec.ts_ns - lag)]
+            out[payload].append((rec.ts_ns, rec.ts_ns - lag))
+    return out
+
+
+def test_a_feed_that_repeats_itself_a_window_later_is_recorded_once_per_publication(sim_process, tmp_path):
+    """The market publishes again, every ~20 ms, the bytes it published one dedupe window earlier: two copies see
+    each repeat microseconds apart, so now and then one copy's repeat arrives just inside the window of the first
+    publication and the other's just outside. The recording (`ime-segments cat --format raw`: each message once)
+    must be the published log, as a multiset, wherever a copy was connected: no message twice, none missing."""
+    published_dir, out = tmp_path / "published", tmp_path / "out"
+    sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "21", "--repeat-every", "0.02",
+                      "--repeat-after", str(WINDOW_S), "--published-log", str(published_dir))
+    info = sim.info
+    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--redundancy", "2", "--dedupe-window",
+                          str(WINDOW_S), "--base-url", info["base_url"], "--token-url", info["token_url"],
+                          "--duration", str(REPEAT_RUN_S), "--out", str(out), "-q",
+                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
+    try:
+        assert rec.wait(REPEAT_RUN_S + 60) == 0, rec.stderr
+    finally:
+        rec.kill_tree()
+    assert sim.stop(signal.SIGTERM) == 0, sim.stderr
+
+    raw = subprocess.run([sys.executable, "-m", "recorder.segment", "cat", str(out), "--format", "raw"],
+                         capture_output=True, check=True, timeout=60).stdout
+    recorded = Counter(raw.split(b"\n")[:-1])
+    publications: dict[bytes, list[int]] = {}
+    for r in merge_records(read(published_dir)):
+        publications.setdefault(r.payload, []).append(r.ts_ns)
+
+    groups = coverage(out)
+
+    def covered(contract: str | None, ts: int) -> bool:
+        return any(contract in g.contracts and g.start_ns + SLACK_NS <= ts <= g.end_ns - SLACK_NS
+                   and not any(a - SLACK_NS <= ts <= b + SLACK_NS for a, b in g.gaps) for g in groups)
+
+    twice = {p: n for p, n in recorded.items() if n > len(publications.get(p, ()))}
+    assert not twice, f"{len(twice)} messages recorded more often than published, e.g. {next(iter(twice))[:120]!r}"
+    missing = {p: len(ts) - recorded[p] for p, ts in publications.items()
+               if recorded[p] < len(ts) and all(covered(identifier_of(p), t) for t in ts)}
+    assert not missing, f"{len(missing)} messages published while covered are missing"
+    repeats = sum(1 for p, ts in publications.items()
+                  if len(ts) > 1 and all(covered(identifier_of(p), t) for t in ts))
+    assert repeats > REPEAT_RUN_S / 0.02 / 3, repeats  # most of the ~one a 20 ms were published while covered
+
+    # The edge itself: a repeat whose one copy arrived within the window of the first publication's arrival, the
+    # other past it — what was stored twice before each original had a window of its own. Each such copy is a
+    # receipt of the second original here.
+    window_ns = int(WINDOW_S * 1e9)
+    edges = 0
+    for arrivals in _arrivals(out).values():
+        firsts = sorted(ts for ts, original in arrivals if not original)
+        for later in firsts[1:]:
+            first = max(ts for ts in firsts if ts < later)
+            edges += any(original == later and later - first <= window_ns < ts - first for ts, original in arrivals)
+    print(f"{sum(recorded.values())} messages recorded, {repeats} repeats a window apart, {edges} at the edge")
+    assert edges > 0, "no repeat straddled the window's edge: the test proved nothing"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -11,6 +12,7 @@ import pytest
 from segment_util import ime_payload, write_records
 
 from recorder.events import Event, decode_event, encode_event
+from recorder.segment.dedupe import IMPLEMENTATION_ENV
 from recorder.segment.format import RecordKind, decode_receipt, encode_receipt
 from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
 from recorder.segment.naming import segment_name
@@ -362,3 +364,28 @@ def test_a_wider_dedupe_window_matches_copies_from_a_host_whose_clock_is_off(tmp
                         "--dedupe-window", "10")
     assert wide.returncode == 0 and wide.stdout.startswith("wrote 500 messages")
     assert [p for *_, kind, p in records(tmp_path / "m2") if kind == TEXT] == [p for _, p in msgs]
+
+
+@pytest.mark.parametrize("implementation", ["C", "python"])
+def test_repeats_a_window_apart_are_merged_once_per_publication(tmp_path, implementation):
+    """The feed published some messages again 10 µs short of one dedupe window (2 s) later. Input a (20 µs behind
+    the market) holds each repeat just inside the window of its first copy, input b (35 µs behind) just outside:
+    b's repeat is a copy of a's repeat, not a message of its own (the first original's window has nothing to
+    do with it)."""
+    msgs = feed(3000)
+    window = 2 * S
+    published = sorted([*msgs, *((ts + window - 10_000, p) for ts, p in msgs[:900:9])])
+    write_records(tmp_path / "a", recording(published, range(0), lag_ns=20_000),
+                  meta={"endpoint": "id", "contracts": CONTRACTS})
+    write_records(tmp_path / "b", recording(published, range(0), lag_ns=35_000),
+                  meta={"endpoint": "id", "contracts": CONTRACTS})
+    env = {**os.environ, IMPLEMENTATION_ENV: implementation.lower()}
+    merged = subprocess.run([str(IME_SEGMENTS), "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                             str(tmp_path / "m")], capture_output=True, text=True, timeout=60, env=env)
+    assert merged.returncode == 0, merged.stderr
+    lines = merged.stdout.splitlines()
+    assert lines[0].startswith(f"wrote {len(published)} messages"), merged.stdout
+    assert lines[1].endswith(", 0 only here") and lines[2].endswith(", 0 only here"), merged.stdout  # all shared
+    raw = subprocess.run([str(IME_SEGMENTS), "cat", str(tmp_path / "m"), "--format", "raw"], capture_output=True,
+                         timeout=60, check=True).stdout
+    assert Counter(raw.split(b"\n")[:-1]) == Counter(p for _, p in published)

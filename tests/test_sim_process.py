@@ -146,7 +146,7 @@ def test_help_lists_the_fault_options():
     assert proc.returncode == 0
     for option in ("--drop-every", "--close-code", "--stall-for", "--malformed-every", "--binary-every",
                    "--oversized-bytes", "--fragment-every", "--ping-every", "--revoke-after", "--ready-file",
-                   "--reject", "--token-ttl", "--burst"):
+                   "--reject", "--token-ttl", "--burst", "--repeat-every", "--repeat-after"):
         assert option in proc.stdout
 
 

@@ -1,15 +1,18 @@
 /* recorder.segment._dedupe: the Deduper's C implementation (dedupe.py holds the pure-Python one, the reference).
 
 Same decisions, same state, arrival by arrival (tests/test_dedupe_native.py compares them on random interleavings):
-first arrival wins, multiset semantics per source, a window bounded in time and in entries, oldest first.
+first arrival wins, multiset semantics per source, a window per original bounded in time and in count, oldest
+first; an original leaves alone and the pairing shifts (dedupe.py's module docstring has the rule).
 
-State. The live entries (one per distinct key: its first original) sit in insertion order in a ring of slots,
-addressed by absolute position (`head` .. `tail`); a slot holds the original's receive time and ref, the 16-byte
-key, and either the common case inline — the first source and a bitmask of the sources 0-7 that already
-delivered their copy — or, for a key that one source delivered twice or a source beyond 7, a `General` entry:
-every original of those bytes and how many arrivals each source has had (dedupe.py's `_Entry`). An open-addressing
-table (linear probing, backward-shift deletion) maps a key's hash to its slot's position. Keys are xxh3-128
-digests, already uniform: the table mixes their two halves with one multiply.
+State. The live originals sit in arrival order in a ring of slots, addressed by absolute position (`head` ..
+`tail`); a slot holds the original's receive time and ref and the 16-byte key. The slot of a key's first live
+original is its entry's *owner*: it holds either the common case inline — the first source and a bitmask of the
+sources 0-7 that already delivered their copy — or, for a key that one source delivered twice or a source beyond
+7, a `General` entry: the positions of the key's live originals (each has a slot of its own, so it leaves the
+window at its own time) and how many of them each source has delivered (dedupe.py's `_Entry`). When the owner
+leaves, the General passes to the next original's slot. An open-addressing table (linear probing, backward-shift
+deletion) maps a key's hash to its owner's position. Keys are xxh3-128 digests, already uniform: the table mixes
+their two halves with one multiply.
 
 Refs are Python ints, held by reference (a recorder's ref packs a connection, a batch serial and an index and
 does not fit 64 bits); times are int64 (the segment format's). Nothing here calls back into Python, and the type
@@ -24,13 +27,12 @@ holds only ints, so it needs no garbage-collector support: the collector never w
 #define EMPTY UINT64_MAX
 #define KEY_BYTES 16
 
-typedef struct { int64_t ts; PyObject *ref; } Original;
 typedef struct { int64_t source; int64_t n; } SourceCount;
 
 typedef struct {
-    Original *originals;
-    Py_ssize_t n_originals, cap_originals;
-    SourceCount *sources;
+    uint64_t *originals;  /* ring positions of the key's originals; the live ones are [start, n_originals) */
+    Py_ssize_t start, n_originals, cap_originals;
+    SourceCount *sources; /* arrivals paired with the live originals, per source (none at 0) */
     Py_ssize_t n_sources, cap_sources;
 } General;
 
@@ -38,9 +40,10 @@ typedef struct {
     int64_t ts;
     PyObject *ref;      /* owned */
     uint64_t k0, k1;
-    General *general;   /* NULL: the inline case (first, mask) */
+    General *general;   /* owner only; NULL: the inline case (first, mask) */
     uint8_t first;
     uint8_t mask;
+    uint8_t owner;      /* the key's first live original: the table points here */
 } Slot;
 
 typedef struct { uint64_t hash; uint64_t pos; } Bucket;
@@ -80,9 +83,15 @@ static inline uint64_t table_find(Deduper *d, uint64_t hash, uint64_t k0, uint64
     }
 }
 
-static void table_remove(Deduper *d, uint64_t hash, uint64_t pos) {
+/* The bucket pointing at `pos` (which must be an owner's). */
+static inline uint64_t table_bucket(Deduper *d, uint64_t hash, uint64_t pos) {
     uint64_t mask = d->table_cap - 1, i = hash >> d->table_shift;
     while (d->table[i].pos != pos) i = (i + 1) & mask;
+    return i;
+}
+
+static void table_remove(Deduper *d, uint64_t hash, uint64_t pos) {
+    uint64_t mask = d->table_cap - 1, i = table_bucket(d, hash, pos);
     /* Backward shift: pull later buckets of the same probe run into the hole, so lookups need no tombstones. */
     uint64_t j = i;
     for (;;) {
@@ -109,6 +118,7 @@ static int table_resize(Deduper *d, uint64_t cap) {
     d->table_shift = shift;
     for (uint64_t pos = d->head; pos < d->tail; pos++) {
         Slot *s = slot_at(d, pos);
+        if (!s->owner) continue;
         uint64_t hash = key_hash(s->k0, s->k1), i = hash >> shift;
         while (table[i].pos != EMPTY) i = (i + 1) & (cap - 1);
         table[i].hash = hash;
@@ -131,23 +141,40 @@ static int ring_grow(Deduper *d) {
 /* --- entries ---------------------------------------------------------------------------------------------- */
 
 static void general_free(General *g) {
-    for (Py_ssize_t i = 0; i < g->n_originals; i++) Py_DECREF(g->originals[i].ref);
     PyMem_Free(g->originals);
     PyMem_Free(g->sources);
     PyMem_Free(g);
 }
 
-static int general_add_original(General *g, int64_t ts, PyObject *ref) {
+static inline Py_ssize_t general_live(General *g) { return g->n_originals - g->start; }
+
+static int general_add_original(General *g, uint64_t pos) {
     if (g->n_originals == g->cap_originals) {
-        Py_ssize_t cap = g->cap_originals ? 2 * g->cap_originals : 2;
-        Original *o = PyMem_Realloc(g->originals, (size_t)cap * sizeof(Original));
-        if (!o) { PyErr_NoMemory(); return -1; }
-        g->originals = o;
-        g->cap_originals = cap;
+        if (g->start && 2 * g->start >= g->cap_originals) {  /* half of it departed: reuse their room */
+            memmove(g->originals, g->originals + g->start, (size_t)general_live(g) * sizeof(uint64_t));
+            g->n_originals -= g->start;
+            g->start = 0;
+        } else {
+            Py_ssize_t cap = g->cap_originals ? 2 * g->cap_originals : 2;
+            uint64_t *o = PyMem_Realloc(g->originals, (size_t)cap * sizeof(uint64_t));
+            if (!o) { PyErr_NoMemory(); return -1; }
+            g->originals = o;
+            g->cap_originals = cap;
+        }
     }
-    Py_INCREF(ref);
-    g->originals[g->n_originals++] = (Original){ts, ref};
+    g->originals[g->n_originals++] = pos;
     return 0;
+}
+
+/* The oldest live original left the window (dedupe.py _Entry.depart): the others move up one place and each
+   source's count goes down by one, to no less than zero. 0: it was the last one (the entry goes). */
+static int general_depart(General *g) {
+    if (++g->start == g->n_originals) return 0;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < g->n_sources; i++)
+        if (g->sources[i].n > 1) g->sources[kept++] = (SourceCount){g->sources[i].source, g->sources[i].n - 1};
+    g->n_sources = kept;
+    return 1;
 }
 
 /* The count of arrivals from `source` so far, as a pointer to update (added at 0 when new); NULL on no memory. */
@@ -165,12 +192,12 @@ static int64_t *general_count(General *g, int64_t source) {
     return &g->sources[g->n_sources++].n;
 }
 
-/* dedupe.py's _Entry(ts, ref, first_source, matched): one original, one arrival from `first` and from each
-   source in `matched`. */
-static General *general_new(int64_t ts, PyObject *ref, int64_t first, unsigned matched) {
+/* dedupe.py's _Entry(ts, ref, first_source, matched): one original (the slot at `pos`), one arrival from `first`
+   and from each source in `matched`. */
+static General *general_new(uint64_t pos, int64_t first, unsigned matched) {
     General *g = PyMem_Calloc(1, sizeof(General));
     if (!g) { PyErr_NoMemory(); return NULL; }
-    if (general_add_original(g, ts, ref) < 0) goto fail;
+    if (general_add_original(g, pos) < 0) goto fail;
     int64_t *n = general_count(g, first);
     if (!n) goto fail;
     *n = 1;
@@ -191,13 +218,25 @@ static void slot_release(Slot *s) {
     if (s->general) { general_free(s->general); s->general = NULL; }
 }
 
-/* Drop the oldest entries while the oldest is older than the window or the window is full (dedupe.py _expire). */
+/* Drop the oldest originals while the oldest is older than the window or the window is full (dedupe.py _expire).
+   The oldest slot is always its key's owner (the key's earlier originals left before it). */
 static inline void expire(Deduper *d, int64_t ts) {
     __int128 horizon = (__int128)ts - d->window_ns;
     while (d->head < d->tail) {
         Slot *s = slot_at(d, d->head);
         if (!((__int128)s->ts < horizon || d->tail - d->head >= (uint64_t)d->max_entries)) break;
-        table_remove(d, key_hash(s->k0, s->k1), d->head);
+        uint64_t hash = key_hash(s->k0, s->k1);
+        General *g = s->general;
+        if (g && general_depart(g)) {  /* the key's later originals stay: the next one owns the entry now */
+            uint64_t next = g->originals[g->start];
+            Slot *heir = slot_at(d, next);
+            heir->general = g;
+            heir->owner = 1;
+            d->table[table_bucket(d, hash, d->head)].pos = next;
+            s->general = NULL;
+        } else {
+            table_remove(d, hash, d->head);
+        }
         slot_release(s);
         d->head++;
     }
@@ -222,7 +261,7 @@ static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t
             table_find(d, hash, k0, k1, &free_at);
         }
         General *g = NULL;
-        if (!fast && !(g = general_new(ts, ref, source, 0))) return -1;
+        if (!fast && !(g = general_new(d->tail, source, 0))) return -1;
         Slot *s = slot_at(d, d->tail);
         s->ts = ts;
         Py_INCREF(ref);
@@ -232,6 +271,7 @@ static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t
         s->general = g;
         s->first = fast ? (uint8_t)source : 0;
         s->mask = 0;
+        s->owner = 1;
         d->table[free_at] = (Bucket){hash, d->tail};
         d->tail++;
         d->originals++;
@@ -247,20 +287,34 @@ static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t
             return 1;
         }
         /* The same source again (a real repeat of these bytes), or a source beyond 7: count per source. */
-        if (!(s->general = general_new(s->ts, s->ref, s->first, s->mask))) return -1;
+        if (!(s->general = general_new(pos, s->first, s->mask))) return -1;
     }
-    General *g = s->general;
+    General *g = s->general;  /* s is not used below: a new slot may move the ring */
     int64_t *n = general_count(g, source);
     if (!n) return -1;
     *n += 1;
-    if (*n > g->n_originals) {
-        if (general_add_original(g, ts, ref) < 0) { *n -= 1; return -1; }
+    if (*n > general_live(g)) {
+        /* A further original of these bytes: a slot of its own, so that it leaves the window at its own time. */
+        if ((d->tail - d->head == d->ring_cap && ring_grow(d) < 0) || general_add_original(g, d->tail) < 0) {
+            *n -= 1;
+            return -1;
+        }
+        Slot *t = slot_at(d, d->tail);
+        t->ts = ts;
+        Py_INCREF(ref);
+        t->ref = ref;
+        t->k0 = k0;
+        t->k1 = k1;
+        t->general = NULL;
+        t->first = t->mask = t->owner = 0;
+        d->tail++;
         d->originals++;
         return 0;
     }
     d->copies++;
-    *orig_ts = g->originals[*n - 1].ts;
-    *orig_ref = g->originals[*n - 1].ref;
+    Slot *o = slot_at(d, g->originals[g->start + *n - 1]);
+    *orig_ts = o->ts;
+    *orig_ref = o->ref;
     return 1;
 }
 
@@ -418,8 +472,9 @@ done:
     return result;
 }
 
-/* The state as plain values, for tests: (absolute position of the oldest entry, [(ts, ref, key)] oldest first,
-   {key: ([(ts, ref)] originals, {source: arrivals})}). dedupe.py's `_state` gives the same for its own. */
+/* The state as plain values, for tests: (absolute position of the oldest original, [(ts, ref, key)] of every live
+   original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals paired with them, when not 0})}).
+   dedupe.py's `_state` gives the same for its own. */
 static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
     if (ready(d) < 0) return NULL;
     PyObject *order = PyList_New(0), *entries = PyDict_New(), *result = NULL;
@@ -433,10 +488,11 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
         PyObject *row = key ? Py_BuildValue("(LOO)", (long long)s->ts, s->ref, key) : NULL;
         PyObject *originals = PyList_New(0), *counts = PyDict_New(), *entry = NULL;
         int ok = row && originals && counts && PyList_Append(order, row) == 0;
-        if (ok && s->general) {
+        if (ok && s->owner && s->general) {  /* a later original's slot adds its row only: its entry is the owner's */
             General *g = s->general;
-            for (Py_ssize_t i = 0; ok && i < g->n_originals; i++) {
-                PyObject *o = Py_BuildValue("(LO)", (long long)g->originals[i].ts, g->originals[i].ref);
+            for (Py_ssize_t i = g->start; ok && i < g->n_originals; i++) {
+                Slot *os = slot_at(d, g->originals[i]);
+                PyObject *o = Py_BuildValue("(LO)", (long long)os->ts, os->ref);
                 ok = o && PyList_Append(originals, o) == 0;
                 Py_XDECREF(o);
             }
@@ -446,7 +502,7 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
                 Py_XDECREF(k);
                 Py_XDECREF(v);
             }
-        } else if (ok) {
+        } else if (ok && s->owner) {
             PyObject *o = Py_BuildValue("(LO)", (long long)s->ts, s->ref);
             ok = o && PyList_Append(originals, o) == 0;
             Py_XDECREF(o);
@@ -458,7 +514,8 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
                 Py_XDECREF(v);
             }
         }
-        if (ok) ok = (entry = PyTuple_Pack(2, originals, counts)) && PyDict_SetItem(entries, key, entry) == 0;
+        if (ok && s->owner)
+            ok = (entry = PyTuple_Pack(2, originals, counts)) && PyDict_SetItem(entries, key, entry) == 0;
         Py_XDECREF(key);
         Py_XDECREF(row);
         Py_XDECREF(originals);
@@ -482,7 +539,7 @@ static PyObject *get_copies(Deduper *d, void *Py_UNUSED(closure)) { return PyLon
 
 static PyGetSetDef Deduper_getset[] = {
     {"window_ns", (getter)get_window_ns, NULL, "how long an original is remembered (ns)", NULL},
-    {"max_entries", (getter)get_max_entries, NULL, "at most this many distinct keys are remembered", NULL},
+    {"max_entries", (getter)get_max_entries, NULL, "at most this many originals are remembered", NULL},
     {"originals", (getter)get_originals, NULL, "arrivals that were first", NULL},
     {"copies", (getter)get_copies, NULL, "arrivals that repeated an original of another source", NULL},
     {NULL},

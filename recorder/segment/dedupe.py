@@ -9,8 +9,25 @@ from another stands for max(k, j) distinct messages. So a server that really sen
 one connection keeps both, and only copies *across* sources collapse. The n-th arrival of some bytes from a
 source is a copy of the n-th original of those bytes, whichever source that original came from.
 
-The window is bounded in time and in entries so memory stays flat at any message rate; a copy that
-arrives after its original left the window is kept as a new original (shown twice), never dropped.
+The window holds each original for `window_ns` from its own arrival, and at most `max_entries` originals
+(the oldest leave first), so memory stays flat at any message rate; a copy that arrives after its original
+left the window is kept as a new original (shown twice), never dropped.
+
+The window is per original, not per entry. A server may send the same bytes again about a window after the
+first time: the entry then holds two originals, the first about to leave, the second just in. When an original
+leaves, it leaves alone, and the pairing shifts with it:
+
+- the entry's later originals move up one place (the second is now the first), and
+- each source's count of arrivals goes down by one, to no less than zero.
+
+A source that had delivered the departed original (as its original or as a copy) is done with it, so its next
+arrival still pairs with the original after the ones it delivered. A source that had not delivered it never
+will within the window: the departed original is no longer owed, and that source's next arrival pairs with the
+first live original — if it was the late copy of the departed one after all, it is kept as a new message
+further on (the late copy of a departed original is kept, as above; the count of stored messages is the same).
+So the n-th arrival from a source is a copy of the n-th *live* original, every source's count never exceeds the
+live originals, and an entry goes when its last original does. The common case — one original, copies from
+other sources — never reaches this: it is one atom, and leaves whole.
 
 Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
 (recorder/segment/_dedupe.c, built at install when a compiler is there), which makes the same decisions and
@@ -38,12 +55,17 @@ _xxh3_128 = digest
 
 
 class _Entry:
-    """The general case: several originals of the same bytes, and how many arrivals each source has had."""
+    """The general case: the live originals of the same bytes, oldest first, and how many of them each source
+    has delivered (see the module docstring: the n-th arrival from a source pairs with the n-th live original).
 
-    __slots__ = ("counts", "originals")
+    `originals[start:]` are the live ones: the departed are skipped, and cut off now and then, so that bytes a
+    source sends many times within the window cost O(1) an arrival and a departure."""
+
+    __slots__ = ("counts", "originals", "start")
 
     def __init__(self, ts_ns: int, ref: int, first_source: int, matched: int) -> None:
         self.originals: list[tuple[int, int]] = [(ts_ns, ref)]
+        self.start = 0
         self.counts: dict[int, int] = {first_source: 1}
         source = 0
         while matched:
@@ -55,10 +77,26 @@ class _Entry:
     def arrival(self, ts_ns: int, source: int, ref: int) -> tuple[int, int] | None:
         n = self.counts.get(source, 0) + 1
         self.counts[source] = n
-        if n > len(self.originals):
+        at = self.start + n - 1
+        if at >= len(self.originals):
             self.originals.append((ts_ns, ref))
             return None
-        return self.originals[n - 1]
+        return self.originals[at]
+
+    def depart(self) -> bool:
+        """The oldest live original left the window. False: it was the last one (the entry goes)."""
+        start = self.start + 1
+        if start == len(self.originals):
+            return False
+        self.counts = {source: n - 1 for source, n in self.counts.items() if n > 1}
+        if start >= 16 and 2 * start >= len(self.originals):
+            del self.originals[:start]
+            start = 0
+        self.start = start
+        return True
+
+    def live(self) -> list[tuple[int, int]]:
+        return self.originals[self.start:]
 
 
 @dataclass(slots=True)
@@ -99,13 +137,14 @@ class _Observe:
 class PyDeduper(_Observe):
     """First arrival wins; later copies are reported with the original they repeat.
 
-    Entries live in insertion order in three parallel lists of atoms — receive times, refs, keys — from `_head`
-    on (compacted now and then; `_base` is the absolute position of the lists' first slot). The common case,
-    one original with copies from other sources, is then one small Python int per hash: the original's
-    absolute position, its source and a bitmask of the sources that already delivered their copy. Neither an
-    int nor a list of ints is something the garbage collector must walk entry by entry: with a list per entry,
-    tens of thousands of live entries made each full collection stall the receive thread for ~20 ms. Bytes
-    that one source delivers twice (a real repeat), or sources beyond 7, use the general `_Entry`.
+    Originals live in arrival order in three parallel lists of atoms — receive times, refs, keys — from
+    `_head` on (compacted now and then; `_base` is the absolute position of the lists' first slot), one slot
+    per original, so each leaves the window at its own time. The common case, one original with copies from
+    other sources, is then one small Python int per hash: the original's absolute position, its source and a
+    bitmask of the sources that already delivered their copy. Neither an int nor a list of ints is something
+    the garbage collector must walk entry by entry: with a list per entry, tens of thousands of live entries
+    made each full collection stall the receive thread for ~20 ms. Bytes that one source delivers twice (a real
+    repeat), or sources beyond 7, use the general `_Entry`, whose later originals take slots of their own.
     """
 
     __slots__ = ("_base", "_entries", "_head", "_keys", "_refs", "_times", "counts", "max_entries", "window_ns")
@@ -124,7 +163,8 @@ class PyDeduper(_Observe):
         self.counts = DedupeCounts()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The live originals (what `max_entries` bounds)."""
+        return len(self._times) - self._head
 
     def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
         times = self._times
@@ -156,6 +196,10 @@ class PyDeduper(_Observe):
             entry = entries[key] = _Entry(times[at], self._refs[at], first, (entry >> _MASK_SHIFT) & _MASK_MASK)
         original = entry.arrival(ts_ns, source, ref)
         if original is None:
+            # A further original of these bytes: a slot of its own, so that it leaves the window at its own time.
+            times.append(ts_ns)
+            self._refs.append(ref)
+            self._keys.append(key)
             self.counts.originals += 1
         else:
             self.counts.copies += 1
@@ -246,7 +290,11 @@ class PyDeduper(_Observe):
         head, end = self._head, len(times)
         refs = self._refs
         while head < end and (times[head] < horizon or end - head >= self.max_entries):
-            entries.pop(keys[head], None)
+            # The oldest slot is its key's first live original: it leaves; the entry stays while it has later ones.
+            key = keys[head]
+            entry = entries.pop(key, None)
+            if type(entry) is _Entry and entry.depart():
+                entries[key] = entry
             # Freed now, a few at a time: dropping tens of thousands at the next compaction would stall the
             # recorder's receive thread for milliseconds.
             keys[head] = b""
@@ -263,8 +311,9 @@ class PyDeduper(_Observe):
         self._head = head
 
     def _state(self) -> DedupeState:
-        """The state as plain values, for tests: (absolute position of the oldest entry, [(ts, ref, key)] oldest
-        first, {key: ([(ts, ref)] originals, {source: arrivals})}); _dedupe.c's `_state` gives the same."""
+        """The state as plain values, for tests: (absolute position of the oldest original, [(ts, ref, key)] of
+        every live original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals paired with them,
+        when not 0})}); _dedupe.c's `_state` gives the same."""
         live = range(self._head, len(self._times))
         entries: dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]] = {}
         for key, entry in self._entries.items():
@@ -274,7 +323,7 @@ class PyDeduper(_Observe):
                 entries[key] = ([(self._times[at], self._refs[at])],
                                 {s: 1 for s in range(_FAST_SOURCES) if s == first or entry >> (s + _MASK_SHIFT) & 1})
             else:
-                entries[key] = (list(entry.originals), dict(entry.counts))
+                entries[key] = (entry.live(), dict(entry.counts))
         return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries)
 
 

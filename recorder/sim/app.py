@@ -54,6 +54,9 @@ class SimConfig:
             raise ValueError("--username and --password must not be empty")
         if self.reject not in ("close", "handshake"):
             raise ValueError("--reject must be close or handshake")
+        if self.faults.repeat_every is not None and self.rate == 0:
+            raise ValueError("--repeat-every needs a live market (--rate > 0): with --rate 0 there is no market "
+                             "publishing to all its subscribers")
         if self.published_log is not None and self.rate == 0:
             raise ValueError("--published-log needs a live market (--rate > 0): with --rate 0 each connection "
                              "has a private market and its sent log is the whole truth")

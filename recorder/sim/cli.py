@@ -64,10 +64,13 @@ def banner(sim: SimHandle) -> str:
 def summary(sim: SimHandle, elapsed: float) -> str:
     stats = sim.stats()
     totals = stats["totals"]
-    published = stats["source"].get("events", 0) if stats["source"].get("mode") == "paced" else None
+    paced = stats["source"].get("mode") == "paced"
+    repeats = stats["source"].get("repeats", 0)
+    published = stats["source"].get("events", 0) + repeats if paced else None
     lines = [
         f"{PROG}: stopped after {elapsed:.1f}s: "
-        + (f"the market published {published} messages; " if published is not None else "")
+        + (f"the market published {published} messages" + (f" ({repeats} of them repeats)" if repeats else "")
+           + "; " if published is not None else "")
         + f"{totals['connections']} connection(s), sent {totals['sent']} "
         f"messages ({totals['bytes'] / 1e6:.1f} MB), dropped {totals['dropped']}"
         + (f", refused {sum(stats['refused'].values())}" if stats["refused"] else "")
@@ -142,6 +145,14 @@ FAULT_OPTIONS = [
                  help="Per connection: a PING frame every S seconds."),
     click.option("--revoke-after", type=float, callback=_seconds, metavar="S",
                  help="Per connection: revoke its token after S seconds and close 1008 'token revoked'."),
+    click.option("--repeat-every", type=float, callback=_seconds, metavar="S",
+                 help="Market-wide (needs --rate > 0): every S seconds (+/- 10%, seeded) the market publishes again "
+                      "the exact bytes it published --repeat-after seconds earlier (that contract's message, its "
+                      "timestamp included), to every subscriber of the contract, and --published-log records it "
+                      "as a message of its own: a feed that repeats itself at a dedupe window's edge."),
+    click.option("--repeat-after", type=float, callback=_seconds, default=2.0, show_default=True, metavar="D",
+                 help="How old the bytes each --repeat-every repeat publishes again are, seconds (2: ime-record's "
+                      "default --dedupe-window)."),
 ]
 
 

@@ -8,6 +8,10 @@ their first drops would still fall within a reconnect of each other, and every c
 messages. Delays model hiccups of independent network paths (a retransmission, a congested hop): on the
 +/- 10% grid two copies' 20 ms hiccups would overlap about a third of the time for as long as they stayed
 connected, a coupling real paths do not have. `revoke_after` happens once, exactly then.
+
+One fault belongs to the market rather than to a connection: `repeat_every` (with `repeat_after` D) makes the
+market publish again, now and then, the exact bytes it published D seconds earlier — a feed that repeats itself,
+broadcast like any message. Its schedule (`repeat_schedule`) is the market's own, k*S +/- 10% from the seed.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Fault(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
-    """Seconds between faults of each kind per connection (None: never)."""
+    """Seconds between faults of each kind per connection (None: never); `repeat_every` is the market's."""
 
     drop_every: float | None = None
     close_every: float | None = None
@@ -58,6 +62,8 @@ class FaultConfig:
     fragment_parts: int = 3
     ping_every: float | None = None
     revoke_after: float | None = None
+    repeat_every: float | None = None  # the market publishes again the bytes it published repeat_after s earlier
+    repeat_after: float = 2.0  # the recorder's default --dedupe-window: the edge these repeats are made to hit
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -125,3 +131,13 @@ class FaultPlan:
                 break
             out.append(event)
         return out
+
+
+def repeat_schedule(every: float, seed: int) -> Iterator[float]:
+    """When the market publishes old bytes again (`repeat_every`): the k-th time at k*S +/- 10%, in seconds after
+    the market opened, endless. One market, one schedule: drawn from the seed alone, not per connection."""
+    rng = random.Random(f"repeat:{seed}")
+    k = 1
+    while True:
+        yield every * (k + rng.uniform(-JITTER, JITTER))
+        k += 1

@@ -10,6 +10,8 @@ Two ways to send, chosen by `rate`:
   A delayed connection (a path hiccup) keeps its messages, stamped when published, in a held buffer and
   sends them all at once when the hiccup ends; held bytes are bounded by `held_limit` (the server's write
   buffer high-water mark) and what would overflow it is dropped and counted.
+  With `faults.repeat_every`, the market now and then publishes again the exact bytes it published
+  `faults.repeat_after` seconds earlier (`_Repeats`): published and broadcast like any other message.
 - rate == 0: every connection gets its own Market over its own contracts and a pump that writes batches
   of about `batch_bytes` whenever the transport can take them: as fast as the client drains, no drops.
   A delay holds the batch rendered when it began and sends it when the delay ends.
@@ -21,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from recorder.feed.endpoints import EndpointKind
 from recorder.server.framing import OP_BINARY, OP_TEXT, TEXT_HEADERS, fragments, frame, frame_header
 from recorder.server.subscriber import Subscriber
-from recorder.sim.faults import Fault, FaultConfig, FaultPlan
+from recorder.sim.faults import Fault, FaultConfig, FaultPlan, repeat_schedule
 from recorder.sim.market import ContractSpec, Market, message_prefix
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,50 @@ class Clock:
             self._prefix = self.date + b"T" + self.time + b"."
             self._sec = sec
         return b"%b%06dZ" % (self._prefix, (ns // 1000) % 1_000_000)
+
+
+class _Repeats:
+    """`repeat_every` S / `repeat_after` D: which message the market publishes again, and when.
+
+    Each tick's last message is remembered (with its publication time) for D seconds and a little more; ticks
+    are at most ~1 ms apart at any useful rate, so a repeat due now republishes the message published closest to
+    exactly D seconds before now — the bytes, timestamp included, the market published then. The times follow
+    `repeat_schedule` (seeded); which message that is depends on the pacing, like everything a paced market sends.
+    """
+
+    MARGIN_NS = 500_000_000  # history kept beyond D: where the closest message may lie when the market is slow
+
+    def __init__(self, every: float, after: float, seed: int, start_ns: int) -> None:
+        self.after_ns = round(after * 1e9)
+        # A repeat before D has passed would have nothing D seconds old to repeat.
+        self._times = (start_ns + round(at * 1e9) for at in repeat_schedule(every, seed) if at > after)
+        self.next_ns = next(self._times)
+        self._ticks: deque[tuple[int, int, bytes, bytes]] = deque()  # (published ns, contract, stamp, tail)
+        self.count = 0
+
+    def published(self, now_ns: int, i: int, stamp: bytes, tail: bytes) -> None:
+        ticks = self._ticks
+        ticks.append((now_ns, i, stamp, tail))
+        horizon = now_ns - self.after_ns - self.MARGIN_NS
+        while ticks[0][0] < horizon:
+            ticks.popleft()
+
+    def take(self, now_ns: int) -> tuple[int, bytes, bytes] | None:
+        """The message (contract, stamp, tail) to publish again now, or None: none is due yet."""
+        if now_ns < self.next_ns:
+            return None
+        self.next_ns = next(self._times)
+        target = now_ns - self.after_ns
+        ticks = self._ticks
+        while len(ticks) > 1 and ticks[1][0] <= target:
+            ticks.popleft()
+        if not ticks:
+            return None
+        best = ticks[0]
+        if len(ticks) > 1 and ticks[1][0] - target < target - best[0]:
+            best = ticks[1]
+        self.count += 1
+        return best[1], best[2], best[3]
 
 
 class _Feed:
@@ -119,6 +166,7 @@ class SimSource:
         # The by-id envelope of each contract: what on_publish receives (see recorder/sim/sentlog.py).
         self._published_prefixes = [message_prefix(EndpointKind.ID.field, s.id) for s in self.specs]
         self._ticker: asyncio.Task[None] | None = None
+        self._repeats: _Repeats | None = None  # made when the market opens (repeat_every, paced mode only)
         self._private_events = 0
         self.late_skipped = 0
         self.bursts = 0
@@ -180,6 +228,7 @@ class SimSource:
             "events": (self._market.events if self._market else 0) + self._private_events + private,
             "late_skipped": self.late_skipped,
             "bursts": self.bursts,
+            "repeats": self._repeats.count if self._repeats is not None else 0,
         }
 
     async def close(self) -> None:
@@ -237,6 +286,8 @@ class SimSource:
     async def _tick(self) -> None:
         rate = self.rate
         start = time.perf_counter()
+        if self.faults.repeat_every is not None:
+            self._repeats = _Repeats(self.faults.repeat_every, self.faults.repeat_after, self.seed, time.time_ns())
         done = 0
         next_burst = start + self.burst_every
         while True:
@@ -252,13 +303,16 @@ class SimSource:
                 extra = self.burst
                 self.bursts += 1
                 next_burst = now + self.burst_every
-            if due + extra > 0:
-                self._emit(due + extra)
+            repeats = self._repeats
+            again = repeats.take(time.time_ns()) if repeats is not None else None
+            if due + extra > 0 or again is not None:
+                self._emit(due + extra, again)
                 done += due
             delay = start + done / rate - time.perf_counter()
             await asyncio.sleep(max(delay, TICK))
 
-    def _emit(self, n: int) -> None:
+    def _emit(self, n: int, again: tuple[int, bytes, bytes] | None = None) -> None:
+        """Publish `n` market events and, after them, `again`: a message published before, its bytes as then."""
         market = self._market
         assert market is not None
         now_ns = time.time_ns()
@@ -270,6 +324,7 @@ class SimSource:
         publish = self._on_publish
         published = self._published_prefixes
         touched: list[_Feed] = []
+        repeats = self._repeats
         for _ in range(n):
             i, tail = step()
             if publish is not None:
@@ -280,6 +335,21 @@ class SimSource:
                 length = len(prefix) + TS_LEN + len(tail)
                 feed.parts.extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix, ts,
                                    tail))
+                feed.count += 1
+        if repeats is not None and n:
+            repeats.published(now_ns, i, ts, tail)
+        if again is not None:
+            # The same bytes as when first published (timestamp included); a published message of its own, queued
+            # like the loop above queues each event (kept inline there: it runs for every message).
+            i, stamp, tail = again
+            if publish is not None:
+                publish(now_ns, published[i] + stamp + tail)
+            for feed, prefix in routes[i]:
+                if not feed.count:
+                    touched.append(feed)
+                length = len(prefix) + TS_LEN + len(tail)
+                feed.parts.extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix,
+                                   stamp, tail))
                 feed.count += 1
         now = time.perf_counter()
         for feed in touched:
