@@ -26,7 +26,7 @@ from recorder.segment.reader import (
     merge_records,
     open_segment,
 )
-from recorder.segment.recover import RecoveryError, recover
+from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
@@ -157,7 +157,8 @@ def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
         if not problems and (note := recovery_note(seg)):
             click.echo(f"NOTE {f}: {note}")
     if bad:
-        click.echo(f"{PROG}: {bad} of {len(files)} files damaged", err=True)
+        click.echo(f"{PROG}: {bad} of {len(files)} files damaged; `ime-segments recover` seals them again keeping "
+                   "every intact frame (the rest of their bytes in NAME.zst.tail)", err=True)
         sys.exit(EXIT_RUNTIME)
 
 
@@ -269,33 +270,36 @@ def print_coverage(connections: dict[str, Any]) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @one_line_errors(PROG)
 def recover_cmd(paths: tuple[str, ...]) -> None:
-    """Seal `.open` files left by a crash, keeping every intact frame (directories: every .open file).
+    """Seal what a crash or a cut copy left, keeping every intact frame (directories: every segment file).
 
-    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves (all are still recovered).
+    \b
+    .open files are sealed; a sealed file that does not check out (cut, damaged) is re-sealed; an intact one is
+    left alone; a file with no record to keep (empty, header only) is renamed NAME.zst.tail. Bytes not kept in a
+    sealed file are always kept in NAME.zst.tail. One line per file; every file is attempted.
+    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves, or could not be recovered.
     """
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"{p}: no such file or directory")
-    targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
+    targets = discover(paths)
     if not targets:
-        raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
-    live = [f for f in targets if held_by_recorder(f)]
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}; nothing to recover")
+    live = [f for f in targets if f.name.endswith(OPEN_SUFFIX) and held_by_recorder(f)]
     if live:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
                         "own files when it stops — stop it first, or leave this file alone")
-    damaged = 0
-    for f in targets:
-        try:
-            result = recover(f)
-        except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-        except RecoveryError as exc:
-            raise RuntimeFailure(str(exc)) from None
+    damaged = failed = 0
+    for result in recover_each(targets):
+        if isinstance(result, RecoveryFailure):
+            click.echo(f"{PROG}: error: {result}", err=True)
+            failed += 1
+            continue
         click.echo(str(result))
         damaged += result.damaged
     if damaged:
-        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, repeated or out-of-order frames "
+        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, cut, repeated or out-of-order frames "
                    "(details above); every intact frame was kept", err=True)
+    if damaged or failed:
         sys.exit(EXIT_RUNTIME)
 
 
