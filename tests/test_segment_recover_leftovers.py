@@ -144,6 +144,22 @@ def test_a_cut_sealed_file_is_resealed_keeping_its_bytes(tmp_path):
     assert open_segment(cut).seal["reason"] == "recovered"
 
 
+def test_a_sealed_file_with_a_damaged_frame_is_resealed_and_its_old_seal_kept_in_tail(tmp_path):
+    sealed, recs, frames = recording(tmp_path, 0, 500)
+    victim = frames[4]
+    data = bytearray(sealed.read_bytes())
+    data[victim.data_offset + 9] ^= 0x5A
+    sealed.write_bytes(bytes(data))
+    out = run("recover", str(sealed))
+    assert out.returncode == 1, out.stderr
+    assert b"frame 4" in out.stdout and b"re-sealed" in out.stdout
+    assert sealed_records(sealed) == records_of(frames, recs, {4})
+    tail = (sealed.parent / (sealed.name + ".tail")).read_bytes()
+    end = frames[-1].end_offset
+    assert tail == bytes(data[victim.offset:victim.end_offset]) + bytes(data[end:])  # the frame, then the old seal
+    assert run("recover", str(sealed)).returncode == 0
+
+
 def test_export_of_a_cut_sealed_file_says_damaged_and_reads_its_intact_frames(tmp_path):
     pytest.importorskip("pyarrow")
     cut, _, expected, _ = cut_sealed(tmp_path, 0)

@@ -44,6 +44,7 @@ from recorder.segment.reader import (
     decode_frame,
     open_segment,
     order_frames,
+    read_seal,
     walk_frames,
 )
 from recorder.segment.writer import FILE_MODE, fsync_directory
@@ -125,13 +126,19 @@ def recover(path: Path | str) -> Recovery:
     except TruncatedHeaderError as exc:
         # Died before its header reached the disk (or a copy stopped there): no record can be in it.
         return _move_aside(path, os.path.getsize(path), (str(exc),), damaged=resealing)
+    notes: tuple[str, ...] = ()
     if resealing:
-        if seg.sealed and not seg.verify(decompress=False):
+        # Checked by structure and CRCs, not decompressed (see SegmentFile.verify): a recording's directory of
+        # sealed files is checked at disk speed.
+        problems = seg.verify(decompress=False) if seg.sealed else []
+        if seg.sealed and not problems:
             return Recovery(path, path, len(seg.frames), seg.records, 0, None, (), action=INTACT)
+        # What is wrong with the seal itself; the frames' damage is found again by the walk below.
+        notes = tuple(d.describe() for d in problems if d.frame is None) if seg.sealed else (_seal_problem(path),)
     elif final.exists():
         raise SegmentFormatError(f"{final} already exists; move it away before recovering {path}")
     try:
-        return _reseal(path, final, resealing)
+        return _reseal(path, final, resealing, notes)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
@@ -139,7 +146,16 @@ def recover(path: Path | str) -> Recovery:
                             "`ime-segments recover` again") from None
 
 
-def _reseal(path: Path, final: Path, resealing: bool) -> Recovery:
+def _seal_problem(path: Path) -> str:
+    with open(path, "rb") as fh:
+        try:
+            read_seal(fh, os.fstat(fh.fileno()).st_size)
+        except SegmentFormatError as exc:
+            return f"not sealed properly: {exc}"
+    return "not sealed properly"
+
+
+def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) -> Recovery:
     temp = final.with_name(final.name + TEMP_SUFFIX)
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
@@ -162,7 +178,7 @@ def _reseal(path: Path, final: Path, resealing: bool) -> Recovery:
             with contextlib.suppress(OSError):
                 os.unlink(p)
         raise
-    reasons = tuple(d.describe() for d in sorted(damage, key=lambda d: d.offset))
+    reasons = notes + tuple(d.describe() for d in sorted(damage, key=lambda d: d.offset))
     # A crash leaves at most a cut-off last frame; a sealed file is never cut by one.
     damaged = resealing or any(not d.reason.startswith("truncated") for d in damage)
     if not kept:
