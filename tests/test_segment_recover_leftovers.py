@@ -117,6 +117,23 @@ def test_recover_attempts_every_leftover_and_keeps_every_intact_record(tmp_path)
     assert again.stdout.decode().count("intact") == 2 and len(again.stdout.splitlines()) == 2
 
 
+def test_a_file_recovery_cannot_read_is_left_as_it_is_and_the_others_are_recovered(tmp_path):
+    directory = tmp_path / "rec"
+    directory.mkdir()
+    src, recs, frames = recording(tmp_path, 0, 300)
+    good = unsealed_copy(src, directory / (name(0) + ".open"))
+    bad = directory / (name(1) + ".open")
+    header = bytearray(src.read_bytes()[:frames[2].end_offset])
+    header[20] ^= 0xFF  # inside the header: its CRC fails, so nothing in the file can be trusted to be ours
+    bad.write_bytes(bytes(header))
+    out = run("recover", str(directory))
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert err.count("\n") == 1 and str(bad) in err and "left as it is" in err and "Traceback" not in err
+    assert bad.read_bytes() == bytes(header)
+    assert not good.exists() and sealed_records(directory / name(0)) == recs
+
+
 def test_recover_of_an_intact_sealed_file_is_a_no_op_that_says_so(tmp_path):
     sealed, _, _ = recording(tmp_path, 0, 300)
     before = sealed.read_bytes()

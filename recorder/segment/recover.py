@@ -312,7 +312,9 @@ def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
     for p in paths:
         try:
             results.append(recover(p))
-        except (SegmentFormatError, RecoveryError) as exc:
+        except RecoveryError as exc:
+            results.append(RecoveryFailure(p, str(exc)))  # it says the file is unchanged
+        except SegmentFormatError as exc:
             results.append(RecoveryFailure(p, f"{exc}; left as it is"))
         except OSError as exc:
             results.append(RecoveryFailure(p, f"{exc.strerror or exc}; left as it is"))
