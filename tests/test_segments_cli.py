@@ -123,8 +123,12 @@ def test_recover_seals_open_files(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "records kept" in out.stdout and "unverifiable bytes skipped" in out.stdout
     assert run("verify", str(crashed.parent)).returncode == 0
-    again = run("recover", str(crashed.parent))
-    assert again.returncode == 2 and "nothing to recover" in again.stderr
+    again = run("recover", str(crashed.parent))  # now sealed: checked, left alone, and said so
+    assert again.returncode == 0 and "intact" in again.stdout and "nothing to do" in again.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run("recover", str(empty))
+    assert nothing.returncode == 2 and "nothing to recover" in nothing.stderr
 
 
 @pytest.mark.parametrize("command", ["ls", "cat", "verify", "stats"])

@@ -14,6 +14,7 @@ from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
 from recorder.segment.cli_inputs import open_all, report_damage
+from recorder.segment.naming import is_open
 from recorder.segment.selection import Selection, recording_range
 from recorder.timeparse import parse_window
 
@@ -46,7 +47,7 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
             # retention of the recording would delete the export.
             raise UserError(f"--out {out} is inside the recording {p}; export to a directory of its own")
     options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
-    total = sum(s.records for s in segments if s.sealed)
+    total = sum(s.records for s in segments if s.sealed or not is_open(s.path))
     with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
         summary = export_segments(segments, options, advance)
     damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
@@ -85,6 +86,9 @@ def print_summary(s: ExportSummary) -> None:
         skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
     if skipped:
         click.echo("skipped: " + ", ".join(skipped))
+    if s.unsealed:
+        click.echo(f"damaged: {len(s.unsealed)} files not sealed properly (cut or damaged: {', '.join(s.unsealed)}); "
+                   "their intact frames were exported — run `ime-segments recover` on them, then export again")
     parsed = s.counts.get("parsed", 0)
     if s.native:
         scanned = s.counts.get("parsed_c", 0)

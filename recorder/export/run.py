@@ -27,7 +27,7 @@ from recorder.export.dataset import (
 from recorder.export.flatten import Flattener
 from recorder.export.schema import TABLES
 from recorder.segment.format import SegmentFormatError
-from recorder.segment.naming import SEALED_SUFFIX
+from recorder.segment.naming import SEALED_SUFFIX, is_open
 from recorder.segment.reader import Damage, SegmentFile, read_frame
 
 Record = tuple[int, int, int, bytes]
@@ -57,6 +57,7 @@ class ExportSummary:
     exported: list[str] = field(default_factory=list)
     already: int = 0
     open_skipped: list[str] = field(default_factory=list)
+    unsealed: list[str] = field(default_factory=list)  # .zst files not sealed properly (cut): exported, damaged
     rows: Counter[str] = field(default_factory=Counter)
     counts: Counter[str] = field(default_factory=Counter)
     records: int = 0
@@ -76,7 +77,10 @@ def part_name(seg: SegmentFile) -> str:
 
 def export_segments(segments: Iterable[SegmentFile], options: ExportOptions,
                     progress: Callable[[int], None] | None = None) -> ExportSummary:
-    """Convert every sealed segment not yet in OUT's manifest; open (still recording) files wait for a later run."""
+    """Convert every sealed segment not yet in OUT's manifest; open (still recording) files wait for a later run.
+
+    A `.zst` file that is not sealed properly (cut) is damaged, not still recording: its intact frames are
+    converted, and it is listed in `summary.unsealed`."""
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out)
@@ -95,8 +99,13 @@ def export_segments(segments: Iterable[SegmentFile], options: ExportOptions,
     summary.native = flattener.native
     for seg in sorted(segments, key=lambda s: (s.shard, s.start_ns, s.path.name)):
         if not seg.sealed:
-            summary.open_skipped.append(seg.path.name)
-            continue
+            if is_open(seg.path):
+                summary.open_skipped.append(seg.path.name)
+                continue
+            # Named as sealed but not sealed properly (a copy cut part-way): no recorder will seal it, so waiting
+            # would wait forever. Its intact frames are exported now; after `ime-segments recover` its size
+            # differs from the manifest's and it is exported again.
+            summary.unsealed.append(seg.path.name)
         previous = done.get(seg.path.name)
         if previous is not None and previous.get("size") == seg.size:
             summary.already += 1

@@ -32,7 +32,7 @@ from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
 from recorder.record.retention import scan
 from recorder.record.status import Console, DiskFigures, ShardView, exit_summary, summary_line, table
 from recorder.record.worker import worker_main
-from recorder.segment.recover import recover_directory
+from recorder.segment.recover import RecoveryFailure, recover_directory
 
 log = logging.getLogger("recorder.supervisor")
 
@@ -304,11 +304,16 @@ class Supervisor:
 
     def _recover(self, shard: int) -> None:
         try:
-            for result in recover_directory(self.settings.storage.out_dir, shard):
-                log.warning("recovered %s", result)
+            results = recover_directory(self.settings.storage.out_dir, shard)
         except Exception as exc:
             log.error("could not recover shard %d's open file: %s; run `ime-segments recover %s`", shard, exc,
                       self.settings.storage.out_dir)
+            return
+        for result in results:
+            if isinstance(result, RecoveryFailure):
+                log.error("shard %d: %s; run `ime-segments recover` on it once the cause is fixed", shard, result)
+            else:
+                log.warning("recovered %s", result)
 
     # --- messages from workers ------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
 from recorder.segment.format import RecordKind
 from recorder.segment.layout import day_layout
-from recorder.segment.recover import recover
+from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.writer import SegmentWriteError, SegmentWriter
 
 log = logging.getLogger("recorder.worker")
@@ -582,13 +582,20 @@ class Worker:
             self._send(self._status())
 
     def _recover(self, paths: list[Path]) -> None:
-        for p in paths:
-            try:
-                result = recover(p)
+        try:
+            # The routine `ime-segments recover` runs: every file is attempted, and one with no record to keep
+            # (empty, header only) is moved aside, so that it is reported once, not at every start.
+            results = recover_each(paths)
+        except Exception as exc:  # report and carry on: recording matters more than old files
+            log.error("shard %d: could not recover %s: %s", self.cfg.shard, ", ".join(map(str, paths)), exc)
+            return
+        for result in results:
+            if isinstance(result, RecoveryFailure):
+                log.error("shard %d: %s; run `ime-segments recover` on it once the cause is fixed", self.cfg.shard,
+                          result)
+            else:
                 # One report, by the supervisor: logging here as well printed every recovery twice.
                 self._send(m.Recovered(self.cfg.shard, str(result)))
-            except Exception as exc:  # report and carry on: recording matters more than one old file
-                log.error("shard %d: could not recover %s: %s", self.cfg.shard, p, exc)
 
 
 def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -20,16 +23,20 @@ from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import (
+    Damage,
     Record,
     SegmentFile,
     discover,
     merge_records,
     open_segment,
 )
-from recorder.segment.recover import RecoveryError, recover
+from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
+
+if TYPE_CHECKING:
+    from recorder.segment.writer import SealedSegment, SegmentWriter
 
 TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 
@@ -163,7 +170,8 @@ def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
         if not problems and (note := recovery_note(seg)):
             click.echo(f"NOTE {f}: {note}")
     if bad:
-        click.echo(f"{PROG}: {bad} of {len(files)} files damaged", err=True)
+        click.echo(f"{PROG}: {bad} of {len(files)} files damaged; `ime-segments recover` seals them again keeping "
+                   "every intact frame (the rest of their bytes in NAME.zst.tail)", err=True)
         sys.exit(EXIT_RUNTIME)
 
 
@@ -275,33 +283,36 @@ def print_coverage(connections: dict[str, Any]) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @one_line_errors(PROG)
 def recover_cmd(paths: tuple[str, ...]) -> None:
-    """Seal `.open` files left by a crash, keeping every intact frame (directories: every .open file).
+    """Seal what a crash or a cut copy left, keeping every intact frame (directories: every segment file).
 
-    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves (all are still recovered).
+    \b
+    .open files are sealed; a sealed file that does not check out (cut, damaged) is re-sealed; an intact one is
+    left alone; a file with no record to keep (empty, header only) is renamed NAME.zst.tail. Bytes not kept in a
+    sealed file are always kept in NAME.zst.tail. One line per file; every file is attempted.
+    Exit 1 when a file held damage beyond the cut-off last frame a crash leaves, or could not be recovered.
     """
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"{p}: no such file or directory")
-    targets = [f for f in discover(paths) if f.name.endswith(OPEN_SUFFIX)]
+    targets = discover(paths)
     if not targets:
-        raise UserError(f"no .open segment files in {', '.join(paths)}; nothing to recover")
-    live = [f for f in targets if held_by_recorder(f)]
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}; nothing to recover")
+    live = [f for f in targets if f.name.endswith(OPEN_SUFFIX) and held_by_recorder(f)]
     if live:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
                         "own files when it stops — stop it first, or leave this file alone")
-    damaged = 0
-    for f in targets:
-        try:
-            result = recover(f)
-        except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-        except RecoveryError as exc:
-            raise RuntimeFailure(str(exc)) from None
+    damaged = failed = 0
+    for result in recover_each(targets):
+        if isinstance(result, RecoveryFailure):
+            click.echo(f"{PROG}: error: {result}", err=True)
+            failed += 1
+            continue
         click.echo(str(result))
         damaged += result.damaged
     if damaged:
-        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, repeated or out-of-order frames "
+        click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, cut, repeated or out-of-order frames "
                    "(details above); every intact frame was kept", err=True)
+    if damaged or failed:
         sys.exit(EXIT_RUNTIME)
 
 
@@ -332,8 +343,8 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     messages only it had, and the intervals when no input had a connection open for some contract.
     Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
     """
-    from recorder.segment.merge import check_paths, merge, report_lines
-    from recorder.segment.writer import SegmentWriteError, SegmentWriter
+    from recorder.segment.merge import check_paths
+    from recorder.segment.merge_staging import MergeOutputError, lock_output
 
     for p in inputs:
         if not p.exists():
@@ -341,57 +352,192 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     problem = check_paths(inputs, out)
     if problem is not None:
         raise UserError(problem)
-    if out.is_dir() and discover([out]):
-        raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
-    opened: list[tuple[str, list[SegmentFile]]] = []
-    unreadable = 0
+    given: list[tuple[Path, list[Path]]] = []
     for p in inputs:
         files = discover([p])
         if not files:
             raise UserError(f"no segment files (*.zst, *.zst.open) in {p}")
-        segs = []
-        for f in files:
-            try:
-                segs.append(open_segment(f))
-            except SegmentFormatError as exc:
-                click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
-                unreadable += 1
-        opened.append((str(p), segs))
-    writers: list[SegmentWriter] = []
-
-    def writer_for(number: int, shard: int) -> SegmentWriter:
-        # One output shard per input shard, numbered in order of appearance.
-        name, segs = opened[number]
+        given.append((p, files))
+    # What decides the output: a rerun that finds this merge finished (see merge_staging) reports it as its own.
+    arguments = {"inputs": [str(p.resolve()) for p in inputs], "keep_receipts": keep_receipts,
+                 "dedupe_window": dedupe_window}
+    with signals_held() as guard:
+        # Held (noted, not raised) while a leftover is dealt with: a half-finished move must not be left half-done.
         try:
-            writer = SegmentWriter(out, shard=len(writers), prefix="ime", flush_ms=1000, rotate_seconds=0,
-                                   name_by_data=True,
-                                   meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
-                                         "merged_from": [n for n, _ in opened], "input": name, "input_shard": shard})
+            lock = lock_output(out)
+        except MergeOutputError as exc:
+            raise UserError(str(exc)) from None
+        try:
+            merge_locked(out, given, arguments, keep_receipts, dedupe_window, show, guard)
+        finally:
+            os.close(lock)
+
+
+def merge_locked(out: Path, given: list[tuple[Path, list[Path]]], arguments: dict[str, object], keep_receipts: bool,
+                 dedupe_window: float, show: int, guard: SignalGuard) -> None:
+    """The merge once OUT is locked: leftovers of an interrupted run, the merge into staging, the move into OUT."""
+    from recorder.segment.merge_staging import MergeOutputError, discard, finish, staging_dir, take_over
+
+    try:
+        leftover = take_over(out)
+    except MergeOutputError as exc:
+        raise UserError(str(exc)) from None
+    if leftover is not None and not leftover.complete:
+        click.echo(f"{PROG}: removed the unfinished output of an interrupted merge ({leftover.files} files in "
+                   f"{staging_dir(out)}); merging from the start", err=True)
+    elif leftover is not None:
+        record = leftover.record or {}
+        click.echo(f"{PROG}: an earlier merge into {out} had finished but was interrupted while moving its "
+                   f"{leftover.files} files into place; this run finished the move", err=True)
+        if record.get("arguments") == arguments:
+            for line in record.get("report", []):
+                click.echo(line)
+            sys.exit(int(record.get("exit", 0)))
+    if discover([out]):
+        raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
+    staged = StagedMerge(staging_dir(out))
+    try:
+        guard.release()  # until the files are complete, Ctrl-C and SIGTERM stop the merge
+        staged.run(given, keep_receipts, dedupe_window, show)
+        guard.hold()
+    except Interrupted as exc:
+        staged.abort()
+        discard(out)
+        click.echo(f"{PROG}: merge interrupted by {signal.Signals(exc.signum).name} before it finished: nothing "
+                   f"was written to {out} (its partial output was removed); run the same command again to merge "
+                   "from the start", err=True)
+        sys.exit(128 + exc.signum)
+    except BaseException:
+        guard.hold()
+        staged.abort()
+        discard(out)
+        raise
+    # Complete: from here a signal is only noted, and the files are moved into place whatever comes.
+    staged.report.append(f"{len(staged.sealed)} sealed files in {out}, "
+                         + ("verified" if not staged.output_damage else "DAMAGED"))
+    code = EXIT_RUNTIME if staged.output_damage or staged.input_damage or staged.unreadable else 0
+    try:
+        finish(out, [s.path.name for s in staged.sealed], {"arguments": arguments, "report": staged.report,
+                                                            "exit": code})
+    except MergeOutputError as exc:
+        raise UserError(str(exc), EXIT_RUNTIME) from None
+    for line in staged.report:
+        click.echo(line)
+    report_damage([*staged.output_damage, *staged.input_damage])
+    if code:
+        sys.exit(code)
+
+
+class StagedMerge:
+    """The merge itself, written into the staging directory (recorder/segment/merge_staging.py)."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+        self.writers: list[SegmentWriter] = []
+        self.sealed: list[SealedSegment] = []
+        self.report: list[str] = []
+        self.output_damage: list[Damage] = []
+        self.input_damage: list[Damage] = []
+        self.unreadable = 0
+
+    def run(self, given: list[tuple[Path, list[Path]]], keep_receipts: bool, dedupe_window: float,
+            show: int) -> None:
+        from recorder.segment.merge import merge, report_lines
+        from recorder.segment.writer import SegmentWriteError, SegmentWriter
+
+        self.staging.mkdir()
+        opened: list[tuple[str, list[SegmentFile]]] = []
+        for p, files in given:
+            segs = []
+            for f in files:
+                try:
+                    segs.append(open_segment(f))
+                except SegmentFormatError as exc:
+                    click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
+                    self.unreadable += 1
+            opened.append((str(p), segs))
+        writers = self.writers
+
+        def writer_for(number: int, shard: int) -> SegmentWriter:
+            # One output shard per input shard, numbered in order of appearance.
+            name, segs = opened[number]
+            try:
+                writer = SegmentWriter(self.staging, shard=len(writers), prefix="ime", flush_ms=1000,
+                                       rotate_seconds=0, name_by_data=True,
+                                       meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
+                                             "merged_from": [n for n, _ in opened], "input": name,
+                                             "input_shard": shard})
+            except SegmentWriteError as exc:
+                raise UserError(str(exc), EXIT_RUNTIME) from None
+            writers.append(writer)
+            return writer
+
+        def pace() -> None:
+            for w in writers:
+                if w.backlog_bytes > MERGE_BACKLOG_BYTES:
+                    w.flush()
+
+        try:
+            result = merge(opened, writer_for, keep_receipts=keep_receipts, window_ns=int(dedupe_window * 1e9),
+                           after_batch=pace)
+            for w in writers:
+                self.sealed.extend(w.close("merged"))
         except SegmentWriteError as exc:
             raise UserError(str(exc), EXIT_RUNTIME) from None
-        writers.append(writer)
-        return writer
+        self.output_damage = [d for s in self.sealed for d in open_segment(s.path).verify()]
+        self.input_damage = [d for st in result.inputs for d in st.damage]
+        self.report = report_lines(result, show)
 
-    def pace() -> None:
-        for w in writers:
-            if w.backlog_bytes > MERGE_BACKLOG_BYTES:
-                w.flush()
+    def abort(self) -> None:
+        """Stop every writer thread without writing more: nothing writes into the staging directory after this."""
+        for w in self.writers:
+            w.abort()
 
-    sealed = []
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the merge was writing (a BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM while held are only noted; released, they raise Interrupted in the main thread (once:
+    a second signal during the clean-up that follows is only noted)."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.pending: int | None = None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.held:
+            self.pending = self.pending or signum
+            return
+        self.held = True
+        raise Interrupted(signum)
+
+    def release(self) -> None:
+        self.held = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            self.held = True
+            raise Interrupted(signum)
+
+    def hold(self) -> None:
+        self.held = True
+
+
+@contextmanager
+def signals_held() -> Iterator[SignalGuard]:
+    guard = SignalGuard()
+    previous = {sig: signal.signal(sig, guard.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = merge(opened, writer_for, keep_receipts=keep_receipts, window_ns=int(dedupe_window * 1e9),
-                       after_batch=pace)
-        for w in writers:
-            sealed.extend(w.close("merged"))
-    except SegmentWriteError as exc:
-        raise UserError(str(exc), EXIT_RUNTIME) from None
-    damaged = [d for s in sealed for d in open_segment(s.path).verify()]
-    for line in report_lines(result, show):
-        click.echo(line)
-    click.echo(f"{len(sealed)} sealed files in {out}, " + ("verified" if not damaged else "DAMAGED"))
-    damage = report_damage([*damaged, *(d for st in result.inputs for d in st.damage)])
-    if damage or unreadable:
-        sys.exit(EXIT_RUNTIME)
+        yield guard
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:

@@ -11,6 +11,9 @@ from pathlib import Path
 SEALED_SUFFIX = ".zst"
 OPEN_SUFFIX = ".zst.open"
 TAIL_SUFFIX = ".zst.tail"
+# Where `ime-segments merge` writes before its output is complete (OUT/.ime-merge-staging/): readers do not look
+# inside, so an interrupted merge's half-written files are never read as part of OUT.
+MERGE_STAGING = ".ime-merge-staging"
 
 DAY_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # OUT/YYYY-MM-DD/ (layout.py)
 _NAME = re.compile(r"^(?P<prefix>.+)-s(?P<shard>\d{2,})-(?P<stamp>\d{8}T\d{6}\.\d{3})Z\.zst(?:\.open)?$")

@@ -1,7 +1,16 @@
-"""Sealing an `.open` segment left behind by a crash, keeping every intact, verified frame.
+"""Sealing what a crash or a cut copy left behind, keeping every intact, verified frame.
 
-The sealed file is written beside the `.open` one under a temporary name, then renamed: until that
-rename nothing touches the `.open` file, so a failure (a full disk) leaves it exactly as it was.
+`recover` takes any segment file and never gives up on the good data in it:
+
+- `NAME.zst.open` (a crash left it): its intact frames are sealed as `NAME.zst`.
+- `NAME.zst` that does not check out (a copy that stopped part-way, damaged bytes): re-sealed in place the same way.
+- `NAME.zst` that checks out: left alone, and said so.
+- a file with no record to keep (zero length, cut inside its header, its header only, no intact frame): no sealed
+  file is written; it is renamed `NAME.zst.tail`, so that its name is free and its bytes are kept.
+
+Every byte of the original that is not in the sealed file is kept in `NAME.zst.tail` (`.tail.1`, ... when that
+name is taken). The sealed file is written under a temporary name, then renamed: until that rename nothing touches
+the original, so a failure (a full disk) leaves it exactly as it was.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -27,32 +37,53 @@ from recorder.segment.format import (
     encode_index,
     encode_seek_table,
 )
-from recorder.segment.naming import OPEN_SUFFIX, TAIL_SUFFIX, open_segments, sealed_path
-from recorder.segment.reader import Damage, check_timestamps, decode_frame, open_segment
+from recorder.segment.naming import OPEN_SUFFIX, SEALED_SUFFIX, TAIL_SUFFIX, open_segments, sealed_path
+from recorder.segment.reader import (
+    Damage,
+    check_timestamps,
+    decode_frame,
+    open_segment,
+    order_frames,
+    read_seal,
+    walk_frames,
+)
 from recorder.segment.writer import FILE_MODE, fsync_directory
 
 TEMP_SUFFIX = ".recovering"
 
+SEALED = "sealed"  # an .open file sealed
+RESEALED = "resealed"  # a sealed file that did not check out, sealed again
+MOVED = "moved"  # nothing to keep: renamed to .tail
+INTACT = "intact"  # a sealed file that checks out: nothing done
+
 
 class RecoveryError(Exception):
-    """Recovery could not write its result (e.g. the disk is full); the `.open` file is unchanged."""
+    """Recovery could not write its result (e.g. the disk is full); the file is unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
     source: Path
-    sealed: Path | None  # None when nothing was recoverable (the header never reached the disk)
+    sealed: Path | None  # None when nothing was recoverable (no intact frame, or the header never reached the disk)
     frames: int
     records: int
-    dropped_bytes: int  # bytes of the .open file not in the sealed one: all of them are in `tail`
+    dropped_bytes: int  # bytes of the source not in the sealed one: all of them are in `tail`
     tail: Path | None  # where the skipped (damaged, repeated or cut-off) bytes were kept, if any
-    reasons: tuple[str, ...]  # every problem found, with its offset in the .open file
-    damaged: bool = False  # something other than the cut-off last frame a crash leaves was skipped or reordered
+    reasons: tuple[str, ...]  # every problem found, with its offset in the source
+    damaged: bool = False  # something other than what a crash leaves (a cut-off last frame) was skipped or reordered
+    action: str = SEALED
 
     def __str__(self) -> str:
-        if self.sealed is None:
-            return f"{self.source}: nothing recoverable ({'; '.join(self.reasons)}); bytes kept in {self.tail}"
-        text = f"{self.source} -> {self.sealed}: {self.frames} frames, {self.records} records kept"
+        if self.action == INTACT:
+            return f"{self.source}: sealed and intact ({self.frames} frames, {self.records} records, every checksum " \
+                   "right); nothing to do"
+        if self.action == MOVED:
+            return f"{self.source}: no record to keep ({'; '.join(self.reasons)}); its {self.dropped_bytes} bytes " \
+                   f"moved aside to {self.tail}"
+        if self.action == RESEALED:
+            text = f"{self.source}: re-sealed with {self.frames} frames, {self.records} records kept"
+        else:
+            text = f"{self.source} -> {self.sealed}: {self.frames} frames, {self.records} records kept"
         if self.dropped_bytes:
             text += f"; {self.dropped_bytes} unverifiable bytes skipped and kept in {self.tail}"
         if self.reasons:
@@ -60,60 +91,126 @@ class Recovery:
         return text
 
 
-def recover(path: Path | str) -> Recovery:
-    """Verify every frame of an `.open` file and seal the intact ones, in sequence order, as `NAME.zst`.
+@dataclass(frozen=True, slots=True)
+class RecoveryFailure:
+    """A file recovery could not handle; it was left exactly as it was."""
 
-    A damaged frame is skipped and the reader resynchronises on the next descriptor, so one bad byte
-    costs one frame. Every byte range not in the sealed file (damage, a repeated frame, a cut-off tail)
-    is copied to `NAME.zst.tail` and described in the result and in the seal's `skipped` list.
+    source: Path
+    message: str
+    damaged: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.source}: not recovered: {self.message}"
+
+
+def recover(path: Path | str) -> Recovery:
+    """Seal the intact frames of an `.open` file as `NAME.zst`, or re-seal a `NAME.zst` that does not check out.
+
+    Frames are found by the readers' walk (`reader.walk_frames`), which resynchronises on the next valid
+    descriptor after any damage, and each is verified (checksums, decompression, record layout) before it is
+    kept, in sequence order. Every byte range not in the sealed file (damage, a repeated frame, a cut-off tail,
+    an old seal) is copied to `NAME.zst.tail` and described in the result and in the seal's `skipped` list.
+    Raises SegmentFormatError when the file is not a segment recovery can read (its header is damaged or of a
+    newer format) and RecoveryError when writing fails; the file is unchanged then.
     """
     path = Path(path)
-    if not path.name.endswith(OPEN_SUFFIX):
-        raise SegmentFormatError(f"{path} is not an .open segment; only crashed recordings need recovery")
+    if path.name.endswith(OPEN_SUFFIX):
+        final = sealed_path(path)
+    elif path.name.endswith(SEALED_SUFFIX):
+        final = path
+    else:
+        raise SegmentFormatError("not a segment file (*.zst or *.zst.open)")
+    resealing = final == path
     try:
         seg = open_segment(path)
     except TruncatedHeaderError as exc:
-        # Died before its header reached the disk: no record can be in it. Keep the bytes, free the name.
-        tail_path = free_name(path.with_name(path.name[: -len(OPEN_SUFFIX)] + TAIL_SUFFIX))
-        os.rename(path, tail_path)
-        return Recovery(path, None, 0, 0, tail_path.stat().st_size, tail_path, (str(exc),))
-    final = sealed_path(path)
-    if final.exists():
+        # Died before its header reached the disk (or a copy stopped there): no record can be in it.
+        return _move_aside(path, os.path.getsize(path), (str(exc),), damaged=resealing)
+    notes: tuple[str, ...] = ()
+    if resealing:
+        # Checked by structure and CRCs, not decompressed (see SegmentFile.verify): a recording's directory of
+        # sealed files is checked at disk speed.
+        problems = seg.verify(decompress=False) if seg.sealed else []
+        if seg.sealed and not problems:
+            return Recovery(path, path, len(seg.frames), seg.records, 0, None, (), action=INTACT)
+        # What is wrong with the seal itself; the frames' damage is found again by the walk below.
+        notes = tuple(d.describe() for d in problems if d.frame is None) if seg.sealed else (_seal_problem(path),)
+    elif final.exists():
         raise SegmentFormatError(f"{final} already exists; move it away before recovering {path}")
+    try:
+        return _reseal(path, final, resealing, notes)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+        raise RecoveryError(f"recovery failed ({reason}); the file is unchanged — {fix} and run "
+                            "`ime-segments recover` again") from None
+
+
+def _seal_problem(path: Path) -> str:
+    with open(path, "rb") as fh:
+        try:
+            read_seal(fh, os.fstat(fh.fileno()).st_size)
+        except SegmentFormatError as exc:
+            return f"not sealed properly: {exc}"
+    return "not sealed properly"
+
+
+def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) -> Recovery:
     temp = final.with_name(final.name + TEMP_SUFFIX)
-    tail_path = free_name(path.with_name(path.name[: -len(OPEN_SUFFIX)] + TAIL_SUFFIX))
+    tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
-    damage = list(seg.damage)
     try:
         with open(path, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
             header_end = _header_end(src)
-            kept, bad = _write_sealed(src, seg.frames, header_end, temp, path, damage, tail_path.name)
+            # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
+            # it is what did not check out).
+            walked, damage, _ = walk_frames(src, path, size)
+            frames, order_damage = order_frames(walked, path)
+            damage += order_damage
+            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name)
             damage.extend(bad)
-            skipped = _gaps(kept, header_end, seg.size)
-            if skipped:
+            skipped = _gaps(kept, header_end, size)
+            if kept and skipped:
                 _copy_ranges(src, skipped, tail_temp)
-    except OSError as exc:
+    except BaseException:
         for p in (temp, tail_temp):
             with contextlib.suppress(OSError):
                 os.unlink(p)
-        reason = exc.strerror or str(exc)
-        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-        raise RecoveryError(f"{path}: recovery failed ({reason}); the file is unchanged — {fix} and run "
-                            "`ime-segments recover` again") from None
+        raise
+    reasons = notes + tuple(d.describe() for d in sorted(damage, key=lambda d: d.offset))
+    # A crash leaves at most a cut-off last frame; a sealed file is never cut by one.
+    damaged = resealing or any(not d.reason.startswith("truncated") for d in damage)
+    if not kept:
+        os.unlink(temp)
+        return _move_aside(path, size, reasons or ("its header only",), damaged)
     if skipped:
         os.rename(tail_temp, tail_path)
     os.rename(temp, final)
-    os.unlink(path)
+    if not resealing:
+        os.unlink(path)
     fsync_directory(final.parent)
     dropped = sum(end - start for start, end in skipped)
-    reasons = tuple(d.describe() for d in sorted(damage, key=lambda d: d.offset))
-    damaged = any(not d.reason.startswith("truncated") for d in damage)
-    return Recovery(path, final, len(kept), sum(f.records for f in kept), dropped,
-                    tail_path if skipped else None, reasons, damaged)
+    return Recovery(path, final, len(kept), sum(f.records for f in kept), dropped, tail_path if skipped else None,
+                    reasons, damaged, RESEALED if resealing else SEALED)
+
+
+def _move_aside(path: Path, size: int, reasons: tuple[str, ...], damaged: bool) -> Recovery:
+    """A file with no record to keep: renamed to `.tail`, which frees its name and keeps its bytes."""
+    tail_path = free_name(tail_name(path))
+    os.rename(path, tail_path)
+    fsync_directory(path.parent)
+    return Recovery(path, None, 0, 0, size, tail_path, reasons, damaged, MOVED)
+
+
+def tail_name(path: Path) -> Path:
+    """`NAME.zst.tail` for `NAME.zst.open` and `NAME.zst` alike."""
+    stem = path.name[: -len(OPEN_SUFFIX)] if path.name.endswith(OPEN_SUFFIX) else path.name[: -len(SEALED_SUFFIX)]
+    return path.with_name(stem + TAIL_SUFFIX)
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
-                  damage: list[Damage], tail_name: str) -> tuple[list[FrameInfo], list[Damage]]:
+                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[Damage]]:
     """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
@@ -141,7 +238,7 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             "sealed_ns": time.time_ns(),
             "records": sum(f.records for f in kept),
             "dropped_tail_bytes": sum(end - start for start, end in skipped),
-            "tail": tail_name if skipped else None,
+            "tail": tail_file if skipped else None,
             "skipped": [
                 {"offset": start, "bytes": end - start,
                  "reason": "; ".join(d.reason for d in problems if start <= d.offset < end) or "not a frame"}
@@ -209,7 +306,22 @@ def _header_end(fh: BinaryIO) -> int:
     return SKIP_HEAD.size + size
 
 
-def recover_directory(directory: Path, shard: int | None = None) -> list[Recovery]:
+def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
+    """`recover` every file, one result each: one file that cannot be recovered never stops the others."""
+    results: list[Recovery | RecoveryFailure] = []
+    for p in paths:
+        try:
+            results.append(recover(p))
+        except RecoveryError as exc:
+            results.append(RecoveryFailure(p, str(exc)))  # it says the file is unchanged
+        except SegmentFormatError as exc:
+            results.append(RecoveryFailure(p, f"{exc}; left as it is"))
+        except OSError as exc:
+            results.append(RecoveryFailure(p, f"{exc.strerror or exc}; left as it is"))
+    return results
+
+
+def recover_directory(directory: Path, shard: int | None = None) -> list[Recovery | RecoveryFailure]:
     """Seal every `.open` file in a directory (optionally only one shard's): the recorder does this at start."""
     # Day directories and the flat layout alike (naming.open_segments searches both).
-    return [recover(p) for p in open_segments(directory, shard)]
+    return recover_each(open_segments(directory, shard))

@@ -169,6 +169,7 @@ class SegmentWriter:
         self._lock = threading.Lock()
         self.error: SegmentWriteError | None = None
         self.records_lost = 0
+        self._aborted = False
 
         # Figures for status lines; written by the writer thread, read anywhere.
         self.records_written = 0
@@ -321,6 +322,15 @@ class SegmentWriter:
             raise self.error
         return list(self.sealed)
 
+    def abort(self, timeout: float = 30.0) -> None:
+        """Stop the writer thread without writing what is still queued or sealing anything; the current `.open`
+        file is closed as it is. For output that is being thrown away (an interrupted merge's staging directory):
+        once this returns, nothing writes to or renames in the directory any more."""
+        self._aborted = True
+        self._queue.put(("abort", None))
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
     # --- writer thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -332,6 +342,12 @@ class SegmentWriter:
                 op, arg = self._queue.get(timeout=0.25)
             except queue.Empty:
                 op, arg = "idle", None
+            if self._aborted:
+                if self._current is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._current.fd)
+                    self._current = None
+                return
             try:
                 if op == "frame":
                     self._write_batch(arg, cctx)
