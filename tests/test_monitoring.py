@@ -13,9 +13,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+import yaml
+from live_util import free_port, metrics_url
+from nats_util import NATS_SERVER, NatsServer
+from prometheus_client.parser import text_string_to_metric_families
+from record_util import RecorderProcess
 
 from recorder.record.auth import TokenProvider
 from recorder.record.diskguard import GB
@@ -96,3 +112,346 @@ def test_the_disk_guards_levels_are_exported_beside_the_free_space(tmp_path):
 
 def _tehran_ns(y: int, mo: int, d: int, h: int, mi: int) -> int:
     return int(datetime(y, mo, d, h, mi, tzinfo=TEHRAN).timestamp()) * 10**9
+
+
+# --- deploy/: the rules and the dashboard, parsed ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "deploy" / "ime-record-alerts.yml"
+RULE_TESTS = ROOT / "tests" / "promtool" / "ime-record-alerts.test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+# Prometheus makes `up` for every target; the recorder cannot export it.
+PROMETHEUS_OWN = frozenset({"up"})
+# Exported but deliberately on no panel and in no rule (a new metric must be placed, or listed here with why).
+UNUSED = {
+    "ime_recorder_messages_per_second": "the dashboard takes rate() of ime_recorder_messages_total instead",
+    "ime_recorder_disk_low_warnings_total": "ime_recorder_disk_low and the free bytes say more",
+}
+
+
+def require(path: str | None, what: str) -> str:
+    """The tool's path; outside CI a missing tool skips with how to get it, in CI it fails (CI installs it)."""
+    if path is None:
+        why = f"{what} is not installed (apt-get install prometheus; `make promtool` does it as root)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run this test")
+        pytest.skip(why)
+    return path
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+def panel_exprs() -> list[str]:
+    """The PromQL of every panel target (data expected from a running recorder)."""
+    return [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL in the dashboard: targets, annotations, and the selectors of the variables' label_values()."""
+    out = [n["expr"] for n in _walk(dashboard()) if isinstance(n.get("expr"), str)]
+    for var in dashboard()["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
+        assert m, f"variable {var['name']}: {var['definition']!r} is not label_values(selector, label)"
+        out.append(m[1])
+    return out
+
+
+def promql(expr: str, rate_interval: str = "1m") -> str:
+    """A Grafana query as Prometheus gets it: the variables substituted (All selects every value)."""
+    return (expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
+            .replace("$instance", ".*").replace("$shard", ".*"))
+
+
+_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`|\[[^\]]*\]'
+                    r"|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-zA-Z]*|[a-zA-Z_:][a-zA-Z0-9_:]*|=~|!~|!=|==|>=|<=|\S")
+# Aggregations can take their label list first (`sum by (x) (...)`), so they are not followed by `(` either.
+_KEYWORDS = frozenset({"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+                       "offset", "inf", "nan", "atan2", "sum", "min", "max", "avg", "group", "stddev", "stdvar",
+                       "count", "count_values", "bottomk", "topk", "quantile"})
+_LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, labels it matches on) of every vector selector in a PromQL expression.
+
+    A small tokenizer rather than a full parser: strings, ranges and numbers are tokens of their own, a name
+    followed by `(` is a function or an aggregation, and label lists after by/without/on/... are skipped.
+    """
+    tokens = _TOKEN.findall(expr)
+    out: list[tuple[str, set[str]]] = []
+    i = 0
+    while i < len(tokens):
+        t, nxt = tokens[i], tokens[i + 1] if i + 1 < len(tokens) else ""
+        if t in _LABEL_LISTS and nxt == "(":
+            i = tokens.index(")", i) + 1
+        elif t == "{":
+            raise AssertionError(f"a selector without a metric name in {expr!r}: name the metric")
+        elif _IDENT.fullmatch(t) and t.lower() not in _KEYWORDS and nxt != "(":
+            labels: set[str] = set()
+            i += 1
+            if nxt == "{":
+                end = tokens.index("}", i)
+                labels = {tokens[j] for j in range(i + 1, end) if tokens[j + 1] in ("=", "!=", "=~", "!~")}
+                i = end
+            out.append((t, labels))
+        i += 1
+    return out
+
+
+def test_the_promql_tokenizer_finds_names_and_matched_labels_only():
+    expr = ('sum without (shard) (rate(ime_recorder_messages_total{instance=~"a|b", shard!="1"}[5m] offset 1h)) '
+            '/ on (instance) group_left () max by (instance) (ime_recorder_groups) > 1e3 '
+            'and ignoring (shard) predict_linear(x_total[1h], 6 * 3600) < bool 2 or label_replace(up, "a", "$1", '
+            '"b", "(.*)") unless time() - ime_recorder_start_time_seconds > 0')
+    assert selectors(expr) == [("ime_recorder_messages_total", {"instance", "shard"}), ("ime_recorder_groups", set()),
+                               ("x_total", set()), ("up", set()), ("ime_recorder_start_time_seconds", set())]
+
+
+def test_every_rule_says_how_long_how_bad_and_what_to_do():
+    seen: set[str] = set()
+    for rule in rules():
+        name = rule["alert"]
+        assert name not in seen, f"{name} twice"
+        seen.add(name)
+        assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{name}: no `for:`"
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert len(rule["annotations"]["summary"]) > 10 and len(rule["annotations"]["description"]) > 80, name
+        assert selectors(rule["expr"]), f"{name}: no metric in {rule['expr']!r}"
+    assert len(seen) >= 20
+
+
+def test_promtool_checks_the_rules():
+    out = subprocess.run([require(PROMTOOL, "promtool"), "check", "rules", str(RULES)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in out.stdout
+
+
+def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
+    spec = yaml.safe_load(RULE_TESTS.read_text())
+    assert spec["rule_files"] == [os.path.relpath(RULES, RULE_TESTS.parent)]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for group in spec["tests"]:
+        for case in group["alert_rule_test"]:
+            (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+    alerts = {r["alert"] for r in rules()}
+    assert alerts - firing == set(), "alerts without a firing case"
+    assert alerts - quiet == set(), "alerts without a quiet case"
+    assert (firing | quiet) - alerts == set(), "cases for alerts that do not exist"
+    out = subprocess.run([require(PROMTOOL, "promtool"), "test", "rules", str(RULE_TESTS)], capture_output=True,
+                         text=True, timeout=120, cwd=RULE_TESTS.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_dashboard_is_importable_and_its_queries_parse(tmp_path):
+    d = dashboard()
+    assert d["schemaVersion"] >= 36 and d["uid"] and d["title"]
+    assert [i["name"] for i in d["__inputs"]] == ["DS_PROMETHEUS"]
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in d["panels"]:
+        pos = p["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
+            assert p["targets"] and p.get("description"), p["title"]
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+    assert {v["name"] for v in d["templating"]["list"]} == {"instance", "shard"}
+    # promtool parses every expression (as recording rules): a typo in a panel fails here, not in Grafana.
+    exprs = dashboard_exprs()
+    check = tmp_path / "dashboard-rules.yml"
+    check.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr_{i}", "expr": promql(e)} for i, e in enumerate(exprs)]}]}))
+    out = subprocess.run([require(PROMTOOL, "promtool"), "check", "rules", str(check)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- against a real recorder --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecorderProcess]:
+    """A demo recording with everything on that has a metric: two shards, relay, NATS, disk guard, --on-sealed,
+    --stall-alert, and a trading session that never ends (so the session rules are live)."""
+    require(NATS_SERVER, "nats-server")
+    tmp = tmp_path_factory.mktemp("healthy")
+    nats = NatsServer(tmp).start()
+    rec = RecorderProcess(tmp, "--demo", "--shards", "2", "--out", str(tmp / "out"), "--metrics-port", "0",
+                          "--relay", "127.0.0.1:0", "--publish", nats.url, "--warn-free-gb", "0.001",
+                          "--min-free-gb", "0.0005", "--on-sealed", "true", "--stall-alert", "600",
+                          "--sessions", "sun-sat 00:00-24:00", "--status-interval", "1").start()
+    try:
+        url = metrics_url(rec)
+
+        def complete() -> bool:
+            s = scrape(url)
+            return (s.get("ime_recorder_nats_connected", {}).get(()) == 1 and "ime_recorder_relay_clients" in s
+                    and list(s.get("ime_recorder_connections_open", {}).values()) == [1.0, 1.0]
+                    and s.get("ime_recorder_disk_free_bytes", {}).get((), -1) >= 0)
+
+        poll(complete, 60, "every series of a healthy recorder in its /metrics")
+        rec.url = url  # type: ignore[attr-defined]
+        yield rec
+    finally:
+        rec.kill_tree()
+        nats.kill()
+
+
+def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample name (as exposed: counters with _total) → label set → value."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+
+
+def _labels(samples: dict[tuple[tuple[str, str], ...], float]) -> set[str]:
+    return {k for key in samples for k, _ in key}
+
+
+@pytest.mark.slow
+def test_every_metric_the_dashboard_and_the_rules_use_is_exported(healthy):
+    exported = scrape(healthy.url)
+    used: dict[str, set[str]] = {}
+    for where, exprs in (("dashboard", dashboard_exprs()), ("rules", [r["expr"] for r in rules()])):
+        for expr in exprs:
+            for name, labels in selectors(promql(expr)):
+                used.setdefault(name, set()).update(labels)
+                if name in PROMETHEUS_OWN:
+                    continue
+                assert name in exported, f"{where}: {name} (in {expr!r}) is not in the recorder's /metrics"
+                unknown = labels - {"instance", "job"} - _labels(exported[name])
+                assert not unknown, f"{where}: {name} has no label {unknown} (in {expr!r})"
+    # The tokenizer missed nothing that looks like one of ours.
+    raw = DASHBOARD.read_text() + RULES.read_text()
+    assert set(re.findall(r"\bime_recorder_\w+", raw)) - set(used) == set()
+    placed = set(exported) - set(used) - set(UNUSED)
+    assert not placed, f"exported but on no panel and in no rule: {sorted(placed)} (add them, or to UNUSED with why)"
+
+
+@pytest.mark.slow
+def test_the_promtool_cases_use_series_shaped_like_the_recorders(healthy):
+    exported = scrape(healthy.url)
+    for group in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for series in group["input_series"]:
+            m = re.fullmatch(r"(\w+)\{(.*)\}", series["series"])
+            assert m, series
+            name, labels = m[1], set(re.findall(r'(\w+)="', m[2]))
+            assert {"instance", "job"} <= labels, f"{group['name']}: {series['series']} lacks the scrape's labels"
+            if name in PROMETHEUS_OWN:
+                continue
+            assert name in exported, f"{group['name']}: {name} is not in the recorder's /metrics"
+            assert labels - {"instance", "job"} == _labels(exported[name]), f"{group['name']}: {series['series']}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_prometheus_answers_every_panel_and_alerts_on_what_it_should(healthy, tmp_path):
+    prometheus = require(PROMETHEUS, "prometheus")
+    # A recorder cut off from its feed: nothing listens where its base URL points, so it keeps reconnecting.
+    cut = RecorderProcess(tmp_path, "--ids", "101,102", "--base-url", f"ws://127.0.0.1:{free_port()}", "--out",
+                          str(tmp_path / "cut"), "--metrics-port", "0", "--stall-alert", "600", "--sessions",
+                          "sun-sat 00:00-24:00", env={"IME_TOKEN": "not-a-jwt"}).start()
+    prom: subprocess.Popen[bytes] | None = None
+    try:
+        targets = {name: urlsplit(url).netloc for name, url in (("healthy", healthy.url), ("cut", metrics_url(cut)))}
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [{"job_name": "ime-record", "static_configs": [{"targets": list(targets.values())}]}],
+        }))
+        port = free_port()
+        with open(tmp_path / "prometheus.log", "wb") as log:
+            prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                     f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+
+        def api(path: str, **params: str) -> Any:
+            with urllib.request.urlopen(f"{base}/api/v1/{path}?{urlencode(params)}", timeout=10) as r:
+                body = json.loads(r.read())
+            assert body["status"] == "success", body
+            return body["data"]
+
+        def query(expr: str) -> list[dict[str, Any]]:
+            return api("query", query=expr)["result"]
+
+        def ready() -> bool:
+            assert prom is not None and prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:
+                got = query("count_over_time(ime_recorder_ready[1m])")
+            except OSError:
+                return False
+            return len(got) == 2 and all(float(r["value"][1]) >= 8 for r in got)
+
+        poll(ready, 90, "Prometheus has scraped both recorders several times")
+
+        # Every panel has data (all variables at All); annotations and variables at least evaluate.
+        for expr in panel_exprs():
+            assert query(promql(expr, "10s")), f"no data for panel query {expr!r}"
+        for ann in dashboard()["annotations"]["list"]:
+            if "expr" in ann:
+                query(promql(ann["expr"], "10s"))
+        instances = {r["metric"]["instance"] for r in query("ime_recorder_ready")}
+        assert instances == set(targets.values())
+        shards = query(f'ime_recorder_up{{instance="{targets["healthy"]}"}}')
+        assert {r["metric"]["shard"] for r in shards} == {"0", "1"}
+
+        # The rules evaluate without error; the healthy recorder raises nothing, the cut-off one what an operator
+        # must hear (pending: every rule waits its `for:` before firing).
+        expected = {"IMERecorderNoDataInSession", "IMERecorderShardSilentInSession", "IMERecorderShardNotConnected"}
+        state: dict[str, Any] = {}
+
+        def alerts_settled() -> bool:
+            rule_states = [r for g in api("rules")["groups"] for r in g["rules"]]
+            state["errors"] = [(r["name"], r.get("lastError")) for r in rule_states if r["health"] == "err"]
+            assert not state["errors"], state["errors"]
+            if any(r["health"] != "ok" for r in rule_states):
+                return False
+            active = api("alerts")["alerts"]
+            state["healthy"] = {a["labels"]["alertname"] for a in active
+                                if a["labels"].get("instance") == targets["healthy"]}
+            state["cut"] = {a["labels"]["alertname"] for a in active if a["labels"].get("instance") == targets["cut"]}
+            return not state["healthy"] and state["cut"] == expected
+
+        try:
+            poll(alerts_settled, 90, "the cut-off recorder's alerts pending, none for the healthy one")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {state}") from None
+    finally:
+        if prom is not None:
+            prom.terminate()
+            prom.wait(30)
+        cut.kill_tree()
