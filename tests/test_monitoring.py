@@ -114,6 +114,44 @@ def _tehran_ns(y: int, mo: int, d: int, h: int, mi: int) -> int:
     return int(datetime(y, mo, d, h, mi, tzinfo=TEHRAN).timestamp()) * 10**9
 
 
+
+@pytest.mark.slow
+def test_a_group_is_disconnected_only_while_no_copy_of_it_is(sim_process, recorder, tmp_path):
+    """--redundancy 2 with copy 1 pointed where nothing listens: copies are down, groups are not; then the feed
+    goes away and every group is."""
+    sim = sim_process("--contracts", "6", "--rate", "200")
+    base = urlsplit(sim.info["base_url"])
+    dead = base._replace(netloc=f"127.0.0.1:{free_port()}").geturl()
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--redundancy", "2",
+                   "--base-url", sim.info["base_url"], "--base-url", dead, "--token-url", sim.info["token_url"],
+                   "--metrics-port", "0", env={"IME_USERNAME": sim.info["username"],
+                                               "IME_PASSWORD": sim.info["password"]})
+    url = metrics_url(rec)
+    seen: dict[str, float] = {}
+
+    def shard0(name: str) -> float:
+        return scrape(url)[name][(("shard", "0"),)]
+
+    def covered_by_one_copy() -> bool:
+        seen.update({n: shard0(n) for n in ("ime_recorder_groups", "ime_recorder_connections",
+                                            "ime_recorder_connections_open", "ime_recorder_groups_disconnected")})
+        groups = seen["ime_recorder_groups"]
+        return (groups >= 1 and seen["ime_recorder_connections"] == 2 * groups
+                and seen["ime_recorder_connections_open"] == groups and seen["ime_recorder_groups_disconnected"] == 0)
+
+    poll(covered_by_one_copy, 60, lambda: f"each group open on its live copy only: {seen}")
+    sim.kill()
+
+    def uncovered() -> bool:
+        seen.update({n: shard0(n) for n in ("ime_recorder_connections_open", "ime_recorder_groups_disconnected")})
+        return seen["ime_recorder_connections_open"] == 0 and seen["ime_recorder_groups_disconnected"] == groups
+
+    groups = seen["ime_recorder_groups"]
+    poll(uncovered, 60, lambda: f"every group disconnected once the feed is gone: {seen}")
+    first = shard0("ime_recorder_disconnected_seconds_total")
+    poll(lambda: shard0("ime_recorder_disconnected_seconds_total") >= first + groups, 30,
+         "the uncovered time grows by a second per group per second")
+
 # --- deploy/: the rules and the dashboard, parsed ------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,10 +367,11 @@ def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def poll(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what() if callable(what) else what}")
         time.sleep(0.2)
 
 
@@ -446,10 +485,7 @@ def test_a_real_prometheus_answers_every_panel_and_alerts_on_what_it_should(heal
             state["cut"] = {a["labels"]["alertname"] for a in active if a["labels"].get("instance") == targets["cut"]}
             return not state["healthy"] and state["cut"] == expected
 
-        try:
-            poll(alerts_settled, 90, "the cut-off recorder's alerts pending, none for the healthy one")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {state}") from None
+        poll(alerts_settled, 90, lambda: f"the cut-off recorder's alerts pending, none for the healthy one: {state}")
     finally:
         if prom is not None:
             prom.terminate()
