@@ -158,6 +158,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "ime-record-alerts.yml"
 RULE_TESTS = ROOT / "tests" / "promtool" / "ime-record-alerts.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+GUIDE = ROOT / "docs" / "operations-monitoring.md"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 # Prometheus makes `up` for every target; the recorder cannot export it.
@@ -275,6 +276,12 @@ def test_every_rule_says_how_long_how_bad_and_what_to_do():
         assert len(rule["annotations"]["summary"]) > 10 and len(rule["annotations"]["description"]) > 80, name
         assert selectors(rule["expr"]), f"{name}: no metric in {rule['expr']!r}"
     assert len(seen) >= 20
+
+
+def test_the_operators_guide_explains_every_alert():
+    guide = GUIDE.read_text()
+    missing = [r["alert"] for r in rules() if f"| `{r['alert']}` | {r['labels']['severity']} |" not in guide]
+    assert not missing, f"{GUIDE.name} has no row for {missing}"
 
 
 def test_promtool_checks_the_rules():
@@ -397,6 +404,8 @@ def test_every_metric_the_dashboard_and_the_rules_use_is_exported(healthy):
     assert set(re.findall(r"\bime_recorder_\w+", raw)) - set(used) == set()
     placed = set(exported) - set(used) - set(UNUSED)
     assert not placed, f"exported but on no panel and in no rule: {sorted(placed)} (add them, or to UNUSED with why)"
+    undocumented = {n for n in exported if f"`{n}`" not in GUIDE.read_text()}
+    assert not undocumented, f"{GUIDE.name}'s metrics table lacks {sorted(undocumented)}"
 
 
 @pytest.mark.slow
