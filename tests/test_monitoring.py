@@ -426,6 +426,8 @@ def test_the_promtool_cases_use_series_shaped_like_the_recorders(healthy):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_real_prometheus_answers_every_panel_and_alerts_on_what_it_should(healthy, tmp_path):
+    """Every panel query returns data from real recorders, and the rules raise exactly what they should for a
+    healthy recorder (nothing), one cut off from its feed, and one that is gone."""
     prometheus = require(PROMETHEUS, "prometheus")
     # A recorder cut off from its feed: nothing listens where its base URL points, so it keeps reconnecting.
     cut = RecorderProcess(tmp_path, "--ids", "101,102", "--base-url", f"ws://127.0.0.1:{free_port()}", "--out",
@@ -495,6 +497,16 @@ def test_a_real_prometheus_answers_every_panel_and_alerts_on_what_it_should(heal
             return not state["healthy"] and state["cut"] == expected
 
         poll(alerts_settled, 90, lambda: f"the cut-off recorder's alerts pending, none for the healthy one: {state}")
+
+        # A recorder that is gone can only be seen by Prometheus's own `up`.
+        cut.kill_tree()
+
+        def down() -> bool:
+            active = api("alerts")["alerts"]
+            state["cut"] = {a["labels"]["alertname"] for a in active if a["labels"].get("instance") == targets["cut"]}
+            return "IMERecorderDown" in state["cut"]
+
+        poll(down, 60, lambda: f"IMERecorderDown pending for the killed recorder: {state}")
     finally:
         if prom is not None:
             prom.terminate()
