@@ -1,14 +1,15 @@
 """The operators' dashboard and alert rules (deploy/) against what the recorder really exports.
 
 - The series the rules need exist: per-shard group coverage and backpressure, the trading-session gauge, the
-  disk guard's levels.
+  disk guard's levels, the start time; a real worker with --redundancy 2 counts a group as disconnected only
+  while none of its copies is.
 - `promtool check rules` and `promtool test rules` (a firing and a quiet case for every alert, on series shaped
   like the recorder's own /metrics).
 - A real recorder is scraped: every metric a dashboard panel or a rule names is in the scrape, with the labels
   the query selects on, so a renamed metric fails here.
 - A real Prometheus scrapes a healthy recorder and one that cannot reach its feed, loads the rules, and answers
-  every dashboard query: each returns data, no rule fails to evaluate, the healthy recorder raises nothing and the
-  cut-off one raises what an operator must hear.
+  every dashboard query: each returns data, no rule fails to evaluate, the healthy recorder raises nothing, the
+  cut-off one raises what an operator must hear, and once it is killed, IMERecorderDown.
 """
 
 from __future__ import annotations
