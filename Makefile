@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick report clean nats-server
+.PHONY: demo test lint bench bench-quick report clean nats-server promtool
 
 # setup.py builds the C fast paths (recorder/export/_scan.c, recorder/segment/_dedupe.c and _block.c,
 # recorder/record/_handover.c, recorder/live/_fanout.c) during the editable install: a change to one reinstalls, so
@@ -31,7 +31,15 @@ nats-server:
 		(apt-get update -qq && apt-get install -y -qq nats-server >/dev/null) || \
 		echo "nats-server not installed (not root or no apt-get): the NATS tests will be skipped"; }
 
-test: $(BIN)/ime-record $(VENV)/node/node_modules/ws nats-server
+# The monitoring tests need promtool and prometheus (Debian's prometheus package has both; without recommends,
+# so no node exporter comes along). On a machine running systemd the package also enables and starts a
+# Prometheus service on port 9090. Installed when missing and we are root, otherwise those tests are skipped.
+promtool:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
+		echo "promtool not installed (not root or no apt-get): the monitoring tests will be skipped"; }
+
+test: $(BIN)/ime-record $(VENV)/node/node_modules/ws nats-server promtool
 	NODE_PATH=$(CURDIR)/$(VENV)/node/node_modules $(BIN)/pytest -n 2 --dist loadgroup
 
 lint: $(BIN)/ime-record

@@ -148,7 +148,8 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
 @click.option("--stall-alert", type=click.FloatRange(min=0, min_open=True),
               help="ERROR line, event and metric when no message arrives for this many seconds in a session.")
 @click.option("--sessions", default=DEFAULT_SESSIONS, show_default=True,
-              help="Trading sessions in Asia/Tehran time for --stall-alert, e.g. 'sat-wed 09:00-17:00'.")
+              help="Trading sessions in Asia/Tehran time for --stall-alert and the ime_recorder_trading_session "
+                   "metric, e.g. 'sat-wed 09:00-17:00'.")
 @click.option("--notify/--no-notify", default=True, show_default=True,
               help="Tell systemd (NOTIFY_SOCKET) when recording is ready and that the supervisor is alive.")
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), is_eager=True,

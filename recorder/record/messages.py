@@ -33,6 +33,8 @@ class Status:
     rejected: tuple[str, ...] = ()
     downtime_ns: int = 0  # summed over groups: time with no copy of the group connected (data may be missed)
     group_ns: int = 0  # summed over groups: how long each has existed (downtime's denominator)
+    groups: int = 0  # connection groups recording now (each with --redundancy copies)
+    groups_disconnected: int = 0  # of those, groups with no copy connected right now
     final: bool = False
 
 

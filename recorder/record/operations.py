@@ -27,7 +27,7 @@ from recorder.record.metrics import Figure
 from recorder.record.renewal import renew_at
 from recorder.record.retention import SegmentFile, plan_removals, remove, scan
 from recorder.record.sdnotify import Notifier
-from recorder.record.sessions import DEFAULT_SESSIONS, Session, StallAlarm, describe, parse_sessions
+from recorder.record.sessions import DEFAULT_SESSIONS, Session, StallAlarm, describe, in_session, parse_sessions
 from recorder.record.status import ShardView
 
 log = logging.getLogger("recorder.operations")
@@ -326,6 +326,13 @@ class Operations:
         out = [
             Figure("ime_recorder_ready", "gauge", "1 once every shard was connected or retrying",
                    float(self.ready)),
+            # A restart by systemd can fall between two scrapes: a new start time shows it all the same.
+            Figure("ime_recorder_start_time_seconds", "gauge", "when the recorder started (Unix time)",
+                   self.started_ns / 1e9),
+            # Exported whether or not --stall-alert is on: alert rules tell silence in a session (an outage)
+            # from silence at night (normal) by it.
+            Figure("ime_recorder_trading_session", "gauge", "1 while the clock is within --sessions (Asia/Tehran)",
+                   float(in_session(self.settings.sessions, time.time_ns()))),
             Figure("ime_recorder_retention_removed_files", "counter", "segments removed by retention",
                    self.retention_removed_total),
             Figure("ime_recorder_retention_removed_bytes", "counter", "bytes removed by retention",
@@ -341,6 +348,13 @@ class Operations:
         out.append(Figure("ime_recorder_token_remaining_seconds", "gauge",
                           "seconds until the token's exp claim (-1: no exp)",
                           remaining if remaining is not None else -1.0))
+        if self.guard.warn_bytes is not None:
+            out.append(Figure("ime_recorder_disk_warn_free_bytes", "gauge", "--warn-free-gb in bytes",
+                              self.guard.warn_bytes))
+        if self.guard.min_bytes is not None:
+            out.append(Figure("ime_recorder_disk_min_free_bytes", "gauge",
+                              "--min-free-gb in bytes: below it the recorder seals everything and stops",
+                              self.guard.min_bytes))
         if self.guard.enabled:
             out += [
                 Figure("ime_recorder_disk_free_bytes", "gauge", "free bytes on the data disk", self.disk_free),

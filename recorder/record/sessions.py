@@ -71,6 +71,10 @@ def session_start_ns(sessions: tuple[Session, ...], now_ns: int, tz: ZoneInfo = 
     return None
 
 
+def in_session(sessions: tuple[Session, ...], now_ns: int, tz: ZoneInfo = TEHRAN) -> bool:
+    return session_start_ns(sessions, now_ns, tz) is not None
+
+
 @dataclass(slots=True)
 class StallAlarm:
     """Raised once when nothing arrived for `after_s` during a session; cleared by the next message.

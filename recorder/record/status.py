@@ -40,6 +40,8 @@ class ShardView:
     copies: int = 0
     downtime_ns: int = 0
     group_ns: int = 0
+    groups: int = 0
+    groups_disconnected: int = 0
     sent_ns: int = 0  # when the worker sent its last status
     updated_at: float = 0.0  # monotonic time the last status arrived
     msg_rate: float = 0.0
@@ -64,6 +66,7 @@ class ShardView:
         self.files_sealed, self.backlog_bytes, self.paused = status.files_sealed, status.backlog_bytes, status.paused
         self.messages, self.bytes, self.copies = status.messages, status.bytes, status.copies
         self.downtime_ns, self.group_ns = status.downtime_ns, status.group_ns
+        self.groups, self.groups_disconnected = status.groups, status.groups_disconnected
         self.rejected = list(status.rejected)
         self.sent_ns, self.updated_at = status.sent_ns, now
         total_m, total_b = self.total_messages, self.total_bytes
@@ -88,6 +91,9 @@ class ShardView:
         self.messages = self.bytes = self.reconnects = self.records_written = self.copies = 0
         self.downtime_ns = self.group_ns = 0
         self.bytes_on_disk = self.files_sealed = self.connections_open = 0
+        # No process, no connection: every group is uncovered until the next worker connects it.
+        self.groups_disconnected = self.groups
+        self.paused = False
         self._last_sample = None
         self.msg_rate = self.byte_rate = 0.0
 
@@ -119,6 +125,10 @@ class ShardView:
     def total_copies(self) -> int:
         return self.base_copies + self.copies
 
+    @property
+    def total_downtime_ns(self) -> int:
+        return self.base_downtime_ns + self.downtime_ns
+
     def stale(self, now: float) -> bool:
         """Running, but no status for a while: the worker is frozen (SIGSTOP, a hung loop) or dying."""
         return self.state == "running" and self.updated_at > 0 and now - self.updated_at > STALE_AFTER_S
@@ -144,7 +154,7 @@ class ShardView:
         total = self.base_group_ns + self.group_ns
         if total <= 0:
             return None
-        return max(0.0, 1.0 - (self.base_downtime_ns + self.downtime_ns) / total)
+        return max(0.0, 1.0 - self.total_downtime_ns / total)
 
 
 def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None) -> list[str]:

@@ -561,6 +561,8 @@ class Worker:
             # Over the groups recording now: a group split by bisection or excluded is not a gap of theirs.
             downtime_ns=sum(g.downtime(now) for g in self.groups.values()),
             group_ns=sum(now - g.started_ns for g in self.groups.values()),
+            groups=len(self.groups),
+            groups_disconnected=sum(1 for g in self.groups.values() if g.open_copies == 0),
             final=final,
         )
 
