@@ -15,6 +15,7 @@ from segment_util import ime_payload, write_records
 
 from recorder.events import Event, encode_event
 from recorder.segment.format import RecordKind
+from recorder.segment.merge_staging import RECORD
 from recorder.segment.reader import discover, merge_records, open_segment
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def reference(inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
     assert proc.returncode == 0, stderr
     names, records = content(out)
     assert len(names) >= 2 and len(records) > MESSAGES
-    assert sorted(p.name for p in out.iterdir()) == names  # nothing but the merged files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, RECORD])  # the merged files and their record
     return ended - began, ended - writing, (names, records), stdout.replace(str(out), "OUT")
 
 
@@ -98,7 +99,7 @@ def interrupted(inputs: tuple[Path, Path], out: Path, sig: int, delay: float) ->
 def test_an_interrupted_merge_says_so_and_a_rerun_writes_the_uninterrupted_output(inputs, reference, tmp_path, sig):
     whole, writing, expected, _ = reference
     rng = random.Random(2100 + int(sig))
-    for trial in range(5):
+    for trial in range(4):
         out = tmp_path / f"m{trial}"
         # SIGKILL anywhere in the run; the others anywhere from when the merge took OUT (the first trial at once,
         # so that at least one signal surely lands while the merge is writing).
@@ -122,7 +123,7 @@ def test_an_interrupted_merge_says_so_and_a_rerun_writes_the_uninterrupted_outpu
         _, stderr = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, (where, stderr)
         assert content(out) == expected, where
-        assert sorted(p.name for p in out.iterdir()) == expected[0], where
+        assert sorted(p.name for p in out.iterdir()) == sorted([*expected[0], RECORD]), where
 
 
 class Killed(BaseException):
@@ -146,8 +147,13 @@ def test_a_rerun_finishes_moving_the_files_of_a_merge_killed_after_it_finished(i
         real_rename(source, target)
 
     monkeypatch.setattr(merge_staging.os, "rename", rename)
-    with pytest.raises(Killed):
-        CliRunner().invoke(cli, ["merge", *map(str, inputs), "--out", str(out)])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Killed):
+            CliRunner().invoke(cli, ["merge", *map(str, inputs), "--out", str(out)])
+    finally:
+        for sig, handler in handlers.items():  # the merge leaves its own for the rest of its process
+            signal.signal(sig, handler)
     monkeypatch.undo()
     assert len(discover([out])) == 1  # what the kill left: one file in place, the others staged, and the marker
     rerun = start(inputs, out)
@@ -156,7 +162,15 @@ def test_a_rerun_finishes_moving_the_files_of_a_merge_killed_after_it_finished(i
     assert "interrupted while moving" in stderr and stderr.count("\n") == 1
     assert stdout.replace(str(out), "OUT") == report  # the report of the run that did the merge
     assert content(out) == expected
-    assert sorted(p.name for p in out.iterdir()) == expected[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*expected[0], RECORD])
+    # Once more, the merge is complete: said and reported again, nothing written; other options are refused.
+    again = start(inputs, out)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0 and "already holds the complete output of this merge" in stderr
+    assert stdout.replace(str(out), "OUT") == report and content(out) == expected
+    other = subprocess.run([str(IME_SEGMENTS), "merge", *map(str, inputs), "--out", str(out), "--keep-receipts"],
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "already holds segment files" in other.stderr
 
 
 def test_a_second_merge_into_the_same_out_is_refused_while_the_first_runs(inputs, tmp_path):

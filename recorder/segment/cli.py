@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -361,46 +360,61 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     # What decides the output: a rerun that finds this merge finished (see merge_staging) reports it as its own.
     arguments = {"inputs": [str(p.resolve()) for p in inputs], "keep_receipts": keep_receipts,
                  "dedupe_window": dedupe_window}
-    with signals_held() as guard:
-        # Held (noted, not raised) while a leftover is dealt with: a half-finished move must not be left half-done.
-        try:
-            lock = lock_output(out)
-        except MergeOutputError as exc:
-            raise UserError(str(exc)) from None
-        try:
-            merge_locked(out, given, arguments, keep_receipts, dedupe_window, show, guard)
-        finally:
-            os.close(lock)
+    # Held (noted, not raised) while a leftover is dealt with: a half-finished move must not be left half-done.
+    guard = guard_signals()
+    try:
+        lock = lock_output(out)
+    except MergeOutputError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        merge_locked(out, given, arguments, keep_receipts, dedupe_window, show, guard)
+    finally:
+        os.close(lock)
 
 
 def merge_locked(out: Path, given: list[tuple[Path, list[Path]]], arguments: dict[str, object], keep_receipts: bool,
                  dedupe_window: float, show: int, guard: SignalGuard) -> None:
     """The merge once OUT is locked: leftovers of an interrupted run, the merge into staging, the move into OUT."""
-    from recorder.segment.merge_staging import MergeOutputError, discard, finish, staging_dir, take_over
+    from recorder.segment.merge_staging import (
+        MergeOutputError,
+        complete_record,
+        discard,
+        finish,
+        staging_dir,
+        start,
+        take_over,
+    )
 
     try:
         leftover = take_over(out)
+        record = complete_record(out)
     except MergeOutputError as exc:
         raise UserError(str(exc)) from None
     if leftover is not None and not leftover.complete:
         click.echo(f"{PROG}: removed the unfinished output of an interrupted merge ({leftover.files} files in "
                    f"{staging_dir(out)}); merging from the start", err=True)
     elif leftover is not None:
-        record = leftover.record or {}
         click.echo(f"{PROG}: an earlier merge into {out} had finished but was interrupted while moving its "
                    f"{leftover.files} files into place; this run finished the move", err=True)
-        if record.get("arguments") == arguments:
-            for line in record.get("report", []):
-                click.echo(line)
-            sys.exit(int(record.get("exit", 0)))
+    if record is not None and record.get("arguments") == arguments:
+        # This merge is complete in OUT (perhaps its process was killed before it could report): report it again.
+        guard.ignore()
+        if leftover is None:
+            click.echo(f"{PROG}: {out} already holds the complete output of this merge (the same inputs and "
+                       "options); nothing to do", err=True)
+        for line in record.get("report", []):
+            click.echo(line)
+        sys.exit(int(record.get("exit", 0)))
     if discover([out]):
         raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
     staged = StagedMerge(staging_dir(out))
     try:
         guard.release()  # until the files are complete, Ctrl-C and SIGTERM stop the merge
+        start(out)
         staged.run(given, keep_receipts, dedupe_window, show)
-        guard.hold()
+        guard.ignore()
     except Interrupted as exc:
+        guard.ignore()
         staged.abort()
         discard(out)
         click.echo(f"{PROG}: merge interrupted by {signal.Signals(exc.signum).name} before it finished: nothing "
@@ -412,13 +426,12 @@ def merge_locked(out: Path, given: list[tuple[Path, list[Path]]], arguments: dic
         staged.abort()
         discard(out)
         raise
-    # Complete: from here a signal is only noted, and the files are moved into place whatever comes.
+    # Complete: from here a signal is ignored, and the files are moved into place whatever comes.
     staged.report.append(f"{len(staged.sealed)} sealed files in {out}, "
                          + ("verified" if not staged.output_damage else "DAMAGED"))
     code = EXIT_RUNTIME if staged.output_damage or staged.input_damage or staged.unreadable else 0
     try:
-        finish(out, [s.path.name for s in staged.sealed], {"arguments": arguments, "report": staged.report,
-                                                            "exit": code})
+        finish(out, [s.path for s in staged.sealed], {"arguments": arguments, "report": staged.report, "exit": code})
     except MergeOutputError as exc:
         raise UserError(str(exc), EXIT_RUNTIME) from None
     for line in staged.report:
@@ -445,7 +458,6 @@ class StagedMerge:
         from recorder.segment.merge import merge, report_lines
         from recorder.segment.writer import SegmentWriteError, SegmentWriter
 
-        self.staging.mkdir()
         opened: list[tuple[str, list[SegmentFile]]] = []
         for p, files in given:
             segs = []
@@ -528,16 +540,22 @@ class SignalGuard:
     def hold(self) -> None:
         self.held = True
 
+    def ignore(self) -> None:
+        """Nothing is left to stop: SIGINT and SIGTERM are ignored for the rest of the process. (Python puts the
+        default action back in place of its own handlers as it exits, and a late signal must not kill a process
+        that has done its work: a rerun could not tell.)"""
+        self.held = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
-@contextmanager
-def signals_held() -> Iterator[SignalGuard]:
+
+def guard_signals() -> SignalGuard:
+    """Route SIGINT and SIGTERM through a SignalGuard, held, for the rest of the process (until `ignore`): they are
+    not put back, so that a late signal cannot turn a finished merge into a killed process."""
     guard = SignalGuard()
-    previous = {sig: signal.signal(sig, guard.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield guard
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, guard.handle)
+    return guard
 
 
 def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
