@@ -337,7 +337,7 @@ if _dedupe is not None:
     class NativeDeduper(_dedupe.Deduper, _Observe):
         """The C implementation (_dedupe.c). It takes ts_ns, sources and refs as ints and keys as 16-byte digests
         (what every caller passes; anything else is a TypeError), ts_ns and sources within int64 (OverflowError).
-        Its ring and table keep the size of the most entries the window ever held (at most max_entries)."""
+        Its ring and table keep the size of the most originals the window ever held (at most max_entries)."""
 
         __slots__ = ()
 
