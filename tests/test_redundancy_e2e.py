@@ -204,7 +204,7 @@ def test_sigkill_of_a_worker_with_two_copies_restarts_it_and_the_other_shard_is_
 
 
 WINDOW_S = 1.0
-REPEAT_RUN_S = 12.0
+REPEAT_RUN_S = 10.0
 SLACK_NS = 500_000_000  # a publication this close to a group's connect or disconnect may or may not be received
 
 

@@ -20,13 +20,14 @@ leaves, it leaves alone, and the pairing shifts with it:
 - the entry's later originals move up one place (the second is now the first), and
 - each source's count of arrivals goes down by one, to no less than zero.
 
-A source that had delivered the departed original (as its original or as a copy) is done with it, so its next
-arrival still pairs with the original after the ones it delivered. A source that had not delivered it never
-will within the window: the departed original is no longer owed, and that source's next arrival pairs with the
-first live original — if it was the late copy of the departed one after all, it is kept as a new message
-further on (the late copy of a departed original is kept, as above; the count of stored messages is the same).
-So the n-th arrival from a source is a copy of the n-th *live* original, every source's count never exceeds the
-live originals, and an entry goes when its last original does. The common case — one original, copies from
+A source that had delivered the departed original (as the original itself or as a copy) owes it nothing more:
+its next arrival still pairs with the first live original it has not delivered. A source that had not
+delivered it never will within the window, so it owes it nothing either: its next arrival pairs with the first
+live original. (Had that arrival been the departed original's late copy after all, that source is one off for
+these bytes while the entry lives, and one more message is stored: the late copy that the window already
+promises to keep; nothing is lost.)
+So the n-th arrival from a source is a copy of the n-th *live* original; the largest count is always the number
+of live originals, and an entry goes when its last original does. The common case — one original, copies from
 other sources — never reaches this: it is one atom, and leaves whole.
 
 Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
@@ -336,7 +337,7 @@ if _dedupe is not None:
     class NativeDeduper(_dedupe.Deduper, _Observe):
         """The C implementation (_dedupe.c). It takes ts_ns, sources and refs as ints and keys as 16-byte digests
         (what every caller passes; anything else is a TypeError), ts_ns and sources within int64 (OverflowError).
-        Its ring and table keep the size of the most entries the window ever held (at most max_entries)."""
+        Its ring and table keep the size of the most originals the window ever held (at most max_entries)."""
 
         __slots__ = ()
 
