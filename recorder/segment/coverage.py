@@ -10,6 +10,7 @@ from the recording; with one copy it is simply the reconnect downtime.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +65,7 @@ class GroupCoverage:
     copies: dict[int, CopyFigures] = field(default_factory=dict)
     ended: bool = False
     observer: CoverageObserver | None = None
+    held: set[str] = field(default_factory=set)  # its contracts not yet taken over by other groups or rejected
 
     @property
     def span_ns(self) -> int:
@@ -167,11 +169,19 @@ class Coverage:
             group = self.groups.get(key)
             if group is None:
                 contracts = event.get("contracts")
-                group = self.groups[key] = GroupCoverage(
-                    shard, epoch, group_id, tuple(str(c) for c in contracts) if isinstance(contracts, list) else (),
-                    start_ns=ts, end_ns=ts, observer=self.observer)
+                held = tuple(str(c) for c in contracts) if isinstance(contracts, list) else ()
+                # A worker splits a refused group into new ones (bisection): each contract is in one group at a
+                # time, so a group whose contracts all moved on is gone, not uncovered until the recording ends.
+                self._release(shard, epoch, ts, held)
+                group = self.groups[key] = GroupCoverage(shard, epoch, group_id, held, start_ns=ts, end_ns=ts,
+                                                         observer=self.observer, held=set(held))
                 group._uncover(ts)
             group.copies.setdefault(copy, CopyFigures())
+            return
+        if name == "rejected":
+            contracts = event.get("contracts")
+            if isinstance(contracts, list):
+                self._release(shard, epoch, ts, [str(c) for c in contracts])
             return
         group = self.groups.get(key)
         if group is None or group.ended:
@@ -188,6 +198,17 @@ class Coverage:
                 self.observer.disconnected(group, copy, ts)
             if not group.open_conns:
                 group._uncover(ts)
+
+    def _release(self, shard: int, epoch: int, ts: int, contracts: Iterable[str]) -> None:
+        """`contracts` now belong to a new group (or are excluded): end the groups left holding none."""
+        moved = set(contracts)
+        if not moved:
+            return
+        for (s, e, _), group in self.groups.items():
+            if s == shard and e == epoch and not group.ended and group.held & moved:
+                group.held -= moved
+                if not group.held and not group.open_conns:
+                    group.end(ts)
 
     def _end_shard(self, shard: int, epoch: int, ts: int, down_since: int | None = None) -> None:
         """End a worker's groups at `ts`; with `down_since`, its open connections died then (a crash)."""
