@@ -71,3 +71,42 @@ def test_a_refused_group_split_by_bisection_ends_when_its_contracts_move_on(tmp_
     # The groups that recorded: only the wait for their first connection.
     assert groups[2]["uncovered_s"] == 0.006 and groups[4]["uncovered_s"] == 0.006
     assert groups[2]["span_s"] == round((end - T0 - 47 * MS) / S, 6)
+
+
+def test_a_window_sees_the_connections_opened_before_it(tmp_path):
+    """`stats --from`: a group connected long before the window is there from the window's start, with the gap in
+    it; the connection events before the window are read (only frames that hold events), nothing else counted."""
+    ids = ["1001"]
+    recs = [ev(T0, 0, Event.WORKER_STARTED, incarnation=1, contracts=ids),
+            ev(T0 + MS, 1, Event.CONNECTING, conn=1, contracts=ids, group=1, copy=0),
+            ev(T0 + 2 * MS, 1, Event.OPENED, conn=1, contracts=ids, group=1, copy=0),
+            ev(T0 + 3 * MS, 2, Event.CONNECTING, conn=2, contracts=ids, group=1, copy=1),
+            ev(T0 + 4 * MS, 2, Event.OPENED, conn=2, contracts=ids, group=1, copy=1),
+            # Both copies down 09:03:00-09:03:05 (UTC 05:33), copy 1 back at once, copy 0 down until 09:08.
+            ev(T0 + 180 * S, 1, Event.CLOSED, conn=1, code=1006, group=1, copy=0),
+            ev(T0 + 180 * S + MS, 2, Event.CLOSED, conn=2, code=1006, group=1, copy=1),
+            ev(T0 + 185 * S, 3, Event.CONNECTING, conn=3, contracts=ids, group=1, copy=1),
+            ev(T0 + 185 * S + MS, 3, Event.OPENED, conn=3, contracts=ids, group=1, copy=1),
+            ev(T0 + 480 * S, 4, Event.CONNECTING, conn=4, contracts=ids, group=1, copy=0),
+            ev(T0 + 480 * S + MS, 4, Event.OPENED, conn=4, contracts=ids, group=1, copy=0)]
+    for i in range(6000):
+        ts = T0 + 10 * MS + i * 100 * MS
+        if not T0 + 180 * S <= ts < T0 + 185 * S:
+            recs.append((ts, 3 if ts > T0 + 185 * S else 1, TEXT, ime_payload(i, "1001")))
+    recs.append(ev(T0 + 600 * S, 0, Event.WORKER_STOPPING, reason="recorder stopping"))
+    recs.sort(key=lambda r: r[0])
+    write_records(tmp_path / "d", recs, shard=0, frame_bytes=16384)
+
+    env = {k: v for k, v in os.environ.items() if k != "IME_TZ"}
+    out = subprocess.run([sys.executable, "-m", "recorder.segment", "stats", "--json", str(tmp_path / "d"),
+                          "--tz", "Asia/Tehran", "--from", "09:02", "--to", "09:06"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = orjson.loads(out.stdout)
+    assert doc["events"] == {"closed": 2, "connecting": 1, "opened": 1}  # counted in the window only
+    [group] = doc["connections"]["groups"]
+    assert group["group"] == 1 and group["gaps"] == 1
+    assert group["longest_gaps"] == [{"from_ns": T0 + 180 * S + MS, "to_ns": T0 + 185 * S + MS, "s": 5.0}]
+    assert group["span_s"] == round((10 * MS + 3599 * 100 * MS - 120 * S) / S, 6)  # --from to its last record
+    assert set(group["copies"]) == {"0", "1"}
+    assert group["copies"]["0"]["first"] + group["copies"]["1"]["first"] == 2400 - 50

@@ -66,6 +66,7 @@ class GroupCoverage:
     ended: bool = False
     observer: CoverageObserver | None = None
     held: set[str] = field(default_factory=set)  # its contracts not yet taken over by other groups or rejected
+    from_start: bool = True  # its first uncovered interval is the wait for its first connection (not a window's)
 
     @property
     def span_ns(self) -> int:
@@ -84,7 +85,7 @@ class GroupCoverage:
             gap = (self.uncovered_since, ts)
             self.uncovered_ns += max(0, ts - self.uncovered_since)
             self.uncovered_since = None
-            if self.gap_count == 0:
+            if self.gap_count == 0 and self.from_start:
                 self.initial_ns = gap[1] - gap[0]
             self.gap_count += 1
             self.gaps.append(gap)
@@ -198,6 +199,29 @@ class Coverage:
                 self.observer.disconnected(group, copy, ts)
             if not group.open_conns:
                 group._uncover(ts)
+
+    def start_at(self, ts: int) -> None:
+        """Count from `ts` on, in the state the events so far left (a window's start: `--from`).
+
+        Fed the events before a window, the groups connected then are known at its start: they are counted from
+        `ts` (uncovered from `ts` if no copy was connected), and groups that had ended are not in the window.
+        """
+        for key, group in list(self.groups.items()):
+            if group.ended:
+                del self.groups[key]
+                continue
+            group.start_ns = group.end_ns = ts
+            group.uncovered_since = None if group.open_conns else ts
+            group.uncovered_ns = group.gap_count = group.initial_ns = 0
+            group.gaps = []
+            group.copies = {copy: CopyFigures() for copy in group.copies}
+            group.from_start = False
+            group.observer = self.observer
+            if self.observer is not None:
+                for copy in set(group.open_conns.values()):
+                    self.observer.connected(group, copy, ts)
+        for shard in self._last_ts:
+            self._last_ts[shard] = ts
 
     def _release(self, shard: int, epoch: int, ts: int, contracts: Iterable[str]) -> None:
         """`contracts` now belong to a new group (or are excluded): end the groups left holding none."""

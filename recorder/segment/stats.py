@@ -104,15 +104,26 @@ class RecordingStats:
 def accumulate(records: Iterable[Record], identify: Callable[[bytes], str | None],
                observer: CoverageObserver | None = None,
                on_record: Callable[[Record, str | None], object] | None = None,
+               before: tuple[int, Iterable[Record]] | None = None,
                ) -> tuple[RecordingStats, list[GroupCoverage]]:
     """Per-contract statistics and per-group coverage of records in receive-time order (`merge_records`).
 
+    `before`: (the window's start, the events before it: `events_before`), so that connections opened before
+    the window are known in it; only their state is taken, nothing before the window is counted.
     `ime-segments stats` prints what this returns; `ime-segments report` draws it, seeing every step through
     `observer` (coverage) and `on_record` (each record with the contract it was counted under), so that the
     two never disagree.
     """
     stats = RecordingStats()
-    coverage = Coverage(observer=observer)
+    if before is None:
+        coverage = Coverage(observer=observer)
+    else:
+        coverage = Coverage()
+        start_ns, events = before
+        for rec in events:
+            coverage.add(rec.ts_ns, rec.shard, rec.conn, rec.kind, rec.payload)
+        coverage.observer = observer
+        coverage.start_at(start_ns)
     count, cover = stats.add, coverage.add
     for rec in records:
         contract = count(rec.ts_ns, rec.kind, rec.payload, identify)
