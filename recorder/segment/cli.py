@@ -199,7 +199,8 @@ def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: st
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
     segments, skipped = open_all(paths)
     selection = Selection.parse(segments, (), start, end, tz)
-    stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of)
+    stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of,
+                               before=selection.before(segments))
     damaged = report_damage(d for s in segments for d in s.damage)
     if stats.records == 0 and selection.filtered:
         raise RuntimeFailure(selection.nothing_selected(segments, tz))
