@@ -39,7 +39,8 @@ def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | N
         raise RuntimeFailure(f"no records in {', '.join(paths)}: nothing to report")
     lo = span[0] if selection.start_ns is None else max(span[0], selection.start_ns)
     hi = span[1] + 1 if selection.end_ns is None else min(span[1] + 1, selection.end_ns)
-    data = collect(segments, lo, max(hi, lo + 1), selection)
+    # At least a second drawn: a recording of one record still has a time axis.
+    data = collect(segments, lo, max(hi, lo + 1_000_000_000), selection)
     damaged = report_damage(d for s in segments for d in s.damage)
     if data.stats.records == 0 and selection.filtered:
         raise RuntimeFailure(selection.nothing_selected(segments, tz))

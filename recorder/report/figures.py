@@ -135,8 +135,10 @@ def _copies(data: ReportData, lane: Lane) -> list[int]:
     return sorted(copies) or [0]
 
 
-def timeline(data: ReportData, zone: tzinfo) -> Drawn:
+def timeline(data: ReportData, zone: tzinfo) -> Drawn | None:
     """Per shard and group: one row per copy (connected), one for the time no copy was, and the shard's events."""
+    if not data.timeline.lanes and not data.events.marked:
+        return None  # no connection event in what was read (a window inside one long connection, or no recorder)
     span = max(1, data.end_ns - data.start_ns)
     min_width = span / 500  # ~3 px: a 5 ms gap in a day is still seen
     lanes = [data.timeline.lanes[k] for k in sorted(data.timeline.lanes)]
@@ -255,9 +257,10 @@ def rates(data: ReportData, zone: tzinfo) -> Drawn:
         _steps(ax, data, per_second(data, data.rates.counts[contract]), color=palette(i % 10),
                linewidth=1.2, label=contract)
     if rest:
+        # Their mean, not their sum: on the same scale as the contracts drawn (the sum is in the panel below).
         summed = per_second(data, [sum(data.rates.counts[c][i] for c in rest) for i in range(data.bins.count)])
-        _steps(ax, data, summed, color="#7f7f7f", linewidth=1.2, linestyle="--",
-               label=f"{len(rest)} other contracts together")
+        _steps(ax, data, [v / len(rest) for v in summed], color="#7f7f7f", linewidth=1.2, linestyle="--",
+               label=f"mean of the {len(rest)} other contracts")
     unit = "s" if width_s == 1 else f"{width_s:g} s bin"
     ax.set_ylabel("messages/s" + ("" if width_s == 1 else f"\n(mean per {unit})"))
     if top:

@@ -232,6 +232,8 @@ def render(data: ReportData, figures: list[Drawn], zone: tzinfo, tz_name: str, s
         parts.append('<figure data-figure="timeline">' + by_name["timeline"].svg + "<figcaption>Per shard and "
                      "connection group: when each copy (connection) was up, and when none was — the only time a "
                      "message can be missing. Events of the shard on its own row.</figcaption></figure>")
+    else:
+        parts.append('<p class="note">No connection events in what was read: nothing to draw.</p>')
     parts += [
         "<h2>Gaps: time with no copy of a group connected</h2>",
         _table(["shard", "worker", "group", "contracts", "from", "span", "no copy", "gaps", "connected",
