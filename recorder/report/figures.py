@@ -114,7 +114,11 @@ def _svg(fig: Figure, name: str) -> Drawn:
 def _time_axis(ax: Axes, zone: tzinfo, data: ReportData, label: bool = True) -> None:
     locator = mdates.AutoDateLocator(tz=zone, minticks=6, maxticks=14)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+    # The date at the axis' end carries its offset too (Z for UTC), as every time the report shows.
+    suffix = " Z" if zone_label(zone, data.start_ns, data.end_ns).endswith("(Z)") else " %z"
+    offsets = ["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+        locator, tz=zone, offset_formats=[f + suffix if f else f for f in offsets]))
     ax.set_xlim(num(data.start_ns), num(data.end_ns))
     if label:
         ax.set_xlabel(f"receive time, {zone_label(zone, data.start_ns, data.end_ns)}")
