@@ -85,6 +85,9 @@ def network_references(html: str) -> list[str]:
 
 # --- end to end: a real redundant recording -------------------------------------------------------------
 
+# One worker runs the three tests of the recording (`make test` distributes with --dist loadgroup): it is made once.
+E2E = pytest.mark.xdist_group("report-e2e")
+
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -126,6 +129,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
+@E2E
 def test_the_report_shows_the_gaps_stats_reports_at_the_same_times(recorded):
     html, stats = recorded["html"], recorded["stats"]
     data = report_data(html)
@@ -188,6 +192,7 @@ def test_the_report_shows_the_gaps_stats_reports_at_the_same_times(recorded):
 
 
 @pytest.mark.slow
+@E2E
 def test_the_report_loads_nothing_from_the_network(recorded):
     html = recorded["html"]
     assert network_references(html) == []
@@ -232,6 +237,7 @@ def chromium_screenshot(page: Path, png: Path, workdir: Path) -> None:
 
 
 @pytest.mark.slow
+@E2E
 def test_chromium_renders_the_report_with_its_figures(recorded):
     import numpy as np
     from PIL import Image
