@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick report clean nats-server promtool
+.PHONY: demo test lint bench bench-quick report clean nats-server promtool chromium
 
 # setup.py builds the C fast paths (recorder/export/_scan.c, recorder/segment/_dedupe.c and _block.c,
 # recorder/record/_handover.c, recorder/live/_fanout.c) during the editable install: a change to one reinstalls, so
@@ -39,7 +39,14 @@ promtool:
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
 		echo "promtool not installed (not root or no apt-get): the monitoring tests will be skipped"; }
 
-test: $(BIN)/ime-record $(VENV)/node/node_modules/ws nats-server promtool
+# `ime-segments report`'s test renders the page in headless Chromium (Debian's package), installed the same way;
+# without it that test skips and says why (and fails under CI=true: .ci/run requires it).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed (not root or no apt-get): the report's rendering test will be skipped"; }
+
+test: $(BIN)/ime-record $(VENV)/node/node_modules/ws nats-server promtool chromium
 	NODE_PATH=$(CURDIR)/$(VENV)/node/node_modules $(BIN)/pytest -n 2 --dist loadgroup
 
 lint: $(BIN)/ime-record

@@ -28,6 +28,7 @@ class Event(enum.StrEnum):
     IDLE_TIMEOUT = "idle_timeout"  # nothing received for --idle-timeout seconds; reconnecting
     STALL = "stall"  # no message for --stall-alert seconds during a trading session: silent_s, after_s
     STALL_OVER = "stall_over"  # messages arrive again (or the session ended)
+    DISK = "disk"  # free space crossed --warn-free-gb or --min-free-gb: level (low, critical, ok), free_bytes
 
 
 def encode_event(event: Event | str, **fields: Any) -> bytes:

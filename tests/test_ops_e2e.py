@@ -266,6 +266,11 @@ def test_disk_guard_stops_cleanly_on_a_small_filesystem(recorder, tmp_path):
         assert st.f_bavail * st.f_frsize > 8 << 20  # stopped well before the disk was full
         assert "No space left" not in err and "ENOSPC" not in err
         all_sealed(out)
+        # Both crossings are in the data, for `ime-segments report` to mark.
+        events = [decode_event(r.payload) for f in segment_files(out) for r in open_segment(f).iter_records()
+                  if r.kind == RecordKind.EVENT]
+        levels = [e.get("level") for e in events if e.get("event") == "disk"]
+        assert "low" in levels and "critical" in levels, levels
         before = sorted(segment_files(out))
         again = recorder("--demo", "--out", str(out), "--min-free-gb", str(64 / 1024))
         assert again.wait(60) == 1

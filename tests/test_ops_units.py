@@ -166,6 +166,25 @@ def test_disk_guard_levels_change_once_per_crossing(tmp_path):
     assert free_bytes(tmp_path) > 0
 
 
+def test_disk_crossings_are_recorded_as_events(tmp_path):
+    """A report of the recording can only show a low disk if the recording says so."""
+    from recorder.record.auth import TokenProvider
+    from recorder.record.operations import Operations, OpsSettings
+
+    sent: list[dict] = []
+    free = free_bytes(tmp_path)
+    settings = OpsSettings(warn_free_bytes=free + (1 << 40))  # a TiB more than there is: low at once
+    ops = Operations(settings, tmp_path, "ime", views=lambda: [], tokens=TokenProvider(token="x"),
+                     fail=lambda _: None, broadcast_token=lambda *_: None, send_event=sent.append)
+    ops.tick()
+    ops.tick()  # still low: not said again
+    assert [(e["event"], e["level"]) for e in sent] == [("disk", "low")]
+    assert 0 < sent[0]["free_bytes"] <= free + (1 << 30)
+    ops.guard.warn_bytes = 1
+    ops.tick()
+    assert [(e["event"], e["level"]) for e in sent] == [("disk", "low"), ("disk", "ok")]
+
+
 # --- --on-sealed ---------------------------------------------------------------------------------------
 
 

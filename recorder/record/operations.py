@@ -18,6 +18,7 @@ from typing import Any
 
 from recorder import clock
 from recorder.errors import RuntimeFailure
+from recorder.events import Event
 from recorder.feed.token import token_expiry
 from recorder.humanize import human_bytes
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
@@ -203,6 +204,9 @@ class Operations:
             log.warning("cannot read free space of %s: %s", self.out_dir, exc.strerror)
             return
         change = self.guard.check(self.disk_free)
+        if change is not None and self.send_event is not None:
+            # In the data too, so that a report of the recording shows when the disk ran low.
+            self.send_event({"event": str(Event.DISK), "level": change.value, "free_bytes": self.disk_free})
         if change is DiskLevel.CRITICAL:
             assert self.guard.min_bytes is not None
             self.fail(f"{self.out_dir} has only {human_bytes(self.disk_free)} free, below --min-free-gb "

@@ -1,4 +1,5 @@
-"""`ime-segments`: ls, cat, verify, stats, recover, and export (its code is in recorder/export, imported lazily)."""
+"""`ime-segments`: ls, cat, verify, stats, recover, merge, and export and report (their code is in recorder/export
+and recorder/report, imported lazily)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
-from recorder.segment.coverage import Coverage, summarise
+from recorder.segment.coverage import summarise
 from recorder.segment.format import RecordKind, SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
@@ -31,7 +32,7 @@ from recorder.segment.reader import (
 )
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
-from recorder.segment.stats import RecordingStats
+from recorder.segment.stats import RecordingStats, accumulate, stats_document
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 if TYPE_CHECKING:
@@ -197,46 +198,18 @@ def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: st
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
     segments, skipped = open_all(paths)
     selection = Selection.parse(segments, (), start, end, tz)
-    stats = RecordingStats()
-    coverage = Coverage()
-    for rec in merge_records(segments, selection.start_ns, selection.end_ns):
-        stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
-        coverage.add(rec.ts_ns, rec.shard, rec.conn, rec.kind, rec.payload)
-    connections = summarise(coverage.finish())
+    stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of,
+                               before=selection.before(segments))
     damaged = report_damage(d for s in segments for d in s.damage)
     if stats.records == 0 and selection.filtered:
         raise RuntimeFailure(selection.nothing_selected(segments, tz))
     if as_json:
-        document = {**stats_document(stats), "connections": connections}
-        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.write(orjson.dumps(stats_document(stats, groups), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print_stats(stats)
-        print_coverage(connections)
+        print_coverage(summarise(groups))
     if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
-
-
-def stats_document(stats: RecordingStats) -> dict[str, object]:
-    return {
-        "records": stats.records,
-        "first": format_ns(stats.first_ns) if stats.first_ns is not None else None,
-        "last": format_ns(stats.last_ns) if stats.last_ns is not None else None,
-        "contracts": {
-            name: {
-                "records": c.records,
-                "first": format_ns(c.first_ns),
-                "last": format_ns(c.last_ns),
-                "mean_rate_per_s": round(c.mean_rate, 3),
-                "max_rate_per_s": c.max_per_second,
-                "largest_gap_s": round(c.largest_gap_ns / 1e9, 6),
-                "largest_gap_after": format_ns(c.largest_gap_at_ns) if c.records > 1 else None,
-            }
-            for name, c in sorted(stats.contracts.items())
-        },
-        "events": dict(stats.events),
-        "close_codes": {str(k): v for k, v in sorted(stats.close_codes.items())},
-        "other_kinds": {str(k): v for k, v in stats.other_kinds.items()},
-    }
 
 
 def print_stats(stats: RecordingStats) -> None:
@@ -599,6 +572,32 @@ def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
         raise UserError(f"export needs pyarrow ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
     run_export(paths, out, contracts, start, end, tz, tables, quiet)
+
+
+@cli.command("report")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", required=True, help="The HTML file to write (replaced if it exists).")
+@click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
+@click.option("--to", "end", help="Only records before this time, same forms as --from.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True,
+              help=TZ_HELP + " The report shows every time in this zone.")
+@one_line_errors(PROG)
+def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | None, tz: str) -> None:
+    """A recording's health as one self-contained HTML page: connections, gaps, rates, lag, events.
+
+    \b
+    The figures are `stats`' own (its JSON document is embedded); the page loads nothing from anywhere.
+    Example: ime-segments report ime-data/ --tz Asia/Tehran --from 09:00 --to 17:00 --out today.html
+    """
+    # Imported here: the report draws with matplotlib (the `analysis` extra), which the recorder does not need.
+    try:
+        from recorder.report.cli import run_report
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("matplotlib", "numpy", "PIL"):
+            raise
+        raise UserError(f"report needs matplotlib ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
+            from None
+    run_report(paths, out, start, end, tz)
 
 
 def main() -> None:

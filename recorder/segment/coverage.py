@@ -10,9 +10,9 @@ from the recording; with one copy it is simply the reconnect downtime.
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from recorder.events import decode_event
 from recorder.histogram import Histogram
@@ -23,6 +23,22 @@ _BINARY = int(RecordKind.BINARY)
 _EVENT = int(RecordKind.EVENT)
 _RECEIPT = int(RecordKind.RECEIPT)
 MAX_GAPS = 20  # the longest uncovered intervals kept per group
+
+
+class CoverageObserver(Protocol):
+    """Told every step of the computation as it happens, for a picture over time (`ime-segments report`).
+
+    The figures stay Coverage's own; an observer only sees when each copy was up, every uncovered interval
+    (Coverage keeps the longest `MAX_GAPS`), and each later copy's lag with its time.
+    """
+
+    def connected(self, group: GroupCoverage, copy: int, ts_ns: int) -> None: ...
+
+    def disconnected(self, group: GroupCoverage, copy: int, ts_ns: int) -> None: ...
+
+    def uncovered(self, group: GroupCoverage, start_ns: int, end_ns: int) -> None: ...
+
+    def lag(self, group: GroupCoverage, copy: int, ts_ns: int, lag_ns: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -40,7 +56,7 @@ class GroupCoverage:
     contracts: tuple[str, ...] = ()
     start_ns: int = 0
     end_ns: int = 0
-    open_conns: set[int] = field(default_factory=set)
+    open_conns: dict[int, int] = field(default_factory=dict)  # conn → its copy
     uncovered_since: int | None = None
     uncovered_ns: int = 0
     gap_count: int = 0  # uncovered intervals, the wait for the first connection included
@@ -48,6 +64,9 @@ class GroupCoverage:
     gaps: list[tuple[int, int]] = field(default_factory=list)
     copies: dict[int, CopyFigures] = field(default_factory=dict)
     ended: bool = False
+    observer: CoverageObserver | None = None
+    held: set[str] = field(default_factory=set)  # its contracts not yet taken over by other groups or rejected
+    from_start: bool = True  # its first uncovered interval is the wait for its first connection (not a window's)
 
     @property
     def span_ns(self) -> int:
@@ -66,10 +85,12 @@ class GroupCoverage:
             gap = (self.uncovered_since, ts)
             self.uncovered_ns += max(0, ts - self.uncovered_since)
             self.uncovered_since = None
-            if self.gap_count == 0:
+            if self.gap_count == 0 and self.from_start:
                 self.initial_ns = gap[1] - gap[0]
             self.gap_count += 1
             self.gaps.append(gap)
+            if self.observer is not None:
+                self.observer.uncovered(self, *gap)
             if len(self.gaps) > MAX_GAPS:
                 self.gaps.sort(key=lambda g: g[0] - g[1])
                 del self.gaps[MAX_GAPS:]
@@ -77,8 +98,19 @@ class GroupCoverage:
     def end(self, ts: int) -> None:
         if not self.ended:
             self.end_ns = max(self.end_ns, ts)
+            if self.observer is not None:
+                for copy in self.open_conns.values():
+                    self.observer.disconnected(self, copy, self.end_ns)
             self._cover(ts)
             self.ended = True
+
+    def drop_all(self, ts: int) -> None:
+        """Every open connection went down at `ts` (the worker died then)."""
+        if self.observer is not None:
+            for copy in self.open_conns.values():
+                self.observer.disconnected(self, copy, ts)
+        self.open_conns.clear()
+        self._uncover(ts)
 
 
 @dataclass(slots=True)
@@ -87,6 +119,7 @@ class Coverage:
     _epoch: dict[int, int] = field(default_factory=dict)
     _conns: dict[tuple[int, int, int], tuple[int, int]] = field(default_factory=dict)  # → (group, copy)
     _last_ts: dict[int, int] = field(default_factory=dict)
+    observer: CoverageObserver | None = None
 
     def add(self, ts_ns: int, shard: int, conn: int, kind: int, payload: bytes) -> None:
         previous = self._last_ts.get(shard, ts_ns)
@@ -103,8 +136,13 @@ class Coverage:
         group.end_ns = ts_ns
         if kind == _RECEIPT:
             figures.later += 1
-            with contextlib.suppress(SegmentFormatError):
-                figures.lag.record(decode_receipt(payload)[1])
+            try:
+                lag = decode_receipt(payload)[1]
+            except SegmentFormatError:
+                return
+            figures.lag.record(lag)
+            if self.observer is not None:
+                self.observer.lag(group, where[1], ts_ns, lag)
         elif kind in (_TEXT, _BINARY):
             figures.first += 1
 
@@ -132,31 +170,76 @@ class Coverage:
             group = self.groups.get(key)
             if group is None:
                 contracts = event.get("contracts")
-                group = self.groups[key] = GroupCoverage(
-                    shard, epoch, group_id, tuple(str(c) for c in contracts) if isinstance(contracts, list) else (),
-                    start_ns=ts, end_ns=ts)
+                held = tuple(str(c) for c in contracts) if isinstance(contracts, list) else ()
+                # A worker splits a refused group into new ones (bisection): each contract is in one group at a
+                # time, so a group whose contracts all moved on is gone, not uncovered until the recording ends.
+                self._release(shard, epoch, ts, held)
+                group = self.groups[key] = GroupCoverage(shard, epoch, group_id, held, start_ns=ts, end_ns=ts,
+                                                         observer=self.observer, held=set(held))
                 group._uncover(ts)
             group.copies.setdefault(copy, CopyFigures())
+            return
+        if name == "rejected":
+            contracts = event.get("contracts")
+            if isinstance(contracts, list):
+                self._release(shard, epoch, ts, [str(c) for c in contracts])
             return
         group = self.groups.get(key)
         if group is None or group.ended:
             return
         group.end_ns = max(group.end_ns, ts)
         if name == "opened":
-            group.open_conns.add(conn)
+            if self.observer is not None and conn not in group.open_conns:
+                self.observer.connected(group, copy, ts)
+            group.open_conns[conn] = copy
             group._cover(ts)
         elif name == "closed" and conn in group.open_conns:
-            group.open_conns.discard(conn)
+            copy = group.open_conns.pop(conn)
+            if self.observer is not None:
+                self.observer.disconnected(group, copy, ts)
             if not group.open_conns:
                 group._uncover(ts)
+
+    def start_at(self, ts: int) -> None:
+        """Count from `ts` on, in the state the events so far left (a window's start: `--from`).
+
+        Fed the events before a window, the groups connected then are known at its start: they are counted from
+        `ts` (uncovered from `ts` if no copy was connected), and groups that had ended are not in the window.
+        """
+        for key, group in list(self.groups.items()):
+            if group.ended:
+                del self.groups[key]
+                continue
+            group.start_ns = group.end_ns = ts
+            group.uncovered_since = None if group.open_conns else ts
+            group.uncovered_ns = group.gap_count = group.initial_ns = 0
+            group.gaps = []
+            group.copies = {copy: CopyFigures() for copy in group.copies}
+            group.from_start = False
+            group.observer = self.observer
+            if self.observer is not None:
+                for copy in set(group.open_conns.values()):
+                    self.observer.connected(group, copy, ts)
+        for shard in self._last_ts:
+            self._last_ts[shard] = ts
+
+    def _release(self, shard: int, epoch: int, ts: int, contracts: Iterable[str]) -> None:
+        """`contracts` now belong to a new group (or are excluded): end the groups left holding none."""
+        moved = set(contracts)
+        if not moved:
+            return
+        for (s, e, _), group in self.groups.items():
+            if s == shard and e == epoch and not group.ended and group.held & moved:
+                group.held -= moved
+                if not group.held and not group.open_conns:
+                    group.end(ts)
 
     def _end_shard(self, shard: int, epoch: int, ts: int, down_since: int | None = None) -> None:
         """End a worker's groups at `ts`; with `down_since`, its open connections died then (a crash)."""
         for (s, e, _), group in self.groups.items():
             if s == shard and e == epoch and not group.ended:
                 if down_since is not None and group.open_conns:
-                    group.open_conns.clear()
-                    group._uncover(down_since)
+                    group.drop_all(down_since)
                 group.end(ts)
 
     def finish(self) -> list[GroupCoverage]:

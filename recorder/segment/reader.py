@@ -39,6 +39,7 @@ from recorder.segment.format import (
     ZSTD_FRAME_MAGIC,
     FooterIndex,
     FrameInfo,
+    RecordKind,
     SeekEntry,
     SegmentFormatError,
     SegmentHeader,
@@ -582,4 +583,36 @@ def overlaps(seg: SegmentFile, start_ns: int | None, end_ns: int | None) -> bool
     if start_ns is not None and seg.max_ts is not None and seg.max_ts < start_ns:
         return False
     return not (end_ns is not None and seg.min_ts >= end_ns)
+
+
+def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record]:
+    """The event records before `start_ns`, in receive-time order, reading only the frames that hold events.
+
+    What a window (`--from`) needs to know of the connections opened before it: a day's recording has a few
+    hundred events in tens of thousands of frames. Damage in a frame that also holds records of the window is
+    left to the window's own read to report, so that it is reported once.
+    """
+    streams = []
+    for chain in sequences(segments):
+        streams.append(_events_before(chain, start_ns))
+    return heapq.merge(*streams, key=itemgetter(0))
+
+
+def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[Record]:
+    dctx = zstandard.ZstdDecompressor()
+    for seg in chain:
+        frames = [f for f in seg.frames if f.events and f.min_ts < start_ns]
+        if not frames:
+            continue
+        with open(seg.path, "rb", buffering=READ_BUFFER) as fh:
+            for info in frames:
+                try:
+                    records = read_frame(fh, info, dctx)
+                except SegmentFormatError as exc:
+                    if info.max_ts < start_ns:
+                        seg.damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
+                    continue
+                for ts, conn, kind, payload in records:
+                    if kind == RecordKind.EVENT and ts < start_ns:
+                        yield Record(ts, seg.shard, conn, kind, payload)
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from recorder.feed.message import identifier_of
 from recorder.segment.dedupe import ReceiptResolver
 from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt
-from recorder.segment.reader import Record, SegmentFile, merge_records
+from recorder.segment.reader import Record, SegmentFile, events_before, merge_records
 from recorder.timeparse import format_local, parse_tz, parse_window
 
 _TEXT = int(RecordKind.TEXT)
@@ -52,6 +52,10 @@ class Selection:
     @property
     def filtered(self) -> bool:
         return bool(self.contracts) or self.start_ns is not None or self.end_ns is not None
+
+    def before(self, segments: list[SegmentFile]) -> tuple[int, Iterator[Record]] | None:
+        """With --from: (its time, the events before it), for the connections opened before the window."""
+        return None if self.start_ns is None else (self.start_ns, events_before(segments, self.start_ns))
 
     def window_misses(self, segments: list[SegmentFile]) -> bool:
         """True when there is a time window and, by the frame index alone, no record can be in it."""
