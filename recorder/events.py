@@ -28,6 +28,8 @@ class Event(enum.StrEnum):
     IDLE_TIMEOUT = "idle_timeout"  # nothing received for --idle-timeout seconds; reconnecting
     STALL = "stall"  # no message for --stall-alert seconds during a trading session: silent_s, after_s
     STALL_OVER = "stall_over"  # messages arrive again (or the session ended)
+    RELOAD = "reload"  # a reload (SIGHUP) changed the shard's contracts: added, removed, contracts (the new count)
+    UNSUBSCRIBED = "unsubscribed"  # a reload removed every contract of a group: group, contracts; it closes for good
 
 
 def encode_event(event: Event | str, **fields: Any) -> bytes:

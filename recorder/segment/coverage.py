@@ -1,8 +1,8 @@
 """Per connection group: when no copy was connected, which copy delivered first, and how much later the others.
 
 A pure accumulator over records in receive-time order (as `merge_records` yields them). It reads only the
-recorder's connection events (`worker_started`, `connecting`, `opened`, `closed`, `worker_stopping`, with
-their `group` and `copy` fields) and the record kinds — never the market data itself.
+recorder's connection events (`worker_started`, `connecting`, `opened`, `closed`, `unsubscribed`,
+`worker_stopping`, with their `group` and `copy` fields) and the record kinds — never the market data itself.
 
 The time when *no* copy of a group was connected is the only time a message of its contracts can be missing
 from the recording; with one copy it is simply the reconnect downtime.
@@ -130,12 +130,13 @@ class Coverage:
         if name == "connecting":
             self._conns[(shard, epoch, conn)] = (group_id, copy)
             group = self.groups.get(key)
+            contracts = event.get("contracts")
             if group is None:
-                contracts = event.get("contracts")
-                group = self.groups[key] = GroupCoverage(
-                    shard, epoch, group_id, tuple(str(c) for c in contracts) if isinstance(contracts, list) else (),
-                    start_ns=ts, end_ns=ts)
+                group = self.groups[key] = GroupCoverage(shard, epoch, group_id, start_ns=ts, end_ns=ts)
                 group._uncover(ts)
+            if isinstance(contracts, list):
+                # A reload may resubscribe the group with another list (the connections overlap: no gap).
+                group.contracts = tuple(str(c) for c in contracts)
             group.copies.setdefault(copy, CopyFigures())
             return
         group = self.groups.get(key)
@@ -149,6 +150,9 @@ class Coverage:
             group.open_conns.discard(conn)
             if not group.open_conns:
                 group._uncover(ts)
+        elif name == "unsubscribed":
+            # A reload removed the group's contracts: its connections close for good, which is not a gap.
+            group.end(ts)
 
     def _end_shard(self, shard: int, epoch: int, ts: int, down_since: int | None = None) -> None:
         """End a worker's groups at `ts`; with `down_since`, its open connections died then (a crash)."""
