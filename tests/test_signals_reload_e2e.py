@@ -105,6 +105,29 @@ def segment_stats(out: Path) -> dict:
     return orjson.loads(got.stdout)
 
 
+def published(directory: Path) -> list[tuple[int, str, bytes]]:
+    """Every message the simulator's market published: (publish ns, contract id, payload)."""
+    out = []
+    for path in discover([directory]):
+        for rec in open_segment(path).iter_records():
+            if rec.kind == RecordKind.TEXT:
+                out.append((rec.ts_ns, rec.payload.split(b'"contractId":"')[1].split(b'"')[0].decode(), rec.payload))
+    return out
+
+
+def missing(published_dir: Path, out: Path, contracts: list[str], lo_ns: int, hi_ns: int) -> list[tuple[int, str]]:
+    """Messages of `contracts` the market published between lo and hi that are not in the recording."""
+    have = Counter(payload for _, _, _, _, kind, payload in records(out) if kind == RecordKind.TEXT)
+    lost = []
+    for ts, contract, payload in published(published_dir):
+        if contract in contracts and lo_ns <= ts < hi_ns:
+            if have[payload] > 0:
+                have[payload] -= 1
+            else:
+                lost.append((ts, contract))
+    return lost
+
+
 def pick_by_shard(ids: list[str], shards: int, need: list[int]) -> list[list[str]]:
     """Contracts of `len(need)` distinct shards, need[i] of them from the i-th (rendezvous hashing decides)."""
     by_shard: dict[int, list[str]] = defaultdict(list)
@@ -126,8 +149,9 @@ def pick_by_shard(ids: list[str], shards: int, need: list[int]) -> list[list[str
 @pytest.mark.parametrize("redundancy", [1, 2])
 def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_and_loses_nothing(
         sim_process, recorder, tmp_path, redundancy):
-    sent, out, ids_file = tmp_path / "sent", tmp_path / "out", tmp_path / "ids.txt"
-    sim = sim_process("--contracts", "40", "--rate", "6000", "--seed", "21", "--sent-log", str(sent))
+    sent, out, ids_file, market = tmp_path / "sent", tmp_path / "out", tmp_path / "ids.txt", tmp_path / "market"
+    sim = sim_process("--contracts", "40", "--rate", "6000", "--seed", "21", "--sent-log", str(sent),
+                      "--published-log", str(market))
     a, b, c, d = pick_by_shard(sim.info["ids"], 4, [5, 1, 1, 2])
     shard_a, shard_b, shard_c, shard_d = (shard_of(x[0], 4) for x in (a, b, c, d))
     # Shard A has two groups of two ([a0, a1], [a2, a3]); a3 leaves and a4 comes: only the second group changes.
@@ -166,6 +190,10 @@ def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_
     # Every message the simulator sent on every connection is recorded once, in order, byte for byte: the
     # handover of the changed group (new connection open before the old one closes) lost and doubled nothing.
     compare_with_sent_log(out, sent)
+    # What was sent is not all: every message the market published for a contract listed before and after the
+    # reload, from a second before it to just before the stop, is in the recording (no gap at the handover).
+    kept = [a[0], a[1], a[2], *d]
+    assert not missing(market, out, kept, hup_ns - 10**9, stop_ns - 5 * 10**8)
     times = contract_times(out)
     # A message that arrived on the old and on the new connection is recorded once, the later arrival a receipt:
     # no payload is recorded more often than one connection was sent it (the simulator may send equal bytes twice).
@@ -213,6 +241,37 @@ def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_
     stats = segment_stats(out)
     groups = stats["connections"]["groups"]
     assert groups and all(g["gaps"] == 1 for g in groups), groups
+
+
+def test_a_reload_adding_a_contract_the_server_refuses_loses_nothing_of_the_others(sim_process, recorder, tmp_path):
+    """The new connection is refused (an unknown contract); the old one keeps recording its contracts while the
+    refusal is bisected, and closes only once the contracts it held are recorded on connections that work."""
+    out, ids_file, market = tmp_path / "out", tmp_path / "ids.txt", tmp_path / "market"
+    sim = sim_process("--contracts", "6", "--rate", "1500", "--published-log", str(market))
+    ids = sim.info["ids"][:3]
+    ids_file.write_text("\n".join(ids) + "\n")
+    rec = recorder("--ids-file", str(ids_file), "--out", str(out), "--status-interval", "1", *sim_args(sim),
+                   env=creds(sim))
+    rec.wait_for("1/1 connections", 90)
+    time.sleep(1)
+    ids_file.write_text("\n".join([*ids, "9999"]) + "\n")
+    hup_ns = time.time_ns()
+    rec.signal(signal.SIGHUP)
+    rec.wait_for("refuses contract 9999", 60)
+    wait_for_after(rec, "refuses contract 9999", "2/2 connections", 60)  # 1001-1002 and 1003, each on its own
+    time.sleep(1)
+    stop_ns = time.time_ns()
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(60) == 0, rec.stderr
+    assert sim.stop() == 0, sim.stderr
+    assert no_open_files(out) and "Traceback" not in rec.stderr
+    assert [e["contracts"] for _, _, e in events(out, "rejected")] == [["9999"]]
+    assert not missing(market, out, ids, hup_ns - 10**9, stop_ns - 5 * 10**8)
+    # The group the refusal split ends where its halves take over: ime-segments stats sees no gap in a group that
+    # recorded anything but its wait for its first connection (a group holding 9999 is refused within ms).
+    groups = segment_stats(out)["connections"]["groups"]
+    working = [g for g in groups if sum(c["first"] for c in g["copies"].values())]
+    assert len(working) == 3 and all(g["gaps"] == 1 for g in working), groups
 
 
 def test_sighup_with_nothing_changed_is_one_line_a_broken_config_keeps_the_running_settings(sim_process, recorder,

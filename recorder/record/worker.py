@@ -276,9 +276,11 @@ class Worker:
         if self._dedupers.pop(id(deduper), None) is not None:
             self.retired_copies += deduper.counts.copies
 
-    def _retire_group(self, run: GroupRun) -> None:
+    def _retire_group(self, run: GroupRun, reason: str) -> None:
         """The group was split or excluded: keep its figures, stop its other copies."""
         self.groups.pop(run.group.gid, None)
+        # Readers (ime-segments stats) end the group here: its connection going away is not a gap.
+        self._event(Event.UNSUBSCRIBED, group=run.group.gid, contracts=list(run.group.contracts), reason=reason)
         self._release_deduper(run.deduper)
         current = asyncio.current_task()
         for c in run.copies:
@@ -449,7 +451,7 @@ class Worker:
                     # None: the probe could not tell (no connection, or closed without a verdict); the token
                     # is called bad only on a refusal, otherwise the bisection goes ahead.
                     if verdict is False:
-                        self._retire_group(run)
+                        self._retire_group(run, "token refused")
                         self._send(m.Fatal(self.cfg.shard, refused=True, message=(
                             f"the server refuses the token: it refused it ({how}) for shard {self.cfg.shard}'s "
                             "contracts after a refresh was tried, and for a probe with the single contract "
@@ -462,7 +464,7 @@ class Worker:
                 handover = self._handover_of(gid)
                 halves = [self._start_group(g, inherit=run if handover is not None else None)
                           for g in decision.groups]
-                self._retire_group(run)
+                self._retire_group(run, "split to find the refused contract")
                 if handover is not None:
                     # A contract a reload added is refused: the old connections cover the others until the
                     # halves that hold them are accepted.
@@ -470,7 +472,7 @@ class Worker:
                     handover.waiting.update(h.group.gid for h in halves)
                 return None
             case _:
-                self._retire_group(run)
+                self._retire_group(run, "refused")
                 handover = self._handover_of(gid)
                 if handover is not None:
                     handover.waiting.discard(gid)
@@ -641,7 +643,7 @@ class Worker:
         gid = run.group.gid
         self.groups.pop(gid, None)
         self.planner.remove(gid)
-        self._event(Event.UNSUBSCRIBED, group=gid, contracts=list(run.group.contracts))
+        self._event(Event.UNSUBSCRIBED, group=gid, contracts=list(run.group.contracts), reason="removed by a reload")
         for c in run.copies:
             c.retiring = c.closing = True
             if c.transport is not None:

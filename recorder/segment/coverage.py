@@ -151,7 +151,8 @@ class Coverage:
             if not group.open_conns:
                 group._uncover(ts)
         elif name == "unsubscribed":
-            # A reload removed the group's contracts: its connections close for good, which is not a gap.
+            # A reload removed the group's contracts, or a refusal split or excluded it: its connections close for
+            # good, which is not a gap.
             group.end(ts)
 
     def _end_shard(self, shard: int, epoch: int, ts: int, down_since: int | None = None) -> None:
