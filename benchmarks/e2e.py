@@ -288,15 +288,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_pids(supervisor: int) -> list[int]:
+def children(pid: int) -> list[int]:
     try:
-        pids = [int(p) for p in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()]
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The recorder's workers: named ime-rec-sNN, forked by the supervisor's fork server (its grandchildren)."""
     out = []
-    for pid in pids:
+    for pid in descendants(supervisor):
         try:
-            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if Path(f"/proc/{pid}/comm").read_text().startswith("ime-rec-s"):
                 out.append(pid)
         except OSError:
             continue

@@ -49,6 +49,7 @@ from e2e import (
     analyse_recording,
     blaster,
     cpu_seconds,
+    descendants,
     new_connections,
     sim,
     stop_process,
@@ -157,21 +158,16 @@ def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], 
 
 
 def sample_children_cpu(parent: int, cpu: dict[int, tuple[str, float]]) -> None:
-    """The last CPU time (user + system) seen for each child of the supervisor: "worker" or "hub"."""
-    try:
-        pids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return
-    for pid in map(int, pids):
+    """The last CPU time (user + system) seen for each worker (ime-rec-sNN, forked by the supervisor's fork server)
+    and the hub (ime-live-hub) of the supervisor."""
+    for pid in descendants(parent):
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             used = cpu_seconds(pid)
         except OSError:
             continue
-        if b"resource_tracker" in cmd:
-            continue
-        cpu[pid] = ("hub" if comm == "ime-live-hub" else "worker", used)
+        if comm == "ime-live-hub" or comm.startswith("ime-rec-s"):
+            cpu[pid] = ("hub" if comm == "ime-live-hub" else "worker", used)
 
 
 def relay_latency(out_dir: Path, samples: list[list[int]]) -> Histogram:

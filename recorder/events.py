@@ -29,6 +29,10 @@ class Event(enum.StrEnum):
     STALL = "stall"  # no message for --stall-alert seconds during a trading session: silent_s, after_s
     STALL_OVER = "stall_over"  # messages arrive again (or the session ended)
     DISK = "disk"  # free space crossed --warn-free-gb or --min-free-gb: level (low, critical, ok), free_bytes
+    RELOAD = "reload"  # a reload (SIGHUP) changed the shard's contracts: added, removed, contracts (the new count)
+    # A group's connections close for good (group, contracts, reason): a reload removed its contracts, or a refusal
+    # split it (to find the refused contract) or excluded it.
+    UNSUBSCRIBED = "unsubscribed"
 
 
 def encode_event(event: Event | str, **fields: Any) -> bytes:

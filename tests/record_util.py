@@ -51,9 +51,13 @@ class RecorderProcess:
             self.proc.wait(5)
 
     def worker_pids(self) -> list[int]:
+        """The running workers, oldest first: processes named ime-rec-sNN (forked by the supervisor's fork
+        server, so its grandchildren), or, as recorders before issue 21 started them, spawned children."""
         assert self.proc is not None
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        named = sorted((_start_time(p), p) for p in _descendants(self.proc.pid) if _comm(p).startswith("ime-rec-s"))
+        if named:
+            return [p for _, p in named]
+        pids = _children(self.proc.pid)
         # multiprocessing's resource tracker is a child too, and so is the live hub (--relay, --publish); workers
         # are the other ones running multiprocessing.spawn.
         return [p for p in pids if "multiprocessing.spawn" in _cmdline(p) and "resource_tracker" not in _cmdline(p)
@@ -84,6 +88,30 @@ class RecorderProcess:
     @property
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = _children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _comm(pid: int) -> str:

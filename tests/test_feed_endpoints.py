@@ -18,6 +18,7 @@ from recorder.feed.endpoints import (
     UnknownPathError,
     build_url,
     parse_subscription,
+    regroup,
     split_contracts,
 )
 
@@ -133,3 +134,63 @@ def test_split_of_many_ids_and_a_contract_that_can_never_fit():
     assert split_contracts(DEFAULT_BASE_URL, EndpointKind.ID, []) == []
     with pytest.raises(ValueError, match="does not fit in a URL of 200 characters"):
         split_contracts(DEFAULT_BASE_URL, EndpointKind.NAME, ["ok", "س" * 100], max_url_length=200)
+
+
+# --- regroup: a reload keeps every group it can (issue 21) ---------------------------------------------------
+
+
+def test_regroup_changes_only_the_groups_a_reload_touches():
+    ids = [str(1000 + i) for i in range(8)]
+    groups = split_contracts(DEFAULT_BASE_URL, EndpointKind.ID, ids, max_per_connection=3)
+    assert groups == [tuple(ids[0:3]), tuple(ids[3:6]), tuple(ids[6:8])]
+    # Nothing changed: the same groups.
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, ids, max_per_connection=3) == groups
+    # One added contract: split_contracts of the new list would keep these groups only because it went last; put
+    # first, it would shift every boundary. regroup fills the group with room and touches no other.
+    added = ["0999", *ids]
+    assert split_contracts(DEFAULT_BASE_URL, EndpointKind.ID, added, max_per_connection=3)[1] != groups[1]
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, added, max_per_connection=3) == \
+        [groups[0], groups[1], (*groups[2], "0999")]
+    # A removal and an addition: the addition goes into the group that changes anyway.
+    changed = [c for c in ids if c != "1004"] + ["1100"]
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, changed, max_per_connection=3) == \
+        [groups[0], ("1003", "1005", "1100"), groups[2]]
+    # Every contract of a group removed: the added ones take its place (its connection is replaced anyway).
+    gone = [c for c in ids if c not in groups[1]] + ["2001", "2002"]
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, gone, max_per_connection=3) == \
+        [groups[0], ("2001", "2002"), groups[2]]
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, ids[:3] + ids[6:], max_per_connection=3) == \
+        [groups[0], (), groups[2]]
+    # No room left: a new group for what does not fit.
+    assert regroup(DEFAULT_BASE_URL, EndpointKind.ID, groups, [*ids, "3000", "3001", "3002"],
+                   max_per_connection=3) == [groups[0], groups[1], (*groups[2], "3000"), ("3001", "3002")]
+    with pytest.raises(ValueError, match="does not fit in a URL of 200 characters"):
+        regroup(DEFAULT_BASE_URL, EndpointKind.NAME, [("ok",)], ["ok", "س" * 100], max_url_length=200)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([str(1000 + i) for i in range(40)]), unique=True, max_size=30),
+       st.lists(st.sampled_from([str(1000 + i) for i in range(40)]), unique=True, max_size=30),
+       st.integers(150, 400), st.none() | st.integers(1, 6))
+def test_regroup_keeps_unchanged_groups_and_fits(before, after, max_len, per_conn):
+    base = "wss://example.org" + PATH_PREFIX
+    groups = split_contracts(base, EndpointKind.ID, before, max_url_length=max_len, max_per_connection=per_conn)
+    got = regroup(base, EndpointKind.ID, groups, after, max_url_length=max_len, max_per_connection=per_conn)
+    assert sorted(c for g in got for c in g) == sorted(after)  # every wanted contract once, nothing else
+    assert len(got) >= len(groups)
+    for old, new in zip(groups, got, strict=False):
+        kept = [c for c in old if c in after]
+        assert list(new[:len(kept)]) == kept  # a group keeps its contracts, in order, and only gains at the end
+        if set(old) <= set(after) and set(new) != set(old):
+            assert set(new) > set(old)  # an untouched group changes only by taking added contracts
+    for g in got[len(groups):]:
+        assert g
+    for g in got:
+        assert not g or len(build_url(base, EndpointKind.ID, g)) <= max_len
+        assert per_conn is None or len(g) <= per_conn
+    # An added contract changes at most one existing group; a removed one only its own.
+    added = [c for c in after if c not in before]
+    removed = {c for c in before if c not in after}
+    touched = [i for i, (old, new) in enumerate(zip(groups, got, strict=False)) if set(old) != set(new)]
+    losing = {i for i, old in enumerate(groups) if removed & set(old)}
+    assert len(set(touched) - losing) <= len(added)

@@ -380,7 +380,8 @@ def test_deploy_files_are_valid(tmp_path):
     unit = (DEPLOY / "ime-record.service").read_text()
     for line in ("Type=notify", "WatchdogSec=", "KillMode=mixed", "ProtectSystem=strict",
                  "ReadWritePaths=/var/lib/ime-record", "NoNewPrivileges=yes", "User=ime-record",
-                 "EnvironmentFile=/etc/ime-record/env", "--config /etc/ime-record/ime-record.toml"):
+                 "EnvironmentFile=/etc/ime-record/env", "--config /etc/ime-record/ime-record.toml",
+                 "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in unit, line
     env = (DEPLOY / "ime-record.env").read_text()
     assert "IME_USERNAME=" in env and "IME_PASSWORD=" in env

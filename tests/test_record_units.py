@@ -28,6 +28,7 @@ from recorder.record.timeslice import (
     writer_nice_for,
 )
 from recorder.redact import redact_text, redact_url
+from recorder.segment.format import RecordKind
 from recorder.timeparse import format_ns, parse_time
 
 # --- contract lists ---------------------------------------------------------------------------------
@@ -360,3 +361,112 @@ def test_receive_thread_slice_request_applies_and_resets_on_linux():
         pytest.skip("this kernel has no custom slices (Linux < 6.12)")
     assert short == 250_000
     assert default > short
+
+
+# --- issue 21: reloads, the console going away ------------------------------------------------------------------
+
+
+def test_planner_groups_follow_a_reload():
+    planner = Planner()
+    g1, g2 = planner.start([("1001", "1002"), ("1003",)])
+    assert planner.total == 3
+    # A refusal of the resubscribed group is judged afresh: a fresh token is tried first again.
+    planner.refused(g1.gid, 1, 1, False)
+    planner.update(g1.gid, ("1001", "1004", "1005"))
+    assert planner.total == 4 and planner.refused(g1.gid, 1, 1, False).action is Action.REFRESH
+    g3 = planner.add(("1006",))
+    assert g3.gid not in (g1.gid, g2.gid) and planner.total == 5
+    planner.remove(g2.gid)
+    assert planner.total == 4 and {g.gid for g in planner.groups} == {g1.gid, g3.gid}
+
+
+def test_reload_lines_say_what_changed_per_shard_and_mask_secrets():
+    from recorder.record.configfile import shown_value
+    from recorder.record.reload import Reread, SettingChange, describe, shard_changes
+
+    old = [("1001", "1002"), (), ("1003",)]
+    new = [("1001", "1005"), ("1006",), ()]
+    changes = shard_changes(old, new)
+    assert [(c.shard, c.added, c.removed) for c in changes] == [(0, ("1005",), ("1002",)), (1, ("1006",), ()),
+                                                                  (2, (), ("1003",))]
+    lines = describe(changes, Reread(("1001", "1005", "1006"), "ids.txt"), 3)
+    assert lines == ["2 contracts added, 2 removed (3 from ids.txt): shard 0 +1005 -1002; shard 1 +1006 (a worker "
+                     "starts); shard 2 -1003 (its worker stops)"]
+    assert shard_changes(old, [("1002", "1001"), (), ("1003",)]) == []  # the order in the file is not a change
+    assert describe([], Reread(("1001",), "ids.txt"), 1) == ["nothing changed (1 contracts from ids.txt)"]
+    many = describe(shard_changes([()], [tuple(str(i) for i in range(20))]), Reread(None, "x"), 20)[0]
+    assert "+7 +8 +12 more" not in many and "+12 more" in many
+    changed = Reread(("1001",), "ids.txt, config rec.toml", (SettingChange("shards", "1", "3", False),
+                                                            SettingChange("status-interval", "30.0", "5.0", True)))
+    assert describe([], changed, 1) == ["contracts unchanged (1 from ids.txt, config rec.toml)",
+                                        "--shards 1 → 3 takes effect at the next start",
+                                        "--status-interval 30.0 → 5.0 applied"]
+    assert shown_value("publish", "nats://user:pw@h:4222") == '"nats://h:4222"'
+    assert "s3cret" not in shown_value("relay-token", "s3cret") and shown_value("shards", 4) == "4"
+
+
+def test_coverage_ends_an_unsubscribed_group_without_a_gap_and_follows_a_resubscription():
+    from recorder.segment.coverage import Coverage
+
+    def ev(name, **fields):
+        return encode_event(name, **fields)
+
+    cov = Coverage()
+    s = 10**9
+    cov.add(0, 0, 0, int(RecordKind.EVENT), ev("worker_started"))
+    for gid, conn in ((1, 1), (2, 2)):
+        cov.add(s, 0, conn, int(RecordKind.EVENT), ev("connecting", conn=conn, group=gid, copy=0, contracts=["a"]))
+        cov.add(2 * s, 0, conn, int(RecordKind.EVENT), ev("opened", conn=conn, group=gid, copy=0))
+    # Group 1 resubscribed: the new connection opens before the old one closes.
+    cov.add(3 * s, 0, 3, int(RecordKind.EVENT), ev("connecting", conn=3, group=1, copy=0, contracts=["a", "b"]))
+    cov.add(4 * s, 0, 3, int(RecordKind.EVENT), ev("opened", conn=3, group=1, copy=0))
+    cov.add(5 * s, 0, 1, int(RecordKind.EVENT), ev("closed", conn=1, group=1, copy=0))
+    # Group 2 unsubscribed: it ends, its closing is not a gap.
+    cov.add(6 * s, 0, 0, int(RecordKind.EVENT), ev("unsubscribed", group=2, contracts=["c"]))
+    cov.add(7 * s, 0, 2, int(RecordKind.EVENT), ev("closed", conn=2, group=2, copy=0))
+    cov.add(10 * s, 0, 0, int(RecordKind.EVENT), ev("worker_stopping"))
+    g1, g2 = cov.finish()
+    assert g1.contracts == ("a", "b") and g1.gap_count == 1 and g1.uncovered_ns == s and g1.end_ns == 10 * s
+    assert g2.gap_count == 1 and g2.uncovered_ns == s and g2.end_ns == 6 * s
+
+
+def test_a_console_that_goes_away_is_survived_and_later_writes_go_nowhere():
+    import logging
+    import subprocess
+
+    from recorder.record.status import Console, ConsoleHandler
+
+    # A child whose stderr is a pipe nobody reads any more (`ime-record 2>&1 | head -1`): the console notices,
+    # points fd 2 (and fd 1, the same pipe) at /dev/null, and the process ends normally.
+    code = """if True:
+        import logging, sys, time
+        from recorder.record.status import Console, ConsoleHandler
+        console = Console(live=False)
+        root = logging.getLogger(); root.handlers[:] = [ConsoleHandler(console, logging.Formatter("%(message)s"))]
+        root.setLevel(logging.INFO)
+        print("first", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+        for i in range(100):
+            logging.getLogger("x").info("line %d", i)
+            console.draw(["table"])
+        print("on stdout", flush=True)
+        assert console.lost
+        sys.exit(7)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"first\n"
+    proc.stdout.close()
+    assert proc.wait(30) == 7
+
+    read, write = os.pipe()
+    stream = os.fdopen(os.dup(write), "w")
+    console = Console(stream, live=False)
+    handler = ConsoleHandler(console, logging.Formatter("%(message)s"))
+    handler.emit(logging.LogRecord("x", logging.INFO, __file__, 1, "kept", None, None))
+    assert os.read(read, 100) == b"kept\n" and not console.lost
+    stream.close()  # a closed stream (ValueError), like a console gone
+    console.log("lost")
+    assert console.lost
+    os.close(read)
+    os.close(write)

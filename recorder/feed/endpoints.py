@@ -123,6 +123,59 @@ def split_contracts(
     return groups
 
 
+def regroup(
+    base_url: str,
+    kind: EndpointKind | str,
+    groups: Sequence[Sequence[str]],
+    contracts: Sequence[str],
+    *,
+    max_url_length: int = 4096,
+    max_per_connection: int | None = None,
+) -> list[tuple[str, ...]]:
+    """Connection groups for `contracts` that keep the current `groups` wherever they can (a reload).
+
+    Entry i, for each of the current groups, is groups[i] without the contracts no longer wanted (possibly
+    empty) and with added contracts if it had room; the entries after those are new groups for added contracts
+    that fit nowhere. Every group has a connection to the server, and a group whose list changes needs a new one,
+    so nothing moves that need not: an added contract goes into a group that changes anyway (it lost one) if it
+    fits, then into any group with room, then into a new group; a removed contract changes only its own group.
+    (`split_contracts` on the new list would shift every group's boundary after the first addition.)
+    """
+    if isinstance(contracts, str):
+        raise TypeError("contracts must be a sequence of strings, not one string")
+    if max_per_connection is not None and max_per_connection < 1:
+        raise ValueError("max_per_connection must be at least 1")
+    wanted = dict.fromkeys(contracts)
+    kept = [[c for c in g if c in wanted] for g in groups]
+    present = {c for g in kept for c in g}
+    added = [c for c in wanted if c not in present]
+    base_len = len(_endpoint(base_url, kind)) + 1  # the "?"
+    kind = EndpointKind(kind)
+    lengths = [base_len + sum(len(_query_item(kind, c)) for c in g) + max(0, len(g) - 1) for g in kept]
+    changed = [len(k) != len(g) for k, g in zip(kept, groups, strict=True)]
+    leftover: list[str] = []
+    for contract in added:
+        item = len(_query_item(kind, contract))
+        if base_len + item > max_url_length:
+            raise ValueError(
+                f"contract {_short(contract)!r} does not fit in a URL of {max_url_length} characters "
+                f"(it alone needs {base_len + item})"
+            )
+        for i in sorted(range(len(kept)), key=lambda i: (not changed[i], i)):
+            group = kept[i]
+            added_len = item + (1 if group else 0)
+            full = max_per_connection is not None and len(group) >= max_per_connection
+            if not full and lengths[i] + added_len <= max_url_length:
+                group.append(contract)
+                lengths[i] += added_len
+                changed[i] = True
+                break
+        else:
+            leftover.append(contract)
+    return [tuple(g) for g in kept] + split_contracts(base_url, kind, leftover, max_url_length=max_url_length,
+                                                      max_per_connection=max_per_connection)
+
+
 def _decode(text: str) -> str:
     try:
         return unquote(text, errors="strict")

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recorder.live.hub import hub_main
+from recorder.record.childproc import child_start
 from recorder.record.live import LiveSettings
 from recorder.record.metrics import Figure
 
@@ -132,13 +133,22 @@ class HubControl:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=hub_main, args=(self.settings, child, self._log_level), name="ime-record-live",
                                  daemon=False)
-        proc.start()
+        with child_start():  # a signal to the process group while it starts is the supervisor's, not the hub's
+            proc.start()
         child.close()
         self._proc, self._pipe, self._started_at = proc, parent, time.monotonic()
         self._exited = asyncio.Event()
         self.view.state, self.view.pid = "starting", proc.pid or 0
         loop.add_reader(parent.fileno(), self._drain)
         loop.add_reader(proc.sentinel, self._on_exit)
+
+    def set_contracts(self, contracts: tuple[str, ...], shard_contracts: tuple[tuple[str, ...], ...]) -> None:
+        """A reload changed the contracts being recorded (a restarted hub starts with them too)."""
+        self.settings = replace(self.settings, contracts=contracts, shard_contracts=shard_contracts)
+        if self._pipe is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._pipe.send({"type": "contracts", "contracts": list(contracts),
+                                 "shard_contracts": [list(c) for c in shard_contracts]})
 
     def _drain(self) -> None:
         pipe = self._pipe

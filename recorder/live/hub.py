@@ -3,7 +3,8 @@
 It is a process of its own so that neither serving clients nor talking to NATS can take CPU time or event
 loop turns from a worker's receive path, and so that its failure is a restart, never a gap in recording.
 Workers connect to its Unix socket (see record/live.py and live/wire.py); it talks to the supervisor over
-a multiprocessing pipe: `ready` once listening, `status` every second, `fatal` if it cannot start.
+a multiprocessing pipe: `ready` once listening, `status` every second, `fatal` if it cannot start; the supervisor
+sends `stop`, and `contracts` after a reload changed the contracts being recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,6 +25,7 @@ from recorder.live.fanout import Fanout
 from recorder.live.relay import LiveSource
 from recorder.live.route import Router
 from recorder.live.wire import WireError
+from recorder.record.childproc import ignore_group_signals
 from recorder.record.live import LiveSettings
 from recorder.record.timeslice import request_slice
 from recorder.server.server import FeedServer, ServerConfig
@@ -122,7 +123,6 @@ class Hub:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         if self.pipe is not None:
             loop.add_reader(self.pipe.fileno(), self._on_pipe)
         s = self.settings
@@ -171,9 +171,17 @@ class Hub:
                 msg = self.pipe.recv()
                 if isinstance(msg, dict) and msg.get("type") == "stop":
                     self.stopping.set()
+                elif isinstance(msg, dict) and msg.get("type") == "contracts":
+                    self.set_contracts(tuple(msg["contracts"]), tuple(tuple(c) for c in msg["shard_contracts"]))
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(self.pipe.fileno())
             self.stopping.set()  # the supervisor is gone
+
+    def set_contracts(self, contracts: tuple[str, ...], shard_contracts: tuple[tuple[str, ...], ...]) -> None:
+        """A reload changed the contracts being recorded: the relay accepts subscriptions to exactly these."""
+        self.shard_sets = {shard: frozenset(c) for shard, c in enumerate(shard_contracts)}
+        if self.source is not None:
+            self.source.set_contracts(contracts)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.pipe is not None:
@@ -223,7 +231,9 @@ class _PipeLog(logging.Handler):
 
 def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.INFO) -> None:
     """Entry point of the hub process (multiprocessing spawn target)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    # The supervisor decides when we stop (after the workers, so that their last messages are relayed), whatever a
+    # terminal or `kill -- -PGID` sends the whole process group (record/childproc.py).
+    ignore_group_signals()
     _set_process_name(PROCESS_NAME)
     handler = _PipeLog(pipe)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s live: %(message)s", "%Y-%m-%dT%H:%M:%S"))

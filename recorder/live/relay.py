@@ -50,6 +50,11 @@ class LiveSource:
         """Text messages with no contract (not an envelope): nobody can have subscribed to them."""
         return self.fanout.unrouted
 
+    def set_contracts(self, contracts: Iterable[str]) -> None:
+        """A reload changed what is recorded: new subscriptions are checked against it (clients already
+        subscribed keep their subscription; a contract no longer recorded simply sends them nothing more)."""
+        self.known = frozenset(contracts)
+
     def has_contract(self, kind: EndpointKind, identifier: str) -> bool:
         return kind is self.kind and identifier in self.known
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import click
@@ -15,15 +17,20 @@ from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
 from recorder.record.auth import TokenProvider
 from recorder.record.clioptions import (  # OPS-WIRING
+    ARGV_KEY,
+    RELOADING,
     check_port_free,
     effective_settings,
     load_config_file,
+    long_names,
     read_password,
     warn_secrets_on_command_line,
 )
 from recorder.record.config import ConnectionSettings, StorageSettings
+from recorder.record.configfile import shown_value
 from recorder.record.contracts import ContractList, parse_inline, read_contract_file
 from recorder.record.operations import OpsSettings  # OPS-WIRING
+from recorder.record.reload import ReloadError, Reread, SettingChange
 from recorder.record.sessions import DEFAULT_SESSIONS  # OPS-WIRING
 from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
@@ -51,7 +58,70 @@ def load_contracts(ids_file: Path | None, names_file: Path | None, ids: str | No
     return None
 
 
-@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class RecordCommand(OneLineCommand):
+    """Keeps the arguments it was started with, so that a reload (SIGHUP) parses them again, the config file
+    re-read: the command line and the environment still override the file, as at the start."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        argv = list(args)  # click's parser consumes the list it is given
+        ctx = super().make_context(info_name, args, parent, **extra)
+        ctx.meta[ARGV_KEY] = argv
+        return ctx
+
+
+# Options a reload applies at once; the contract list is applied too (by the supervisor, shard by shard).
+_CONTRACT_SOURCES = ("ids_file", "names_file", "ids", "names")
+_APPLIED_AT_RELOAD = frozenset({"status_interval", *_CONTRACT_SOURCES})
+_NOT_SETTINGS = frozenset({"config", "print_config"})
+
+
+def make_reread(ctx: click.Context, kind: EndpointKind, base_url: str,
+                max_url_length: int) -> Callable[[], Reread] | None:
+    """SIGHUP's work in the CLI's terms: parse the same arguments again (which re-reads --config), re-read the
+    contract file, and say which settings changed. Raises ReloadError with one line."""
+    argv = ctx.meta.get(ARGV_KEY)
+    if argv is None:
+        return None
+    command, info_name = ctx.command, ctx.info_name
+    start = dict(ctx.params)
+    longs = {name: long for long, name in long_names(command).items()}
+
+    def reread() -> Reread:
+        try:
+            params = command.make_context(info_name, list(argv), obj=RELOADING).params
+            chosen = load_contracts(params["ids_file"], params["names_file"], params["ids"], params["names"])
+        except UserError as exc:
+            raise ReloadError(str(exc)) from None
+        except click.ClickException as exc:
+            raise ReloadError(exc.format_message()) from None
+        changes: list[SettingChange] = []
+        contracts: tuple[str, ...] | None = None
+        duplicates: tuple[str, ...] = ()
+        if chosen is not None and chosen[0] is not kind:
+            changes.append(SettingChange("endpoint", kind.value, chosen[0].value, applied=False))
+        elif chosen is not None:
+            try:
+                split_contracts(base_url, kind, chosen[1].contracts, max_url_length=max_url_length)
+            except ValueError as exc:
+                raise ReloadError(f"{exc}; raise --max-url-length") from None
+            contracts, duplicates = chosen[1].contracts, chosen[1].duplicates
+        for name, value in params.items():
+            if name not in _NOT_SETTINGS and value != start.get(name):
+                long = longs.get(name, name)
+                applied = name in _APPLIED_AT_RELOAD and (contracts is not None or name not in _CONTRACT_SOURCES)
+                changes.append(SettingChange(long, shown_value(long, start.get(name)), shown_value(long, value),
+                                             applied))
+        files = [str(params[k]) for k in ("ids_file", "names_file") if params[k] is not None]
+        if params["config"] is not None:
+            files.append(f"config {params['config']}")
+        return Reread(contracts, ", ".join(files) or "the command line", tuple(changes),
+                      duplicates, status_interval_s=float(params["status_interval"]))
+
+    return reread
+
+
+@click.command(cls=RecordCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--ids-file", type=click.Path(path_type=Path), help="File with one contract id per line.")
 @click.option("--names-file", type=click.Path(path_type=Path), help="File with one contract name per line.")
 @click.option("--ids", help="Comma-separated contract ids.")
@@ -282,6 +352,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
             log_level=logging.getLogger().level,
             ops=ops,  # OPS-WIRING
             live_outputs=live_outputs,  # LIVE-WIRING
+            reread=make_reread(ctx, kind, base_url, max_url_length),
         )
         code = run_supervisor(settings, tokens)
     finally:

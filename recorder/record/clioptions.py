@@ -17,6 +17,10 @@ from recorder.record.configfile import SECRET_KEYS, read_config, render_effectiv
 
 log = logging.getLogger("recorder.record")
 
+# `ctx.obj` of a reload's parse (SIGHUP): errors are raised to the running recorder instead of ending the process.
+RELOADING = object()
+ARGV_KEY = "recorder.argv"  # ctx.meta key: the arguments the command was started with
+
 _SOURCES = {
     ParameterSource.COMMANDLINE: "command line",
     ParameterSource.ENVIRONMENT: "environment",
@@ -64,6 +68,8 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | 
         try:
             values = read_config(value, long_names(ctx.command), option_kinds(ctx.command))
         except UserError as exc:
+            if ctx.obj is RELOADING:
+                raise
             # Raised while click parses, outside the command's one-line error handling.
             fail("ime-record", str(exc), exc.exit_code)
         options = [p for p in ctx.command.params if isinstance(p, click.Option)]

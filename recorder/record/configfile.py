@@ -128,6 +128,19 @@ def _toml_value(value: Any) -> str:
     return f'"{text}"'
 
 
+def shown_value(key: str, value: Any) -> str:
+    """One option's value for a log line (a reload's changes): secrets masked, URLs without credentials."""
+    if key in SECRET_KEYS and value:
+        return f'"{MASK}"'
+    if value is None:
+        return "(not set)"
+    if key in URL_KEYS and value:
+        if isinstance(value, list | tuple):
+            return _toml_value([redact_url(str(u)) for u in value])
+        return _toml_value(",".join(redact_url(u) for u in str(value).split(",")))
+    return _toml_value(value)
+
+
 def render_effective(settings: Iterable[tuple[str, Any, str]]) -> list[str]:
     """TOML lines `key = value  # source` for (long name, value, source); secrets masked, unset options
     commented out, so the output can be edited into a config file."""

@@ -103,6 +103,11 @@ class RecordingListener(WSListener):
         self._frag_size = 0
         self._frag_oversized = False
 
+    def redirect(self, append: Append) -> None:
+        """Where the following messages go: a reload's handover puts dedupe in front of the writer, and takes it
+        away again once the old connection is gone."""
+        self._append = append
+
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         ts = time_ns()
         mt = frame.msg_type

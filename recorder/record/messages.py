@@ -112,4 +112,11 @@ class RecordEvent:
     fields: tuple[tuple[str, float | int | str], ...] = ()
 
 
-SupervisorMessage = Stop | Token | TokenUnavailable | AcceptedElsewhere | RecordEvent
+@dataclass(frozen=True, slots=True)
+class Contracts:
+    """A reload (SIGHUP) changed this shard's contracts: resubscribe the groups whose contracts changed, only them."""
+
+    contracts: tuple[str, ...]
+
+
+SupervisorMessage = Stop | Token | TokenUnavailable | AcceptedElsewhere | RecordEvent | Contracts

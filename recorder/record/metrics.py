@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from recorder import clock as wall_clock
 from recorder.record.status import ShardView
 
 _SHARD: tuple[tuple[str, str, str, Callable[[ShardView, int], float]], ...] = (
@@ -63,8 +64,8 @@ class Figure:
 
 
 class RecorderCollector(Collector):
-    def __init__(self, views: Callable[[], list[ShardView]],
-                 figures: Callable[[], list[Figure]] = lambda: [], clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, views: Callable[[], list[ShardView]], figures: Callable[[], list[Figure]] = lambda: [],
+                 clock: Callable[[], int] = wall_clock.time_ns) -> None:
         self._views = views
         self._figures = figures
         self._clock = clock
@@ -88,7 +89,7 @@ class RecorderCollector(Collector):
 
 def render(views: list[ShardView], figures: list[Figure] | None = None, now_ns: int | None = None) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    clock = time.time_ns if now_ns is None else (lambda: now_ns)
+    clock = wall_clock.time_ns if now_ns is None else (lambda: now_ns)
     registry.register(RecorderCollector(lambda: views, lambda: figures or [], clock))
     return generate_latest(registry).decode()
 

@@ -336,7 +336,7 @@ class Operations:
             # Exported whether or not --stall-alert is on: alert rules tell silence in a session (an outage)
             # from silence at night (normal) by it.
             Figure("ime_recorder_trading_session", "gauge", "1 while the clock is within --sessions (Asia/Tehran)",
-                   float(in_session(self.settings.sessions, time.time_ns()))),
+                   float(in_session(self.settings.sessions, clock.time_ns()))),
             Figure("ime_recorder_retention_removed_files", "counter", "segments removed by retention",
                    self.retention_removed_total),
             Figure("ime_recorder_retention_removed_bytes", "counter", "bytes removed by retention",

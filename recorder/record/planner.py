@@ -67,6 +67,28 @@ class Planner:
         self._states[group.gid] = _State(group, refreshed)
         return group
 
+    # --- a reload (SIGHUP) changing the contract list --------------------------------------------------
+
+    def add(self, contracts: Sequence[str]) -> Group:
+        """A new group for contracts a reload added (refusals of it follow the usual steps)."""
+        group = self._new(tuple(contracts), refreshed=False)
+        self.total += len(group.contracts)
+        return group
+
+    def update(self, gid: int, contracts: Sequence[str]) -> Group:
+        """The group keeps its id with another list (a reload): a refusal of it is judged afresh."""
+        state = self._states[gid]
+        self.total += len(contracts) - len(state.group.contracts)
+        state.group = Group(gid, tuple(contracts))
+        state.refreshed = False
+        return state.group
+
+    def remove(self, gid: int) -> None:
+        """Every contract of the group left the list (a reload)."""
+        state = self._states.pop(gid, None)
+        if state is not None:
+            self.total -= len(state.group.contracts)
+
     @property
     def groups(self) -> list[Group]:
         return [s.group for s in self._states.values()]

@@ -1,10 +1,13 @@
 """What the operator sees: per-shard figures, the live table, the periodic log line, the exit summary.
 
-Everything here is pure formatting of `ShardView`s, except `Console`, which owns the terminal.
+Everything here is pure formatting of `ShardView`s, except `Console`, which owns the terminal (or whatever
+stderr is), and `ConsoleHandler`, which routes the supervisor's log lines through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -90,7 +93,7 @@ class ShardView:
         self.base_group_ns += self.group_ns
         self.messages = self.bytes = self.reconnects = self.records_written = self.copies = 0
         self.downtime_ns = self.group_ns = 0
-        self.bytes_on_disk = self.files_sealed = self.connections_open = 0
+        self.bytes_on_disk = self.files_sealed = self.connections_open = self.connections = 0
         # No process, no connection: every group is uncovered until the next worker connects it.
         self.groups_disconnected = self.groups
         self.paused = False
@@ -244,6 +247,11 @@ def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | N
 class Console:
     """Log lines scroll above a live table on a terminal; elsewhere only log lines are written.
 
+    The console can go away while the recorder runs (`ime-record … 2>&1 | head -1`, a terminal closed or an SSH
+    session dropped): a write then fails (EPIPE, EIO). Recording matters more than its log, so from then on the
+    stream's file descriptor (and stdout's, if it is the same pipe or terminal) writes to /dev/null: every later
+    write anywhere in the process (log lines, the exit summary, a library's warning) succeeds and goes nowhere.
+
     The table is redrawn by moving the cursor up over it, so each of its lines must take exactly one row: a line
     wider than the terminal wrapped onto two, the cursor went up too few rows, and old lines stayed on screen.
     Lines are cut to the terminal's width (asked again at every draw: it may have been resized).
@@ -253,6 +261,7 @@ class Console:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self._width = width
+        self.lost = False  # the console went away
         self._drawn = 0
 
     def width(self) -> int:
@@ -263,15 +272,42 @@ class Console:
         except (OSError, ValueError, AttributeError):
             return 80
 
+    def _write(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        self.live = False
+        self._drawn = 0
+        with contextlib.suppress(OSError, ValueError):
+            fd = self.stream.fileno()
+            gone = os.fstat(fd)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for other in (1, 2):
+                with contextlib.suppress(OSError):
+                    st = os.fstat(other)
+                    if other != fd and (st.st_dev, st.st_ino) != (gone.st_dev, gone.st_ino):
+                        continue
+                    os.dup2(devnull, other)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()  # what failed to go out, to /dev/null now
+
     def _erase(self) -> None:
         if self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
-            self._drawn = 0
+            drawn, self._drawn = self._drawn, 0
+            self._write(f"\x1b[{drawn}F\x1b[J")
 
     def log(self, line: str) -> None:
         self._erase()
-        self.stream.write(line.rstrip("\n") + "\n")
-        self.stream.flush()
+        self._write(line.rstrip("\n") + "\n")
 
     def draw(self, lines: list[str]) -> None:
         if not self.live:
@@ -280,13 +316,30 @@ class Console:
         # One column spare: a line that fills the last column leaves some terminals' cursor on the next row.
         room = max(self.width() - 1, 2)
         lines = [line if len(line) <= room else line[:room - 1] + "…" for line in lines]
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
-        self._drawn = len(lines)
+        self._write("\n".join(lines) + "\n")
+        if not self.lost:
+            self._drawn = len(lines)
 
     def close(self) -> None:
         self._erase()
-        self.stream.flush()
+        self._write("")
+
+
+class ConsoleHandler(logging.Handler):
+    """The supervisor's log lines through its Console: above the live table, and never failing with it."""
+
+    def __init__(self, console: Console, formatter: logging.Formatter | None, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.console = console
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.console.log(line)
 
 
 def now_ns() -> int:

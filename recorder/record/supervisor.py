@@ -1,14 +1,19 @@
-"""The supervisor: one worker process per shard, restarted when it dies; the token; status; clean stops."""
+"""The supervisor: one worker process per shard, restarted when it dies; the token; status; clean stops; reloads.
+
+Signals are the supervisor's alone (children ignore what is sent to the whole process group, childproc.py):
+SIGINT, SIGTERM, SIGQUIT, SIGUSR1 and SIGUSR2 seal every segment and stop; SIGHUP re-reads the config file and the
+contract file and resubscribes only what changed (`systemctl reload`, and a dropped SSH session sends it too).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -18,6 +23,7 @@ from recorder import clock
 from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
 from recorder.record import messages as m
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
+from recorder.record.childproc import child_start, prestart, worker_context
 from recorder.record.config import (
     WORKER_EXIT_FATAL,
     WORKER_EXIT_OK,
@@ -29,19 +35,32 @@ from recorder.record.config import (
 from recorder.record.live import LiveSettings  # LIVE-WIRING
 from recorder.record.metrics import Figure, MetricsServer
 from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
+from recorder.record.reload import ReloadError, Reread, describe, shard_changes
 from recorder.record.retention import scan
-from recorder.record.status import Console, DiskFigures, ShardView, exit_summary, summary_line, table
+from recorder.record.shard import partition
+from recorder.record.status import (
+    Console,
+    ConsoleHandler,
+    DiskFigures,
+    ShardView,
+    exit_summary,
+    summary_line,
+    table,
+)
 from recorder.record.worker import worker_main
 from recorder.segment.recover import RecoveryFailure, recover_directory
 
 log = logging.getLogger("recorder.supervisor")
 
 # A dead worker is a shard recording nothing: restart fast, and never wait long (a crash loop is
-# visible in the log line each time, so a slow restart would only add lost data, not safety).
+# visible in the log line each time, so a slow restart would only add lost data, not safety). README promises
+# 0.1-2 s from the death to the new worker recording: the longest wait leaves half a second for the start
+# (milliseconds when forked from the fork server; a loaded machine may delay the supervisor's timer).
 RESTART_MIN_S = 0.1
-RESTART_MAX_S = 2.0
+RESTART_MAX_S = 1.5
 HEALTHY_AFTER_S = 10.0  # a worker that ran this long restarts at RESTART_MIN_S again
 NOTHING_ACCEPTED_AFTER_S = 1.0  # a run this long in which the server never accepted a connection is a failure
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass(slots=True)
@@ -57,6 +76,8 @@ class ShardProcess:
     done: bool = False  # will not be restarted (stopped, fatal or refused)
     restart_handle: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    ever_accepted: bool = False  # some worker of this shard had a connection accepted
+    respawn: bool = False  # a reload gave contracts back to a shard whose worker is still stopping
 
 
 @dataclass(slots=True)
@@ -73,6 +94,8 @@ class RunSettings:
     live: bool | None = None
     ops: OpsSettings = field(default_factory=OpsSettings)  # OPS-WIRING
     live_outputs: LiveSettings | None = None  # LIVE-WIRING: --relay / --publish
+    # SIGHUP: re-reads the config and contract files (raises ReloadError); None: nothing can be re-read.
+    reread: Callable[[], Reread] | None = None
 
 
 class Supervisor:
@@ -87,7 +110,11 @@ class Supervisor:
         self.fatal_message: str | None = None
         self.accepted_any = False
         self.started = time.monotonic()
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = worker_context()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+        self._workers_started = False  # a SIGHUP before that is applied right after
+        self._reload_deferred = False
         self._token_task: asyncio.Task[None] | None = None
         self._pending_fatal: dict[int, str] = {}  # a worker's last words, used when it exits
         self._token_fixed_logged = False
@@ -99,8 +126,29 @@ class Supervisor:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.stop, f"received {signal.Signals(sig).name}")
+        self.loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # The supervisor's own log lines go through the console, which survives stderr going away.
+        root = logging.getLogger()
+        replaced = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
+                    and getattr(h, "stream", None) is self.console.stream]
+        handler = ConsoleHandler(self.console, replaced[0].formatter, replaced[0].level) if replaced else None
+        if handler is not None:
+            for h in replaced:
+                root.removeHandler(h)
+            root.addHandler(handler)
+        try:
+            return await self._run()
+        finally:
+            if handler is not None:
+                root.removeHandler(handler)
+                for h in replaced:
+                    root.addHandler(h)
+
+    async def _run(self) -> int:
+        assert self.loop is not None
+        prestart(self._ctx)
         try:
             token, gen = await self.tokens.initial()
         except CredentialsRefused as exc:
@@ -124,6 +172,9 @@ class Supervisor:
             self.hub.start()
         for s in active:
             self._spawn(s, token, gen)
+        self._workers_started = True
+        if self._reload_deferred:
+            self.request_reload()
         # OPS-WIRING begin: notify/watchdog, disk guard, retention, --on-sealed, token renewal, stall alarm
         ops = self.ops = Operations(
             self.settings.ops, self.settings.storage.out_dir, self.settings.storage.prefix,
@@ -153,6 +204,11 @@ class Supervisor:
             self.fatal_message = (f"no connection to the feed was accepted in {elapsed:.0f}s, so nothing was "
                                   "recorded; see the warnings above (check --base-url, the network and the token)")
             self.exit_code = EXIT_RUNTIME
+        never = [s for s in self.shards if s.contracts and not s.ever_accepted and s.view.state != "refused"]
+        if self.exit_code == EXIT_OK and self.accepted_any and never and elapsed >= NOTHING_ACCEPTED_AFTER_S:
+            # The others recorded, so the run looks fine; these shards' contracts were not recorded at all.
+            self.fatal_message = self._never_connected(never, elapsed)
+            self.exit_code = EXIT_RUNTIME
         status.cancel()
         await ops.close(self.fatal_message or "stopped")  # OPS-WIRING: after the workers sealed their files
         if metrics is not None:
@@ -177,6 +233,15 @@ class Supervisor:
         return DiskFigures(len(files), sum(f.size for f in files),
                            ops.retention_removed_total if ops is not None else 0,
                            ops.retention_removed_bytes_total if ops is not None else 0)
+
+    @staticmethod
+    def _never_connected(never: list[ShardProcess], elapsed: float) -> str:
+        contracts = [c for s in never for c in s.contracts]
+        shown = ", ".join(contracts[:10]) + (f" and {len(contracts) - 10} more" if len(contracts) > 10 else "")
+        which = (f"shard {never[0].shard}" if len(never) == 1
+                 else "shards " + ", ".join(str(s.shard) for s in never))
+        return (f"{which} never connected to the feed in {elapsed:.0f}s, so {len(contracts)} contracts were not "
+                f"recorded ({shown}); see the warnings above")
 
     def stop(self, reason: str = "stopping", exit_code: int | None = None) -> None:
         if exit_code is not None and self.exit_code == EXIT_OK:
@@ -235,7 +300,8 @@ class Supervisor:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=worker_main, args=(cfg, child), name=f"ime-record-s{s.shard:02d}",
                                  daemon=False)
-        proc.start()
+        with child_start():  # a signal to the process group while it starts is ours, not the worker's
+            proc.start()
         child.close()
         s.process, s.pipe, s.started_at = proc, parent, time.monotonic()
         s.view.state = "running"
@@ -261,6 +327,10 @@ class Supervisor:
         lived = time.monotonic() - s.started_at
         if code == WORKER_EXIT_OK and (s.done or self.stopping.is_set()):
             s.view.state = "stopped"
+            if s.respawn and s.contracts and not self.stopping.is_set():
+                # A reload emptied the shard and then gave it contracts again while its worker was stopping.
+                s.respawn, s.done = False, False
+                self._spawn(s, self.tokens.token, self.tokens.gen)
             return
         if code == WORKER_EXIT_FATAL:
             s.view.state = "failed"
@@ -339,6 +409,7 @@ class Supervisor:
             case m.LogLine(line=line):
                 self.console.log(line)
             case m.Accepted():
+                s.ever_accepted = True
                 if not self.accepted_any:
                     self.accepted_any = True
                     log.info("the feed accepted shard %d's connection: the token is good", s.shard)
@@ -354,6 +425,86 @@ class Supervisor:
                 self._pending_fatal[s.shard] = message
             case m.Recovered(message=message):
                 log.warning("shard %d: recovered %s", s.shard, message)
+
+    # --- reload (SIGHUP) ---------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        if self.stopping.is_set():
+            log.info("reload: ignored, the recorder is stopping")
+            return
+        if not self._workers_started:
+            self._reload_deferred = True  # the shards are not set up yet: right after they are
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True  # once more after this one: the files may have changed again meanwhile
+            return
+        self._reload_task = asyncio.ensure_future(self._reload())
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                await self._reload_once()
+            except Exception as exc:  # a bug in a reload must not take the recording down
+                log.exception("reload failed: %r; keeping the running settings", exc)
+            if not self._reload_again or self.stopping.is_set():
+                return
+
+    async def _reload_once(self) -> None:
+        assert self.loop is not None
+        reread = self.settings.reread
+        if reread is None:
+            log.info("reload: nothing to re-read")
+            return
+        try:
+            found = await self.loop.run_in_executor(None, reread)
+        except ReloadError as exc:
+            log.error("reload: %s; keeping the running settings", exc)
+            return
+        if self.stopping.is_set():
+            return
+        old = [s.contracts for s in self.shards]
+        new = partition(found.contracts, len(self.shards)) if found.contracts is not None else old
+        changes = shard_changes(old, new)
+        total = sum(len(c) for c in new)
+        for line in describe(changes, found, total):
+            log.info("reload: %s", line)
+        if found.status_interval_s is not None:
+            self.settings.status_interval_s = found.status_interval_s
+        if not changes:
+            return
+        for change in changes:
+            self._apply_contracts(self.shards[change.shard], new[change.shard])
+        if self.hub is not None:  # LIVE-WIRING: the relay accepts subscriptions to what is recorded
+            self.hub.set_contracts(tuple(c for shard in new for c in shard), tuple(new))
+        if self.settings.live_outputs is not None:
+            self.settings.live_outputs = replace(self.settings.live_outputs, contracts=tuple(found.contracts or ()),
+                                                 shard_contracts=tuple(new))
+
+    def _apply_contracts(self, s: ShardProcess, contracts: tuple[str, ...]) -> None:
+        had = s.contracts
+        s.contracts = contracts
+        s.view.contracts = len(contracts)
+        s.view.rejected = [c for c in s.view.rejected if c in contracts]
+        running = s.process is not None and s.process.exitcode is None
+        if not contracts:
+            s.done, s.respawn = True, False
+            if s.restart_handle is not None:
+                s.restart_handle.cancel()
+                s.restart_handle = None
+            if running:
+                self._send(s, m.Stop("its contracts were all removed by a reload"))
+            else:
+                s.view.state = "empty"
+        elif not had or s.done:
+            if running:
+                s.respawn = True  # still stopping; its successor starts when it has sealed its file
+            else:
+                s.done = False
+                self._spawn(s, self.tokens.token, self.tokens.gen)
+        elif running:
+            self._send(s, m.Contracts(contracts))
+        # Otherwise the worker is waiting to be restarted: its successor starts with the new list.
 
     async def _refresh(self, s: ShardProcess, used_gen: int) -> None:
         delay = 1.0

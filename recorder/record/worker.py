@@ -4,6 +4,10 @@ This is I/O glue. What to do after each connection outcome is decided by `connec
 redundant copy); what to do when the server refuses a group is decided by `planner.py`; what travels to
 and from the supervisor is typed in `messages.py`. Copies of a group share a `Deduper`, so that the first
 arrival of each message is the record and later copies become receipts.
+
+A reload (the supervisor's `Contracts`) changes only the groups whose contracts changed (`endpoints.regroup`),
+make before break: a changed group's new connections open beside its old ones, a Deduper in front of both, and
+the old ones close once the new ones are accepted (`groups.Handover`); the other groups are never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import gc
 import logging
 import os
 import random
-import signal
 import ssl
 import threading
 import time
@@ -28,9 +31,10 @@ from picows import WSCloseCode
 
 from recorder import __version__, clock
 from recorder.events import Event, encode_event
-from recorder.feed.endpoints import EndpointKind, build_url, split_contracts
+from recorder.feed.endpoints import EndpointKind, build_url, regroup, split_contracts
 from recorder.record import messages as m
 from recorder.record import wsclient
+from recorder.record.childproc import ignore_group_signals, set_process_name
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
 from recorder.record.connection import (
     ConnectionCore,
@@ -42,8 +46,8 @@ from recorder.record.connection import (
     Wait,
     classify_refusal,
 )
-from recorder.record.groups import CopyRun, GroupRun
-from recorder.record.listener import RecordingListener, first_arrival_sink
+from recorder.record.groups import CopyRun, GroupRun, Handover
+from recorder.record.listener import Append, RecordingListener, first_arrival_sink
 from recorder.record.live import close_live_output, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
@@ -61,17 +65,26 @@ log = logging.getLogger("recorder.worker")
 _EVENT = int(RecordKind.EVENT)
 CLOSE_IDLE_S = 3.0  # at stop: no message for this long and no CLOSE from the server, so hang up
 CLOSE_MAX_S = 10.0  # below the supervisor's stop timeout (15 s), which leaves time to seal
+# A reload's handover: the old connections close at the latest this long after the new ones started, accepted or
+# not (a feed that accepts nothing for this long has the old ones down too; the removed contracts must stop).
+HANDOVER_MAX_S = 30.0
 
 
 class Worker:
     def __init__(self, cfg: WorkerConfig, link: SupervisorLink) -> None:
         self.cfg = cfg
         self.link = link
+        self.contracts = cfg.contracts  # a reload changes them
         self.kind = EndpointKind(cfg.connection.kind)
         self.token = cfg.token
         self.token_gen = cfg.token_gen
         self.planner = Planner()
         self.groups: dict[int, GroupRun] = {}
+        self.handovers: list[Handover] = []
+        self._groups_started = False
+        self._reload_pending: tuple[str, ...] | None = None  # arrived while a handover was still under way
+        # Every Deduper in use, by id: messages = arrivals - copies (receipts), over live and retired ones.
+        self._dedupers: dict[int, Deduper] = {}
         self.stopping = asyncio.Event()
         self.exit_code = WORKER_EXIT_OK
         self.stop_reason = "stopped"
@@ -91,7 +104,6 @@ class Worker:
         self.reconnects = 0
         self.closed_messages = 0
         self.closed_bytes = 0
-        self.retired_originals = 0
         self.retired_copies = 0
         self.rejected: list[str] = []
         self._limit_logged: set[int] = set()
@@ -101,8 +113,6 @@ class Worker:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
         self.link.start(self.loop, self._handle, lambda: self.request_stop("supervisor went away"))
         storage = self.cfg.storage
         settings = self.cfg.connection
@@ -126,7 +136,7 @@ class Worker:
                 meta={
                     "shards": self.cfg.shards,
                     "endpoint": self.kind.value,
-                    "contracts": list(self.cfg.contracts),
+                    "contracts": list(self.contracts),
                     "base_url": redact_url(settings.base_url),
                     "redundancy": settings.redundancy,
                     "run_id": self.cfg.run_id,
@@ -150,14 +160,17 @@ class Worker:
                 log.debug("lower priority for the writer thread not applied: %s", why_not)
 
         self._event(Event.WORKER_STARTED, pid=os.getpid(), incarnation=self.cfg.incarnation,
-                    contracts=list(self.cfg.contracts), version=__version__, redundancy=settings.redundancy)
+                    contracts=list(self.contracts), version=__version__, redundancy=settings.redundancy)
         if any(u.startswith("wss:") for u in (settings.base_url, *settings.extra_base_urls)):
             self._ssl = ssl.create_default_context(cafile=settings.ca_file)
-        groups = split_contracts(settings.base_url, self.kind, self.cfg.contracts,
+        groups = split_contracts(settings.base_url, self.kind, self.contracts,
                                  max_url_length=settings.max_url_length,
                                  max_per_connection=settings.max_contracts_per_connection)
         for group in self.planner.start(groups):
             self._start_group(group)
+        self._groups_started = True
+        if self._reload_pending is not None:
+            self._reload(self._reload_pending)
 
         tick = asyncio.create_task(self._ticker())
         status = asyncio.create_task(self._status_loop())
@@ -214,31 +227,61 @@ class Worker:
         return self.closed_messages + sum(c.listener.messages for c in self._copies() if c.listener is not None)
 
     def _copies(self) -> list[CopyRun]:
-        return [c for g in self.groups.values() for c in g.copies]
+        """Every copy with a connection or a task: the groups', and the old ones of handovers under way."""
+        return [c for g in self.groups.values() for c in g.copies] + [c for h in self.handovers for c in h.old]
 
     # --- groups and connections -----------------------------------------------------------------
 
-    def _start_group(self, group: Group) -> None:
+    def _start_group(self, group: Group, inherit: GroupRun | None = None) -> GroupRun:
+        """`inherit`: a group in a handover that a refusal split; its halves share its dedupe (and its source
+        numbers), so that the old connections' copies of their messages are still matched."""
         settings = self.cfg.connection
         redundancy = settings.redundancy
-        deduper = Deduper(int(settings.dedupe_window_s * 1e9)) if redundancy > 1 else None
+        if inherit is not None:
+            deduper, sources = inherit.deduper, [c.source for c in inherit.copies]
+        else:
+            deduper = self._new_deduper() if redundancy > 1 else None
+            sources = list(range(redundancy))
         now = clock.time_ns()
-        run = GroupRun(group, deduper, started_ns=now, down_since_ns=now)
+        run = GroupRun(group, deduper, started_ns=now, down_since_ns=now,
+                       handover_dedupe=inherit is not None and inherit.handover_dedupe)
         self.groups[group.gid] = run
-        for copy in range(redundancy):
-            label = f"shard {self.cfg.shard} group {group.gid}" + (f" copy {copy}" if redundancy > 1 else "")
+        self._add_copies(run, sources)
+        return run
+
+    def _add_copies(self, run: GroupRun, sources: list[int]) -> None:
+        redundancy = len(sources)
+        for copy, source in enumerate(sources):
+            label = f"shard {self.cfg.shard} group {run.group.gid}" + (f" copy {copy}" if redundancy > 1 else "")
             core = ConnectionCore(label, copy, self.policy, self.rng)
-            crun = CopyRun(copy, core)
+            crun = CopyRun(copy, core, source=source)
             run.copies.append(crun)
             crun.task = asyncio.create_task(self._run_copy(run, crun))
             crun.task.add_done_callback(self._copy_done)
 
-    def _retire_group(self, run: GroupRun) -> None:
+    def _sink(self, deduper: Deduper | None, source: int) -> Append:
+        assert self.writer is not None
+        return first_arrival_sink(self.writer, deduper, source, self._live)
+
+    def _new_deduper(self) -> Deduper:
+        deduper = Deduper(int(self.cfg.connection.dedupe_window_s * 1e9))
+        self._dedupers[id(deduper)] = deduper
+        return deduper
+
+    def _release_deduper(self, deduper: Deduper | None) -> None:
+        """No group or handover uses it any more: its figures join the retired ones, its memory goes."""
+        if deduper is None or any(g.deduper is deduper for g in self.groups.values()) or any(
+                h.deduper is deduper for h in self.handovers):
+            return
+        if self._dedupers.pop(id(deduper), None) is not None:
+            self.retired_copies += deduper.counts.copies
+
+    def _retire_group(self, run: GroupRun, reason: str) -> None:
         """The group was split or excluded: keep its figures, stop its other copies."""
         self.groups.pop(run.group.gid, None)
-        if run.deduper is not None:
-            self.retired_originals += run.deduper.counts.originals
-            self.retired_copies += run.deduper.counts.copies
+        # Readers (ime-segments stats) end the group here: its connection going away is not a gap.
+        self._event(Event.UNSUBSCRIBED, group=run.group.gid, contracts=list(run.group.contracts), reason=reason)
+        self._release_deduper(run.deduper)
         current = asyncio.current_task()
         for c in run.copies:
             if c.task is not None and c.task is not current:
@@ -257,7 +300,7 @@ class Worker:
         core = crun.core
         step: Step = core.start()
         first = True
-        while not self.stopping.is_set() and run.group.gid in self.groups:
+        while not self.stopping.is_set() and run.group.gid in self.groups and not crun.retiring:
             match step:
                 case Wait(delay_s=delay, logs=logs):
                     self._logs(logs)
@@ -269,7 +312,7 @@ class Worker:
                     first = False
                     if delay > 0:
                         await self._sleep(delay)
-                    if self.stopping.is_set() or run.group.gid not in self.groups:
+                    if self.stopping.is_set() or run.group.gid not in self.groups or crun.retiring:
                         return
                     step = await self._connect_once(run, crun)
                 case Refusal(how=how, code=code):
@@ -298,14 +341,22 @@ class Worker:
             if data:
                 core.data()
             if not crun.accepted:
-                crun.accepted = True
+                crun.accepted = crun.ever_accepted = True
+                if crun.retiring:
+                    return  # an old list's connection says nothing about the group's new one
                 self._accepted(group.gid)
+                if self.handovers:
+                    self._handover_progress()
 
         where = {"group": group.gid, "copy": crun.copy}
         self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
         assert self.writer is not None
-        sink = first_arrival_sink(self.writer, run.deduper, crun.copy, self._live)
-        result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)
+        sink = self._sink(run.deduper, crun.source)
+        crun.connecting = True
+        try:
+            result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)
+        finally:
+            crun.connecting = False
         now = time.monotonic()
         match result:
             case wsclient.HandshakeAnswered(status=status, detail=detail):
@@ -326,6 +377,12 @@ class Worker:
                     **wsclient.addresses(transport), **where)
         if self._paused:
             transport.underlying_transport.pause_reading()
+        if crun.retiring:
+            # A reload replaced it while the upgrade was under way: through the handover's dedupe, and closed at
+            # once if the handover is already over.
+            listener.redirect(self._sink(run.deduper, crun.source))
+            if crun.closing:
+                self._close_copy(crun, b"resubscribed")
 
         def on_idle() -> None:
             self._event(Event.IDLE_TIMEOUT, conn=conn_id, idle_s=settings.idle_timeout_s)
@@ -338,7 +395,7 @@ class Worker:
             raise
         reason = self._clean(reason)
         self._connection_ended(run, crun, listener, code, reason)
-        return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set(),
+        return core.closed(time.monotonic(), code, reason, stopping=self.stopping.is_set() or crun.retiring,
                            copy_open=run.open_copies > 0)
 
     def _connection_ended(self, run: GroupRun, crun: CopyRun, listener: RecordingListener, code: int,
@@ -394,7 +451,7 @@ class Worker:
                     # None: the probe could not tell (no connection, or closed without a verdict); the token
                     # is called bad only on a refusal, otherwise the bisection goes ahead.
                     if verdict is False:
-                        self._retire_group(run)
+                        self._retire_group(run, "token refused")
                         self._send(m.Fatal(self.cfg.shard, refused=True, message=(
                             f"the server refuses the token: it refused it ({how}) for shard {self.cfg.shard}'s "
                             "contracts after a refresh was tried, and for a probe with the single contract "
@@ -404,13 +461,24 @@ class Worker:
                 log.warning("shard %d: the token was refused again (%s) for %d contracts although it works "
                             "(another connection or a probe was accepted); looking for the refused contract(s)",
                             self.cfg.shard, how, len(run.group.contracts))
-                self._retire_group(run)
-                for g in decision.groups:
-                    self._start_group(g)
+                handover = self._handover_of(gid)
+                halves = [self._start_group(g, inherit=run if handover is not None else None)
+                          for g in decision.groups]
+                self._retire_group(run, "split to find the refused contract")
+                if handover is not None:
+                    # A contract a reload added is refused: the old connections cover the others until the
+                    # halves that hold them are accepted.
+                    handover.waiting.discard(gid)
+                    handover.waiting.update(h.group.gid for h in halves)
                 return None
             case _:
-                self._retire_group(run)
+                self._retire_group(run, "refused")
+                handover = self._handover_of(gid)
+                if handover is not None:
+                    handover.waiting.discard(gid)
                 self._reject(decision.rejected, how, code)
+                if handover is not None:
+                    self._handover_progress()
                 return None
 
     async def _probe(self, contract: str) -> bool | None:
@@ -482,6 +550,185 @@ class Worker:
                 self.accepted_elsewhere = True
             case m.RecordEvent(event=event, fields=fields):
                 self._event(event, **dict(fields))
+            case m.Contracts(contracts=contracts):
+                self._reload(contracts)
+
+    # --- a reload (SIGHUP): only the groups whose contracts changed are resubscribed --------------------
+
+    def _reload(self, contracts: tuple[str, ...]) -> None:
+        if self.stopping.is_set():
+            return
+        if not self._groups_started or self.handovers:
+            # Applied once the groups exist, or once the previous handover is over (one at a time keeps every
+            # group's dedupe sources apart).
+            self._reload_pending = contracts
+            return
+        self._reload_pending = None
+        old, wanted = self.contracts, set(contracts)
+        added = [c for c in contracts if c not in set(old)]
+        removed = [c for c in old if c not in wanted]
+        self.contracts = contracts
+        # A contract the server refused stays excluded while it is listed; one that left the list is forgotten.
+        self.rejected = [c for c in self.rejected if c in wanted]
+        self.planner.rejected[:] = [c for c in self.planner.rejected if c in wanted]
+        if not added and not removed:
+            return
+        settings = self.cfg.connection
+        runs = list(self.groups.values())
+        refused = set(self.planner.rejected)
+        try:
+            target = regroup(settings.base_url, self.kind, [r.group.contracts for r in runs],
+                             [c for c in contracts if c not in refused], max_url_length=settings.max_url_length,
+                             max_per_connection=settings.max_contracts_per_connection)
+        except ValueError as exc:  # the supervisor checked the list; a bug must not stop the shard
+            log.error("shard %d: reload not applied: %s", self.cfg.shard, exc)
+            return
+        self._event(Event.RELOAD, added=added, removed=removed, contracts=len(contracts))
+        writer = self.writer
+        assert writer is not None
+        # The file the new subscriptions start in lists what it holds: the old contracts too, while the old
+        # connections hand over (the list is trimmed for the files after that).
+        writer.update_meta(contracts=list(dict.fromkeys([*old, *contracts])))
+        writer.rotate()
+        changed = new_groups = 0
+        for run, new in zip(runs, target, strict=False):
+            if set(new) == set(run.group.contracts):
+                continue
+            changed += 1
+            if new:
+                self._resubscribe(run, new)
+            else:
+                self._unsubscribe(run)
+        for new in target[len(runs):]:
+            new_groups += 1
+            self._start_group(self.planner.add(new))
+        log.info("shard %d: reload: %d contracts added, %d removed: %d of %d groups resubscribed, %d new; the "
+                 "others untouched", self.cfg.shard, len(added), len(removed), changed, len(runs), new_groups)
+        if not self.handovers:
+            writer.update_meta(contracts=list(contracts))
+
+    def _resubscribe(self, run: GroupRun, contracts: tuple[str, ...]) -> None:
+        """Make before break: new copies with the new list; the old ones record until those are accepted."""
+        old = run.copies
+        run.copies = []
+        covering = [c for c in old if c.transport is not None or c.connecting]
+        for c in old:
+            c.retiring = True
+            if c not in covering and c.task is not None:
+                c.task.cancel()  # waiting to reconnect: nothing to hand over
+        run.group = self.planner.update(run.group.gid, contracts)
+        if covering and run.deduper is None:
+            # One copy: a Deduper for the overlap only, so that a message that arrives on both connections is
+            # recorded once (the later arrival becomes a receipt), as with --redundancy.
+            run.deduper = self._new_deduper()
+            run.handover_dedupe = True
+            for c in covering:
+                if c.listener is not None:
+                    c.listener.redirect(self._sink(run.deduper, c.source))
+        used = {c.source for c in old}
+        redundancy = self.cfg.connection.redundancy
+        self._add_copies(run, [n for n in range(2 * redundancy) if n not in used][:redundancy])
+        if not covering:
+            return
+        assert self.loop is not None
+        handover = Handover(run.group.gid, covering, {run.group.gid}, run.deduper, time.monotonic())
+        self.handovers.append(handover)
+        for c in covering:
+            if c.task is not None:
+                c.task.add_done_callback(lambda _t, h=handover: self._old_copy_ended(h))
+        self.loop.call_later(HANDOVER_MAX_S, self._handover_overdue, handover)
+
+    def _unsubscribe(self, run: GroupRun) -> None:
+        """Every contract of the group left the list: its connections close (a close handshake) for good."""
+        gid = run.group.gid
+        self.groups.pop(gid, None)
+        self.planner.remove(gid)
+        self._event(Event.UNSUBSCRIBED, group=gid, contracts=list(run.group.contracts), reason="removed by a reload")
+        for c in run.copies:
+            c.retiring = c.closing = True
+            if c.transport is not None:
+                self._close_copy(c, b"unsubscribed")
+            elif not c.connecting and c.task is not None:
+                c.task.cancel()
+        deduper = run.deduper
+        tasks = [c.task for c in run.copies if c.task is not None and not c.task.done()]
+
+        def copy_ended(_task: asyncio.Task[None]) -> None:
+            # Its copies deliver messages (through the dedupe) until the server answers their CLOSE.
+            if all(t.done() for t in tasks):
+                self._release_deduper(deduper)
+
+        for t in tasks:
+            t.add_done_callback(copy_ended)
+        if not tasks:
+            self._release_deduper(deduper)
+
+    def _handover_of(self, gid: int) -> Handover | None:
+        return next((h for h in self.handovers if gid in h.waiting and not h.closing), None)
+
+    def _handover_progress(self) -> None:
+        """A connection was accepted: old copies whose successors are all accepted (every copy) close now."""
+        for h in self.handovers:
+            if h.closing:
+                continue
+            waiting = [self.groups[g] for g in h.waiting if g in self.groups]
+            if all(c.ever_accepted for run in waiting for c in run.copies):
+                self._finish_handover(h)
+
+    def _handover_overdue(self, h: Handover) -> None:
+        if h in self.handovers and not h.closing and not self.stopping.is_set():
+            log.warning("shard %d group %d: the resubscribed connection was not accepted within %.0fs; closing the "
+                        "old one anyway", self.cfg.shard, h.gid, HANDOVER_MAX_S)
+            self._finish_handover(h)
+
+    def _finish_handover(self, h: Handover) -> None:
+        h.closing = True
+        for c in h.old:
+            c.closing = True
+            if c.transport is not None:
+                self._close_copy(c, b"resubscribed")
+            elif not c.connecting and c.task is not None:
+                c.task.cancel()
+
+    def _close_copy(self, c: CopyRun, reason: bytes) -> None:
+        """A close handshake: what the server sent before it saw our CLOSE is still recorded."""
+        transport = c.transport
+        if transport is None:
+            return
+        with contextlib.suppress(Exception):
+            transport.send_close(WSCloseCode.OK, reason)
+
+        def hang_up() -> None:  # a server that never answers the CLOSE
+            if c.transport is transport:
+                transport.disconnect(False)
+
+        assert self.loop is not None
+        self.loop.call_later(CLOSE_MAX_S, hang_up)
+
+    def _old_copy_ended(self, h: Handover) -> None:
+        if h in self.handovers and all(c.task is None or c.task.done() for c in h.old):
+            # The old copies' last messages may still have copies on their way on the new connections: the dedupe
+            # stays for one window more.
+            assert self.loop is not None
+            self.loop.call_later(self.cfg.connection.dedupe_window_s, self._handover_done, h)
+
+    def _handover_done(self, h: Handover) -> None:
+        if h not in self.handovers:
+            return
+        self.handovers.remove(h)
+        for run in self.groups.values():
+            if run.handover_dedupe and run.deduper is h.deduper:
+                # One copy again: straight to the writer, as before the reload.
+                run.deduper, run.handover_dedupe = None, False
+                for c in run.copies:
+                    if c.listener is not None:
+                        c.listener.redirect(self._sink(None, c.source))
+        self._release_deduper(h.deduper)
+        if not self.handovers:
+            assert self.writer is not None
+            self.writer.update_meta(contracts=list(self.contracts))
+            if self._reload_pending is not None and not self.stopping.is_set():
+                self._reload(self._reload_pending)
 
     # --- writer callbacks (may come from the writer thread) ---------------------------------------
 
@@ -543,12 +790,9 @@ class Worker:
         received = self._received()
         received_bytes = self.closed_bytes + sum(c.listener.bytes for c in open_runs if c.listener)
         last = max((c.listener.last_ns for c in open_runs if c.listener), default=0)
-        dedupers = [g.deduper for g in self.groups.values() if g.deduper is not None]
-        if dedupers or self.retired_originals:
-            originals = self.retired_originals + sum(d.counts.originals for d in dedupers)
-            duplicates = self.retired_copies + sum(d.counts.copies for d in dedupers)
-        else:
-            originals, duplicates = received, 0
+        # Arrivals less those recorded as receipts (copies of a message another connection delivered first).
+        duplicates = self.retired_copies + sum(d.counts.copies for d in self._dedupers.values())
+        originals = received - duplicates
         w = self.writer
         return m.Status(
             shard=self.cfg.shard, pid=os.getpid(), sent_ns=now,
@@ -601,9 +845,11 @@ class Worker:
 
 
 def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
-    """Entry point of the worker process (multiprocessing spawn target)."""
-    # Until the event loop installs its handlers, a Ctrl-C aimed at the supervisor must not kill us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Entry point of the worker process (multiprocessing target, forked from the fork server)."""
+    # Signals a terminal or `kill -- -PGID` sends to the whole process group are the supervisor's to act on; it
+    # tells us over the pipe (childproc.py).
+    ignore_group_signals()
+    set_process_name(f"ime-rec-s{cfg.shard:02d}")
     link = SupervisorLink(pipe, cfg.shard)
     worker = Worker(cfg, link)
     handler = PipeLogHandler(link)

@@ -1,8 +1,8 @@
 """Per connection group: when no copy was connected, which copy delivered first, and how much later the others.
 
 A pure accumulator over records in receive-time order (as `merge_records` yields them). It reads only the
-recorder's connection events (`worker_started`, `connecting`, `opened`, `closed`, `worker_stopping`, with
-their `group` and `copy` fields) and the record kinds — never the market data itself.
+recorder's connection events (`worker_started`, `connecting`, `opened`, `closed`, `unsubscribed`,
+`worker_stopping`, with their `group` and `copy` fields) and the record kinds — never the market data itself.
 
 The time when *no* copy of a group was connected is the only time a message of its contracts can be missing
 from the recording; with one copy it is simply the reconnect downtime.
@@ -168,15 +168,20 @@ class Coverage:
         if name == "connecting":
             self._conns[(shard, epoch, conn)] = (group_id, copy)
             group = self.groups.get(key)
+            contracts = event.get("contracts")
             if group is None:
-                contracts = event.get("contracts")
                 held = tuple(str(c) for c in contracts) if isinstance(contracts, list) else ()
                 # A worker splits a refused group into new ones (bisection): each contract is in one group at a
-                # time, so a group whose contracts all moved on is gone, not uncovered until the recording ends.
+                # time, so a group whose contracts all moved on is gone, not uncovered until the recording ends
+                # (recordings before the `unsubscribed` event say so only this way).
                 self._release(shard, epoch, ts, held)
                 group = self.groups[key] = GroupCoverage(shard, epoch, group_id, held, start_ns=ts, end_ns=ts,
                                                          observer=self.observer, held=set(held))
                 group._uncover(ts)
+            elif isinstance(contracts, list):
+                # A reload may resubscribe the group with another list (the connections overlap: no gap).
+                group.contracts = tuple(str(c) for c in contracts)
+                group.held = set(group.contracts)
             group.copies.setdefault(copy, CopyFigures())
             return
         if name == "rejected":
@@ -199,6 +204,10 @@ class Coverage:
                 self.observer.disconnected(group, copy, ts)
             if not group.open_conns:
                 group._uncover(ts)
+        elif name == "unsubscribed":
+            # A reload removed the group's contracts, or a refusal split or excluded it: its connections close for
+            # good, which is not a gap.
+            group.end(ts)
 
     def start_at(self, ts: int) -> None:
         """Count from `ts` on, in the state the events so far left (a window's start: `--from`).

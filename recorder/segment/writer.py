@@ -308,6 +308,10 @@ class SegmentWriter:
         self._queue.put(("sync", done))
         return done.wait(timeout)
 
+    def update_meta(self, **fields: Any) -> None:
+        """Header keys for the files opened from now on (the current one keeps its header)."""
+        self._meta = {**self._meta, **fields}
+
     def rotate(self) -> None:
         self.cut()
         self._queue.put(("rotate", None))
