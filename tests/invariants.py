@@ -44,7 +44,7 @@ from record_util import RecorderProcess
 from sim_util import SimProcess
 
 from recorder.feed.endpoints import EndpointKind, build_url
-from recorder.feed.message import identifier_of, timestamp_ns_of
+from recorder.feed.message import identifier_of
 from recorder.segment.coverage import Coverage, GroupCoverage
 from recorder.segment.format import RecordKind
 from recorder.segment.layout import DayLayout
@@ -78,7 +78,10 @@ class Mode:
 
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("plain"),
-    Mode("redundant", record_args=("--redundancy", "2"), sim_args=("--drop-every", "2"), drops=True),
+    # Drops, and a market that publishes the same bytes again about one dedupe window later: a copy of the second
+    # original must not be stored as a message of its own when the first leaves the window.
+    Mode("redundant", record_args=("--redundancy", "2", "--dedupe-window", "1"),
+         sim_args=("--drop-every", "2", "--repeat-every", "0.03", "--repeat-after", "1"), drops=True),
     Mode("killed", record_args=("--flush-ms", "50"), kill_worker_at_s=2.5),
     Mode("rotated", record_args=("--rotate-mb", "0.01", "--frame-kib", "16")),
     Mode("midnight", midnight_at_s=3.0),
@@ -122,20 +125,26 @@ class Run:
 
         return by_id
 
-    def published_messages(self) -> Counter[bytes]:
-        """What the market published, and what the simulator's faults injected beside it (fragmented, malformed
-        frames: sent, never published), as the recording must hold them."""
-        published = Counter(r.payload for r in merge_records([open_segment(p) for p in discover([self.published])])
-                            if r.kind == RecordKind.TEXT)
+    def published_messages(self) -> dict[bytes, list[int]]:
+        """Each message the market published, with the times it published it (a repeat is the same bytes again,
+        later), and what the simulator's faults injected beside it (fragmented, malformed frames: sent, never
+        published; their send times), as the recording must hold them."""
+        published: dict[bytes, list[int]] = defaultdict(list)
+        for r in merge_records([open_segment(p) for p in discover([self.published])]):
+            if r.kind == RecordKind.TEXT:
+                published[r.payload].append(r.ts_ns)
         if self.mode.sim_args:
-            sent = Counter(r.payload for p in discover([self.sent]) for r in open_segment(p).iter_records()
-                           if r.kind == RecordKind.TEXT and identifier_of(r.payload) is not None)
-            injected = sent - published
             # Only what a fault made (a fresh frame): every connection got the market's own messages anyway; and a
             # frame over the recorder's limit is an `oversized` event in the recording (checked on its own).
-            published.update({p: n for p, n in injected.items()
-                              if p not in published and len(p) <= self.mode.max_message_bytes})
-        return published
+            for p in discover([self.sent]):
+                for r in open_segment(p).iter_records():
+                    if (r.kind == RecordKind.TEXT and r.payload not in published and identifier_of(r.payload)
+                            and len(r.payload) <= self.mode.max_message_bytes):
+                        published.setdefault(r.payload + b"\0injected", []).append(r.ts_ns)
+            for key in [k for k in published if k.endswith(b"\0injected")]:
+                # Sent on one connection each; a frame sent once per connection is one message.
+                published[key[:-9]] = published.pop(key)[:1]
+        return dict(published)
 
     def coverage(self) -> list[GroupCoverage]:
         """Connection groups of the recording(s) the readers read, with the intervals no copy was connected."""
@@ -159,7 +168,7 @@ class View:
     times: list[int] | None = None  # receive ns, one per payload, in the reader's order
     ids: list[Any] | None = None
     ordered: str = "global"  # "global": times never step back; "contract": per contract only; "none"
-    window: dict[str, int] | None = None  # per contract, the first receive ns it covers (a live client's start)
+    live: bool = False  # a live client: it covers each contract from its first message of it on
 
 
 # --- making a recording ------------------------------------------------------------------------------------
@@ -279,12 +288,9 @@ def _market(run: Run, payloads: list[bytes], times: list[int] | None = None) -> 
 
 
 def _live_window(view: View) -> View:
-    """A live client sees what arrived after it subscribed: per contract, from its first message on."""
-    view.window = {}
-    for payload in view.payloads:
-        contract, ts = identifier_of(payload), timestamp_ns_of(payload)
-        if contract is not None and ts is not None:
-            view.window.setdefault(contract, ts)
+    """A live client sees what arrived after it subscribed: per contract, from its first message on (check_view
+    turns those into publication times)."""
+    view.live = True
     return view
 
 
@@ -491,15 +497,17 @@ READERS: dict[str, Callable[[Run], View]] = {
 # --- the facts ------------------------------------------------------------------------------------------
 
 
-def contract_spans(payloads: Iterable[bytes]) -> dict[str, tuple[int, int]]:
-    """Per contract, the first and last publish time (the envelope's own timestamp) among `payloads`."""
+def contract_spans(payloads: Iterable[bytes], published: dict[bytes, list[int]]) -> dict[str, tuple[int, int]]:
+    """Per contract, from the first to the last publication among `payloads`. A message published twice (a
+    repeat) counts by its later publication for the start and its earlier for the end: the span can only shrink."""
     spans: dict[str, tuple[int, int]] = {}
     for p in payloads:
-        c, ts = identifier_of(p), timestamp_ns_of(p)
-        if c is None or ts is None:
+        c, times = identifier_of(p), published.get(p)
+        if c is None or not times:
             continue
-        lo, hi = spans.get(c, (ts, ts))
-        spans[c] = (min(lo, ts), max(hi, ts))
+        start, end = max(times), min(times)
+        lo, hi = spans.get(c, (start, end))
+        spans[c] = (min(lo, start), max(hi, end))
     return spans
 
 
@@ -511,31 +519,38 @@ def check_view(run: Run, view: View, reference: list[bytes], name: str) -> dict[
     """
     published = run.published_messages()
     got = Counter(view.payloads)
-    invented = {p: n for p, n in got.items() if n > published[p]}
+    invented = {p: n for p, n in got.items() if n > len(published.get(p, ()))}
     assert not invented, (f"{name}: {len(invented)} messages more often than the market published them, e.g. "
                           f"{next(iter(invented))[:120]!r}")
-    spans = contract_spans(reference)
-    if view.window is not None:
-        spans = {c: (max(lo, view.window.get(c, hi)), hi) for c, (lo, hi) in spans.items()}
+    spans = contract_spans(reference, published)
+    if view.live:
+        first: dict[str, bytes] = {}
+        for p in view.payloads:
+            first.setdefault(identifier_of(p) or "", p)
+        live = contract_spans(first.values(), published)
+        spans = {c: (max(lo, live.get(c, (hi, hi))[0]), hi) for c, (lo, hi) in spans.items()}
     to_id = dict(zip(run.sim_info["names"], run.sim_info["ids"], strict=True))
     groups = run.coverage()
     gaps_may_lose = run.mode.drops or run.mode.kill_worker_at_s is not None
     missing = unexplained = interior = 0
     examples: list[str] = []
-    for payload, count in published.items():
-        contract, ts = identifier_of(payload), timestamp_ns_of(payload)
-        if contract is None or ts is None or contract not in spans:
+    for payload, times in published.items():
+        contract = identifier_of(payload)
+        if contract is None or contract not in spans:
             continue
         lo, hi = spans[contract]
-        if not lo + EDGE_NS <= ts <= hi - EDGE_NS:
+        # Judged by when it was published (a repeat carries its first publication's timestamp in its bytes).
+        inside = [t for t in times if lo + EDGE_NS <= t <= hi - EDGE_NS]
+        interior += len(inside)
+        short = len(times) - got[payload]
+        if short <= 0:
             continue
-        interior += count
-        short = count - got[payload]
-        if short > 0:
-            missing += short
-            if not gaps_may_lose or not explained(groups, to_id, contract, ts):
-                unexplained += short
-                examples.append(f"{contract}@{ts}")
+        missing += short
+        excused = (len(times) - len(inside)) + (sum(explained(groups, to_id, contract, t) for t in inside)
+                                                if gaps_may_lose else 0)
+        if short > excused:
+            unexplained += short - excused
+            examples.append(f"{contract}@{inside[0]}")
     assert interior > 0, f"{name}: nothing to compare"
     assert unexplained == 0, (f"{name}: {unexplained} of {interior} published messages missing while their group "
                               f"had a copy connected ({missing} missing in all), e.g. {examples[:5]}")
@@ -550,20 +565,20 @@ def check_view(run: Run, view: View, reference: list[bytes], name: str) -> dict[
 
 
 def assert_in_reference_order(payloads: list[bytes], reference: list[bytes], name: str) -> None:
-    """Per contract, `payloads` come in the order the recording has them (a live client may miss some)."""
+    """Per contract, `payloads` come in the order the recording has them (a live client may miss some): each is
+    matched to its next occurrence in the recording after the previous match of its contract."""
     position: dict[bytes, list[int]] = defaultdict(list)
     for k, p in enumerate(reference):
         position[p].append(k)
     last: dict[str | None, int] = {}
-    used: Counter[bytes] = Counter()
     for p in payloads:
         places = position.get(p)
-        if not places or used[p] >= len(places):
+        if not places:
             continue  # not in the recording (a killed worker's last batch reached the hub, not the disk)
-        at = places[used[p]]
-        used[p] += 1
         contract = identifier_of(p)
-        assert at > last.get(contract, -1), f"{name}: {contract} out of the recording's order at {p[:100]!r}"
+        after = last.get(contract, -1)
+        at = next((k for k in places if k > after), None)
+        assert at is not None, f"{name}: {contract} out of the recording's order at {p[:100]!r}"
         last[contract] = at
 
 
