@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from recorder.events import decode_event
 from recorder.export import schema as S
@@ -133,15 +132,8 @@ class Flattener:
         self._collect = self.tables | frozenset(S.SECTION_TABLES) if "extras" in self.tables else self.tables
         self.counts: Counter[str] = Counter()
         self._ts_cache: dict[str, int] = {}
-        import os
-        self._library = None
-        if native and os.environ.get("IME_EXPORT") == "library":
-            from recorder.export.arrowjson import JsonReader
-            self._library = self._scanner = JsonReader(self.contracts, self._collect)
-        else:
-            wanted = set(self.contracts) if self.contracts else None
-            self._scanner = _scan.Scanner(ENVELOPE_KEYS, scanner_layout(self._collect),
-                                          wanted) if native and NATIVE else None
+        self._scanner = _scan.Scanner(ENVELOPE_KEYS, scanner_layout(self._collect),
+                                      set(self.contracts) if self.contracts else None) if native and NATIVE else None
         self._reset()
 
     @property
@@ -494,18 +486,6 @@ class Flattener:
     def take(self) -> dict[str, pa.Table]:
         """Arrow tables of everything added since the last take (only non-empty, selected tables)."""
         rows = self._rows
-        if self._library is not None:
-            names = list(self._segments)
-            for ts, conn, payload, record, shard, seg, seq in self._library.flush():
-                before = self._py_frames
-                self._add([(ts, conn, TEXT, payload)], [record], shard, names[seg], -(1 << 63), 1 << 63)
-                if self._py_frames > before:
-                    self._py_seq.append(seq)
-            parsed, filtered = self._library.counts()
-            self.counts["parsed"] += parsed
-            self.counts["parsed_fast"] += parsed
-            self.counts["parsed_c"] += parsed
-            self.counts["filtered_out"] += filtered
         bad: set[int] = set()
         full = self._full_columns()
         columns = {t: self._section_columns(t, bad) for t in S.SECTION_TABLES}
@@ -531,13 +511,6 @@ class Flattener:
             width = WIDTH["messages"]
             msgs = rows["messages"]
             ordered = sorted(range(0, len(msgs), width), key=msgs.__getitem__)
-            rows["messages"] = [msgs[i + k] for i in ordered for k in range(width)]
-        if self._library is not None and self._py_seq:
-            # Frames refused by the library were added last: `messages` in the order the records came in.
-            py_seq = self._py_seq
-            width = WIDTH["messages"]
-            msgs = rows["messages"]
-            ordered = sorted(range(0, len(msgs), width), key=lambda i: py_seq[msgs[i]])
             rows["messages"] = [msgs[i + k] for i in ordered for k in range(width)]
         frames = self._frames
         out: dict[str, pa.Table] = {}
@@ -589,9 +562,7 @@ class Flattener:
                     base["contract"].take(idx), pa.array(section, pa.string()).dictionary_encode(),
                     pa.array(field, pa.string()), pa.array(reason, pa.string()).dictionary_encode(),
                     pa.array(value, pa.string())])
-        if self._library is not None:
-            self._merge_library(out, order)
-        elif self._scanner is not None:
+        if self._scanner is not None:
             self._merge_scanned(out, order)
         self._reset()
         return out
@@ -634,37 +605,6 @@ class Flattener:
                 continue
             # Rows of both paths: put them back in the order the records came in.
             keys = np.concatenate([seq if fi is None else seq[fi], py_seq[order[t]]])
-            merged = pa.concat_tables([table, out[t]]).unify_dictionaries().combine_chunks()
-            out[t] = merged.take(pa.array(np.argsort(keys, kind="stable")))
-
-    def _merge_library(self, out: dict[str, pa.Table], order: dict[str, np.ndarray]) -> None:
-        parts = self._library.take()
-        if not parts:
-            return
-        names = list(self._segments)
-        py_seq = np.asarray(self._py_seq, np.int64)
-        seq = np.concatenate([p["seq"] for p in parts])
-        base = []
-        for name, _ in S.RECORD_COLUMNS + S.MESSAGE_COLUMNS:
-            if name == "segment":
-                idx = np.concatenate([p["base"]["segment"] for p in parts])
-                base.append(pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names, pa.string())))
-            else:
-                base.append(pa.concat_arrays([p["base"][name] for p in parts]))
-        for t in S.SECTION_TABLES:
-            if t not in self.tables:
-                continue
-            present = pa.concat_arrays([p["tables"][t][0] for p in parts])
-            if not pc.any(present).as_py():
-                continue
-            cols = [pa.concat_arrays([p["tables"][t][1][j] for p in parts])
-                    for j in range(len(parts[0]["tables"][t][1]))]
-            arrays = [a.filter(present) for a in base] + [c.filter(present) for c in cols]
-            table = _table(t, arrays)
-            if t not in out:
-                out[t] = table
-                continue
-            keys = np.concatenate([seq[present.to_numpy(zero_copy_only=False)], py_seq[order[t]]])
             merged = pa.concat_tables([table, out[t]]).unify_dictionaries().combine_chunks()
             out[t] = merged.take(pa.array(np.argsort(keys, kind="stable")))
 
