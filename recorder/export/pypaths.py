@@ -76,7 +76,7 @@ class PyPaths:
                 other(ts_ns, shard, conn, segment, record, kind, payload)
                 continue
             try:
-                ident, id_field, channel, server_ns, mask, ints, strs = read(payload)
+                ident, id_field, channel, server_ns, mask, row, strs = read(payload, len(frames) // width)
             except slow_exc:
                 slow(ts_ns, shard, conn, segment, record, payload)
                 continue
@@ -84,7 +84,7 @@ class PyPaths:
                 filtered += 1
                 continue
             group = groups.get(mask) or self.group(mask)
-            group[0].extend((len(frames) // width, *ints))
+            group[0].extend(row)
             if strs:
                 group[1].extend(strs)
             frame((ts_ns, shard, conn, segment, record, server_ns, ident, id_field, channel, payload))

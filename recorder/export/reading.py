@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -63,62 +64,88 @@ LAYOUT = tuple(tuple((s, len(s.paths) - s.n_str, s.n_str) for s in SECTIONS if m
                for mask in range(1 << len(SECTIONS)))
 
 
-def _tree(paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path in paths:
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = None
-    return tree
+def _section_code(section: Section, getters: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """For one section in `p`: statements binding the objects under it, the size test of every object, and its
+    integer and string values as expressions, each in column order (a run of columns of one object is one
+    itemgetter call, added to `getters`)."""
+    names = {(): "p"}
+    keys: dict[tuple[str, ...], list[str]] = {}  # object path -> its known keys
+    code = []
+    for path in section.paths:
+        for depth, key in enumerate(path):
+            known = keys.setdefault(path[:depth], [])
+            if key not in known:
+                known.append(key)
+            if depth < len(path) - 1 and path[:depth + 1] not in names:
+                names[path[:depth + 1]] = var = f"p_{len(names)}"
+                code.append(f"{var} = {names[path[:depth]]}[{key!r}]")
+    checks = [f"len({names[obj]}) != {len(known)}" for obj, known in keys.items()]
+
+    def values(paths: tuple[tuple[str, ...], ...]) -> list[str]:
+        out: list[str] = []
+        runs: list[tuple[tuple[str, ...], list[str]]] = []
+        for path in paths:
+            if runs and runs[-1][0] == path[:-1]:
+                runs[-1][1].append(path[-1])
+            else:
+                runs.append((path[:-1], [path[-1]]))
+        for obj, run in runs:
+            if len(run) == 1:
+                out.append(f"{names[obj]}[{run[0]!r}]")
+            else:
+                name = f"get_{len(getters)}"
+                getters[name] = itemgetter(*run)
+                out.append(f"*{name}({names[obj]})")
+        return out
+
+    return code, checks, values(section.paths[section.n_str:]), values(section.paths[:section.n_str])
 
 
-def _emit(node: dict[str, Any], var: str, body: list[str], checks: list[str], leaves: list[str]) -> None:
-    """Statements binding the objects under `var`, the size test of each, and the leaf expressions in order."""
-    checks.append(f"len({var}) != {len(node)}")
-    for key, sub in node.items():
-        if sub is None:
-            leaves.append(f"{var}[{key!r}]")
-        else:
-            child = f"{var}_{len(body)}"
-            body.append(f"{child} = {var}[{key!r}]")
-            _emit(sub, child, body, checks, leaves)
-
-
-def sections_source() -> str:
-    """The source of `read_sections(data) -> (mask, ints, strs)`, written from SECTIONS.
+def sections_source(getters: dict[str, Any] | None = None) -> str:
+    """The source of `read_sections(data, first) -> (mask, (first, *ints), strs)`, written from SECTIONS
+    (`getters` gets the itemgetters it calls). `first` is the frame index a group row starts with.
 
     Straight-line code, one block per section: it is the fast path's inner loop, and a loop over the sections
-    with a reader function each made the Python paths ~10% slower. Each object must hold exactly its known
-    keys (as many keys, each found); a missing key raises KeyError, a non-object TypeError, either means Slow.
+    with a reader function each made the Python paths ~10% slower. Each object must hold exactly its known keys
+    (as many keys, each found); a missing key raises KeyError, a non-object TypeError, either means Slow.
     """
-    out = ["def read_sections(data):", "    mask = 0"]
-    for k, sec in enumerate(SECTIONS):
-        body: list[str] = []
-        checks: list[str] = []
-        leaves: list[str] = []
-        _emit(_tree(sec.paths), "p", body, checks, leaves)
-        out += [f"    p = data.get({sec.key!r})", "    if p is None:", f"        i{k} = s{k} = ()", "    else:",
-                *(f"        {line}" for line in body),
+    getters = {} if getters is None else getters
+    out = ["def read_sections(data, first):", "    mask = 0"]
+    ints: list[str] = []  # one variable per piece of values, set in its section's block, () without it
+    strs: list[str] = []
+    for sec in SECTIONS:
+        code, checks, int_values, str_values = _section_code(sec, getters)
+        names = [[f"v{len(ints) + n}" for n in range(len(int_values))],
+                 [f"w{len(strs) + n}" for n in range(len(str_values))]]
+        ints += names[0]
+        strs += names[1]
+        out += [f"    p = data.get({sec.key!r})", "    if p is None:",
+                f"        {' = '.join([*names[0], *names[1], '()'])}", "    else:",
+                *(f"        {line}" for line in code),
                 f"        if {' or '.join(checks)}:", "            raise Slow",
-                f"        i{k} = ({''.join(f'{x}, ' for x in leaves[sec.n_str:])})",
-                f"        s{k} = ({''.join(f'{x}, ' for x in leaves[:sec.n_str])})",
+                *(f"        {name} = {_piece(value)}" for name, value in zip(names[0], int_values, strict=True)),
+                *(f"        {name} = {_piece(value)}" for name, value in zip(names[1], str_values, strict=True)),
                 f"        mask |= {sec.bit}"]
-    every = range(len(SECTIONS))
     out += ["    if not mask or POPCOUNT[mask] != len(data):", "        raise Slow",
-            f"    return mask, ({', '.join(f'*i{k}' for k in every)}), ({', '.join(f'*s{k}' for k in every)})"]
+            f"    return mask, (first, {''.join(f'*{v}, ' for v in ints)}), ({''.join(f'*{w}, ' for w in strs)})"]
     return "\n".join(out) + "\n"
 
 
-def _compile() -> Callable[[dict[str, Any]], tuple[int, tuple[Any, ...], tuple[Any, ...]]]:
+def _piece(value: str) -> str:
+    """A value expression as a tuple: `*get(obj)` is a getter's tuple already, `obj[key]` one value."""
+    return value[1:] if value.startswith("*") else f"({value},)"
+
+
+def _compile() -> Callable[[dict[str, Any], int], tuple[int, tuple[Any, ...], tuple[Any, ...]]]:
     scope: dict[str, Any] = {"Slow": Slow, "POPCOUNT": POPCOUNT}
-    exec(compile(sections_source(), "<recorder.export.reading.sections_source()>", "exec"), scope)
+    source = sections_source(scope)
+    exec(compile(source, "<recorder.export.reading.sections_source()>", "exec"), scope)
     return scope["read_sections"]
 
 
 read_sections = _compile()
 
-# What a read gives: contract, identifier field, channel, server ns, mask, integer values, string values.
+# What a read gives: contract, identifier field, channel, server ns, mask, (fi, *integer values), string values.
 Values = tuple[str, str, str, int, int, tuple[Any, ...], tuple[Any, ...]]
 
 
@@ -128,7 +155,8 @@ class FastReader:
     def __init__(self) -> None:
         self._seconds: dict[str, int] = {}  # whole-second part of a timestamp -> epoch ns
 
-    def read(self, payload: bytes) -> Values:
+    def read(self, payload: bytes, fi: int) -> Values:
+        """The message's values; its integers start with `fi`, as a row of its mask's group does."""
         try:
             obj = orjson.loads(payload)
             ident = obj.get(ID_FIELD)
@@ -140,7 +168,7 @@ class FastReader:
             if (len(obj) != 4 or type(ident) is not str or not ident or type(channel) is not str
                     or type(stamp) is not str or type(data) is not dict):
                 raise Slow
-            mask, ints, strs = read_sections(data)
+            mask, ints, strs = read_sections(data, fi)
             # The common `...:SS.ffffffZ` form without a call: the whole second from the cache, the fraction by int().
             base = self._seconds.get(stamp[:19])
             frac = stamp[20:-1]
