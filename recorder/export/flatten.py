@@ -9,10 +9,10 @@ Python paths (pypaths.py: a fast path for the documented shape, feed/message.py'
 which decide what is known, what is extra and what is malformed. Tests check that both give identical tables,
 in the order the records came in (rows of the scanner and of the Python paths are merged by arrival).
 
-Why C and not a library reader: pyarrow.json with an explicit schema, the fastest of the library readers tried,
-costs more a message (~4 us) than the whole Python fast path saves against it; the export ran 1.45x the Python
-paths with it, the scanner ~3.8x (same run, benchmarks/test_export.py; the project keeps native code where it
-is at least 2x on what a user waits for).
+Why C and not a library reader: pyarrow.json with an explicit schema, the fastest of the library readers tried
+(polars' NDJSON reader was slower), costs ~4 us a message where the whole Python fast path costs ~6.5 us; the
+export ran at 1.04-1.45x the Python paths' rate with it, at 3.7-4.8x with the scanner (same runs of
+benchmarks/test_export.py; the project keeps native code only where it is at least 2x on what a user waits for).
 """
 
 from __future__ import annotations
