@@ -1,4 +1,4 @@
-"""take(): the Python paths' flat lists -> exact Arrow columns -> the exported tables.
+"""take()'s checks: the Python paths' flat lists -> exact Arrow columns (tables.py makes the tables of them).
 
 A typed column holds only what its type says: an integer column int64 values (a float or an integer past 64 bits
 is a null there and an `extras` row with the number as sent), a string column strings. A value of another kind
