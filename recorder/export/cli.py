@@ -87,20 +87,25 @@ def print_summary(s: ExportSummary) -> None:
                f"{human_bytes(s.output_bytes)} of Parquet ({ratio:.2f}x) in {s.files} files")
     if s.rows:
         click.echo("rows: " + ", ".join(f"{t}={s.rows[t]}" for t in TABLES if s.rows.get(t)))
-    skipped = [f"{s.already} already exported"] if s.already else []
-    if s.open_skipped:
-        skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
-    if skipped:
-        click.echo("skipped: " + ", ".join(skipped))
-    if s.unsealed:
-        click.echo(f"damaged: {len(s.unsealed)} files not sealed properly (cut or damaged: {', '.join(s.unsealed)}); "
-                   "their intact frames were exported — run `ime-segments recover` on them, then export again")
+    for line in _skipped_lines(s):
+        click.echo(line)
     click.echo(parser_line(s.native, s.counts))
     notable = [f"{k}={v}" for k, v in sorted(s.counts.items()) if v and k not in _NOT_NOTABLE]
     if notable:
         click.echo("counted: " + ", ".join(notable))
     if s.leftovers_removed:
         click.echo(f"removed {s.leftovers_removed} unfinished part files of an interrupted export")
+
+
+def _skipped_lines(s: ExportSummary) -> list[str]:
+    skipped = [f"{s.already} already exported"] if s.already else []
+    if s.open_skipped:
+        skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
+    lines = ["skipped: " + ", ".join(skipped)] if skipped else []
+    if s.unsealed:
+        lines.append(f"damaged: {len(s.unsealed)} files not sealed properly (cut or damaged: {', '.join(s.unsealed)}); "
+                     "their intact frames were exported — run `ime-segments recover` on them, then export again")
+    return lines
 
 
 def parser_line(native: bool, counts: Mapping[str, int]) -> str:
