@@ -11,7 +11,7 @@ in the order the records came in (rows of the scanner and of the Python paths ar
 
 Why C and not a library reader: pyarrow.json with an explicit schema, the fastest of the library readers tried
 (polars' NDJSON reader was slower), costs ~4 us a message where the whole Python fast path costs ~6.5 us; the
-export ran at 1.04-1.45x the Python paths' rate with it, at 3.7-4.8x with the scanner (same runs of
+export ran at 0.98-1.45x the Python paths' rate with it (median 1.17x), at 3.7-4.8x with the scanner (same runs of
 benchmarks/test_export.py; the project keeps native code only where it is at least 2x on what a user waits for).
 """
 
