@@ -10,11 +10,14 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from export_util import sim_frames
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recorder.export.flatten import Flattener
+from recorder.export.reading import SECTIONS as READER_SECTIONS
+from recorder.export.reading import FastReader, Slow, value_at
 from recorder.export.schema import INT_COLUMNS, SECTION_TABLES, STR_COLUMNS, TABLES
 from recorder.feed.message import MessageError, parse_envelope
 
@@ -95,7 +98,7 @@ def flatten(records: list[tuple[int, bytes]], slow: bool = False,
     if slow:
         for i, (ts, conn, kind, p) in enumerate(block):
             if kind == 1:
-                f._slow(ts, 0, conn, "seg", i, p)
+                f._py.slow(ts, 0, conn, "seg", i, p)
             else:
                 f.add_block([(ts, conn, kind, p)], 0, "seg", i)
     else:
@@ -205,3 +208,60 @@ def test_every_frame_once_values_exact_and_both_paths_agree(records: list[tuple[
                 assert sorted(map(str, table.to_pylist())) == sorted(map(str, other.to_pylist()))
             else:
                 assert table.to_pylist() == other.to_pylist(), t
+
+
+def flatten_counted(records: list[tuple[int, bytes]], tables: tuple[str, ...]) -> tuple[dict[str, list[str]],
+                                                                                       dict[str, int]]:
+    f = Flattener(tables=tables)
+    f.add_block([(1_780_000_000_000_000_000 + i, 1, kind, p) for i, (kind, p) in enumerate(records)], 0, "seg", 0)
+    out = {t: sorted(map(str, table.to_pylist())) if t == "extras" else list(map(str, table.to_pylist()))
+           for t, table in f.take().items()}
+    return out, {k: v for k, v in f.counts.items() if v}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(record, min_size=1, max_size=20), st.sets(st.sampled_from(TABLES), min_size=1))
+@example([_edit(("data", "Aggregate", "trade_count"), "many")], {"best_limit", "messages"})
+@example([_edit(("data", "BestLimit", "2", "buy_price"), True)], {"aggregate", "messages"})
+@example([_edit(("data", "ContractInfo", "open_interest"), 2.5)], {"best_limit"})
+def test_what_a_frame_becomes_does_not_depend_on_the_tables_selected(records: list[tuple[int, bytes]],
+                                                                      tables: set[str]) -> None:
+    """`--tables` chooses which tables are written, never where a frame goes or what is counted: a frame with a
+    mistyped field in a section that is not written still goes to `messages`."""
+    everything, all_counts = flatten_counted(records, TABLES)
+    some, counts = flatten_counted(records, tuple(sorted(tables)))
+    assert some == {t: rows for t, rows in everything.items() if t in tables}
+    assert counts == all_counts
+
+
+def test_the_fast_reader_reads_the_schemas_paths_for_every_mix_of_sections() -> None:
+    """reading.py writes its section reader from schema.py's tables: every known path is read, in column order,
+    whatever sections a message has; an object with a key more or less is left to the parser."""
+    obj = json.loads(json.dumps(BASE[0]))
+    for n, (_, path) in enumerate(c for t in SECTION_TABLES for c in STR_COLUMNS.get(t, []) + INT_COLUMNS[t]):
+        target = obj["data"]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = f"s{n}" if isinstance(target[path[-1]], str) else n  # every value its own
+    for mask in range(1, 1 << len(READER_SECTIONS)):
+        present = [s for s in READER_SECTIONS if mask & s.bit]
+        msg = {**obj, "data": {s.key: obj["data"][s.key] for s in present}}
+        got = FastReader().read(json.dumps(msg).encode(), 7)
+        assert got[4] == mask
+        want = [value_at(msg["data"], path) for s in present for _, path in
+                STR_COLUMNS.get(s.table, []) + INT_COLUMNS[s.table]]
+        assert got[5][0] == 7
+        strs, ints = [v for v in want if isinstance(v, str)], [v for v in want if isinstance(v, int)]
+        assert list(got[6]) == strs and list(got[5][1:]) == ints
+        for s in present:
+            for change in ("add", "drop"):
+                bent = json.loads(json.dumps(msg))
+                target = bent["data"][s.key]
+                while isinstance(next(iter(target.values())), dict):
+                    target = next(iter(target.values()))
+                if change == "add":
+                    target["x"] = 1
+                else:
+                    target.pop(next(iter(target)))
+                with pytest.raises(Slow):
+                    FastReader().read(json.dumps(bent).encode(), 7)

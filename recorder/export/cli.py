@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
+from recorder.export.flatten import BUILT, IMPLEMENTATION_ENV
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
@@ -36,6 +37,23 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     segments, skipped = open_all(paths)
     span = recording_range(segments)
     start_ns, end_ns = parse_window(start, end, tz, span[0] if span is not None else None)
+    out_dir = _out_dir(out, paths)
+    options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
+    total = sum(s.records for s in segments if s.sealed or not is_open(s.path))
+    with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
+        summary = export_segments(segments, options, advance)
+    damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
+    if not quiet:
+        print_summary(summary)
+    selection = Selection(frozenset(contracts), start_ns, end_ns)
+    if selection.filtered and summary.exported and not sum(summary.rows.values()):
+        # As `ime-segments cat` does: a filter that selects nothing is said, with what the recording holds.
+        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+    if damaged or skipped:
+        sys.exit(EXIT_RUNTIME)
+
+
+def _out_dir(out: str, paths: tuple[str, ...]) -> Path:
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out} is a file; give a directory")
@@ -46,20 +64,7 @@ def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
             # The next run would read the Parquet directory as part of the recording, and a later
             # retention of the recording would delete the export.
             raise UserError(f"--out {out} is inside the recording {p}; export to a directory of its own")
-    options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
-    total = sum(s.records for s in segments if s.sealed or not is_open(s.path))
-    with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
-        summary = export_segments(segments, options, advance)
-    damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
-    if not quiet:
-        print_summary(summary)
-    filtered = bool(contracts) or start_ns is not None or end_ns is not None
-    if filtered and summary.exported and not sum(summary.rows.values()):
-        # As `ime-segments cat` does: a filter that selects nothing is said, with what the recording holds.
-        selection = Selection(frozenset(contracts), start_ns, end_ns)
-        raise RuntimeFailure(selection.nothing_selected(segments, tz))
-    if damaged or skipped:
-        sys.exit(EXIT_RUNTIME)
+    return out_dir
 
 
 @contextmanager
@@ -71,6 +76,9 @@ def _progress(total: int, enabled: bool) -> Iterator[object]:
         yield bar.update
 
 
+_NOT_NOTABLE = frozenset(("parsed", "parsed_fast", "parsed_c", "events"))
+
+
 def print_summary(s: ExportSummary) -> None:
     rate = s.records / s.seconds if s.seconds > 0 else 0.0
     ratio = s.output_bytes / s.input_bytes if s.input_bytes else 0.0
@@ -79,29 +87,35 @@ def print_summary(s: ExportSummary) -> None:
                f"{human_bytes(s.output_bytes)} of Parquet ({ratio:.2f}x) in {s.files} files")
     if s.rows:
         click.echo("rows: " + ", ".join(f"{t}={s.rows[t]}" for t in TABLES if s.rows.get(t)))
-    skipped = []
-    if s.already:
-        skipped.append(f"{s.already} already exported")
-    if s.open_skipped:
-        skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
-    if skipped:
-        click.echo("skipped: " + ", ".join(skipped))
-    if s.unsealed:
-        click.echo(f"damaged: {len(s.unsealed)} files not sealed properly (cut or damaged: {', '.join(s.unsealed)}); "
-                   "their intact frames were exported — run `ime-segments recover` on them, then export again")
-    parsed = s.counts.get("parsed", 0)
-    if s.native:
-        scanned = s.counts.get("parsed_c", 0)
-        click.echo(f"parser: C scanner for {scanned} of {parsed} parsed frames, Python for the rest")
-    else:
-        click.echo(f"parser: Python for all {parsed} parsed frames (the C scanner recorder.export._scan is not built: "
-                   "install with a C compiler for a faster export)")
-    quiet = ("parsed", "parsed_fast", "parsed_c", "events")
-    notable = {k: v for k, v in sorted(s.counts.items()) if v and k not in quiet}
+    for line in _skipped_lines(s):
+        click.echo(line)
+    click.echo(parser_line(s.native, s.counts))
+    notable = [f"{k}={v}" for k, v in sorted(s.counts.items()) if v and k not in _NOT_NOTABLE]
     if notable:
-        click.echo("counted: " + ", ".join(f"{k}={v}" for k, v in notable.items()))
+        click.echo("counted: " + ", ".join(notable))
     if s.leftovers_removed:
         click.echo(f"removed {s.leftovers_removed} unfinished part files of an interrupted export")
+
+
+def _skipped_lines(s: ExportSummary) -> list[str]:
+    skipped = [f"{s.already} already exported"] if s.already else []
+    if s.open_skipped:
+        skipped.append(f"{len(s.open_skipped)} open (still recording; run export again once they are sealed)")
+    lines = ["skipped: " + ", ".join(skipped)] if skipped else []
+    if s.unsealed:
+        lines.append(f"damaged: {len(s.unsealed)} files not sealed properly (cut or damaged: {', '.join(s.unsealed)}); "
+                     "their intact frames were exported — run `ime-segments recover` on them, then export again")
+    return lines
+
+
+def parser_line(native: bool, counts: Mapping[str, int]) -> str:
+    """Which parser read the frames: the C scanner (and Python for what it refused), or Python, and why."""
+    parsed = counts.get("parsed", 0)
+    if native:
+        return f"parser: C scanner for {counts.get('parsed_c', 0)} of {parsed} parsed frames, Python for the rest"
+    why = (f"{IMPLEMENTATION_ENV}=python is set" if BUILT else
+           "the C scanner recorder.export._scan is not built: install with a C compiler for a faster export")
+    return f"parser: Python for all {parsed} parsed frames ({why})"
 
 
 __all__ = ["run_export"]
