@@ -359,8 +359,8 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
 def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypatch):
     """Same calls, same clock: after every call the same sequence, drops, buffer and sends; the same bytes at the hub.
 
-    The clock is the test's (both read it through live.time and live.clock), so every pause, burst deadline and reconnect
-    decision is the same for both; the retry timer is pushed out of the test and fired by hand for both.
+    The clock is the test's (both read it through live.time and live.clock), so every pause, burst deadline and
+    reconnect decision is the same for both; the retry timer is pushed out of the test and fired by hand for both.
     """
     clock = [1_800_000_000_000_000_000]
 
