@@ -35,7 +35,7 @@ from typing import Any
 from samples import count_at, read_pairs, timeline_of
 
 from recorder.histogram import Histogram
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 HERE = Path(__file__).parent

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.errors import UserError
 from recorder.feed.message import Envelope, MarketData, MessageError, parse_envelope
-from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.model.record import RecordKind
+from recorder.segment.format import SegmentFormatError
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
 from recorder.timeparse import parse_time
 
@@ -75,7 +76,7 @@ class Recording:
         copies (receipts) are not messages; `to_arrow("messages")` / `to_arrow("events")` have those.
         """
         wanted = frozenset(contracts) if contracts else frozenset()
-        text = int(RecordKind.TEXT)
+        text = RecordKind.TEXT
         for rec in merge_records(self.segments, _ns(start), _ns(end)):
             if rec.kind != text:
                 continue

@@ -45,8 +45,8 @@ from sim_util import SimProcess
 
 from recorder.feed.endpoints import EndpointKind, build_url
 from recorder.feed.message import identifier_of
+from recorder.model.record import RecordKind
 from recorder.segment.coverage import Coverage, GroupCoverage
-from recorder.segment.format import RecordKind
 from recorder.segment.layout import DayLayout
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.sim.market import message_prefix

@@ -10,7 +10,7 @@ from pathlib import Path
 from record_util import RecorderProcess
 
 from recorder.feed.message import identifier_of
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 

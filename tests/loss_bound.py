@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 TICK_S = 0.05  # the worker's ticker period (record/worker.py `_ticker`)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from recorder.events import decode_event
-from recorder.segment.format import RecordKind, decode_receipt
+from recorder.model.record import RecordKind, decode_receipt
 from recorder.segment.reader import discover, open_segment
 
 

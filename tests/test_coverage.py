@@ -12,7 +12,7 @@ import orjson
 from segment_util import ime_payload, write_records
 
 from recorder.events import Event, encode_event
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 
 S = 1_000_000_000
 MS = 1_000_000

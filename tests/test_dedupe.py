@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recorder.model.record import decode_receipt, encode_receipt
 from recorder.segment.dedupe import NativeDeduper, PyDeduper, ReceiptResolver, digest
-from recorder.segment.format import decode_receipt, encode_receipt
 
 MS = 1_000_000
 NOT_BUILT = "recorder.segment._dedupe is not built (no C compiler at install)"

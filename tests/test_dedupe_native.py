@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from segment_util import ime_payload, write_records
 
 from recorder.events import Event, encode_event
+from recorder.model.record import RecordKind, encode_receipt
 from recorder.segment import dedupe
 from recorder.segment import merge as merge_module
 from recorder.segment.dedupe import IMPLEMENTATION_ENV, NativeDeduper, PyDeduper, digest
-from recorder.segment.format import RecordKind, encode_receipt
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.segment.writer import SegmentWriter
 

@@ -24,7 +24,7 @@ from export_util import EXE, export, raw_records, sim_frames, write_recording
 from recorder.export.flatten import BUILT, NATIVE
 from recorder.export.schema import INT_COLUMNS, SCHEMAS, SECTION_TABLES, STR_COLUMNS
 from recorder.feed.message import MessageError, parse_envelope, parse_timestamp_ns
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.writer import SegmentWriter
 
 README = Path(__file__).resolve().parent.parent / "README.md"

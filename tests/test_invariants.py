@@ -16,7 +16,7 @@ from nats_util import NATS_SERVER
 from record_util import compare_with_sent_log
 
 from recorder.feed.message import identifier_of
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.layout import day_directory
 from recorder.segment.reader import discover, open_segment
 

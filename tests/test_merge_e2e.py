@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from record_util import RecorderProcess
 
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.merge import merge
 from recorder.segment.reader import discover, merge_records, open_segment
 

@@ -14,7 +14,7 @@ import pytest
 from segment_util import ime_payload, write_records
 
 from recorder.events import Event, encode_event
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.merge_staging import RECORD
 from recorder.segment.reader import discover, merge_records, open_segment
 

@@ -20,7 +20,7 @@ import pytest
 
 from recorder.events import decode_event
 from recorder.humanize import human_bytes
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.layout import segment_files
 from recorder.segment.reader import discover, open_segment
 from recorder.segment.writer import SegmentWriter

@@ -10,10 +10,9 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recorder.model.record import RecordKind, decode_receipt
 from recorder.segment.format import (
-    RecordKind,
     SegmentFormatError,
-    decode_receipt,
     decode_receipt_block,
     decode_receipt_columns,
     encode_receipt_columns,

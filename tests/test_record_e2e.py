@@ -13,7 +13,7 @@ from record_util import compare_with_sent_log, connections, pair_connections
 
 from recorder.events import decode_event
 from recorder.feed.message import parse_timestamp_ns
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 pytestmark = pytest.mark.slow

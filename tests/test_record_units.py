@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from recorder.errors import UserError
 from recorder.events import Event, decode_event, encode_event
+from recorder.model.record import RecordKind
 from recorder.record.contracts import parse_inline, parse_lines, read_contract_file
 from recorder.record.messages import Status
 from recorder.record.metrics import render
@@ -28,7 +29,6 @@ from recorder.record.timeslice import (
     writer_nice_for,
 )
 from recorder.redact import redact_text, redact_url
-from recorder.segment.format import RecordKind
 from recorder.timeparse import format_ns, parse_time
 
 # --- contract lists ---------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import pytest
 from record_util import RecorderProcess, compare_with_sent_log
 
 from recorder.feed.message import identifier_of
+from recorder.model.record import RecordKind, decode_receipt
 from recorder.segment.coverage import Coverage, GroupCoverage
-from recorder.segment.format import RecordKind, decode_receipt
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.segment.selection import Selection
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from recorder.errors import UserError
+from recorder.model.record import Record
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import play
-from recorder.segment.reader import Record
 
 S = 1_000_000_000
 

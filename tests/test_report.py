@@ -26,7 +26,7 @@ from segment_util import ime_payload, write_records
 from sim_util import SimProcess
 
 from recorder.events import Event, encode_event
-from recorder.segment.format import RecordKind, encode_receipt
+from recorder.model.record import RecordKind, encode_receipt
 
 S = 1_000_000_000
 MS = 1_000_000

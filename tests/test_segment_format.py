@@ -9,8 +9,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recorder.model.record import RECEIPT_BLOCK_KINDS, RECORD_HEADER, RecordKind, encode_receipt
 from recorder.segment import format as fmt
-from recorder.segment.batch import RecordBatch, encode_frame, new_compressor
+from recorder.segment.encoder import RecordBatch, SegmentEncoder
 from recorder.segment.naming import parse_segment_name, segment_name
 
 payloads = st.one_of(
@@ -87,13 +88,25 @@ def test_seek_table_uses_the_zstd_seekable_layout():
     assert fmt.decode_seek_table(frame) == entries
 
 
+class Collected(bytearray):
+    def write(self, data: bytes) -> None:
+        self += data
+
+
+def encode_frame(batch: RecordBatch, level: int) -> tuple[fmt.FrameInfo, bytes]:
+    """The descriptor and data frame an encoder writes for `batch`, as the first frame after no header."""
+    out = Collected()
+    info = SegmentEncoder(out, level).add(batch)
+    return info, bytes(out)
+
+
 @settings(max_examples=60, deadline=None)
 @given(records)
 def test_batch_round_trips_through_a_checksummed_zstd_frame(recs):
     batch = RecordBatch()
     for ts, conn, kind, payload in recs:
         batch.append(ts, conn, kind, payload)
-    info, data = encode_frame(batch, seq=0, offset=0, cctx=new_compressor(3))
+    info, data = encode_frame(batch, level=3)
     frame = data[fmt.DESCRIPTOR_FRAME_SIZE:]
     params = zstandard.get_frame_parameters(frame)
     assert params.has_checksum
@@ -101,7 +114,7 @@ def test_batch_round_trips_through_a_checksummed_zstd_frame(recs):
     block = zstandard.ZstdDecompressor().decompress(frame)
     assert fmt.decode_block(block, info.records) == [tuple(r) for r in recs]
     assert info.records == len(recs)
-    assert info.events == sum(1 for r in recs if r[2] == fmt.RecordKind.EVENT)
+    assert info.events == sum(1 for r in recs if r[2] == RecordKind.EVENT)
     if recs:
         assert info.min_ts == min(r[0] for r in recs)
         assert info.max_ts == max(r[0] for r in recs)
@@ -111,9 +124,9 @@ def test_batch_round_trips_through_a_checksummed_zstd_frame(recs):
 def test_multi_megabyte_payload_round_trips():
     big = bytes(range(256)) * (3 * 4096 + 17)
     batch = RecordBatch()
-    batch.append(1, 2, fmt.RecordKind.BINARY, big)
-    batch.append(2, 2, fmt.RecordKind.TEXT, b"")
-    _, data = encode_frame(batch, 0, 0, new_compressor(1))
+    batch.append(1, 2, RecordKind.BINARY, big)
+    batch.append(2, 2, RecordKind.TEXT, b"")
+    _, data = encode_frame(batch, level=1)
     block = zstandard.ZstdDecompressor().decompress(data[fmt.DESCRIPTOR_FRAME_SIZE:])
     assert fmt.decode_block(block, 2) == [(1, 2, 2, big), (2, 2, 1, b"")]
 
@@ -196,7 +209,7 @@ def test_the_c_split_refuses_what_the_reference_refuses_and_agrees_on_the_rest(r
     except fmt.SegmentFormatError:
         assert got is None
     else:
-        if not fmt._RECEIPT_BLOCKS.isdisjoint(r[2] for r in expected):
+        if not RECEIPT_BLOCK_KINDS.isdisjoint(r[2] for r in expected):
             assert got is None  # the receipt blocks are expanded in Python
         else:
             assert got == expected
@@ -205,15 +218,15 @@ def test_the_c_split_refuses_what_the_reference_refuses_and_agrees_on_the_rest(r
 @needs_c_split
 def test_receipt_blocks_are_left_to_python_and_conns_apply_after_their_expansion():
     batch = RecordBatch()
-    batch.append(100, 1, fmt.RecordKind.TEXT, b"m")
+    batch.append(100, 1, RecordKind.TEXT, b"m")
     batch.append_near_receipt(130, 2, 0, 30)
     block = batch.block()
     assert c_split(block, batch.records) is None
-    assert fmt.decode_block(block, batch.records) == [(100, 1, 1, b"m"), (130, 2, 4, fmt.encode_receipt(1, 30))]
+    assert fmt.decode_block(block, batch.records) == [(100, 1, 1, b"m"), (130, 2, 4, encode_receipt(1, 30))]
     # The receipt's own connection is renumbered; the original's, inside its payload, stays as stored (the merge
     # re-points receipts itself).
     assert fmt.decode_block(block, batch.records, {1: 11, 2: 12}) == [
-        (100, 11, 1, b"m"), (130, 12, 4, fmt.encode_receipt(1, 30))]
+        (100, 11, 1, b"m"), (130, 12, 4, encode_receipt(1, 30))]
 
 
 @needs_c_split
@@ -222,7 +235,7 @@ def test_receipt_blocks_are_left_to_python_and_conns_apply_after_their_expansion
 def test_the_c_header_packing_is_struct_packing(recs):
     cols = [list(c) for c in zip(*recs, strict=True)] if recs else [[], [], [], []]
     lengths = [len(p) for p in cols[3]]
-    expected = b"".join(map(fmt.RECORD_HEADER.pack, cols[0], cols[1], cols[2], lengths))
+    expected = b"".join(map(RECORD_HEADER.pack, cols[0], cols[1], cols[2], lengths))
     assert fmt._block.headers(cols[0], cols[1], cols[2], lengths) == expected
     assert fmt.pack_headers(cols[0], cols[1], cols[2], lengths) == expected
 

@@ -18,10 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from segment_util import ime_payload, read_all, unsealed_copy, write_records
 
-from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.model.record import RecordKind
+from recorder.segment.files import SegmentWriteError
+from recorder.segment.format import SegmentFormatError
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.segment.recover import recover
-from recorder.segment.writer import SegmentWriteError, SegmentWriter
+from recorder.segment.writer import SegmentWriter
 
 ZSTD = shutil.which("zstd")
 needs_zstd = pytest.mark.skipif(ZSTD is None, reason="the zstd command-line tool is not installed")
@@ -301,13 +303,13 @@ def test_backpressure_is_signalled_and_released(tmp_path):
     gate = threading.Event()
     writer = SegmentWriter(tmp_path, frame_bytes=1024, max_backlog_bytes=8192, on_backlog=events.append)
     # Hold the writer thread so the backlog builds up deterministically.
-    original_run = writer._write_batch
+    original_write = writer.files.write
 
-    def slow(batch, cctx):
+    def slow(batch):
         gate.wait(5)
-        original_run(batch, cctx)
+        original_write(batch)
 
-    writer._write_batch = slow  # type: ignore[method-assign]
+    writer.files.write = slow  # type: ignore[method-assign]
     for i in range(200):
         writer.append(i, 1, 1, b"z" * 200)
     assert events == [True]

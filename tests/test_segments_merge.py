@@ -12,8 +12,8 @@ import pytest
 from segment_util import ime_payload, write_records
 
 from recorder.events import Event, decode_event, encode_event
+from recorder.model.record import RecordKind, decode_receipt, encode_receipt
 from recorder.segment.dedupe import IMPLEMENTATION_ENV
-from recorder.segment.format import RecordKind, decode_receipt, encode_receipt
 from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
 from recorder.segment.naming import segment_name
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment

@@ -26,8 +26,8 @@ import pytest
 from record_util import RecorderProcess, compare_with_sent_log, connections
 
 from recorder.events import decode_event
+from recorder.model.record import RecordKind
 from recorder.record.shard import shard_of
-from recorder.segment.format import RecordKind
 from recorder.segment.reader import discover, open_segment
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from sim_util import picows_session, run, running_sim
 
 from recorder.events import decode_event
 from recorder.feed.endpoints import EndpointKind
-from recorder.segment.format import RecordKind
-from recorder.segment.reader import Record, discover, merge_records, open_segment
+from recorder.model.record import Record, RecordKind
+from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.sim import SimConfig
 from recorder.sim.faults import JITTER, FaultConfig, FaultPlan, repeat_schedule
 from recorder.sim.market import make_contracts, message_prefix

@@ -24,6 +24,8 @@ The Python parser reads every accepted frame to the same values (tests check it,
 #include <stdint.h>
 #include <string.h>
 
+#define KIND_TEXT 1 /* RecordKind.TEXT (recorder/model/record.py); exported as KIND_TEXT and checked by tests */
+
 enum { K_OBJ = 0, K_INT = 1, K_STR = 2 };
 #define MAXK 32
 #define MAXT 8
@@ -657,7 +659,7 @@ static PyObject *Scanner_scan(Scanner *S, PyObject *args) {
             int64_t kind = as_i64(PyTuple_GET_ITEM(r, 2), &bad);
             PyObject *payload = PyTuple_GET_ITEM(r, 3);
             if (!bad && ((has_lo && ts < lo) || (has_hi && ts >= hi))) continue;
-            if (!bad && kind == 1 && PyBytes_CheckExact(payload)) {
+            if (!bad && kind == KIND_TEXT && PyBytes_CheckExact(payload)) {
                 rc = scan_one(S, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), ts, conn,
                               (int64_t)(first + i), (int32_t)shard, (int32_t)seg, (int64_t)(seq + i));
                 if (rc < 0) goto error;
@@ -801,6 +803,7 @@ PyMODINIT_FUNC PyInit__scan(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     init_tables();
-    if (PyModule_AddObjectRef(m, "Scanner", (PyObject *)&ScannerType) < 0) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddObjectRef(m, "Scanner", (PyObject *)&ScannerType) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_TEXT", KIND_TEXT) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

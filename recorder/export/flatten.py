@@ -29,6 +29,7 @@ from recorder.export.columns import check_groups, report_odd, section_columns
 from recorder.export.pypaths import FRAME_WIDTH, PyPaths
 from recorder.export.tables import frame_columns, merge_scanned, section_table, side_tables
 from recorder.feed.message import ID_FIELD, NAME_FIELD
+from recorder.model.record import Row
 
 try:
     from recorder.export import _scan
@@ -86,7 +87,7 @@ class Flattener:
         """Frames collected since the last take(), on all paths."""
         return self._py.pending + (self._scanner.pending if self._scanner is not None else 0)
 
-    def add_block(self, records: list[tuple[int, int, int, bytes]], shard: int, segment: str,
+    def add_block(self, records: list[Row], shard: int, segment: str,
                   first_record: int, lo: int = -(1 << 63), hi: int = 1 << 63) -> None:
         """Records (ts_ns, conn, kind, payload) of one block, those received in [lo, hi) only.
 

@@ -24,13 +24,11 @@ from typing import Any
 from recorder.events import decode_event
 from recorder.export.reading import INT64_MAX, INT64_MIN, FastReader, Slow, extras_of, no_section_reason, parse
 from recorder.feed.message import MessageError, identifier_of, timestamp_ns_of
-from recorder.segment.format import RecordKind, receipts_in_block
+from recorder.model.record import RECEIPT_BLOCK_KINDS, RecordKind, Row
+from recorder.segment.format import receipts_in_block
 
 FRAME_WIDTH = 10
 PAYLOAD = 9  # a frame's payload, its last value
-Record = tuple[int, int, int, bytes]
-_TEXT, _BINARY, _EVENT = int(RecordKind.TEXT), int(RecordKind.BINARY), int(RecordKind.EVENT)
-_RECEIPT_BLOCKS = (RecordKind.RECEIPT_BLOCK, RecordKind.RECEIPT_COLUMNS)
 
 
 class PyPaths:
@@ -59,7 +57,7 @@ class PyPaths:
             group = self.groups[mask] = ([], [])
         return group
 
-    def add(self, records: Iterable[Record], numbers: Iterable[int], shard: int, segment: str, lo: int,
+    def add(self, records: Iterable[Row], numbers: Iterable[int], shard: int, segment: str, lo: int,
             hi: int) -> None:
         """Records received in [lo, hi); `numbers` are their indices in their file (the `record` column)."""
         frames = self.frames
@@ -69,10 +67,11 @@ class PyPaths:
         wanted = self.contracts
         clip = lo > INT64_MIN or hi <= INT64_MAX
         parsed = filtered = 0
+        text = RecordKind.TEXT
         for record, (ts_ns, conn, kind, payload) in zip(numbers, records, strict=True):
             if clip and not lo <= ts_ns < hi:
                 continue
-            if kind != _TEXT:
+            if kind != text:
                 other(ts_ns, shard, conn, segment, record, kind, payload)
                 continue
             try:
@@ -96,13 +95,13 @@ class PyPaths:
     def other(self, ts_ns: int, shard: int, conn: int, segment: str, record: int, kind: int,
               payload: bytes) -> None:
         counts = self.counts
-        if kind in (_BINARY, _EVENT) and self.contracts:
+        if kind in (RecordKind.BINARY, RecordKind.EVENT) and self.contracts:
             counts["filtered_out"] += 1  # about no contract, so never selected by one
-        elif kind == _BINARY:
+        elif kind == RecordKind.BINARY:
             counts["binary"] += 1
             self._message((ts_ns, shard, conn, segment, record, None, None, None, None, payload), "binary",
                           "binary frame")
-        elif kind == _EVENT:
+        elif kind == RecordKind.EVENT:
             counts["events"] += 1
             event = decode_event(payload)
             code = event.get("code")
@@ -112,7 +111,7 @@ class PyPaths:
                                 payload.decode("utf-8", "replace")))
         elif kind == RecordKind.RECEIPT:
             counts["receipts_skipped"] += 1  # a redundant copy: the first arrival is exported
-        elif kind in _RECEIPT_BLOCKS:
+        elif kind in RECEIPT_BLOCK_KINDS:
             counts["receipts_skipped"] += receipts_in_block(kind, payload)
         else:
             counts[f"unknown_kind_{kind}_skipped"] += 1

@@ -26,11 +26,10 @@ from recorder.export.dataset import (
 )
 from recorder.export.flatten import Flattener
 from recorder.export.schema import TABLES
+from recorder.model.record import Row
 from recorder.segment.format import SegmentFormatError
 from recorder.segment.naming import SEALED_SUFFIX, is_open
 from recorder.segment.reader import Damage, SegmentFile, read_frame
-
-Record = tuple[int, int, int, bytes]
 
 DEFAULT_FLUSH_FRAMES = 32_768
 NO_LOWER = -(1 << 63)
@@ -152,7 +151,7 @@ def _export_one(seg: SegmentFile, options: ExportOptions, flattener: Flattener,
 
 
 def segment_blocks(seg: SegmentFile, lo: int = NO_LOWER, hi: int = NO_UPPER, damage: list[Damage] | None = None,
-                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[Record]]]:
+                   progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, list[Row]]]:
     """(number of the first record in the file, verified records as stored) per data frame that may hold [lo, hi).
 
     Records come as stored (a block's receipts as one receipt-block record, format.decode_block's `expand=False`),

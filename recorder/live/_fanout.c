@@ -20,7 +20,7 @@
 #define HELLO_SIZE 10
 #define RECORD_SIZE 23
 #define MAX_PAYLOAD (64u << 20)
-#define KIND_TEXT 1
+#define KIND_TEXT 1 /* RecordKind.TEXT (recorder/model/record.py); exported as KIND_TEXT and checked by tests */
 #define BIG_BUFFER (16 << 20) /* an output buffer larger than this is given back after a take */
 
 static PyObject *WireError; /* recorder.live.wire.WireError */
@@ -623,7 +623,8 @@ PyInit__fanout(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Link", (PyObject *)&LinkType) < 0 ||
-        PyModule_AddObjectRef(m, "Fanout", (PyObject *)&FanoutType) < 0) {
+        PyModule_AddObjectRef(m, "Fanout", (PyObject *)&FanoutType) < 0 ||
+        PyModule_AddIntConstant(m, "KIND_TEXT", KIND_TEXT) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -20,9 +20,8 @@ from typing import Any
 
 from recorder.live.route import Router
 from recorder.live.wire import Decoder, LiveRecord
+from recorder.model.record import RecordKind
 from recorder.server.framing import text_header
-
-_TEXT = 1
 
 # (contract or None, record kind, payload) for each message, in arrival order: what the publisher takes.
 LiveItem = tuple[str | None, int, bytes]
@@ -68,9 +67,10 @@ class PyFanout:
         parts = self._parts
         route = self.router.contract if routes or keep else None
         items: list[LiveItem] | None = [] if keep else None
+        text = RecordKind.TEXT
         for _, _, _, kind, payload in records:
             contract = None
-            if kind == _TEXT and route is not None:
+            if kind == text and route is not None:
                 contract = route(payload)
                 if contract is None:
                     self.unrouted += 1

@@ -36,7 +36,7 @@ from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
 from recorder.record.timeslice import writer_nice_for
 from recorder.redact import redact_url
-from recorder.segment.writer import describe_os_error
+from recorder.segment.files import describe_os_error
 
 PROG = "ime-record"
 log = logging.getLogger("recorder.record")

@@ -15,16 +15,13 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from recorder.clock import time_ns
 from recorder.events import Event, encode_event
+from recorder.model.record import RecordKind
 from recorder.segment.dedupe import Deduper, digest
-from recorder.segment.format import RecordKind
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
-_KIND_TEXT = int(RecordKind.TEXT)
-_KIND_BINARY = int(RecordKind.BINARY)
-_KIND_EVENT = int(RecordKind.EVENT)
 OVERSIZED_HEAD_BYTES = 256
 
 Append = Callable[[int, int, int, bytes], None]
@@ -56,7 +53,7 @@ def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
 
         def record_and_publish(ts: int, conn: int, kind: int, payload: bytes) -> None:
             append(ts, conn, kind, payload)
-            if kind != _KIND_EVENT:
+            if kind != RecordKind.EVENT:
                 live(ts, conn, kind, payload)
 
         return record_and_publish
@@ -66,7 +63,7 @@ def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
     append_receipt = dest.append_receipt
 
     def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
-        if kind == _KIND_EVENT:
+        if kind == RecordKind.EVENT:
             append(ts, conn, kind, payload)
             return
         serial, index = position()
@@ -117,7 +114,7 @@ class RecordingListener(WSListener):
             self.bytes += size
             self.last_ns = ts
             if size <= self._max:
-                self._append(ts, self.conn_id, _KIND_TEXT if mt is _TEXT else _KIND_BINARY,
+                self._append(ts, self.conn_id, RecordKind.TEXT if mt is _TEXT else RecordKind.BINARY,
                              frame.get_payload_as_bytes())
             else:
                 self._oversized(ts, size, frame.get_payload_as_memoryview()[:OVERSIZED_HEAD_BYTES].tobytes(),
@@ -135,7 +132,7 @@ class RecordingListener(WSListener):
                 self._flush_fragments(ts, complete=False)
             self._frag = []
             self._frag_ts = ts
-            self._frag_kind = _KIND_TEXT if mt is _TEXT else _KIND_BINARY
+            self._frag_kind = RecordKind.TEXT if mt is _TEXT else RecordKind.BINARY
             self._frag_size = 0
             self._frag_oversized = False
             self._add_fragment(frame)
@@ -143,7 +140,7 @@ class RecordingListener(WSListener):
                 self._flush_fragments(ts, complete=True)
         elif mt is _CONT:
             if self._frag is None:
-                self._append(ts, self.conn_id, _KIND_EVENT, encode_event(
+                self._append(ts, self.conn_id, RecordKind.EVENT, encode_event(
                     Event.MALFORMED, conn=self.conn_id, problem="continuation frame with no message to continue",
                     size=frame.payload_size))
                 return
@@ -181,11 +178,11 @@ class RecordingListener(WSListener):
         self.last_ns = ts
         if self._frag_oversized:
             self._oversized(self._frag_ts, self._frag_size, parts[0][:OVERSIZED_HEAD_BYTES],
-                            "text" if self._frag_kind == _KIND_TEXT else "binary", fragmented=True)
+                            "text" if self._frag_kind == RecordKind.TEXT else "binary", fragmented=True)
         elif complete:
             self._append(self._frag_ts, self.conn_id, self._frag_kind, b"".join(parts))
         else:
-            self._append(ts, self.conn_id, _KIND_EVENT, encode_event(
+            self._append(ts, self.conn_id, RecordKind.EVENT, encode_event(
                 Event.MALFORMED, conn=self.conn_id, problem="fragmented message interrupted by a new message",
                 size=self._frag_size, head=b"".join(parts)[:OVERSIZED_HEAD_BYTES].decode("utf-8", "replace")))
         if self._on_first is not None:
@@ -193,6 +190,6 @@ class RecordingListener(WSListener):
             callback()
 
     def _oversized(self, ts: int, size: int, head: bytes, kind: str, fragmented: bool = False) -> None:
-        self._append(ts, self.conn_id, _KIND_EVENT, encode_event(
+        self._append(ts, self.conn_id, RecordKind.EVENT, encode_event(
             Event.OVERSIZED, conn=self.conn_id, size=size, limit=self._max, message_kind=kind,
             fragmented=fragmented, head=head.decode("utf-8", "replace")))

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 from recorder import clock
 from recorder.live.wire import RECORD, hello
+from recorder.model.record import MESSAGE_KINDS
 
 log = logging.getLogger("recorder.live")
 
 LiveOutputFn = Callable[[int, int, int, bytes], None]
 
-_MAX_DATA_KIND = 2  # TEXT and BINARY; events (3) and receipts (4) are not market data for consumers
 _RECONNECT_S = 0.1
 # A frame that arrives this long after the last end-of-turn send starts a new burst and goes to the hub at once;
 # the rest of the burst (one socket read can hold dozens of frames) goes in one send at the end of the loop turn.
@@ -243,7 +243,7 @@ class PyLiveOutput(_HubSocket):
         self.dropped = 0
 
     def __call__(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
-        if kind > _MAX_DATA_KIND:
+        if kind not in MESSAGE_KINDS:  # events and receipts are not market data for consumers
             return
         seq = self._seq
         self._seq = seq + 1
@@ -285,7 +285,7 @@ if _handover is not None:
             self._pause_ns = _PAUSE_NS
             self._burst_ns = self._burst_step = _BURST_SEND_NS
             self._burst_max_ns = _BURST_MAX_NS
-            self._max_kind = _MAX_DATA_KIND
+            self._max_kind = max(MESSAGE_KINDS)  # _handover.c passes kinds up to this one
 else:
     NativeLiveOutput = None  # type: ignore[assignment,misc]
 

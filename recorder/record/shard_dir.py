@@ -6,8 +6,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from recorder.segment.files import SegmentWriteError, describe_os_error
 from recorder.segment.naming import open_segments, shard_lock_path
-from recorder.segment.writer import SegmentWriteError, describe_os_error
 
 
 class ShardLocked(Exception):

@@ -32,6 +32,7 @@ from picows import WSCloseCode
 from recorder import __version__, clock
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind, build_url, regroup, split_contracts
+from recorder.model.record import RecordKind
 from recorder.record import messages as m
 from recorder.record import wsclient
 from recorder.record.childproc import ignore_group_signals, set_process_name
@@ -55,14 +56,13 @@ from recorder.record.timeslice import lower_priority, request_slice
 from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
-from recorder.segment.format import RecordKind
+from recorder.segment.files import SegmentWriteError
 from recorder.segment.layout import day_layout
 from recorder.segment.recover import RecoveryFailure, recover_each
-from recorder.segment.writer import SegmentWriteError, SegmentWriter
+from recorder.segment.writer import SegmentWriter
 
 log = logging.getLogger("recorder.worker")
 
-_EVENT = int(RecordKind.EVENT)
 CLOSE_IDLE_S = 3.0  # at stop: no message for this long and no CLOSE from the server, so hang up
 CLOSE_MAX_S = 10.0  # below the supervisor's stop timeout (15 s), which leaves time to seal
 # A reload's handover: the old connections close at the latest this long after the new ones started, accepted or
@@ -774,7 +774,7 @@ class Worker:
     def _event(self, event: Event | str, **fields: Any) -> None:
         writer = self.writer
         if writer is not None:
-            writer.append(clock.time_ns(), int(fields.get("conn", 0)), _EVENT, encode_event(event, **fields))
+            writer.append(clock.time_ns(), int(fields.get("conn", 0)), RecordKind.EVENT, encode_event(event, **fields))
 
     def _clean(self, text: str) -> str:
         return redact_text(text, (self.token,))

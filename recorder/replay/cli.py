@@ -19,7 +19,7 @@ from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import ReplayReport, Row, play
-from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.segment.format import SegmentFormatError
 from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import SegmentFile, discover, open_segment
 from recorder.segment.selection import Selection, recorded_contracts
@@ -28,9 +28,6 @@ from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
-_EVENT = int(RecordKind.EVENT)
-
-
 def expand(paths: Iterable[str]) -> list[Path]:
     """Files, directories and (quoted) globs → segment files."""
     out: list[str] = []

@@ -22,15 +22,13 @@ import click
 
 from recorder.errors import RuntimeFailure, UserError, exception_text
 from recorder.live.subjects import DEFAULT_PREFIX, RECEIVE_HEADER, contract_of, filter_subject
+from recorder.model.record import Record, RecordKind
 from recorder.redact import redact_url
-from recorder.segment.format import RecordKind
 from recorder.segment.output import jsonl_line
-from recorder.segment.reader import Record
 from recorder.timeparse import parse_time
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_TEXT = int(RecordKind.TEXT)
 CONNECT_WITHIN_S = 5.0
 log = logging.getLogger("recorder.replay")
 
@@ -66,7 +64,7 @@ class _Out:
             headers = msg.headers or {}
             ts = int(headers.get(RECEIVE_HEADER, "0") or 0)
             contract = contract_of(msg.subject.split(".", 2)[2])
-            self.stream.write(jsonl_line(Record(ts, -1, -1, _TEXT, payload), contract))
+            self.stream.write(jsonl_line(Record(ts, -1, -1, RecordKind.TEXT, payload), contract))
         self.count += 1
 
 

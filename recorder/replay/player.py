@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 
 from recorder.events import decode_event
 from recorder.histogram import Histogram
+from recorder.model.record import Record, RecordKind
 from recorder.replay.pacing import Pacer
-from recorder.segment.format import RecordKind
-from recorder.segment.reader import Record
 
-_EVENT = int(RecordKind.EVENT)
 SPIN_S = 0.0012  # below this, busy-wait instead of sleeping (sleep overshoots by up to ~0.1 ms)
 MAX_BATCH = 4096
 
@@ -104,7 +102,7 @@ def play(rows: Iterator[Row], pacer: Pacer, emit: Callable[[list[Row]], None], f
                     pass
             pending_due.append(due)
         report.records += 1
-        if rec.kind == _EVENT:
+        if rec.kind == RecordKind.EVENT:
             report.events += 1
             name = str(decode_event(rec.payload).get("event"))
             report.event_kinds[name] = report.event_kinds.get(name, 0) + 1

@@ -26,9 +26,9 @@ import uvloop
 from recorder.cli_support import parse_host_port
 from recorder.errors import UserError
 from recorder.feed.endpoints import EndpointKind, build_url
+from recorder.model.record import RecordKind
 from recorder.replay.pacing import Pacer
 from recorder.replay.player import ReplayReport, Row, play
-from recorder.segment.format import RecordKind
 from recorder.segment.reader import SegmentFile
 from recorder.segment.selection import Selection
 from recorder.server.framing import OP_BINARY, OP_TEXT
@@ -38,9 +38,6 @@ from recorder.server.subscriber import Subscriber
 
 log = logging.getLogger("recorder.replay")
 
-_TEXT = int(RecordKind.TEXT)
-_BINARY = int(RecordKind.BINARY)
-_RECEIPT = int(RecordKind.RECEIPT)
 MAX_CLIENT_BUFFER = 8 << 20  # bytes queued for one client before the replay waits for it
 
 
@@ -108,12 +105,12 @@ class ReplaySource:
         binaries: dict[Subscriber, list[bytes]] = {}
         by_contract = self.by_contract
         for rec, contract in batch:
-            if contract is None or rec.kind not in (_TEXT, _BINARY, _RECEIPT):
+            if contract is None or rec.kind not in (RecordKind.TEXT, RecordKind.BINARY, RecordKind.RECEIPT):
                 continue  # connection events are not market data; receipts come only with --all-copies
             subs = by_contract.get(contract)
             if not subs:
                 continue
-            target = binaries if rec.kind == _BINARY else texts
+            target = binaries if rec.kind == RecordKind.BINARY else texts
             for sub in subs:
                 target.setdefault(sub, []).append(rec.payload)
         for sub, payloads in texts.items():

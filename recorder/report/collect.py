@@ -13,15 +13,12 @@ from typing import Any
 from recorder.events import decode_event
 from recorder.feed.message import identifier_of
 from recorder.histogram import Histogram
+from recorder.model.record import Record, RecordKind
 from recorder.segment.coverage import GroupCoverage
-from recorder.segment.format import RecordKind
-from recorder.segment.reader import Record, SegmentFile, merge_records
+from recorder.segment.reader import SegmentFile, merge_records
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate
 
-_EVENT = int(RecordKind.EVENT)
-_TEXT = int(RecordKind.TEXT)
-_BINARY = int(RecordKind.BINARY)
 _NS = 1_000_000_000
 
 MAX_BINS = 1200  # time bins of the rate and lag series: ~one per pixel column of a figure
@@ -251,7 +248,7 @@ def collect(segments: list[SegmentFile], start_ns: int, end_ns: int, selection: 
     def seen(rec: Record, contract: str | None) -> None:
         if contract is not None:
             rate(rec.ts_ns, contract)
-        elif rec.kind == _EVENT:
+        elif rec.kind == RecordKind.EVENT:
             mark(rec.ts_ns, rec.shard, rec.payload)
 
     stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of,

@@ -17,26 +17,21 @@ from recorder.cli_support import OneLineGroup, one_line_errors
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
+from recorder.model.record import Record, RecordKind
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import summarise
-from recorder.segment.format import RecordKind, SegmentFormatError
+from recorder.segment.format import SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import (
-    Damage,
-    Record,
-    SegmentFile,
-    discover,
-    merge_records,
-    open_segment,
-)
+from recorder.segment.reader import Damage, SegmentFile, discover, merge_records, open_segment
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 if TYPE_CHECKING:
-    from recorder.segment.writer import SealedSegment, SegmentWriter
+    from recorder.segment.files import SealedSegment
+    from recorder.segment.writer import SegmentWriter
 
 TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 
@@ -428,8 +423,9 @@ class StagedMerge:
 
     def run(self, given: list[tuple[Path, list[Path]]], keep_receipts: bool, dedupe_window: float,
             show: int) -> None:
+        from recorder.segment.files import SegmentWriteError
         from recorder.segment.merge import merge, report_lines
-        from recorder.segment.writer import SegmentWriteError, SegmentWriter
+        from recorder.segment.writer import SegmentWriter
 
         opened: list[tuple[str, list[SegmentFile]]] = []
         for p, files in given:

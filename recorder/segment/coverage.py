@@ -16,12 +16,8 @@ from typing import Any, Protocol
 
 from recorder.events import decode_event
 from recorder.histogram import Histogram
-from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt
+from recorder.model.record import MESSAGE_KINDS, RecordError, RecordKind, decode_receipt
 
-_TEXT = int(RecordKind.TEXT)
-_BINARY = int(RecordKind.BINARY)
-_EVENT = int(RecordKind.EVENT)
-_RECEIPT = int(RecordKind.RECEIPT)
 MAX_GAPS = 20  # the longest uncovered intervals kept per group
 
 
@@ -125,7 +121,7 @@ class Coverage:
         previous = self._last_ts.get(shard, ts_ns)
         self._last_ts[shard] = ts_ns
         epoch = self._epoch.get(shard, 0)
-        if kind == _EVENT:
+        if kind == RecordKind.EVENT:
             self._event(ts_ns, shard, epoch, conn, decode_event(payload), previous)
             return
         where = self._conns.get((shard, epoch, conn))
@@ -134,16 +130,16 @@ class Coverage:
         group = self.groups[(shard, epoch, where[0])]
         figures = group.copies.setdefault(where[1], CopyFigures())
         group.end_ns = ts_ns
-        if kind == _RECEIPT:
+        if kind == RecordKind.RECEIPT:
             figures.later += 1
             try:
                 lag = decode_receipt(payload)[1]
-            except SegmentFormatError:
+            except RecordError:
                 return
             figures.lag.record(lag)
             if self.observer is not None:
                 self.observer.lag(group, where[1], ts_ns, lag)
-        elif kind in (_TEXT, _BINARY):
+        elif kind in MESSAGE_KINDS:
             figures.first += 1
 
     def _event(self, ts: int, shard: int, epoch: int, conn: int, event: dict[str, Any], previous: int) -> None:

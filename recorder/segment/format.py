@@ -16,7 +16,6 @@ decompressing anything, and so that a truncated data frame is recognised by its 
 
 from __future__ import annotations
 
-import enum
 import struct
 import sys
 import zlib
@@ -28,6 +27,15 @@ from operator import and_, itemgetter, sub
 from typing import Any
 
 import orjson
+
+from recorder.model.record import (
+    BLOCK_COUNT,
+    RECEIPT_BLOCK_KINDS,
+    RECEIPT_BODY,
+    RECORD_HEADER,
+    RecordKind,
+    Row,
+)
 
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1  # 1.1: receipts (record kind 4)
@@ -52,9 +60,6 @@ TAG_INDEX = b"IMEI"
 SKIP_HEAD = struct.Struct("<II")  # magic, content size
 U32 = struct.Struct("<I")
 
-# Record header inside a decompressed data block: ts_ns, conn, kind, payload length.
-RECORD_HEADER = struct.Struct("<qIBI")
-BLOCK_COUNT = U32
 
 # Descriptor body (after the 4-byte tag, before the CRC).
 DESCRIPTOR_BODY = struct.Struct("<IIIIIqqII")
@@ -78,39 +83,6 @@ class TruncatedHeaderError(SegmentFormatError):
 
 class NewerFormatError(SegmentFormatError):
     """The file was written by a newer major format version this reader cannot read."""
-
-
-class RecordKind(enum.IntEnum):
-    TEXT = 1
-    BINARY = 2
-    EVENT = 3
-    RECEIPT = 4  # a later copy of a message that arrived first on another redundant connection (format 1.1)
-    RECEIPT_BLOCK = 5  # on disk only: the receipts of one data block whose originals are in it, columnar (1.1)
-    RECEIPT_COLUMNS = 6  # on disk only: all receipts of one data block, byte-shuffled columns (1.1, replaces 5)
-
-
-KIND_NAMES: dict[int, str] = {RecordKind.TEXT: "text", RecordKind.BINARY: "binary", RecordKind.EVENT: "event",
-                              RecordKind.RECEIPT: "receipt"}
-
-# Receipt payload: the original's connection and how much later this copy arrived (copy ts − original ts).
-RECEIPT_BODY = struct.Struct("<IQ")
-_RECEIPT = 4
-_RECEIPT_BLOCK = 5
-_RECEIPT_COLUMNS = 6
-_RECEIPT_BLOCKS = frozenset((_RECEIPT_BLOCK, _RECEIPT_COLUMNS))
-
-
-def encode_receipt(orig_conn: int, lag_ns: int) -> bytes:
-    # A clock step backwards between two copies must not make the lag unrepresentable.
-    return RECEIPT_BODY.pack(orig_conn, max(lag_ns, 0))
-
-
-def decode_receipt(payload: bytes) -> tuple[int, int]:
-    """(original conn, lag ns); the original's receive time is the receipt's ts_ns − lag."""
-    if len(payload) != RECEIPT_BODY.size:
-        raise SegmentFormatError(f"receipt payload has {len(payload)} bytes, expected {RECEIPT_BODY.size}")
-    conn, lag = RECEIPT_BODY.unpack(payload)
-    return conn, lag
 
 
 def crc32(data: bytes | bytearray | memoryview) -> int:
@@ -217,7 +189,7 @@ def block_payload_base(records: int) -> int:
 
 
 def decode_block(block: bytes, expected_records: int, conns: Mapping[int, int] | None = None,
-                 expand: bool = True) -> list[tuple[int, int, int, bytes]]:
+                 expand: bool = True) -> list[Row]:
     """Split a verified block into (ts_ns, conn, kind, payload) tuples; raise if it is inconsistent.
 
     A receipt block (kind 5 or 6) is expanded into one receipt record (kind 4) per later copy, placed in
@@ -234,7 +206,7 @@ def decode_block(block: bytes, expected_records: int, conns: Mapping[int, int] |
         if records is not None:
             return records
     records = _split_block(block, expected_records)
-    if expand and not _RECEIPT_BLOCKS.isdisjoint([r[2] for r in records]):
+    if expand and not RECEIPT_BLOCK_KINDS.isdisjoint([r[2] for r in records]):
         records = expand_receipt_blocks(records)
     if conns is not None:
         records = [(ts, conns[conn], kind, payload) for ts, conn, kind, payload in records]
@@ -246,7 +218,7 @@ try:
 except ImportError:
     _block = None  # type: ignore[assignment]
 # Kinds the C split leaves to Python, one flag per kind (the receipt blocks, which need expanding).
-_DEFER_TO_PYTHON = bytes(kind in _RECEIPT_BLOCKS for kind in range(256))
+_DEFER_TO_PYTHON = bytes(kind in RECEIPT_BLOCK_KINDS for kind in range(256))
 _DEFER_NOTHING = bytes(256)
 
 
@@ -260,7 +232,7 @@ def pack_headers(stamps: Sequence[int], conns: Sequence[int], kinds: Sequence[in
     return b"".join(map(RECORD_HEADER.pack, stamps, conns, kinds, lengths))
 
 
-def _split_block(block: bytes, expected_records: int) -> list[tuple[int, int, int, bytes]]:
+def _split_block(block: bytes, expected_records: int) -> list[Row]:
     """The reference split (the C one must agree with it: tests/test_segment_format.py)."""
     if len(block) < BLOCK_COUNT.size:
         raise SegmentFormatError("data block shorter than its record count")
@@ -270,7 +242,7 @@ def _split_block(block: bytes, expected_records: int) -> list[tuple[int, int, in
     base = block_payload_base(count)
     if base > len(block):
         raise SegmentFormatError("data block shorter than its record headers")
-    out: list[tuple[int, int, int, bytes]] = []
+    out: list[Row] = []
     append = out.append
     pos = base
     for ts, conn, kind, length in RECORD_HEADER.iter_unpack(memoryview(block)[BLOCK_COUNT.size:base]):
@@ -484,10 +456,10 @@ def _signed64(value: int) -> int:
 
 def receipts_in_block(kind: int, payload: bytes) -> int:
     """How many receipts a stored receipt block (kind 5 or 6) holds, from its counts alone."""
-    if kind == _RECEIPT_COLUMNS and len(payload) >= 8:
+    if kind == RecordKind.RECEIPT_COLUMNS and len(payload) >= 8:
         n, m = struct.unpack_from("<II", payload)
         return n + m
-    if kind == _RECEIPT_BLOCK and len(payload) >= 4:
+    if kind == RecordKind.RECEIPT_BLOCK and len(payload) >= 4:
         return U32.unpack_from(payload)[0]
     return 0
 
@@ -509,31 +481,36 @@ def decode_receipt_block(payload: bytes) -> list[NearReceipt]:
     return list(zip(indexes, lags, conns, strict=True))
 
 
-def expand_receipt_blocks(records: list[tuple[int, int, int, bytes]]) -> list[tuple[int, int, int, bytes]]:
+# What a receipt cannot point at (an unknown kind, from a newer minor version, might be a message).
+_NOT_ORIGINALS = frozenset((RecordKind.EVENT, RecordKind.RECEIPT, *RECEIPT_BLOCK_KINDS))
+
+
+def expand_receipt_blocks(records: list[Row]) -> list[Row]:
     """Replace each receipt block by its receipts (kind 4, 12-byte payload), merged in by receive time."""
-    kept: list[tuple[int, int, int, bytes]] = []
-    receipts: list[tuple[int, int, int, bytes]] = []
+    kept: list[Row] = []
+    receipts: list[Row] = []
+    receipt = RecordKind.RECEIPT
     for ts, conn, kind, payload in records:
-        if kind not in _RECEIPT_BLOCKS:
+        if kind not in RECEIPT_BLOCK_KINDS:
             kept.append((ts, conn, kind, payload))
             continue
-        if kind == _RECEIPT_BLOCK:
+        if kind == RecordKind.RECEIPT_BLOCK:
             near, far = decode_receipt_block(payload), []
         else:
             near, far = decode_receipt_columns(payload)
         for index, lag, copy_conn in near:
-            if not 0 <= index < len(records) or records[index][2] in (_RECEIPT_BLOCK, _RECEIPT_COLUMNS, _RECEIPT, 3):
+            if not 0 <= index < len(records) or records[index][2] in _NOT_ORIGINALS:
                 raise SegmentFormatError(f"receipt block points at record {index}, which is not a message")
             orig_ts, orig_conn = records[index][0], records[index][1]
-            receipts.append((orig_ts + lag, copy_conn, _RECEIPT, RECEIPT_BODY.pack(orig_conn, lag)))
-        receipts.extend((copy_ts, copy_conn, _RECEIPT, RECEIPT_BODY.pack(orig_conn, lag))
+            receipts.append((orig_ts + lag, copy_conn, receipt, RECEIPT_BODY.pack(orig_conn, lag)))
+        receipts.extend((copy_ts, copy_conn, receipt, RECEIPT_BODY.pack(orig_conn, lag))
                         for copy_ts, copy_conn, orig_conn, lag in far)
     if not receipts:
         return kept
     # Receive-time order (stable: near receipts before far ones of equal time); then a stable merge with the
     # records, which are in receive-time order too, keeps records before equal-time receipts.
     receipts.sort(key=_TS)
-    out: list[tuple[int, int, int, bytes]] = []
+    out: list[Row] = []
     i = j = 0
     while i < len(kept) and j < len(receipts):
         if receipts[j][0] < kept[i][0]:

@@ -40,19 +40,14 @@ from typing import Any, Protocol
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.humanize import human_duration
+from recorder.model.record import MESSAGE_KINDS, RecordError, RecordKind, Row, decode_receipt, encode_receipt
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper, digest
-from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt, encode_receipt
 from recorder.segment.reader import Damage, SegmentFile, sequences
 from recorder.timeparse import format_ns
 
-_TEXT = int(RecordKind.TEXT)
-_BINARY = int(RecordKind.BINARY)
-_EVENT = int(RecordKind.EVENT)
-_RECEIPT = int(RecordKind.RECEIPT)
-_NOT_MESSAGE = frozenset(range(256)) - {_TEXT, _BINARY}
+_NOT_MESSAGE = frozenset(range(256)) - MESSAGE_KINDS
 _TS = itemgetter(0)
 
-Row = tuple[int, int, int, bytes]  # ts_ns, output conn, kind, payload
 
 
 class Sink(Protocol):
@@ -404,7 +399,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
                 for i, ots, oconn in zip(copy_at, orig_ts, orig_conns, strict=True):
                     ts, conn = batch[i][0], batch[i][1]
                     # A receipt goes where its original went, in receive-time order there.
-                    out[i] = (ts, conn, _RECEIPT, encode_receipt(oconn, ts - ots))
+                    out[i] = (ts, conn, RecordKind.RECEIPT, encode_receipt(oconn, ts - ots))
                     route[i] = shard_of[oconn]
                     lost[(ts, conn)] = (ots, oconn)
                     lost_order.append((ts, conn))
@@ -422,7 +417,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
             first_ns = batch[0][0]
         stamps, conns, kinds, payloads = zip(*batch, strict=True)
         n = len(kinds)
-        if kinds.count(_TEXT) + kinds.count(_BINARY) == n:
+        if kinds.count(RecordKind.TEXT) + kinds.count(RecordKind.BINARY) == n:
             messages(batch, stamps, conns, payloads)
         else:
             # Runs of messages between the other records, each in its place in the output.
@@ -432,10 +427,10 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
                     messages(batch[start:i], stamps[start:i], conns[start:i], payloads[start:i])
                 start = i + 1
                 ts, conn, kind, payload = batch[i]
-                if kind == _EVENT:
+                if kind == RecordKind.EVENT:
                     stats[source[conn]].events += 1
                     outputs[shard_of[conn]].append(ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
-                elif kind == _RECEIPT:
+                elif kind == RecordKind.RECEIPT:
                     stats[source[conn]].receipts += 1
                     if keep_receipts:
                         body = _repoint(payload, ts, conn, ids, lost)
@@ -500,7 +495,7 @@ def _repoint(payload: bytes, ts_ns: int, conn: int, ids: _ConnIds,
     when that original lost to another input's copy. None if the receipt is unreadable."""
     try:
         orig_conn, lag = decode_receipt(payload)
-    except SegmentFormatError:
+    except RecordError:
         return None
     # The original came on a connection of the same recorder process and shard as this receipt.
     base = ids.keys[conn][:-1]

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
+from recorder.segment.files import fsync_directory
 from recorder.segment.naming import MERGE_STAGING
-from recorder.segment.writer import fsync_directory
 
 RECORD = ".ime-merge.json"
 

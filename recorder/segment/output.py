@@ -6,20 +6,15 @@ import base64
 
 import orjson
 
-from recorder.segment.format import KIND_NAMES, RecordKind
-from recorder.segment.reader import Record
+from recorder.model.record import Record, RecordKind, kind_label
 from recorder.timeparse import format_ns
-
-_TEXT = int(RecordKind.TEXT)
-_EVENT = int(RecordKind.EVENT)
-_RECEIPT = int(RecordKind.RECEIPT)
 
 
 def raw_payload(rec: Record) -> bytes | None:
     """What `--format raw` writes for a record (its payload, a newline follows), or None when it has nothing to
     write: a connection event (not a frame), or a later copy whose original is not among the records read (its
     bytes are unknown; an empty line would read as an empty frame)."""
-    if rec.kind == _EVENT or not getattr(rec, "found", True):
+    if rec.kind == RecordKind.EVENT or (rec.copy is not None and not rec.copy.found):
         return None
     return rec.payload
 
@@ -35,9 +30,9 @@ def jsonl_line(rec: Record, contract: str | None) -> bytes:
         "recv": format_ns(rec.ts_ns),
         "shard": rec.shard,
         "conn": rec.conn,
-        "kind": KIND_NAMES.get(rec.kind, str(rec.kind)),
+        "kind": kind_label(rec.kind),
     }
-    if rec.kind == _TEXT:
+    if rec.kind == RecordKind.TEXT:
         if contract is not None:
             # identifier_of parsed it already, so it is valid JSON.
             out["contract"] = contract
@@ -48,15 +43,15 @@ def jsonl_line(rec: Record, contract: str | None) -> bytes:
                 out["frame"] = orjson.Fragment(rec.payload)
             except orjson.JSONDecodeError:
                 out["text"] = rec.payload.decode("utf-8", "replace")
-    elif rec.kind == _EVENT:
+    elif rec.kind == RecordKind.EVENT:
         try:
             orjson.loads(rec.payload)
             out["event"] = orjson.Fragment(rec.payload)
         except orjson.JSONDecodeError:
             out["text"] = rec.payload.decode("utf-8", "replace")
-    elif rec.kind == _RECEIPT:
+    elif rec.kind == RecordKind.RECEIPT:
         # A later copy (--all-copies): which record it repeats, how much later, and the frame when found.
-        orig_conn, lag = getattr(rec, "orig_conn", -1), getattr(rec, "lag_ns", 0)
+        orig_conn, lag = (rec.copy.orig_conn, rec.copy.lag_ns) if rec.copy is not None else (-1, 0)
         out["copy_of"] = {"conn": orig_conn, "recv_ns": rec.ts_ns - lag, "lag_ns": lag}
         if contract is not None:
             out["contract"] = contract

@@ -19,10 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import zstandard
 
+from recorder.model.record import Record, RecordKind, Row
+from recorder.segment.encoder import seek_entries
 from recorder.segment.format import (
     DESCRIPTOR_CONTENT_SIZE,
     DESCRIPTOR_FRAME_SIZE,
@@ -35,11 +37,9 @@ from recorder.segment.format import (
     SKIPPABLE_MAGIC_MIN,
     SKIPPABLE_MAGIC_SEEK_TABLE,
     TAG_DESCRIPTOR,
-    XXH64_EMPTY_LOW32,
     ZSTD_FRAME_MAGIC,
     FooterIndex,
     FrameInfo,
-    RecordKind,
     SeekEntry,
     SegmentFormatError,
     SegmentHeader,
@@ -63,14 +63,6 @@ RESYNC_CHUNK = 1 << 20
 # MiB instead of two per ~45 kB frame; each call releases the GIL, and while writer threads run (a merge) the
 # reading thread may then wait for it to come back (cProfile put a merge's seeks at up to a fifth of its time).
 READ_BUFFER = 1 << 20
-
-
-class Record(NamedTuple):
-    ts_ns: int
-    shard: int
-    conn: int
-    kind: int
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +157,7 @@ class SegmentFile:
 
     def iter_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
                     conns: Mapping[int, int] | None = None,
-                    expand: bool = True) -> Iterator[list[tuple[int, int, int, bytes]]]:
+                    expand: bool = True) -> Iterator[list[Row]]:
         """Each selected frame's records, verified; the index picks frames, so earlier ones are never read.
         With `conns`, each record's connection id is conns[conn] (see format.decode_block)."""
         dctx = zstandard.ZstdDecompressor()
@@ -209,13 +201,13 @@ class SegmentFile:
 
 
 def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
-               conns: Mapping[int, int] | None = None, expand: bool = True) -> list[tuple[int, int, int, bytes]]:
+               conns: Mapping[int, int] | None = None, expand: bool = True) -> list[Row]:
     fh.seek(info.data_offset)
     return decode_frame(fh.read(info.compressed_size), info, dctx, conns, expand)
 
 
 def decode_frame(data: bytes, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
-                 conns: Mapping[int, int] | None = None, expand: bool = True) -> list[tuple[int, int, int, bytes]]:
+                 conns: Mapping[int, int] | None = None, expand: bool = True) -> list[Row]:
     """Verify a data frame's compressed bytes against its descriptor, then split its block."""
     check_frame_bytes(data, info)
     try:
@@ -234,7 +226,7 @@ def check_frame_bytes(data: bytes, info: FrameInfo) -> None:
         raise SegmentFormatError("data frame checksum (CRC32 of compressed bytes) mismatch")
 
 
-def check_timestamps(records: list[tuple[int, int, int, bytes]], info: FrameInfo) -> None:
+def check_timestamps(records: list[Row], info: FrameInfo) -> None:
     if records:
         stamps = [r[0] for r in records]
         if min(stamps) != info.min_ts or max(stamps) != info.max_ts:
@@ -253,19 +245,9 @@ def verify_seal(fh: BinaryIO, seg: SegmentFile) -> list[Damage]:
         problems.append(Damage(seg.path, walked_end, None, "frames do not end where the footer index starts"))
     if list(index.frames) != walked:
         problems.append(Damage(seg.path, index_offset, None, "footer index disagrees with the frames in the file"))
-    if entries != expected_seek_entries(walked, index_offset, entries[-1].compressed_size):
+    if entries != seek_entries(walked[0].offset if walked else index_offset, walked, entries[-1].compressed_size):
         problems.append(Damage(seg.path, index_offset, None, "seek table entries do not match the frames"))
     return problems
-
-
-def expected_seek_entries(frames: list[FrameInfo], index_offset: int, index_size: int) -> list[SeekEntry]:
-    header_size = frames[0].offset if frames else index_offset
-    out = [SeekEntry(header_size, 0, XXH64_EMPTY_LOW32)]
-    for f in frames:
-        out.append(SeekEntry(DESCRIPTOR_FRAME_SIZE, 0, XXH64_EMPTY_LOW32))
-        out.append(SeekEntry(f.compressed_size, f.raw_size, f.checksum))
-    out.append(SeekEntry(index_size, 0, XXH64_EMPTY_LOW32))
-    return out
 
 
 def read_exact(fh: BinaryIO, offset: int, size: int) -> bytes:

@@ -18,24 +18,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
+from recorder import clock
+from recorder.segment.encoder import SegmentEncoder
+from recorder.segment.files import FILE_MODE, FdOutput, fsync_directory
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
     SKIP_HEAD,
-    XXH64_EMPTY_LOW32,
     FrameInfo,
-    SeekEntry,
     SegmentFormatError,
     TruncatedHeaderError,
-    encode_index,
-    encode_seek_table,
 )
 from recorder.segment.naming import OPEN_SUFFIX, SEALED_SUFFIX, TAIL_SUFFIX, open_segments, sealed_path
 from recorder.segment.reader import (
@@ -47,7 +45,6 @@ from recorder.segment.reader import (
     read_seal,
     walk_frames,
 )
-from recorder.segment.writer import FILE_MODE, fsync_directory
 
 TEMP_SUFFIX = ".recovering"
 
@@ -214,12 +211,12 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
     """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
-    moved: list[FrameInfo] = []  # the kept frames at their offsets in the new file
     bad: list[Damage] = []
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
+        encoder = SegmentEncoder(FdOutput(fd))
         src.seek(0)
-        out = _write_all(fd, src.read(header_end), 0)
+        encoder.start_with(src.read(header_end))
         for info in frames:
             src.seek(info.offset)
             chunk = src.read(info.end_offset - info.offset)
@@ -229,14 +226,12 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
                 bad.append(Damage(source, info.offset, info.seq, str(exc), info.records))
                 continue
             kept.append(info)
-            moved.append(replace(info, offset=out))
-            out = _write_all(fd, chunk, out)
+            encoder.add_frame(info, chunk)
         skipped = _gaps(kept, header_end, os.fstat(src.fileno()).st_size)
         problems = damage + bad
-        seal = {
+        encoder.finish({
             "reason": "recovered",
-            "sealed_ns": time.time_ns(),
-            "records": sum(f.records for f in kept),
+            "sealed_ns": clock.time_ns(),
             "dropped_tail_bytes": sum(end - start for start, end in skipped),
             "tail": tail_file if skipped else None,
             "skipped": [
@@ -244,14 +239,7 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
                  "reason": "; ".join(d.reason for d in problems if start <= d.offset < end) or "not a frame"}
                 for start, end in skipped
             ],
-        }
-        index = encode_index(moved, seal)
-        seek = [SeekEntry(header_end, 0, XXH64_EMPTY_LOW32)]
-        for f in moved:
-            seek.append(SeekEntry(DESCRIPTOR_FRAME_SIZE, 0, XXH64_EMPTY_LOW32))
-            seek.append(SeekEntry(f.compressed_size, f.raw_size, f.checksum))
-        seek.append(SeekEntry(len(index), 0, XXH64_EMPTY_LOW32))
-        _write_all(fd, index + encode_seek_table(seek), out)
+        })
         os.fsync(fd)
     finally:
         os.close(fd)

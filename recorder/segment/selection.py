@@ -4,31 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from recorder.feed.message import identifier_of
+from recorder.model.record import Copy, Record, RecordError, RecordKind, decode_receipt
 from recorder.segment.dedupe import ReceiptResolver
-from recorder.segment.format import RecordKind, SegmentFormatError, decode_receipt
-from recorder.segment.reader import Record, SegmentFile, events_before, merge_records
+from recorder.segment.reader import SegmentFile, events_before, merge_records
 from recorder.timeparse import format_local, parse_tz, parse_window
-
-_TEXT = int(RecordKind.TEXT)
-_BINARY = int(RecordKind.BINARY)
-_EVENT = int(RecordKind.EVENT)
-_RECEIPT = int(RecordKind.RECEIPT)
-
-
-class CopyRecord(NamedTuple):
-    """A later copy of a message (a receipt), shown with the original's payload when that could be found."""
-
-    ts_ns: int
-    shard: int
-    conn: int
-    kind: int  # RecordKind.RECEIPT
-    payload: bytes  # the original's payload; b"" when the original is not in what was read
-    orig_conn: int
-    lag_ns: int
-    found: bool = True  # False: the original is not among the records read (another file, or before --from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,46 +65,40 @@ class Selection:
         """(record, contract identifier or None), merged across files by receive time.
 
         With `identify=False` and no contract filter, frames are not parsed at all (raw output at full speed).
+        Receipts (later copies of a recorded message) are shown only with `all_copies`, resolved to the message
+        they repeat; kinds from a newer format are not messages: each message is shown once.
         """
         wanted = self.contracts
-        keep_events = self.events and not wanted
         parse = identify or bool(wanted)
+        keep_events = self.events and not wanted
         resolver = ReceiptResolver() if self.all_copies else None
+        text, binary, event, receipt = RecordKind.TEXT, RecordKind.BINARY, RecordKind.EVENT, RecordKind.RECEIPT
         for rec in merge_records(segments, self.start_ns, self.end_ns):
             kind = rec.kind
-            if resolver is not None:
-                if kind in (_TEXT, _BINARY):
+            if kind in (text, binary):
+                if resolver is not None:
                     resolver.original(rec.ts_ns, rec.shard, rec.conn, rec.payload)
-                elif kind == _RECEIPT:
-                    copy = resolve_copy(rec, resolver)
-                    contract = identifier_of(copy.payload) if parse and copy.payload else None
-                    if not wanted or contract in wanted:
-                        yield copy, contract  # type: ignore[misc]
-                    continue
-            if kind == _TEXT:
-                if not parse:
-                    yield rec, None
-                    continue
-                contract = identifier_of(rec.payload)
-                if wanted and contract not in wanted:
-                    continue
-                yield rec, contract
-            elif kind == _EVENT:
+                contract = identifier_of(rec.payload) if parse and kind == text else None
+                if not wanted or (contract is not None and contract in wanted):
+                    yield rec, contract
+            elif kind == event:
                 if keep_events:
                     yield rec, None
-            elif kind == _BINARY and not wanted:
-                yield rec, None
-            # Receipts (later copies of a recorded message) and kinds from a newer format are not messages:
-            # each message is shown once.
+            elif kind == receipt and resolver is not None:
+                copy = resolve_copy(rec, resolver)
+                contract = identifier_of(copy.payload) if parse and copy.payload else None
+                if not wanted or contract in wanted:
+                    yield copy, contract
 
 
-def resolve_copy(rec: Record, resolver: ReceiptResolver) -> CopyRecord:
+def resolve_copy(rec: Record, resolver: ReceiptResolver) -> Record:
+    """A receipt as the copy it records: the original's payload (b"" when it was not read) and its `Copy`."""
     try:
         orig_conn, lag = decode_receipt(rec.payload)
-    except SegmentFormatError:
-        return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, b"", -1, 0, False)
+    except RecordError:
+        return rec._replace(payload=b"", copy=Copy(-1, 0, False))
     payload = resolver.resolve(rec.ts_ns - lag, rec.shard, orig_conn)
-    return CopyRecord(rec.ts_ns, rec.shard, rec.conn, rec.kind, payload or b"", orig_conn, lag, payload is not None)
+    return rec._replace(payload=payload or b"", copy=Copy(orig_conn, lag, payload is not None))
 
 
 def recording_range(segments: list[SegmentFile]) -> tuple[int, int] | None:

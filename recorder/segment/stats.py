@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recorder.events import decode_event
+from recorder.model.record import Record, RecordKind
 from recorder.segment.coverage import Coverage, CoverageObserver, GroupCoverage, summarise
-from recorder.segment.format import RecordKind
-from recorder.segment.reader import Record
 from recorder.timeparse import format_ns
 
 NO_CONTRACT = "(none)"

@@ -17,7 +17,7 @@ import orjson
 
 from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
 from recorder.errors import EXIT_USAGE, RuntimeFailure, UserError
-from recorder.segment.writer import SegmentWriteError
+from recorder.segment.files import SegmentWriteError
 from recorder.sim.app import DEMO_PASSWORD, DEMO_USERNAME, SimConfig, SimHandle, start_sim
 from recorder.sim.faults import FaultConfig
 

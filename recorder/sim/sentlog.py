@@ -21,14 +21,13 @@ from typing import Any
 
 from recorder.events import encode_event
 from recorder.feed.endpoints import EndpointKind
-from recorder.segment.format import RecordKind
+from recorder.model.record import RecordKind
 from recorder.segment.writer import SegmentWriter
 from recorder.server.framing import OP_BINARY, OP_CONTINUATION, OP_TEXT, parse_frames
 from recorder.server.source import FeedSource
 from recorder.server.subscriber import Subscriber
 
-_KINDS = {OP_TEXT: int(RecordKind.TEXT), OP_BINARY: int(RecordKind.BINARY)}
-_TEXT = int(RecordKind.TEXT)
+_KINDS = {OP_TEXT: RecordKind.TEXT, OP_BINARY: RecordKind.BINARY}
 PUBLISHED_CONN = 0  # the published log's connection number: no connection, the market itself
 
 
@@ -43,11 +42,11 @@ class SentLog:
         self._partial: dict[int, tuple[int, list[bytes]]] = {}
 
     def opened(self, sub: Subscriber) -> None:
-        self.writer.append(time.time_ns(), sub.id, int(RecordKind.EVENT), encode_event(
+        self.writer.append(time.time_ns(), sub.id, RecordKind.EVENT, encode_event(
             "opened", conn=sub.id, peer=sub.peer, endpoint=sub.kind.value, contracts=list(sub.contracts)))
 
     def closed(self, sub: Subscriber) -> None:
-        self.writer.append(time.time_ns(), sub.id, int(RecordKind.EVENT), encode_event(
+        self.writer.append(time.time_ns(), sub.id, RecordKind.EVENT, encode_event(
             "closed", conn=sub.id, code=sub.close_code, by=sub.closed_by, sent=sub.sent))
 
     def wrote(self, sub_id: int, data: bytes | bytearray | memoryview) -> None:
@@ -82,7 +81,7 @@ class PublishedLog:
         self.messages = 0
 
     def published(self, ts_ns: int, payload: bytes) -> None:
-        self.writer.append(ts_ns, PUBLISHED_CONN, _TEXT, payload)
+        self.writer.append(ts_ns, PUBLISHED_CONN, RecordKind.TEXT, payload)
         self.messages += 1
 
     def close(self) -> None:

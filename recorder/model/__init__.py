@@ -1,0 +1,1 @@
+"""What every layer shares: the record (recorder/model/record.py) and the settings (recorder/model/settings.py)."""
