@@ -191,6 +191,17 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
     assert FENCE_EVERY > 1
 
 
+def test_throttle_allows_the_first_then_one_per_interval_and_counts_the_rest():
+    from recorder.throttle import Throttle
+
+    t = Throttle(60.0)
+    assert t.hit(0.0) and not t.hit(1.0) and not t.hit(59.0)
+    assert t.wait_s(30.0) == 30.0 and t.take(61.0) == 2 and t.take(61.0) == 0
+    assert not t.hit(62.0) and t.hit(121.0) and t.total == 5
+    t.reset()
+    assert t.hit(122.0)
+
+
 def test_msg_id_is_the_xxh3_128_hex_of_the_payload():
     import xxhash
 

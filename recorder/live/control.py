@@ -43,6 +43,8 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ime_recorder_relay_error_clients_cut_total", "counter",
      "relay clients closed (1011) because writing to them raised; the hub's log has the traceback",
      "relay_error_cut"),
+    ("ime_recorder_relay_client_protocol_errors_total", "counter",
+     "relay clients closed for sending frames that break the WebSocket protocol", "relay_protocol_errors"),
     ("ime_recorder_nats_connected", "gauge", "1 while connected to NATS", "nats_connected"),
     ("ime_recorder_nats_published_total", "counter", "messages confirmed stored by JetStream", "nats_confirmed"),
     ("ime_recorder_nats_duplicates_total", "counter", "publishes JetStream reported as duplicates",
@@ -71,7 +73,7 @@ class HubView:
     def incarnation_ended(self) -> None:
         for key, value in self.figures.items():
             if isinstance(value, int) and not isinstance(value, bool) and key.endswith(
-                    ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished")):
+                    ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished", "errors")):
                 self.base[key] = self.base.get(key, 0) + value
                 self.figures[key] = 0
         for gauge in ("relay_clients", "nats_connected", "links"):
@@ -85,6 +87,8 @@ class HubView:
                          f"{self.total('relay_cut')} slow cut")
             if self.total("relay_gap_cut"):
                 parts[-1] += f", {self.total('relay_gap_cut')} cut for gaps"
+            if self.total("relay_protocol_errors"):
+                parts[-1] += f", {self.total('relay_protocol_errors')} closed for protocol errors"
         if "nats_backlog" in self.figures:
             state = "up" if self.figures.get("nats_connected") else "DOWN"
             parts.append(f"NATS {state}, {self.total('nats_confirmed')} stored, backlog "

@@ -194,7 +194,7 @@ class Hub:
         if self.server is not None and self.source is not None:
             out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
                        relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut,
-                       relay_error_cut=self.source.errors)
+                       relay_error_cut=self.source.errors, relay_protocol_errors=self.server.protocol_errors)
         if self.publisher is not None:
             out.update(self.publisher.status())
         return out
