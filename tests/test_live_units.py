@@ -191,6 +191,50 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
     assert FENCE_EVERY > 1
 
 
+def test_nats_trouble_is_one_warning_then_at_most_one_a_minute_and_a_line_when_it_is_back(caplog, monkeypatch):
+    from recorder.live import publisher as publisher_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(publisher_module.time, "monotonic", lambda: clock[0])
+    pub = _publisher(backlog=100)
+    pub.enqueue(*_items(7))
+    caplog.set_level("INFO", logger="recorder.live")
+    for _ in range(120):  # nats-py's attempts every 0.5 s for a minute, each refused
+        pub._trouble("cannot connect: connection refused")
+        clock[0] += 0.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["NATS at nats://127.0.0.1:1 unavailable: cannot connect: connection refused; retrying; "
+                        "recording goes on: 7 messages kept for it (up to 100)"]
+    assert pub.state == "down" and pub.status()["nats_problem"] == "cannot connect: connection refused"
+    pub._trouble("cannot connect: connection refused")  # a minute after the first line
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and warnings[1].startswith("NATS at nats://127.0.0.1:1 still unavailable after 60.0s")
+    clock[0] += 3
+    pub._publishing("connected to")
+    assert caplog.records[-1].levelname == "WARNING" and caplog.records[-1].getMessage() == (
+        "connected to NATS at nats://127.0.0.1:1 after 63.0s unavailable; publishing to stream IME; sending the 7 "
+        "messages kept")
+    assert pub.problem is None and pub.state == "connecting"  # (connected is set by _connect itself)
+    caplog.clear()
+    pub._trouble("disconnected from NATS")  # a new outage: its first line at once
+    assert caplog.records[0].getMessage().startswith("NATS at nats://127.0.0.1:1 unavailable: disconnected from NATS")
+
+
+def test_nats_errors_are_described_without_the_client_s_empty_fields():
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    from recorder.live.publisher import describe
+
+    assert describe(ConnectionRefusedError(111, "Connection refused")) == "connection refused"
+    assert describe(js_errors.ServiceUnavailableError()) == "JetStream did not answer (503 service unavailable)"
+    assert describe(js_errors.APIError(code=400, description="stream name already in use")) == \
+        "stream name already in use (JetStream error 400)"
+    assert "None" not in describe(js_errors.APIError())
+    assert describe(nats_errors.NoRespondersError()) == "JetStream did not answer (no responders)"
+    assert describe(TimeoutError()) == "no answer in time"
+
+
 def test_throttle_allows_the_first_then_one_per_interval_and_counts_the_rest():
     from recorder.throttle import Throttle
 
@@ -200,6 +244,25 @@ def test_throttle_allows_the_first_then_one_per_interval_and_counts_the_rest():
     assert not t.hit(62.0) and t.hit(121.0) and t.total == 5
     t.reset()
     assert t.hit(122.0)
+
+
+def test_the_nats_account_says_what_nats_lacks_and_why():
+    from recorder.live.control import HubView
+
+    view = HubView(state="stopped")
+    view.figures = {"nats_state": "down", "nats_closed": 1, "nats_problem": "cannot connect: connection refused",
+                    "nats_confirmed": 900, "nats_backlog": 60, "nats_dropped": 10, "worker_dropped": 20,
+                    "nats_unrouted": 5}
+    account = view.nats_account(handed=1000)
+    assert (account.expected, account.confirmed, account.missing) == (995, 900, 95)
+    assert account.reasons == ("20 not handed over by the workers (the hub was behind: short of CPU)",
+                               "10 dropped from the full backlog (--nats-backlog)",
+                               "60 waiting when the hub stopped (NATS unavailable: cannot connect: connection refused)",
+                               "5 that never reached the hub or were lost with it (at the stop, or a hub restart)")
+    assert "NATS DOWN at stop" in view.line()
+    view.figures.update(nats_state="stopped", nats_confirmed=995, nats_backlog=0, nats_dropped=0, worker_dropped=0)
+    assert view.nats_account(handed=1000).line() == "NATS confirmed all 995 messages published"
+    assert "NATS stopped, 995 stored" in view.line() and "DOWN" not in view.line()
 
 
 def test_msg_id_is_the_xxh3_128_hex_of_the_payload():

@@ -1,7 +1,8 @@
 """The supervisor's side of the hub: start it, restart it when it dies, stop it last, show its figures.
 
 Recording never depends on the hub: workers do not wait for it, and the supervisor starts workers without
-waiting for it to be ready. A hub that dies is restarted with a growing delay, like a worker.
+waiting for it to be ready. A hub that dies is restarted with a growing delay, like a worker. At the end
+`nats_account` says how many messages NATS did not confirm, and why.
 """
 
 from __future__ import annotations
@@ -57,6 +58,27 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+_COUNTER_SUFFIXES = ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished", "unrouted",
+                    "errors", "reconnects")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAccount:
+    """At the end of a run: what NATS should hold (every message the workers handed over that names a contract)
+    against what it confirmed, and why the rest is missing."""
+
+    expected: int
+    confirmed: int
+    missing: int
+    reasons: tuple[str, ...]
+
+    def line(self) -> str:
+        if not self.missing:
+            return f"NATS confirmed all {self.expected} messages published"
+        return (f"NATS did not confirm {self.missing} of the {self.expected} messages it should hold: "
+                + "; ".join(self.reasons))
+
+
 @dataclass(slots=True)
 class HubView:
     state: str = "starting"
@@ -72,8 +94,7 @@ class HubView:
 
     def incarnation_ended(self) -> None:
         for key, value in self.figures.items():
-            if isinstance(value, int) and not isinstance(value, bool) and key.endswith(
-                    ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished", "errors")):
+            if isinstance(value, int) and not isinstance(value, bool) and key.endswith(_COUNTER_SUFFIXES):
                 self.base[key] = self.base.get(key, 0) + value
                 self.figures[key] = 0
         for gauge in ("relay_clients", "nats_connected", "links"):
@@ -90,12 +111,49 @@ class HubView:
             if self.total("relay_protocol_errors"):
                 parts[-1] += f", {self.total('relay_protocol_errors')} closed for protocol errors"
         if "nats_backlog" in self.figures:
-            state = "up" if self.figures.get("nats_connected") else "DOWN"
-            parts.append(f"NATS {state}, {self.total('nats_confirmed')} stored, backlog "
+            parts.append(f"NATS {self._nats_state()}, {self.total('nats_confirmed')} stored, backlog "
                          f"{self.figures['nats_backlog']}, {self.total('nats_dropped')} dropped")
         if self.total("worker_dropped"):
             parts.append(f"{self.total('worker_dropped')} not handed over by workers")
         return "; ".join(parts)
+
+    def _nats_state(self) -> str:
+        """up / connecting / DOWN (why, since when) while running; stopped / DOWN at stop once the hub ended."""
+        f = self.figures
+        state = f.get("nats_state") or ("up" if f.get("nats_connected") else "down")
+        ended = self.state == "stopped"
+        if ended and not f.get("nats_closed"):
+            return "not stopped cleanly (the hub was killed)"
+        if state != "down":
+            return state
+        problem = f.get("nats_problem") or "unavailable"
+        since = f.get("nats_down_since") or 0
+        when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+        return f"DOWN{' at stop' if ended else ''}{when} ({problem})"
+
+    def nats_account(self, handed: int) -> NatsAccount:
+        """What NATS lacks at the end: `handed` is how many messages the workers gave the hub (or tried to)."""
+        f = self.figures
+        expected = max(0, handed - self.total("nats_unrouted"))
+        confirmed = self.total("nats_confirmed")
+        missing = max(0, expected - confirmed)
+        reasons: list[str] = []
+        explained = 0
+        for count, why in (
+                (self.total("worker_dropped"), "not handed over by the workers (the hub was behind: short of CPU)"),
+                (self.total("nats_dropped"), "dropped from the full backlog (--nats-backlog)"),
+                (int(f.get("nats_backlog", 0) or 0), "waiting when the hub stopped" + (
+                    " (the hub was killed)" if not f.get("nats_closed")
+                    else " (sent, not confirmed in time)" if f.get("nats_state") == "stopped"
+                    else f" (NATS unavailable: {f.get('nats_problem') or 'never reached'})"))):
+            count = min(count, missing - explained)
+            if count > 0:
+                reasons.append(f"{count} {why}")
+                explained += count
+        if missing > explained:
+            reasons.append(f"{missing - explained} that never reached the hub or were lost with it (at the stop, or "
+                           "a hub restart)")
+        return NatsAccount(expected, confirmed, missing, tuple(reasons))
 
     def prometheus(self) -> list[Figure]:
         """The hub's figures for the recorder's Prometheus collector (absent ones are not exported)."""
@@ -177,7 +235,8 @@ class HubControl:
                 log.info("live relay serving %s (stats: %s, hub pid %s)", self.view.relay_url, msg.get("stats_url"),
                          msg.get("pid"))
             if self.settings.nats_url is not None:
-                log.info("publishing to NATS JetStream stream %s", self.settings.nats_stream)
+                log.info("live hub ready; it publishes to NATS JetStream stream %s once connected",
+                         self.settings.nats_stream)
         elif kind == "status":
             self.view.figures = {k: v for k, v in msg.items() if k != "type"}
         elif kind == "log":
