@@ -1,8 +1,9 @@
 """The supervisor's side of the hub: start it, restart it when it dies, stop it last, show its figures.
 
-Recording never depends on the hub: workers do not wait for it, and the supervisor starts workers without
-waiting for it to be ready. A hub that dies is restarted with a growing delay, like a worker. At the end
-`nats_account` says how many messages NATS did not confirm, and why.
+Recording never depends on the hub: workers do not wait for it, the supervisor starts it after the workers and
+gives it the lowest CPU priority at once (its imports must not slow the workers' start), and a hub that dies is
+restarted with a growing delay, like a worker. At the end `nats_account` says how many messages NATS did not
+confirm, and why.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from recorder.live.hub import hub_main
 from recorder.record.childproc import child_start
 from recorder.record.live import LiveSettings
 from recorder.record.metrics import Figure
+from recorder.record.timeslice import hub_yields, yield_cpu
 
 log = logging.getLogger("recorder.supervisor")
 
@@ -197,6 +199,11 @@ class HubControl:
                                  daemon=False)
         with child_start():  # a signal to the process group while it starts is the supervisor's, not the hub's
             proc.start()
+        # At once, before the new interpreter has imported anything: the hub's start-up (uvloop, picows, nats-py)
+        # must not take CPU time from the workers', nor anything after. Threads it starts inherit it.
+        why_not = yield_cpu(proc.pid) if hub_yields() and proc.pid else None
+        if why_not:
+            log.warning("could not lower the live hub's priority (%s): it competes with the workers for CPU", why_not)
         child.close()
         self._proc, self._pipe, self._started_at = proc, parent, time.monotonic()
         self._exited = asyncio.Event()

@@ -68,7 +68,6 @@ class LiveSettings:
     nats_replicas: int = 1
     nats_backlog: int = 1_000_000  # messages kept for NATS while it is down or slow
     worker_buffer_bytes: int = 8 << 20  # bytes a worker holds for the hub before it drops
-    slice_us: int = 100  # the hub's CPU slice (record/timeslice.py); 0: the kernel's default
     # The hub's: each shard's contracts (by shard number), so a gap in one shard's stream cuts only the relay
     # clients of its contracts. Empty: unknown, a gap cuts every client.
     shard_contracts: tuple[tuple[str, ...], ...] = ()

@@ -163,15 +163,17 @@ class Supervisor:
         log.info("recording %d contracts on %d shards into %s (run %s, token from %s)",
                  sum(len(s.contracts) for s in self.shards), len(active), self.settings.storage.out_dir,
                  self.run_id, self.tokens.source)
-        if self.settings.live_outputs is not None:  # LIVE-WIRING: start the live hub (never waited for)
+        for s in active:
+            self._spawn(s, token, gen)
+        if self.settings.live_outputs is not None:  # LIVE-WIRING
+            # After the workers, and at the lowest priority from its first instruction (live/control.py): the
+            # workers hand messages over without waiting for it, and their start must not wait behind its imports.
             from recorder.live.control import HubControl
 
             hub_settings = replace(self.settings.live_outputs,
                                    shard_contracts=tuple(tuple(s.contracts) for s in self.shards))
             self.hub = HubControl(hub_settings, self.console.log, self.settings.log_level)
             self.hub.start()
-        for s in active:
-            self._spawn(s, token, gen)
         self._workers_started = True
         if self._reload_deferred:
             self.request_reload()
