@@ -360,6 +360,40 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
     assert pub.pending == len(commands) and not pub.unsent
 
 
+def test_send_stops_at_the_in_flight_window_and_an_ack_makes_room(monkeypatch):
+    """nats-server's queued work is bounded: at most MAX_IN_FLIGHT unconfirmed, the window's last one fenced."""
+    from recorder.live import publisher as publisher_module
+
+    monkeypatch.setattr(publisher_module, "MAX_IN_FLIGHT", 600)
+    pub = _publisher(backlog=10_000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    pub.enqueue(*_items(1000))
+    run(pub._send())
+    assert len(pub.unconfirmed) == 600 and len(pub.unsent) == 400
+    assert b"".join(sent).count(b"HPUB") == 600
+    assert pub.fences[pub.fence_order[-1]].end == 600, "the window's last message asks for the ack that makes room"
+
+    class Ack:
+        def __init__(self, token: int) -> None:
+            self.subject, self.data = f"_IME_ACK.x.{token}", b'{"stream":"IME","seq":1}'
+
+    pub._wake.clear()
+    for token in list(pub.fence_order):
+        run(pub._on_ack(Ack(token)))
+    assert pub.confirmed == 600 and pub._wake.is_set()
+    run(pub._send())
+    assert pub.pending == 400 and not pub.unsent and b"".join(sent).count(b"HPUB") == 1000
+
+
 class _Counting:
     """A live output's socket, counting the sends that reach it."""
 
