@@ -157,7 +157,8 @@ def _publisher(backlog: int = 10) -> NatsPublisher:
 
 
 def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
-    recs: list[LiveRecord] = [(i, i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    now = time.time_ns()  # just received: a hub that is not behind the workers (see YIELD_LAG_NS)
+    recs: list[LiveRecord] = [(i, now + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
     return recs, [("1001", 1, r[4]) for r in recs]
 
 
@@ -392,6 +393,37 @@ def test_send_stops_at_the_in_flight_window_and_an_ack_makes_room(monkeypatch):
     assert pub.confirmed == 600 and pub._wake.is_set()
     run(pub._send())
     assert pub.pending == 400 and not pub.unsent and b"".join(sent).count(b"HPUB") == 1000
+
+
+def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_it_caught_up(caplog):
+    """A hub behind by more than YIELD_LAG_NS (it runs under SCHED_IDLE: the machine has no CPU to spare) sends
+    nothing to nats-server, whose work would run beside the workers; it resumes once it has caught up."""
+    from recorder.live.publisher import RESUME_LAG_NS, YIELD_LAG_NS
+
+    pub = _publisher(backlog=1000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    now = time.time_ns()
+    recs: list[LiveRecord] = [(i, now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
+    pub.enqueue(recs, [("1001", 1, r[4]) for r in recs])
+    assert pub.yielding and pub.yields == 1 and pub.status()["nats_yielding"] == 1
+    assert "publishing to NATS pauses" in caplog.text
+    run(pub._send())
+    assert not sent and len(pub.unsent) == 5
+    recs = [(5, time.time_ns() - RESUME_LAG_NS // 2, 0, 1, b"m5")]
+    pub._wake.clear()
+    pub.enqueue(recs, [("1001", 1, b"m5")])
+    assert not pub.yielding and pub._wake.is_set()
+    run(pub._send())
+    assert b"".join(sent).count(b"HPUB") == 6 and pub.status()["nats_yields"] == 1
 
 
 class _Counting:

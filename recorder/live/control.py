@@ -57,11 +57,13 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
      "nats_dropped"),
     ("ime_recorder_nats_republished_total", "counter", "messages sent again after a reconnect or a missing ack",
      "nats_republished"),
+    ("ime_recorder_nats_cpu_pauses_total", "counter",
+     "times publishing paused because the live hub fell behind the workers (the machine short of CPU)", "nats_yields"),
 )
 
 
 _COUNTER_SUFFIXES = ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished", "unrouted",
-                    "errors", "reconnects")
+                    "errors", "reconnects", "yields")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class HubView:
         if "nats_backlog" in self.figures:
             parts.append(f"NATS {self._nats_state()}, {self.total('nats_confirmed')} stored, backlog "
                          f"{self.figures['nats_backlog']}, {self.total('nats_dropped')} dropped")
+            if self.total("nats_yields"):
+                parts[-1] += f", paused {self.total('nats_yields')} times (the machine short of CPU)"
         if self.total("worker_dropped"):
             parts.append(f"{self.total('worker_dropped')} not handed over by workers")
         return "; ".join(parts)
@@ -126,6 +130,8 @@ class HubView:
         ended = self.state == "stopped"
         if ended and not f.get("nats_closed"):
             return "not stopped cleanly (the hub was killed)"
+        if state == "up" and f.get("nats_yielding"):
+            return "up, paused (the machine is short of CPU)"
         if state != "down":
             return state
         problem = f.get("nats_problem") or "unavailable"

@@ -54,6 +54,13 @@ SEND_CHUNK = 2048  # messages sent per event-loop turn, so acks and the relay ge
 # A sliding window (each fence's ack makes room), so a local server's throughput is unchanged: 69k against 66k
 # msgs/s without it, publisher alone at load 6. IME_NATS_IN_FLIGHT overrides it, to compare.
 MAX_IN_FLIGHT = int(os.environ.get("IME_NATS_IN_FLIGHT", "8192"))
+# The hub runs under SCHED_IDLE, so it falls behind the workers only when nothing leaves CPU time over: publishing
+# then pauses (messages wait in the backlog) until it has caught up, since every message sent is ~8 µs of
+# nats-server's work at normal priority, beside the workers. At 100k msgs/s beside a process taking 40 % of a core
+# (load 3-4 from other work, 8 s runs): without the pause the recorder lost messages in 3 runs of 5 (7,579-36,159),
+# with a 100 ms threshold in 3 of 8 (3,542-17,204), with 50 ms in 1 of 3; without --publish in none of 5.
+YIELD_LAG_NS = 50_000_000
+RESUME_LAG_NS = 10_000_000
 RECONNECT_WAIT_S = 0.5
 TROUBLE_LOG_S = 60.0  # while NATS stays unavailable, its warning is repeated at most this often
 CONNECT_TIMEOUT_S = 2.0
@@ -141,6 +148,13 @@ class NatsPublisher:
         self._down_wall = 0.0
         self._trouble_log = Throttle(TROUBLE_LOG_S)
         self._ack_timeout_log = Throttle(TROUBLE_LOG_S)
+        # Yielding: publishing paused while the hub is behind the workers (the machine short of CPU).
+        self.yielding = False
+        self.yields = 0
+        self._yield_started = 0.0
+        self.yield_s = 0.0
+        self._yield_log = Throttle(TROUBLE_LOG_S)
+        self._last_enqueue = 0.0
         # Figures.
         self.enqueued = 0
         self.confirmed = 0
@@ -170,6 +184,9 @@ class NatsPublisher:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
             append((subject, headers % (ids(payload), ts_ns), payload))
         self.enqueued += len(records)
+        if records:
+            self._last_enqueue = time.monotonic()
+            self._lagging(time.time_ns() - records[-1][1])
         over = self.pending - self.max_backlog
         if over > 0:
             # Keep the newest: a live consumer wants what is happening now; the recording has the rest.
@@ -195,8 +212,29 @@ class NatsPublisher:
             return "up"
         return "down" if self.problem is not None else "connecting"
 
+    def _lagging(self, lag_ns: int) -> None:
+        """The hub's lag behind the workers (receive time of the newest record to now): yield or resume."""
+        if not self.yielding and lag_ns > YIELD_LAG_NS:
+            self.yielding = True
+            self.yields += 1
+            self._yield_started = time.monotonic()
+            if self._yield_log.hit(self._yield_started):
+                log.warning("the live hub is %.0f ms behind the workers (the machine is short of CPU): publishing to "
+                            "NATS pauses while it is, %d messages wait for it; recording goes on (%d pauses so far)",
+                            lag_ns / 1e6, self.pending, self.yields)
+        elif self.yielding and lag_ns < RESUME_LAG_NS:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.yielding:
+            self.yielding = False
+            self.yield_s += time.monotonic() - self._yield_started
+            self._wake.set()
+
     def status(self) -> dict[str, Any]:
+        yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)
         return {"nats_connected": int(self.connected), "nats_state": self.state, "nats_closed": int(self.closed),
+                "nats_yielding": int(self.yielding), "nats_yields": self.yields, "nats_yield_s": round(yield_s, 1),
                 "nats_problem": self.problem or "", "nats_down_since": self._down_wall if self.problem else 0.0,
                 "nats_backlog": self.pending, "nats_confirmed": self.confirmed, "nats_dropped": self.dropped,
                 "nats_republished": self.republished, "nats_unrouted": self.unrouted,
@@ -255,6 +293,7 @@ class NatsPublisher:
         """Give the backlog `timeout` seconds to be confirmed, then hang up."""
         deadline = time.monotonic() + timeout
         self.stopped_clean = self.connected
+        self._resume()  # the workers have stopped: the CPU is the hub's now
         while self.pending and self.connected and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
@@ -281,7 +320,7 @@ class NatsPublisher:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self.connected and time.monotonic() >= self._hold_until:
+                if self.connected and time.monotonic() >= self._hold_until and not self.yielding:
                     await self._send()
         finally:
             watchdog.cancel()
@@ -385,7 +424,7 @@ class NatsPublisher:
         send_command = nc._send_command
         generation = self._generation
         inbox = self._inbox.encode()
-        while self.connected and self.unsent and generation == self._generation:
+        while self.connected and self.unsent and generation == self._generation and not self.yielding:
             unsent, unconfirmed = self.unsent, self.unconfirmed
             parts: list[bytes] = []
             append = parts.append
@@ -490,6 +529,8 @@ class NatsPublisher:
                 # The hub itself did not run (it yields the CPU to the workers): acks may be waiting unread in
                 # the socket, and the timers run before the reads. Judge the fences after those reads, next round.
                 continue
+            if self.yielding and now - self._last_enqueue > WATCH_S:
+                self._resume()  # the hub ran a whole round with nothing new from the workers: it is not behind
             if self._check_stream and self.connected and self._checker is None:
                 self._check_stream = False
                 # Its own task: the fence timeouts below must keep being watched meanwhile.
