@@ -15,12 +15,14 @@ The short slice is not enough for the processes the receive thread wakes. Traced
 wake-up in 25, and so did a relay client: the woken task was not eligible to preempt under EEVDF's
 fairness. That is why the writer thread used to run at nice 10 whenever live outputs were on; but a niced writer
 loses to everything at nice 0, and at 100k msgs/s with `--publish` nats-server (nice 0, ~8 µs a message) starved
-it: reading paused behind the writer, and ime-sim dropped what the recorder could not take (2,055-57,676 messages
-in one run each). Recording comes first, so now the hub yields instead (`yield_cpu`, SCHED_IDLE): it runs only on
-CPU time no normal task wants, a waking worker preempts it at once, and the writer keeps nice 0 unless the operator
-asks otherwise (`--writer-nice`). Measured at 100k msgs/s with `--publish` (8 s runs, load 2-3 from other work):
-hub at nice 0 and writer at 10 (before) lost 14,908 and 103,079; hub idle and writer at 0 lost nothing in four runs
-(receive p99 16-47 ms); hub idle with the writer still at 10 lost 9,184 in one run of three.
+it: reading paused behind the writer, and ime-sim dropped what the recorder could not take. Per thread
+(/proc/<pid>/task/<tid>/schedstat), in one such run of ~9 s the writer at nice 10 waited 7.6 s on the run queue
+for 0.5 s of CPU. Recording comes first, so now the hub yields instead (`yield_cpu`, SCHED_IDLE): it runs only on
+CPU time no normal task wants, a waking worker preempts it at once, and the writer keeps nice 0 unless the
+operator asks otherwise (`--writer-nice`). Measured at 100k msgs/s with `--publish` (8 s runs, load 1.5-3.4 from
+other work): hub at nice 0 and writer at 10 (before) lost 2,055-103,079 messages in each of four runs; hub idle
+and writer at 0 lost nothing in three (receive p99 16-47 ms); hub idle with the writer still at 10 lost 9,184 in
+one run of three. The relay pays for it: its p99 at 20k msgs/s rose from 1.1-1.4 ms to 1.8-3.9 ms (load 2-3).
 """
 
 from __future__ import annotations
