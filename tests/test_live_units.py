@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sim_util import run
 
+from recorder import clock
 from recorder.errors import UserError
 from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.msgid import msg_id
@@ -157,8 +158,10 @@ def _publisher(backlog: int = 10) -> NatsPublisher:
 
 
 def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
-    now = time.time_ns()  # just received: a hub that is not behind the workers (see YIELD_LAG_NS)
-    recs: list[LiveRecord] = [(i, now + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    # Received "an hour from now": however slow the machine running the test, the hub is never behind them (a hub
+    # behind the workers pauses publishing: publisher.YIELD_LAG_NS, tested on its own).
+    later = clock.time_ns() + 3600 * 10**9
+    recs: list[LiveRecord] = [(i, later + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
     return recs, [("1001", 1, r[4]) for r in recs]
 
 
@@ -195,14 +198,14 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
 def test_nats_trouble_is_one_warning_then_at_most_one_a_minute_and_a_line_when_it_is_back(caplog, monkeypatch):
     from recorder.live import publisher as publisher_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(publisher_module.time, "monotonic", lambda: clock[0])
+    mono = [1000.0]
+    monkeypatch.setattr(publisher_module.time, "monotonic", lambda: mono[0])
     pub = _publisher(backlog=100)
     pub.enqueue(*_items(7))
     caplog.set_level("INFO", logger="recorder.live")
     for _ in range(120):  # nats-py's attempts every 0.5 s for a minute, each refused
         pub._trouble("cannot connect: connection refused")
-        clock[0] += 0.5
+        mono[0] += 0.5
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["NATS at nats://127.0.0.1:1 unavailable: cannot connect: connection refused; retrying; "
                         "recording goes on: 7 messages kept for it (up to 100)"]
@@ -210,7 +213,7 @@ def test_nats_trouble_is_one_warning_then_at_most_one_a_minute_and_a_line_when_i
     pub._trouble("cannot connect: connection refused")  # a minute after the first line
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2 and warnings[1].startswith("NATS at nats://127.0.0.1:1 still unavailable after 60.0s")
-    clock[0] += 3
+    mono[0] += 3
     pub._publishing("connected to")
     assert caplog.records[-1].levelname == "WARNING" and caplog.records[-1].getMessage() == (
         "connected to NATS at nats://127.0.0.1:1 after 63.0s unavailable; publishing to stream IME; sending the 7 "
@@ -398,7 +401,7 @@ def test_send_stops_at_the_in_flight_window_and_an_ack_makes_room(monkeypatch):
 def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_it_caught_up(caplog):
     """A hub behind by more than YIELD_LAG_NS (it runs under SCHED_IDLE: the machine has no CPU to spare) sends
     nothing to nats-server, whose work would run beside the workers; it resumes once it has caught up."""
-    from recorder.live.publisher import RESUME_LAG_NS, YIELD_LAG_NS
+    from recorder.live.publisher import YIELD_LAG_NS
 
     pub = _publisher(backlog=1000)
     sent: list[bytes] = []
@@ -411,14 +414,14 @@ def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_
             pass
 
     pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
-    now = time.time_ns()
+    now = clock.time_ns()
     recs: list[LiveRecord] = [(i, now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
     pub.enqueue(recs, [("1001", 1, r[4]) for r in recs])
     assert pub.yielding and pub.yields == 1 and pub.status()["nats_yielding"] == 1
     assert "publishing to NATS pauses" in caplog.text
     run(pub._send())
     assert not sent and len(pub.unsent) == 5
-    recs = [(5, time.time_ns() - RESUME_LAG_NS // 2, 0, 1, b"m5")]
+    recs = [(5, clock.time_ns() + 3600 * 10**9, 0, 1, b"m5")]  # "received later": caught up, however slow the test
     pub._wake.clear()
     pub.enqueue(recs, [("1001", 1, b"m5")])
     assert not pub.yielding and pub._wake.is_set()

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from recorder import clock
 from recorder.errors import exception_text
 from recorder.humanize import human_duration
 from recorder.live.fanout import LiveItem
@@ -186,7 +187,7 @@ class NatsPublisher:
         self.enqueued += len(records)
         if records:
             self._last_enqueue = time.monotonic()
-            self._lagging(time.time_ns() - records[-1][1])
+            self._lagging(clock.time_ns() - records[-1][1])  # the clock the workers stamped them with
         over = self.pending - self.max_backlog
         if over > 0:
             # Keep the newest: a live consumer wants what is happening now; the recording has the rest.
