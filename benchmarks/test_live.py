@@ -12,9 +12,11 @@ relay cost      recorder throughput fed by the pre-framed blaster (as the Perfor
                 contracts (each message sent once), against the same recorder without --relay: each round
                 with a fresh blaster, the median of the rounds' ratios.
 nats publish    the hub's NatsPublisher alone against a local nats-server -js: messages/s confirmed stored by
-                JetStream; and "without slowing recording": ime-sim at a fixed 100k msgs/s recorded with
-                --publish against without (recorded rate, loss, receive latency p99), and the stream holding
-                each recorded message once.
+                JetStream; and "a live output never costs the recording a message": ime-sim at a fixed 100k
+                msgs/s recorded with --publish (and without, for comparison). Gated in full mode: 0 recorded
+                messages lost with --publish (every message the simulator published is in the segment files).
+                The stream may lag or shed when the machine is short of CPU (the hub yields to the workers):
+                reported with its count, never gated.
 
 Beside each throughput the CPU time per recorded message of every process involved (worker, hub, feeder,
 relay clients, nats-server) and the load average are reported: they all share the 2 cores with the worker, so
@@ -95,8 +97,11 @@ def free_port() -> int:
 
 def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], clients: int = 0,
                       latency: bool = False, mode: str = "--latency",
-                      also: dict[str, int] | None = None) -> tuple[Run, dict[str, Any]]:
-    """One recorder run; `also` names other processes (nats-server) whose CPU time over the run is reported."""
+                      also: dict[str, int] | None = None, nats_may_lack: bool = False) -> tuple[Run, dict[str, Any]]:
+    """One recorder run; `also` names other processes (nats-server) whose CPU time over the run is reported.
+
+    `nats_may_lack`: exit 1 is accepted when what failed is NATS lacking messages (it then says so in one line);
+    the summary's NATS figures are returned either way (`nats`)."""
     out_dir = workdir / f"rec-{time.monotonic_ns()}"
     before = s.connections()
     port = free_port()
@@ -131,8 +136,11 @@ def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], 
     if client is not None:
         others_cpu["clients"] = client_cpu
     _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    if proc.returncode != 0:
-        raise RuntimeError(f"ime-record failed ({proc.returncode}): {err.decode()}")
+    stderr = err.decode()
+    nats_only = nats_may_lack and proc.returncode == 1 and stderr.count("ime-record: error:") == 1 and \
+        "ime-record: error: NATS lacks" in stderr
+    if proc.returncode != 0 and not nats_only:
+        raise RuntimeError(f"ime-record failed ({proc.returncode}): {stderr}")
     if client is not None:
         _, cerr = client.communicate(timeout=60)
         if client.returncode != 0:
@@ -154,7 +162,21 @@ def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], 
             run.extra[f"{kind}_cpu_us_per_msg"] = round(used / recorded * 1e6, 2)
     for name, used in others_cpu.items():
         run.extra[f"{name}_cpu_us_per_msg"] = round(used / recorded * 1e6, 2)
-    return run, {**client_out, "out_dir": out_dir}
+    return run, {**client_out, "out_dir": out_dir, "nats": nats_summary(stderr)}
+
+
+def nats_summary(stderr: str) -> dict[str, int]:
+    """The exit summary's NATS figures: shed (not handed over by the workers, dropped from the full backlog), and
+    what NATS did not confirm in all."""
+    import re
+
+    def grab(pattern: str) -> int:
+        m = re.search(pattern, stderr)
+        return int(m.group(1)) if m else 0
+
+    return {"not_handed_over": grab(r"(\d+) not handed over by workers"),
+            "backlog_dropped": grab(r"backlog \d+, (\d+) dropped"),
+            "not_confirmed": grab(r"NATS did not confirm (\d+) of")}
 
 
 def sample_children_cpu(parent: int, cpu: dict[int, tuple[str, float]]) -> None:
@@ -270,9 +292,10 @@ def test_relay_cost_on_recorder_throughput(benchmark, tmp_path):
 
 
 @pytest.mark.skipif(NATS_SERVER is None, reason="nats-server is not installed")
-def test_publish_at_100k_without_slowing_recording(benchmark, tmp_path):
-    """ime-sim at PUBLISH_RATE: the recorder without and with --publish (a fresh nats-server -js on loopback): what
-    it records (rate, loss, receive latency) and what the stream holds afterwards."""
+def test_publish_at_100k_never_costs_the_recording_a_message(benchmark, tmp_path):
+    """ime-sim at PUBLISH_RATE recorded with --publish (a fresh nats-server -js on loopback, sharing the 2 cores):
+    every message the simulator published must be recorded. Also: the same recorder without --publish (the
+    machine's own condition), what the stream holds, what the hub shed, receive latency and CPU per process."""
     store = tempfile.mkdtemp(prefix="nats-bench-")
     nats_proc = None
     try:
@@ -282,40 +305,52 @@ def test_publish_at_100k_without_slowing_recording(benchmark, tmp_path):
             nats_proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-            publish, _ = once(benchmark, lambda: run_recorder_live(
+            publish, out = once(benchmark, lambda: run_recorder_live(
                 s, SECONDS, tmp_path, ["--publish", f"nats://127.0.0.1:{port}"], latency=True,
-                also={"nats_server": nats_proc.pid}))
+                also={"nats_server": nats_proc.pid}, nats_may_lack=True))
             stored = uvloop.run(_stream_messages(port))
     finally:
         if nats_proc is not None:
             stop_process(nats_proc)
         shutil.rmtree(store, ignore_errors=True)
     recorded = publish.extra["recorded"]
+    lost = publish.extra["lost"] + publish.extra["feeder_dropped"]
+    lost_without = base.extra["lost"] + base.extra["feeder_dropped"]
     ratio = publish.rate / base.rate
     RESULTS["publish_rate_ratio"] = ratio
-    RESULTS["publish_stream_missing"] = recorded - stored
+    RESULTS["publish_lost"] = lost
+    shed = out["nats"]["not_handed_over"] + out["nats"]["backlog_dropped"]
     benchmark.extra_info.update({
         **_cpu_figures({"without": base, "publish": publish}),
         "key": "live/publish_at_rate", "offered_msgs_per_s": PUBLISH_RATE, "load_average": os.getloadavg()[0],
         "without_msgs_per_s": round(base.rate), "with_publish_msgs_per_s": round(publish.rate),
         "publish_rate_ratio": round(ratio, 3),
-        "lost_without": base.extra["lost"] + base.extra["feeder_dropped"],
-        "lost_with_publish": publish.extra["lost"] + publish.extra["feeder_dropped"],
+        "lost_without": lost_without, "lost_with_publish": lost,
         "receive_p99_us_without": round(base.latency.percentile(99) / 1e3, 1),
         "receive_p99_us_with_publish": round(publish.latency.percentile(99) / 1e3, 1),
-        "recorded_with_publish": recorded, "stream_messages": stored,
+        "recorded_with_publish": recorded, "stream_messages": stored, "stream_missing": recorded - stored,
+        "shed": shed, "nats_not_confirmed": out["nats"]["not_confirmed"], **{f"nats_{k}": v for k, v in
+                                                                           out["nats"].items()},
     })
-    # Checked in test_live_floors (full mode): on a CI runner short of CPU the hub may fall behind and miss some
-    # (the recording has them, and says so), which quick mode reports without failing.
+    if not QUICK:
+        # The gate: a live output must never cost the recording a message. The stream may lag or shed (counted
+        # above); the recording may not. A recorder that loses messages without --publish too was on a machine
+        # too busy for 100k msgs/s, which the message says.
+        assert lost == 0, (f"with --publish the recorder lost {lost} of the messages the simulator published "
+                           f"(without --publish, in the same run: {lost_without} lost; load average "
+                           f"{os.getloadavg()[0]:.1f})")
 
 
 async def _stream_messages(port: int) -> int:
     import nats
+    from nats.js.errors import NotFoundError
 
     nc = await nats.connect(f"nats://127.0.0.1:{port}")
     try:
         info = await nc.jetstream().stream_info("IME")
         return int(info.state.messages)
+    except NotFoundError:  # the hub never got the CPU to make it: the stream holds nothing
+        return 0
     finally:
         await nc.close()
 
@@ -349,6 +384,9 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
     settings = LiveSettings(address="\0unused", kind="id", contracts=(), nats_url=f"nats://127.0.0.1:{port}",
                             nats_backlog=len(records) + 1)
     pub = NatsPublisher(settings)
+    # The records' receive times are the workload's, long past: in the hub that would read as a hub far behind
+    # the workers, and the publisher would yield (publisher.YIELD_LAG_NS). Alone here, it never does.
+    pub._lagging = lambda lag_ns: None  # type: ignore[method-assign]
     pub.start()
     while not pub.connected:
         await asyncio.sleep(0.01)
@@ -474,8 +512,8 @@ def test_live_floors(benchmark):
     benchmark.extra_info["targets_met"] = met
     failures = [f"{name} = {value:.3f} (floor {FLOORS[name]})" for name, value in values.items()
                 if not meets(name, value, FLOORS[name])]
-    missing = RESULTS.get("publish_stream_missing")
-    if missing and not QUICK:
-        failures.append(f"the NATS stream lacks {missing:.0f} recorded messages")
+    lost = RESULTS.get("publish_lost")
+    if lost and not QUICK:
+        failures.append(f"with --publish the recorder lost {lost:.0f} messages")
     benchmark.extra_info["failures"] = failures
     assert not failures, "; ".join(failures)

@@ -20,18 +20,21 @@ needs_nats_server = pytest.mark.skipif(
 
 
 class NatsServer:
-    """`nats-server -js` on 127.0.0.1 with its own store dir; restartable on the same port and store."""
+    """`nats-server -js` on 127.0.0.1 with its own store dir; restartable on the same port and store.
+
+    `jetstream=False`: a plain NATS server, as one started without -js."""
 
     def __init__(self, workdir: Path, name: str = "n1", cluster: list[int] | None = None, cluster_port: int = 0,
-                 port: int | None = None) -> None:
+                 port: int | None = None, jetstream: bool = True) -> None:
         self.name = name
         self.port = port or free_port()
         self.store = workdir / f"nats-{name}"
         self.store.mkdir(parents=True, exist_ok=True)
         self.log = workdir / f"nats-{name}.log"
         self.conf = workdir / f"nats-{name}.conf"
-        lines = [f"server_name: {name}", f"listen: 127.0.0.1:{self.port}",
-                 f'jetstream {{ store_dir: "{self.store}" }}']
+        lines = [f"server_name: {name}", f"listen: 127.0.0.1:{self.port}"]
+        if jetstream:
+            lines.append(f'jetstream {{ store_dir: "{self.store}" }}')
         if cluster is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cluster if p != cluster_port)
             lines.append(f"cluster {{ name: ime; listen: 127.0.0.1:{cluster_port}; routes: [{routes}] }}")

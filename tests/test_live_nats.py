@@ -117,7 +117,12 @@ def test_nats_killed_and_restarted_loses_nothing_locally_and_the_publisher_resum
     stored = Counter(p for _, p, _ in run(stream_messages(server.url)))
     assert not (stored - recorded), "a message is in the stream more often than it was recorded"
     assert stored == recorded, f"{sum((recorded - stored).values())} recorded messages missing from the stream"
-    assert "NATS DOWN" in rec.stderr  # the status line showed it
+    assert "NATS DOWN since" in rec.stderr  # the status line showed it, and since when
+    # One warning when it went, one line when it came back; the summary after the clean stop is not "DOWN".
+    assert len(_nats_warnings(rec.stderr)) == 1, _nats_warnings(rec.stderr)
+    assert "disconnected from NATS" in _nats_warnings(rec.stderr)[0]
+    assert re.search(r"WARNING live: reconnected to NATS at \S+ after \S+ unavailable", rec.stderr), rec.stderr
+    assert "NATS stopped" in _summary(rec.stderr) and "DOWN" not in _summary(rec.stderr)
 
 
 def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(sim_process, recorder, nats_servers,
@@ -173,3 +178,88 @@ def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(si
     lines = consumed.read_bytes().splitlines()
     assert consumer.returncode == 0, err
     assert Counter(lines) == recorded, "the consumer saw each message as often as it was recorded"
+
+
+# --- what the operator sees (issue 21) ------------------------------------------------------------------------------
+
+def _nats_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " WARNING live: NATS at " in line]
+
+
+def _summary(stderr: str) -> str:
+    """The exit summary (everything from "recorded for" on): what an operator reads after a stop."""
+    return stderr[stderr.index("recorded for"):]
+
+
+def test_unreachable_nats_is_one_warning_with_the_cause_and_exit_1_with_the_recording_complete(
+        sim_process, recorder, tmp_path):
+    from live_util import free_port
+
+    sent = tmp_path / "sent"
+    out = tmp_path / "out"
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there: every attempt is refused
+    sim = sim_process("--contracts", "4", "--rate", "1000", "--sent-log", str(sent))
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--publish", url, "--status-interval", "1",
+                   *sim_args(sim), env=creds(sim))
+    # A few seconds on a quiet machine (the first attempt is refused at once); the hub yields the CPU to the
+    # workers, so a loaded one gets more room.
+    rec.wait_for(f"NATS at {url} unavailable: cannot connect: connection refused", 60)
+    first = time.monotonic()
+    # nats-py retries every 0.5 s, each attempt refused: the warning is not repeated (at most once a minute).
+    while time.monotonic() - first < 6:
+        time.sleep(0.5)
+    assert len(_nats_warnings(rec.stderr)) == 1, _nats_warnings(rec.stderr)
+    assert re.search(r"status: live hub running; NATS DOWN since \d\d:\d\d:\d\d \(cannot connect: connection "
+                     r"refused\)", rec.stderr), rec.stderr
+    rec.signal(signal.SIGTERM)
+    # --publish left every message unconfirmed: not exit 0, with one line saying so and that the recording is whole.
+    assert rec.wait(30) == 1, rec.stderr
+    sim.stop()
+    recorded = compare_with_sent_log(out, sent)["messages"]
+    assert recorded > 1000
+    summary = _summary(rec.stderr)
+    assert "NATS DOWN at stop since" in summary and "(cannot connect: connection refused)" in summary, summary
+    assert f"NATS did not confirm {recorded} of the {recorded} messages it should hold: {recorded} waiting when " \
+           "the hub stopped (NATS unavailable: cannot connect: connection refused)" in summary, summary
+    errors = [line for line in rec.stderr.splitlines() if line.startswith("ime-record: error:")]
+    assert errors == [f"ime-record: error: NATS lacks {recorded} of the {recorded} messages --publish should have "
+                      "stored (see above); the recording is not affected: each was recorded before it was handed "
+                      "to the live hub"], rec.stderr
+    assert "Traceback" not in rec.stderr
+
+
+def test_a_nats_server_without_jetstream_is_named_as_such(sim_process, recorder, nats_servers, tmp_path):
+    server = NatsServer(tmp_path, jetstream=False).start()
+    nats_servers.append(server)
+    sim = sim_process("--contracts", "4", "--rate", "500")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(tmp_path / "out"), "--publish", server.url,
+                   *sim_args(sim), env=creds(sim))
+    rec.wait_for(f"NATS at {server.url} unavailable: the server does not have JetStream enabled (start nats-server "
+                 "with -js)", 60)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 1, rec.stderr
+    assert "code=None" not in rec.stderr and "ServiceUnavailableError" not in rec.stderr, rec.stderr
+    assert len(_nats_warnings(rec.stderr)) == 1, _nats_warnings(rec.stderr)
+    assert "does not have JetStream enabled" in _summary(rec.stderr)
+
+
+def test_a_clean_stop_with_everything_confirmed_is_not_down_and_exits_0(sim_process, recorder, nats_servers,
+                                                                        tmp_path):
+    server = NatsServer(tmp_path).start()
+    nats_servers.append(server)
+    out = tmp_path / "out"
+    sim = sim_process("--contracts", "4", "--rate", "1500")
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--publish", server.url,
+                   *sim_args(sim), env=creds(sim))
+    rec.wait_for("connected to NATS", 60)
+    time.sleep(2)
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    recorded = len(recorded_payloads(out))
+    stored = len(run(stream_messages(server.url)))
+    assert stored == recorded > 1000
+    summary = _summary(rec.stderr)
+    assert "DOWN" not in summary, summary
+    assert f"live hub stopped; NATS stopped, {stored} stored, backlog 0, 0 dropped" in summary, summary
+    assert f"NATS confirmed all {stored} messages published" in summary, summary
+    assert not _nats_warnings(rec.stderr), rec.stderr

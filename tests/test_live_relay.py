@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 import re
@@ -182,16 +183,17 @@ def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, reco
                    *sim_args(sim), env=creds(sim))
     base = relay_base(rec)
     hub_pid = int(re.search(r"hub pid (\d+)", rec.stderr)[1])
-    # With the relay on, each worker's writer thread (and only it) runs at nice 10, so that the hub and local bots
-    # waking on a core it holds run first (record/timeslice.py); the receive thread and the hub stay at 0.
+    # Recording first (record/timeslice.py): the hub and every thread of it run under SCHED_IDLE, yielding the CPU to
+    # the workers, whose threads all keep nice 0 (the writer is not niced below the live outputs).
     deadline = time.monotonic() + 30  # the relay can serve before the workers have started their writers
     while True:
         nices = rec.worker_thread_nices()  # (4 contracts may all hash to one shard: a shard with none has no worker)
-        if nices and all(n[0] == 0 and n.count(10) == 1 and set(n) == {0, 10} for n in nices.values()):
+        if nices and all(len(n) > 1 for n in nices.values()):
             break
         assert time.monotonic() < deadline, nices
         time.sleep(0.1)
-    assert os.getpriority(os.PRIO_PROCESS, hub_pid) == 0
+    assert all(set(n) == {0} for n in nices.values()), nices
+    assert {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{hub_pid}/task")} == {os.SCHED_IDLE}
     time.sleep(1)
     os.kill(hub_pid, signal.SIGKILL)
     rec.wait_for("restarting in")
@@ -201,6 +203,8 @@ def test_a_killed_hub_is_restarted_and_recording_never_notices(sim_process, reco
         time.sleep(0.1)
     base2 = re.findall(r"live relay serving (ws://\S+)", rec.stderr)[-1]
     assert base2 == base, "the restarted hub serves on the same address"
+    new_hub = int(re.findall(r"hub pid (\d+)", rec.stderr)[-1])
+    assert new_hub != hub_pid and os.sched_getscheduler(new_hub) == os.SCHED_IDLE, "a restarted hub yields too"
     session = run(picows_session(build_url(base, EndpointKind.ID, ids[:2]), None, done=lambda s: len(s.texts()) > 200,
                                  timeout=20), 40)
     assert len(session.texts()) > 200
@@ -282,3 +286,73 @@ def test_a_bad_relay_option_with_demo_starts_nothing(recorder, tmp_path):
     lines = rec.stderr.strip().splitlines()
     assert lines == ["ime-record: error: bad --relay 'nonsense': give [HOST:]PORT, e.g. 127.0.0.1:8765"], rec.stderr
     assert "simulator" not in rec.stderr and "ime-sim" not in rec.stderr
+
+
+def _close_code(data: bytes) -> int | None:
+    """The code of the CLOSE frame among the (unmasked) frames a server sent, None without one."""
+    at = 0
+    while at + 2 <= len(data):
+        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            size = int.from_bytes(data[at:at + width], "big")
+            at += width
+        if opcode == 0x8:
+            return int.from_bytes(data[at:at + 2], "big") if size >= 2 else None
+        at += size
+    return None
+
+
+def _bad_frame_client(host: str, port: int, path: str) -> bytes:
+    """A client that upgrades, then sends a frame with a reserved opcode (a protocol error); what it got back."""
+    sock = socket.create_connection((host, port), timeout=30)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(b"\x83\x80\x00\x00\x00\x00")  # FIN, opcode 0x3 (reserved), masked, empty
+        got = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 16):
+                got += chunk
+        return got
+    finally:
+        sock.close()
+
+
+def test_clients_that_break_the_protocol_are_counted_and_logged_throttled(sim_process, recorder, tmp_path):
+    sim = sim_process("--contracts", "4", "--rate", "500")
+    ids = sim.info["ids"]
+    rec = recorder("--ids", ",".join(ids), "--out", str(tmp_path / "out"), "--relay", "127.0.0.1:0",
+                   "--metrics-port", "0", "--status-interval", "1", *sim_args(sim), env=creds(sim))
+    base = relay_base(rec)
+    metrics = metrics_url(rec)
+    host, port = base.split("//")[1].split("/")[0].rsplit(":", 1)
+    path = build_url(base, EndpointKind.ID, ids[:1]).split(f":{port}", 1)[1]
+    for _ in range(5):
+        answer = _bad_frame_client(host, int(port), path)
+        assert _close_code(answer) == 1002, answer[-200:]  # after whatever data the relay sent before
+    deadline = time.monotonic() + 30  # the hub reports every second (later on a loaded machine: it yields)
+    while True:
+        text = urllib.request.urlopen(metrics, timeout=5).read().decode()
+        if "ime_recorder_relay_client_protocol_errors_total 5" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert "ime_recorder_relay_client_protocol_errors_total 5" in text, text
+    # The client's fault: a WARNING for the first, the rest held for a summary (at most one a minute); no ERROR line.
+    lines = [line for line in rec.stderr.splitlines() if "broke the WebSocket protocol" in line]
+    assert len(lines) == 1 and " WARNING live: a client broke the WebSocket protocol: Received frame with " \
+        "invalid opcode=0x3 (closed with 1002)" in lines[0], rec.stderr
+    assert " ERROR " not in rec.stderr, rec.stderr
+    rec.signal(signal.SIGTERM)
+    assert rec.wait(30) == 0, rec.stderr
+    # What was held back is summarised when the relay closes, not lost; the exit summary counts them all.
+    summary = [line for line in rec.stderr.splitlines() if "broke the WebSocket protocol" in line]
+    assert len(summary) == 2 and re.search(r"WARNING live: 4 more client\(s\) broke the WebSocket protocol in the last "
+                                           r"\d+s .*; 5 since the start", summary[1]), summary
+    assert "5 closed for protocol errors" in rec.stderr

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sim_util import run
 
+from recorder import clock
 from recorder.errors import UserError
 from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.msgid import msg_id
@@ -157,7 +158,10 @@ def _publisher(backlog: int = 10) -> NatsPublisher:
 
 
 def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
-    recs: list[LiveRecord] = [(i, i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    # Received "an hour from now": however slow the machine running the test, the hub is never behind them (a hub
+    # behind the workers pauses publishing: publisher.YIELD_LAG_NS, tested on its own).
+    later = clock.time_ns() + 3600 * 10**9
+    recs: list[LiveRecord] = [(i, later + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
     return recs, [("1001", 1, r[4]) for r in recs]
 
 
@@ -189,6 +193,80 @@ def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resend
     pub._rewind()
     assert pub.republished == 4 and [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(6, 10)]
     assert FENCE_EVERY > 1
+
+
+def test_nats_trouble_is_one_warning_then_at_most_one_a_minute_and_a_line_when_it_is_back(caplog, monkeypatch):
+    from recorder.live import publisher as publisher_module
+
+    mono = [1000.0]
+    monkeypatch.setattr(publisher_module.time, "monotonic", lambda: mono[0])
+    pub = _publisher(backlog=100)
+    pub.enqueue(*_items(7))
+    caplog.set_level("INFO", logger="recorder.live")
+    for _ in range(120):  # nats-py's attempts every 0.5 s for a minute, each refused
+        pub._trouble("cannot connect: connection refused")
+        mono[0] += 0.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["NATS at nats://127.0.0.1:1 unavailable: cannot connect: connection refused; retrying; "
+                        "recording goes on: 7 messages kept for it (up to 100)"]
+    assert pub.state == "down" and pub.status()["nats_problem"] == "cannot connect: connection refused"
+    pub._trouble("cannot connect: connection refused")  # a minute after the first line
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and warnings[1].startswith("NATS at nats://127.0.0.1:1 still unavailable after 60.0s")
+    mono[0] += 3
+    pub._publishing("connected to")
+    assert caplog.records[-1].levelname == "WARNING" and caplog.records[-1].getMessage() == (
+        "connected to NATS at nats://127.0.0.1:1 after 63.0s unavailable; publishing to stream IME; sending the 7 "
+        "messages kept")
+    assert pub.problem is None and pub.state == "connecting"  # (connected is set by _connect itself)
+    caplog.clear()
+    pub._trouble("disconnected from NATS")  # a new outage: its first line at once
+    assert caplog.records[0].getMessage().startswith("NATS at nats://127.0.0.1:1 unavailable: disconnected from NATS")
+
+
+def test_nats_errors_are_described_without_the_client_s_empty_fields():
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    from recorder.live.publisher import describe
+
+    assert describe(ConnectionRefusedError(111, "Connection refused")) == "connection refused"
+    assert describe(js_errors.ServiceUnavailableError()) == "JetStream did not answer (503 service unavailable)"
+    assert describe(js_errors.APIError(code=400, description="stream name already in use")) == \
+        "stream name already in use (JetStream error 400)"
+    assert "None" not in describe(js_errors.APIError())
+    assert describe(nats_errors.NoRespondersError()) == "JetStream did not answer (no responders)"
+    assert describe(TimeoutError()) == "no answer in time"
+
+
+def test_throttle_allows_the_first_then_one_per_interval_and_counts_the_rest():
+    from recorder.throttle import Throttle
+
+    t = Throttle(60.0)
+    assert t.hit(0.0) and not t.hit(1.0) and not t.hit(59.0)
+    assert t.wait_s(30.0) == 30.0 and t.take(61.0) == 2 and t.take(61.0) == 0
+    assert not t.hit(62.0) and t.hit(121.0) and t.total == 5
+    t.reset()
+    assert t.hit(122.0)
+
+
+def test_the_nats_account_says_what_nats_lacks_and_why():
+    from recorder.live.control import HubView
+
+    view = HubView(state="stopped")
+    view.figures = {"nats_state": "down", "nats_closed": 1, "nats_problem": "cannot connect: connection refused",
+                    "nats_confirmed": 900, "nats_backlog": 60, "nats_dropped": 10, "worker_dropped": 20,
+                    "nats_unrouted": 5}
+    account = view.nats_account(handed=1000)
+    assert (account.expected, account.confirmed, account.missing) == (995, 900, 95)
+    assert account.reasons == ("20 not handed over by the workers (the hub was behind: short of CPU)",
+                               "10 dropped from the full backlog (--nats-backlog)",
+                               "60 waiting when the hub stopped (NATS unavailable: cannot connect: connection refused)",
+                               "5 that never reached the hub or were lost with it (at the stop, or a hub restart)")
+    assert "NATS DOWN at stop" in view.line()
+    view.figures.update(nats_state="stopped", nats_confirmed=995, nats_backlog=0, nats_dropped=0, worker_dropped=0)
+    assert view.nats_account(handed=1000).line() == "NATS confirmed all 995 messages published"
+    assert "NATS stopped, 995 stored" in view.line() and "DOWN" not in view.line()
 
 
 def test_msg_id_is_the_xxh3_128_hex_of_the_payload():
@@ -284,6 +362,71 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
     assert [c[2] for c in commands if c[2]] == [[b"_IME_ACK.x.1"], [b"_IME_ACK.x.2"]]
     assert [pub.fences[t].end for t in pub.fence_order] == [FENCE_EVERY, len(commands)]
     assert pub.pending == len(commands) and not pub.unsent
+
+
+def test_send_stops_at_the_in_flight_window_and_an_ack_makes_room(monkeypatch):
+    """nats-server's queued work is bounded: at most MAX_IN_FLIGHT unconfirmed, the window's last one fenced."""
+    from recorder.live import publisher as publisher_module
+
+    monkeypatch.setattr(publisher_module, "MAX_IN_FLIGHT", 600)
+    pub = _publisher(backlog=10_000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    pub.enqueue(*_items(1000))
+    run(pub._send())
+    assert len(pub.unconfirmed) == 600 and len(pub.unsent) == 400
+    assert b"".join(sent).count(b"HPUB") == 600
+    assert pub.fences[pub.fence_order[-1]].end == 600, "the window's last message asks for the ack that makes room"
+
+    class Ack:
+        def __init__(self, token: int) -> None:
+            self.subject, self.data = f"_IME_ACK.x.{token}", b'{"stream":"IME","seq":1}'
+
+    pub._wake.clear()
+    for token in list(pub.fence_order):
+        run(pub._on_ack(Ack(token)))
+    assert pub.confirmed == 600 and pub._wake.is_set()
+    run(pub._send())
+    assert pub.pending == 400 and not pub.unsent and b"".join(sent).count(b"HPUB") == 1000
+
+
+def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_it_caught_up(caplog):
+    """A hub behind by more than YIELD_LAG_NS (it runs under SCHED_IDLE: the machine has no CPU to spare) sends
+    nothing to nats-server, whose work would run beside the workers; it resumes once it has caught up."""
+    from recorder.live.publisher import YIELD_LAG_NS
+
+    pub = _publisher(backlog=1000)
+    sent: list[bytes] = []
+
+    class Client:
+        async def _send_command(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def _flush_pending(self) -> None:
+            pass
+
+    pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
+    now = clock.time_ns()
+    recs: list[LiveRecord] = [(i, now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
+    pub.enqueue(recs, [("1001", 1, r[4]) for r in recs])
+    assert pub.yielding and pub.yields == 1 and pub.status()["nats_yielding"] == 1
+    assert "publishing to NATS pauses" in caplog.text
+    run(pub._send())
+    assert not sent and len(pub.unsent) == 5
+    recs = [(5, clock.time_ns() + 3600 * 10**9, 0, 1, b"m5")]  # "received later": caught up, however slow the test
+    pub._wake.clear()
+    pub.enqueue(recs, [("1001", 1, b"m5")])
+    assert not pub.yielding and pub._wake.is_set()
+    run(pub._send())
+    assert b"".join(sent).count(b"HPUB") == 6 and pub.status()["nats_yields"] == 1
 
 
 class _Counting:

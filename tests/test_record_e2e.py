@@ -78,7 +78,7 @@ def test_sigterm_exits_0_seals_everything_and_loses_nothing(sim_process, recorde
                    *sim_args(sim), env=creds(sim))
     # Both shards recording before the window starts (a loaded machine can take seconds to start them).
     rec.wait_for("2/2 connections", 60)
-    # Without live outputs nothing in a worker is niced (record/timeslice.py: writer_nice_for).
+    # Nothing in a worker is niced by default (record/timeslice.py: the live hub yields, never the recording).
     nices = rec.worker_thread_nices()
     assert len(nices) == 2 and all(set(n) == {0} for n in nices.values()), nices
     time.sleep(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -22,11 +23,10 @@ from recorder.record.planner import Action, Planner
 from recorder.record.shard import partition, shard_of
 from recorder.record.status import ShardView, exit_summary, summary_line, table
 from recorder.record.timeslice import (
-    WRITER_NICE_WITH_LIVE,
     clamp_slice_us,
     lower_priority,
     request_slice,
-    writer_nice_for,
+    yield_cpu,
 )
 from recorder.redact import redact_text, redact_url
 from recorder.timeparse import format_ns, parse_time
@@ -298,13 +298,6 @@ def test_parse_time_errors_and_format():
     assert format_ns(1_732_449_000_000_000_123) == "2024-11-24T11:50:00.000000123Z"
 
 
-def test_writer_nice_defaults_to_lower_only_with_live_outputs():
-    assert writer_nice_for(None, live_outputs=False) == 0
-    assert writer_nice_for(None, live_outputs=True) == WRITER_NICE_WITH_LIVE == 10
-    assert writer_nice_for(3, live_outputs=True) == 3 and writer_nice_for(0, live_outputs=True) == 0
-    assert writer_nice_for(7, live_outputs=False) == 7
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 def test_lower_priority_changes_only_the_named_thread_and_never_raises_it():
     ready, done = threading.Event(), threading.Event()
@@ -330,6 +323,26 @@ def test_lower_priority_changes_only_the_named_thread_and_never_raises_it():
         done.set()
         t.join()
     assert lower_priority(2**22 + 12345, 1) is not None, "a thread that does not exist is reported, not raised"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SCHED_IDLE is Linux's")
+def test_yield_cpu_puts_another_process_under_sched_idle_and_its_new_threads_inherit_it():
+    # What the supervisor does to the live hub right after starting it (live/control.py).
+    child = subprocess.Popen([sys.executable, "-c", "import sys, threading; sys.stdin.readline(); "
+                              "t = threading.Thread(target=sys.stdin.readline); t.start(); "
+                              "print(threading.get_native_id(), t.native_id, flush=True); t.join()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert yield_cpu(child.pid) is None
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        tids = [int(t) for t in child.stdout.readline().split()]
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_IDLE, os.SCHED_IDLE]
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the caller keeps its own policy"
+    finally:
+        child.kill()
+        child.wait(10)
 
 
 def test_receive_thread_slice_request_applies_and_resets_on_linux():

@@ -1,7 +1,9 @@
 """The supervisor's side of the hub: start it, restart it when it dies, stop it last, show its figures.
 
-Recording never depends on the hub: workers do not wait for it, and the supervisor starts workers without
-waiting for it to be ready. A hub that dies is restarted with a growing delay, like a worker.
+Recording never depends on the hub: workers do not wait for it, the supervisor starts it after the workers and
+gives it the lowest CPU priority at once (its imports must not slow the workers' start), and a hub that dies is
+restarted with a growing delay, like a worker. At the end `nats_account` says how many messages NATS did not
+confirm, and why.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from recorder.live.hub import hub_main
 from recorder.record.childproc import child_start
 from recorder.record.live import LiveSettings
 from recorder.record.metrics import Figure
+from recorder.record.timeslice import hub_yields, yield_cpu
 
 log = logging.getLogger("recorder.supervisor")
 
@@ -43,6 +46,8 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("ime_recorder_relay_error_clients_cut_total", "counter",
      "relay clients closed (1011) because writing to them raised; the hub's log has the traceback",
      "relay_error_cut"),
+    ("ime_recorder_relay_client_protocol_errors_total", "counter",
+     "relay clients closed for sending frames that break the WebSocket protocol", "relay_protocol_errors"),
     ("ime_recorder_nats_connected", "gauge", "1 while connected to NATS", "nats_connected"),
     ("ime_recorder_nats_published_total", "counter", "messages confirmed stored by JetStream", "nats_confirmed"),
     ("ime_recorder_nats_duplicates_total", "counter", "publishes JetStream reported as duplicates",
@@ -52,7 +57,30 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
      "nats_dropped"),
     ("ime_recorder_nats_republished_total", "counter", "messages sent again after a reconnect or a missing ack",
      "nats_republished"),
+    ("ime_recorder_nats_cpu_pauses_total", "counter",
+     "times publishing paused because the live hub fell behind the workers (the machine short of CPU)", "nats_yields"),
 )
+
+
+_COUNTER_SUFFIXES = ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished", "unrouted",
+                    "errors", "reconnects", "yields")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAccount:
+    """At the end of a run: what NATS should hold (every message the workers handed over that names a contract)
+    against what it confirmed, and why the rest is missing."""
+
+    expected: int
+    confirmed: int
+    missing: int
+    reasons: tuple[str, ...]
+
+    def line(self) -> str:
+        if not self.missing:
+            return f"NATS confirmed all {self.expected} messages published"
+        return (f"NATS did not confirm {self.missing} of the {self.expected} messages it should hold: "
+                + "; ".join(self.reasons))
 
 
 @dataclass(slots=True)
@@ -70,8 +98,7 @@ class HubView:
 
     def incarnation_ended(self) -> None:
         for key, value in self.figures.items():
-            if isinstance(value, int) and not isinstance(value, bool) and key.endswith(
-                    ("received", "dropped", "sent", "cut", "confirmed", "duplicates", "republished")):
+            if isinstance(value, int) and not isinstance(value, bool) and key.endswith(_COUNTER_SUFFIXES):
                 self.base[key] = self.base.get(key, 0) + value
                 self.figures[key] = 0
         for gauge in ("relay_clients", "nats_connected", "links"):
@@ -85,13 +112,56 @@ class HubView:
                          f"{self.total('relay_cut')} slow cut")
             if self.total("relay_gap_cut"):
                 parts[-1] += f", {self.total('relay_gap_cut')} cut for gaps"
+            if self.total("relay_protocol_errors"):
+                parts[-1] += f", {self.total('relay_protocol_errors')} closed for protocol errors"
         if "nats_backlog" in self.figures:
-            state = "up" if self.figures.get("nats_connected") else "DOWN"
-            parts.append(f"NATS {state}, {self.total('nats_confirmed')} stored, backlog "
+            parts.append(f"NATS {self._nats_state()}, {self.total('nats_confirmed')} stored, backlog "
                          f"{self.figures['nats_backlog']}, {self.total('nats_dropped')} dropped")
+            if self.total("nats_yields"):
+                parts[-1] += f", paused {self.total('nats_yields')} times (the machine short of CPU)"
         if self.total("worker_dropped"):
             parts.append(f"{self.total('worker_dropped')} not handed over by workers")
         return "; ".join(parts)
+
+    def _nats_state(self) -> str:
+        """up / connecting / DOWN (why, since when) while running; stopped / DOWN at stop once the hub ended."""
+        f = self.figures
+        state = f.get("nats_state") or ("up" if f.get("nats_connected") else "down")
+        ended = self.state == "stopped"
+        if ended and not f.get("nats_closed"):
+            return "not stopped cleanly (the hub was killed)"
+        if state == "up" and f.get("nats_yielding"):
+            return "up, paused (the machine is short of CPU)"
+        if state != "down":
+            return state
+        problem = f.get("nats_problem") or "unavailable"
+        since = f.get("nats_down_since") or 0
+        when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+        return f"DOWN{' at stop' if ended else ''}{when} ({problem})"
+
+    def nats_account(self, handed: int) -> NatsAccount:
+        """What NATS lacks at the end: `handed` is how many messages the workers gave the hub (or tried to)."""
+        f = self.figures
+        expected = max(0, handed - self.total("nats_unrouted"))
+        confirmed = self.total("nats_confirmed")
+        missing = max(0, expected - confirmed)
+        reasons: list[str] = []
+        explained = 0
+        for count, why in (
+                (self.total("worker_dropped"), "not handed over by the workers (the hub was behind: short of CPU)"),
+                (self.total("nats_dropped"), "dropped from the full backlog (--nats-backlog)"),
+                (int(f.get("nats_backlog", 0) or 0), "waiting when the hub stopped" + (
+                    " (the hub was killed)" if not f.get("nats_closed")
+                    else " (sent, not confirmed in time)" if f.get("nats_state") == "stopped"
+                    else f" (NATS unavailable: {f.get('nats_problem') or 'never reached'})"))):
+            count = min(count, missing - explained)
+            if count > 0:
+                reasons.append(f"{count} {why}")
+                explained += count
+        if missing > explained:
+            reasons.append(f"{missing - explained} that never reached the hub or were lost with it (at the stop, or "
+                           "a hub restart)")
+        return NatsAccount(expected, confirmed, missing, tuple(reasons))
 
     def prometheus(self) -> list[Figure]:
         """The hub's figures for the recorder's Prometheus collector (absent ones are not exported)."""
@@ -135,6 +205,11 @@ class HubControl:
                                  daemon=False)
         with child_start():  # a signal to the process group while it starts is the supervisor's, not the hub's
             proc.start()
+        # At once, before the new interpreter has imported anything: the hub's start-up (uvloop, picows, nats-py)
+        # must not take CPU time from the workers', nor anything after. Threads it starts inherit it.
+        why_not = yield_cpu(proc.pid) if hub_yields() and proc.pid else None
+        if why_not:
+            log.warning("could not lower the live hub's priority (%s): it competes with the workers for CPU", why_not)
         child.close()
         self._proc, self._pipe, self._started_at = proc, parent, time.monotonic()
         self._exited = asyncio.Event()
@@ -173,7 +248,8 @@ class HubControl:
                 log.info("live relay serving %s (stats: %s, hub pid %s)", self.view.relay_url, msg.get("stats_url"),
                          msg.get("pid"))
             if self.settings.nats_url is not None:
-                log.info("publishing to NATS JetStream stream %s", self.settings.nats_stream)
+                log.info("live hub ready; it publishes to NATS JetStream stream %s once connected",
+                         self.settings.nats_stream)
         elif kind == "status":
             self.view.figures = {k: v for k, v in msg.items() if k != "type"}
         elif kind == "log":

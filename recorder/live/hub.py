@@ -1,7 +1,10 @@
 """The hub process: first arrivals from every worker in, the relay and the NATS publisher out.
 
 It is a process of its own so that neither serving clients nor talking to NATS can take CPU time or event
-loop turns from a worker's receive path, and so that its failure is a restart, never a gap in recording.
+loop turns from a worker's receive path, and so that its failure is a restart, never a gap in recording. It
+runs at the lowest CPU priority (SCHED_IDLE, record/timeslice.py: yield_cpu): when the machine is short of CPU
+the hub falls behind, the workers drop what it cannot take (counted, and the relay's clients told), and the
+recording loses nothing.
 Workers connect to its Unix socket (see record/live.py and live/wire.py); it talks to the supervisor over
 a multiprocessing pipe: `ready` once listening, `status` every second, `fatal` if it cannot start; the supervisor
 sends `stop`, and `contracts` after a reload changed the contracts being recorded.
@@ -27,7 +30,6 @@ from recorder.live.route import Router
 from recorder.live.wire import WireError
 from recorder.record.childproc import ignore_group_signals
 from recorder.record.live import LiveSettings
-from recorder.record.timeslice import request_slice
 from recorder.server.server import FeedServer, ServerConfig
 
 log = logging.getLogger("recorder.live")
@@ -194,7 +196,7 @@ class Hub:
         if self.server is not None and self.source is not None:
             out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
                        relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut,
-                       relay_error_cut=self.source.errors)
+                       relay_error_cut=self.source.errors, relay_protocol_errors=self.server.protocol_errors)
         if self.publisher is not None:
             out.update(self.publisher.status())
         return out
@@ -242,11 +244,8 @@ def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.
     root.setLevel(log_level)
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
     logging.getLogger("picows").setLevel(logging.ERROR)
-    # The hub mostly sleeps and then has a few µs of work per message: like the workers' receive thread, it
-    # asks for a short CPU slice so that it preempts bulk work when it wakes (see record/timeslice.py).
-    why_not = request_slice(settings.slice_us) if settings.slice_us else None
-    if why_not:
-        log.debug("short CPU slice for the hub not applied: %s", why_not)
+    # Recording first: this process runs under SCHED_IDLE (record/timeslice.py), set by the supervisor right after
+    # starting it (live/control.py), so that even the imports above yielded to the workers' start-up.
     # As in the workers (worker_main): what is imported lives as long as the process, so a full collection need
     # not walk it. Traced at 20k msgs/s, one unfrozen full collection held the hub for 6.8 ms.
     gc.freeze()

@@ -14,6 +14,11 @@ JetStream drops what it already stored, by Msg-Id. Publishing waits for the stre
 replicated stream without one drops publishes that ask for no ack without a trace. The backlog is bounded
 (`--nats-backlog` messages): beyond it the oldest are dropped and counted. All of this runs in the hub
 process, never in a worker.
+
+What the operator sees: whatever keeps messages from NATS (it cannot be reached, it has no JetStream, the stream
+cannot be made, the connection dropped) is one WARNING naming the cause at once, repeated at most once a minute
+while it lasts, and one line when publishing resumes; `status()` carries the state and the cause for the status
+line, the metrics and the exit summary, which tells a clean stop from a NATS that was down.
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from recorder import clock
 from recorder.errors import exception_text
+from recorder.humanize import human_duration
 from recorder.live.fanout import LiveItem
 from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
 from recorder.record.live import LiveSettings
+from recorder.redact import redact_url
+from recorder.throttle import Throttle
 
 log = logging.getLogger("recorder.live")
 
@@ -39,7 +49,24 @@ FENCE_EVERY = 256
 ACK_TIMEOUT_S = 3.0
 REFUSAL_HOLD_S = 1.0
 SEND_CHUNK = 2048  # messages sent per event-loop turn, so acks and the relay get their turns
+# Messages sent and not yet confirmed, at most: what nats-server has queued is work it does at normal priority,
+# while the hub yields the CPU (hub.py). Bounding it makes nats-server's work follow the hub's own CPU time: on a
+# local server ~8k messages are ~65 ms of its work; on a remote one, 8k messages a round trip (8M msgs/s at 1 ms).
+# A sliding window (each fence's ack makes room), so a local server's throughput is unchanged: 69k against 66k
+# msgs/s without it, publisher alone at load 6. IME_NATS_IN_FLIGHT overrides it, to compare.
+MAX_IN_FLIGHT = int(os.environ.get("IME_NATS_IN_FLIGHT", "8192"))
+# The hub runs under SCHED_IDLE, so it falls behind the workers only when nothing leaves CPU time over: publishing
+# then pauses (messages wait in the backlog) until it has caught up, since every message sent is ~8 µs of
+# nats-server's work at normal priority, beside the workers. At 100k msgs/s beside a process taking 40 % of a core
+# (load 3-4 from other work, 8 s runs): without the pause the recorder lost messages in 3 runs of 5 (7,579-36,159),
+# with a 100 ms threshold in 3 of 8 (3,542-17,204), with 50 ms in 1 of 3; without --publish in none of 5.
+YIELD_LAG_NS = 50_000_000
+RESUME_LAG_NS = 10_000_000
 RECONNECT_WAIT_S = 0.5
+TROUBLE_LOG_S = 60.0  # while NATS stays unavailable, its warning is repeated at most this often
+CONNECT_TIMEOUT_S = 2.0
+STREAM_GRACE_S = 5.0  # how long a stream may lack a leader (JetStream answer 503) before that is warned about
+WATCH_S = 0.25
 
 
 # The NATS header block of one message, formatted once when it is queued (and reused when it is sent again):
@@ -49,6 +76,32 @@ _HEADERS = f"NATS/1.0\r\n{MSG_ID_HEADER}: %s\r\n{RECEIVE_HEADER}: %d\r\n\r\n".en
 
 # (subject, header block, payload) of one message waiting for NATS; tuples, since a million may be kept.
 _Entry = tuple[bytes, bytes, bytes]
+
+
+def describe(exc: BaseException) -> str:
+    """A NATS client error as a phrase for the operator (nats-py's own text can be `code=None … description='None'`)."""
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    if isinstance(exc, js_errors.ServiceUnavailableError):
+        return "JetStream did not answer (503 service unavailable)"
+    if isinstance(exc, js_errors.APIError):
+        what = exc.description if exc.description not in (None, "", "None") else type(exc).__name__
+        return f"{what} (JetStream error {exc.code})" if exc.code else str(what)
+    if isinstance(exc, nats_errors.NoRespondersError):
+        return "JetStream did not answer (no responders)"
+    if isinstance(exc, nats_errors.AuthorizationError):
+        return "authorization refused (check the user and password in IME_NATS_URL)"
+    if isinstance(exc, nats_errors.NoServersError):
+        return "no server could be reached"
+    if isinstance(exc, TimeoutError):  # asyncio's and nats-py's timeouts are both TimeoutError
+        return "no answer in time"
+    text = str(exc).strip().removeprefix("nats: ").strip()
+    return text if text else type(exc).__name__
 
 
 class _Fence:
@@ -87,6 +140,22 @@ class NatsPublisher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = False
+        self.closed = False
+        self.stopped_clean = False  # connected when close() began: a stop, not an outage
+        self.where = ", ".join(redact_url(u.strip()) for u in (settings.nats_url or "").split(",") if u.strip())
+        # Why nothing is being published (None while publishing), since when, and its throttled warning.
+        self.problem: str | None = None
+        self._down_since: float | None = None
+        self._down_wall = 0.0
+        self._trouble_log = Throttle(TROUBLE_LOG_S)
+        self._ack_timeout_log = Throttle(TROUBLE_LOG_S)
+        # Yielding: publishing paused while the hub is behind the workers (the machine short of CPU).
+        self.yielding = False
+        self.yields = 0
+        self._yield_started = 0.0
+        self.yield_s = 0.0
+        self._yield_log = Throttle(TROUBLE_LOG_S)
+        self._last_enqueue = 0.0
         # Figures.
         self.enqueued = 0
         self.confirmed = 0
@@ -116,6 +185,9 @@ class NatsPublisher:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
             append((subject, headers % (ids(payload), ts_ns), payload))
         self.enqueued += len(records)
+        if records:
+            self._last_enqueue = time.monotonic()
+            self._lagging(clock.time_ns() - records[-1][1])  # the clock the workers stamped them with
         over = self.pending - self.max_backlog
         if over > 0:
             # Keep the newest: a live consumer wants what is happening now; the recording has the rest.
@@ -132,11 +204,79 @@ class NatsPublisher:
     def pending(self) -> int:
         return len(self.unconfirmed) + len(self.unsent)
 
+    @property
+    def state(self) -> str:
+        """up, connecting (not yet, no trouble seen), down; once closed: stopped (it was up) or down."""
+        if self.closed:
+            return "stopped" if self.stopped_clean else "down"
+        if self.connected:
+            return "up"
+        return "down" if self.problem is not None else "connecting"
+
+    def _lagging(self, lag_ns: int) -> None:
+        """The hub's lag behind the workers (receive time of the newest record to now): yield or resume."""
+        if not self.yielding and lag_ns > YIELD_LAG_NS:
+            self.yielding = True
+            self.yields += 1
+            self._yield_started = time.monotonic()
+            if self._yield_log.hit(self._yield_started):
+                log.warning("the live hub is %.0f ms behind the workers (the machine is short of CPU): publishing to "
+                            "NATS pauses while it is, %d messages wait for it; recording goes on (%d pauses so far)",
+                            lag_ns / 1e6, self.pending, self.yields)
+        elif self.yielding and lag_ns < RESUME_LAG_NS:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.yielding:
+            self.yielding = False
+            self.yield_s += time.monotonic() - self._yield_started
+            self._wake.set()
+
     def status(self) -> dict[str, Any]:
-        return {"nats_connected": int(self.connected), "nats_backlog": self.pending,
-                "nats_confirmed": self.confirmed, "nats_dropped": self.dropped,
+        yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)
+        return {"nats_connected": int(self.connected), "nats_state": self.state, "nats_closed": int(self.closed),
+                "nats_yielding": int(self.yielding), "nats_yields": self.yields, "nats_yield_s": round(yield_s, 1),
+                "nats_problem": self.problem or "", "nats_down_since": self._down_wall if self.problem else 0.0,
+                "nats_backlog": self.pending, "nats_confirmed": self.confirmed, "nats_dropped": self.dropped,
                 "nats_republished": self.republished, "nats_unrouted": self.unrouted,
                 "nats_reconnects": self.reconnects}
+
+    # -- what the operator is told -------------------------------------------------------------------
+
+    def _trouble(self, cause: str, grace_s: float = 0.0) -> None:
+        """Something keeps messages from NATS: one warning at once, then at most one a minute while it lasts.
+
+        `grace_s`: a condition that is normal for a moment (a cluster electing a leader) is warned about only
+        once it has lasted that long; the state shows it meanwhile.
+        """
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since, self._down_wall = now, time.time()
+        self.problem = cause
+        if now - self._down_since < grace_s:
+            return
+        first = self._trouble_log.last is None
+        if not self._trouble_log.hit(now):
+            return
+        kept = f"{self.pending} messages kept for it (up to {self.max_backlog}"
+        kept += f"; {self.dropped} dropped so far)" if self.dropped else ")"
+        if first:
+            log.warning("NATS at %s unavailable: %s; retrying; recording goes on: %s", self.where, cause, kept)
+        else:
+            log.warning("NATS at %s still unavailable after %s: %s; recording goes on: %s", self.where,
+                        human_duration(now - self._down_since), cause, kept)
+
+    def _publishing(self, how: str) -> None:
+        """Publishing (again): a line that pairs with the warnings, if there were any."""
+        down_for = time.monotonic() - self._down_since if self._down_since is not None else None
+        if self._trouble_log.last is not None and down_for is not None:
+            log.warning("%s NATS at %s after %s unavailable; publishing to stream %s; sending the %d messages kept",
+                        how, self.where, human_duration(down_for), self.settings.nats_stream, self.pending)
+        else:
+            log.info("%s NATS at %s; publishing to stream %s", how, self.where, self.settings.nats_stream)
+        self.problem = None
+        self._down_since = None
+        self._trouble_log.reset()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -146,16 +286,23 @@ class NatsPublisher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("NATS publisher stopped: %s", task.exception())
+            exc = task.exception()
+            assert exc is not None
+            log.error("NATS publisher stopped: %s; nothing more is published; recording goes on", describe(exc))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Give the backlog `timeout` seconds to be confirmed, then hang up."""
         deadline = time.monotonic() + timeout
+        self.stopped_clean = self.connected
+        self._resume()  # the workers have stopped: the CPU is the hub's now
         while self.pending and self.connected and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
         if self.pending:
-            log.warning("stopping with %d messages not confirmed by NATS", self.pending)
+            why = (f"NATS was unavailable: {self.problem}" if not self.connected and self.problem
+                   else "NATS was not reached" if not self.connected
+                   else f"not confirmed within {timeout:g}s of the stop")
+            log.warning("stopping with %d messages not confirmed by NATS (%s)", self.pending, why)
         self._closing = True
         if self._task is not None:
             self._task.cancel()
@@ -164,6 +311,8 @@ class NatsPublisher:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
+        self.connected = False
+        self.closed = True
 
     async def _run(self) -> None:
         await self._connect()
@@ -172,7 +321,7 @@ class NatsPublisher:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self.connected and time.monotonic() >= self._hold_until:
+                if self.connected and time.monotonic() >= self._hold_until and not self.yielding:
                     await self._send()
         finally:
             watchdog.cancel()
@@ -185,15 +334,17 @@ class NatsPublisher:
         delay = RECONNECT_WAIT_S
         while not self._closing:
             try:
+                # With reconnects on, nats-py retries the first connection by itself for ever and tells only
+                # error_cb (_on_error) why each attempt failed: that is where the operator's warning comes from.
                 self.nc = await nats.connect(
-                    servers=[u.strip() for u in s.nats_url.split(",")], name="ime-record", connect_timeout=2,
-                    allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT_S,
-                    error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected, pending_size=64 << 20)
+                    servers=[u.strip() for u in s.nats_url.split(",")], name="ime-record",
+                    connect_timeout=CONNECT_TIMEOUT_S, allow_reconnect=True, max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT_S, error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+                    pending_size=64 << 20)
                 break
             except Exception as exc:
-                log.warning("cannot connect to NATS (%s); retrying in %.1fs; recording goes on", exception_text(exc),
-                            delay)
+                self._trouble(f"cannot connect: {describe(exc)}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.js = self.nc.jetstream()
@@ -203,7 +354,7 @@ class NatsPublisher:
                                 pending_bytes_limit=256 << 20)
         self.connected = True
         self._rewind()
-        log.info("connected to NATS; publishing to stream %s", s.nats_stream)
+        self._publishing("connected to")
 
     async def _ensure_stream(self, once: bool = False) -> bool:
         """Make sure the stream exists (created with our settings if missing) and has a leader.
@@ -215,20 +366,14 @@ class NatsPublisher:
 
         s = self.settings
         delay = 0.1  # doubles to 5 s: a stream that cannot be made (subjects taken by another) must not spin
-        last_logged: dict[str, float] = {}
-
-        def warn(kind: str, message: str) -> None:
-            # The first time, then at most once a minute: visible, never a flood.
-            now = time.monotonic()
-            if now - last_logged.get(kind, -1e9) >= 60.0:
-                last_logged[kind] = now
-                log.warning("%s", message)
-
         while not self._closing:
             try:
                 info = await self.js.stream_info(s.nats_stream)
                 if info.cluster is None or info.cluster.leader:
                     return True
+                if not once:
+                    self._trouble(f"stream {s.nats_stream} has no leader (the cluster has not elected one)",
+                                  grace_s=STREAM_GRACE_S)
             except Exception as exc:
                 if type(exc).__name__ == "NotFoundError":
                     try:
@@ -243,15 +388,28 @@ class NatsPublisher:
                         continue  # now wait for its leader
                     except Exception as exc2:
                         # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                        warn("create", f"cannot create NATS stream {s.nats_stream} ({exception_text(exc2)}); retrying "
-                                       "(a stream that already takes subjects ime.> must be used: --nats-stream)")
+                        self._trouble(f"cannot create stream {s.nats_stream}: {describe(exc2)} (a stream that "
+                                      "already takes subjects ime.> must be used: --nats-stream)")
                 elif not once:
-                    warn("info", f"NATS stream {s.nats_stream} not available ({exception_text(exc)}); retrying")
+                    cause = self._stream_unavailable(exc)
+                    # A server without JetStream stays so; a cluster's JetStream answers 503 while it starts.
+                    self._trouble(cause, grace_s=0.0 if cause.startswith("the server does not") else STREAM_GRACE_S)
             if once:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         return False
+
+    def _stream_unavailable(self, exc: Exception) -> str:
+        """Why stream_info failed, in the operator's terms: a server without JetStream is the usual one."""
+        from nats import errors as nats_errors
+        from nats.js import errors as js_errors
+
+        info = getattr(self.nc, "_server_info", None) or {}
+        if (isinstance(exc, js_errors.ServiceUnavailableError | nats_errors.NoRespondersError)
+                and not info.get("jetstream")):
+            return "the server does not have JetStream enabled (start nats-server with -js)"
+        return f"stream {self.settings.nats_stream} not available: {describe(exc)}"
 
     # -- out -----------------------------------------------------------------------------------------
 
@@ -267,20 +425,25 @@ class NatsPublisher:
         send_command = nc._send_command
         generation = self._generation
         inbox = self._inbox.encode()
-        while self.connected and self.unsent and generation == self._generation:
+        while self.connected and self.unsent and generation == self._generation and not self.yielding:
             unsent, unconfirmed = self.unsent, self.unconfirmed
             parts: list[bytes] = []
             append = parts.append
             since = self._since_fence
             end = self.base + len(unconfirmed)  # absolute index just past the message being framed
-            for _ in range(min(len(unsent), SEND_CHUNK)):
+            room = MAX_IN_FLIGHT - len(unconfirmed)
+            if room <= 0:
+                return  # _on_ack wakes the sender when confirmations make room
+            count = min(len(unsent), SEND_CHUNK, room)
+            for k in range(count):
                 entry = unsent.popleft()
                 unconfirmed.append(entry)
                 subject, hdr, payload = entry
                 end += 1
                 since += 1
                 size = len(hdr)
-                if since >= FENCE_EVERY or not unsent:
+                # The last of a chunk asks for an ack too: when the window is full, its ack is what makes room.
+                if since >= FENCE_EVERY or k == count - 1:
                     since = 0
                     self._fence_seq += 1
                     token = self._fence_seq
@@ -327,6 +490,8 @@ class NatsPublisher:
             return
         fence.ok = True
         self._advance()
+        if self.unsent:
+            self._wake.set()
 
     def _advance(self) -> None:
         order = self.fence_order
@@ -356,8 +521,17 @@ class NatsPublisher:
         self._wake.set()
 
     async def _watch_fences(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(WATCH_S)
+            now = time.monotonic()
+            starved, last = now - last > 2 * WATCH_S, now
+            if starved:
+                # The hub itself did not run (it yields the CPU to the workers): acks may be waiting unread in
+                # the socket, and the timers run before the reads. Judge the fences after those reads, next round.
+                continue
+            if self.yielding and now - self._last_enqueue > WATCH_S:
+                self._resume()  # the hub ran a whole round with nothing new from the workers: it is not behind
             if self._check_stream and self.connected and self._checker is None:
                 self._check_stream = False
                 # Its own task: the fence timeouts below must keep being watched meanwhile.
@@ -369,7 +543,9 @@ class NatsPublisher:
             if self.fence_order and self.connected:
                 oldest = self.fences[self.fence_order[0]]
                 if time.monotonic() - oldest.sent_at > ACK_TIMEOUT_S:
-                    log.warning("no ack from NATS within %.0fs; sending the unconfirmed messages again", ACK_TIMEOUT_S)
+                    if self._ack_timeout_log.hit(now):
+                        log.warning("no ack from NATS within %.0fs; sending the %d unconfirmed messages again (%d "
+                                    "times so far)", ACK_TIMEOUT_S, len(self.unconfirmed), self._ack_timeout_log.total)
                     self._rewind()
 
     def _checked(self, task: asyncio.Task[bool]) -> None:
@@ -380,16 +556,29 @@ class NatsPublisher:
     # -- nats-py callbacks ---------------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS: %s", exception_text(exc))
+        if self._closing:
+            return
+        if self.connected or (self.nc is not None and self.nc.is_connected):
+            # On a working connection (a slow consumer, say), or the drop itself: _on_disconnected tells that.
+            log.debug("NATS: %s", exception_text(exc))
+            return
+        # Each failed attempt to connect or reconnect (about every RECONNECT_WAIT_S): the cause, throttled.
+        self._trouble(f"cannot connect: {describe(exc)}")
 
     async def _on_disconnected(self) -> None:
-        if self.connected and not self._closing:
-            log.warning("disconnected from NATS; keeping up to %d messages until it is back; recording goes on",
-                        self.max_backlog)
+        if self._closing:
+            return
+        if self.connected:
+            last = getattr(self.nc, "last_error", None)
+            self.connected = False
+            self._trouble_log.reset()  # a new outage: its first line at once
+            self._trouble("disconnected from NATS" + (f" ({describe(last)})" if last is not None else ""))
         self.connected = False
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
+        if not self._inbox:
+            return  # dropped while _connect was still making the stream: it goes on and says when it publishes
         self.connected = True
-        log.info("reconnected to NATS; sending %d unconfirmed messages", self.pending)
+        self._publishing("reconnected to")
         self._rewind()

@@ -34,7 +34,6 @@ from recorder.record.reload import ReloadError, Reread, SettingChange
 from recorder.record.sessions import DEFAULT_SESSIONS  # OPS-WIRING
 from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
-from recorder.record.timeslice import writer_nice_for
 from recorder.redact import redact_url
 from recorder.segment.files import describe_os_error
 
@@ -176,9 +175,9 @@ def make_reread(ctx: click.Context, kind: EndpointKind, base_url: str,
 @click.option("--receive-slice-us", type=click.IntRange(min=0, max=100_000), default=100, show_default=True,
               help="CPU time slice (µs) the receive thread asks Linux ≥ 6.12 for, so it preempts compression "
                    "on wake-up; 0: the kernel's default.")
-@click.option("--writer-nice", type=click.IntRange(0, 19), default=None,
-              help="Added to the compression thread's nice value, so that the live hub and local bots waking on a "
-                   "busy core run before it  [default: 10 with --relay or --publish, else 0].")
+@click.option("--writer-nice", type=click.IntRange(0, 19), default=0, show_default=True,
+              help="Added to the compression thread's nice value, so that local bots waking on a busy core run "
+                   "before it; the recording then yields to them (a starved writer pauses reading).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
@@ -238,7 +237,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          demo_rate: float, max_contracts_per_connection: int | None, max_url_length: int, max_message_bytes: int,
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int,
-         writer_nice: int | None, metrics_port: int | None,
+         writer_nice: int, metrics_port: int | None,
          metrics_host: str, status_interval: float, relay: str | None, relay_token: str | None,
          relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
          nats_duplicate_window: str, nats_replicas: int, nats_backlog: int,  # LIVE-WIRING: relay..nats_backlog
@@ -334,7 +333,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
                 idle_timeout_s=idle_timeout,
                 ca_file=ca_file,
                 receive_slice_us=receive_slice_us,
-                writer_nice=writer_nice_for(writer_nice, live_outputs is not None and live_outputs.enabled),
+                writer_nice=writer_nice,
             ),
             storage=StorageSettings(
                 out_dir=out_dir,

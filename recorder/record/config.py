@@ -30,7 +30,7 @@ class ConnectionSettings:
     reconnect_jitter_s: float = 0.05  # after a connection that delivered data drops
     ca_file: str | None = None
     receive_slice_us: int = 100  # see timeslice.py; 0: the kernel's default
-    writer_nice: int = 0  # added to the writer thread's nice value (timeslice.writer_nice_for)
+    writer_nice: int = 0  # added to the writer thread's nice value (--writer-nice; record/timeslice.py)
     redundancy: int = 1  # independent copies of every connection group
     extra_base_urls: tuple[str, ...] = ()  # copy k uses (base_url, *extra_base_urls)[k mod count]
     stagger_s: float = 0.5  # copy k first connects k × stagger_s after copy 0

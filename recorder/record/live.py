@@ -68,7 +68,6 @@ class LiveSettings:
     nats_replicas: int = 1
     nats_backlog: int = 1_000_000  # messages kept for NATS while it is down or slow
     worker_buffer_bytes: int = 8 << 20  # bytes a worker holds for the hub before it drops
-    slice_us: int = 100  # the hub's CPU slice (record/timeslice.py); 0: the kernel's default
     # The hub's: each shard's contracts (by shard number), so a gap in one shard's stream cuts only the relay
     # clients of its contracts. Empty: unknown, a gap cuts every client.
     shard_contracts: tuple[tuple[str, ...], ...] = ()
@@ -103,6 +102,7 @@ class _HubSocket:
     address: str
     shard: int
     sent: int
+    _seq: int
 
     def _init_socket(self, address: str, shard: int, max_buffer: int) -> None:
         self.address = address
@@ -305,3 +305,9 @@ def make_live_output(settings: LiveSettings | None) -> LiveOutputFn | None:
 def close_live_output(output: LiveOutputFn | None, timeout: float = 1.0) -> None:
     if isinstance(output, _HubSocket):
         output.close(timeout)
+
+
+def live_handed(output: LiveOutputFn | None) -> int:
+    """Messages given to the live output so far (its sequence number), whether the hub got them or not: what the
+    supervisor checks NATS's confirmations against at the end."""
+    return int(output._seq) if isinstance(output, _HubSocket) else 0

@@ -36,6 +36,7 @@ class Status:
     groups: int = 0  # connection groups recording now (each with --redundancy copies)
     groups_disconnected: int = 0  # of those, groups with no copy connected right now
     final: bool = False
+    live_handed: int = 0  # messages given to the live output (--relay/--publish), whether or not the hub got them
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ class ShardView:
     group_ns: int = 0
     groups: int = 0
     groups_disconnected: int = 0
+    live_handed: int = 0
     sent_ns: int = 0  # when the worker sent its last status
     updated_at: float = 0.0  # monotonic time the last status arrived
     msg_rate: float = 0.0
@@ -59,6 +60,7 @@ class ShardView:
     base_copies: int = 0
     base_downtime_ns: int = 0
     base_group_ns: int = 0
+    base_live_handed: int = 0
     _last_sample: tuple[float, int, int] | None = None
 
     def update(self, status: Status, now: float) -> None:
@@ -70,6 +72,7 @@ class ShardView:
         self.messages, self.bytes, self.copies = status.messages, status.bytes, status.copies
         self.downtime_ns, self.group_ns = status.downtime_ns, status.group_ns
         self.groups, self.groups_disconnected = status.groups, status.groups_disconnected
+        self.live_handed = status.live_handed
         self.rejected = list(status.rejected)
         self.sent_ns, self.updated_at = status.sent_ns, now
         total_m, total_b = self.total_messages, self.total_bytes
@@ -91,6 +94,8 @@ class ShardView:
         self.base_copies += self.copies
         self.base_downtime_ns += self.downtime_ns
         self.base_group_ns += self.group_ns
+        self.base_live_handed += self.live_handed
+        self.live_handed = 0
         self.messages = self.bytes = self.reconnects = self.records_written = self.copies = 0
         self.downtime_ns = self.group_ns = 0
         self.bytes_on_disk = self.files_sealed = self.connections_open = self.connections = 0
@@ -123,6 +128,10 @@ class ShardView:
     @property
     def total_files(self) -> int:
         return self.base_files + self.files_sealed
+
+    @property
+    def total_live_handed(self) -> int:
+        return self.base_live_handed + self.live_handed
 
     @property
     def total_copies(self) -> int:

@@ -163,15 +163,17 @@ class Supervisor:
         log.info("recording %d contracts on %d shards into %s (run %s, token from %s)",
                  sum(len(s.contracts) for s in self.shards), len(active), self.settings.storage.out_dir,
                  self.run_id, self.tokens.source)
-        if self.settings.live_outputs is not None:  # LIVE-WIRING: start the live hub (never waited for)
+        for s in active:
+            self._spawn(s, token, gen)
+        if self.settings.live_outputs is not None:  # LIVE-WIRING
+            # After the workers, and at the lowest priority from its first instruction (live/control.py): the
+            # workers hand messages over without waiting for it, and their start must not wait behind its imports.
             from recorder.live.control import HubControl
 
             hub_settings = replace(self.settings.live_outputs,
                                    shard_contracts=tuple(tuple(s.contracts) for s in self.shards))
             self.hub = HubControl(hub_settings, self.console.log, self.settings.log_level)
             self.hub.start()
-        for s in active:
-            self._spawn(s, token, gen)
         self._workers_started = True
         if self._reload_deferred:
             self.request_reload()
@@ -217,10 +219,23 @@ class Supervisor:
         elapsed = time.monotonic() - self.started
         for line in exit_summary([s.view for s in self.shards], elapsed, self._disk_figures()):
             self.console.log(line)
+        nats_missing = None
         if self.hub is not None:  # LIVE-WIRING
             self.console.log(f"  {self.hub.view.line()}")
+            if self.settings.live_outputs is not None and self.settings.live_outputs.nats_url is not None:
+                account = self.hub.view.nats_account(sum(s.view.total_live_handed for s in self.shards))
+                self.console.log(f"  {account.line()}")
+                if account.missing:
+                    nats_missing = account
         if self.fatal_message:
             self.console.log(f"ime-record: error: {self.fatal_message}")
+        if nats_missing is not None:
+            # --publish asked for every message in NATS: a run that leaves some out does not exit 0, even though
+            # the recording is whole (the hub only ever gets messages the workers have already recorded).
+            self.exit_code = self.exit_code or EXIT_RUNTIME
+            self.console.log(f"ime-record: error: NATS lacks {nats_missing.missing} of the {nats_missing.expected} "
+                             "messages --publish should have stored (see above); the recording is not affected: each "
+                             "was recorded before it was handed to the live hub")
         return self.exit_code
 
     def _disk_figures(self) -> DiskFigures | None:

@@ -1,5 +1,5 @@
-"""Asking Linux for a short CPU time slice for the thread that receives frames, and a lower priority for
-the thread that compresses them.
+"""Asking Linux for a short CPU time slice for the thread that receives frames, and for the lowest priority for
+the live hub, which must never take CPU time the workers need.
 
 Measured on the 2-core benchmark machine: when the segment writer thread compresses a 1 MiB frame
 (~0.5 ms) on the core the receive thread last ran on, the default EEVDF slice (~1.4 ms) lets it keep
@@ -13,13 +13,16 @@ The short slice is not enough for the processes the receive thread wakes. Traced
 20k msgs/s with `--relay` (2026-11-25): the live hub, with a 100 µs slice of its own, still waited
 1.2-1.6 ms behind the writer thread compressing a 1 MiB frame (every ~70 ms at that rate) on about one
 wake-up in 25, and so did a relay client: the woken task was not eligible to preempt under EEVDF's
-fairness. With live outputs on, the writer thread is niced (+10; `--writer-nice`): the scheduler then
-lets what wakes run first, while the writer still gets all the CPU nobody else wants. The relay's p99
-fell from 0.6-1.0 ms to 0.4-0.55 ms in alternating runs; full-speed throughput against the blaster did
-not change (402-421k msgs/s at nice 0, 399-438k at nice 10, six rounds each). Without live outputs it
-stays 0: the feed's own hop then gained nothing and was slightly worse niced (p99 at 20k msgs/s 200-310 µs
-against 235-400 µs over ten runs each; a niced writer preempted while it holds the GIL keeps the receive
-thread waiting).
+fairness. That is why the writer thread used to run at nice 10 whenever live outputs were on; but a niced writer
+loses to everything at nice 0, and at 100k msgs/s with `--publish` nats-server (nice 0, ~8 µs a message) starved
+it: reading paused behind the writer, and ime-sim dropped what the recorder could not take. Per thread
+(/proc/<pid>/task/<tid>/schedstat), in one such run of ~9 s the writer at nice 10 waited 7.6 s on the run queue
+for 0.5 s of CPU. Recording comes first, so now the hub yields instead (`yield_cpu`, SCHED_IDLE): it runs only on
+CPU time no normal task wants, a waking worker preempts it at once, and the writer keeps nice 0 unless the
+operator asks otherwise (`--writer-nice`). Measured at 100k msgs/s with `--publish` (8 s runs, load 1.5-3.4 from
+other work): hub at nice 0 and writer at 10 (before) lost 2,055-103,079 messages in each of four runs; hub idle
+and writer at 0 lost nothing in three (receive p99 16-47 ms); hub idle with the writer still at 10 lost 9,184 in
+one run of three. The relay pays for it: its p99 at 20k msgs/s rose from 1.1-1.4 ms to 1.8-3.9 ms (load 2-3).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import sys
 
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "arm64": 274}
 _SCHED_OTHER = 0
+# "normal": the live hub keeps the workers' priority instead of yielding (to compare, or to rule it out).
+HUB_PRIORITY_ENV = "IME_HUB_PRIORITY"
 # The kernel clamps custom slices to [0.1 ms, 100 ms].
 MIN_SLICE_US = 100
 MAX_SLICE_US = 100_000
-WRITER_NICE_WITH_LIVE = 10
 
 
 class _SchedAttr(ctypes.Structure):
@@ -94,8 +98,27 @@ def lower_priority(native_id: int, nice: int) -> str | None:
     return None
 
 
-def writer_nice_for(requested: int | None, live_outputs: bool) -> int:
-    """`--writer-nice` as given, else the default: lower only when live outputs have processes to wake."""
-    if requested is not None:
-        return requested
-    return WRITER_NICE_WITH_LIVE if live_outputs else 0
+def yield_cpu(pid: int = 0) -> str | None:
+    """Give a process the lowest priority there is (SCHED_IDLE; nice 19 where that is refused); None when done.
+
+    A SCHED_IDLE task runs only on CPU time that no normal task wants, and a normal task that wakes preempts it at
+    once. Only the thread `pid` names (0: the calling one) changes, and the threads it starts later inherit it:
+    call it before the process starts threads. Unprivileged (going back needs CAP_SYS_NICE).
+    """
+    if not sys.platform.startswith("linux"):
+        return f"not supported on {sys.platform}"
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        return None
+    except (OSError, AttributeError) as exc:
+        idle_refused = str(exc)
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
+    except OSError as exc:
+        return f"SCHED_IDLE refused ({idle_refused}), nice 19 refused ({exc.strerror})"
+    return None
+
+
+def hub_yields() -> bool:
+    """Whether the live hub runs at the lowest priority (the default) or, for comparison, at the workers'."""
+    return os.environ.get(HUB_PRIORITY_ENV, "").lower() != "normal"

@@ -49,7 +49,7 @@ from recorder.record.connection import (
 )
 from recorder.record.groups import CopyRun, GroupRun, Handover
 from recorder.record.listener import Append, RecordingListener, first_arrival_sink
-from recorder.record.live import close_live_output, make_live_output
+from recorder.record.live import close_live_output, live_handed, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
 from recorder.record.timeslice import lower_priority, request_slice
@@ -176,7 +176,6 @@ class Worker:
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._shutdown()
-        close_live_output(self._live)
         tick.cancel()
         status.cancel()
         return self.exit_code
@@ -221,6 +220,8 @@ class Worker:
         except SegmentWriteError as exc:
             self._send(m.Fatal(self.cfg.shard, str(exc)))
             self.exit_code = WORKER_EXIT_FATAL
+        # Before the final status, which then counts every message handed to the hub: nothing follows it.
+        close_live_output(self._live)
         self._send(self._status(final=True))
 
     def _received(self) -> int:
@@ -808,6 +809,7 @@ class Worker:
             groups=len(self.groups),
             groups_disconnected=sum(1 for g in self.groups.values() if g.open_copies == 0),
             final=final,
+            live_handed=live_handed(self._live),
         )
 
     async def _ticker(self) -> None:

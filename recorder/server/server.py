@@ -12,6 +12,7 @@ answers the upgrade with HTTP 403 instead, the other behaviour a real deployment
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -47,11 +48,13 @@ from recorder.server.slowclient import SlowClientPolicy
 from recorder.server.source import FeedSource
 from recorder.server.subscriber import CLOSE_TIMEOUT, Subscriber
 from recorder.server.tokens import Credentials, TokenAuthority
+from recorder.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008
 STATS_PATH = "/stats"
+PROTOCOL_ERROR_LOG_S = 60.0  # a client's protocol error: the first logged at once, then a summary at most this often
 
 
 @dataclass(slots=True)
@@ -114,6 +117,36 @@ class _Listener(WSListener):  # type: ignore[misc]
             self.sub._on_resume()
 
 
+class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows's logger for this server's connections, minus the protocol errors its clients make.
+
+    picows logs each malformed frame a client sends at ERROR, one line per frame, with no rate limit: a client
+    looping on a bad frame would flood the log with what is its own fault. Those go to the server, which counts
+    them and logs them throttled at WARNING; everything else passes through unchanged.
+    """
+
+    _CLIENT_FAULTS = ("WS parser error", "on_ws_frame raised WSProtocolError")
+
+    def __init__(self, server: FeedServer) -> None:
+        super().__init__(logging.getLogger("picows.server"), {})
+        self._server = server
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith(self._CLIENT_FAULTS):
+            self._server._client_protocol_error(args[0] if args else None)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def _protocol_error_text(info: object) -> str:
+    """picows's WSProtocolError args, (close code, reason), as one short phrase."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        code, reason = info[0], info[1]
+        with contextlib.suppress(TypeError, ValueError):
+            return f"{str(reason)[:200]} (closed with {int(code)})"
+    return str(info)[:200]
+
+
 class _Refusal(WSListener):  # type: ignore[misc]
     """Refused client (reject="close"): accept the upgrade, send CLOSE 1008 with the reason, hang up."""
 
@@ -155,6 +188,10 @@ class FeedServer:
         self._tokens_issued = 0
         self._cut_slow = 0
         self._started = time.time()
+        self.protocol_errors = 0  # frames clients sent that broke the WebSocket protocol (each closed the client)
+        self._protocol_log = Throttle(PROTOCOL_ERROR_LOG_S)
+        self._protocol_summary: asyncio.TimerHandle | None = None
+        self._last_protocol_error = ""
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -166,7 +203,7 @@ class FeedServer:
         self._ws_server = await ws_create_server(
             self._route, cfg.host, cfg.port,
             websocket_handshake_timeout=10, enable_auto_pong=True, max_frame_size=1 << 20,
-            logger_name="server", **kwargs,
+            logger_name=_PicowsLog(self), **kwargs,
         )
         await self._http.start(cfg.host, cfg.http_port)
         self._started = time.time()
@@ -190,6 +227,33 @@ class FeedServer:
             await asyncio.sleep(0)
         await self._http.close()
         self._ws_server = None
+        if self._protocol_summary is not None:  # what was held back is not lost with the server
+            self._protocol_summary.cancel()
+            self._summarise_protocol_errors()
+
+    # -- clients that break the protocol -------------------------------------------------------------
+
+    def _client_protocol_error(self, info: object) -> None:
+        """picows closed a client for a frame that breaks the protocol (see _PicowsLog): the client's fault."""
+        self.protocol_errors += 1
+        self._last_protocol_error = _protocol_error_text(info)
+        now = time.monotonic()
+        if self._protocol_log.hit(now):
+            log.warning("a client broke the WebSocket protocol: %s; its connection is closed (more are counted in "
+                        "/stats and summarised at most once a minute)", self._last_protocol_error)
+        elif self._protocol_summary is None:
+            self._protocol_summary = asyncio.get_running_loop().call_later(
+                self._protocol_log.wait_s(now), self._summarise_protocol_errors)
+
+    def _summarise_protocol_errors(self) -> None:
+        self._protocol_summary = None
+        since = self._protocol_log.last
+        now = time.monotonic()
+        held = self._protocol_log.take(now)
+        if held:
+            log.warning("%d more client(s) broke the WebSocket protocol in the last %.0fs (the last: %s); %d since the "
+                        "start; each connection was closed", held, now - (since or now), self._last_protocol_error,
+                        self.protocol_errors)
 
     # -- addresses -----------------------------------------------------------------------------------
 
@@ -328,6 +392,7 @@ class FeedServer:
             "connections": conns,
             "totals": {**totals, "connections": len(conns), "faults": dict(faults), "cut_slow": self._cut_slow},
             "refused": dict(self._refused),
+            "protocol_errors": self.protocol_errors,
             "tokens_issued": self._tokens_issued,
             "source": dict(source_stats),
         }
