@@ -1,8 +1,9 @@
 """`ime-record --config FILE`: a TOML file holding command-line options under their long names.
 
-Pure: the caller passes the command's options (long name → parameter name), so this module knows nothing
-about click beyond that mapping. Secrets never come from the file itself: a service's config file is
-usually readable by more people than its environment file, so a password or token in it is refused.
+Pure: the caller passes the options (long name → parameter name, and their kinds), so this module knows nothing
+about click. Which keys hold secrets or URLs is the settings tree's (recorder/model/settings.py). Secrets never
+come from the file itself: a service's config file is usually readable by more people than its environment file,
+so a password or token in it is refused.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from recorder.errors import UserError
+from recorder.model.settings import OPTIONS
 from recorder.redact import MASK, redact_url
 
-URL_KEYS = frozenset({"base-url", "token-url", "publish", "nats-url"})
-
+URL_KEYS = frozenset(o.name for o in OPTIONS if o.url)
 # Keys that hold a secret in clear; each says where the secret belongs instead.
-SECRET_KEYS: dict[str, str] = {
-    "password": "set IME_PASSWORD in the environment (file) or name a file with password-file",
-    "token": "set IME_TOKEN in the environment (file) or name a file with token-file",
-    "relay-token": "set IME_RELAY_TOKEN in the environment (file)",
-}
+SECRET_KEYS = {o.name: o.secret_hint() for o in OPTIONS if o.secret}
 # Options that make no sense inside the file they would be read from.
 NOT_IN_FILE = frozenset({"config", "print-config", "help", "version"})
 

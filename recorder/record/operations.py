@@ -21,14 +21,15 @@ from recorder.errors import RuntimeFailure
 from recorder.events import Event
 from recorder.feed.token import token_expiry
 from recorder.humanize import human_bytes
+from recorder.model.settings import OpsSettings
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
-from recorder.record.diskguard import GB, DiskGuard, DiskLevel, free_bytes
+from recorder.record.diskguard import DiskGuard, DiskLevel, free_bytes
 from recorder.record.hooks import HookRunner, parse_command
 from recorder.record.metrics import Figure
 from recorder.record.renewal import renew_at
 from recorder.record.retention import SegmentFile, plan_removals, remove, scan
 from recorder.record.sdnotify import Notifier
-from recorder.record.sessions import DEFAULT_SESSIONS, Session, StallAlarm, describe, in_session, parse_sessions
+from recorder.record.sessions import Session, StallAlarm, describe, in_session, parse_sessions
 from recorder.record.status import ShardView
 
 log = logging.getLogger("recorder.operations")
@@ -37,50 +38,21 @@ log = logging.getLogger("recorder.operations")
 _SETTLED = frozenset({"refused", "empty", "failed", "stopped"})
 
 
-@dataclass(frozen=True, slots=True)
-class OpsSettings:
-    retain_days: float | None = None
-    retain_bytes: int | None = None
-    warn_free_bytes: int | None = None
-    min_free_bytes: int | None = None
-    on_sealed: str | None = None
-    on_sealed_jobs: int = 2
-    stall_alert_s: float | None = None
-    sessions: tuple[Session, ...] = ()
-    notify: bool = True
-    scan_interval_s: float = 2.0
-    hook_backoff_s: float = 2.0
+def check_ops(settings: OpsSettings) -> None:
+    """What the settings tree cannot check itself: the --on-sealed command and --sessions (one line, exit 2)."""
+    if settings.on_sealed is not None:
+        parse_command(settings.on_sealed)
+    parse_sessions(settings.sessions)
 
-    @classmethod
-    def build(cls, *, retain_days: float | None = None, retain_gb: float | None = None,
-              warn_free_gb: float | None = None, min_free_gb: float | None = None, on_sealed: str | None = None,
-              on_sealed_jobs: int = 2, stall_alert_s: float | None = None, sessions: str = DEFAULT_SESSIONS,
-              notify: bool = True) -> OpsSettings:
-        """From the command line's units (GB, a sessions string); one-line UserError when inconsistent."""
-        if on_sealed is not None:
-            parse_command(on_sealed)
-        if warn_free_gb is not None and min_free_gb is not None and warn_free_gb < min_free_gb:
-            raise RuntimeFailure("--warn-free-gb must not be below --min-free-gb", exit_code=2)
-        return cls(
-            retain_days=retain_days,
-            retain_bytes=int(retain_gb * GB) if retain_gb is not None else None,
-            warn_free_bytes=int(warn_free_gb * GB) if warn_free_gb is not None else None,
-            min_free_bytes=int(min_free_gb * GB) if min_free_gb is not None else None,
-            on_sealed=on_sealed,
-            on_sealed_jobs=on_sealed_jobs,
-            stall_alert_s=stall_alert_s,
-            sessions=parse_sessions(sessions),
-            notify=notify,
-        )
 
-    def check_disk_before_start(self, out_dir: Path) -> None:
-        """Refuse to start on a disk already below --min-free-gb: one line, exit 1, nothing recorded."""
-        if self.min_free_bytes is None:
-            return
-        free = free_bytes(out_dir)
-        if free < self.min_free_bytes:
-            raise RuntimeFailure(f"{out_dir} has {human_bytes(free)} free, below --min-free-gb "
-                                 f"({human_bytes(self.min_free_bytes)}); free some space or lower the limit")
+def check_disk_before_start(settings: OpsSettings, out_dir: Path) -> None:
+    """Refuse to start on a disk already below --min-free-gb: one line, exit 1, nothing recorded."""
+    if settings.min_free_bytes is None:
+        return
+    free = free_bytes(out_dir)
+    if free < settings.min_free_bytes:
+        raise RuntimeFailure(f"{out_dir} has {human_bytes(free)} free, below --min-free-gb "
+                             f"({human_bytes(settings.min_free_bytes)}); free some space or lower the limit")
 
 
 def settled(views: list[ShardView]) -> bool:
@@ -102,6 +74,7 @@ class Operations:
     guard: DiskGuard = field(default_factory=DiskGuard)
     hooks: HookRunner | None = None
     stall: StallAlarm | None = None
+    sessions: tuple[Session, ...] = ()  # settings.sessions, parsed
     ready: bool = False
     started_ns: int = field(default_factory=clock.time_ns)
     disk_free: int = -1
@@ -117,6 +90,7 @@ class Operations:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.sessions = parse_sessions(s.sessions)
         self.guard = DiskGuard(s.warn_free_bytes, s.min_free_bytes)
         if self.notifier is None and s.notify:
             self.notifier = Notifier()
@@ -124,7 +98,7 @@ class Operations:
             self.hooks = HookRunner(s.on_sealed, self.out_dir, jobs=s.on_sealed_jobs,
                                     backoff_base_s=s.hook_backoff_s)
         if s.stall_alert_s is not None:
-            self.stall = StallAlarm(s.stall_alert_s, s.sessions)
+            self.stall = StallAlarm(s.stall_alert_s, self.sessions)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -336,7 +310,7 @@ class Operations:
             # Exported whether or not --stall-alert is on: alert rules tell silence in a session (an outage)
             # from silence at night (normal) by it.
             Figure("ime_recorder_trading_session", "gauge", "1 while the clock is within --sessions (Asia/Tehran)",
-                   float(in_session(self.settings.sessions, clock.time_ns()))),
+                   float(in_session(self.sessions, clock.time_ns()))),
             Figure("ime_recorder_retention_removed_files", "counter", "segments removed by retention",
                    self.retention_removed_total),
             Figure("ime_recorder_retention_removed_bytes", "counter", "bytes removed by retention",
