@@ -61,6 +61,62 @@ def settled(views: list[ShardView]) -> bool:
 
 
 @dataclass(slots=True)
+class TokenRenewal:
+    """Renews the token ahead of its `exp` (renewal.py says when) and hands it to every shard."""
+
+    tokens: TokenProvider
+    fail: Callable[[str], None]
+    broadcast_token: Callable[[str, int], object]
+    renewals_total: int = 0
+    failures_total: int = 0
+
+    async def run(self) -> None:
+        warned_gen = -1
+        obtained: dict[int, float] = {}  # generation → when this loop first saw it (wall clock)
+        while True:
+            gen = self.tokens.gen
+            obtained.setdefault(gen, time.time())
+            exp = token_expiry(self.tokens.token)
+            if exp is None:
+                await asyncio.sleep(30)  # no exp claim (or no JWT): nothing to plan; the token may change
+                continue
+            due = renew_at(exp, obtained[gen])
+            wait = due - time.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 30))  # re-plan at least every 30 s: a refusal may renew it first
+                continue
+            if self.tokens.gen != gen:
+                continue
+            try:
+                token, new_gen = await self.tokens.refresh(gen)
+            except TokenUnavailable:
+                if warned_gen != gen:
+                    warned_gen = gen
+                    log.warning("the token expires in %.0fs and the %s cannot give a fresh one; replace it",
+                                exp - time.time(), self.tokens.source)
+                await asyncio.sleep(max(1.0, min(30.0, exp - time.time())))
+                continue
+            except CredentialsRefused as exc:
+                self.failures_total += 1
+                self.fail(str(exc))
+                return
+            except RuntimeFailure as exc:
+                self.failures_total += 1
+                log.error("renewing the token before it expires failed: %s; retrying in 5s", exc)
+                await asyncio.sleep(5)
+                continue
+            self.renewals_total += 1
+            left = token_expiry(token)
+            log.info("token renewed ahead of expiry (generation %d%s)", new_gen,
+                     f", valid for {left - time.time():.0f}s" if left is not None else "")
+            self.broadcast_token(token, new_gen)
+
+    def remaining_s(self) -> float | None:
+        exp = token_expiry(self.tokens.token) if self.tokens.token else None
+        return None if exp is None else exp - time.time()
+
+
+@dataclass(slots=True)
 class Operations:
     settings: OpsSettings
     out_dir: Path
@@ -81,8 +137,7 @@ class Operations:
     retention_removed_total: int = 0
     retention_removed_bytes_total: int = 0
     retention_errors_total: int = 0
-    token_renewals_total: int = 0
-    token_renewal_failures_total: int = 0
+    renewal: TokenRenewal = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scanning: bool = False
     last_tick: float = field(default_factory=time.monotonic)
@@ -90,6 +145,7 @@ class Operations:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.renewal = TokenRenewal(self.tokens, self.fail, self.broadcast_token)
         self.sessions = parse_sessions(s.sessions)
         self.guard = DiskGuard(s.warn_free_bytes, s.min_free_bytes)
         if self.notifier is None and s.notify:
@@ -106,7 +162,7 @@ class Operations:
         loop = asyncio.get_running_loop()
         if self.notifier is not None and self.notifier.watchdog_s is not None:
             self._tasks.append(loop.create_task(self._watchdog(self.notifier.watchdog_s)))
-        self._tasks.append(loop.create_task(self._renew_tokens()))
+        self._tasks.append(loop.create_task(self.renewal.run()))
         if self.stall is not None:
             log.info("stall alert after %gs without a message during sessions %s (Asia/Tehran)",
                      self.stall.after_s, describe(self.stall.sessions))
@@ -234,53 +290,6 @@ class Operations:
         if removed and self.hooks is not None:
             self.hooks.forget(removed)
 
-    # --- tokens ---------------------------------------------------------------------------------
-
-    async def _renew_tokens(self) -> None:
-        warned_gen = -1
-        obtained: dict[int, float] = {}  # generation → when this loop first saw it (wall clock)
-        while True:
-            gen = self.tokens.gen
-            obtained.setdefault(gen, time.time())
-            exp = token_expiry(self.tokens.token)
-            if exp is None:
-                await asyncio.sleep(30)  # no exp claim (or no JWT): nothing to plan; the token may change
-                continue
-            due = renew_at(exp, obtained[gen])
-            wait = due - time.time()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 30))  # re-plan at least every 30 s: a refusal may renew it first
-                continue
-            if self.tokens.gen != gen:
-                continue
-            try:
-                token, new_gen = await self.tokens.refresh(gen)
-            except TokenUnavailable:
-                if warned_gen != gen:
-                    warned_gen = gen
-                    log.warning("the token expires in %.0fs and the %s cannot give a fresh one; replace it",
-                                exp - time.time(), self.tokens.source)
-                await asyncio.sleep(max(1.0, min(30.0, exp - time.time())))
-                continue
-            except CredentialsRefused as exc:
-                self.token_renewal_failures_total += 1
-                self.fail(str(exc))
-                return
-            except RuntimeFailure as exc:
-                self.token_renewal_failures_total += 1
-                log.error("renewing the token before it expires failed: %s; retrying in 5s", exc)
-                await asyncio.sleep(5)
-                continue
-            self.token_renewals_total += 1
-            left = token_expiry(token)
-            log.info("token renewed ahead of expiry (generation %d%s)", new_gen,
-                     f", valid for {left - time.time():.0f}s" if left is not None else "")
-            self.broadcast_token(token, new_gen)
-
-    def token_remaining_s(self) -> float | None:
-        exp = token_expiry(self.tokens.token) if self.tokens.token else None
-        return None if exp is None else exp - time.time()
-
     # --- stall alarm ----------------------------------------------------------------------------
 
     def _check_stall(self, views: list[ShardView], now_ns: int) -> None:
@@ -318,11 +327,11 @@ class Operations:
             Figure("ime_recorder_retention_errors", "counter", "segments retention could not remove",
                    self.retention_errors_total),
             Figure("ime_recorder_token_renewals", "counter", "tokens renewed ahead of expiry",
-                   self.token_renewals_total),
+                   self.renewal.renewals_total),
             Figure("ime_recorder_token_renewal_failures", "counter", "failed attempts to renew the token early",
-                   self.token_renewal_failures_total),
+                   self.renewal.failures_total),
         ]
-        remaining = self.token_remaining_s()
+        remaining = self.renewal.remaining_s()
         out.append(Figure("ime_recorder_token_remaining_seconds", "gauge",
                           "seconds until the token's exp claim (-1: no exp)",
                           remaining if remaining is not None else -1.0))
