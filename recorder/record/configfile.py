@@ -126,7 +126,8 @@ def _toml_value(value: Any) -> str:
 
 
 def shown_value(key: str, value: Any) -> str:
-    """One option's value for a log line (a reload's changes): secrets masked, URLs without credentials."""
+    """One option's value as TOML (a reload's changes, --print-config): secrets masked, URLs without credentials
+    (user:password@, ?token=)."""
     if key in SECRET_KEYS and value:
         return f'"{MASK}"'
     if value is None:
@@ -144,15 +145,9 @@ def render_effective(settings: Iterable[tuple[str, Any, str]]) -> list[str]:
     lines = []
     for key, value, source in settings:
         if key in SECRET_KEYS and value:
-            lines.append(f'# {key} = "{MASK}"  # {source}; secrets are never printed')
-        elif key in URL_KEYS and value:
-            # A URL may carry credentials (user:password@, ?token=): shown without them.
-            urls = [str(v) for v in value] if isinstance(value, list | tuple) else None
-            shown = [redact_url(u) for u in urls] if urls is not None else ",".join(
-                redact_url(u) for u in str(value).split(","))
-            lines.append(f"{key} = {_toml_value(shown)}  # {source}")
+            lines.append(f"# {key} = {shown_value(key, value)}  # {source}; secrets are never printed")
         elif value is None:
             lines.append(f"# {key} =  # not set")
         else:
-            lines.append(f"{key} = {_toml_value(value)}  # {source}")
+            lines.append(f"{key} = {shown_value(key, value)}  # {source}")
     return lines
