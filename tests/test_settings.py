@@ -64,7 +64,7 @@ def test_the_library_defaults_are_the_tree_defaults():
     for fn in (split_contracts, regroup):
         assert inspect.signature(fn).parameters["max_url_length"].default == DEFAULTS.connection.max_url_length
     demo = inspect.signature(DemoSimulator).parameters
-    assert (demo["contracts"].default, demo["rate"].default) == (DEFAULTS.demo.demo_contracts, DEFAULTS.demo.demo_rate)
+    assert (demo["contracts"].default, demo["rate"].default) == (DEFAULTS.demo.contracts, DEFAULTS.demo.rate)
 
 
 def test_options_fill_fields_in_the_fields_units():

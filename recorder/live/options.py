@@ -75,9 +75,3 @@ def for_run(settings: LiveSettings, kind: str, contracts: tuple[str, ...]) -> Li
     # Abstract socket namespace: nothing on disk to clean up, and unique to this run.
     return replace(settings, address=f"\0ime-record-live-{os.getpid()}-{uuid.uuid4().hex[:8]}", kind=kind,
                    contracts=contracts)
-
-
-def live_settings(kind: str, contracts: tuple[str, ...], **options: object) -> LiveSettings | None:
-    """From option values (LiveSettings.build's) to the run's settings, checked; None when live outputs are off."""
-    checked = check_live(LiveSettings.build(**options))
-    return for_run(checked, kind, contracts) if checked is not None else None

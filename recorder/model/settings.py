@@ -1,14 +1,10 @@
-"""The settings of a recording: one frozen tree, every default written once.
+"""The settings of a recording: one frozen tree of sections, every default written once.
 
-Each section is a frozen dataclass; each field a user sets carries its option once (`opt`): the long name, which is
-also its `--config` key, the help, the type and range, the unit (`--frame-kib` fills `frame_bytes`), the environment
-variable, whether it is a secret, whether it repeats and whether a reload (SIGHUP) applies it. Defaults are written
-in the option's units, as `--help` shows them; the field holds them converted. From the tree come `ime-record`'s
-options (recorder/record/clioptions.py turns the metadata into click options), the config file's keys and type
-checks, `--print-config`, the reload's list of changes, what a worker and the live hub are given (sections of the
-tree, picklable), and the library's defaults (DEFAULTS: the segment writer's, the deduper's window, the feed URLs).
-
-Pure and the lowest floor: no click, no I/O; every layer may import it.
+Each field a user sets carries its option once (`opt`): long name (= config-file key), help, kind and range, unit
+(`--frame-kib` fills `frame_bytes`), environment variable, secret or not, repeatable or not, what a reload does with
+it; its default is written in the option's units, as `--help` shows it. From the tree come ime-record's options,
+--config's keys and checks, --print-config and a reload's changes (recorder/record/clioptions.py), what a worker and
+the live hub are given (sections, picklable), and the library's defaults (DEFAULTS). Pure, the lowest floor.
 """
 
 from __future__ import annotations
@@ -16,8 +12,8 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +48,9 @@ class Reload(enum.Enum):
     WITH_CONTRACTS = "with contracts"  # a contract source: applied when its contracts were re-read
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    factor: int
-    whole: bool  # the field counts whole units (bytes): truncated to an int
-
-
-KIB = Unit(1 << 10, whole=True)
-MIB = Unit(1 << 20, whole=True)
-GB = Unit(1 << 30, whole=True)
-MINUTES = Unit(60, whole=False)
+# Units: option value × unit = field value; an int unit counts whole units (bytes), a float one keeps fractions.
+KIB, MIB, GB = 1 << 10, 1 << 20, 1 << 30
+MINUTES = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +64,9 @@ class Opt:
     min: float | None = None
     max: float | None = None
     min_open: bool = False
-    unit: Unit | None = None
-    # Option value and "--name" → field value (UserError naming the option); `spread`: a dict of several fields.
+    unit: float | None = None
+    # Option value and "--name" → field value (UserError naming the option), or a dict of several fields' values.
     parse: Callable[[Any, str], Any] | None = None
-    spread: bool = False
     env: str | None = None
     secret: bool = False  # refused in a config file, masked wherever shown, warned about on the command line
     secret_file: str | None = None  # the option that reads the secret from a file instead
@@ -101,8 +89,7 @@ class Opt:
         if self.parse is not None:
             return self.parse(value, f"--{self.name}")
         if self.unit is not None:
-            scaled = value * self.unit.factor
-            return int(scaled) if self.unit.whole else float(scaled)
+            return int(value * self.unit) if isinstance(self.unit, int) else float(value * self.unit)
         return float(value) if self.kind is Kind.FLOAT else value
 
     def secret_hint(self) -> str:
@@ -114,8 +101,7 @@ class Opt:
 def opt(default: Any, help: str, kind: Kind = Kind.TEXT, **meta: Any) -> Any:
     """A field with its option; the field's default is `default` converted to the field's units."""
     option = Opt(help, kind, default, **meta)
-    value = None if option.spread else option.to_field(default)
-    return field(default=value, metadata={"opt": option})
+    return field(default=option.to_field(default), repr=not option.secret, metadata={"opt": option})
 
 
 # --- values: pure parsers of what options are written as ---------------------------------------------------------
@@ -156,10 +142,6 @@ def _stream_name(name: str, option: str) -> str:
     return name
 
 
-def _or_none(value: str, _option: str) -> str | None:
-    return value or None
-
-
 # --- the sections ----------------------------------------------------------------------------------------------------
 
 
@@ -169,9 +151,11 @@ class Section:
     __slots__ = ()
 
     @classmethod
+    @functools.cache
     def options(cls) -> tuple[tuple[str, Opt], ...]:
-        """(field name, option) of every field a user sets, in order."""
-        return _options(cls)
+        """(field name, option) of every field a user sets, in order; a name not given is the field's."""
+        return tuple((f.name, o if o.name else replace(o, name=f.name.replace("_", "-")))
+                     for f in fields(cls) if (o := f.metadata.get("opt")) is not None)
 
     @classmethod
     def build(cls, **values: Any) -> Any:
@@ -182,8 +166,8 @@ class Section:
             if option.param not in values:
                 continue
             value = option.to_field(values[option.param])
-            if option.spread:
-                kwargs.update(value or {})
+            if isinstance(value, dict):
+                kwargs.update(value)
             else:
                 kwargs[name] = value
         built = cls(**kwargs)
@@ -192,16 +176,6 @@ class Section:
 
     def check(self) -> None:
         """Refuse values that do not go together (one line, exit 2)."""
-
-
-@functools.cache
-def _options(cls: type) -> tuple[tuple[str, Opt], ...]:
-    out = []
-    for f in fields(cls):
-        option = f.metadata.get("opt")
-        if option is not None:
-            out.append((f.name, option if option.name else replace(option, name=f.name.replace("_", "-"))))
-    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +214,6 @@ class Credentials(Section):
     password_file: Path | None = opt(None, "File holding the password (its first line); not visible in `ps` like "
                                      "--password is.", Kind.PATH)
     token_url: str = opt("https://core.hedgetech.ir/auth/user/token/issue", "Token endpoint.", url=True)
-
-    def __repr__(self) -> str:  # never the secrets
-        return f"Credentials(token={'set' if self.token else 'unset'}, username={self.username!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +290,10 @@ class StorageSettings(Section):
 
 @dataclass(frozen=True, slots=True)
 class DemoSettings(Section):
-    demo: bool = opt(False, "Start the built-in IME simulator on 127.0.0.1 and record from it.", Kind.FLAG)
-    demo_contracts: int = opt(24, "With --demo: contracts the simulator lists.", Kind.INT, min=1, max=10_000)
-    demo_rate: float = opt(2000, "With --demo: total messages/s the simulator sends.", Kind.FLOAT, min=0)
+    on: bool = opt(False, "Start the built-in IME simulator on 127.0.0.1 and record from it.", Kind.FLAG, name="demo")
+    contracts: int = opt(24, "With --demo: contracts the simulator lists.", Kind.INT, name="demo-contracts", min=1,
+                         max=10_000)
+    rate: float = opt(2000, "With --demo: total messages/s the simulator sends.", Kind.FLOAT, name="demo-rate", min=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,11 +305,11 @@ class LiveSettings(Section):
     contracts: tuple[str, ...] = ()
     shard: int = 0  # set per worker
     relay_host: str | None = opt(None, "Serve the live feed to local IME clients (both endpoints, real paths); host "
-                                 "127.0.0.1 by default.", name="relay", metavar="[HOST:]PORT", parse=_relay,
-                                 spread=True)
+                                 "127.0.0.1 by default.", name="relay", metavar="[HOST:]PORT", parse=_relay)
     relay_port: int | None = None  # with relay_host, from --relay
     relay_token: str | None = opt(None, "Relay clients must send this Authorization token (prefer the "
-                                  "IME_RELAY_TOKEN variable).", env="IME_RELAY_TOKEN", secret=True, parse=_or_none)
+                                  "IME_RELAY_TOKEN variable).", env="IME_RELAY_TOKEN", secret=True,
+                                  parse=lambda token, _: token or None)
     relay_client_buffer: int = opt(4096, "A relay client with more than this much unread is cut (close code 1013); "
                                    "the relay never waits.", Kind.INT, name="relay-client-kib", min=16, unit=KIB)
     nats_url: str | None = opt(None, "Publish every message to NATS JetStream (needs the 'nats' extra); "
@@ -425,19 +397,9 @@ class Settings:
     @classmethod
     def build(cls, **values: Any) -> Settings:
         """The tree from option values by parameter name (click's), e.g. Settings.build(frame_kib=64)."""
-        return cls(**{f.name: _section(f).build(**values) for f in fields(cls)})
+        return cls(**{name: section.build(**values) for name, section in SECTIONS.items()})
 
 
-def _section(f: Any) -> type[Section]:
-    assert f.default_factory is not MISSING
-    return f.default_factory  # type: ignore[no-any-return]
-
-
-def _all_options() -> Iterator[Opt]:
-    for f in fields(Settings):
-        for _, option in _section(f).options():
-            yield option
-
-
-OPTIONS: tuple[Opt, ...] = tuple(_all_options())  # every option of the tree, in order
+SECTIONS: dict[str, type[Section]] = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+OPTIONS = tuple(o for section in SECTIONS.values() for _, o in section.options())  # every option, in order
 DEFAULTS = Settings()

@@ -96,25 +96,21 @@ def make_reread(ctx: click.Context, connection: ConnectionSettings) -> Callable[
         try:
             params = command.make_context(info_name, list(argv), obj=RELOADING).params
             chosen = load_contracts(ContractSource.build(**params))
-            if chosen is not None and chosen[0] is kind:
-                check_url_length(connection, kind, chosen[1].contracts)
+            listed = chosen[1] if chosen is not None and chosen[0] is kind else None
+            if listed is not None:
+                check_url_length(connection, kind, listed.contracts)
         except UserError as exc:
             raise ReloadError(str(exc)) from None
         except click.ClickException as exc:
             raise ReloadError(exc.format_message()) from None
-        changes: list[SettingChange] = []
-        contracts: tuple[str, ...] | None = None
-        duplicates: tuple[str, ...] = ()
-        if chosen is not None and chosen[0] is not kind:
-            changes.append(SettingChange("endpoint", kind.value, chosen[0].value, applied=False))
-        elif chosen is not None:
-            contracts, duplicates = chosen[1].contracts, chosen[1].duplicates
-        changes += setting_changes(start, params, contracts_reread=contracts is not None)
+        changes = ([SettingChange("endpoint", kind.value, chosen[0].value, applied=False)]
+                   if chosen is not None and listed is None else [])
+        changes += setting_changes(start, params, contracts_reread=listed is not None)
         files = [str(params[k]) for k in ("ids_file", "names_file") if params[k] is not None]
         if params["config"] is not None:
             files.append(f"config {params['config']}")
-        return Reread(contracts, ", ".join(files) or "the command line", tuple(changes),
-                      duplicates, status_interval_s=float(params["status_interval"]))
+        return Reread(listed.contracts if listed else None, ", ".join(files) or "the command line", tuple(changes),
+                      listed.duplicates if listed else (), status_interval_s=float(params["status_interval"]))
 
     return reread
 
@@ -153,17 +149,17 @@ def record(settings: Settings, ctx: click.Context) -> int:
     settings, chosen = check_before_start(settings)
     sim = None
     try:  # the demo simulator is a child process: stop it on every way out
-        if settings.demo.demo:
+        if settings.demo.on:
             from recorder.record.demo import DemoSimulator
 
-            sim = DemoSimulator(contracts=settings.demo.demo_contracts, rate=settings.demo.demo_rate)
+            sim = DemoSimulator(contracts=settings.demo.contracts, rate=settings.demo.rate)
             sim.start()
             settings = replace(settings, connection=replace(settings.connection, base_urls=(sim.base_url,)),
                                credentials=Credentials(token_url=sim.token_url, username=sim.username,
                                                        password=sim.password))
             chosen = chosen or (EndpointKind.ID, ContractList(tuple(sim.ids), ()))
             log.info("demo: simulator pid %d at %s with %d contracts", sim.pid, sim.base_url,
-                     settings.demo.demo_contracts)
+                     settings.demo.contracts)
         assert chosen is not None
         run, tokens = run_settings(settings, chosen, ctx)
         return run_supervisor(run, tokens)
@@ -181,7 +177,7 @@ def check_before_start(settings: Settings) -> tuple[Settings, Chosen | None]:
     if settings.run.metrics_port:
         check_port_free(settings.run.metrics_host, settings.run.metrics_port)
     chosen = load_contracts(settings.contracts)
-    demo = settings.demo.demo
+    demo = settings.demo.on
     if chosen is None and not demo:
         raise UserError("no contracts: give --ids-file, --names-file, --ids or --names (or --demo)")
     base_urls = settings.connection.base_urls

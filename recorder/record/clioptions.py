@@ -39,24 +39,13 @@ _KINDS = {o.param: (o.kind.toml, o.repeatable) for o in OPTIONS}  # what configf
 
 def setting_options(fn: F) -> F:
     """One click option per option of the settings tree, in the tree's order."""
-    for option in reversed(OPTIONS):
-        fn = click.option(*_declarations(option), **_attributes(option))(fn)
+    for o in reversed(OPTIONS):
+        long = f"--{o.name}/--no-{o.name}" if o.kind is Kind.SWITCH else f"--{o.name}"
+        kind = {Kind.FLAG: {"is_flag": True}, Kind.COUNT: {"count": True}}.get(o.kind) or {
+            "type": _click_type(o), "show_default": o.default is not None}
+        fn = click.option(*([o.short] if o.short else []), long, o.param, help=o.help, default=o.default,
+                          envvar=o.env, multiple=o.repeatable, metavar=o.metavar, **kind)(fn)
     return fn
-
-
-def _declarations(o: Opt) -> list[str]:
-    long = f"--{o.name}/--no-{o.name}" if o.kind is Kind.SWITCH else f"--{o.name}"
-    return [*([o.short] if o.short else []), long, o.param]
-
-
-def _attributes(o: Opt) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"help": o.help, "default": o.default, "envvar": o.env, "multiple": o.repeatable,
-                                  "metavar": o.metavar}
-    if o.kind is Kind.FLAG:
-        return {**attributes, "is_flag": True}
-    if o.kind is Kind.COUNT:
-        return {**attributes, "count": True}
-    return {**attributes, "type": _click_type(o), "show_default": o.default is not None}
 
 
 def _click_type(o: Opt) -> click.ParamType | None:
@@ -65,11 +54,7 @@ def _click_type(o: Opt) -> click.ParamType | None:
         return click.IntRange(o.min, o.max, min_open=o.min_open) if ranged else click.INT  # type: ignore[arg-type]
     if o.kind is Kind.FLOAT:
         return click.FloatRange(o.min, o.max, min_open=o.min_open) if ranged else click.FLOAT
-    if o.kind is Kind.PATH:
-        return click.Path(path_type=Path)
-    if o.kind is Kind.FILE:
-        return click.Path(exists=True, dir_okay=False)
-    return None
+    return {Kind.PATH: click.Path(path_type=Path), Kind.FILE: click.Path(exists=True, dir_okay=False)}.get(o.kind)
 
 
 def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:

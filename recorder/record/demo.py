@@ -28,7 +28,7 @@ def _die_with_parent() -> None:
 
 
 class DemoSimulator:
-    def __init__(self, contracts: int = DEFAULTS.demo.demo_contracts, rate: float = DEFAULTS.demo.demo_rate,
+    def __init__(self, contracts: int = DEFAULTS.demo.contracts, rate: float = DEFAULTS.demo.rate,
                  seed: int = 1404, extra_args: tuple[str, ...] = ()) -> None:
         self.contracts = contracts
         self.rate = rate
