@@ -15,11 +15,13 @@ from click.core import ParameterSource
 
 from recorder.errors import UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, regroup, split_contracts
+from recorder.live.options import check_live
 from recorder.model.settings import DEFAULTS, OPTIONS, Kind, LiveSettings, OpsSettings, Reload, Settings
 from recorder.record.cli import main
 from recorder.record.clioptions import effective_settings, setting_changes
 from recorder.record.config import WorkerConfig
 from recorder.record.demo import DemoSimulator
+from recorder.record.operations import check_ops
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, NativeDeduper, PyDeduper
 from recorder.segment.writer import SegmentWriter
 
@@ -85,13 +87,21 @@ def test_options_fill_fields_in_the_fields_units():
     ({"relay": "host:port"}, "bad --relay 'host:port'"),
     ({"nats_max_age": "soon"}, "bad --nats-max-age 'soon'"),
     ({"nats_stream": "a.b"}, "bad --nats-stream"),
-    ({"nats_max_age": "1m"}, "--nats-duplicate-window cannot be longer than --nats-max-age"),
-    ({"warn_free_gb": 1, "min_free_gb": 2}, "--warn-free-gb must not be below --min-free-gb"),
 ])
 def test_values_an_option_refuses_are_one_line_naming_it(values, needle):
     with pytest.raises(UserError) as err:
         Settings.build(**values)
     assert needle in str(err.value) and "\n" not in str(err.value) and err.value.exit_code == 2
+
+
+def test_what_the_tree_cannot_check_is_checked_before_start_in_one_line():
+    with pytest.raises(UserError, match="--warn-free-gb must not be below --min-free-gb") as err:
+        check_ops(OpsSettings.build(warn_free_gb=1, min_free_gb=2))
+    assert err.value.exit_code == 2
+    with pytest.raises(UserError, match="--nats-duplicate-window cannot be longer than --nats-max-age"):
+        check_live(LiveSettings.build(relay="0", nats_max_age="1m"))
+    with pytest.raises(UserError, match="--sessions"):
+        check_ops(OpsSettings.build(sessions="someday"))
 
 
 def _sample(o, folder: Path) -> object:

@@ -67,6 +67,8 @@ def check_live(settings: LiveSettings) -> LiveSettings | None:
                         "feed%s", host, "" if settings.relay_token else "; set IME_RELAY_TOKEN to require a token")
     if settings.nats_url is not None:
         check_nats_url(settings.nats_url)
+    if settings.nats_duplicate_window_s > settings.nats_max_age_s:
+        raise UserError("--nats-duplicate-window cannot be longer than --nats-max-age")
     return settings
 
 

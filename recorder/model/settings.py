@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from recorder.errors import RuntimeFailure, UserError
+from recorder.errors import UserError
 
 
 class Kind(enum.Enum):
@@ -170,12 +170,7 @@ class Section:
                 kwargs.update(value)
             else:
                 kwargs[name] = value
-        built = cls(**kwargs)
-        built.check()
-        return built
-
-    def check(self) -> None:
-        """Refuse values that do not go together (one line, exit 2)."""
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +334,6 @@ class LiveSettings(Section):
     def enabled(self) -> bool:
         return self.relay_port is not None or self.nats_url is not None
 
-    def check(self) -> None:
-        if self.nats_duplicate_window_s > self.nats_max_age_s:
-            raise UserError("--nats-duplicate-window cannot be longer than --nats-max-age")
-
 
 @dataclass(frozen=True, slots=True)
 class OpsSettings(Section):
@@ -367,11 +358,6 @@ class OpsSettings(Section):
                        Kind.SWITCH)
     scan_interval_s: float = 2.0
     hook_backoff_s: float = 2.0
-
-    def check(self) -> None:
-        if (self.warn_free_bytes is not None and self.min_free_bytes is not None
-                and self.warn_free_bytes < self.min_free_bytes):
-            raise RuntimeFailure("--warn-free-gb must not be below --min-free-gb", exit_code=2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,10 +39,14 @@ _SETTLED = frozenset({"refused", "empty", "failed", "stopped"})
 
 
 def check_ops(settings: OpsSettings) -> None:
-    """What the settings tree cannot check itself: the --on-sealed command and --sessions (one line, exit 2)."""
+    """What the settings tree cannot check itself: the --on-sealed command, --sessions, and the disk limits
+    together (one line, exit 2)."""
     if settings.on_sealed is not None:
         parse_command(settings.on_sealed)
     parse_sessions(settings.sessions)
+    warn, low = settings.warn_free_bytes, settings.min_free_bytes
+    if warn is not None and low is not None and warn < low:
+        raise RuntimeFailure("--warn-free-gb must not be below --min-free-gb", exit_code=2)
 
 
 def check_disk_before_start(settings: OpsSettings, out_dir: Path) -> None:
