@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from recorder.errors import UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, regroup, split_contracts
 from recorder.live.options import check_live
-from recorder.model.settings import DEFAULTS, OPTIONS, Kind, LiveSettings, OpsSettings, Reload, Settings
+from recorder.model.settings import DEFAULTS, OPTIONS, LiveSettings, OpsSettings, Reload, Settings
 from recorder.record.cli import main
 from recorder.record.clioptions import effective_settings, setting_changes
 from recorder.record.config import WorkerConfig
@@ -106,15 +106,15 @@ def test_what_the_tree_cannot_check_is_checked_before_start_in_one_line():
 
 def _sample(o, folder: Path) -> object:
     """A value of the option's kind that its click type accepts."""
-    if o.kind is Kind.FILE:
+    if o.exists:
         (folder / "ca.pem").write_text("x")
         return "ca.pem"
-    if o.kind in (Kind.FLAG, Kind.SWITCH):
+    if o.type is bool:
         return not o.default
-    if o.kind in (Kind.INT, Kind.COUNT, Kind.FLOAT):
+    if o.type in (int, float):
         low = (o.min or 0) + (1 if o.min_open else 0)
         return low + 1 if o.max is None or low + 1 <= o.max else low
-    return ["ws://h/a"] if o.repeatable else "rel/p" if o.kind is Kind.PATH else "x"
+    return ["ws://h/a"] if o.repeatable else "rel/p" if o.type is Path else "x"
 
 
 def test_the_config_file_takes_every_key_of_the_tree_with_its_kind_and_refuses_its_secrets(tmp_path):
@@ -135,7 +135,7 @@ def test_the_config_file_takes_every_key_of_the_tree_with_its_kind_and_refuses_i
             continue
         assert ctx.get_parameter_source(o.param) is ParameterSource.DEFAULT_MAP, o.name
         got, want = ctx.params[o.param], expected[o.param]
-        if o.kind in (Kind.PATH, Kind.FILE):
+        if o.type is Path or o.exists:
             want = tmp_path / str(want)  # relative to the file, not to wherever the recorder starts
             got = Path(got)
         assert (list(got) if o.repeatable else got) == want, o.name

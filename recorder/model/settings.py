@@ -20,26 +20,6 @@ from typing import Any
 from recorder.errors import UserError
 
 
-class Kind(enum.Enum):
-    """What an option takes on the command line; `toml` is the kind its config-file value must have."""
-
-    TEXT = "text"
-    INT = "int"
-    FLOAT = "float"
-    PATH = "path"  # a path, resolved against the config file's folder when it comes from one
-    FILE = "file"  # an existing file, kept as text
-    FLAG = "flag"  # --demo
-    SWITCH = "switch"  # --notify/--no-notify
-    COUNT = "count"  # -v, -vv
-
-    @property
-    def toml(self) -> str:
-        return _TOML_KINDS.get(self, "text")
-
-
-_TOML_KINDS = {Kind.INT: "int", Kind.COUNT: "int", Kind.FLOAT: "float", Kind.FLAG: "bool", Kind.SWITCH: "bool"}
-
-
 class Reload(enum.Enum):
     """What a reload (SIGHUP) does with a changed value."""
 
@@ -58,9 +38,12 @@ class Opt:
     """One field's option. `name` is filled in from the field's name (`ids_file` → `ids-file`) unless given."""
 
     help: str
-    kind: Kind
+    # int, float, str, Path or bool: a bool is a flag, --NAME/--no-NAME when its default is true.
+    type: type
     default: Any  # in the option's units, as --help shows it
     name: str = ""
+    count: bool = False  # -v, -vv: an int counting its repeats
+    exists: bool = False  # a str naming a file that must exist
     min: float | None = None
     max: float | None = None
     min_open: bool = False
@@ -77,6 +60,11 @@ class Opt:
     reload: Reload = Reload.NEXT_START
 
     @property
+    def toml(self) -> str:
+        """The kind a config-file value must have."""
+        return {int: "int", float: "float", bool: "bool"}.get(self.type, "text")
+
+    @property
     def param(self) -> str:
         return self.name.replace("-", "_")
 
@@ -90,7 +78,7 @@ class Opt:
             return self.parse(value, f"--{self.name}")
         if self.unit is not None:
             return int(value * self.unit) if isinstance(self.unit, int) else float(value * self.unit)
-        return float(value) if self.kind is Kind.FLOAT else value
+        return float(value) if self.type is float else value
 
     def secret_hint(self) -> str:
         """Where the secret belongs instead, for a config file's refusal."""
@@ -98,9 +86,9 @@ class Opt:
         return f"set {self.env} in the environment (file){named}"
 
 
-def opt(default: Any, help: str, kind: Kind = Kind.TEXT, **meta: Any) -> Any:
+def opt(default: Any, help: str, type: type = str, **meta: Any) -> Any:
     """A field with its option; the field's default is `default` converted to the field's units."""
-    option = Opt(help, kind, default, **meta)
+    option = Opt(help, type, default, **meta)
     return field(default=option.to_field(default), repr=not option.secret, metadata={"opt": option})
 
 
@@ -177,8 +165,8 @@ class Section:
 class ContractSource(Section):
     """Where the contracts come from: one of these (the CLI checks that), or --demo's."""
 
-    ids_file: Path | None = opt(None, "File with one contract id per line.", Kind.PATH, reload=Reload.WITH_CONTRACTS)
-    names_file: Path | None = opt(None, "File with one contract name per line.", Kind.PATH,
+    ids_file: Path | None = opt(None, "File with one contract id per line.", Path, reload=Reload.WITH_CONTRACTS)
+    names_file: Path | None = opt(None, "File with one contract name per line.", Path,
                                   reload=Reload.WITH_CONTRACTS)
     ids: str | None = opt(None, "Comma-separated contract ids.", reload=Reload.WITH_CONTRACTS)
     names: str | None = opt(None, "Comma-separated contract names.", reload=Reload.WITH_CONTRACTS)
@@ -188,13 +176,13 @@ class ContractSource(Section):
 class RunOptions(Section):
     """The supervisor's own."""
 
-    shards: int = opt(1, "Worker processes; contracts are spread over them by rendezvous hashing.", Kind.INT,
+    shards: int = opt(1, "Worker processes; contracts are spread over them by rendezvous hashing.", int,
                       min=1, max=256)
     duration_s: float | None = opt(None, "Stop cleanly after this many seconds (default: until SIGINT/SIGTERM).",
-                                   Kind.FLOAT, name="duration", min=0, min_open=True)
+                                   float, name="duration", min=0, min_open=True)
     status_interval_s: float = opt(30, "Seconds between status log lines when stderr is not a terminal.",
-                                   Kind.FLOAT, name="status-interval", min=1, reload=Reload.NOW)
-    metrics_port: int | None = opt(None, "Serve Prometheus metrics on this port.", Kind.INT, min=0, max=65535)
+                                   float, name="status-interval", min=1, reload=Reload.NOW)
+    metrics_port: int | None = opt(None, "Serve Prometheus metrics on this port.", int, min=0, max=65535)
     metrics_host: str = opt("127.0.0.1", "Address for --metrics-port.")
 
 
@@ -202,12 +190,12 @@ class RunOptions(Section):
 class Credentials(Section):
     token: str | None = opt(None, "JWT (prefer the IME_TOKEN variable: arguments show in `ps`).", env="IME_TOKEN",
                             secret=True, secret_file="token-file")
-    token_file: Path | None = opt(None, "File holding the JWT; re-read when refused.", Kind.PATH)
+    token_file: Path | None = opt(None, "File holding the JWT; re-read when refused.", Path)
     username: str | None = opt(None, "Account for the token endpoint (or IME_USERNAME).", env="IME_USERNAME")
     password: str | None = opt(None, "Password (prefer the IME_PASSWORD variable).", env="IME_PASSWORD", secret=True,
                                secret_file="password-file")
     password_file: Path | None = opt(None, "File holding the password (its first line); not visible in `ps` like "
-                                     "--password is.", Kind.PATH)
+                                     "--password is.", Path)
     token_url: str = opt("https://core.hedgetech.ir/auth/user/token/issue", "Token endpoint.", url=True)
 
 
@@ -222,26 +210,26 @@ class ConnectionSettings(Section):
     kind: str = "id"  # "id" or "name": set from the contract source
     redundancy: int = opt(1, "Independent connections per contract group; the first copy of each message to arrive "
                           "is recorded, later copies become small receipts. 2 survives any single connection drop.",
-                          Kind.INT, min=1, max=8)
+                          int, min=1, max=8)
     dedupe_window_s: float = opt(2.0, "With --redundancy: seconds within which copies of one message are matched.",
-                                 Kind.FLOAT, name="dedupe-window", min=0.01, max=600)
+                                 float, name="dedupe-window", min=0.01, max=600)
     max_contracts_per_connection: int | None = opt(
-        None, "Split a shard's contracts over several connections of at most this many.", Kind.INT, min=1)
-    max_url_length: int = opt(4096, "Split contracts over several connections so that no URL is longer.", Kind.INT,
+        None, "Split a shard's contracts over several connections of at most this many.", int, min=1)
+    max_url_length: int = opt(4096, "Split contracts over several connections so that no URL is longer.", int,
                               min=256)
-    max_message_bytes: int = opt(16 << 20, "Larger messages are recorded as an 'oversized' event instead.", Kind.INT,
+    max_message_bytes: int = opt(16 << 20, "Larger messages are recorded as an 'oversized' event instead.", int,
                                  min=1024)
     ping_interval_s: float = opt(15, "Ping when nothing arrived for this many seconds; no pong in time drops the "
-                                 "connection.", Kind.FLOAT, name="ping-interval", min=0)
+                                 "connection.", float, name="ping-interval", min=0)
     idle_timeout_s: float = opt(0, "Reconnect after this many seconds without a message (0: off; IME is quiet "
-                                "off-hours).", Kind.FLOAT, name="idle-timeout", min=0)
+                                "off-hours).", float, name="idle-timeout", min=0)
     receive_slice_us: int = opt(100, "CPU time slice (µs) the receive thread asks Linux ≥ 6.12 for, so it preempts "
-                                "compression on wake-up; 0: the kernel's default.", Kind.INT, min=0, max=100_000)
+                                "compression on wake-up; 0: the kernel's default.", int, min=0, max=100_000)
     # Added to the writer thread's nice value; None until the CLI resolves it (timeslice.writer_nice_for).
     writer_nice: int | None = opt(None, "Added to the compression thread's nice value, so that the live hub and "
                                   "local bots waking on a busy core run before it  [default: 10 with --relay or "
-                                  "--publish, else 0].", Kind.INT, min=0, max=19)
-    ca_file: str | None = opt(None, "CA bundle for wss:// and https://.", Kind.FILE)
+                                  "--publish, else 0].", int, min=0, max=19)
+    ca_file: str | None = opt(None, "CA bundle for wss:// and https://.", exists=True)
     handshake_timeout_s: float = 10.0
     ping_timeout_s: float = 10.0
     probe_s: float = 2.0  # an upgrade still open after this long counts as accepted
@@ -266,15 +254,15 @@ class ConnectionSettings(Section):
 class StorageSettings(Section):
     """How a worker writes segments: its part of the tree, and the segment writer's defaults."""
 
-    out_dir: Path = opt(Path("ime-data"), "Directory for segment files.", Kind.PATH, name="out")
+    out_dir: Path = opt(Path("ime-data"), "Directory for segment files.", Path, name="out")
     flush_ms: float = opt(200, "Cut a frame when its oldest record is this old (the most a crash can lose).",
-                          Kind.FLOAT, min=1)
-    frame_bytes: int = opt(1024, "Cut a frame at this much raw data.", Kind.INT, name="frame-kib", min=4, unit=KIB)
-    rotate_bytes: int = opt(1024, "Seal and start a new file at this compressed size.", Kind.FLOAT, name="rotate-mb",
+                          float, min=1)
+    frame_bytes: int = opt(1024, "Cut a frame at this much raw data.", int, name="frame-kib", min=4, unit=KIB)
+    rotate_bytes: int = opt(1024, "Seal and start a new file at this compressed size.", float, name="rotate-mb",
                             min=0.01, unit=MIB)
     rotate_seconds: float = opt(60, "Seal and start a new file on wall-clock multiples of this period (0: off).",
-                                Kind.FLOAT, name="rotate-minutes", min=0, unit=MINUTES)
-    level: int = opt(3, "zstd level.", Kind.INT, min=-7, max=22)
+                                float, name="rotate-minutes", min=0, unit=MINUTES)
+    level: int = opt(3, "zstd level.", int, min=-7, max=22)
     prefix: str = "ime"
     # Eight default frames. At full speed from a fast feeder the receive thread outruns compression and the backlog
     # sits at this limit; at 256 MiB a worker peaked at 351 MiB RSS (issue 15), far above DESIGN's 100 MB.
@@ -285,10 +273,10 @@ class StorageSettings(Section):
 
 @dataclass(frozen=True, slots=True)
 class DemoSettings(Section):
-    on: bool = opt(False, "Start the built-in IME simulator on 127.0.0.1 and record from it.", Kind.FLAG, name="demo")
-    contracts: int = opt(24, "With --demo: contracts the simulator lists.", Kind.INT, name="demo-contracts", min=1,
+    on: bool = opt(False, "Start the built-in IME simulator on 127.0.0.1 and record from it.", bool, name="demo")
+    contracts: int = opt(24, "With --demo: contracts the simulator lists.", int, name="demo-contracts", min=1,
                          max=10_000)
-    rate: float = opt(2000, "With --demo: total messages/s the simulator sends.", Kind.FLOAT, name="demo-rate", min=0)
+    rate: float = opt(2000, "With --demo: total messages/s the simulator sends.", float, name="demo-rate", min=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +294,7 @@ class LiveSettings(Section):
                                   "IME_RELAY_TOKEN variable).", env="IME_RELAY_TOKEN", secret=True,
                                   parse=lambda token, _: token or None)
     relay_client_buffer: int = opt(4096, "A relay client with more than this much unread is cut (close code 1013); "
-                                   "the relay never waits.", Kind.INT, name="relay-client-kib", min=16, unit=KIB)
+                                   "the relay never waits.", int, name="relay-client-kib", min=16, unit=KIB)
     nats_url: str | None = opt(None, "Publish every message to NATS JetStream (needs the 'nats' extra); "
                                "comma-separate several servers; a URL with user:password belongs in IME_NATS_URL "
                                "(arguments show in `ps`).", name="publish", metavar="nats://HOST:PORT",
@@ -316,10 +304,10 @@ class LiveSettings(Section):
                                 name="nats-max-age", parse=parse_duration)
     nats_duplicate_window_s: float = opt("2m", "Stream duplicate window when the recorder creates it (Nats-Msg-Id "
                                          "deduplication).", name="nats-duplicate-window", parse=parse_duration)
-    nats_replicas: int = opt(1, "Stream replicas when the recorder creates it (3 on a 3-node cluster).", Kind.INT,
+    nats_replicas: int = opt(1, "Stream replicas when the recorder creates it (3 on a 3-node cluster).", int,
                              min=1, max=5)
     nats_backlog: int = opt(1_000_000, "Messages kept for NATS while it is down or slow; older ones are dropped and "
-                            "counted.", Kind.INT, min=1000)
+                            "counted.", int, min=1000)
     worker_buffer_bytes: int = 8 << 20  # bytes a worker holds for the hub before it drops
     slice_us: int = 100  # the hub's CPU slice (record/timeslice.py); 0: the kernel's default
     # The hub's: each shard's contracts (by shard number), so a gap in one shard's stream cuts only the relay
@@ -340,30 +328,30 @@ class OpsSettings(Section):
     """Unattended operation (recorder/record/operations.py)."""
 
     retain_days: float | None = opt(None, "Remove sealed segments that were finished this many days ago or earlier.",
-                                    Kind.FLOAT, min=0, min_open=True)
+                                    float, min=0, min_open=True)
     retain_bytes: int | None = opt(None, "Remove the oldest sealed segments while the recording takes more than "
-                                   "this many GB.", Kind.FLOAT, name="retain-gb", min=0, min_open=True, unit=GB)
-    warn_free_bytes: int | None = opt(None, "Log a warning while the data disk has less free.", Kind.FLOAT,
+                                   "this many GB.", float, name="retain-gb", min=0, min_open=True, unit=GB)
+    warn_free_bytes: int | None = opt(None, "Log a warning while the data disk has less free.", float,
                                       name="warn-free-gb", min=0, unit=GB)
     min_free_bytes: int | None = opt(None, "Seal every segment and stop (exit 1) when the data disk has less free "
-                                     "than this.", Kind.FLOAT, name="min-free-gb", min=0, unit=GB)
+                                     "than this.", float, name="min-free-gb", min=0, unit=GB)
     on_sealed: str | None = opt(None, "Command run for each sealed segment, its path appended as the last argument.")
-    on_sealed_jobs: int = opt(2, "At most this many --on-sealed commands at once.", Kind.INT, min=1, max=64)
+    on_sealed_jobs: int = opt(2, "At most this many --on-sealed commands at once.", int, min=1, max=64)
     stall_alert_s: float | None = opt(None, "ERROR line, event and metric when no message arrives for this many "
-                                      "seconds in a session.", Kind.FLOAT, name="stall-alert", min=0, min_open=True)
+                                      "seconds in a session.", float, name="stall-alert", min=0, min_open=True)
     # Parsed by recorder/record/sessions.py (checked before anything starts).
     sessions: str = opt("sat-wed 10:30-16:00", "Trading sessions in Asia/Tehran time for --stall-alert and the "
                         "ime_recorder_trading_session metric, e.g. 'sat-wed 09:00-17:00'.")
     notify: bool = opt(True, "Tell systemd (NOTIFY_SOCKET) when recording is ready and that the supervisor is alive.",
-                       Kind.SWITCH)
+                       bool)
     scan_interval_s: float = 2.0
     hook_backoff_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class LogSettings(Section):
-    verbose: int = opt(0, "More log lines (-vv: debug).", Kind.COUNT, short="-v")
-    quiet: bool = opt(False, "Only warnings and errors.", Kind.FLAG, short="-q")
+    verbose: int = opt(0, "More log lines (-vv: debug).", int, count=True, short="-v")
+    quiet: bool = opt(False, "Only warnings and errors.", bool, short="-q")
 
 
 @dataclass(frozen=True, slots=True)

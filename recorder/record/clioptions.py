@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from recorder.cli_support import fail
 from recorder.errors import UserError
-from recorder.model.settings import OPTIONS, Kind, Opt, Reload
+from recorder.model.settings import OPTIONS, Opt, Reload
 from recorder.record.configfile import read_config, render_effective, shown_value
 from recorder.record.reload import SettingChange
 
@@ -34,15 +34,15 @@ _SOURCES = {
     ParameterSource.DEFAULT: "default",
 }
 _BY_PARAM = {o.param: o for o in OPTIONS}
-_KINDS = {o.param: (o.kind.toml, o.repeatable) for o in OPTIONS}  # what configfile checks a value against
+_KINDS = {o.param: (o.toml, o.repeatable) for o in OPTIONS}  # what configfile checks a value against
 
 
 def setting_options(fn: F) -> F:
     """One click option per option of the settings tree, in the tree's order."""
     for o in reversed(OPTIONS):
-        long = f"--{o.name}/--no-{o.name}" if o.kind is Kind.SWITCH else f"--{o.name}"
-        kind = {Kind.FLAG: {"is_flag": True}, Kind.COUNT: {"count": True}}.get(o.kind) or {
-            "type": _click_type(o), "show_default": o.default is not None}
+        long = f"--{o.name}/--no-{o.name}" if o.type is bool and o.default else f"--{o.name}"
+        kind = ({"count": True} if o.count else {"is_flag": True} if o.type is bool and not o.default
+                else {"type": _click_type(o), "show_default": o.default is not None})
         fn = click.option(*([o.short] if o.short else []), long, o.param, help=o.help, default=o.default,
                           envvar=o.env, multiple=o.repeatable, metavar=o.metavar, **kind)(fn)
     return fn
@@ -50,11 +50,13 @@ def setting_options(fn: F) -> F:
 
 def _click_type(o: Opt) -> click.ParamType | None:
     ranged = o.min is not None or o.max is not None
-    if o.kind is Kind.INT:
+    if o.type is int:
         return click.IntRange(o.min, o.max, min_open=o.min_open) if ranged else click.INT  # type: ignore[arg-type]
-    if o.kind is Kind.FLOAT:
+    if o.type is float:
         return click.FloatRange(o.min, o.max, min_open=o.min_open) if ranged else click.FLOAT
-    return {Kind.PATH: click.Path(path_type=Path), Kind.FILE: click.Path(exists=True, dir_okay=False)}.get(o.kind)
+    if o.exists:
+        return click.Path(exists=True, dir_okay=False)
+    return click.Path(path_type=Path) if o.type is Path else None
 
 
 def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
@@ -76,7 +78,7 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | 
 def _from_file(o: Opt, value: Any, folder: Path) -> Any:
     if o.repeatable and not isinstance(value, list):
         return [value]  # a repeatable option (--base-url) may be one string in the file, or a list
-    if o.kind in (Kind.PATH, Kind.FILE) and isinstance(value, str) and not Path(value).is_absolute():
+    if (o.type is Path or o.exists) and isinstance(value, str) and not Path(value).is_absolute():
         # A relative path in the file is relative to the file, not to wherever the service happens to start.
         return str(folder / value)
     return value
