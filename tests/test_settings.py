@@ -16,13 +16,17 @@ from click.core import ParameterSource
 from recorder.errors import UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, regroup, split_contracts
 from recorder.live.options import check_live
+from recorder.live.relay import LiveSource
 from recorder.model.settings import DEFAULTS, OPTIONS, LiveSettings, OpsSettings, Reload, Settings
 from recorder.record.cli import main
 from recorder.record.clioptions import effective_settings, setting_changes
 from recorder.record.config import WorkerConfig
 from recorder.record.demo import DemoSimulator
+from recorder.record.hooks import HookRunner
+from recorder.record.metrics import MetricsServer
 from recorder.record.operations import check_ops
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, NativeDeduper, PyDeduper
+from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.writer import SegmentWriter
 
 NOT_SETTINGS = {"config", "print_config", "version", "help"}  # options about the command, not the recording
@@ -65,6 +69,12 @@ def test_the_library_defaults_are_the_tree_defaults():
     assert DEFAULTS.connection.base_url == DEFAULT_BASE_URL
     for fn in (split_contracts, regroup):
         assert inspect.signature(fn).parameters["max_url_length"].default == DEFAULTS.connection.max_url_length
+    assert inspect.signature(SegmentEncoder).parameters["level"].default == DEFAULTS.storage.level
+    hooks = inspect.signature(HookRunner).parameters
+    assert (hooks["jobs"].default, hooks["backoff_base_s"].default) == (DEFAULTS.ops.on_sealed_jobs,
+                                                                        DEFAULTS.ops.hook_backoff_s)
+    assert inspect.signature(MetricsServer).parameters["host"].default == DEFAULTS.run.metrics_host
+    assert inspect.signature(LiveSource).parameters["max_client_buffer"].default == DEFAULTS.live.relay_client_buffer
     demo = inspect.signature(DemoSimulator).parameters
     assert (demo["contracts"].default, demo["rate"].default) == (DEFAULTS.demo.contracts, DEFAULTS.demo.rate)
 
