@@ -151,13 +151,9 @@ class Section:
         Raises UserError (one line) for a value its option refuses."""
         kwargs: dict[str, Any] = {}
         for name, option in cls.options():
-            if option.param not in values:
-                continue
-            value = option.to_field(values[option.param])
-            if isinstance(value, dict):
-                kwargs.update(value)
-            else:
-                kwargs[name] = value
+            if option.param in values:
+                value = option.to_field(values[option.param])
+                kwargs.update(value if isinstance(value, dict) else {name: value})  # a dict: --relay's host and port
         return cls(**kwargs)
 
 
