@@ -28,6 +28,7 @@ from recorder.record.operations import check_ops
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, NativeDeduper, PyDeduper
 from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.writer import SegmentWriter
+from recorder.sim.faults import FaultConfig
 
 NOT_SETTINGS = {"config", "print_config", "version", "help"}  # options about the command, not the recording
 
@@ -75,6 +76,7 @@ def test_the_library_defaults_are_the_tree_defaults():
                                                                         DEFAULTS.ops.hook_backoff_s)
     assert inspect.signature(MetricsServer).parameters["host"].default == DEFAULTS.run.metrics_host
     assert inspect.signature(LiveSource).parameters["max_client_buffer"].default == DEFAULTS.live.relay_client_buffer
+    assert FaultConfig().repeat_after == DEFAULTS.connection.dedupe_window_s  # ime-sim repeats at the window's edge
     demo = inspect.signature(DemoSimulator).parameters
     assert (demo["contracts"].default, demo["rate"].default) == (DEFAULTS.demo.contracts, DEFAULTS.demo.rate)
 
