@@ -104,16 +104,3 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     )
     # picows logs every refused handshake at INFO; our own lines say it better.
     logging.getLogger("picows").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
-
-
-def parse_host_port(spec: str, option: str) -> tuple[str, int]:
-    """'8765', ':8765', '127.0.0.1:8765', '[::1]:8765' → (host, port); the host defaults to 127.0.0.1."""
-    host, _, port_text = spec.strip().rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}: give [HOST:]PORT, e.g. 127.0.0.1:8765") from None
-    if not 0 <= port <= 65535:
-        raise UserError(f"bad {option} {spec!r}: port must be 0-65535")
-    return host, port

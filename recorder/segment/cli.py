@@ -20,6 +20,7 @@ from recorder.humanize import human_bytes, human_duration
 from recorder.model.record import Record, RecordKind
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import summarise
+from recorder.segment.dedupe import DEFAULT_WINDOW_NS
 from recorder.segment.format import SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
@@ -295,9 +296,9 @@ MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the me
 @click.option("--keep-receipts", is_flag=True,
               help="Keep each later copy as a receipt record (which input and connection, when), and the "
                    "inputs' own receipts. Default: drop them; the merge then holds each message once.")
-@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=2.0, show_default=True, metavar="S",
-              help="Seconds within which copies of one message are matched; raise it when the inputs' clocks "
-                   "differ by more than a fraction of it (recordings from hosts without NTP).")
+@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=DEFAULT_WINDOW_NS / 1e9, metavar="S",
+              show_default=True, help="Seconds within which copies of one message are matched; raise it when the "
+              "inputs' clocks differ by more than a fraction of it (recordings from hosts without NTP).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many uncovered intervals to list.")
 @one_line_errors(PROG)

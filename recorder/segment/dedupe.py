@@ -45,7 +45,9 @@ from dataclasses import dataclass
 
 import xxhash
 
-DEFAULT_WINDOW_NS = 2_000_000_000
+from recorder.model.settings import DEFAULTS
+
+DEFAULT_WINDOW_NS = round(DEFAULTS.connection.dedupe_window_s * 1e9)  # ime-record's --dedupe-window
 DEFAULT_MAX_ENTRIES = 200_000
 
 # digest(payload): the 16-byte xxh3-128 of a payload, the message's identity for dedupe and for NATS

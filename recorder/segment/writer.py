@@ -27,20 +27,14 @@ from typing import Any
 
 from recorder import __version__, clock
 from recorder.model.record import RECORD_HEADER, RecordKind, Row, encode_receipt
+from recorder.model.settings import DEFAULTS
 from recorder.segment.encoder import RecordBatch
 from recorder.segment.files import ALL_TIME, SealedSegment, SegmentFiles, SegmentWriteError, describe_os_error
 from recorder.segment.layout import DayLayout
 
 log = logging.getLogger("recorder.segment.writer")
 
-DEFAULT_FRAME_BYTES = 1 << 20
-DEFAULT_FLUSH_MS = 200
-DEFAULT_ROTATE_BYTES = 1 << 30
-DEFAULT_ROTATE_SECONDS = 3600
-DEFAULT_LEVEL = 3
-# Eight default frames. At full speed from a fast feeder the receive thread outruns compression and the backlog
-# sits at this limit; at 256 MiB a worker peaked at 351 MiB RSS (issue 15), far above DESIGN's 100 MB.
-DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
+_DEFAULT = DEFAULTS.storage  # ime-record's defaults
 _IDLE_S = 0.25  # the writer thread looks at the clock this often when nothing comes (rotation, fsync)
 
 
@@ -51,13 +45,13 @@ class SegmentWriter:
         *,
         shard: int = 0,
         meta: dict[str, Any] | None = None,
-        prefix: str = "ime",
-        level: int = DEFAULT_LEVEL,
-        frame_bytes: int = DEFAULT_FRAME_BYTES,
-        flush_ms: float = DEFAULT_FLUSH_MS,
-        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
-        rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
-        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+        prefix: str = _DEFAULT.prefix,
+        level: int = _DEFAULT.level,
+        frame_bytes: int = _DEFAULT.frame_bytes,
+        flush_ms: float = _DEFAULT.flush_ms,
+        rotate_bytes: int = _DEFAULT.rotate_bytes,
+        rotate_seconds: float = _DEFAULT.rotate_seconds,
+        max_backlog_bytes: int = _DEFAULT.max_backlog_bytes,
         fsync_interval_s: float = 1.0,
         on_backlog: Callable[[bool], None] | None = None,
         on_error: Callable[[SegmentWriteError], None] | None = None,
