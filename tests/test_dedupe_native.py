@@ -45,6 +45,10 @@ class Pair:
     def one(self, ts: int, source: int, key: bytes, ref: int) -> None:
         assert self.c.observe_digest(ts, source, key, ref) == self.py.observe_digest(ts, source, key, ref)
 
+    def join(self, source: int) -> None:
+        self.c.join(source)
+        self.py.join(source)
+
     def batch(self, rows: list[tuple[int, int, bytes, int]]) -> list[tuple[int, int, int]]:
         cols = [list(col) for col in zip(*rows, strict=True)] if rows else [[], [], [], []]
         got, expected = self.c.observe_batch(*cols), self.py.observe_batch(*cols)
@@ -56,7 +60,8 @@ _arrival = st.tuples(st.integers(-5, 60),  # ts step: a wall clock may step back
                      st.integers(-1, 11),  # source: 8 and beyond, and negative, take the general path
                      st.integers(0, 15),  # key: few, so that copies and repeats within a source are common
                      st.integers(0, 2**70))  # ref: a recorder's ref does not fit 64 bits
-_call = st.tuples(st.booleans(), st.lists(_arrival, min_size=1, max_size=40))  # one by one, or as a batch
+_call = st.tuples(st.booleans(), st.lists(_arrival, min_size=1, max_size=40),  # one by one, or as a batch
+                  st.lists(st.integers(-1, 11), max_size=2))  # and then these sources join (a copy reconnects)
 
 
 @settings(max_examples=400, deadline=None)
@@ -64,7 +69,7 @@ _call = st.tuples(st.booleans(), st.lists(_arrival, min_size=1, max_size=40))  #
 def test_every_answer_and_state_agree_with_the_reference(calls, window, max_entries):
     pair = Pair(window, max_entries)
     ts = 10_000
-    for batched, arrivals in calls:
+    for batched, arrivals, joins in calls:
         rows = []
         for step, source, key, ref in arrivals:
             ts += step
@@ -74,6 +79,9 @@ def test_every_answer_and_state_agree_with_the_reference(calls, window, max_entr
         else:
             for row in rows:
                 pair.one(*row)
+        pair.check()
+        for source in joins:
+            pair.join(source)
         pair.check()
 
 
@@ -158,6 +166,55 @@ def test_repeats_a_window_apart_agree_with_the_reference(seed, sources, loss, la
             heirs += _departures_with_heirs(before, after)
             before = after
         assert heirs > 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32), sources=st.integers(2, 11), lag_ns=st.integers(1, 2_000),
+       handshake_ns=st.integers(0, 3_000), batch=st.integers(1, 60), max_entries=st.sampled_from([5, 40, 200_000]))
+def test_copies_that_reconnect_agree_with_the_reference(seed, sources, lag_ns, handshake_ns, batch, max_entries):
+    """Copies that drop and reconnect, each connection joining as it starts (before its first message, while
+    others' originals keep arriving), over a feed that repeats bytes about a window later: the same answer to every
+    arrival and join, and the same state after each call, in C and in Python (sources beyond 7 included)."""
+    rng = random.Random(seed)
+    window = 10_000
+    published: list[tuple[int, bytes]] = []
+    for i in range(300):
+        ts = 1_000_000 + i * 97
+        published.append((ts, b"m%d" % i))
+        if rng.random() < 0.3:
+            published.append((ts + window - rng.randrange(window // 10), b"m%d" % i))
+    published.sort()
+    end = published[-1][0]
+    events: list[tuple[int, int, int, bytes | None]] = []  # (ts, order, source, payload or None for a join)
+    for source in range(sources):
+        at = 1_000_000 + rng.randrange(window // 2)
+        while at < end:
+            off = at + rng.randrange(window // 5, 3 * window)
+            events.append((at + lag_ns - rng.randrange(handshake_ns + 1), 0, source, None))
+            last = at + lag_ns
+            for ts, payload in published:
+                if at <= ts < off:
+                    last = max(last, ts + rng.randrange(lag_ns))
+                    events.append((last, 1, source, payload))
+            at = max(off, last) + rng.randrange(1, window // 2)
+    events.sort(key=lambda e: e[:2])
+    pair = Pair(window, max_entries)
+    rows: list[tuple[int, int, bytes, int]] = []
+    for n, (ts, _, source, payload) in enumerate(events):
+        if payload is not None:
+            rows.append((ts, source, digest(payload), n))
+        if payload is None or len(rows) >= batch or n == len(events) - 1:
+            if rng.random() < 0.5:
+                pair.batch(rows)
+            else:
+                for row in rows:
+                    pair.one(*row)
+            rows = []
+            pair.check()
+        if payload is None:
+            pair.join(source)
+            pair.check()
+    assert pair.c.counts.copies > 0
 
 
 def test_a_key_sent_again_and_again_through_a_rolling_window_stays_linear():

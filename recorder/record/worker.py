@@ -353,6 +353,12 @@ class Worker:
         self._event(Event.CONNECTING, conn=conn_id, url=shown_url, contracts=list(group.contracts), **where)
         assert self.writer is not None
         sink = self._sink(run.deduper, crun.source)
+        if run.deduper is not None:
+            # This connection receives only what is published after the server subscribes it, so none of its
+            # arrivals is a copy of an original already here. Now, not at `opened`: the server subscribes it before
+            # we see the upgrade answer (and picows may hand the listener frames before connect returns), and a
+            # join after a copy's original would store that copy a second time.
+            run.deduper.join(crun.source)
         crun.connecting = True
         try:
             result = await wsclient.connect(url, self.token, settings, self._ssl, conn_id, sink, on_accepted)

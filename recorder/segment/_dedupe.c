@@ -7,10 +7,13 @@ first; an original leaves alone and the pairing shifts (dedupe.py's module docst
 State. The live originals sit in arrival order in a ring of slots, addressed by absolute position (`head` ..
 `tail`); a slot holds the original's receive time and ref and the 16-byte key. The slot of a key's first live
 original is its entry's *owner*: it holds either the common case inline — the first source and a bitmask of the
-sources 0-7 that already delivered their copy — or, for a key that one source delivered twice or a source beyond
-7, a `General` entry: the positions of the key's live originals (each has a slot of its own, so it leaves the
-window at its own time) and how many of them each source has delivered (dedupe.py's `_Entry`). When the owner
-leaves, the General passes to the next original's slot. An open-addressing table (linear probing, backward-shift
+sources 0-7 that already delivered their copy — or, for a key that one source delivered twice, a source that
+joined after the original arrived, or a source beyond 7, a `General` entry: the positions of the key's live
+originals (each has a slot of its own, so it leaves the window at its own time) and, per source, the index of the
+original its next arrival pairs with (dedupe.py's `_Entry`). When the owner leaves, the General passes to the next
+original's slot. Each source's join (dedupe.py's module docstring) is a position: originals before it are not the
+source's to pair with; a source that joined and delivered nothing since is *settling*, and its first arrival
+moves its join to that arrival's original. An open-addressing table (linear probing, backward-shift
 deletion) maps a key's hash to its owner's position. Keys are xxh3-128 digests, already uniform: the table mixes
 their two halves with one multiply.
 
@@ -28,11 +31,14 @@ holds only ints, so it needs no garbage-collector support: the collector never w
 #define KEY_BYTES 16
 
 typedef struct { int64_t source; int64_t n; } SourceCount;
+typedef struct { int64_t source; uint64_t at; int settling; } Joined;  /* a source beyond 7's join (dedupe.py join) */
+/* A source whose first arrival since it joined was new, and that original's position (dedupe.py _awaiting). */
+typedef struct { int64_t source; uint64_t at; } Awaiting;
 
 typedef struct {
     uint64_t *originals;  /* ring positions of the key's originals; the live ones are [start, n_originals) */
     Py_ssize_t start, n_originals, cap_originals;
-    SourceCount *sources; /* arrivals paired with the live originals, per source (none at 0) */
+    SourceCount *sources; /* per source, the index in `originals` its next arrival pairs with (dedupe.py _Entry.next) */
     Py_ssize_t n_sources, cap_sources;
 } General;
 
@@ -59,6 +65,13 @@ typedef struct {
     int64_t window_ns;
     Py_ssize_t max_entries;
     long long originals, copies;
+    uint64_t joined[FAST_SOURCES];  /* each source's join position (dedupe.py `join`); sources 0-7 here */
+    uint8_t settling;               /* sources 0-7 that joined and delivered nothing since */
+    Joined *joined_other;           /* the others' */
+    Py_ssize_t n_joined_other, cap_joined_other;
+    Py_ssize_t n_settling;          /* how many sources, of all, are settling: 0 in the common case */
+    Awaiting *awaiting;             /* in the order they began, as dedupe.py's list */
+    Py_ssize_t n_awaiting, cap_awaiting;
 } Deduper;
 
 /* --- keys and the table ----------------------------------------------------------------------------------- */
@@ -153,6 +166,8 @@ static int general_add_original(General *g, uint64_t pos) {
         if (g->start && 2 * g->start >= g->cap_originals) {  /* half of it departed: reuse their room */
             memmove(g->originals, g->originals + g->start, (size_t)general_live(g) * sizeof(uint64_t));
             g->n_originals -= g->start;
+            for (Py_ssize_t i = 0; i < g->n_sources; i++)
+                g->sources[i].n = g->sources[i].n > g->start ? g->sources[i].n - g->start : 0;
             g->start = 0;
         } else {
             Py_ssize_t cap = g->cap_originals ? 2 * g->cap_originals : 2;
@@ -166,19 +181,13 @@ static int general_add_original(General *g, uint64_t pos) {
     return 0;
 }
 
-/* The oldest live original left the window (dedupe.py _Entry.depart): the others move up one place and each
-   source's count goes down by one, to no less than zero. 0: it was the last one (the entry goes). */
-static int general_depart(General *g) {
-    if (++g->start == g->n_originals) return 0;
-    Py_ssize_t kept = 0;
-    for (Py_ssize_t i = 0; i < g->n_sources; i++)
-        if (g->sources[i].n > 1) g->sources[kept++] = (SourceCount){g->sources[i].source, g->sources[i].n - 1};
-    g->n_sources = kept;
-    return 1;
-}
+/* The oldest live original left the window (dedupe.py _Entry.depart): a source's index below `start` now means
+   the first live one, as each source's count going down by one did. 0: it was the last one (the entry goes). */
+static inline int general_depart(General *g) { return ++g->start < g->n_originals; }
 
-/* The count of arrivals from `source` so far, as a pointer to update (added at 0 when new); NULL on no memory. */
-static int64_t *general_count(General *g, int64_t source) {
+/* The index of the original `source`'s next arrival pairs with, as a pointer to update (added at 0 when new);
+   NULL on no memory. */
+static int64_t *general_next(General *g, int64_t source) {
     for (Py_ssize_t i = 0; i < g->n_sources; i++)
         if (g->sources[i].source == source) return &g->sources[i].n;
     if (g->n_sources == g->cap_sources) {
@@ -192,18 +201,18 @@ static int64_t *general_count(General *g, int64_t source) {
     return &g->sources[g->n_sources++].n;
 }
 
-/* dedupe.py's _Entry(ts, ref, first_source, matched): one original (the slot at `pos`), one arrival from `first`
-   and from each source in `matched`. */
+/* dedupe.py's _Entry(ts, ref, position, first_source, matched): one original (the slot at `pos`), one arrival from
+   `first` and from each source in `matched`. */
 static General *general_new(uint64_t pos, int64_t first, unsigned matched) {
     General *g = PyMem_Calloc(1, sizeof(General));
     if (!g) { PyErr_NoMemory(); return NULL; }
     if (general_add_original(g, pos) < 0) goto fail;
-    int64_t *n = general_count(g, first);
+    int64_t *n = general_next(g, first);
     if (!n) goto fail;
     *n = 1;
     for (int source = 0; matched; source++, matched >>= 1) {
         if (matched & 1) {
-            if (!(n = general_count(g, source))) goto fail;
+            if (!(n = general_next(g, source))) goto fail;
             *n = 1;
         }
     }
@@ -242,10 +251,117 @@ static inline void expire(Deduper *d, int64_t ts) {
     }
 }
 
+/* --- joins ------------------------------------------------------------------------------------------------ */
+
+static Joined *joined_find(Deduper *d, int64_t source) {
+    for (Py_ssize_t i = 0; i < d->n_joined_other; i++)
+        if (d->joined_other[i].source == source) return &d->joined_other[i];
+    return NULL;
+}
+
+static inline uint64_t joined_at(Deduper *d, int64_t source) {
+    if (0 <= source && source < FAST_SOURCES) return d->joined[source];
+    Joined *j = joined_find(d, source);
+    return j ? j->at : 0;
+}
+
+static inline int is_settling(Deduper *d, int64_t source) {
+    if (0 <= source && source < FAST_SOURCES) return d->settling >> source & 1;
+    Joined *j = joined_find(d, source);
+    return j && j->settling;
+}
+
+static void awaiting_drop(Deduper *d, int64_t source) {
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < d->n_awaiting; i++)
+        if (d->awaiting[i].source != source) d->awaiting[kept++] = d->awaiting[i];
+    d->n_awaiting = kept;
+}
+
+static int awaiting_reserve(Deduper *d) {
+    if (d->n_awaiting < d->cap_awaiting) return 0;
+    Py_ssize_t cap = d->cap_awaiting ? 2 * d->cap_awaiting : 4;
+    Awaiting *grown = PyMem_Realloc(d->awaiting, (size_t)cap * sizeof(Awaiting));
+    if (!grown) { PyErr_NoMemory(); return -1; }
+    d->awaiting = grown;
+    d->cap_awaiting = cap;
+    return 0;
+}
+
+static void set_joined(Deduper *d, int64_t source, uint64_t at) {
+    if (0 <= source && source < FAST_SOURCES) d->joined[source] = at;
+    else joined_find(d, source)->at = at;  /* it joined: it is there */
+}
+
+/* dedupe.py _observe_joined: `source`'s arrival was decided (`copy`: a copy of the original at `at`) while some
+   source awaits another's copy of its first message. */
+static void confirm(Deduper *d, int64_t source, int copy, uint64_t at) {
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < d->n_awaiting; i++) {
+        Awaiting *w = &d->awaiting[i];
+        if (copy && w->at == at && w->source != source) set_joined(d, w->source, d->tail);
+        else if (w->at >= d->head) d->awaiting[kept++] = *w;
+    }
+    d->n_awaiting = kept;
+}
+
+/* dedupe.py's join: the source's arrivals pair only with originals from position `tail` on, and its next arrival
+   settles the join (settle below). */
+static int join(Deduper *d, int64_t source) {
+    awaiting_drop(d, source);
+    if (0 <= source && source < FAST_SOURCES) {
+        d->joined[source] = d->tail;
+        if (!(d->settling >> source & 1)) d->n_settling++;
+        d->settling |= (uint8_t)(1u << source);
+        return 0;
+    }
+    Joined *j = joined_find(d, source);
+    if (!j) {
+        if (d->n_joined_other == d->cap_joined_other) {
+            Py_ssize_t cap = d->cap_joined_other ? 2 * d->cap_joined_other : 4;
+            Joined *grown = PyMem_Realloc(d->joined_other, (size_t)cap * sizeof(Joined));
+            if (!grown) { PyErr_NoMemory(); return -1; }
+            d->joined_other = grown;
+            d->cap_joined_other = cap;
+        }
+        j = &d->joined_other[d->n_joined_other++];
+        *j = (Joined){source, 0, 0};
+    }
+    j->at = d->tail;
+    if (!j->settling) d->n_settling++;
+    j->settling = 1;
+    return 0;
+}
+
+/* dedupe.py _first_since_join: the source's first arrival since it joined paired with (or was, `new`) the original
+   at `at`; the join moves there, and a new one awaits another source's delivery of its bytes (room reserved). */
+static void settle(Deduper *d, int64_t source, uint64_t at, int new) {
+    d->n_settling--;
+    if (0 <= source && source < FAST_SOURCES) {
+        d->joined[source] = at;
+        d->settling &= (uint8_t)~(1u << source);
+    } else {
+        Joined *j = joined_find(d, source);
+        j->at = at;
+        j->settling = 0;
+    }
+    if (new) d->awaiting[d->n_awaiting++] = (Awaiting){source, at};
+}
+
+/* The first index at or after `at` whose original arrived at or after `joined` (the originals are in order). */
+static Py_ssize_t general_seek(General *g, Py_ssize_t at, uint64_t joined) {
+    Py_ssize_t lo = at, hi = g->n_originals;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (g->originals[mid] < joined) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
 /* One arrival: 0 for an original; 1 for a copy, with its original in *orig_ts / *orig_ref (borrowed); -1 on error.
-   Exactly dedupe.py's observe_digest. */
-static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
-                   int64_t *orig_ts, PyObject **orig_ref) {
+   *orig_pos: the original's position (the arrival's own when it is one). */
+static int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+                  int64_t *orig_ts, PyObject **orig_ref, uint64_t *orig_pos) {
     if (d->head < d->tail) {
         Slot *oldest = slot_at(d, d->head);
         if ((__int128)oldest->ts < (__int128)ts - d->window_ns || d->tail - d->head >= (uint64_t)d->max_entries)
@@ -273,32 +389,35 @@ static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t
         s->mask = 0;
         s->owner = 1;
         d->table[free_at] = (Bucket){hash, d->tail};
-        d->tail++;
+        *orig_pos = d->tail++;
         d->originals++;
         return 0;
     }
     Slot *s = slot_at(d, pos);
     if (!s->general) {
-        if (fast && source != s->first && !(s->mask & (1u << source))) {
+        if (fast && source != s->first && !(s->mask & (1u << source)) && pos >= d->joined[source]) {
             s->mask |= (uint8_t)(1u << source);
             d->copies++;
             *orig_ts = s->ts;
             *orig_ref = s->ref;
+            *orig_pos = pos;
             return 1;
         }
-        /* The same source again (a real repeat of these bytes), or a source beyond 7: count per source. */
+        /* The same source again (a real repeat of these bytes), one that joined after this original arrived, or a
+           source beyond 7: count per source. */
         if (!(s->general = general_new(pos, s->first, s->mask))) return -1;
     }
     General *g = s->general;  /* s is not used below: a new slot may move the ring */
-    int64_t *n = general_count(g, source);
+    int64_t *n = general_next(g, source);
     if (!n) return -1;
-    *n += 1;
-    if (*n > general_live(g)) {
+    Py_ssize_t at = *n > g->start ? (Py_ssize_t)*n : g->start;
+    uint64_t joined = joined_at(d, source);
+    if (at < g->n_originals && g->originals[at] < joined) at = general_seek(g, at, joined);
+    if (at == g->n_originals) {
         /* A further original of these bytes: a slot of its own, so that it leaves the window at its own time. */
-        if ((d->tail - d->head == d->ring_cap && ring_grow(d) < 0) || general_add_original(g, d->tail) < 0) {
-            *n -= 1;
+        if ((d->tail - d->head == d->ring_cap && ring_grow(d) < 0) || general_add_original(g, d->tail) < 0)
             return -1;
-        }
+        *n = g->n_originals;  /* after it (general_add_original may have moved the live ones to the front) */
         Slot *t = slot_at(d, d->tail);
         t->ts = ts;
         Py_INCREF(ref);
@@ -307,15 +426,30 @@ static int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t
         t->k1 = k1;
         t->general = NULL;
         t->first = t->mask = t->owner = 0;
-        d->tail++;
+        *orig_pos = d->tail++;
         d->originals++;
         return 0;
     }
+    *n = at + 1;
     d->copies++;
-    Slot *o = slot_at(d, g->originals[g->start + *n - 1]);
+    *orig_pos = g->originals[at];
+    Slot *o = slot_at(d, *orig_pos);
     *orig_ts = o->ts;
     *orig_ref = o->ref;
     return 1;
+}
+
+/* decide, with the joins' bookkeeping around it: exactly dedupe.py's observe_digest. */
+static inline int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+                          int64_t *orig_ts, PyObject **orig_ref) {
+    int settling = d->n_settling && is_settling(d, source);
+    if (settling && awaiting_reserve(d) < 0) return -1;
+    uint64_t at;
+    int won = decide(d, ts, source, k0, k1, ref, orig_ts, orig_ref, &at);
+    if (won < 0) return -1;
+    if (d->n_awaiting) confirm(d, source, won, at);
+    if (settling) settle(d, source, at, won == 0);
+    return won;
 }
 
 /* --- argument conversion ---------------------------------------------------------------------------------- */
@@ -370,6 +504,9 @@ static int Deduper_init(Deduper *d, PyObject *args, PyObject *kwds) {
     d->max_entries = max_entries;
     d->head = d->tail = 0;
     d->originals = d->copies = 0;
+    memset(d->joined, 0, sizeof d->joined);
+    d->settling = 0;
+    d->n_joined_other = d->n_settling = d->n_awaiting = 0;
     d->ring_cap = 1024;
     if (!(d->ring = PyMem_Malloc(d->ring_cap * sizeof(Slot)))) { PyErr_NoMemory(); return -1; }
     return table_resize(d, 2048);
@@ -380,6 +517,8 @@ static void Deduper_dealloc(Deduper *d) {
         for (uint64_t pos = d->head; pos < d->tail; pos++) slot_release(slot_at(d, pos));
     PyMem_Free(d->ring);
     PyMem_Free(d->table);
+    PyMem_Free(d->joined_other);
+    PyMem_Free(d->awaiting);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
@@ -411,6 +550,12 @@ static PyObject *Deduper_observe_digest(Deduper *d, PyObject *const *args, Py_ss
     PyTuple_SET_ITEM(pair, 0, t);
     PyTuple_SET_ITEM(pair, 1, orig_ref);
     return pair;
+}
+
+static PyObject *Deduper_join(Deduper *d, PyObject *arg) {
+    int64_t source;
+    if (ready(d) < 0 || as_int64(arg, &source, "source") < 0 || join(d, source) < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 typedef struct { Py_ssize_t index; int64_t ts; PyObject *ref; } Copy;  /* ref owned */
@@ -473,11 +618,11 @@ done:
 }
 
 /* The state as plain values, for tests: (absolute position of the oldest original, [(ts, ref, key)] of every live
-   original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals paired with them, when not 0})}).
-   dedupe.py's `_state` gives the same for its own. */
+   original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals since it joined paired with them,
+   when not 0})}, {source: join position, when not 0}). dedupe.py's `_state` gives the same for its own. */
 static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
     if (ready(d) < 0) return NULL;
-    PyObject *order = PyList_New(0), *entries = PyDict_New(), *result = NULL;
+    PyObject *order = PyList_New(0), *entries = PyDict_New(), *joins = NULL, *result = NULL;
     if (!order || !entries) goto done;
     for (uint64_t pos = d->head; pos < d->tail; pos++) {
         Slot *s = slot_at(d, pos);
@@ -497,7 +642,10 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
                 Py_XDECREF(o);
             }
             for (Py_ssize_t i = 0; ok && i < g->n_sources; i++) {
-                PyObject *k = PyLong_FromLongLong(g->sources[i].source), *v = PyLong_FromLongLong(g->sources[i].n);
+                Py_ssize_t first = general_seek(g, g->start, joined_at(d, g->sources[i].source));
+                if (g->sources[i].n <= first) continue;
+                PyObject *k = PyLong_FromLongLong(g->sources[i].source);
+                PyObject *v = PyLong_FromLongLong(g->sources[i].n - first);
                 ok = k && v && PyDict_SetItem(counts, k, v) == 0;
                 Py_XDECREF(k);
                 Py_XDECREF(v);
@@ -507,7 +655,7 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
             ok = o && PyList_Append(originals, o) == 0;
             Py_XDECREF(o);
             for (int source = 0; ok && source < FAST_SOURCES; source++) {
-                if (source != s->first && !(s->mask & (1u << source))) continue;
+                if ((source != s->first && !(s->mask & (1u << source))) || pos < d->joined[source]) continue;
                 PyObject *k = PyLong_FromLong(source), *v = PyLong_FromLong(1);
                 ok = k && v && PyDict_SetItem(counts, k, v) == 0;
                 Py_XDECREF(k);
@@ -523,10 +671,29 @@ static PyObject *Deduper_state(Deduper *d, PyObject *Py_UNUSED(ignored)) {
         Py_XDECREF(entry);
         if (!ok) goto done;
     }
-    result = Py_BuildValue("(KOO)", (unsigned long long)d->head, order, entries);
+    joins = PyDict_New();
+    for (Py_ssize_t i = 0; joins && i < FAST_SOURCES + d->n_joined_other; i++) {
+        int64_t source = i < FAST_SOURCES ? i : d->joined_other[i - FAST_SOURCES].source;
+        uint64_t at = joined_at(d, source);
+        int settling = is_settling(d, source);
+        Awaiting *w = NULL;
+        for (Py_ssize_t k = 0; k < d->n_awaiting; k++)
+            if (d->awaiting[k].source == source) w = &d->awaiting[k];
+        if (!at && !settling && !w) continue;
+        PyObject *awaited = w ? PyLong_FromUnsignedLongLong(w->at) : Py_NewRef(Py_None);
+        PyObject *k = PyLong_FromLongLong(source);
+        PyObject *v = awaited ? Py_BuildValue("(KON)", (unsigned long long)at, settling ? Py_True : Py_False,
+                                              awaited) : NULL;
+        int failed = !k || !v || PyDict_SetItem(joins, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (failed) goto done;
+    }
+    if (joins) result = Py_BuildValue("(KOOO)", (unsigned long long)d->head, order, entries, joins);
 done:
     Py_XDECREF(order);
     Py_XDECREF(entries);
+    Py_XDECREF(joins);
     return result;
 }
 
@@ -551,6 +718,8 @@ static PyMethodDef Deduper_methods[] = {
     {"observe_batch", (PyCFunction)(void (*)(void))Deduper_observe_batch, METH_FASTCALL,
      "observe_batch(stamps, sources, keys, refs): observe_digest for each in turn; the copies as columns "
      "(index in the batch, original ts_ns, original ref)."},
+    {"join", (PyCFunction)Deduper_join, METH_O,
+     "join(source): the source's later arrivals pair only with originals that arrive from now on."},
     {"_state", (PyCFunction)Deduper_state, METH_NOARGS, "The state as plain values, for tests."},
     {NULL},
 };

@@ -30,6 +30,32 @@ So the n-th arrival from a source is a copy of the n-th *live* original; the lar
 of live originals, and an entry goes when its last original does. The common case — one original, copies from
 other sources — never reaches this: it is one atom, and leaves whole.
 
+Joins. A connection receives only what is published after the server subscribed it, so an arrival on a copy's
+new connection is never a copy of an original that arrived (on another copy) before that. Without being told,
+the count would say otherwise: a copy that was down when x was published, and is the only one up when the
+market publishes x again a little less than a window later, delivers its first x, which would pair with the
+live original of the first x: a new message recorded as a receipt. So the recorder calls `join(source)` as
+each connection of a copy starts (before its upgrade is sent, so before the server subscribes it), and from then
+on that source's arrivals count from zero and pair only with the live originals that arrived after the join:
+
+- "after" is a place in the arrival order (an original's position), not a time, so a clock that steps back
+  changes nothing, and a join costs O(1): the entries learn of it when the source next delivers their bytes;
+- what arrives during the upgrade was published before the server subscribed the connection, but it arrives
+  after the join. The source's first arrival settles it: that message is the first published after the
+  subscription, so every original that arrived before *its* original (or before it, when it is new) was
+  published before (each connection delivers in publication order), and the join moves there. A join at the
+  connection's `opened` instead would be too late: another copy's arrivals of what was published between the
+  subscription and our seeing the upgrade answer would no longer be this one's to pair with (stored twice);
+- when an original leaves the window, the counts of the sources that joined after it do not move (they never
+  counted it).
+
+What is left: the first message itself pairs with the first live original of its bytes since the join; had the
+same bytes also been published during the upgrade, it pairs with that one (and the source is one off for those
+bytes while the entry lives: a later publication only it receives may then be taken for a copy). And a copy that
+subscribes within the paths' jitter after another's first message, and delivers what follows faster than that
+message's first arrival, can make that other copy's next few copies messages of their own. Both need two
+connections' edges to meet within milliseconds; sources that never join (`ime-segments merge`) are unchanged.
+
 Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
 (recorder/segment/_dedupe.c, built at install when a compiler is there), which makes the same decisions and
 holds the same state arrival by arrival (tests/test_dedupe_native.py compares them). `Deduper` is the C one
@@ -39,6 +65,7 @@ when it is built, unless IME_DEDUPE=python; `ime-segments merge` and the recorde
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,31 +85,40 @@ _xxh3_128 = digest
 
 
 class _Entry:
-    """The general case: the live originals of the same bytes, oldest first, and how many of them each source
-    has delivered (see the module docstring: the n-th arrival from a source pairs with the n-th live original).
+    """The general case: the live originals of the same bytes, oldest first, with their positions in the window's
+    arrival order, and for each source the index of the next original its next arrival pairs with (see the module
+    docstring: the n-th arrival from a source since it joined pairs with the n-th live original it can have seen).
 
     `originals[start:]` are the live ones: the departed are skipped, and cut off now and then, so that bytes a
-    source sends many times within the window cost O(1) an arrival and a departure."""
+    source sends many times within the window cost O(1) an arrival and a departure. A departure moves only
+    `start`: a source's index below it means "the first live one", which is what shifting every source's count
+    down by one meant."""
 
-    __slots__ = ("counts", "originals", "start")
+    __slots__ = ("next", "originals", "positions", "start")
 
-    def __init__(self, ts_ns: int, ref: int, first_source: int, matched: int) -> None:
+    def __init__(self, ts_ns: int, ref: int, position: int, first_source: int, matched: int) -> None:
         self.originals: list[tuple[int, int]] = [(ts_ns, ref)]
+        self.positions: list[int] = [position]
         self.start = 0
-        self.counts: dict[int, int] = {first_source: 1}
+        self.next: dict[int, int] = {first_source: 1}
         source = 0
         while matched:
             if matched & 1:
-                self.counts[source] = 1
+                self.next[source] = 1
             matched >>= 1
             source += 1
 
-    def arrival(self, ts_ns: int, source: int, ref: int) -> tuple[int, int] | None:
-        n = self.counts.get(source, 0) + 1
-        self.counts[source] = n
-        at = self.start + n - 1
-        if at >= len(self.originals):
+    def arrival(self, ts_ns: int, source: int, ref: int, position: int, joined: int) -> tuple[int, int] | None:
+        """`position`: the arrival's own, should it be a further original; `joined`: the source's join position
+        (originals before it are not the source's to pair with)."""
+        positions = self.positions
+        at = max(self.next.get(source, 0), self.start)
+        if at < len(positions) and positions[at] < joined:
+            at = bisect_left(positions, joined, at)
+        self.next[source] = at + 1
+        if at == len(positions):
             self.originals.append((ts_ns, ref))
+            positions.append(position)
             return None
         return self.originals[at]
 
@@ -91,15 +127,24 @@ class _Entry:
         start = self.start + 1
         if start == len(self.originals):
             return False
-        self.counts = {source: n - 1 for source, n in self.counts.items() if n > 1}
         if start >= 16 and 2 * start >= len(self.originals):
-            del self.originals[:start]
+            del self.originals[:start], self.positions[:start]
+            self.next = {source: max(at - start, 0) for source, at in self.next.items()}
             start = 0
         self.start = start
         return True
 
     def live(self) -> list[tuple[int, int]]:
         return self.originals[self.start:]
+
+    def counts(self, joined: Callable[[int], int]) -> dict[int, int]:
+        """How many of the live originals each source has delivered (or been paired with) since it joined."""
+        out = {}
+        for source, at in self.next.items():
+            first = bisect_left(self.positions, joined(source), self.start)
+            if at > first:
+                out[source] = at - first
+        return out
 
 
 @dataclass(slots=True)
@@ -119,7 +164,8 @@ _NEVER = 1 << 127  # later than any ts_ns: no expiry is due while the window is 
 # every other arrival of the batch is an original.
 BatchCopies = tuple[list[int], list[int], list[int]]
 # For tests, both implementations' state as plain values (see `_state`).
-DedupeState = tuple[int, list[tuple[int, int, bytes]], dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]]]
+DedupeState = tuple[int, list[tuple[int, int, bytes]], dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]],
+                    dict[int, tuple[int, bool, int | None]]]
 
 
 class _Observe:
@@ -144,13 +190,15 @@ class PyDeduper(_Observe):
     `_head` on (compacted now and then; `_base` is the absolute position of the lists' first slot), one slot
     per original, so each leaves the window at its own time. The common case, one original with copies from
     other sources, is then one small Python int per hash: the original's absolute position, its source and a
-    bitmask of the sources that already delivered their copy. Neither an int nor a list of ints is something
+    bitmask of the sources that already delivered their copy (a source whose join is later than the position
+    delivered it on an earlier connection: it counts no more). Neither an int nor a list of ints is something
     the garbage collector must walk entry by entry: with a list per entry, tens of thousands of live entries
     made each full collection stall the receive thread for ~20 ms. Bytes that one source delivers twice (a real
     repeat), or sources beyond 7, use the general `_Entry`, whose later originals take slots of their own.
     """
 
-    __slots__ = ("_base", "_entries", "_head", "_keys", "_refs", "_times", "counts", "max_entries", "window_ns")
+    __slots__ = ("_awaiting", "_base", "_entries", "_head", "_joined", "_joined_other", "_keys", "_refs", "_settling",
+                 "_times", "counts", "max_entries", "window_ns")
 
     def __init__(self, window_ns: int = DEFAULT_WINDOW_NS, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         if window_ns <= 0 or max_entries <= 0:
@@ -163,13 +211,67 @@ class PyDeduper(_Observe):
         self._keys: list[bytes] = []
         self._head = 0
         self._base = 0
+        # Each source's join position (see `join`): sources 0-7 in a list the fast paths index, others by name.
+        self._joined = [0] * _FAST_SOURCES
+        self._joined_other: dict[int, int] = {}
+        self._settling: set[int] = set()  # sources that joined and have not delivered anything since
+        # Sources whose first message since they joined was new: (the source, that original's position) until
+        # another source's arrival is a copy of it (see `_observe_joined`).
+        self._awaiting: list[tuple[int, int]] = []
         self.counts = DedupeCounts()
 
     def __len__(self) -> int:
         """The live originals (what `max_entries` bounds)."""
         return len(self._times) - self._head
 
+    def join(self, source: int) -> None:
+        """`source` starts a new stream (a copy's new connection, before it can deliver anything): its arrivals
+        pair only with originals that arrive from now on, and once it delivered its first message, only with those
+        from that message's original on (see the module docstring). O(1): the entries find out when the source
+        next delivers their bytes."""
+        self._join_at(source, self._base + len(self._times))
+        self._settling.add(source)
+        if self._awaiting:
+            self._awaiting = [waiting for waiting in self._awaiting if waiting[0] != source]
+
+    def _join_at(self, source: int, position: int) -> None:
+        if 0 <= source < _FAST_SOURCES:
+            self._joined[source] = position
+        else:
+            self._joined_other[source] = position
+
+    def _joined_at(self, source: int) -> int:
+        return self._joined[source] if 0 <= source < _FAST_SOURCES else self._joined_other.get(source, 0)
+
+    def _observe_joined(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
+        """`observe_digest` while a join is settling (see the module docstring).
+
+        The source's first arrival since it joined is the first message published after its connection subscribed:
+        its join moves to that message's original, since whatever arrived before was published before. When that
+        original is the arrival itself (this connection was first with it), the other copies may still be
+        delivering what was published before: the join moves on again, to here, when another source's arrival
+        is a copy of it."""
+        settling = source in self._settling
+        self._settling.discard(source)
+        awaiting, self._awaiting = self._awaiting, []
+        won = self.observe_digest(ts_ns, source, key, ref)  # nothing settles or awaits in there now
+        entry = self._entries[key]
+        position = entry >> _POS_SHIFT if type(entry) is int else entry.positions[entry.next[source] - 1]
+        head, tail = self._base + self._head, self._base + len(self._times)
+        for waiting, first in awaiting:
+            if won is not None and first == position and waiting != source:
+                self._join_at(waiting, tail)
+            elif first >= head:  # that first message's original is still in the window: its copy may come yet
+                self._awaiting.append((waiting, first))
+        if settling:
+            self._join_at(source, position)
+            if won is None:
+                self._awaiting.append((source, position))
+        return won
+
     def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
+        if self._awaiting or (self._settling and source in self._settling):
+            return self._observe_joined(ts_ns, source, key, ref)
         times = self._times
         if len(times) > self._head and (times[self._head] < ts_ns - self.window_ns
                                         or len(times) - self._head >= self.max_entries):
@@ -180,7 +282,7 @@ class PyDeduper(_Observe):
             if 0 <= source < _FAST_SOURCES:
                 entries[key] = ((self._base + len(times)) << _POS_SHIFT) | source
             else:
-                entries[key] = _Entry(ts_ns, ref, source, 0)
+                entries[key] = _Entry(ts_ns, ref, self._base + len(times), source, 0)
             times.append(ts_ns)
             self._refs.append(ref)
             self._keys.append(key)
@@ -188,16 +290,19 @@ class PyDeduper(_Observe):
             return None
         if type(entry) is int:
             first = entry & (_FAST_SOURCES - 1)
-            at = (entry >> _POS_SHIFT) - self._base
+            position = entry >> _POS_SHIFT
+            at = position - self._base
             if 0 <= source < _FAST_SOURCES and source != first:
                 bit = 1 << (source + _MASK_SHIFT)
-                if not entry & bit:
+                if not entry & bit and position >= self._joined[source]:
                     entries[key] = entry | bit
                     self.counts.copies += 1
                     return times[at], self._refs[at]
-            # The same source again: a real repeat of these bytes. Rare; count per source from now on.
-            entry = entries[key] = _Entry(times[at], self._refs[at], first, (entry >> _MASK_SHIFT) & _MASK_MASK)
-        original = entry.arrival(ts_ns, source, ref)
+            # The same source again (a real repeat of these bytes), or one that joined after this original arrived:
+            # rare; count per source from now on.
+            entry = entries[key] = _Entry(times[at], self._refs[at], position, first,
+                                          (entry >> _MASK_SHIFT) & _MASK_MASK)
+        original = entry.arrival(ts_ns, source, ref, self._base + len(times), self._joined_at(source))
         if original is None:
             # A further original of these bytes: a slot of its own, so that it leaves the window at its own time.
             times.append(ts_ns)
@@ -217,10 +322,11 @@ class PyDeduper(_Observe):
         copy from another source of a one-original entry) are inlined here, with the state in locals; expiry
         is `_expire`'s, and everything else goes through `observe_digest`.
         """
-        if not sources or min(sources) < 0 or max(sources) >= _FAST_SOURCES:
+        if (not sources or min(sources) < 0 or max(sources) >= _FAST_SOURCES or self._settling
+                or self._awaiting):
             return self._observe_each(stamps, sources, keys, refs)
         times, held_refs, order, entries = self._times, self._refs, self._keys, self._entries
-        get, window, max_entries = entries.get, self.window_ns, self.max_entries
+        get, window, max_entries, joined = entries.get, self.window_ns, self.max_entries, self._joined
         put_time, put_ref, put_key = times.append, held_refs.append, order.append
         head, base = self._head, self._base
         due = times[head] + window if len(times) > head else _NEVER  # when the oldest entry leaves
@@ -250,7 +356,8 @@ class PyDeduper(_Observe):
                 originals += 1
                 continue
             bit = 1 << (source + _MASK_SHIFT)
-            if type(entry) is int and source != entry & (_FAST_SOURCES - 1) and not entry & bit:
+            if (type(entry) is int and source != entry & (_FAST_SOURCES - 1) and not entry & bit
+                    and entry >> _POS_SHIFT >= joined[source]):
                 entries[key] = entry | bit
                 at = (entry >> _POS_SHIFT) - base
                 copy_index(index)
@@ -315,19 +422,28 @@ class PyDeduper(_Observe):
 
     def _state(self) -> DedupeState:
         """The state as plain values, for tests: (absolute position of the oldest original, [(ts, ref, key)] of
-        every live original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals paired with them,
-        when not 0})}); _dedupe.c's `_state` gives the same."""
+        every live original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals since it joined
+        paired with them, when not 0})}, {source: (join position, its first arrival since still to come, the
+        position of that first arrival when it was new and no other source delivered its bytes yet, else None),
+        when not (0, False, None)}); _dedupe.c's `_state` gives the same."""
         live = range(self._head, len(self._times))
+        joined = self._joined_at
         entries: dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]] = {}
         for key, entry in self._entries.items():
             if type(entry) is int:
-                at = (entry >> _POS_SHIFT) - self._base
+                position = entry >> _POS_SHIFT
+                at = position - self._base
                 first = entry & (_FAST_SOURCES - 1)
                 entries[key] = ([(self._times[at], self._refs[at])],
-                                {s: 1 for s in range(_FAST_SOURCES) if s == first or entry >> (s + _MASK_SHIFT) & 1})
+                                {s: 1 for s in range(_FAST_SOURCES)
+                                 if (s == first or entry >> (s + _MASK_SHIFT) & 1) and position >= joined(s)})
             else:
-                entries[key] = (entry.live(), dict(entry.counts))
-        return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries)
+                entries[key] = (entry.live(), entry.counts(joined))
+        awaited = dict(self._awaiting)
+        joins = {s: (at, s in self._settling, awaited.get(s)) for s, at in [*enumerate(self._joined),
+                                                                             *self._joined_other.items()]
+                 if at or s in self._settling or s in awaited}
+        return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries, joins)
 
 
 try:
