@@ -6,11 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from bisect import bisect_right
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from record_util import RecorderProcess, compare_with_sent_log
+from record_util import RecorderProcess, compare_with_sent_log, connections, pair_connections
 
 from recorder.feed.message import identifier_of
 from recorder.model.record import RecordKind, decode_receipt
@@ -276,3 +277,71 @@ def test_a_feed_that_repeats_itself_a_window_later_is_recorded_once_per_publicat
             edges += any(original == later and later - first <= window_ns < ts - first for ts, original in arrivals)
     print(f"{sum(recorded.values())} messages recorded, {repeats} repeats a window apart, {edges} at the edge")
     assert edges > 0, "no repeat straddled the window's edge: the test proved nothing"
+
+
+
+REJOIN_RUN_S = 15.0
+MOMENT_NS = 1_000_000  # the market's own identical messages come microseconds apart; its repeats, 0.8 s
+
+
+def test_a_repeat_only_a_reconnected_copy_receives_is_recorded_as_a_message_of_its_own(sim_process, tmp_path):
+    """Both copies drop every ~0.4 s (each on its own schedule) while the market publishes again, every ~5 ms, the
+    bytes it published 0.8 s earlier (inside the 1 s dedupe window). When copy B was down at the first publication
+    and copy A is down at the repeat, only B receives the repeat: its first x since it reconnected, which the
+    count alone pairs with A's live original of the first x (a new message recorded as a receipt). The sent log
+    says which publications some connection received: exactly those must be recorded (each moment of the same
+    bytes as often as the connection that received it most often)."""
+    published_dir, sent_dir, out = tmp_path / "published", tmp_path / "sent", tmp_path / "out"
+    sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "23", "--repeat-every", "0.005",
+                      "--repeat-after", str(0.8 * WINDOW_S), "--drop-every", "0.4",
+                      "--published-log", str(published_dir), "--sent-log", str(sent_dir))
+    info = sim.info
+    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--redundancy", "2", "--dedupe-window",
+                          str(WINDOW_S), "--base-url", info["base_url"], "--token-url", info["token_url"],
+                          "--duration", str(REJOIN_RUN_S), "--out", str(out), "-q",
+                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
+    try:
+        assert rec.wait(REJOIN_RUN_S + 60) == 0, rec.stderr
+    finally:
+        rec.kill_tree()
+    assert sim.stop(signal.SIGTERM) == 0, sim.stderr
+
+    raw = subprocess.run([sys.executable, "-m", "recorder.segment", "cat", str(out), "--format", "raw"],
+                         capture_output=True, check=True, timeout=60).stdout
+    recorded = Counter(raw.split(b"\n")[:-1])
+    # Each payload's moments (publications of the same bytes within MOMENT_NS of the first of them).
+    moments: dict[bytes, list[int]] = {}
+    for r in merge_records(read(published_dir)):
+        starts = moments.setdefault(r.payload, [])
+        if not starts or r.ts_ns - starts[-1] > MOMENT_NS:
+            starts.append(r.ts_ns)
+    # Per payload and moment, what each sim connection was sent (a message is sent after it is published, and
+    # before the market publishes its bytes again 0.8 s later).
+    received: dict[tuple[bytes, int], Counter[object]] = {}
+    for seg in read(sent_dir):
+        for r in seg.iter_records():
+            if r.kind == RecordKind.TEXT and r.payload in moments:
+                moment = bisect_right(moments[r.payload], r.ts_ns) - 1
+                received.setdefault((r.payload, moment), Counter())[(seg.shard, 0, r.conn)] += 1
+    expected: Counter[bytes] = Counter()
+    for (payload, _), by_conn in received.items():
+        expected[payload] += max(by_conn.values())
+    # The case itself: a repeat that no copy which received the earlier publication received (each sim connection
+    # is a connection of the recording, whose `opened` event names its group and copy).
+    sent_opened = connections(discover([sent_dir]))[1]
+    assert all(key[1] == 0 for key in sent_opened), "the sent log's connections are keyed (shard, 0, conn)"
+    got_opened = connections([p for p in discover([out]) if p.name.startswith("ime-")])[1]
+    copy_of = {sim: (got[0], got[1], got_opened[got]["group"], got_opened[got]["copy"])
+               for sim, got in pair_connections(sent_opened, got_opened).items()}
+
+    def copies(payload: bytes, moment: int) -> set[object]:
+        return {copy_of[conn] for conn in received.get((payload, moment), ())}
+
+    alone = sum(1 for payload, moment in received if moment and copies(payload, moment - 1)
+                and not copies(payload, moment) & copies(payload, moment - 1))
+    wrong = {p: (recorded[p], expected[p]) for p in recorded.keys() | expected.keys() if recorded[p] != expected[p]}
+    print(f"{sum(recorded.values())} messages recorded; {alone} repeats received only by a copy that had missed the "
+          f"earlier publication")
+    assert alone > 0, "no repeat reached only a copy that missed its earlier publication: the test proved nothing"
+    assert not wrong, (f"{len(wrong)} payloads recorded other than received (recorded, received), e.g. "
+                       f"{next(iter(wrong.values()))}")
