@@ -72,6 +72,7 @@ typedef struct {
     Py_ssize_t n_settling;          /* how many sources, of all, are settling: 0 in the common case */
     Awaiting *awaiting;             /* in the order they began, as dedupe.py's list */
     Py_ssize_t n_awaiting, cap_awaiting;
+    uint64_t decided;               /* the last arrival's original's position (its own when it is one) */
 } Deduper;
 
 /* --- keys and the table ----------------------------------------------------------------------------------- */
@@ -358,10 +359,10 @@ static Py_ssize_t general_seek(General *g, Py_ssize_t at, uint64_t joined) {
     return lo;
 }
 
-/* One arrival: 0 for an original; 1 for a copy, with its original in *orig_ts / *orig_ref (borrowed); -1 on error.
-   *orig_pos: the original's position (the arrival's own when it is one). */
-static int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
-                  int64_t *orig_ts, PyObject **orig_ref, uint64_t *orig_pos) {
+/* observe's decision, the joins' bookkeeping aside (observe_joined does it). d->decided: the original's position
+   (the arrival's own when it is one), a field rather than a ninth argument, which cost the fast path instructions. */
+static inline int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+                         int64_t *orig_ts, PyObject **orig_ref) {
     if (d->head < d->tail) {
         Slot *oldest = slot_at(d, d->head);
         if ((__int128)oldest->ts < (__int128)ts - d->window_ns || d->tail - d->head >= (uint64_t)d->max_entries)
@@ -389,7 +390,7 @@ static int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t 
         s->mask = 0;
         s->owner = 1;
         d->table[free_at] = (Bucket){hash, d->tail};
-        *orig_pos = d->tail++;
+        d->decided = d->tail++;
         d->originals++;
         return 0;
     }
@@ -400,7 +401,7 @@ static int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t 
             d->copies++;
             *orig_ts = s->ts;
             *orig_ref = s->ref;
-            *orig_pos = pos;
+            d->decided = pos;
             return 1;
         }
         /* The same source again (a real repeat of these bytes), one that joined after this original arrived, or a
@@ -426,30 +427,37 @@ static int decide(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t 
         t->k1 = k1;
         t->general = NULL;
         t->first = t->mask = t->owner = 0;
-        *orig_pos = d->tail++;
+        d->decided = d->tail++;
         d->originals++;
         return 0;
     }
     *n = at + 1;
     d->copies++;
-    *orig_pos = g->originals[at];
-    Slot *o = slot_at(d, *orig_pos);
+    d->decided = g->originals[at];
+    Slot *o = slot_at(d, d->decided);
     *orig_ts = o->ts;
     *orig_ref = o->ref;
     return 1;
 }
 
-/* decide, with the joins' bookkeeping around it: exactly dedupe.py's observe_digest. */
-static inline int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+/* observe (below) while a source is settling or awaiting: decide, with the joins' bookkeeping around it. */
+static int observe_joined(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
                           int64_t *orig_ts, PyObject **orig_ref) {
     int settling = d->n_settling && is_settling(d, source);
     if (settling && awaiting_reserve(d) < 0) return -1;
-    uint64_t at;
-    int won = decide(d, ts, source, k0, k1, ref, orig_ts, orig_ref, &at);
+    int won = decide(d, ts, source, k0, k1, ref, orig_ts, orig_ref);
     if (won < 0) return -1;
-    if (d->n_awaiting) confirm(d, source, won, at);
-    if (settling) settle(d, source, at, won == 0);
+    if (d->n_awaiting) confirm(d, source, won, d->decided);
+    if (settling) settle(d, source, d->decided, won == 0);
     return won;
+}
+
+/* One arrival: 0 for an original; 1 for a copy, with its original in *orig_ts / *orig_ref (borrowed); -1 on error.
+   Exactly dedupe.py's observe_digest. */
+static inline int observe(Deduper *d, int64_t ts, int64_t source, uint64_t k0, uint64_t k1, PyObject *ref,
+                          int64_t *orig_ts, PyObject **orig_ref) {
+    if (d->n_settling | d->n_awaiting) return observe_joined(d, ts, source, k0, k1, ref, orig_ts, orig_ref);
+    return decide(d, ts, source, k0, k1, ref, orig_ts, orig_ref);
 }
 
 /* --- argument conversion ---------------------------------------------------------------------------------- */
