@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.timeparse import CALENDAR_ENV, CALENDAR_HELP, CALENDARS, GREGORIAN, LogFormatter, TimeLocale
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,14 +95,12 @@ def one_line_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False, where: TimeLocale | None = None) -> None:
+    """Log lines on stderr, stamped in `where`'s zone (UTC by default), with the zone: `…T09:00:00+03:30`."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", where or TimeLocale()))
+    logging.basicConfig(level=level, handlers=[handler])
     # picows logs every refused handshake at INFO; our own lines say it better.
     logging.getLogger("picows").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
@@ -117,3 +116,9 @@ def parse_host_port(spec: str, option: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise UserError(f"bad {option} {spec!r}: port must be 0-65535")
     return host, port
+
+
+def calendar_option() -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """--calendar (IME_CALENDAR): the calendar of the dates a command shows and reads (recorder/timeparse.py)."""
+    return click.option("--calendar", envvar=CALENDAR_ENV, type=click.Choice(CALENDARS, case_sensitive=False),
+                        default=GREGORIAN, show_default=True, help=CALENDAR_HELP)

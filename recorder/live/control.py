@@ -25,6 +25,7 @@ from recorder.record.childproc import child_start
 from recorder.record.live import LiveSettings
 from recorder.record.metrics import Figure
 from recorder.record.timeslice import hub_yields, yield_cpu
+from recorder.timeparse import TimeLocale
 
 log = logging.getLogger("recorder.supervisor")
 
@@ -136,7 +137,7 @@ class HubView:
             return state
         problem = f.get("nats_problem") or "unavailable"
         since = f.get("nats_down_since") or 0
-        when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+        when = f" since {TimeLocale.from_env().clock(since)}" if since else ""
         return f"DOWN{' at stop' if ended else ''}{when} ({problem})"
 
     def nats_account(self, handed: int) -> NatsAccount:

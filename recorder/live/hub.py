@@ -31,6 +31,7 @@ from recorder.live.wire import WireError
 from recorder.record.childproc import ignore_group_signals
 from recorder.record.live import LiveSettings
 from recorder.server.server import FeedServer, ServerConfig
+from recorder.timeparse import LogFormatter
 
 log = logging.getLogger("recorder.live")
 
@@ -238,7 +239,7 @@ def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.
     ignore_group_signals()
     _set_process_name(PROCESS_NAME)
     handler = _PipeLog(pipe)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s live: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s live: %(message)s"))  # in IME_TZ's zone
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(log_level)

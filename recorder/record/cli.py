@@ -12,7 +12,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import click
 
-from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, calendar_option, one_line_errors, setup_logging
 from recorder.errors import RuntimeFailure, UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, DEFAULT_TOKEN_URL, EndpointKind, split_contracts
 from recorder.record.auth import TokenProvider
@@ -36,6 +36,7 @@ from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
 from recorder.redact import redact_url
 from recorder.segment.files import describe_os_error
+from recorder.timeparse import TZ_ENV, TimeLocale
 
 PROG = "ime-record"
 log = logging.getLogger("recorder.record")
@@ -182,6 +183,10 @@ def make_reread(ctx: click.Context, kind: EndpointKind, base_url: str,
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
 @click.option("--status-interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between status log lines when stderr is not a terminal.")
+@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True,
+              help=f"Time zone of the times shown (log lines, the status table): an IANA name (Asia/Tehran), UTC, or "
+                   f"an offset (+03:30). Also ${TZ_ENV}.")
+@calendar_option()
 # LIVE-WIRING begin: live outputs (recorder/live/options.py)
 @click.option("--relay", metavar="[HOST:]PORT",
               help="Serve the live feed to local IME clients (both endpoints, real paths); host 127.0.0.1 by default.")
@@ -238,7 +243,7 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
          flush_ms: float, frame_kib: int, rotate_mb: float, rotate_minutes: float, level: int,
          ping_interval: float, idle_timeout: float, receive_slice_us: int,
          writer_nice: int, metrics_port: int | None,
-         metrics_host: str, status_interval: float, relay: str | None, relay_token: str | None,
+         metrics_host: str, status_interval: float, tz: str, calendar: str, relay: str | None, relay_token: str | None,
          relay_client_kib: int, publish: str | None, nats_stream: str, nats_max_age: str,
          nats_duplicate_window: str, nats_replicas: int, nats_backlog: int,  # LIVE-WIRING: relay..nats_backlog
          ca_file: str | None, verbose: int, quiet: bool,
@@ -253,7 +258,9 @@ def main(ids_file: Path | None, names_file: Path | None, ids: str | None, names:
       IME_USERNAME=me IME_PASSWORD=... ime-record --shards 4 --ids-file ids.txt --out /data/ime
       ime-record --config /etc/ime-record/ime-record.toml --print-config
     """
-    setup_logging(verbose, quiet)
+    shown = TimeLocale.parse(tz, calendar)
+    setup_logging(verbose, quiet, shown)
+    os.environ.update(shown.environ())  # the status table, and the workers' and the hub's log lines, read it
     # OPS-WIRING begin: --print-config, secrets on the command line, --password-file, ops settings
     ctx = click.get_current_context()
     if print_config:

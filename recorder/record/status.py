@@ -17,6 +17,7 @@ from typing import TextIO
 from recorder import clock
 from recorder.humanize import human_bytes, human_count, human_duration
 from recorder.record.messages import Status
+from recorder.timeparse import TimeLocale
 
 STALE_AFTER_S = 3.0  # a running worker reports every second; silence this long means it is frozen
 
@@ -169,12 +170,17 @@ class ShardView:
         return max(0.0, 1.0 - self.total_downtime_ns / total)
 
 
-def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None) -> list[str]:
+def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None,
+          shown: TimeLocale | None = None) -> list[str]:
+    """The live table; its clock in `shown` (--tz and --calendar; by default as IME_TZ and IME_CALENDAR say, which
+    ime-record sets from its options)."""
     # Every column has a bounded width (human_count/human_bytes), so the table fits an 80-column terminal.
     now = time.monotonic() if now is None else now
+    shown = shown or TimeLocale.from_env()
     head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>6} {'MB/S':>6} {'MSGS':>6} {'RECONN':>6} "
             f"{'LAST':>7} {'DISK':>9} {'RESTART':>7}")
-    lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
+    lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)} (now {shown.format(now_ns, 0)})",
+             head]
     for v in views:
         state = v.shown_state(now)
         lines.append(
@@ -224,8 +230,12 @@ class DiskFigures:
     removed_bytes: int = 0
 
 
-def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | None = None) -> list[str]:
-    lines = [f"recorded for {human_duration(elapsed_s)}:"]
+def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | None = None, now_ns: int | None = None,
+                 shown: TimeLocale | None = None) -> list[str]:
+    end_ns = clock.time_ns() if now_ns is None else now_ns
+    shown = shown or TimeLocale.from_env()
+    lines = [f"recorded for {human_duration(elapsed_s)}, from {shown.format(end_ns - int(elapsed_s * 1e9), 0)} to "
+             f"{shown.format(end_ns, 0)}:"]
     for v in views:
         lines.append(
             f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)} received"

@@ -60,6 +60,7 @@ from recorder.segment.files import SegmentWriteError
 from recorder.segment.layout import day_layout
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.writer import SegmentWriter
+from recorder.timeparse import LogFormatter
 
 log = logging.getLogger("recorder.worker")
 
@@ -855,8 +856,7 @@ def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
     link = SupervisorLink(pipe, cfg.shard)
     worker = Worker(cfg, link)
     handler = PipeLogHandler(link)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s s{cfg.shard:02d}: %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(LogFormatter(f"%(asctime)s %(levelname)s s{cfg.shard:02d}: %(message)s"))  # IME_TZ's zone
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.log_level)

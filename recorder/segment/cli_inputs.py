@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 
 from recorder.errors import UserError
+from recorder.progress import Progress
 from recorder.segment.reader import Damage, SegmentFile, discover, open_readable
+from recorder.segment.selection import Selection
 
 PROG = "ime-segments"
 
@@ -44,3 +46,13 @@ def report_damage(damage: Iterable[Damage]) -> int:
         click.echo(f"{PROG}: warning: {d}", err=True)
         count += 1
     return count
+
+
+def reading_progress(segments: list[SegmentFile], selection: Selection, label: str, enabled: bool = True) -> Progress:
+    """A bar over the records of the frames the window selects, counted as the readers read them (each file counts
+    the records it has read): nothing is added to the readers' loops."""
+    lo = selection.start_ns if selection.start_ns is not None else -(1 << 63)
+    hi = selection.end_ns if selection.end_ns is not None else 1 << 63
+    total = sum(f.records for s in segments for f in s.frames if f.records and f.max_ts >= lo and f.min_ts < hi)
+    before = sum(s.records_salvaged for s in segments)
+    return Progress(total, label, poll=lambda: sum(s.records_salvaged for s in segments) - before, enabled=enabled)

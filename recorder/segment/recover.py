@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,7 +100,7 @@ class RecoveryFailure:
         return f"{self.source}: not recovered: {self.message}"
 
 
-def recover(path: Path | str) -> Recovery:
+def recover(path: Path | str, progress: Callable[[int], None] | None = None) -> Recovery:
     """Seal the intact frames of an `.open` file as `NAME.zst`, or re-seal a `NAME.zst` that does not check out.
 
     Frames are found by the readers' walk (`reader.walk_frames`), which resynchronises on the next valid
@@ -108,7 +108,8 @@ def recover(path: Path | str) -> Recovery:
     kept, in sequence order. Every byte range not in the sealed file (damage, a repeated frame, a cut-off tail,
     an old seal) is copied to `NAME.zst.tail` and described in the result and in the seal's `skipped` list.
     Raises SegmentFormatError when the file is not a segment recovery can read (its header is damaged or of a
-    newer format) and RecoveryError when writing fails; the file is unchanged then.
+    newer format) and RecoveryError when writing fails; the file is unchanged then. `progress` is told the bytes
+    of each frame checked.
     """
     path = Path(path)
     if path.name.endswith(OPEN_SUFFIX):
@@ -127,7 +128,7 @@ def recover(path: Path | str) -> Recovery:
     if resealing:
         # Checked by structure and CRCs, not decompressed (see SegmentFile.verify): a recording's directory of
         # sealed files is checked at disk speed.
-        problems = seg.verify(decompress=False) if seg.sealed else []
+        problems = seg.verify(decompress=False, progress=progress) if seg.sealed else []
         if seg.sealed and not problems:
             return Recovery(path, path, len(seg.frames), seg.records, 0, None, (), action=INTACT)
         # What is wrong with the seal itself; the frames' damage is found again by the walk below.
@@ -135,7 +136,7 @@ def recover(path: Path | str) -> Recovery:
     elif final.exists():
         raise SegmentFormatError(f"{final} already exists; move it away before recovering {path}")
     try:
-        return _reseal(path, final, resealing, notes)
+        return _reseal(path, final, resealing, notes, progress)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
@@ -152,7 +153,8 @@ def _seal_problem(path: Path) -> str:
     return "not sealed properly"
 
 
-def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) -> Recovery:
+def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...],
+            progress: Callable[[int], None] | None = None) -> Recovery:
     temp = final.with_name(final.name + TEMP_SUFFIX)
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
@@ -165,7 +167,7 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) ->
             walked, damage, _ = walk_frames(src, path, size)
             frames, order_damage = order_frames(walked, path)
             damage += order_damage
-            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name)
+            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name, progress)
             damage.extend(bad)
             skipped = _gaps(kept, header_end, size)
             if kept and skipped:
@@ -207,7 +209,8 @@ def tail_name(path: Path) -> Path:
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
-                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[Damage]]:
+                  damage: list[Damage], tail_file: str,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameInfo], list[Damage]]:
     """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
@@ -220,6 +223,8 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
         for info in frames:
             src.seek(info.offset)
             chunk = src.read(info.end_offset - info.offset)
+            if progress is not None:
+                progress(len(chunk))
             try:
                 check_timestamps(decode_frame(chunk[DESCRIPTOR_FRAME_SIZE:], info, dctx), info)
             except SegmentFormatError as exc:
@@ -294,12 +299,13 @@ def _header_end(fh: BinaryIO) -> int:
     return SKIP_HEAD.size + size
 
 
-def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
+def recover_each(paths: Iterable[Path],
+                 progress: Callable[[int], None] | None = None) -> list[Recovery | RecoveryFailure]:
     """`recover` every file, one result each: one file that cannot be recovered never stops the others."""
     results: list[Recovery | RecoveryFailure] = []
     for p in paths:
         try:
-            results.append(recover(p))
+            results.append(recover(p, progress))
         except RecoveryError as exc:
             results.append(RecoveryFailure(p, str(exc)))  # it says the file is unchanged
         except SegmentFormatError as exc:
