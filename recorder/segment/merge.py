@@ -18,8 +18,8 @@ What no input covered, between the first and the last record of all inputs, is t
 be missing from the merge, and `MergeResult.uncovered` lists it.
 
 This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
-Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
-heap operation per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
+Records are merged a block at a time (ordered.merged, the readers' merge too) rather than one heap operation
+per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
 written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
 second, and a Python call per record per step costs more than the step. Blocks come with their output
 connection ids already in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the dedupe is
@@ -28,13 +28,12 @@ in C when _dedupe.c is.
 
 from __future__ import annotations
 
-import bisect
 import gc
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import eq, itemgetter
+from operator import eq
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,11 +41,11 @@ from recorder.events import Event, decode_event, encode_event
 from recorder.humanize import human_duration
 from recorder.model.record import MESSAGE_KINDS, RecordError, RecordKind, Row, decode_receipt, encode_receipt
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper, digest
+from recorder.segment.ordered import merged
 from recorder.segment.reader import Damage, SegmentFile, sequences
 from recorder.timeparse import format_ns
 
 _NOT_MESSAGE = frozenset(range(256)) - MESSAGE_KINDS
-_TS = itemgetter(0)
 
 
 
@@ -237,26 +236,6 @@ class _ConnIds(dict[tuple[Any, ...], int]):
         return new
 
 
-class _Stream:
-    """One input's files of one shard, in file order, as blocks of rows with output connection ids."""
-
-    __slots__ = ("blocks", "buf", "pos")
-
-    def __init__(self, blocks: Iterator[list[Row]]) -> None:
-        self.blocks = blocks
-        self.buf: list[Row] = []
-        self.pos = 0
-
-    def fill(self) -> bool:
-        """Make sure rows are pending; False when the stream is exhausted."""
-        while self.pos >= len(self.buf):
-            block = next(self.blocks, None)
-            if block is None:
-                return False
-            self.buf, self.pos = block, 0
-        return True
-
-
 class _SegmentConns(dict[int, int]):
     """One segment's connection ids -> output connection ids, handed out by `ids` on first sight."""
 
@@ -292,34 +271,6 @@ def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
     return number, meta.get("host"), meta.get("pid"), seg.shard
 
 
-def merged_blocks(streams: list[_Stream]) -> Iterator[list[Row]]:
-    """Rows of all streams in receive-time order (ties: stream order), a batch at a time.
-
-    Each round takes, from every stream, the pending rows up to the smallest "last pending time" among the
-    streams, and sorts those pre-sorted runs together (Timsort merges runs in C). A stream whose rows step
-    back in time (a wall-clock step) cannot stall this: the stream that sets the bound gives all it has.
-    """
-    active = [s for s in streams if s.fill()]
-    while active:
-        if len(active) == 1:
-            s = active[0]
-            yield s.buf[s.pos:] if s.pos else s.buf
-            s.pos = len(s.buf)
-        else:
-            bound = min(s.buf[-1][0] for s in active)
-            parts: list[Row] = []
-            for s in active:
-                buf = s.buf
-                # The stream that sets the bound gives everything pending, even rows that step back in time.
-                end = len(buf) if buf[-1][0] == bound else bisect.bisect_right(buf, bound, s.pos, len(buf), key=_TS)
-                if end > s.pos:
-                    parts.extend(buf[s.pos:end] if s.pos or end < len(buf) else buf)
-                    s.pos = end
-            parts.sort(key=_TS)
-            yield parts
-        active = [s for s in active if s.fill()]
-
-
 # --- the merge -------------------------------------------------------------------------------------------
 
 
@@ -339,7 +290,7 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor
     ids = _ConnIds(sink_for)
     coverage = ContractCoverage()
     rows = [0] * len(stats)
-    streams = [_Stream(_blocks(number, chain, ids, _conn_key, rows, coverage.seen))
+    streams = [_blocks(number, chain, ids, _conn_key, rows, coverage.seen)
                for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
     # The loop allocates a tuple per record and the Deduper holds ~10^5 container objects: the cyclic garbage
     # collector would walk them every few thousand records. Nothing here makes cycles; refcounting frees it all.
@@ -354,7 +305,8 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor
 
 
 def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, coverage: ContractCoverage,
-                rows: list[int], streams: list[_Stream], inputs: Sequence[tuple[str, Sequence[SegmentFile]]],
+                rows: list[int], streams: list[Iterator[list[Row]]],
+                inputs: Sequence[tuple[str, Sequence[SegmentFile]]],
                 keep_receipts: bool, window_ns: int, after_batch: Callable[[], None] | None) -> MergeResult:
     source, shard_of, outputs = ids.source, ids.shard, ids.outputs
     deduper = Deduper(window_ns=window_ns)
@@ -412,7 +364,7 @@ def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, cov
                 outputs[number].extend(out if len(numbers) == 1 else
                                        list(compress(out, map(eq, route, repeat(number)))))
 
-    for batch in merged_blocks(streams):
+    for batch in merged(streams):
         if first_ns is None:
             first_ns = batch[0][0]
         stamps, conns, kinds, payloads = zip(*batch, strict=True)

@@ -13,11 +13,11 @@ in sequence order), so no record is ever yielded twice.
 
 from __future__ import annotations
 
-import heapq
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from operator import attrgetter, itemgetter
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,6 +54,7 @@ from recorder.segment.format import (
     seek_table_size,
 )
 from recorder.segment.naming import MERGE_STAGING, OPEN_SUFFIX, SEALED_SUFFIX
+from recorder.segment.ordered import merged
 
 MAX_HEADER_BYTES = 16 << 20
 # What every descriptor starts with: a reader that lost its place searches for it.
@@ -63,6 +64,7 @@ RESYNC_CHUNK = 1 << 20
 # MiB instead of two per ~45 kB frame; each call releases the GIL, and while writer threads run (a merge) the
 # reading thread may then wait for it to come back (cProfile put a merge's seeks at up to a fifth of its time).
 READ_BUFFER = 1 << 20
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,17 +145,19 @@ class SegmentFile:
 
         `expand=False`: as stored (receipt blocks unexpanded), so that the k-th record of an unfiltered read is
         record number k of the file (format.decode_block)."""
+        for records in self.record_blocks(start_ns, end_ns, expand):
+            yield from records
+
+    def record_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
+                      expand: bool = True) -> Iterator[list[Record]]:
+        """`iter_records` a frame at a time (what the merge of several files takes)."""
         shard = self.shard
-        for block_records in self.iter_blocks(start_ns, end_ns, expand=expand):
-            if start_ns is None and end_ns is None:
-                for ts, conn, kind, payload in block_records:
-                    yield Record(ts, shard, conn, kind, payload)
-            else:
+        for rows in self.iter_blocks(start_ns, end_ns, expand=expand):
+            if start_ns is not None or end_ns is not None:
                 lo = start_ns if start_ns is not None else -(1 << 63)
                 hi = end_ns if end_ns is not None else 1 << 63
-                for ts, conn, kind, payload in block_records:
-                    if lo <= ts < hi:
-                        yield Record(ts, shard, conn, kind, payload)
+                rows = [row for row in rows if lo <= row[0] < hi]
+            yield as_records(rows, shard)
 
     def iter_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
                     conns: Mapping[int, int] | None = None,
@@ -198,6 +202,16 @@ class SegmentFile:
             if self.sealed:
                 found.extend(verify_seal(fh, self))
         return found
+
+
+def as_records(rows: list[Row], shard: int) -> list[Record]:
+    """Rows of `shard` as Records, built in C (tuple.__new__ mapped over the columns): Record()'s own __new__ is a
+    Python call, and readers build hundreds of thousands of these a second."""
+    if not rows:
+        return []
+    stamps, conns, kinds, payloads = zip(*rows, strict=True)
+    return list(map(_new_tuple, repeat(Record), zip(stamps, repeat(shard), conns, kinds, payloads, repeat(None),
+                                                   strict=False)))
 
 
 def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
@@ -549,14 +563,13 @@ def merge_records(segments: list[SegmentFile], start_ns: int | None = None,
         selected = [s for s in chain if overlaps(s, start_ns, end_ns)]
         if selected:
             streams.append(_chain(selected, start_ns, end_ns))
-    if len(streams) == 1:
-        return streams[0]
-    return heapq.merge(*streams, key=itemgetter(0))
+    for batch in streams[0] if len(streams) == 1 else merged(streams):
+        yield from batch
 
 
-def _chain(chain: list[SegmentFile], start_ns: int | None, end_ns: int | None) -> Iterator[Record]:
+def _chain(chain: list[SegmentFile], start_ns: int | None, end_ns: int | None) -> Iterator[list[Record]]:
     for seg in chain:
-        yield from seg.iter_records(start_ns, end_ns)
+        yield from seg.record_blocks(start_ns, end_ns)
 
 
 def overlaps(seg: SegmentFile, start_ns: int | None, end_ns: int | None) -> bool:
@@ -574,13 +587,11 @@ def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record
     hundred events in tens of thousands of frames. Damage in a frame that also holds records of the window is
     left to the window's own read to report, so that it is reported once.
     """
-    streams = []
-    for chain in sequences(segments):
-        streams.append(_events_before(chain, start_ns))
-    return heapq.merge(*streams, key=itemgetter(0))
+    for batch in merged([_events_before(chain, start_ns) for chain in sequences(segments)]):
+        yield from batch
 
 
-def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[Record]:
+def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[list[Record]]:
     dctx = zstandard.ZstdDecompressor()
     for seg in chain:
         frames = [f for f in seg.frames if f.events and f.min_ts < start_ns]
@@ -589,12 +600,9 @@ def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[Record]:
         with open(seg.path, "rb", buffering=READ_BUFFER) as fh:
             for info in frames:
                 try:
-                    records = read_frame(fh, info, dctx)
+                    rows = read_frame(fh, info, dctx)
                 except SegmentFormatError as exc:
                     if info.max_ts < start_ns:
                         seg.damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
                     continue
-                for ts, conn, kind, payload in records:
-                    if kind == RecordKind.EVENT and ts < start_ns:
-                        yield Record(ts, seg.shard, conn, kind, payload)
-
+                yield as_records([r for r in rows if r[2] == RecordKind.EVENT and r[0] < start_ns], seg.shard)
