@@ -18,9 +18,10 @@ from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.model.record import Record, RecordKind
-from recorder.segment.cli_inputs import PROG, open_all, report_damage
+from recorder.segment.cli_inputs import PROG, open_all, report_damage, warn_skipped
 from recorder.segment.coverage import summarise
 from recorder.segment.format import SegmentFormatError
+from recorder.segment.inputs import open_files, segment_files
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import Damage, SegmentFile, discover, merge_records, open_segment
@@ -140,12 +141,7 @@ def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | Non
 @one_line_errors(PROG)
 def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
     """Check every frame and checksum; exit 0 only when every file is intact."""
-    for p in paths:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    files = discover(paths)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
+    files = segment_files(paths)
     bad = 0
     for f in files:
         try:
@@ -258,12 +254,7 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
     sealed file are always kept in NAME.zst.tail. One line per file; every file is attempted.
     Exit 1 when a file held damage beyond the cut-off last frame a crash leaves, or could not be recovered.
     """
-    for p in paths:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    targets = discover(paths)
-    if not targets:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}; nothing to recover")
+    targets = segment_files(paths, nothing="nothing to recover")
     live = [f for f in targets if f.name.endswith(OPEN_SUFFIX) and held_by_recorder(f)]
     if live:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
@@ -313,18 +304,10 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     from recorder.segment.merge import check_paths
     from recorder.segment.merge_staging import MergeOutputError, lock_output
 
-    for p in inputs:
-        if not p.exists():
-            raise UserError(f"{p}: no such file or directory")
+    given = [(p, segment_files([p])) for p in inputs]
     problem = check_paths(inputs, out)
     if problem is not None:
         raise UserError(problem)
-    given: list[tuple[Path, list[Path]]] = []
-    for p in inputs:
-        files = discover([p])
-        if not files:
-            raise UserError(f"no segment files (*.zst, *.zst.open) in {p}")
-        given.append((p, files))
     # What decides the output: a rerun that finds this merge finished (see merge_staging) reports it as its own.
     arguments = {"inputs": [str(p.resolve()) for p in inputs], "keep_receipts": keep_receipts,
                  "dedupe_window": dedupe_window}
@@ -429,13 +412,9 @@ class StagedMerge:
 
         opened: list[tuple[str, list[SegmentFile]]] = []
         for p, files in given:
-            segs = []
-            for f in files:
-                try:
-                    segs.append(open_segment(f))
-                except SegmentFormatError as exc:
-                    click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
-                    self.unreadable += 1
+            segs, unreadable = open_files(files)
+            warn_skipped(unreadable)
+            self.unreadable += len(unreadable)
             opened.append((str(p), segs))
         writers = self.writers
 

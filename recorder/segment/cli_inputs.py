@@ -1,18 +1,18 @@
-"""The segments an `ime-segments` command line names: opened (directories expanded), with their damage reported.
+"""The segments an `ime-segments` command line names, opened with a warning for each file that does not open, and
+the damage found reported: shared by the segment commands (segment/cli.py), `ime-segments export` and `report`.
 
-Shared by the segment commands (segment/cli.py) and `ime-segments export` (export/cli.py), which segment/cli.py
-hands the export to: here, below both, so that neither CLI module imports the other's internals.
+Here, below those CLIs, so that none imports another's internals; what is opened and why a file is skipped is
+inputs.py's, which `recorder.open_recording` and `ime-replay` use too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import click
 
-from recorder.errors import UserError
-from recorder.segment.reader import Damage, SegmentFile, discover, open_readable
+from recorder.segment.inputs import open_inputs
+from recorder.segment.reader import Damage, SegmentFile
 
 PROG = "ime-segments"
 
@@ -23,19 +23,14 @@ def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
     A file that does not open is skipped with a warning (the caller exits 1); only when none opens is
     it a usage error.
     """
-    given = list(paths)
-    for p in given:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    files = discover(given)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}")
-    segments, unreadable = open_readable(files)
-    if not segments:
-        raise UserError(unreadable[0] if unreadable else f"no segment files in {', '.join(given)}")
-    for problem in unreadable:
-        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
+    segments, unreadable = open_inputs(paths)
+    warn_skipped(unreadable)
     return segments, len(unreadable)
+
+
+def warn_skipped(unreadable: Iterable[str], prog: str = PROG) -> None:
+    for problem in unreadable:
+        click.echo(f"{prog}: warning: skipped {problem}", err=True)
 
 
 def report_damage(damage: Iterable[Damage]) -> int:

@@ -514,23 +514,6 @@ def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Pat
     return unique
 
 
-def open_readable(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
-    """The segments that open, and one message per file that does not (e.g. cut inside its header).
-
-    One unreadable file must not hide the others; callers warn about each and exit 1.
-    """
-    segments: list[SegmentFile] = []
-    unreadable: list[str] = []
-    for f in files:
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            unreadable.append(f"{f}: {exc}")
-        except IsADirectoryError:
-            continue
-    return segments, unreadable
-
-
 def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
     """Group files into time-ordered chains that do not overlap (a shard's consecutive files).
 
