@@ -157,19 +157,7 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) ->
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
     try:
-        with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            header_end = _header_end(src)
-            # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
-            # it is what did not check out).
-            walked, damage, _ = walk_frames(src, path, size)
-            frames, order_damage = order_frames(walked, path)
-            damage += order_damage
-            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name)
-            damage.extend(bad)
-            skipped = _gaps(kept, header_end, size)
-            if kept and skipped:
-                _copy_ranges(src, skipped, tail_temp)
+        size, kept, skipped, damage = _salvage(path, temp, tail_temp, tail_path.name)
     except BaseException:
         for p in (temp, tail_temp):
             with contextlib.suppress(OSError):
@@ -190,6 +178,26 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) ->
     dropped = sum(end - start for start, end in skipped)
     return Recovery(path, final, len(kept), sum(f.records for f in kept), dropped, tail_path if skipped else None,
                     reasons, damaged, RESEALED if resealing else SEALED)
+
+
+def _salvage(path: Path, temp: Path, tail_temp: Path,
+             tail_file: str) -> tuple[int, list[FrameInfo], list[tuple[int, int]], list[Damage]]:
+    """The intact frames of `path` sealed into `temp`, and the bytes not in them into `tail_temp` (when a frame was
+    kept); returns the file's size, the kept frames, the skipped byte ranges and all damage found."""
+    with open(path, "rb", buffering=0) as src:
+        size = os.fstat(src.fileno()).st_size
+        header_end = _header_end(src)
+        # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
+        # it is what did not check out).
+        walked, damage, _ = walk_frames(src, path, size)
+        frames, order_damage = order_frames(walked, path)
+        damage += order_damage
+        kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_file)
+        damage.extend(bad)
+        skipped = _gaps(kept, header_end, size)
+        if kept and skipped:
+            _copy_ranges(src, skipped, tail_temp)
+    return size, kept, skipped, damage
 
 
 def _move_aside(path: Path, size: int, reasons: tuple[str, ...], damaged: bool) -> Recovery:
@@ -262,20 +270,13 @@ def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, 
 def _copy_ranges(src: BinaryIO, ranges: list[tuple[int, int]], target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
-        out = 0
+        out = FdOutput(fd)
         for start, end in ranges:
             src.seek(start)
-            out = _write_all(fd, src.read(end - start), out)
+            out.write(src.read(end - start))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return offset + len(data)
 
 
 def free_name(path: Path) -> Path:
