@@ -22,7 +22,7 @@ import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from operator import and_, itemgetter, sub
 from typing import Any
 
@@ -36,6 +36,7 @@ from recorder.model.record import (
     RecordKind,
     Row,
 )
+from recorder.segment.ordered import merged
 
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1  # 1.1: receipts (record kind 4)
@@ -507,18 +508,7 @@ def expand_receipt_blocks(records: list[Row]) -> list[Row]:
                         for copy_ts, copy_conn, orig_conn, lag in far)
     if not receipts:
         return kept
-    # Receive-time order (stable: near receipts before far ones of equal time); then a stable merge with the
-    # records, which are in receive-time order too, keeps records before equal-time receipts.
+    # Receive-time order (stable: near receipts before far ones of equal time), merged with the records as the
+    # readers merge shards: records before equal-time receipts, and each in its own order.
     receipts.sort(key=_TS)
-    out: list[Row] = []
-    i = j = 0
-    while i < len(kept) and j < len(receipts):
-        if receipts[j][0] < kept[i][0]:
-            out.append(receipts[j])
-            j += 1
-        else:
-            out.append(kept[i])
-            i += 1
-    out.extend(kept[i:])
-    out.extend(receipts[j:])
-    return out
+    return list(chain.from_iterable(merged((iter((kept,)), iter((receipts,))))))
