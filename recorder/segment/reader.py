@@ -14,7 +14,7 @@ in sequence order), so no record is ever yielded twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import attrgetter
@@ -164,22 +164,29 @@ class SegmentFile:
                     expand: bool = True) -> Iterator[list[Row]]:
         """Each selected frame's records, verified; the index picks frames, so earlier ones are never read.
         With `conns`, each record's connection id is conns[conn] (see format.decode_block)."""
+        lo = start_ns if start_ns is not None else -(1 << 63)
+        hi = end_ns if end_ns is not None else 1 << 63
+        for rows in self.read_frames([f for f in self.frames if f.records and f.max_ts >= lo and f.min_ts < hi],
+                                     conns, expand):
+            self.records_salvaged += len(rows)
+            yield rows
+
+    def read_frames(self, frames: list[FrameInfo], conns: Mapping[int, int] | None = None, expand: bool = True,
+                    report: Callable[[FrameInfo], bool] | None = None) -> Iterator[list[Row]]:
+        """These frames' records, verified, in turn. A frame that fails is skipped, and kept in `damage` (when
+        `report` says so of it)."""
+        if not frames:
+            return
         dctx = zstandard.ZstdDecompressor()
         with open(self.path, "rb", buffering=READ_BUFFER) as fh:
-            for info in self.frames:
-                if not info.records:
-                    continue
-                if start_ns is not None and info.max_ts < start_ns:
-                    continue
-                if end_ns is not None and info.min_ts >= end_ns:
-                    continue
+            for info in frames:
                 try:
-                    records = read_frame(fh, info, dctx, conns, expand)
+                    rows = read_frame(fh, info, dctx, conns, expand)
                 except SegmentFormatError as exc:
-                    self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
+                    if report is None or report(info):
+                        self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
                     continue
-                self.records_salvaged += len(records)
-                yield records
+                yield rows
 
     def verify(self, decompress: bool = True) -> list[Damage]:
         """Check every frame, checksum and the seal; return all damage found (empty = intact).
@@ -289,6 +296,13 @@ def read_seal(fh: BinaryIO, size: int) -> tuple[FooterIndex, list[SeekEntry], in
     return decode_index_content(raw[SKIP_HEAD.size:]), entries, index_offset
 
 
+def header_end(fh: BinaryIO) -> int:
+    """Where a segment's header ends: its first frame (or its seal) starts there."""
+    fh.seek(0)
+    _, header_len = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
+    return SKIP_HEAD.size + header_len
+
+
 def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], list[Damage], bool]:
     """Hop from descriptor to descriptor without decompressing. Returns (frames, damage, truncated).
 
@@ -298,10 +312,7 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
     just after the last good descriptor, not from where that descriptor claimed its frame ends: a frame that
     lost bytes then costs that frame only, instead of hiding the intact frame its claimed end falls into.
     """
-    fh.seek(0)
-    head = fh.read(SKIP_HEAD.size)
-    _, header_len = SKIP_HEAD.unpack(head)
-    offset = SKIP_HEAD.size + header_len
+    offset = header_end(fh)
     floor = offset  # a resynchronising search starts here: just after the last valid descriptor
     frames: list[FrameInfo] = []
     damage: list[Damage] = []
@@ -319,18 +330,13 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
         nxt = find_descriptor(fh, floor, size)
         if nxt is not None and frames and nxt < frames[-1].end_offset and frames[-1].end_offset == offset:
             # What the previous descriptor claimed as its frame holds the next descriptor: bytes of it were lost.
-            short = frames.pop()
-            damage.append(Damage(path, short.offset, short.seq,
-                                 f"data frame cut short: the next frame descriptor starts at offset {nxt}, "
-                                 f"{short.end_offset - nxt} bytes before its claimed end", short.records))
+            damage.append(_cut_short(path, frames.pop(), nxt))
         elif isinstance(found, FrameInfo):
             if nxt is None:
                 damage.append(Damage(path, offset, found.seq, "truncated tail: data frame is missing its last "
                                                               f"{found.end_offset - size} bytes", found.records))
                 return frames, damage, True
-            damage.append(Damage(path, offset, found.seq,
-                                 f"data frame cut short: the next frame descriptor starts at offset {nxt}, "
-                                 f"{found.end_offset - nxt} bytes before its claimed end", found.records))
+            damage.append(_cut_short(path, found, nxt))
         elif nxt is None:
             if found.startswith("truncated"):
                 damage.append(Damage(path, offset, None, found))
@@ -343,6 +349,12 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
                                                      f"to the next frame descriptor at offset {nxt}"))
         offset = nxt
     return frames, damage, False
+
+
+def _cut_short(path: Path, frame: FrameInfo, nxt: int) -> Damage:
+    return Damage(path, frame.offset, frame.seq, f"data frame cut short: the next frame descriptor starts at offset "
+                                                 f"{nxt}, {frame.end_offset - nxt} bytes before its claimed end",
+                  frame.records)
 
 
 def _frame_at(fh: BinaryIO, offset: int, size: int) -> FrameInfo | str | None:
@@ -575,17 +587,7 @@ def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record
 
 
 def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[list[Record]]:
-    dctx = zstandard.ZstdDecompressor()
     for seg in chain:
         frames = [f for f in seg.frames if f.events and f.min_ts < start_ns]
-        if not frames:
-            continue
-        with open(seg.path, "rb", buffering=READ_BUFFER) as fh:
-            for info in frames:
-                try:
-                    rows = read_frame(fh, info, dctx)
-                except SegmentFormatError as exc:
-                    if info.max_ts < start_ns:
-                        seg.damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
-                    continue
-                yield as_records([r for r in rows if r[2] == RecordKind.EVENT and r[0] < start_ns], seg.shard)
+        for rows in seg.read_frames(frames, report=lambda info: info.max_ts < start_ns):
+            yield as_records([r for r in rows if r[2] == RecordKind.EVENT and r[0] < start_ns], seg.shard)

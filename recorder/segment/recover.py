@@ -30,7 +30,6 @@ from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.files import FILE_MODE, FdOutput, fsync_directory
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
-    SKIP_HEAD,
     FrameInfo,
     SegmentFormatError,
     TruncatedHeaderError,
@@ -40,6 +39,7 @@ from recorder.segment.reader import (
     Damage,
     check_timestamps,
     decode_frame,
+    header_end,
     open_segment,
     order_frames,
     read_seal,
@@ -186,15 +186,15 @@ def _salvage(path: Path, temp: Path, tail_temp: Path,
     kept); returns the file's size, the kept frames, the skipped byte ranges and all damage found."""
     with open(path, "rb", buffering=0) as src:
         size = os.fstat(src.fileno()).st_size
-        header_end = _header_end(src)
+        end_of_header = header_end(src)
         # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
         # it is what did not check out).
         walked, damage, _ = walk_frames(src, path, size)
         frames, order_damage = order_frames(walked, path)
         damage += order_damage
-        kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_file)
+        kept, bad = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file)
         damage.extend(bad)
-        skipped = _gaps(kept, header_end, size)
+        skipped = _gaps(kept, end_of_header, size)
         if kept and skipped:
             _copy_ranges(src, skipped, tail_temp)
     return size, kept, skipped, damage
@@ -287,12 +287,6 @@ def free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
-
-
-def _header_end(fh: BinaryIO) -> int:
-    fh.seek(0)
-    _, size = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
-    return SKIP_HEAD.size + size
 
 
 def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
