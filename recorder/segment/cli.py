@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import click
 import orjson
@@ -19,7 +19,7 @@ from recorder.model.record import Record, RecordKind
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import summarise
 from recorder.segment.format import SegmentFormatError
-from recorder.segment.inputs import segment_files
+from recorder.segment.inputs import input_files
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import SegmentFile, merge_records, open_segment
@@ -27,9 +27,6 @@ from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
-
-if TYPE_CHECKING:
-    pass
 
 TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
 
@@ -138,7 +135,7 @@ def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | Non
 @one_line_errors(PROG)
 def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
     """Check every frame and checksum; exit 0 only when every file is intact."""
-    files = segment_files(paths)
+    files = input_files(paths)
     bad = 0
     for f in files:
         try:
@@ -251,7 +248,7 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
     sealed file are always kept in NAME.zst.tail. One line per file; every file is attempted.
     Exit 1 when a file held damage beyond the cut-off last frame a crash leaves, or could not be recovered.
     """
-    targets = segment_files(paths, nothing="nothing to recover")
+    targets = input_files(paths, nothing="nothing to recover")
     live = [f for f in targets if f.name.endswith(OPEN_SUFFIX) and held_by_recorder(f)]
     if live:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "

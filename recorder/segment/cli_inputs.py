@@ -24,16 +24,12 @@ def open_all(paths: Iterable[str]) -> tuple[list[SegmentFile], int]:
     it a usage error.
     """
     segments, unreadable = open_inputs(paths)
-    warn_skipped(unreadable)
+    report_damage(f"skipped {problem}" for problem in unreadable)
     return segments, len(unreadable)
 
 
-def warn_skipped(unreadable: Iterable[str], prog: str = PROG) -> None:
-    for problem in unreadable:
-        click.echo(f"{prog}: warning: skipped {problem}", err=True)
-
-
-def report_damage(damage: Iterable[Damage]) -> int:
+def report_damage(damage: Iterable[Damage | str]) -> int:
+    """One warning line each (the damage found, a file skipped); returns how many."""
     count = 0
     for d in damage:
         click.echo(f"{PROG}: warning: {d}", err=True)

@@ -1,24 +1,18 @@
-"""Coverage: when the connections of a recording were up, from its connection events (recorder/events.py).
+"""Coverage: when a recording's connections were up, from its connection events (recorder/events.py).
 
-One account, two views. The account is the recorder's connection spans: each connection (per recorder process:
-ids restart with every worker) from its `opened` to its `closed`, or, when the worker was killed before it could
-write one, to that process's last record; with the connection group it served and the contracts that group named.
-`connection_event` is how both views read an event; what they make of the spans differs, and must:
+One account, two views. The account: each connection (ids are per recorder process) from `opened` to `closed`, or
+to its process's last record when the worker died without writing one, with its group and contracts; both views
+read the events alike (`connection_event`). They must differ in what they make of it:
 
-- `Coverage` (`ime-segments stats` and `report`): per connection group of one recording, the time no copy of the
-  group was connected, which copy delivered first and how much later the others. The group is the unit: its
-  copies are redundant, and its life (from `connecting` to `unsubscribed`, the worker's stop, or its contracts
-  moving on to other groups when a refused group is split) is when a gap is a gap. It runs in receive-time order
-  as records come (`merge_records`), telling an observer every step (the report draws them), and keeps the
-  longest gaps only.
+- `Coverage` (`ime-segments stats`, `report`): per connection group of one recording, the time no copy of it was
+  connected, and which copy delivered first. The group is the unit of redundancy, and its life (`connecting` to
+  `unsubscribed`, the worker's stop, or its contracts moving to other groups) says when a gap is a gap. It runs
+  as records come, in receive-time order, telling an observer each step (the report draws them).
 - `ContractCoverage` (`ime-segments merge`): per contract, across recordings, the time no input had a connection
-  open for it. Group ids and sharding differ between recordings, so their groups cannot be joined: the contract
-  is the only unit they share. It keeps every span and sweeps them once all inputs are read (the union needs
-  all of them), exactly.
+  for it. Recordings differ in group ids and sharding, so only contracts join them; it keeps every span and
+  sweeps them once all inputs are read, exactly.
 
-Both read only the connection events and record kinds, never the market data itself. The time when *no* copy of
-a group was connected is the only time a message of its contracts can be missing from the recording; with one
-copy it is simply the reconnect downtime.
+The time no copy of a group was connected is the only time a message of its contracts can be missing.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import starmap
 
 import xxhash
 
@@ -271,16 +272,10 @@ class PyDeduper(_Observe):
 
     def _observe_each(self, stamps: Sequence[int], sources: Sequence[int], keys: Sequence[bytes],
                       refs: Sequence[int]) -> BatchCopies:
-        copy_at: list[int] = []
-        orig_ts: list[int] = []
-        orig_refs: list[int] = []
-        for index, arrival in enumerate(zip(stamps, sources, keys, refs, strict=True)):
-            won = self.observe_digest(*arrival)
-            if won is not None:
-                copy_at.append(index)
-                orig_ts.append(won[0])
-                orig_refs.append(won[1])
-        return copy_at, orig_ts, orig_refs
+        won = [(i, original) for i, original in enumerate(starmap(self.observe_digest, zip(stamps, sources, keys, refs,
+                                                                                      strict=True)))
+               if original is not None]
+        return [i for i, _ in won], [ts for _, (ts, _) in won], [ref for _, (_, ref) in won]
 
     def _window(self) -> tuple[int, int, int, int]:
         """observe_batch's state: (head, base, when the oldest live original leaves, how many are live)."""

@@ -161,11 +161,14 @@ class FrameInfo:
         return self.data_offset + self.compressed_size
 
 
+def _descriptor_body(f: FrameInfo) -> bytes:
+    """A descriptor's fields, as its frame and the footer index both hold them."""
+    return DESCRIPTOR_BODY.pack(f.seq, f.compressed_size, f.raw_size, f.records, f.events, f.min_ts, f.max_ts,
+                                f.frame_crc, f.checksum)
+
+
 def encode_descriptor(info: FrameInfo) -> bytes:
-    body = TAG_DESCRIPTOR + DESCRIPTOR_BODY.pack(
-        info.seq, info.compressed_size, info.raw_size, info.records, info.events,
-        info.min_ts, info.max_ts, info.frame_crc, info.checksum,
-    )
+    body = TAG_DESCRIPTOR + _descriptor_body(info)
     return skippable(SKIPPABLE_MAGIC_DESCRIPTOR, body + U32.pack(crc32(body)))
 
 
@@ -177,10 +180,7 @@ def decode_descriptor_content(content: bytes, offset: int) -> FrameInfo:
     (stored,) = U32.unpack_from(content, DESCRIPTOR_CONTENT_SIZE - 4)
     if crc32(content[:-4]) != stored:
         raise SegmentFormatError("frame descriptor checksum mismatch")
-    seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum = DESCRIPTOR_BODY.unpack_from(
-        content, 4
-    )
-    return FrameInfo(seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum, offset)
+    return FrameInfo(*DESCRIPTOR_BODY.unpack_from(content, 4), offset=offset)
 
 
 # --- data block (decompressed content of a data frame) ----------------------------------------
@@ -267,10 +267,7 @@ def encode_index(frames: list[FrameInfo], seal: dict[str, Any]) -> bytes:
     parts = [INDEX_FIXED.pack(TAG_INDEX, len(frames))]
     for f in frames:
         parts.append(INDEX_ENTRY.pack(f.offset))
-        parts.append(DESCRIPTOR_BODY.pack(
-            f.seq, f.compressed_size, f.raw_size, f.records, f.events, f.min_ts, f.max_ts,
-            f.frame_crc, f.checksum,
-        ))
+        parts.append(_descriptor_body(f))
     seal_bytes = orjson.dumps(seal, option=orjson.OPT_SORT_KEYS)
     parts.append(U32.pack(len(seal_bytes)))
     parts.append(seal_bytes)

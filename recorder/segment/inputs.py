@@ -18,7 +18,7 @@ from recorder.segment.format import SegmentFormatError
 from recorder.segment.reader import SegmentFile, discover, open_segment
 
 
-def segment_files(paths: Iterable[str | Path], *, globs: bool = False, nothing: str = "") -> list[Path]:
+def input_files(paths: Iterable[str | Path], *, globs: bool = False, nothing: str = "") -> list[Path]:
     """The segment files `paths` name (`globs`: a path with *, ? or [ is a pattern); `nothing` is added to the error
     that says they name none."""
     given = [str(p) for p in paths]
@@ -53,8 +53,8 @@ def open_files(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
 
 
 def open_inputs(paths: Iterable[str | Path], *, globs: bool = False) -> tuple[list[SegmentFile], list[str]]:
-    """`open_files` of `segment_files(paths)`; a usage error, saying why the first one failed, when none opens."""
-    segments, unreadable = open_files(segment_files(paths, globs=globs))
+    """`open_files` of `input_files(paths)`; a usage error, saying why the first one failed, when none opens."""
+    segments, unreadable = open_files(input_files(paths, globs=globs))
     if not segments:
         raise UserError(unreadable[0])
     return segments, unreadable

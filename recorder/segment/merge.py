@@ -12,18 +12,15 @@ Connection ids restart in every recorder process, so each (input, host, pid, sha
 a fresh output connection id, unique across the output; events and receipts are rewritten to match. Each
 input shard is written to an output shard of its own (see `merge`).
 
-Coverage comes from connection events (coverage.ContractCoverage): an input covers a connection's contracts from
-its `opened` event to its `closed` event (or, when the worker died without one, to its process's last record).
-What no input covered, between the first and the last record of all inputs, is the only time a message can
-be missing from the merge, and `MergeResult.uncovered` lists it.
+What no input had a connection for (coverage.ContractCoverage) is the only time a message can be missing from the
+merge: `MergeResult.uncovered` lists it.
 
 This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
-Records are merged a block at a time (ordered.merged, the readers' merge too) rather than one heap operation
-per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
-written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
-second, and a Python call per record per step costs more than the step. Blocks come with their output
-connection ids already in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the dedupe is
-in C when _dedupe.c is.
+Records are merged a block at a time (ordered.merged), and each run of messages in a batch is deduped
+(`Deduper.observe_batch`) and written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of
+thousands of records per second, and a Python call per record per step costs more than the step. Blocks come
+with their output connection ids in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the
+dedupe is in C when _dedupe.c is.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from recorder.errors import EXIT_RUNTIME, UserError
-from recorder.segment.cli_inputs import PROG, report_damage, warn_skipped
+from recorder.segment.cli_inputs import PROG, report_damage
 from recorder.segment.files import SealedSegment, SegmentWriteError
-from recorder.segment.inputs import open_files, segment_files
+from recorder.segment.inputs import input_files, open_files
 from recorder.segment.merge import check_paths, merge, report_lines
 from recorder.segment.merge_staging import (
     MergeOutputError,
@@ -32,7 +32,7 @@ MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the me
 
 
 def run_merge(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_window: float, show: int) -> None:
-    given = [(p, segment_files([p])) for p in inputs]
+    given = [(p, input_files([p])) for p in inputs]
     problem = check_paths(inputs, out)
     if problem is not None:
         raise UserError(problem)
@@ -139,7 +139,7 @@ class StagedMerge:
         opened: list[tuple[str, list[SegmentFile]]] = []
         for p, files in given:
             segs, unreadable = open_files(files)
-            warn_skipped(unreadable)
+            report_damage(f"skipped {problem}" for problem in unreadable)
             self.unreadable += len(unreadable)
             opened.append((str(p), segs))
         try:

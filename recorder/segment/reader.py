@@ -516,14 +516,10 @@ def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Pat
                     found.append(child)
         else:
             found.append(p)
-    seen: set[Path] = set()
-    unique = []
+    unique: dict[Path, Path] = {}
     for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+        unique.setdefault(p.resolve(), p)  # each file once, as first named
+    return list(unique.values())
 
 
 def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
@@ -552,27 +548,12 @@ def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
 
 def merge_records(segments: list[SegmentFile], start_ns: int | None = None,
                   end_ns: int | None = None) -> Iterator[Record]:
-    """All records of all files in receive-time order; equal times keep shard order, then file order."""
-    streams = []
-    for chain in sequences(segments):
-        selected = [s for s in chain if overlaps(s, start_ns, end_ns)]
-        if selected:
-            streams.append(_chain(selected, start_ns, end_ns))
+    """All records of all files in receive-time order; equal times keep shard order, then file order. (A file
+    with no record in the window costs nothing: its frame index says so.)"""
+    streams = [(block for seg in chain for block in seg.record_blocks(start_ns, end_ns))
+               for chain in sequences(segments)]
     for batch in streams[0] if len(streams) == 1 else merged(streams):
         yield from batch
-
-
-def _chain(chain: list[SegmentFile], start_ns: int | None, end_ns: int | None) -> Iterator[list[Record]]:
-    for seg in chain:
-        yield from seg.record_blocks(start_ns, end_ns)
-
-
-def overlaps(seg: SegmentFile, start_ns: int | None, end_ns: int | None) -> bool:
-    if seg.min_ts is None:
-        return False
-    if start_ns is not None and seg.max_ts is not None and seg.max_ts < start_ns:
-        return False
-    return not (end_ns is not None and seg.min_ts >= end_ns)
 
 
 def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record]:
