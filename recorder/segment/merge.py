@@ -135,27 +135,6 @@ class _SegmentConns(dict[int, int]):
         return new
 
 
-def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
-            conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
-            rows: list[int], seen: Callable[[Any, int], None]) -> Iterator[list[Row]]:
-    """The chain's blocks with output connection ids (given as the block is split, not by building every row
-    again); counts rows into `rows[number]` and reports the recorder process's last record time to `seen`
-    (here, a block at a time, to keep the merge loop lean)."""
-    for seg in chain:
-        base = conn_key(number, seg)
-        for out in seg.iter_blocks(conns=_SegmentConns(ids, base)):
-            if out:
-                rows[number] += len(out)
-                seen(base, max(out[0][0], out[-1][0]))
-                yield out
-
-
-def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
-    meta = seg.header.meta
-    # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell them apart.
-    return number, meta.get("host"), meta.get("pid"), seg.shard
-
-
 # --- the merge -------------------------------------------------------------------------------------------
 
 
@@ -171,8 +150,7 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor
     `after_batch` runs between batches of records: the place for the caller to wait for its writer.
     """
     run = _Merge(inputs, sink_for, keep_receipts, window_ns)
-    streams = [_blocks(number, chain, run.ids, _conn_key, run.rows, run.coverage.seen)
-               for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
+    streams = [run.blocks(number, chain) for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
     # The loop allocates a tuple per record and the Deduper holds ~10^5 container objects: the cyclic garbage
     # collector would walk them every few thousand records. Nothing here makes cycles; refcounting frees it all.
     gc_was_enabled = gc.isenabled()
@@ -214,6 +192,20 @@ class _Merge:
         self.receipts_out = 0
         self.first_ns: int | None = None
         self.last_ns = 0
+
+    def blocks(self, number: int, chain: list[SegmentFile]) -> Iterator[list[Row]]:
+        """An input shard's blocks with output connection ids (given as each block is split, not by building every
+        row again), counted, and each one's last time for its recorder process's coverage."""
+        for seg in chain:
+            meta = seg.header.meta
+            # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell
+            # them apart.
+            process = number, meta.get("host"), meta.get("pid"), seg.shard
+            for out in seg.iter_blocks(conns=_SegmentConns(self.ids, process)):
+                if out:
+                    self.rows[number] += len(out)
+                    self.coverage.seen(process, max(out[0][0], out[-1][0]))
+                    yield out
 
     def batch(self, batch: list[Row]) -> None:
         """A batch of the time-ordered rows: runs of messages a run at a time, the other records one by one, each

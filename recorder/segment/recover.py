@@ -192,9 +192,7 @@ def _salvage(path: Path, temp: Path, tail_temp: Path,
         walked, damage, _ = walk_frames(src, path, size)
         frames, order_damage = order_frames(walked, path)
         damage += order_damage
-        kept, bad = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file)
-        damage.extend(bad)
-        skipped = _gaps(kept, end_of_header, size)
+        kept, skipped = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file)
         if kept and skipped:
             _copy_ranges(src, skipped, tail_temp)
     return size, kept, skipped, damage
@@ -215,11 +213,11 @@ def tail_name(path: Path) -> Path:
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
-                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[Damage]]:
-    """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
+                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[tuple[int, int]]]:
+    """Write header, intact frames and seal to `temp` (fsync'd); a frame that fails its checks joins `damage`.
+    Returns the kept frames (as in src) and the byte ranges of src not in them."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
-    bad: list[Damage] = []
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         encoder = SegmentEncoder(FdOutput(fd))
@@ -231,12 +229,11 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             try:
                 check_timestamps(decode_frame(chunk[DESCRIPTOR_FRAME_SIZE:], info, dctx), info)
             except SegmentFormatError as exc:
-                bad.append(Damage(source, info.offset, info.seq, str(exc), info.records))
+                damage.append(Damage(source, info.offset, info.seq, str(exc), info.records))
                 continue
             kept.append(info)
             encoder.add_frame(info, chunk)
         skipped = _gaps(kept, header_end, os.fstat(src.fileno()).st_size)
-        problems = damage + bad
         encoder.finish({
             "reason": "recovered",
             "sealed_ns": clock.time_ns(),
@@ -244,14 +241,14 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             "tail": tail_file if skipped else None,
             "skipped": [
                 {"offset": start, "bytes": end - start,
-                 "reason": "; ".join(d.reason for d in problems if start <= d.offset < end) or "not a frame"}
+                 "reason": "; ".join(d.reason for d in damage if start <= d.offset < end) or "not a frame"}
                 for start, end in skipped
             ],
         })
         os.fsync(fd)
     finally:
         os.close(fd)
-    return kept, bad
+    return kept, skipped
 
 
 def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, int]]:
