@@ -158,7 +158,7 @@ class StagedMerge:
         """One output shard per input shard, numbered in order of appearance."""
         name, segs = opened[number]
         writer = SegmentWriter(self.staging, shard=len(self.writers), prefix="ime", flush_ms=1000, rotate_seconds=0,
-                               name_by_data=True, meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
+                               name_by_data=True, meta={**merged_meta([s for s in segs if s.shard == shard]),
                                                         "merged_from": [n for n, _ in opened], "input": name,
                                                         "input_shard": shard})
         self.writers.append(writer)
@@ -227,17 +227,16 @@ def guard_signals() -> SignalGuard:
     return guard
 
 
-def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
-    """Header keys for merged files: the subscription, when the files it came from agree on the endpoint."""
-    endpoints = {s.header.meta.get("endpoint") for _, segs in inputs for s in segs}
+def merged_meta(segs: list[SegmentFile]) -> dict[str, object]:
+    """Header keys for merged files: the subscription, when the files they came from agree on the endpoint."""
+    endpoints = {s.header.meta.get("endpoint") for s in segs}
     meta: dict[str, object] = {"role": "ime-segments merge"}
     if len(endpoints) == 1 and None not in endpoints:
         contracts: dict[str, None] = {}
-        for _, segs in inputs:
-            for s in segs:
-                listed = s.header.meta.get("contracts")
-                if isinstance(listed, list):
-                    contracts.update(dict.fromkeys(str(c) for c in listed))
+        for s in segs:
+            listed = s.header.meta.get("contracts")
+            if isinstance(listed, list):
+                contracts.update(dict.fromkeys(str(c) for c in listed))
         meta["endpoint"] = endpoints.pop()
         meta["contracts"] = list(contracts)
     return meta

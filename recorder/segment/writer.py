@@ -51,27 +51,19 @@ class _Backlog:
     def __init__(self, limit: int, on_change: Callable[[bool], None] | None) -> None:
         self.limit = limit
         self.bytes = 0
-        self._paused = False
+        self.paused = False
         self._lock = threading.Lock()
         self._on_change = on_change
 
-    def add(self, size: int) -> None:
+    def change(self, size: int) -> None:
+        """`size` bytes handed over (or, negative, written)."""
         with self._lock:
             self.bytes += size
-            pause = not self._paused and self.bytes > self.limit
-            if pause:
-                self._paused = True
-        if pause and self._on_change is not None:
-            self._on_change(True)
-
-    def done(self, size: int) -> None:
-        with self._lock:
-            self.bytes -= size
-            resume = self._paused and self.bytes <= self.limit // 2
-            if resume:
-                self._paused = False
-        if resume and self._on_change is not None:
-            self._on_change(False)
+            flip = self.bytes <= self.limit // 2 if self.paused else self.bytes > self.limit
+            if flip:
+                self.paused = paused = not self.paused
+        if flip and self._on_change is not None:
+            self._on_change(paused)
 
 
 class SegmentWriter:
@@ -225,7 +217,7 @@ class SegmentWriter:
         if self.error is not None:
             self.records_lost += batch.records
             return
-        self._backlog.add(batch.raw_size)
+        self._backlog.change(batch.raw_size)
         self._queue.put(("frame", batch))
 
     def tick(self, now_ns: int | None = None) -> None:
@@ -307,7 +299,7 @@ class SegmentWriter:
         self.records_written += batch.records  # the receipt columns' record included, as the index counts it
         self.frames_written += 1
         self.raw_bytes_written += raw_size
-        self._backlog.done(raw_size)
+        self._backlog.change(-raw_size)
 
     def _fail(self, exc: OSError) -> None:
         # The .open file ends on a frame boundary; sealed in place when the disk allows it (else `ime-segments
