@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from recorder.feed.message import Envelope, MarketData, MessageError, parse_envelope
 from recorder.model.record import RecordKind
-from recorder.segment.inputs import open_inputs
-from recorder.segment.reader import SegmentFile, merge_records
+from recorder.segment.reader import SegmentFile, merge_records, open_inputs
 from recorder.timeparse import parse_time
 
 if TYPE_CHECKING:

@@ -17,9 +17,8 @@ from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import ReplayReport, Row, play
-from recorder.segment.inputs import open_inputs
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import SegmentFile
+from recorder.segment.reader import SegmentFile, open_inputs
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
@@ -28,7 +27,7 @@ PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
 def open_segments(paths: Iterable[str]) -> tuple[list[SegmentFile], list[str]]:
     """The segments that files, directories and (quoted) globs name, and a message for each file that does not
-    open (segment/inputs.py): one unreadable file must not stop the replay of the others."""
+    open (reader.open_inputs): one unreadable file must not stop the replay of the others."""
     return open_inputs(paths, globs=True)
 
 

@@ -19,10 +19,9 @@ from recorder.model.record import Record, RecordKind
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import summarise
 from recorder.segment.format import SegmentFormatError
-from recorder.segment.inputs import input_files
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import SegmentFile, merge_records, open_segment
+from recorder.segment.reader import SegmentFile, input_files, merge_records, open_segment
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document

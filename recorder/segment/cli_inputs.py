@@ -1,8 +1,6 @@
 """The segments an `ime-segments` command line names, opened with a warning for each file that does not open, and
-the damage found reported: shared by the segment commands (segment/cli.py), `ime-segments export` and `report`.
-
-Here, below those CLIs, so that none imports another's internals; what is opened and why a file is skipped is
-inputs.py's, which `recorder.open_recording` and `ime-replay` use too.
+the damage found reported: for the segment commands (segment/cli.py), `ime-segments export` and `report`. What is
+opened, and why a file is skipped, is reader.open_inputs' (which `recorder.open_recording` and `ime-replay` use).
 """
 
 from __future__ import annotations
@@ -11,8 +9,7 @@ from collections.abc import Iterable
 
 import click
 
-from recorder.segment.inputs import open_inputs
-from recorder.segment.reader import Damage, SegmentFile
+from recorder.segment.reader import Damage, SegmentFile, open_inputs
 
 PROG = "ime-segments"
 

@@ -13,7 +13,6 @@ import click
 from recorder.errors import EXIT_RUNTIME, UserError
 from recorder.segment.cli_inputs import PROG, report_damage
 from recorder.segment.files import SealedSegment, SegmentWriteError
-from recorder.segment.inputs import input_files, open_files
 from recorder.segment.merge import check_paths, merge, report_lines
 from recorder.segment.merge_staging import (
     MergeOutputError,
@@ -25,7 +24,7 @@ from recorder.segment.merge_staging import (
     start,
     take_over,
 )
-from recorder.segment.reader import Damage, SegmentFile, discover, open_segment
+from recorder.segment.reader import Damage, SegmentFile, discover, input_files, open_files, open_segment
 from recorder.segment.writer import SegmentWriter
 
 MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the merge waits for the writer

@@ -1,4 +1,5 @@
-"""Reading segment files: the index (without decompressing), verified records, time seeks, merges.
+"""Reading segment files: the index (without decompressing), verified records, time seeks, merges, and the
+files a command line names.
 
 Every data frame is checked before any of its records is yielded: the descriptor's CRC, the CRC of
 the compressed bytes, the zstd content checksum, the decompressed size and the record layout. A frame
@@ -13,6 +14,7 @@ in sequence order), so no record is ever yielded twice.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +25,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from recorder.errors import UserError
 from recorder.model.record import Record, RecordKind, Row
 from recorder.segment.encoder import seek_entries
 from recorder.segment.format import (
@@ -503,6 +506,9 @@ def open_segment(path: Path | str) -> SegmentFile:
 
 
 # --- many files -----------------------------------------------------------------------------------
+# What a command line or recorder.open_recording names: files as given, directories searched, quoted globs where a
+# command takes them. A path that does not exist, or names no segment file, is a usage error (one line); a file
+# that does not open is skipped with one line saying why (callers warn and exit 1), never hiding the others.
 
 def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Path]:
     """Expand directories (recursively, *.zst and *.zst.open) and keep files as given."""
@@ -520,6 +526,48 @@ def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Pat
     for p in found:
         unique.setdefault(p.resolve(), p)  # each file once, as first named
     return list(unique.values())
+
+
+def input_files(paths: Iterable[str | Path], *, globs: bool = False, nothing: str = "") -> list[Path]:
+    """The segment files `paths` name (`globs`: a path with *, ? or [ is a pattern); `nothing` is added to the error
+    that says they name none."""
+    given = [str(p) for p in paths]
+    found: list[str] = []
+    for p in given:
+        if globs and any(ch in p for ch in "*?["):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise UserError(f"{p}: no file matches")
+            found.extend(matches)
+        elif not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+        else:
+            found.append(p)
+    files = discover(found)
+    if not files:
+        then = f"; {nothing}" if nothing else ""
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}{then}")
+    return files
+
+
+def open_files(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
+    """The segments that open, and one line ("PATH: why") for each file that does not."""
+    segments: list[SegmentFile] = []
+    unreadable: list[str] = []
+    for f in files:
+        try:
+            segments.append(open_segment(f))
+        except SegmentFormatError as exc:
+            unreadable.append(f"{f}: {exc}")
+    return segments, unreadable
+
+
+def open_inputs(paths: Iterable[str | Path], *, globs: bool = False) -> tuple[list[SegmentFile], list[str]]:
+    """`open_files` of `input_files(paths)`; a usage error, saying why the first one failed, when none opens."""
+    segments, unreadable = open_files(input_files(paths, globs=globs))
+    if not segments:
+        raise UserError(unreadable[0])
+    return segments, unreadable
 
 
 def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
