@@ -174,9 +174,9 @@ class _Merge:
     def __init__(self, inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor, keep_receipts: bool,
                  window_ns: int) -> None:
         self.stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
+        self.out = MergeResult(self.stats)
         self.ids = _ConnIds(sink_for)
         self.coverage = ContractCoverage()
-        self.rows = [0] * len(self.stats)  # records read, per input
         self.keep_receipts = keep_receipts
         self.window_ns = window_ns
         self.deduper = Deduper(window_ns=window_ns)
@@ -187,10 +187,6 @@ class _Merge:
         # pointing at it can be re-pointed at the winner), for as long as a receipt may follow its original.
         self.lost: dict[tuple[int, int], tuple[int, int]] = {}
         self.lost_order: deque[tuple[int, int]] = deque()
-        self.copies = [0] * len(self.stats)
-        self.counted_shared = [0] * len(self.stats)
-        self.receipts_out = 0
-        self.first_ns: int | None = None
         self.last_ns = 0
 
     def blocks(self, number: int, chain: list[SegmentFile]) -> Iterator[list[Row]]:
@@ -203,15 +199,15 @@ class _Merge:
             process = number, meta.get("host"), meta.get("pid"), seg.shard
             for out in seg.iter_blocks(conns=_SegmentConns(self.ids, process)):
                 if out:
-                    self.rows[number] += len(out)
+                    self.stats[number].records += len(out)
                     self.coverage.seen(process, max(out[0][0], out[-1][0]))
                     yield out
 
     def batch(self, batch: list[Row]) -> None:
         """A batch of the time-ordered rows: runs of messages a run at a time, the other records one by one, each
         in its place in the output."""
-        if self.first_ns is None:
-            self.first_ns = batch[0][0]
+        if self.out.first_ns is None:
+            self.out.first_ns = batch[0][0]
         stamps, conns, kinds, payloads = zip(*batch, strict=True)
         n = len(kinds)
         if kinds.count(RecordKind.TEXT) + kinds.count(RecordKind.BINARY) == n:
@@ -249,17 +245,17 @@ class _Merge:
     def _count_copies(self, copy_srcs: list[int], orig_ts: list[int], orig_conns: list[int]) -> None:
         orig_srcs = list(map(self.ids.source.__getitem__, orig_conns))
         for number in set(copy_srcs):
-            self.copies[number] += copy_srcs.count(number)
+            self.stats[number].copies += copy_srcs.count(number)
         if len(self.stats) <= 2:
             # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
             # original), so it is counted as shared once without remembering it.
             for number in set(orig_srcs):
-                self.counted_shared[number] += orig_srcs.count(number)
+                self.stats[number].shared += orig_srcs.count(number)
             return
         for original, number in zip(zip(orig_ts, orig_conns, strict=True), orig_srcs, strict=True):
             if original not in self.shared:
                 self.shared[original] = None
-                self.counted_shared[number] += 1
+                self.stats[number].shared += 1
 
     def _as_receipts(self, batch: list[Row], route: list[int], copy_at: list[int], orig_ts: list[int],
                      orig_conns: list[int]) -> list[Row]:
@@ -271,7 +267,7 @@ class _Merge:
             route[i] = self.ids.shard[oconn]
             self.lost[(ts, conn)] = (ots, oconn)
             self.lost_order.append((ts, conn))
-        self.receipts_out += len(copy_at)
+        self.out.receipts += len(copy_at)
         return out
 
     def other(self, ts: int, conn: int, kind: int, payload: bytes) -> None:
@@ -286,7 +282,7 @@ class _Merge:
             body = _repoint(payload, ts, conn, self.ids, self.lost) if self.keep_receipts else None
             if body is not None:
                 self.ids.outputs[self.ids.shard[decode_receipt(body)[0]]].append(ts, conn, kind, body)
-                self.receipts_out += 1
+                self.out.receipts += 1
         else:
             self.stats[number].unknown += 1
 
@@ -299,14 +295,12 @@ class _Merge:
             self.lost.pop(self.lost_order.popleft(), None)
 
     def result(self, inputs: Sequence[tuple[str, Sequence[SegmentFile]]]) -> MergeResult:
-        for number, (st, (_, segs)) in enumerate(zip(self.stats, inputs, strict=True)):
-            st.records = self.rows[number]
+        for st, (_, segs) in zip(self.stats, inputs, strict=True):
             st.messages = st.records - st.events - st.receipts - st.unknown
-            st.copies, st.shared = self.copies[number], self.counted_shared[number]
             st.originals = st.messages - st.copies
             st.damage = [d for seg in segs for d in seg.damage]
-        result = MergeResult(self.stats, receipts=self.receipts_out, first_ns=self.first_ns,
-                             last_ns=self.last_ns if self.first_ns is not None else None)
+        result = self.out
+        result.last_ns = self.last_ns if result.first_ns is not None else None
         result.messages = sum(st.originals for st in self.stats)
         result.events = sum(st.events for st in self.stats)
         result.written = result.messages + result.events + result.receipts
