@@ -166,7 +166,7 @@ done:
 
 /* first_descent(rows, start) -> the first index i > start whose time is below the one before it (rows[i][0] <
    rows[i - 1][0]), or len(rows): where a list of rows stops being sorted by time (ordered.py's _first_descent is the
-   reference). Rows are tuples whose first item is an int. */
+   reference). Rows are tuples whose first item is an int within int64 (a receive time); anything else: TypeError. */
 static PyObject *first_descent(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "first_descent(rows, start) takes a list and an index");
@@ -174,20 +174,18 @@ static PyObject *first_descent(PyObject *Py_UNUSED(module), PyObject *const *arg
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(args[0]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    PyObject *prev = NULL;
+    long long prev = 0;
     for (Py_ssize_t i = start < 0 ? 0 : start; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(args[0], i);
-        /* An exact int: comparing two runs no Python code, so the borrowed references stay valid. */
         PyObject *ts = PyTuple_Check(row) && PyTuple_GET_SIZE(row) ? PyTuple_GET_ITEM(row, 0) : NULL;
-        if (!ts || !PyLong_CheckExact(ts)) {
-            PyErr_SetString(PyExc_TypeError, "first_descent: a row is not a tuple starting with an int");
+        int overflow = 0;
+        long long now = ts && PyLong_CheckExact(ts) ? PyLong_AsLongLongAndOverflow(ts, &overflow) : 0;
+        if (!ts || !PyLong_CheckExact(ts) || overflow) {
+            PyErr_SetString(PyExc_TypeError, "first_descent: a row is not a tuple starting with an int64");
             return NULL;
         }
-        if (prev) {
-            int descends = PyObject_RichCompareBool(prev, ts, Py_GT);
-            if (descends) return descends < 0 ? NULL : PyLong_FromSsize_t(i);
-        }
-        prev = ts;
+        if (i > start && now < prev) return PyLong_FromSsize_t(i);
+        prev = now;
     }
     return PyLong_FromSsize_t(n);
 }
