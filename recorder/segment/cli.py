@@ -292,7 +292,7 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     messages only it had, and the intervals when no input had a connection open for some contract.
     Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
     """
-    # Imported here: the merge's dedupe, writers and staging cost every other command's start ~25 ms.
+    # Imported here: the merge's dedupe, writers and staging would cost every other command's start ~20 ms.
     from recorder.segment.merge_cli import run_merge
 
     run_merge(inputs, out, keep_receipts, dedupe_window, show)
