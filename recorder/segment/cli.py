@@ -18,10 +18,9 @@ from recorder.humanize import human_bytes, human_duration
 from recorder.model.record import Record, RecordKind
 from recorder.segment.cli_inputs import PROG, open_all, report_damage
 from recorder.segment.coverage import summarise
-from recorder.segment.format import SegmentFormatError
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import SegmentFile, input_files, merge_records, open_segment
+from recorder.segment.reader import SegmentFile, input_files, merge_records, open_files
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document
@@ -135,14 +134,12 @@ def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | Non
 def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
     """Check every frame and checksum; exit 0 only when every file is intact."""
     files = input_files(paths)
-    bad = 0
-    for f in files:
-        try:
-            seg = open_segment(f)
-        except SegmentFormatError as exc:
-            click.echo(f"BAD  {f}: {exc}")
-            bad += 1
-            continue
+    segments, unreadable = open_files(files)
+    for problem in unreadable:  # not a segment at all, or cut inside its header
+        click.echo(f"BAD  {problem}")
+    bad = len(unreadable)
+    for seg in segments:
+        f = seg.path
         problems = seg.verify()
         if problems:
             bad += 1
