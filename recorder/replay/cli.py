@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import signal
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from types import FrameType
 from typing import IO
 
@@ -19,49 +17,18 @@ from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import ReplayReport, Row, play
-from recorder.segment.format import SegmentFormatError
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import SegmentFile, discover, open_segment
+from recorder.segment.reader import SegmentFile, open_inputs
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
 from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
 
 PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
-def expand(paths: Iterable[str]) -> list[Path]:
-    """Files, directories and (quoted) globs → segment files."""
-    out: list[str] = []
-    for p in paths:
-        if any(ch in p for ch in "*?["):
-            matches = sorted(glob.glob(p, recursive=True))
-            if not matches:
-                raise UserError(f"{p}: no file matches")
-            out.extend(matches)
-        elif not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-        else:
-            out.append(p)
-    files = discover(out)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
-    return files
-
-
 def open_segments(paths: Iterable[str]) -> tuple[list[SegmentFile], list[str]]:
-    """The segments that open, and a message for each that does not (e.g. a file cut inside its header).
-
-    One unreadable file must not stop the replay of the others; only when nothing opens is it a usage error.
-    """
-    segments = []
-    unreadable = []
-    for f in expand(paths):
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            unreadable.append(f"{f}: {exc}")
-    if not segments:
-        raise UserError(unreadable[0])
-    return segments, unreadable
+    """The segments that files, directories and (quoted) globs name, and a message for each file that does not
+    open (reader.open_inputs): one unreadable file must not stop the replay of the others."""
+    return open_inputs(paths, globs=True)
 
 
 def check_contracts(segments: list[SegmentFile], contracts: tuple[str, ...]) -> None:
