@@ -61,7 +61,7 @@ from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
 from recorder.live.wire import LiveRecord
 from recorder.model.record import RecordKind
-from recorder.record.live import LiveSettings
+from recorder.model.settings import LiveSettings
 from recorder.segment.reader import discover, open_segment
 
 SECONDS = 3.0 if QUICK else 8.0

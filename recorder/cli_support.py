@@ -6,12 +6,23 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from recorder.errors import EXIT_RUNTIME, UserError
-from recorder.timeparse import CALENDAR_ENV, CALENDAR_HELP, CALENDARS, GREGORIAN, LogFormatter, TimeLocale
+from recorder.timeparse import (
+    CALENDAR_ENV,
+    CALENDAR_HELP,
+    CALENDARS,
+    GREGORIAN,
+    TZ_ENV,
+    TZ_HELP,
+    LogFormatter,
+    TimeLocale,
+    parse_tz,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -105,20 +116,28 @@ def setup_logging(verbose: int = 0, quiet: bool = False, where: TimeLocale | Non
     logging.getLogger("picows").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
-def parse_host_port(spec: str, option: str) -> tuple[str, int]:
-    """'8765', ':8765', '127.0.0.1:8765', '[::1]:8765' → (host, port); the host defaults to 127.0.0.1."""
-    host, _, port_text = spec.strip().rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UserError(f"bad {option} {spec!r}: give [HOST:]PORT, e.g. 127.0.0.1:8765") from None
-    if not 0 <= port <= 65535:
-        raise UserError(f"bad {option} {spec!r}: port must be 0-65535")
-    return host, port
+def time_options(fn: Callable[..., R]) -> Callable[..., R]:
+    """--tz and --calendar (IME_TZ, IME_CALENDAR), declared here once for every command that shows or reads times
+    (ime-record's are in its settings tree); the command is given them as one `shown: TimeLocale`, the display policy
+    of recorder/timeparse.py. A bad value is a one-line usage error (exit 2) before the command starts."""
+
+    @functools.wraps(fn)
+    def with_locale(*args: Any, tz: str, calendar: str, **kwargs: Any) -> R:
+        return fn(*args, shown=TimeLocale.parse(tz, calendar), **kwargs)
+
+    wrapped = click.option("--calendar", envvar=CALENDAR_ENV, default=GREGORIAN, show_default=True,
+                           metavar="|".join(CALENDARS), help=CALENDAR_HELP,
+                           callback=_checked(lambda v: TimeLocale(UTC, v.strip().lower())))(with_locale)
+    return click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, metavar="ZONE", help=TZ_HELP,
+                        callback=_checked(parse_tz))(wrapped)
 
 
-def calendar_option() -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """--calendar (IME_CALENDAR): the calendar of the dates a command shows and reads (recorder/timeparse.py)."""
-    return click.option("--calendar", envvar=CALENDAR_ENV, type=click.Choice(CALENDARS, case_sensitive=False),
-                        default=GREGORIAN, show_default=True, help=CALENDAR_HELP)
+def _checked(parse: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, str], str]:
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            parse(value)
+        except UserError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return value
+
+    return check

@@ -24,15 +24,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from recorder.errors import UserError
 
 TZ_ENV = "IME_TZ"
-TZ_HELP = ("Time zone of the times shown, and of --from/--to times written without one: an IANA name "
-           f"(Asia/Tehran), UTC, or an offset (+03:30). Also ${TZ_ENV}.")
-TIME_HELP = ("ISO-8601 (in --tz unless it has an offset or Z; a Solar Hijri date with --calendar persian), "
-             "HH:MM[:SS[.fraction]] on the recording's first day, or epoch s/ms/us/ns; fractions to the nanosecond.")
+CALENDAR_ENV = "IME_CALENDAR"
 GREGORIAN, PERSIAN = "gregorian", "persian"
 CALENDARS = (GREGORIAN, PERSIAN)
-CALENDAR_ENV = "IME_CALENDAR"
-CALENDAR_HELP = ("Calendar of the dates shown and of the dates typed in --from/--to: gregorian, or persian (Solar "
-                 f"Hijri: 1405-09-03T09:00). Also ${CALENDAR_ENV}.")
+# Help texts: a command that shows times only (ime-record) says so; one that also reads --from/--to says both.
+TZ_SHOWN_HELP = ("Time zone of the times shown, each with its offset (Z for UTC): an IANA name (Asia/Tehran), UTC, "
+                 f"or an offset (+03:30). Also ${TZ_ENV}.")
+CALENDAR_SHOWN_HELP = f"Calendar of the dates shown: gregorian, or persian (Solar Hijri). Also ${CALENDAR_ENV}."
+TZ_HELP = TZ_SHOWN_HELP + " Machine fields (epoch ns, --json) stay UTC; --from/--to times without a zone are in it."
+CALENDAR_HELP = (CALENDAR_SHOWN_HELP + " With persian, --from/--to dates are Solar Hijri too: 1405/09/16, "
+                 "1405-09-16, 1405/09/16 09:30, 1405-09-16T09:30:00.5+03:30.")
+TIME_HELP = ("ISO-8601 (in --tz unless it has an offset or Z; with --calendar persian a Solar Hijri date, "
+             "1405/09/16 or 1405-09-16, with or without a time), HH:MM[:SS[.fraction]] on the recording's first "
+             "day, or epoch s/ms/us/ns; fractions to the nanosecond.")
 FORMS = "give ISO-8601 like 2026-11-23T12:00:00Z, a time of day like 09:30, or epoch seconds"
 
 _NS = 1_000_000_000

@@ -18,13 +18,14 @@ from recorder import clock
 from recorder.errors import UserError
 from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.msgid import msg_id
-from recorder.live.options import is_loopback, live_settings, parse_duration
+from recorder.live.options import check_live, is_loopback
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence
 from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
+from recorder.model.settings import LiveSettings, parse_duration
 from recorder.record import live as live_module
-from recorder.record.live import LiveSettings, NativeLiveOutput, PyLiveOutput
+from recorder.record.live import NativeLiveOutput, PyLiveOutput
 
 # Both implementations of the worker's live output: the C one (when built) and the Python reference.
 OUTPUTS = [pytest.param(PyLiveOutput, id="python"),
@@ -87,23 +88,26 @@ def test_durations_and_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
 
 
+def live_settings(**options):
+    return check_live(LiveSettings.build(**options))
+
+
 def test_live_settings_checks_options_and_warns_off_loopback(caplog):
-    assert live_settings("id", ("1",), None, None, 64, None, "IME", "24h", "2m", 1, 1000) is None
+    assert live_settings(relay_client_kib=64) is None
     with pytest.raises(UserError, match="--relay"):
-        live_settings("id", ("1",), "host:port", None, 64, None, "IME", "24h", "2m", 1, 1000)
+        live_settings(relay="host:port")
     with pytest.raises(UserError, match="--nats-stream"):
-        live_settings("id", ("1",), "0", None, 64, None, "a.b", "24h", "2m", 1, 1000)
+        live_settings(relay="0", nats_stream="a.b")
     with pytest.raises(UserError, match="duplicate-window"):
-        live_settings("id", ("1",), "0", None, 64, None, "IME", "1m", "2m", 1, 1000)
+        live_settings(relay="0", nats_max_age="1m", nats_duplicate_window="2m")
     with pytest.raises(UserError, match="nats://"):
-        live_settings("id", ("1",), None, None, 64, "http://x:4222", "IME", "24h", "2m", 1, 1000)
+        live_settings(publish="http://x:4222")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(UserError, match="cannot listen"):
-            live_settings("id", ("1",), f"127.0.0.1:{busy.getsockname()[1]}", None, 64, None, "IME", "24h", "2m", 1,
-                          1000)
-    s = live_settings("id", ("1",), "0.0.0.0:0", "t0k", 64, None, "IME", "24h", "2m", 1, 1000)
+            live_settings(relay=f"127.0.0.1:{busy.getsockname()[1]}")
+    s = live_settings(relay="0.0.0.0:0", relay_token="t0k", relay_client_kib=64)
     assert s is not None and s.relay_host == "0.0.0.0" and s.relay_client_buffer == 64 * 1024
     assert "not a loopback address" in caplog.text
     assert "t0k" not in repr(s)

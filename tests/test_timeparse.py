@@ -140,6 +140,17 @@ def test_a_solar_hijri_date_is_the_same_instant_as_its_gregorian_date():
     assert parse_window("1405-09-03T09:00", "1405-09-03T09:05", persian, None) == (T0, T0 + 300 * S)
 
 
+def test_the_issues_example_7_december_2026_is_16_azar_1405_both_ways():
+    noon = parse_time("2026-12-07T12:00", TEHRAN)
+    persian = TimeLocale.parse("Asia/Tehran", "persian")
+    assert persian.date(noon) == "1405-09-16" and persian.format(noon, 0) == "1405-09-16T12:00:00+03:30"
+    # Each form --help documents, to the same instants as the Gregorian date.
+    midnight = parse_time("2026-12-07", TEHRAN)
+    for text in ("1405/09/16", "1405-09-16", "1405/9/16", "1405/09/16 00:00", "1405-09-16T00:00:00.000+03:30"):
+        assert persian.parse_time(text) == midnight, text
+    assert persian.parse_time("1405/09/16 12:00") == noon
+
+
 def test_a_date_of_the_other_calendar_is_one_clear_usage_error():
     persian = TimeLocale.parse("Asia/Tehran", "persian")
     with pytest.raises(UserError, match=r"2026 is a Gregorian year.*--calendar gregorian") as info:

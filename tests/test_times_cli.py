@@ -171,6 +171,34 @@ def test_a_solar_hijri_from_selects_exactly_what_the_gregorian_from_selects(reco
                                          f"{shown(T0 + STEP * PER_SHARD, 9, TEHRAN, True)}")
 
 
+def test_tz_alone_shows_gregorian_dates_at_plus_0330_and_a_solar_hijri_day_selects_its_gregorian_day(recording):
+    files = sorted((open_segment(p) for p in discover([recording])), key=lambda s: s.shard)
+    for args, env in ((("--tz", "Asia/Tehran"), None), ((), clean_env(IME_TZ="Asia/Tehran"))):
+        rows = [line.split() for line in segments("ls", str(recording), *args, env=env).stdout.splitlines()[1:]]
+        assert [(r[2], r[3]) for r in rows] == [(shown(s.min_ts, 3, TEHRAN), shown(s.max_ts, 3, TEHRAN))
+                                                for s in files]
+        assert rows[0][2].startswith("2026-11-24T23:30:00.123+03:30")
+    # A day alone, written as in Iran: 4 Azar 1405 from midnight in Tehran is 25 November 2026 from midnight there.
+    midnight = T0 - 123_456_789 + 30 * 60 * S
+    texts = [r[0] for r in recorded(recording) if r[0] >= midnight and r[2] == TEXT]
+    for command in ("cat", "stats", "ime-replay"):
+        def one(*window: str, command: str = command) -> subprocess.CompletedProcess[str]:
+            if command == "ime-replay":
+                return run("recorder.replay", str(recording), "--speed", "max", "-q", *window)
+            return segments(command, str(recording), *(("--json",) if command == "stats" else ()), *window)
+
+        a = one("--from", "1405/09/04", *PERSIAN_TEHRAN)
+        b = one("--from", "2026-11-25", "--tz", "Asia/Tehran")
+        assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+        if command == "stats":
+            assert orjson.loads(a.stdout) == orjson.loads(b.stdout)
+            assert orjson.loads(a.stdout)["first"] == shown(texts[0], 9)
+        else:
+            rows = [orjson.loads(line) for line in a.stdout.splitlines()]
+            assert [r["recv_ns"] for r in rows] == [orjson.loads(line)["recv_ns"] for line in b.stdout.splitlines()]
+            assert [r["recv_ns"] for r in rows if r["kind"] != "event"] == texts
+
+
 def test_a_date_of_the_other_calendar_is_one_line_and_exit_2(recording):
     for args, said in ((("--from", "2026-11-25T00:10", *PERSIAN_TEHRAN), "2026 is a Gregorian year"),
                        (("--from", "1405-09-04T00:10", "--tz", "Asia/Tehran"), "--calendar persian"),
@@ -218,6 +246,17 @@ def test_the_report_shows_solar_hijri_dates_when_asked(recording, tmp_path):
     # Gregorian dates only in the embedded `stats --json` document, which is machine output (UTC).
     text = re.sub(r"<script.*?</script>", "", html, flags=re.S)
     assert "2026-11-2" not in text and "Nov" not in re.sub(r"<style>.*?</style>", "", text, flags=re.S)
+    # A Solar Hijri --from reports what its Gregorian date does.
+    blocks = []
+    for window in (("--from", "1405/09/04 00:10", *PERSIAN_TEHRAN),
+                   ("--from", "2026-11-25T00:10", "--tz", "Asia/Tehran")):
+        made = segments("report", str(recording), "--out", str(out), *window)
+        assert made.returncode == 0, made.stderr
+        m = re.search(r'<script type="application/json" id="ime-report-data">(.*?)</script>', out.read_text(), re.S)
+        assert m is not None
+        blocks.append(orjson.loads(m.group(1).replace("<\\/", "</")))
+    assert blocks[0]["stats"] == blocks[1]["stats"] and blocks[0]["span"]["from_ns"] == blocks[1]["span"]["from_ns"]
+    assert blocks[0]["span"]["from_ns"] == T0 - 123_456_789 + 40 * 60 * S
 
 
 # --- progress on a terminal, nothing in a pipe -----------------------------------------------------------------

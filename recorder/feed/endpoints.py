@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-DEFAULT_BASE_URL = "wss://core.hedgetech.ir/data-engine/ime/live/data/websocket"
-DEFAULT_TOKEN_URL = "https://core.hedgetech.ir/auth/user/token/issue"
+from recorder.model.settings import DEFAULTS
+
+DEFAULT_BASE_URL = DEFAULTS.connection.base_url
 PATH_PREFIX = "/data-engine/ime/live/data/websocket"
 TOKEN_PATH = "/auth/user/token/issue"
 
@@ -88,7 +89,7 @@ def split_contracts(
     kind: EndpointKind | str,
     contracts: Sequence[str],
     *,
-    max_url_length: int = 4096,
+    max_url_length: int = DEFAULTS.connection.max_url_length,
     max_per_connection: int | None = None,
 ) -> list[tuple[str, ...]]:
     """Consecutive groups of `contracts`, in order, each of whose URL fits in `max_url_length` characters.
@@ -129,7 +130,7 @@ def regroup(
     groups: Sequence[Sequence[str]],
     contracts: Sequence[str],
     *,
-    max_url_length: int = 4096,
+    max_url_length: int = DEFAULTS.connection.max_url_length,
     max_per_connection: int | None = None,
 ) -> list[tuple[str, ...]]:
     """Connection groups for `contracts` that keep the current `groups` wherever they can (a reload).

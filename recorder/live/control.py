@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recorder.live.hub import hub_main
+from recorder.model.settings import LiveSettings
 from recorder.record.childproc import child_start
-from recorder.record.live import LiveSettings
 from recorder.record.metrics import Figure
 from recorder.record.timeslice import hub_yields, yield_cpu
 from recorder.timeparse import TimeLocale

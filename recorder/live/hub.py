@@ -28,8 +28,8 @@ from recorder.live.fanout import Fanout
 from recorder.live.relay import LiveSource
 from recorder.live.route import Router
 from recorder.live.wire import WireError
+from recorder.model.settings import LiveSettings
 from recorder.record.childproc import ignore_group_signals
-from recorder.record.live import LiveSettings
 from recorder.server.server import FeedServer, ServerConfig
 from recorder.timeparse import LogFormatter
 

@@ -39,7 +39,7 @@ from recorder.live.fanout import LiveItem
 from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.live.wire import LiveRecord
-from recorder.record.live import LiveSettings
+from recorder.model.settings import LiveSettings
 from recorder.redact import redact_url
 from recorder.throttle import Throttle
 

@@ -17,6 +17,7 @@ from typing import Any
 from recorder.feed.endpoints import EndpointKind
 from recorder.live.fanout import Fanout, Output, PyFanout
 from recorder.live.route import Router
+from recorder.model.settings import DEFAULTS
 from recorder.server.subscriber import Subscriber
 
 SLOW_CLIENT_CODE = 1013  # RFC 6455 "Try Again Later": a temporary condition on the server's side
@@ -27,7 +28,8 @@ log = logging.getLogger("recorder.live")
 class LiveSource:
     """Routes live messages to subscribers by contract; only the endpoint being recorded has contracts."""
 
-    def __init__(self, kind: EndpointKind, contracts: Iterable[str], max_client_buffer: int = 4 << 20,
+    def __init__(self, kind: EndpointKind, contracts: Iterable[str],
+                 max_client_buffer: int = DEFAULTS.live.relay_client_buffer,
                  buffered: Callable[[Subscriber], int] | None = None, fanout: PyFanout | None = None) -> None:
         self.kind = kind
         self.known = frozenset(contracts)

@@ -1,19 +1,25 @@
-"""The click side of `ime-record`'s operator options: --config, --print-config, secrets, --metrics-port."""
+"""The click side of `ime-record`'s settings: the options (from the settings tree), --config, --print-config, a
+reload's changes, secrets on the command line, --password-file, --metrics-port."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from recorder.cli_support import fail
 from recorder.errors import UserError
-from recorder.record.configfile import SECRET_KEYS, read_config, render_effective
+from recorder.model.settings import OPTIONS, Opt, Reload
+from recorder.record.configfile import read_config, render_effective, shown_value
+from recorder.record.reload import SettingChange
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("recorder.record")
 
@@ -27,38 +33,30 @@ _SOURCES = {
     ParameterSource.DEFAULT_MAP: "config file",
     ParameterSource.DEFAULT: "default",
 }
+_BY_PARAM = {o.param: o for o in OPTIONS}
+_KINDS = {o.param: (o.toml, o.repeatable) for o in OPTIONS}  # what configfile checks a value against
 
 
-def long_names(command: click.Command) -> dict[str, str]:
-    """Long option name (`ids-file`) → parameter name (`ids_file`) for every option of the command."""
-    names: dict[str, str] = {}
-    for param in command.params:
-        if not isinstance(param, click.Option) or param.name is None:
-            continue
-        longs = [o for o in param.opts if o.startswith("--")]
-        if longs:
-            names[longs[0][2:]] = param.name
-    return names
+def setting_options(fn: F) -> F:
+    """One click option per option of the settings tree, in the tree's order."""
+    for o in reversed(OPTIONS):
+        long = f"--{o.name}/--no-{o.name}" if o.type is bool and o.default else f"--{o.name}"
+        kind = ({"count": True} if o.count else {"is_flag": True} if o.type is bool and not o.default
+                else {"type": _click_type(o), "show_default": o.default is not None})
+        fn = click.option(*([o.short] if o.short else []), long, o.param, help=o.help, default=o.default,
+                          envvar=o.env, multiple=o.repeatable, metavar=o.metavar, **kind)(fn)
+    return fn
 
 
-def option_kinds(command: click.Command) -> dict[str, tuple[str, bool]]:
-    """Parameter name → (kind, repeatable) for configfile's type check, from each option's click type."""
-    kinds: dict[str, tuple[str, bool]] = {}
-    for param in command.params:
-        if not isinstance(param, click.Option) or param.name is None:
-            continue
-        if param.is_flag:
-            kind = "bool"
-        elif isinstance(param.type, click.types.IntParamType):
-            kind = "int"
-        elif isinstance(param.type, click.types.FloatParamType):
-            kind = "float"
-        elif isinstance(param.type, click.types.BoolParamType):
-            kind = "bool"
-        else:
-            kind = "text"
-        kinds[param.name] = (kind, param.multiple)
-    return kinds
+def _click_type(o: Opt) -> click.ParamType | None:
+    ranged = o.min is not None or o.max is not None
+    if o.type is int:
+        return click.IntRange(o.min, o.max, min_open=o.min_open) if ranged else click.INT  # type: ignore[arg-type]
+    if o.type is float:
+        return click.FloatRange(o.min, o.max, min_open=o.min_open) if ranged else click.FLOAT
+    if o.exists:
+        return click.Path(exists=True, dir_okay=False)
+    return click.Path(path_type=Path) if o.type is Path else None
 
 
 def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
@@ -66,43 +64,45 @@ def load_config_file(ctx: click.Context, _param: click.Parameter, value: Path | 
     environment still override them (click: command line > environment > default_map > default)."""
     if value is not None:
         try:
-            values = read_config(value, long_names(ctx.command), option_kinds(ctx.command))
+            values = read_config(value, {o.name: o.param for o in OPTIONS}, _KINDS)
         except UserError as exc:
             if ctx.obj is RELOADING:
                 raise
             # Raised while click parses, outside the command's one-line error handling.
             fail("ime-record", str(exc), exc.exit_code)
-        options = [p for p in ctx.command.params if isinstance(p, click.Option)]
-        multiple = {p.name for p in options if p.multiple}
-        paths = {p.name for p in options if isinstance(p.type, click.Path)}
-        # A repeatable option (--base-url) may be one string in the file, or a list.
-        values = {k: [v] if k in multiple and not isinstance(v, list) else v for k, v in values.items()}
-        # A relative path in the file is relative to the file, not to wherever the service happens to start.
-        values = {k: str(value.parent / v) if k in paths and isinstance(v, str) and not Path(v).is_absolute()
-                  else v for k, v in values.items()}
+        values = {k: _from_file(_BY_PARAM[k], v, value.parent) for k, v in values.items()}
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
 
+def _from_file(o: Opt, value: Any, folder: Path) -> Any:
+    if o.repeatable and not isinstance(value, list):
+        return [value]  # a repeatable option (--base-url) may be one string in the file, or a list
+    if (o.type is Path or o.exists) and isinstance(value, str) and not Path(value).is_absolute():
+        # A relative path in the file is relative to the file, not to wherever the service happens to start.
+        return str(folder / value)
+    return value
+
+
 def effective_settings(ctx: click.Context) -> Iterator[str]:
-    names = long_names(ctx.command)
-    rows = []
-    for long, name in names.items():
-        if long in ("print-config", "help", "version", "config"):
-            continue
-        source = ctx.get_parameter_source(name)
-        rows.append((long, ctx.params.get(name), _SOURCES.get(source, "default") if source else "default"))
     yield "# ime-record effective settings (command line > environment > config file > default)"
-    yield from render_effective(rows)
+    yield from render_effective((o.name, ctx.params.get(o.param), _SOURCES.get(ctx.get_parameter_source(o.param),
+                                                                               "default")) for o in OPTIONS)
+
+
+def setting_changes(start: dict[str, Any], now: dict[str, Any], contracts_reread: bool) -> list[SettingChange]:
+    """A reload's changed options (by parameter name), each applied now or at the next start as its option says."""
+    return [SettingChange(o.name, shown_value(o.name, start.get(o.param)), shown_value(o.name, now.get(o.param)),
+                          o.reload is Reload.NOW or (o.reload is Reload.WITH_CONTRACTS and contracts_reread))
+            for o in OPTIONS if now.get(o.param) != start.get(o.param)]
 
 
 def warn_secrets_on_command_line(ctx: click.Context) -> None:
-    for key in SECRET_KEYS:
-        if ctx.get_parameter_source(key.replace("-", "_")) is ParameterSource.COMMANDLINE:
-            env = {"password": "IME_PASSWORD or --password-file", "token": "IME_TOKEN or --token-file"}.get(
-                key, "IME_RELAY_TOKEN")
+    for o in OPTIONS:
+        if o.secret and ctx.get_parameter_source(o.param) is ParameterSource.COMMANDLINE:
+            instead = f"{o.env} or --{o.secret_file}" if o.secret_file else o.env
             log.warning("--%s on the command line is readable by every local user (ps, /proc/PID/cmdline); "
-                        "use %s instead", key, env)
+                        "use %s instead", o.name, instead)
 
 
 def read_password(password: str | None, password_file: Path | None) -> str | None:

@@ -1,8 +1,9 @@
 """`ime-record --config FILE`: a TOML file holding command-line options under their long names.
 
-Pure: the caller passes the command's options (long name → parameter name), so this module knows nothing
-about click beyond that mapping. Secrets never come from the file itself: a service's config file is
-usually readable by more people than its environment file, so a password or token in it is refused.
+Pure: the caller passes the options (long name → parameter name, and their kinds), so this module knows nothing
+about click. Which keys hold secrets or URLs is the settings tree's (recorder/model/settings.py). Secrets never
+come from the file itself: a service's config file is usually readable by more people than its environment file,
+so a password or token in it is refused.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from recorder.errors import UserError
+from recorder.model.settings import OPTIONS
 from recorder.redact import MASK, redact_url
 
-URL_KEYS = frozenset({"base-url", "token-url", "publish", "nats-url"})
-
+URL_KEYS = frozenset(o.name for o in OPTIONS if o.url)
 # Keys that hold a secret in clear; each says where the secret belongs instead.
-SECRET_KEYS: dict[str, str] = {
-    "password": "set IME_PASSWORD in the environment (file) or name a file with password-file",
-    "token": "set IME_TOKEN in the environment (file) or name a file with token-file",
-    "relay-token": "set IME_RELAY_TOKEN in the environment (file)",
-}
+SECRET_KEYS = {o.name: o.secret_hint() for o in OPTIONS if o.secret}
 # Options that make no sense inside the file they would be read from.
 NOT_IN_FILE = frozenset({"config", "print-config", "help", "version"})
 
@@ -129,7 +126,8 @@ def _toml_value(value: Any) -> str:
 
 
 def shown_value(key: str, value: Any) -> str:
-    """One option's value for a log line (a reload's changes): secrets masked, URLs without credentials."""
+    """One option's value as TOML (a reload's changes, --print-config): secrets masked, URLs without credentials
+    (user:password@, ?token=)."""
     if key in SECRET_KEYS and value:
         return f'"{MASK}"'
     if value is None:
@@ -147,15 +145,9 @@ def render_effective(settings: Iterable[tuple[str, Any, str]]) -> list[str]:
     lines = []
     for key, value, source in settings:
         if key in SECRET_KEYS and value:
-            lines.append(f'# {key} = "{MASK}"  # {source}; secrets are never printed')
-        elif key in URL_KEYS and value:
-            # A URL may carry credentials (user:password@, ?token=): shown without them.
-            urls = [str(v) for v in value] if isinstance(value, list | tuple) else None
-            shown = [redact_url(u) for u in urls] if urls is not None else ",".join(
-                redact_url(u) for u in str(value).split(","))
-            lines.append(f"{key} = {_toml_value(shown)}  # {source}")
+            lines.append(f"# {key} = {shown_value(key, value)}  # {source}; secrets are never printed")
         elif value is None:
             lines.append(f"# {key} =  # not set")
         else:
-            lines.append(f"{key} = {_toml_value(value)}  # {source}")
+            lines.append(f"{key} = {shown_value(key, value)}  # {source}")
     return lines

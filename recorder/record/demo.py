@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from recorder.errors import RuntimeFailure
+from recorder.model.settings import DEFAULTS
 
 READY_TIMEOUT_S = 20.0
 
@@ -27,8 +28,8 @@ def _die_with_parent() -> None:
 
 
 class DemoSimulator:
-    def __init__(self, contracts: int = 24, rate: float = 2000, seed: int = 1404,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, contracts: int = DEFAULTS.demo.contracts, rate: float = DEFAULTS.demo.rate,
+                 seed: int = 1404, extra_args: tuple[str, ...] = ()) -> None:
         self.contracts = contracts
         self.rate = rate
         self.seed = seed

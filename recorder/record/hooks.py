@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recorder.errors import UserError
+from recorder.model.settings import DEFAULTS
 
 log = logging.getLogger("recorder.hooks")
 
@@ -62,9 +63,9 @@ def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
 class HookRunner:
     command: str
     out_dir: Path
-    jobs: int = 2
+    jobs: int = DEFAULTS.ops.on_sealed_jobs
     attempts: int = 6
-    backoff_base_s: float = 2.0
+    backoff_base_s: float = DEFAULTS.ops.hook_backoff_s
     backoff_cap_s: float = 300.0
     timeout_s: float = 3600.0
     argv: list[str] = field(default_factory=list)

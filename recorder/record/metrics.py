@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from recorder import clock as wall_clock
+from recorder.model.settings import DEFAULTS
 from recorder.record.status import ShardView
 
 _SHARD: tuple[tuple[str, str, str, Callable[[ShardView, int], float]], ...] = (
@@ -100,7 +101,7 @@ class MetricsServer:
     `health` returns (healthy, one line of why): /healthz answers 200 or 503 with that line.
     """
 
-    def __init__(self, views: Callable[[], list[ShardView]], host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, views: Callable[[], list[ShardView]], host: str = DEFAULTS.run.metrics_host, port: int = 0,
                  figures: Callable[[], list[Figure]] = lambda: [],
                  health: Callable[[], tuple[bool, str]] = lambda: (True, "ok")) -> None:
         self.registry = CollectorRegistry(auto_describe=False)

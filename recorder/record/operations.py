@@ -21,14 +21,15 @@ from recorder.errors import RuntimeFailure
 from recorder.events import Event
 from recorder.feed.token import token_expiry
 from recorder.humanize import human_bytes
+from recorder.model.settings import OpsSettings
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
-from recorder.record.diskguard import GB, DiskGuard, DiskLevel, free_bytes
+from recorder.record.diskguard import DiskGuard, DiskLevel, free_bytes
 from recorder.record.hooks import HookRunner, parse_command
 from recorder.record.metrics import Figure
 from recorder.record.renewal import renew_at
 from recorder.record.retention import SegmentFile, plan_removals, remove, scan
 from recorder.record.sdnotify import Notifier
-from recorder.record.sessions import DEFAULT_SESSIONS, Session, StallAlarm, describe, in_session, parse_sessions
+from recorder.record.sessions import Session, StallAlarm, describe, in_session, parse_sessions
 from recorder.record.status import ShardView
 
 log = logging.getLogger("recorder.operations")
@@ -37,55 +38,86 @@ log = logging.getLogger("recorder.operations")
 _SETTLED = frozenset({"refused", "empty", "failed", "stopped"})
 
 
-@dataclass(frozen=True, slots=True)
-class OpsSettings:
-    retain_days: float | None = None
-    retain_bytes: int | None = None
-    warn_free_bytes: int | None = None
-    min_free_bytes: int | None = None
-    on_sealed: str | None = None
-    on_sealed_jobs: int = 2
-    stall_alert_s: float | None = None
-    sessions: tuple[Session, ...] = ()
-    notify: bool = True
-    scan_interval_s: float = 2.0
-    hook_backoff_s: float = 2.0
+def check_ops(settings: OpsSettings) -> None:
+    """What the settings tree cannot check itself: the --on-sealed command, --sessions, and the disk limits
+    together (one line, exit 2)."""
+    if settings.on_sealed is not None:
+        parse_command(settings.on_sealed)
+    parse_sessions(settings.sessions)
+    warn, low = settings.warn_free_bytes, settings.min_free_bytes
+    if warn is not None and low is not None and warn < low:
+        raise RuntimeFailure("--warn-free-gb must not be below --min-free-gb", exit_code=2)
 
-    @classmethod
-    def build(cls, *, retain_days: float | None = None, retain_gb: float | None = None,
-              warn_free_gb: float | None = None, min_free_gb: float | None = None, on_sealed: str | None = None,
-              on_sealed_jobs: int = 2, stall_alert_s: float | None = None, sessions: str = DEFAULT_SESSIONS,
-              notify: bool = True) -> OpsSettings:
-        """From the command line's units (GB, a sessions string); one-line UserError when inconsistent."""
-        if on_sealed is not None:
-            parse_command(on_sealed)
-        if warn_free_gb is not None and min_free_gb is not None and warn_free_gb < min_free_gb:
-            raise RuntimeFailure("--warn-free-gb must not be below --min-free-gb", exit_code=2)
-        return cls(
-            retain_days=retain_days,
-            retain_bytes=int(retain_gb * GB) if retain_gb is not None else None,
-            warn_free_bytes=int(warn_free_gb * GB) if warn_free_gb is not None else None,
-            min_free_bytes=int(min_free_gb * GB) if min_free_gb is not None else None,
-            on_sealed=on_sealed,
-            on_sealed_jobs=on_sealed_jobs,
-            stall_alert_s=stall_alert_s,
-            sessions=parse_sessions(sessions),
-            notify=notify,
-        )
 
-    def check_disk_before_start(self, out_dir: Path) -> None:
-        """Refuse to start on a disk already below --min-free-gb: one line, exit 1, nothing recorded."""
-        if self.min_free_bytes is None:
-            return
-        free = free_bytes(out_dir)
-        if free < self.min_free_bytes:
-            raise RuntimeFailure(f"{out_dir} has {human_bytes(free)} free, below --min-free-gb "
-                                 f"({human_bytes(self.min_free_bytes)}); free some space or lower the limit")
+def check_disk_before_start(settings: OpsSettings, out_dir: Path) -> None:
+    """Refuse to start on a disk already below --min-free-gb: one line, exit 1, nothing recorded."""
+    if settings.min_free_bytes is None:
+        return
+    free = free_bytes(out_dir)
+    if free < settings.min_free_bytes:
+        raise RuntimeFailure(f"{out_dir} has {human_bytes(free)} free, below --min-free-gb "
+                             f"({human_bytes(settings.min_free_bytes)}); free some space or lower the limit")
 
 
 def settled(views: list[ShardView]) -> bool:
     """Every shard is connected or retrying (it reported its connection groups), or out of the game."""
     return all(v.state in _SETTLED or (v.state == "running" and v.connections > 0) for v in views)
+
+
+@dataclass(slots=True)
+class TokenRenewal:
+    """Renews the token ahead of its `exp` (renewal.py says when) and hands it to every shard."""
+
+    tokens: TokenProvider
+    fail: Callable[[str], None]
+    broadcast_token: Callable[[str, int], object]
+    renewals_total: int = 0
+    failures_total: int = 0
+
+    async def run(self) -> None:
+        warned_gen = -1
+        obtained: dict[int, float] = {}  # generation → when this loop first saw it (wall clock)
+        while True:
+            gen = self.tokens.gen
+            obtained.setdefault(gen, time.time())
+            exp = token_expiry(self.tokens.token)
+            if exp is None:
+                await asyncio.sleep(30)  # no exp claim (or no JWT): nothing to plan; the token may change
+                continue
+            due = renew_at(exp, obtained[gen])
+            wait = due - time.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 30))  # re-plan at least every 30 s: a refusal may renew it first
+                continue
+            if self.tokens.gen != gen:
+                continue
+            try:
+                token, new_gen = await self.tokens.refresh(gen)
+            except TokenUnavailable:
+                if warned_gen != gen:
+                    warned_gen = gen
+                    log.warning("the token expires in %.0fs and the %s cannot give a fresh one; replace it",
+                                exp - time.time(), self.tokens.source)
+                await asyncio.sleep(max(1.0, min(30.0, exp - time.time())))
+                continue
+            except CredentialsRefused as exc:
+                self.failures_total += 1
+                self.fail(str(exc))
+                return
+            except RuntimeFailure as exc:
+                self.failures_total += 1
+                log.error("renewing the token before it expires failed: %s; retrying in 5s", exc)
+                await asyncio.sleep(5)
+                continue
+            self.renewals_total += 1
+            left = token_expiry(token)
+            log.info("token renewed ahead of expiry (generation %d%s)", new_gen,
+                     f", valid for {left - time.time():.0f}s" if left is not None else "")
+            self.broadcast_token(token, new_gen)
+
+    def remaining_s(self) -> float | None:
+        exp = token_expiry(self.tokens.token) if self.tokens.token else None
+        return None if exp is None else exp - time.time()
 
 
 @dataclass(slots=True)
@@ -102,14 +134,14 @@ class Operations:
     guard: DiskGuard = field(default_factory=DiskGuard)
     hooks: HookRunner | None = None
     stall: StallAlarm | None = None
+    sessions: tuple[Session, ...] = ()  # settings.sessions, parsed
     ready: bool = False
     started_ns: int = field(default_factory=clock.time_ns)
     disk_free: int = -1
     retention_removed_total: int = 0
     retention_removed_bytes_total: int = 0
     retention_errors_total: int = 0
-    token_renewals_total: int = 0
-    token_renewal_failures_total: int = 0
+    renewal: TokenRenewal = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _scanning: bool = False
     last_tick: float = field(default_factory=time.monotonic)
@@ -117,6 +149,8 @@ class Operations:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.renewal = TokenRenewal(self.tokens, self.fail, self.broadcast_token)
+        self.sessions = parse_sessions(s.sessions)
         self.guard = DiskGuard(s.warn_free_bytes, s.min_free_bytes)
         if self.notifier is None and s.notify:
             self.notifier = Notifier()
@@ -124,7 +158,7 @@ class Operations:
             self.hooks = HookRunner(s.on_sealed, self.out_dir, jobs=s.on_sealed_jobs,
                                     backoff_base_s=s.hook_backoff_s)
         if s.stall_alert_s is not None:
-            self.stall = StallAlarm(s.stall_alert_s, s.sessions)
+            self.stall = StallAlarm(s.stall_alert_s, self.sessions)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -132,7 +166,7 @@ class Operations:
         loop = asyncio.get_running_loop()
         if self.notifier is not None and self.notifier.watchdog_s is not None:
             self._tasks.append(loop.create_task(self._watchdog(self.notifier.watchdog_s)))
-        self._tasks.append(loop.create_task(self._renew_tokens()))
+        self._tasks.append(loop.create_task(self.renewal.run()))
         if self.stall is not None:
             log.info("stall alert after %gs without a message during sessions %s (Asia/Tehran)",
                      self.stall.after_s, describe(self.stall.sessions))
@@ -260,53 +294,6 @@ class Operations:
         if removed and self.hooks is not None:
             self.hooks.forget(removed)
 
-    # --- tokens ---------------------------------------------------------------------------------
-
-    async def _renew_tokens(self) -> None:
-        warned_gen = -1
-        obtained: dict[int, float] = {}  # generation → when this loop first saw it (wall clock)
-        while True:
-            gen = self.tokens.gen
-            obtained.setdefault(gen, time.time())
-            exp = token_expiry(self.tokens.token)
-            if exp is None:
-                await asyncio.sleep(30)  # no exp claim (or no JWT): nothing to plan; the token may change
-                continue
-            due = renew_at(exp, obtained[gen])
-            wait = due - time.time()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 30))  # re-plan at least every 30 s: a refusal may renew it first
-                continue
-            if self.tokens.gen != gen:
-                continue
-            try:
-                token, new_gen = await self.tokens.refresh(gen)
-            except TokenUnavailable:
-                if warned_gen != gen:
-                    warned_gen = gen
-                    log.warning("the token expires in %.0fs and the %s cannot give a fresh one; replace it",
-                                exp - time.time(), self.tokens.source)
-                await asyncio.sleep(max(1.0, min(30.0, exp - time.time())))
-                continue
-            except CredentialsRefused as exc:
-                self.token_renewal_failures_total += 1
-                self.fail(str(exc))
-                return
-            except RuntimeFailure as exc:
-                self.token_renewal_failures_total += 1
-                log.error("renewing the token before it expires failed: %s; retrying in 5s", exc)
-                await asyncio.sleep(5)
-                continue
-            self.token_renewals_total += 1
-            left = token_expiry(token)
-            log.info("token renewed ahead of expiry (generation %d%s)", new_gen,
-                     f", valid for {left - time.time():.0f}s" if left is not None else "")
-            self.broadcast_token(token, new_gen)
-
-    def token_remaining_s(self) -> float | None:
-        exp = token_expiry(self.tokens.token) if self.tokens.token else None
-        return None if exp is None else exp - time.time()
-
     # --- stall alarm ----------------------------------------------------------------------------
 
     def _check_stall(self, views: list[ShardView], now_ns: int) -> None:
@@ -336,7 +323,7 @@ class Operations:
             # Exported whether or not --stall-alert is on: alert rules tell silence in a session (an outage)
             # from silence at night (normal) by it.
             Figure("ime_recorder_trading_session", "gauge", "1 while the clock is within --sessions (Asia/Tehran)",
-                   float(in_session(self.settings.sessions, clock.time_ns()))),
+                   float(in_session(self.sessions, clock.time_ns()))),
             Figure("ime_recorder_retention_removed_files", "counter", "segments removed by retention",
                    self.retention_removed_total),
             Figure("ime_recorder_retention_removed_bytes", "counter", "bytes removed by retention",
@@ -344,11 +331,11 @@ class Operations:
             Figure("ime_recorder_retention_errors", "counter", "segments retention could not remove",
                    self.retention_errors_total),
             Figure("ime_recorder_token_renewals", "counter", "tokens renewed ahead of expiry",
-                   self.token_renewals_total),
+                   self.renewal.renewals_total),
             Figure("ime_recorder_token_renewal_failures", "counter", "failed attempts to renew the token early",
-                   self.token_renewal_failures_total),
+                   self.renewal.failures_total),
         ]
-        remaining = self.token_remaining_s()
+        remaining = self.renewal.remaining_s()
         out.append(Figure("ime_recorder_token_remaining_seconds", "gauge",
                           "seconds until the token's exp claim (-1: no exp)",
                           remaining if remaining is not None else -1.0))

@@ -62,19 +62,7 @@ def _listed(contracts: Sequence[str], sign: str, limit: int = 8) -> str:
 
 def describe(changes: list[ShardChange], reread: Reread, total: int) -> list[str]:
     """The log lines of a reload (without the "reload: " prefix); one line when nothing changed."""
-    lines: list[str] = []
-    if changes:
-        added = sum(len(c.added) for c in changes)
-        removed = sum(len(c.removed) for c in changes)
-        parts = []
-        for c in changes:
-            what = " ".join(x for x in (_listed(c.added, "+"), _listed(c.removed, "-")) if x)
-            if not c.before:
-                what += " (a worker starts)"
-            elif not c.after:
-                what += " (its worker stops)"
-            parts.append(f"shard {c.shard} {what}")
-        lines.append(f"{added} contracts added, {removed} removed ({total} from {reread.source}): " + "; ".join(parts))
+    lines = [_contracts_line(changes, reread, total)] if changes else []
     for s in reread.changes:
         when = "applied" if s.applied else "takes effect at the next start"
         lines.append(f"--{s.option} {s.old} → {s.new} {when}")
@@ -88,3 +76,17 @@ def describe(changes: list[ShardChange], reread: Reread, total: int) -> list[str
         lines.insert(0, f"contracts unchanged ({total} from {reread.source})" if reread.contracts is not None
                      else f"contracts unchanged ({reread.source})")
     return lines
+
+
+def _contracts_line(changes: list[ShardChange], reread: Reread, total: int) -> str:
+    added = sum(len(c.added) for c in changes)
+    removed = sum(len(c.removed) for c in changes)
+    parts = []
+    for c in changes:
+        what = " ".join(x for x in (_listed(c.added, "+"), _listed(c.removed, "-")) if x)
+        if not c.before:
+            what += " (a worker starts)"
+        elif not c.after:
+            what += " (its worker stops)"
+        parts.append(f"shard {c.shard} {what}")
+    return f"{added} contracts added, {removed} removed ({total} from {reread.source}): " + "; ".join(parts)

@@ -1,9 +1,10 @@
 """Trading sessions and the stall alarm: silence during a session is an outage, outside one it is normal.
 
 Pure: times are passed in. Sessions are written `sat-wed 10:30-16:00`, several separated by `;`, in
-Asia/Tehran time. The default covers IME's physical market floors as IME describes them (industrial
-10:30-12:00, gold 12:00-12:30, oil and petrochemicals 13:30-16:00, Saturday to Wednesday): a default the
-operator should check against the exchange's current calendar (holidays are not known here).
+Asia/Tehran time. The default (OpsSettings.sessions, recorder/model/settings.py) covers IME's physical market
+floors as IME describes them (industrial 10:30-12:00, gold 12:00-12:30, oil and petrochemicals 13:30-16:00,
+Saturday to Wednesday): a default the operator should check against the exchange's current calendar (holidays
+are not known here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from zoneinfo import ZoneInfo
 from recorder.errors import UserError
 
 TEHRAN = ZoneInfo("Asia/Tehran")
-DEFAULT_SESSIONS = "sat-wed 10:30-16:00"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 _SPEC = re.compile(r"^(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+(?P<t1>\d{1,2}:\d{2})-(?P<t2>\d{1,2}:\d{2})$")
 

@@ -21,20 +21,13 @@ from typing import Any
 
 from recorder import clock
 from recorder.errors import EXIT_OK, EXIT_RUNTIME, RuntimeFailure
+from recorder.model.settings import ConnectionSettings, LiveSettings, OpsSettings, RunOptions, StorageSettings
 from recorder.record import messages as m
 from recorder.record.auth import CredentialsRefused, TokenProvider, TokenUnavailable
 from recorder.record.childproc import child_start, prestart, worker_context
-from recorder.record.config import (
-    WORKER_EXIT_FATAL,
-    WORKER_EXIT_OK,
-    WORKER_EXIT_REFUSED,
-    ConnectionSettings,
-    StorageSettings,
-    WorkerConfig,
-)
-from recorder.record.live import LiveSettings  # LIVE-WIRING
+from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
 from recorder.record.metrics import Figure, MetricsServer
-from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
+from recorder.record.operations import Operations
 from recorder.record.reload import ReloadError, Reread, describe, shard_changes
 from recorder.record.retention import scan
 from recorder.record.shard import partition
@@ -85,15 +78,12 @@ class RunSettings:
     shards: list[tuple[str, ...]]  # contracts per shard (possibly empty)
     connection: ConnectionSettings
     storage: StorageSettings
-    duration_s: float | None = None
-    status_interval_s: float = 30.0
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    run: RunOptions = field(default_factory=RunOptions)  # --duration, --status-interval (a reload sets it), metrics
     stop_timeout_s: float = 15.0
     log_level: int = logging.INFO
     live: bool | None = None
-    ops: OpsSettings = field(default_factory=OpsSettings)  # OPS-WIRING
-    live_outputs: LiveSettings | None = None  # LIVE-WIRING: --relay / --publish
+    ops: OpsSettings = field(default_factory=OpsSettings)
+    live_outputs: LiveSettings | None = None  # --relay / --publish
     # SIGHUP: re-reads the config and contract files (raises ReloadError); None: nothing can be re-read.
     reread: Callable[[], Reread] | None = None
 
@@ -119,8 +109,8 @@ class Supervisor:
         self._pending_fatal: dict[int, str] = {}  # a worker's last words, used when it exits
         self._token_fixed_logged = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.ops: Operations | None = None  # OPS-WIRING
-        self.hub: Any = None  # LIVE-WIRING: recorder.live.control.HubControl when --relay/--publish is on
+        self.ops: Operations | None = None
+        self.hub: Any = None  # recorder.live.control.HubControl when --relay/--publish is on
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -165,7 +155,7 @@ class Supervisor:
                  self.run_id, self.tokens.source)
         for s in active:
             self._spawn(s, token, gen)
-        if self.settings.live_outputs is not None:  # LIVE-WIRING
+        if self.settings.live_outputs is not None:
             # After the workers, and at the lowest priority from its first instruction (live/control.py): the
             # workers hand messages over without waiting for it, and their start must not wait behind its imports.
             from recorder.live.control import HubControl
@@ -177,28 +167,27 @@ class Supervisor:
         self._workers_started = True
         if self._reload_deferred:
             self.request_reload()
-        # OPS-WIRING begin: notify/watchdog, disk guard, retention, --on-sealed, token renewal, stall alarm
+        # notify/watchdog, disk guard, retention, --on-sealed, token renewal, stall alarm
         ops = self.ops = Operations(
             self.settings.ops, self.settings.storage.out_dir, self.settings.storage.prefix,
             views=lambda: [s.view for s in self.shards], tokens=self.tokens, fail=self.fail,
             broadcast_token=lambda t, g: [self._send(o, m.Token(g, t)) for o in self.shards],
             send_event=self._record_event)
         await ops.start()
-        # OPS-WIRING end
 
         metrics: MetricsServer | None = None
-        if self.settings.metrics_port is not None:
-            metrics = MetricsServer(lambda: [s.view for s in self.shards], self.settings.metrics_host,
-                                    self.settings.metrics_port, figures=self._figures, health=ops.health)
+        run = self.settings.run
+        if run.metrics_port is not None:
+            metrics = MetricsServer(lambda: [s.view for s in self.shards], run.metrics_host, run.metrics_port,
+                                    figures=self._figures, health=ops.health)
             port = await metrics.start()
-            log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host, port)
-        if self.settings.duration_s is not None:
-            reason = f"--duration {self.settings.duration_s:g}s reached"
-            self.loop.call_later(self.settings.duration_s, self.stop, reason)
+            log.info("Prometheus metrics on http://%s:%d/metrics", run.metrics_host, port)
+        if run.duration_s is not None:
+            self.loop.call_later(run.duration_s, self.stop, f"--duration {run.duration_s:g}s reached")
         status = asyncio.create_task(self._status_loop())
         await self.stopping.wait()
         await self._stop_workers()
-        if self.hub is not None:  # LIVE-WIRING: after the workers, so it relays and publishes their last messages
+        if self.hub is not None:  # after the workers, so it relays and publishes their last messages
             await self.hub.stop()
         elapsed = time.monotonic() - self.started
         if self.exit_code == EXIT_OK and not self.accepted_any and elapsed >= NOTHING_ACCEPTED_AFTER_S:
@@ -212,7 +201,7 @@ class Supervisor:
             self.fatal_message = self._never_connected(never, elapsed)
             self.exit_code = EXIT_RUNTIME
         status.cancel()
-        await ops.close(self.fatal_message or "stopped")  # OPS-WIRING: after the workers sealed their files
+        await ops.close(self.fatal_message or "stopped")  # after the workers sealed their files
         if metrics is not None:
             await metrics.close()
         self.console.close()
@@ -220,7 +209,7 @@ class Supervisor:
         for line in exit_summary([s.view for s in self.shards], elapsed, self._disk_figures()):
             self.console.log(line)
         nats_missing = None
-        if self.hub is not None:  # LIVE-WIRING
+        if self.hub is not None:
             self.console.log(f"  {self.hub.view.line()}")
             if self.settings.live_outputs is not None and self.settings.live_outputs.nats_url is not None:
                 account = self.hub.view.nats_account(sum(s.view.total_live_handed for s in self.shards))
@@ -309,7 +298,7 @@ class Supervisor:
             token_gen=gen,
             status_interval_s=1.0,
             log_level=self.settings.log_level,
-            live=(replace(self.settings.live_outputs, shard=s.shard)  # LIVE-WIRING
+            live=(replace(self.settings.live_outputs, shard=s.shard)
                   if self.settings.live_outputs is not None else None),
         )
         parent, child = self._ctx.Pipe(duplex=True)
@@ -485,12 +474,12 @@ class Supervisor:
         for line in describe(changes, found, total):
             log.info("reload: %s", line)
         if found.status_interval_s is not None:
-            self.settings.status_interval_s = found.status_interval_s
+            self.settings.run = replace(self.settings.run, status_interval_s=found.status_interval_s)
         if not changes:
             return
         for change in changes:
             self._apply_contracts(self.shards[change.shard], new[change.shard])
-        if self.hub is not None:  # LIVE-WIRING: the relay accepts subscriptions to what is recorded
+        if self.hub is not None:  # the relay accepts subscriptions to what is recorded
             self.hub.set_contracts(tuple(c for shard in new for c in shard), tuple(new))
         if self.settings.live_outputs is not None:
             self.settings.live_outputs = replace(self.settings.live_outputs, contracts=tuple(found.contracts or ()),
@@ -576,15 +565,15 @@ class Supervisor:
             views = [s.view for s in self.shards]
             now = clock.time_ns()
             lines = table(views, now, time.monotonic() - self.started)
-            if self.hub is not None:  # LIVE-WIRING
+            if self.hub is not None:
                 lines.append(self.hub.view.line())
             self.console.draw(lines)
             if self.ops is not None:
-                self.ops.tick()  # OPS-WIRING
-            if not self.console.live and time.monotonic() - last_line >= self.settings.status_interval_s:
+                self.ops.tick()
+            if not self.console.live and time.monotonic() - last_line >= self.settings.run.status_interval_s:
                 last_line = time.monotonic()
                 log.info(summary_line(views, now))
-                if self.hub is not None:  # LIVE-WIRING
+                if self.hub is not None:
                     log.info("status: %s", self.hub.view.line())
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from picows import WSCloseCode, WSError, WSHandshakeError, WSTransport, ws_connect
 
 from recorder import clock
-from recorder.record.config import ConnectionSettings
+from recorder.model.settings import ConnectionSettings
 from recorder.record.connection import Failure
 from recorder.record.listener import Append, RecordingListener
 

@@ -2,66 +2,33 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import signal
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from types import FrameType
 from typing import IO
 
 import click
 
-from recorder.cli_support import OneLineCommand, calendar_option, one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging, time_options
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
 from recorder.replay.pacing import Pacer, parse_speed
 from recorder.replay.player import ReplayReport, Row, play
-from recorder.segment.format import SegmentFormatError
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import SegmentFile, discover, open_segment
+from recorder.segment.reader import SegmentFile, open_inputs
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
-from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, TimeLocale
+from recorder.timeparse import TIME_HELP, TimeLocale
 
 PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
-def expand(paths: Iterable[str]) -> list[Path]:
-    """Files, directories and (quoted) globs → segment files."""
-    out: list[str] = []
-    for p in paths:
-        if any(ch in p for ch in "*?["):
-            matches = sorted(glob.glob(p, recursive=True))
-            if not matches:
-                raise UserError(f"{p}: no file matches")
-            out.extend(matches)
-        elif not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-        else:
-            out.append(p)
-    files = discover(out)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
-    return files
-
-
 def open_segments(paths: Iterable[str]) -> tuple[list[SegmentFile], list[str]]:
-    """The segments that open, and a message for each that does not (e.g. a file cut inside its header).
-
-    One unreadable file must not stop the replay of the others; only when nothing opens is it a usage error.
-    """
-    segments = []
-    unreadable = []
-    for f in expand(paths):
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            unreadable.append(f"{f}: {exc}")
-    if not segments:
-        raise UserError(unreadable[0])
-    return segments, unreadable
+    """The segments that files, directories and (quoted) globs name, and a message for each file that does not
+    open (reader.open_inputs): one unreadable file must not stop the replay of the others."""
+    return open_inputs(paths, globs=True)
 
 
 def check_contracts(segments: list[SegmentFile], contracts: tuple[str, ...]) -> None:
@@ -135,8 +102,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection, shown: Time
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start at this receive time: {TIME_HELP}")
 @click.option("--to", "end", help="Stop before this receive time, same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
-@calendar_option()
+@time_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="stdout format: JSON lines (time, contract, frame) or raw payloads, one per line.")
 @click.option("--max-gap", type=click.FloatRange(min=0), help="Shorten idle periods longer than this many seconds.")
@@ -161,7 +127,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection, shown: Time
 @click.option("-q", "--quiet", is_flag=True, help="No timing report.")
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-         tz: str, calendar: str, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
+         shown: TimeLocale, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
          token: str | None, all_copies: bool, send_timeout: float, from_nats: str | None, since: str | None,
          nats_stream: str, max_count: int | None, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
@@ -175,7 +141,6 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     """
     if serve is None:
         check_serve_only_options(click.get_current_context())
-    shown = TimeLocale.parse(tz, calendar)
     setup_logging(0, quiet, shown.gregorian)
     if from_nats is not None:
         if paths or serve or listing:

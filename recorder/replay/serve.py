@@ -23,10 +23,10 @@ from typing import Any
 import click
 import uvloop
 
-from recorder.cli_support import parse_host_port
 from recorder.errors import UserError
 from recorder.feed.endpoints import EndpointKind, build_url
 from recorder.model.record import RecordKind
+from recorder.model.settings import parse_host_port
 from recorder.replay.pacing import Pacer
 from recorder.replay.player import ReplayReport, Row, play
 from recorder.segment.reader import SegmentFile

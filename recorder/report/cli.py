@@ -17,7 +17,7 @@ from recorder.report.figures import draw_all
 from recorder.report.page import render
 from recorder.segment.cli_inputs import open_all, reading_progress, report_damage
 from recorder.segment.selection import Selection, recording_range
-from recorder.timeparse import GREGORIAN, TimeLocale
+from recorder.timeparse import TimeLocale
 
 
 def check_out(out: Path) -> None:
@@ -27,10 +27,8 @@ def check_out(out: Path) -> None:
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
 
 
-def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | None, tz: str | None,
-               calendar: str = GREGORIAN) -> None:
+def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | None, zone: TimeLocale) -> None:
     started = time.monotonic()
-    zone = TimeLocale.parse(tz, calendar)
     out_path = Path(out)
     check_out(out_path)
     segments, skipped = open_all(paths)
@@ -46,7 +44,7 @@ def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | N
     damaged = report_damage(d for s in segments for d in s.damage)
     if data.stats.records == 0 and selection.filtered:
         raise RuntimeFailure(selection.nothing_selected(segments, zone))
-    page = render(data, draw_all(data, zone.tz, zone.calendar), zone, tz or "UTC", paths, len(segments), damaged,
+    page = render(data, draw_all(data, zone.tz, zone.calendar), zone, zone.zone_name(), paths, len(segments), damaged,
                   skipped, (selection.start_ns, selection.end_ns), time.time_ns())
     size = write_atomically(out_path, page.encode())
     click.echo(f"wrote {out_path} ({human_bytes(size)}) in {time.monotonic() - started:.1f} s: "

@@ -4,17 +4,15 @@ and recorder/report, imported lazily)."""
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import click
 import orjson
 
-from recorder.cli_support import OneLineGroup, calendar_option, one_line_errors
+from recorder.cli_support import OneLineGroup, one_line_errors, time_options
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
@@ -22,21 +20,14 @@ from recorder.model.record import Record, RecordKind
 from recorder.progress import Progress
 from recorder.segment.cli_inputs import PROG, open_all, reading_progress, report_damage
 from recorder.segment.coverage import summarise
-from recorder.segment.format import SegmentFormatError
+from recorder.segment.dedupe import DEFAULT_WINDOW_NS
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
 from recorder.segment.output import jsonl_line, raw_payload
-from recorder.segment.reader import Damage, SegmentFile, discover, merge_records, open_segment
+from recorder.segment.reader import SegmentFile, input_files, merge_records, open_files
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document
-from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, TimeLocale
-
-if TYPE_CHECKING:
-    from recorder.segment.files import SealedSegment
-    from recorder.segment.writer import SegmentWriter
-
-TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
-CALENDAR_OPTION = calendar_option()
+from recorder.timeparse import TIME_HELP, TimeLocale
 
 
 def state_of(seg: SegmentFile) -> str:
@@ -56,12 +47,10 @@ def cli() -> None:
 
 @cli.command("ls")
 @click.argument("paths", nargs=-1, required=True)
-@TZ_OPTION
-@CALENDAR_OPTION
+@time_options
 @one_line_errors(PROG)
-def ls_cmd(paths: tuple[str, ...], tz: str, calendar: str) -> None:
+def ls_cmd(paths: tuple[str, ...], shown: TimeLocale) -> None:
     """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
-    shown = TimeLocale.parse(tz, calendar)
     w = shown.width(3)
     opened, skipped = open_all(paths)
     segments = sorted(opened, key=lambda s: (s.shard, s.start_ns, str(s.path)))
@@ -117,8 +106,7 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
-@TZ_OPTION
-@CALENDAR_OPTION
+@time_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object per record (its `recv` in --tz, ISO-8601); raw: the payloads exactly as "
                    "received, one per line.")
@@ -128,10 +116,9 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
               help="With --redundancy recordings: also every later copy of a message (a receipt), not only "
                    "the first arrival; jsonl marks them with copy_of.")
 @one_line_errors(PROG)
-def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, tz: str,
-            calendar: str, fmt: str, events: bool, all_copies: bool) -> None:
+def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None,
+            shown: TimeLocale, fmt: str, events: bool, all_copies: bool) -> None:
     """Records of one or many files, merged by receive time across shards; each message once."""
-    shown = TimeLocale.parse(tz, calendar)
     segments, skipped = open_all(paths)
     selection = Selection.parse(segments, contracts, start, end, shown, events, all_copies)
     # A bar only while the records go elsewhere than the terminal (it would be drawn between them).
@@ -154,47 +141,40 @@ def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | Non
 @one_line_errors(PROG)
 def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
     """Check every frame and checksum; exit 0 only when every file is intact."""
-    for p in paths:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    files = discover(paths)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}")
-    sizes = [file_size(f) for f in files]
-    with Progress(sum(sizes), "verifying") as bar:
-        bad = sum(verify_one(f, quiet, bar, end) for f, end in zip(files, itertools.accumulate(sizes), strict=True))
+    files = input_files(paths)
+    segments, unreadable = open_files(files)
+    for problem in unreadable:  # not a segment at all, or cut inside its header
+        click.echo(f"BAD  {problem}")
+    bad = len(unreadable)
+    with Progress(sum(seg.size for seg in segments), "verifying") as bar:
+        for seg, end in zip(segments, itertools.accumulate(seg.size for seg in segments), strict=True):
+            bad += verify_one(seg, quiet, bar)
+            bar.reach(end)
     if bad:
         click.echo(f"{PROG}: {bad} of {len(files)} files damaged; `ime-segments recover` seals them again keeping "
                    "every intact frame (the rest of their bytes in NAME.zst.tail)", err=True)
         sys.exit(EXIT_RUNTIME)
 
 
-def verify_one(f: Path, quiet: bool, bar: Progress, end: int) -> int:
-    """Verify one file, print what was found; 1 when it is damaged. The bar is at `end` (bytes) afterwards."""
-    try:
-        try:
-            seg = open_segment(f)
-        except SegmentFormatError as exc:
-            bar.echo(f"BAD  {f}: {exc}")
-            return 1
-        problems = seg.verify(progress=bar.advance)
-        for d in problems:
-            bar.echo(f"BAD  {d}")
-        if not problems and not quiet:
-            state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
-            bar.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
-        if not problems and (note := recovery_note(seg)):
-            bar.echo(f"NOTE {f}: {note}")
-        return 1 if problems else 0
-    finally:
-        bar.reach(end)
+def verify_one(seg: SegmentFile, quiet: bool, bar: Progress) -> int:
+    """Verify one file, print what was found (above the bar); 1 when it is damaged."""
+    f = seg.path
+    problems = seg.verify(progress=bar.advance)
+    for d in problems:
+        bar.echo(f"BAD  {d}")
+    if not problems and not quiet:
+        state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
+        bar.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
+    if not problems and (note := recovery_note(seg)):
+        bar.echo(f"NOTE {f}: {note}")
+    return 1 if problems else 0
 
 
 def file_size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
-        return 0  # gone since it was listed: opening it says so
+        return 0  # gone since it was listed: recovering it says so
 
 
 def recovery_note(seg: SegmentFile) -> str | None:
@@ -213,14 +193,12 @@ def recovery_note(seg: SegmentFile) -> str | None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
 @click.option("--to", "end", help="Only records before this time, same forms as --from.")
-@TZ_OPTION
-@CALENDAR_OPTION
+@time_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (its times epoch ns and UTC).")
 @one_line_errors(PROG)
-def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: str, calendar: str,
+def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, shown: TimeLocale,
               as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
-    shown = TimeLocale.parse(tz, calendar)
     segments, skipped = open_all(paths)
     selection = Selection.parse(segments, (), start, end, shown)
     with reading_progress(segments, selection, "reading"):
@@ -290,12 +268,7 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
     sealed file are always kept in NAME.zst.tail. One line per file; every file is attempted.
     Exit 1 when a file held damage beyond the cut-off last frame a crash leaves, or could not be recovered.
     """
-    for p in paths:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    targets = discover(paths)
-    if not targets:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(paths)}; nothing to recover")
+    targets = input_files(paths, nothing="nothing to recover")
     live = [f for f in targets if f.name.endswith(OPEN_SUFFIX) and held_by_recorder(f)]
     if live:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
@@ -319,9 +292,7 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
         sys.exit(EXIT_RUNTIME)
 
 
-# --- ime-segments merge (redundant capture across hosts/runs; recorder/segment/merge.py) -------------------
-
-MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the merge waits for the writer
+# --- ime-segments merge (redundant capture across hosts/runs; recorder/segment/merge_cli.py) ----------------
 
 
 @cli.command("merge")
@@ -331,9 +302,9 @@ MERGE_BACKLOG_BYTES = 64 << 20  # raw bytes queued for compression before the me
 @click.option("--keep-receipts", is_flag=True,
               help="Keep each later copy as a receipt record (which input and connection, when), and the "
                    "inputs' own receipts. Default: drop them; the merge then holds each message once.")
-@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=2.0, show_default=True, metavar="S",
-              help="Seconds within which copies of one message are matched; raise it when the inputs' clocks "
-                   "differ by more than a fraction of it (recordings from hosts without NTP).")
+@click.option("--dedupe-window", type=click.FloatRange(0.01, 600), default=DEFAULT_WINDOW_NS / 1e9, metavar="S",
+              show_default=True, help="Seconds within which copies of one message are matched; raise it when the "
+              "inputs' clocks differ by more than a fraction of it (recordings from hosts without NTP).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many uncovered intervals to list.")
 @one_line_errors(PROG)
@@ -346,241 +317,10 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
     messages only it had, and the intervals when no input had a connection open for some contract.
     Example: ime-segments merge hostA/ime-data hostB/ime-data --out merged/
     """
-    from recorder.segment.merge import check_paths
-    from recorder.segment.merge_staging import MergeOutputError, lock_output
+    # Imported here: the merge's dedupe, writers and staging would cost every other command's start ~20 ms.
+    from recorder.segment.merge_cli import run_merge
 
-    for p in inputs:
-        if not p.exists():
-            raise UserError(f"{p}: no such file or directory")
-    problem = check_paths(inputs, out)
-    if problem is not None:
-        raise UserError(problem)
-    given: list[tuple[Path, list[Path]]] = []
-    for p in inputs:
-        files = discover([p])
-        if not files:
-            raise UserError(f"no segment files (*.zst, *.zst.open) in {p}")
-        given.append((p, files))
-    # What decides the output: a rerun that finds this merge finished (see merge_staging) reports it as its own.
-    arguments = {"inputs": [str(p.resolve()) for p in inputs], "keep_receipts": keep_receipts,
-                 "dedupe_window": dedupe_window}
-    # Held (noted, not raised) while a leftover is dealt with: a half-finished move must not be left half-done.
-    guard = guard_signals()
-    try:
-        lock = lock_output(out)
-    except MergeOutputError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        merge_locked(out, given, arguments, keep_receipts, dedupe_window, show, guard)
-    finally:
-        os.close(lock)
-
-
-def merge_locked(out: Path, given: list[tuple[Path, list[Path]]], arguments: dict[str, object], keep_receipts: bool,
-                 dedupe_window: float, show: int, guard: SignalGuard) -> None:
-    """The merge once OUT is locked: leftovers of an interrupted run, the merge into staging, the move into OUT."""
-    from recorder.segment.merge_staging import (
-        MergeOutputError,
-        complete_record,
-        discard,
-        finish,
-        staging_dir,
-        start,
-        take_over,
-    )
-
-    try:
-        leftover = take_over(out)
-        record = complete_record(out)
-    except MergeOutputError as exc:
-        raise UserError(str(exc)) from None
-    if leftover is not None and not leftover.complete:
-        click.echo(f"{PROG}: removed the unfinished output of an interrupted merge ({leftover.files} files in "
-                   f"{staging_dir(out)}); merging from the start", err=True)
-    elif leftover is not None:
-        click.echo(f"{PROG}: an earlier merge into {out} had finished but was interrupted while moving its "
-                   f"{leftover.files} files into place; this run finished the move", err=True)
-    if record is not None and record.get("arguments") == arguments:
-        # This merge is complete in OUT (perhaps its process was killed before it could report): report it again.
-        guard.ignore()
-        if leftover is None:
-            click.echo(f"{PROG}: {out} already holds the complete output of this merge (the same inputs and "
-                       "options); nothing to do", err=True)
-        for line in record.get("report", []):
-            click.echo(line)
-        sys.exit(int(record.get("exit", 0)))
-    if discover([out]):
-        raise UserError(f"--out {out} already holds segment files; give a new or empty directory")
-    staged = StagedMerge(staging_dir(out))
-    try:
-        guard.release()  # until the files are complete, Ctrl-C and SIGTERM stop the merge
-        start(out)
-        staged.run(given, keep_receipts, dedupe_window, show)
-        guard.ignore()
-    except Interrupted as exc:
-        guard.ignore()
-        staged.abort()
-        discard(out)
-        click.echo(f"{PROG}: merge interrupted by {signal.Signals(exc.signum).name} before it finished: nothing "
-                   f"was written to {out} (its partial output was removed); run the same command again to merge "
-                   "from the start", err=True)
-        sys.exit(128 + exc.signum)
-    except BaseException:
-        guard.hold()
-        staged.abort()
-        discard(out)
-        raise
-    # Complete: from here a signal is ignored, and the files are moved into place whatever comes.
-    staged.report.append(f"{len(staged.sealed)} sealed files in {out}, "
-                         + ("verified" if not staged.output_damage else "DAMAGED"))
-    code = EXIT_RUNTIME if staged.output_damage or staged.input_damage or staged.unreadable else 0
-    try:
-        finish(out, [s.path for s in staged.sealed], {"arguments": arguments, "report": staged.report, "exit": code})
-    except MergeOutputError as exc:
-        raise UserError(str(exc), EXIT_RUNTIME) from None
-    for line in staged.report:
-        click.echo(line)
-    report_damage([*staged.output_damage, *staged.input_damage])
-    if code:
-        sys.exit(code)
-
-
-class StagedMerge:
-    """The merge itself, written into the staging directory (recorder/segment/merge_staging.py)."""
-
-    def __init__(self, staging: Path) -> None:
-        self.staging = staging
-        self.writers: list[SegmentWriter] = []
-        self.sealed: list[SealedSegment] = []
-        self.report: list[str] = []
-        self.output_damage: list[Damage] = []
-        self.input_damage: list[Damage] = []
-        self.unreadable = 0
-
-    def run(self, given: list[tuple[Path, list[Path]]], keep_receipts: bool, dedupe_window: float,
-            show: int) -> None:
-        from recorder.segment.files import SegmentWriteError
-        from recorder.segment.merge import merge, report_lines
-        from recorder.segment.writer import SegmentWriter
-
-        opened: list[tuple[str, list[SegmentFile]]] = []
-        for p, files in given:
-            segs = []
-            for f in files:
-                try:
-                    segs.append(open_segment(f))
-                except SegmentFormatError as exc:
-                    click.echo(f"{PROG}: warning: skipped {f}: {exc}", err=True)
-                    self.unreadable += 1
-            opened.append((str(p), segs))
-        writers = self.writers
-
-        def writer_for(number: int, shard: int) -> SegmentWriter:
-            # One output shard per input shard, numbered in order of appearance.
-            name, segs = opened[number]
-            try:
-                writer = SegmentWriter(self.staging, shard=len(writers), prefix="ime", flush_ms=1000,
-                                       rotate_seconds=0, name_by_data=True,
-                                       meta={**merged_meta([(name, [s for s in segs if s.shard == shard])]),
-                                             "merged_from": [n for n, _ in opened], "input": name,
-                                             "input_shard": shard})
-            except SegmentWriteError as exc:
-                raise UserError(str(exc), EXIT_RUNTIME) from None
-            writers.append(writer)
-            return writer
-
-        def pace() -> None:
-            for w in writers:
-                if w.backlog_bytes > MERGE_BACKLOG_BYTES:
-                    w.flush()
-
-        inputs = [s for _, segs in opened for s in segs]
-        try:
-            with Progress(sum(s.records for s in inputs), "merging",
-                          poll=lambda: sum(s.records_salvaged for s in inputs)):
-                result = merge(opened, writer_for, keep_receipts=keep_receipts, window_ns=int(dedupe_window * 1e9),
-                               after_batch=pace)
-                for w in writers:
-                    self.sealed.extend(w.close("merged"))
-        except SegmentWriteError as exc:
-            raise UserError(str(exc), EXIT_RUNTIME) from None
-        with Progress(sum(s.compressed_bytes for s in self.sealed), "verifying the merged files") as bar:
-            self.output_damage = [d for s in self.sealed for d in open_segment(s.path).verify(progress=bar.advance)]
-        self.input_damage = [d for st in result.inputs for d in st.damage]
-        self.report = report_lines(result, show)
-
-    def abort(self) -> None:
-        """Stop every writer thread without writing more: nothing writes into the staging directory after this."""
-        for w in self.writers:
-            w.abort()
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived while the merge was writing (a BaseException, like KeyboardInterrupt, so that no
-    `except Exception` on the way swallows it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class SignalGuard:
-    """SIGINT and SIGTERM while held are only noted; released, they raise Interrupted in the main thread (once:
-    a second signal during the clean-up that follows is only noted)."""
-
-    def __init__(self) -> None:
-        self.held = True
-        self.pending: int | None = None
-
-    def handle(self, signum: int, _frame: object) -> None:
-        if self.held:
-            self.pending = self.pending or signum
-            return
-        self.held = True
-        raise Interrupted(signum)
-
-    def release(self) -> None:
-        self.held = False
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
-            self.held = True
-            raise Interrupted(signum)
-
-    def hold(self) -> None:
-        self.held = True
-
-    def ignore(self) -> None:
-        """Nothing is left to stop: SIGINT and SIGTERM are ignored for the rest of the process. (Python puts the
-        default action back in place of its own handlers as it exits, and a late signal must not kill a process
-        that has done its work: a rerun could not tell.)"""
-        self.held = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def guard_signals() -> SignalGuard:
-    """Route SIGINT and SIGTERM through a SignalGuard, held, for the rest of the process (until `ignore`): they are
-    not put back, so that a late signal cannot turn a finished merge into a killed process."""
-    guard = SignalGuard()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, guard.handle)
-    return guard
-
-
-def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object]:
-    """Header keys for merged files: the subscription, when the files it came from agree on the endpoint."""
-    endpoints = {s.header.meta.get("endpoint") for _, segs in inputs for s in segs}
-    meta: dict[str, object] = {"role": "ime-segments merge"}
-    if len(endpoints) == 1 and None not in endpoints:
-        contracts: dict[str, None] = {}
-        for _, segs in inputs:
-            for s in segs:
-                listed = s.header.meta.get("contracts")
-                if isinstance(listed, list):
-                    contracts.update(dict.fromkeys(str(c) for c in listed))
-        meta["endpoint"] = endpoints.pop()
-        meta["contracts"] = list(contracts)
-    return meta
+    run_merge(inputs, out, keep_receipts, dedupe_window, show)
 
 
 # --- end of ime-segments merge -------------------------------------------------------------------------
@@ -592,15 +332,14 @@ def merged_meta(inputs: list[tuple[str, list[SegmentFile]]]) -> dict[str, object
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
-@TZ_OPTION
-@CALENDAR_OPTION
+@time_options
 @click.option("--tables", multiple=True,
               help="Comma-separated tables to write (default all): best_limit, aggregate, allowed_price_range, "
                    "contract_info, events, messages, extras.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @one_line_errors(PROG)
 def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-               tz: str, calendar: str, tables: tuple[str, ...], quiet: bool) -> None:
+               shown: TimeLocale, tables: tuple[str, ...], quiet: bool) -> None:
     """Typed Parquet datasets (hive-partitioned by Tehran trading date) for DuckDB, polars, pandas."""
     # Imported here: segment/ knows nothing of the IME format or of pyarrow (the `analysis` extra).
     try:
@@ -608,7 +347,7 @@ def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
     except ImportError as exc:
         raise UserError(f"export needs pyarrow ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
-    run_export(paths, out, contracts, start, end, TimeLocale.parse(tz, calendar), tables, quiet)
+    run_export(paths, out, contracts, start, end, shown, tables, quiet)
 
 
 @cli.command("report")
@@ -616,11 +355,9 @@ def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
 @click.option("--out", required=True, help="The HTML file to write (replaced if it exists).")
 @click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
 @click.option("--to", "end", help="Only records before this time, same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True,
-              help=TZ_HELP + " The report shows every time in this zone.")
-@CALENDAR_OPTION
+@time_options
 @one_line_errors(PROG)
-def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | None, tz: str, calendar: str) -> None:
+def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | None, shown: TimeLocale) -> None:
     """A recording's health as one self-contained HTML page: connections, gaps, rates, lag, events.
 
     \b
@@ -635,7 +372,7 @@ def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | N
             raise
         raise UserError(f"report needs matplotlib ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
-    run_report(paths, out, start, end, tz, calendar)
+    run_report(paths, out, start, end, shown)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import zstandard
 
 from recorder.model.record import BLOCK_COUNT, RECORD_HEADER, RecordKind
+from recorder.model.settings import DEFAULTS
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
     FORMAT_MAJOR,
@@ -173,7 +174,7 @@ def seek_entries(header_size: int, frames: Sequence[FrameInfo], index_size: int)
 class SegmentEncoder:
     """One segment file's bytes, in order, into `output` (see the module docstring)."""
 
-    def __init__(self, output: Output, level: int = 3) -> None:
+    def __init__(self, output: Output, level: int = DEFAULTS.storage.level) -> None:
         self.output = output  # the writer may hand it another file descriptor to seal after a failure
         self.level = level
         self.frames: list[FrameInfo] = []

@@ -30,7 +30,6 @@ from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.files import FILE_MODE, FdOutput, fsync_directory
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
-    SKIP_HEAD,
     FrameInfo,
     SegmentFormatError,
     TruncatedHeaderError,
@@ -40,6 +39,7 @@ from recorder.segment.reader import (
     Damage,
     check_timestamps,
     decode_frame,
+    header_end,
     open_segment,
     order_frames,
     read_seal,
@@ -159,19 +159,7 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...],
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
     try:
-        with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            header_end = _header_end(src)
-            # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
-            # it is what did not check out).
-            walked, damage, _ = walk_frames(src, path, size)
-            frames, order_damage = order_frames(walked, path)
-            damage += order_damage
-            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name, progress)
-            damage.extend(bad)
-            skipped = _gaps(kept, header_end, size)
-            if kept and skipped:
-                _copy_ranges(src, skipped, tail_temp)
+        size, kept, skipped, damage = _salvage(path, temp, tail_temp, tail_path.name, progress)
     except BaseException:
         for p in (temp, tail_temp):
             with contextlib.suppress(OSError):
@@ -194,6 +182,24 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...],
                     reasons, damaged, RESEALED if resealing else SEALED)
 
 
+def _salvage(path: Path, temp: Path, tail_temp: Path, tail_file: str, progress: Callable[[int], None] | None = None,
+             ) -> tuple[int, list[FrameInfo], list[tuple[int, int]], list[Damage]]:
+    """The intact frames of `path` sealed into `temp`, and the bytes not in them into `tail_temp` (when a frame was
+    kept); returns the file's size, the kept frames, the skipped byte ranges and all damage found."""
+    with open(path, "rb", buffering=0) as src:
+        size = os.fstat(src.fileno()).st_size
+        end_of_header = header_end(src)
+        # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
+        # it is what did not check out).
+        walked, damage, _ = walk_frames(src, path, size)
+        frames, order_damage = order_frames(walked, path)
+        damage += order_damage
+        kept, skipped = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file, progress)
+        if kept and skipped:
+            _copy_ranges(src, skipped, tail_temp)
+    return size, kept, skipped, damage
+
+
 def _move_aside(path: Path, size: int, reasons: tuple[str, ...], damaged: bool) -> Recovery:
     """A file with no record to keep: renamed to `.tail`, which frees its name and keeps its bytes."""
     tail_path = free_name(tail_name(path))
@@ -210,11 +216,11 @@ def tail_name(path: Path) -> Path:
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
                   damage: list[Damage], tail_file: str,
-                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameInfo], list[Damage]]:
-    """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
+                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameInfo], list[tuple[int, int]]]:
+    """Write header, intact frames and seal to `temp` (fsync'd); a frame that fails its checks joins `damage`.
+    Returns the kept frames (as in src) and the byte ranges of src not in them."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
-    bad: list[Damage] = []
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         encoder = SegmentEncoder(FdOutput(fd))
@@ -228,12 +234,11 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             try:
                 check_timestamps(decode_frame(chunk[DESCRIPTOR_FRAME_SIZE:], info, dctx), info)
             except SegmentFormatError as exc:
-                bad.append(Damage(source, info.offset, info.seq, str(exc), info.records))
+                damage.append(Damage(source, info.offset, info.seq, str(exc), info.records))
                 continue
             kept.append(info)
             encoder.add_frame(info, chunk)
         skipped = _gaps(kept, header_end, os.fstat(src.fileno()).st_size)
-        problems = damage + bad
         encoder.finish({
             "reason": "recovered",
             "sealed_ns": clock.time_ns(),
@@ -241,14 +246,14 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             "tail": tail_file if skipped else None,
             "skipped": [
                 {"offset": start, "bytes": end - start,
-                 "reason": "; ".join(d.reason for d in problems if start <= d.offset < end) or "not a frame"}
+                 "reason": "; ".join(d.reason for d in damage if start <= d.offset < end) or "not a frame"}
                 for start, end in skipped
             ],
         })
         os.fsync(fd)
     finally:
         os.close(fd)
-    return kept, bad
+    return kept, skipped
 
 
 def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, int]]:
@@ -267,20 +272,13 @@ def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, 
 def _copy_ranges(src: BinaryIO, ranges: list[tuple[int, int]], target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
-        out = 0
+        out = FdOutput(fd)
         for start, end in ranges:
             src.seek(start)
-            out = _write_all(fd, src.read(end - start), out)
+            out.write(src.read(end - start))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return offset + len(data)
 
 
 def free_name(path: Path) -> Path:
@@ -291,12 +289,6 @@ def free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
-
-
-def _header_end(fh: BinaryIO) -> int:
-    fh.seek(0)
-    _, size = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
-    return SKIP_HEAD.size + size
 
 
 def recover_each(paths: Iterable[Path],

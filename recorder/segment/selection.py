@@ -71,24 +71,34 @@ class Selection:
         wanted = self.contracts
         parse = identify or bool(wanted)
         keep_events = self.events and not wanted
-        resolver = ReceiptResolver() if self.all_copies else None
-        text, binary, event, receipt = RecordKind.TEXT, RecordKind.BINARY, RecordKind.EVENT, RecordKind.RECEIPT
-        for rec in merge_records(segments, self.start_ns, self.end_ns):
+        text, event, receipt = RecordKind.TEXT, RecordKind.EVENT, RecordKind.RECEIPT
+        records = merge_records(segments, self.start_ns, self.end_ns)
+        shown: tuple[int, ...] = (text, RecordKind.BINARY)
+        if self.all_copies:
+            records, shown = _copies_shown(records), (*shown, receipt)
+        for rec in records:
             kind = rec.kind
-            if kind in (text, binary):
-                if resolver is not None:
-                    resolver.original(rec.ts_ns, rec.shard, rec.conn, rec.payload)
-                contract = identifier_of(rec.payload) if parse and kind == text else None
+            if kind in shown:
+                # A receipt's payload is its original's, when that was read (b"" when not).
+                identified = parse and (kind == text or (kind == receipt and rec.payload))
+                contract = identifier_of(rec.payload) if identified else None
                 if not wanted or (contract is not None and contract in wanted):
                     yield rec, contract
-            elif kind == event:
-                if keep_events:
-                    yield rec, None
-            elif kind == receipt and resolver is not None:
-                copy = resolve_copy(rec, resolver)
-                contract = identifier_of(copy.payload) if parse and copy.payload else None
-                if not wanted or contract in wanted:
-                    yield copy, contract
+            elif kind == event and keep_events:
+                yield rec, None
+
+
+def _copies_shown(records: Iterator[Record]) -> Iterator[Record]:
+    """The records with each receipt resolved to the copy it records (`resolve_copy`)."""
+    resolver = ReceiptResolver()
+    messages, receipt = (RecordKind.TEXT, RecordKind.BINARY), RecordKind.RECEIPT
+    for rec in records:
+        kind = rec.kind
+        if kind in messages:
+            resolver.original(rec.ts_ns, rec.shard, rec.conn, rec.payload)
+        elif kind == receipt:
+            rec = resolve_copy(rec, resolver)
+        yield rec
 
 
 def resolve_copy(rec: Record, resolver: ReceiptResolver) -> Record:

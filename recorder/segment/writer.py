@@ -27,21 +27,37 @@ from typing import Any
 
 from recorder import __version__, clock
 from recorder.model.record import RECORD_HEADER, RecordKind, Row, encode_receipt
+from recorder.model.settings import DEFAULTS
 from recorder.segment.encoder import RecordBatch
 from recorder.segment.files import ALL_TIME, SealedSegment, SegmentFiles, SegmentWriteError, describe_os_error
 from recorder.segment.layout import DayLayout
 
 log = logging.getLogger("recorder.segment.writer")
 
-DEFAULT_FRAME_BYTES = 1 << 20
-DEFAULT_FLUSH_MS = 200
-DEFAULT_ROTATE_BYTES = 1 << 30
-DEFAULT_ROTATE_SECONDS = 3600
-DEFAULT_LEVEL = 3
-# Eight default frames. At full speed from a fast feeder the receive thread outruns compression and the backlog
-# sits at this limit; at 256 MiB a worker peaked at 351 MiB RSS (issue 15), far above DESIGN's 100 MB.
-DEFAULT_MAX_BACKLOG_BYTES = 8 << 20
+_DEFAULT = DEFAULTS.storage  # ime-record's defaults
 _IDLE_S = 0.25  # the writer thread looks at the clock this often when nothing comes (rotation, fsync)
+
+
+class _Backlog:
+    """Raw bytes handed to the writer thread and not written yet (both threads count them): above `limit` the
+    owner is asked to stop reading (`on_change(True)`), at half of it told it may resume (`on_change(False)`)."""
+
+    def __init__(self, limit: int, on_change: Callable[[bool], None] | None) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.paused = False
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    def change(self, size: int) -> None:
+        """`size` bytes handed over (or, negative, written)."""
+        with self._lock:
+            self.bytes += size
+            flip = self.bytes <= self.limit // 2 if self.paused else self.bytes > self.limit
+            if flip:
+                self.paused = paused = not self.paused
+        if flip and self._on_change is not None:
+            self._on_change(paused)
 
 
 class SegmentWriter:
@@ -51,13 +67,13 @@ class SegmentWriter:
         *,
         shard: int = 0,
         meta: dict[str, Any] | None = None,
-        prefix: str = "ime",
-        level: int = DEFAULT_LEVEL,
-        frame_bytes: int = DEFAULT_FRAME_BYTES,
-        flush_ms: float = DEFAULT_FLUSH_MS,
-        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
-        rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
-        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+        prefix: str = _DEFAULT.prefix,
+        level: int = _DEFAULT.level,
+        frame_bytes: int = _DEFAULT.frame_bytes,
+        flush_ms: float = _DEFAULT.flush_ms,
+        rotate_bytes: int = _DEFAULT.rotate_bytes,
+        rotate_seconds: float = _DEFAULT.rotate_seconds,
+        max_backlog_bytes: int = _DEFAULT.max_backlog_bytes,
         fsync_interval_s: float = 1.0,
         on_backlog: Callable[[bool], None] | None = None,
         on_error: Callable[[SegmentWriteError], None] | None = None,
@@ -69,8 +85,6 @@ class SegmentWriter:
         self.directory = Path(directory)
         self.frame_bytes = frame_bytes
         self.flush_ns = int(flush_ms * 1_000_000)
-        self.max_backlog_bytes = max_backlog_bytes
-        self._on_backlog = on_backlog
         self._on_error = on_error
         # Day folders (layout.DayLayout), or None for the flat layout. With them, no frame and no file holds
         # records of two days: this thread cuts the batch when a record of a new day comes (`_day_end`), and
@@ -87,16 +101,12 @@ class SegmentWriter:
 
         self._batch = RecordBatch(1)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._backlog = 0
-        self._paused = False
-        self._lock = threading.Lock()
+        self._backlog = _Backlog(max_backlog_bytes, on_backlog)
         self.error: SegmentWriteError | None = None
         self.records_lost = 0
         self._aborted = False
         # Figures for status lines; written by the writer thread, read anywhere.
-        self.records_written = 0
-        self.frames_written = 0
-        self.raw_bytes_written = 0
+        self.records_written = self.frames_written = self.raw_bytes_written = 0
 
         # Open the first file here, on the caller's thread, so an unwritable directory fails at start.
         try:
@@ -126,7 +136,7 @@ class SegmentWriter:
 
     @property
     def backlog_bytes(self) -> int:
-        return self._backlog + self._batch.raw_size
+        return self._backlog.bytes + self._batch.raw_size
 
     @property
     def current_path(self) -> Path | None:
@@ -153,20 +163,12 @@ class SegmentWriter:
                 self.append(*row)
             return
         stamps, conns, kinds, payloads = zip(*rows, strict=True)
-        # Where append would cut: the first record that brings the batch to frame_bytes, or that is flush_ms
-        # younger than the batch's first record.
         ends = list(accumulate(map(add, map(len, payloads), repeat(RECORD_HEADER.size))))
-        start, n = 0, len(stamps)
-        while start < n:
-            batch = self._batch
-            base = ends[start - 1] if start else 0
-            full = bisect_left(ends, self.frame_bytes - batch.raw_size + base, start)
-            first = batch.first_ts if batch.records else stamps[start]
-            old = next(compress(range(start, n), map(ge, islice(stamps, start, None),
-                                                     repeat(first + self.flush_ns))), n)
-            end = min(full, old, n - 1) + 1
-            batch.extend(stamps[start:end], conns[start:end], kinds[start:end], payloads[start:end])
-            if end - 1 in (full, old):
+        start = 0
+        while start < len(stamps):
+            end, cut = _batch_end(self._batch, stamps, ends, start, self.frame_bytes, self.flush_ns)
+            self._batch.extend(stamps[start:end], conns[start:end], kinds[start:end], payloads[start:end])
+            if cut:
                 self.cut()
             start = end
 
@@ -209,14 +211,8 @@ class SegmentWriter:
         if self.error is not None:
             self.records_lost += batch.records
             return
-        with self._lock:
-            self._backlog += batch.raw_size
-            pause = not self._paused and self._backlog > self.max_backlog_bytes
-            if pause:
-                self._paused = True
+        self._backlog.change(batch.raw_size)
         self._queue.put(("frame", batch))
-        if pause and self._on_backlog is not None:
-            self._on_backlog(True)
 
     def tick(self, now_ns: int | None = None) -> None:
         """Call every few tens of ms: cuts a batch that has grown old while the feed was quiet."""
@@ -297,29 +293,32 @@ class SegmentWriter:
         self.records_written += batch.records  # the receipt columns' record included, as the index counts it
         self.frames_written += 1
         self.raw_bytes_written += raw_size
-        with self._lock:
-            self._backlog -= raw_size
-            resume = self._paused and self._backlog <= self.max_backlog_bytes // 2
-            if resume:
-                self._paused = False
-        if resume and self._on_backlog is not None:
-            self._on_backlog(False)
+        self._backlog.change(-raw_size)
 
     def _fail(self, exc: OSError) -> None:
-        where = self.files.current.path if self.files.current is not None else self.directory
-        self.error = SegmentWriteError(describe_os_error(exc, where))
         # The .open file ends on a frame boundary; sealed in place when the disk allows it (else `ime-segments
         # recover` does it later).
-        self.files.failed()
+        self.error = SegmentWriteError(describe_os_error(exc, self.files.failed()))
         if self._on_error is not None:
             self._on_error(self.error)
         # Callers blocked on flush()/close() must wake up; pending batches are counted as lost.
-        while True:
-            try:
-                op, arg = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        while not self._queue.empty():  # this thread is the only one that takes from the queue
+            op, arg = self._queue.get_nowait()
             if op == "sync":
                 arg.set()
             elif op == "frame":
                 self.records_lost += arg.records
+
+
+def _batch_end(batch: RecordBatch, stamps: Sequence[int], ends: Sequence[int], start: int, frame_bytes: int,
+               flush_ns: int) -> tuple[int, bool]:
+    """Where `append`, given the rows from `start` on one at a time, would cut `batch`: (the end of the rows that go
+    into it, whether it is cut after them). `ends`: each row's end, in bytes, counted from the first row. A batch is
+    cut at the first row that brings it to frame_bytes, or that is flush_ns younger than its first row."""
+    n = len(stamps)
+    base = ends[start - 1] if start else 0
+    full = bisect_left(ends, frame_bytes - batch.raw_size + base, start)
+    first = batch.first_ts if batch.records else stamps[start]
+    old = next(compress(range(start, n), map(ge, islice(stamps, start, None), repeat(first + flush_ns))), n)
+    end = min(full, old, n - 1) + 1
+    return end, end - 1 in (full, old)

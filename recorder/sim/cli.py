@@ -150,9 +150,9 @@ FAULT_OPTIONS = [
                       "the exact bytes it published --repeat-after seconds earlier (that contract's message, its "
                       "timestamp included), to every subscriber of the contract, and --published-log records it "
                       "as a message of its own: a feed that repeats itself at a dedupe window's edge."),
-    click.option("--repeat-after", type=float, callback=_seconds, default=2.0, show_default=True, metavar="D",
-                 help="How old the bytes each --repeat-every repeat publishes again are, seconds (2: ime-record's "
-                      "default --dedupe-window)."),
+    click.option("--repeat-after", type=float, callback=_seconds, default=FaultConfig().repeat_after,
+                 show_default=True, metavar="D", help="How old the bytes each --repeat-every repeat publishes again "
+                 "are, seconds (by default ime-record's default --dedupe-window)."),
 ]
 
 

@@ -22,6 +22,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
+from recorder.model.settings import DEFAULTS
+
 JITTER = 0.1
 DROP_SPREAD = 0.5  # a drop or delay comes after a gap uniform in [(1 - DROP_SPREAD) S, (1 + DROP_SPREAD) S]
 
@@ -63,7 +65,7 @@ class FaultConfig:
     ping_every: float | None = None
     revoke_after: float | None = None
     repeat_every: float | None = None  # the market publishes again the bytes it published repeat_after s earlier
-    repeat_after: float = 2.0  # the recorder's default --dedupe-window: the edge these repeats are made to hit
+    repeat_after: float = DEFAULTS.connection.dedupe_window_s  # the edge these repeats are made to hit
 
     def __post_init__(self) -> None:
         for f in fields(self):
