@@ -60,8 +60,7 @@ from e2e import (
 
 from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
-from recorder.live.wire import LiveRecord
-from recorder.model.record import RecordKind
+from recorder.model.record import RecordKind, Row
 from recorder.record.live import LiveSettings
 from recorder.segment.reader import discover, open_segment
 
@@ -456,14 +455,14 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
     batches = []
     for i in range(0, len(records), chunk):
         part = records[i:i + chunk]
-        recs: list[LiveRecord] = [(i + k, ts, 0, 1, p) for k, (ts, p) in enumerate(part)]
-        items = [(p[p.find(b'"contractId":"') + 14:p.find(b'"', p.find(b'"contractId":"') + 14)].decode(), 1, p)
-                 for _, p in part]
-        batches.append((recs, items))
+        rows: list[Row] = [(ts, 0, 1, p) for ts, p in part]
+        contracts = [p[p.find(b'"contractId":"') + 14:p.find(b'"', p.find(b'"contractId":"') + 14)].decode()
+                     for _, p in part]
+        batches.append((rows, contracts))
     t0 = time.perf_counter()
     c0 = time.process_time()
-    for recs, items in batches:
-        pub.enqueue(recs, items)
+    for rows, contracts in batches:
+        pub.enqueue(rows, contracts)
         await asyncio.sleep(0)
     while pub.confirmed < len(records):
         await asyncio.sleep(0.005)

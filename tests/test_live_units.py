@@ -22,7 +22,8 @@ from recorder.live.options import is_loopback, live_settings, parse_duration
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence
 from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
-from recorder.live.wire import Decoder, LiveRecord, WireError, hello, record_header
+from recorder.live.wire import Decoder, WireError, hello, record_header
+from recorder.model.record import Row
 from recorder.record import live as live_module
 from recorder.record.live import LiveSettings, NativeLiveOutput, PyLiveOutput
 
@@ -45,16 +46,23 @@ def test_wire_stream_decodes_whatever_the_chunking(recs, cuts):
     data = hello(3, 4242) + b"".join(record_header(len(p), i, ts, conn, kind) + p
                                      for i, (ts, conn, kind, p) in enumerate(recs))
     dec = Decoder()
-    got: list[LiveRecord] = []
+    got: list[Row] = []
+    seqs: list[tuple[int, int]] = []  # each chunk's first and last sequence number
     pos = 0
     i = 0
     while pos < len(data):
         step = cuts[i % len(cuts)]
-        got += dec.feed(data[pos:pos + step])
+        decoded = dec.feed(data[pos:pos + step])
+        if decoded is not None:
+            rows, first, last = decoded
+            got += rows
+            seqs.append((first, last))
+            assert last - first + 1 == len(rows)
         pos += step
         i += 1
     assert (dec.shard, dec.pid) == (3, 4242)
-    assert got == [(i, ts, conn, kind, p) for i, (ts, conn, kind, p) in enumerate(recs)]
+    assert got == [(ts, conn, kind, p) for ts, conn, kind, p in recs]
+    assert [n for first, last in seqs for n in range(first, last + 1)] == list(range(len(recs)))
     assert dec.pending == 0
 
 
@@ -138,13 +146,13 @@ def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_deliver
         out.close()
         server.close()
         dec = Decoder()
-        recs = dec.feed(bytes(received))
-        return dec.shard, recs
+        decoded = dec.feed(bytes(received))
+        return dec.shard, decoded
 
-    shard, recs = run(scenario())
+    shard, (rows, first, last) = run(scenario())
     assert shard == 2
-    assert [r[0] for r in recs] == [*range(7), *range(10, 2010)]  # 7-9 dropped: the hub counts the gap
-    assert [r[1] for r in recs] == [*range(7), *range(10, 2010)]
+    assert (first, last, len(rows)) == (0, 2009, 2007)  # 7-9 dropped: the hub counts the gap
+    assert [r[0] for r in rows] == [*range(7), *range(10, 2010)]
 
 
 def _publisher(backlog: int = 10) -> NatsPublisher:
@@ -157,12 +165,12 @@ def _publisher(backlog: int = 10) -> NatsPublisher:
     return run(make())
 
 
-def _items(n: int, start: int = 0) -> tuple[list[LiveRecord], list[tuple[str | None, int, bytes]]]:
+def _items(n: int, start: int = 0) -> tuple[list[Row], list[str | None]]:
     # Received "an hour from now": however slow the machine running the test, the hub is never behind them (a hub
     # behind the workers pauses publishing: publisher.YIELD_LAG_NS, tested on its own).
     later = clock.time_ns() + 3600 * 10**9
-    recs: list[LiveRecord] = [(i, later + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
-    return recs, [("1001", 1, r[4]) for r in recs]
+    rows: list[Row] = [(later + i, 0, 1, b"m%d" % i) for i in range(start, start + n)]
+    return rows, ["1001" for _ in rows]
 
 
 def test_backlog_is_bounded_and_keeps_the_newest():
@@ -340,9 +348,9 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
             pass
 
     pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
-    recs, items = _items(n)
-    items[3] = (None, 2, recs[3][4])  # a binary frame: no contract, not published
-    pub.enqueue(recs, items)
+    recs, contracts = _items(n)
+    recs[3], contracts[3] = (*recs[3][:2], 2, recs[3][3]), None  # a binary frame: no contract, not published
+    pub.enqueue(recs, contracts)
     run(pub._send())
     data = b"".join(sent)
     commands = []
@@ -351,11 +359,11 @@ def test_send_frames_hpub_commands_with_the_msg_id_and_receive_time_and_fences()
         verb, subject, *reply, hlen, tlen = line.split(b" ")
         body, data = data[:int(tlen)], data[int(tlen) + 2:]
         commands.append((verb, subject, reply, body[:int(hlen)], body[int(hlen):]))
-    payloads = [r[4] for i, r in enumerate(recs) if i != 3]
+    payloads = [r[3] for i, r in enumerate(recs) if i != 3]
     assert [c[4] for c in commands] == payloads and pub.unrouted == 1
     assert {c[0] for c in commands} == {b"HPUB"} and {c[1] for c in commands} == {subject_for("id", "1001").encode()}
     for (_, _, _, headers, payload), rec in zip(commands, [r for i, r in enumerate(recs) if i != 3], strict=True):
-        assert headers == (f"NATS/1.0\r\nNats-Msg-Id: {msg_id(payload)}\r\nIme-Receive-Ns: {rec[1]}\r\n\r\n"
+        assert headers == (f"NATS/1.0\r\nNats-Msg-Id: {msg_id(payload)}\r\nIme-Receive-Ns: {rec[0]}\r\n\r\n"
                            .encode())
     fenced = [i for i, c in enumerate(commands) if c[2]]
     assert fenced == [FENCE_EVERY - 1, len(commands) - 1]  # every FENCE_EVERY-th, and the last of the burst
@@ -415,15 +423,15 @@ def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_
 
     pub.nc, pub.connected, pub._inbox = Client(), True, "_IME_ACK.x"
     now = clock.time_ns()
-    recs: list[LiveRecord] = [(i, now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
-    pub.enqueue(recs, [("1001", 1, r[4]) for r in recs])
+    recs: list[Row] = [(now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
+    pub.enqueue(recs, ["1001" for _ in recs])
     assert pub.yielding and pub.yields == 1 and pub.status()["nats_yielding"] == 1
     assert "publishing to NATS pauses" in caplog.text
     run(pub._send())
     assert not sent and len(pub.unsent) == 5
-    recs = [(5, clock.time_ns() + 3600 * 10**9, 0, 1, b"m5")]  # "received later": caught up, however slow the test
+    recs = [(clock.time_ns() + 3600 * 10**9, 0, 1, b"m5")]  # "received later": caught up, however slow the test
     pub._wake.clear()
-    pub.enqueue(recs, [("1001", 1, b"m5")])
+    pub.enqueue(recs, ["1001"])
     assert not pub.yielding and pub._wake.is_set()
     run(pub._send())
     assert b"".join(sent).count(b"HPUB") == 6 and pub.status()["nats_yields"] == 1
@@ -488,9 +496,8 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
         await asyncio.sleep(0.05)
         out.close()
         server.close()
-        dec = Decoder()
-        recs = dec.feed(bytes(received))
-        assert [r[0] for r in recs] == list(range(103 + len(burst))) and out.dropped == 0
+        rows, first, last = Decoder().feed(bytes(received)) or ([], 0, -1)
+        assert (first, last, len(rows)) == (0, 102 + len(burst), 103 + len(burst)) and out.dropped == 0
         return counts
 
     assert run(scenario()) == [1, 1, 2, 2, 3,
@@ -567,8 +574,8 @@ def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypa
     assert logs[0] == logs[1]
     assert max(entry[1] for entry in logs[0] if len(entry) == 7) > 0, "the hub's absence made both drop"
     assert received[0] == received[1] and len(received[0]) > 100_000
-    recs = Decoder().feed(received[0])
-    assert len({r[0] for r in recs}) == len(recs) and all(r[3] in (1, 2) for r in recs)
+    rows, first, last = Decoder().feed(received[0]) or ([], 0, -1)
+    assert last - first + 1 >= len(rows) > 0 and all(r[2] in (1, 2) for r in rows)
 
 
 class _Client:

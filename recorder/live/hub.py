@@ -94,7 +94,7 @@ class Hub:
         batch = self.fanout.feed(link, data, self.publisher is not None)
         if batch is None:
             return
-        count, first, last, records, items = batch
+        count, first, last, rows, contracts = batch
         shard = link.shard or 0
         key = (shard, link.pid or 0)
         # A worker numbers its messages 0, 1, 2, …: whatever it could not hand over shows as missing numbers.
@@ -119,7 +119,7 @@ class Hub:
             except Exception:  # one broken client must not take the feed from the others
                 log.exception("relay delivery failed")
         if self.publisher is not None:
-            self.publisher.enqueue(records, items)
+            self.publisher.enqueue(rows, contracts)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

@@ -35,10 +35,9 @@ from typing import Any
 from recorder import clock
 from recorder.errors import exception_text
 from recorder.humanize import human_duration
-from recorder.live.fanout import LiveItem
 from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
-from recorder.live.wire import LiveRecord
+from recorder.model.record import Row
 from recorder.record.live import LiveSettings
 from recorder.redact import redact_url
 from recorder.throttle import Throttle
@@ -171,12 +170,13 @@ class NatsPublisher:
 
     # -- in ------------------------------------------------------------------------------------------
 
-    def enqueue(self, records: Sequence[LiveRecord], items: Sequence[LiveItem]) -> None:
+    def enqueue(self, rows: Sequence[Row], contracts: Sequence[str | None]) -> None:
+        """Messages the workers recorded, each with the contract the hub's router named (None: none, not published)."""
         subjects = self._subjects
         append = self.unsent.append
         headers = _HEADERS
         ids = self._ids
-        for (_, ts_ns, _, _, payload), (contract, _, _) in zip(records, items, strict=True):
+        for (ts_ns, _, _, payload), contract in zip(rows, contracts, strict=True):
             if contract is None:
                 self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
                 continue
@@ -184,10 +184,10 @@ class NatsPublisher:
             if subject is None:
                 subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
             append((subject, headers % (ids(payload), ts_ns), payload))
-        self.enqueued += len(records)
-        if records:
+        self.enqueued += len(rows)
+        if rows:
             self._last_enqueue = time.monotonic()
-            self._lagging(clock.time_ns() - records[-1][1])  # the clock the workers stamped them with
+            self._lagging(clock.time_ns() - rows[-1][0])  # the clock the workers stamped them with
         over = self.pending - self.max_backlog
         if over > 0:
             # Keep the newest: a live consumer wants what is happening now; the recording has the rest.
