@@ -5,7 +5,7 @@
 
 `optional=True`: without a compiler or Python headers the install still succeeds, and each runs its pure-Python
 implementation (slower, same results; `ime-segments export` says which path ran, `recorder.segment.dedupe.NATIVE`
-which Deduper is in use, `recorder.record.live.NATIVE` which live output, `recorder.live.fanout.NATIVE` which hub
+which Deduper is in use, `recorder.live.output.NATIVE` which live output, `recorder.live.fanout.NATIVE` which hub
 data path).
 """
 

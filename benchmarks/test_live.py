@@ -61,7 +61,7 @@ from e2e import (
 from recorder.histogram import Histogram
 from recorder.live.publisher import NatsPublisher
 from recorder.model.record import RecordKind, Row
-from recorder.record.live import LiveSettings
+from recorder.model.settings import LiveSettings
 from recorder.segment.reader import discover, open_segment
 
 SECONDS = 3.0 if QUICK else 8.0
@@ -476,7 +476,7 @@ async def _publish_all(port: int, records: tuple[tuple[int, bytes], ...]) -> tup
 def test_worker_live_output_cost(benchmark):
     """What the worker's receive path pays per first arrival: LiveOutput.__call__, socket sends included; the C
     output (_handover.c, what the worker runs when it is built) against the Python reference, in the same run."""
-    from recorder.record.live import LiveOutput, PyLiveOutput
+    from recorder.live.output import LiveOutput, PyLiveOutput
 
     ns = once(benchmark, lambda: uvloop.run(_output_cost(LiveOutput)))
     py_ns = uvloop.run(_output_cost(PyLiveOutput))

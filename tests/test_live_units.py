@@ -8,6 +8,7 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -16,16 +17,17 @@ from sim_util import run
 
 from recorder import clock
 from recorder.errors import UserError
+from recorder.live import output as live_module
 from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.msgid import msg_id
 from recorder.live.options import is_loopback, live_settings, parse_duration
+from recorder.live.output import NativeLiveOutput, PyLiveOutput
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence
 from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, WireError, hello, record_header
 from recorder.model.record import Row
-from recorder.record import live as live_module
-from recorder.record.live import LiveSettings, NativeLiveOutput, PyLiveOutput
+from recorder.model.settings import LiveSettings
 
 # Both implementations of the worker's live output: the C one (when built) and the Python reference.
 OUTPUTS = [pytest.param(PyLiveOutput, id="python"),
@@ -178,7 +180,7 @@ def test_backlog_is_bounded_and_keeps_the_newest():
     pub.enqueue(*_items(25))
     assert pub.pending == 10 and pub.dropped == 15
     assert [payload for _, _, payload in pub.unsent] == [b"m%d" % i for i in range(15, 25)]
-    assert pub.status()["nats_backlog"] == 10 and pub.status()["nats_dropped"] == 15
+    assert pub.status().backlog == 10 and pub.status().dropped == 15
 
 
 def test_messages_leave_the_backlog_only_behind_acked_fences_and_a_rewind_resends_the_rest():
@@ -217,7 +219,7 @@ def test_nats_trouble_is_one_warning_then_at_most_one_a_minute_and_a_line_when_i
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["NATS at nats://127.0.0.1:1 unavailable: cannot connect: connection refused; retrying; "
                         "recording goes on: 7 messages kept for it (up to 100)"]
-    assert pub.state == "down" and pub.status()["nats_problem"] == "cannot connect: connection refused"
+    assert pub.state == "down" and pub.status().problem == "cannot connect: connection refused"
     pub._trouble("cannot connect: connection refused")  # a minute after the first line
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2 and warnings[1].startswith("NATS at nats://127.0.0.1:1 still unavailable after 60.0s")
@@ -259,12 +261,14 @@ def test_throttle_allows_the_first_then_one_per_interval_and_counts_the_rest():
 
 
 def test_the_nats_account_says_what_nats_lacks_and_why():
-    from recorder.live.control import HubView
+    from recorder.live.messages import HubStatus, NatsFigures
+    from recorder.record.livehub import HubView
 
     view = HubView(state="stopped")
-    view.figures = {"nats_state": "down", "nats_closed": 1, "nats_problem": "cannot connect: connection refused",
-                    "nats_confirmed": 900, "nats_backlog": 60, "nats_dropped": 10, "worker_dropped": 20,
-                    "nats_unrouted": 5}
+    nats = NatsFigures(state="down", connected=False, closed=True, yielding=False,
+                       problem="cannot connect: connection refused", down_since=0.0, backlog=60, yield_s=0.0, yields=0,
+                       confirmed=900, dropped=10, republished=0, unrouted=5, reconnects=0)
+    view.status = HubStatus(received=0, worker_dropped=20, links=0, nats=nats)
     account = view.nats_account(handed=1000)
     assert (account.expected, account.confirmed, account.missing) == (995, 900, 95)
     assert account.reasons == ("20 not handed over by the workers (the hub was behind: short of CPU)",
@@ -272,7 +276,8 @@ def test_the_nats_account_says_what_nats_lacks_and_why():
                                "60 waiting when the hub stopped (NATS unavailable: cannot connect: connection refused)",
                                "5 that never reached the hub or were lost with it (at the stop, or a hub restart)")
     assert "NATS DOWN at stop" in view.line()
-    view.figures.update(nats_state="stopped", nats_confirmed=995, nats_backlog=0, nats_dropped=0, worker_dropped=0)
+    view.status = HubStatus(received=0, worker_dropped=0, links=0,
+                            nats=replace(nats, state="stopped", confirmed=995, backlog=0, dropped=0))
     assert view.nats_account(handed=1000).line() == "NATS confirmed all 995 messages published"
     assert "NATS stopped, 995 stored" in view.line() and "DOWN" not in view.line()
 
@@ -425,7 +430,7 @@ def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_
     now = clock.time_ns()
     recs: list[Row] = [(now - 2 * YIELD_LAG_NS, 0, 1, b"m%d" % i) for i in range(5)]
     pub.enqueue(recs, ["1001" for _ in recs])
-    assert pub.yielding and pub.yields == 1 and pub.status()["nats_yielding"] == 1
+    assert pub.yielding and pub.yields == 1 and pub.status().yielding
     assert "publishing to NATS pauses" in caplog.text
     run(pub._send())
     assert not sent and len(pub.unsent) == 5
@@ -434,7 +439,7 @@ def test_publishing_pauses_while_the_hub_is_behind_the_workers_and_resumes_when_
     pub.enqueue(recs, ["1001"])
     assert not pub.yielding and pub._wake.is_set()
     run(pub._send())
-    assert b"".join(sent).count(b"HPUB") == 6 and pub.status()["nats_yields"] == 1
+    assert b"".join(sent).count(b"HPUB") == 6 and pub.status().yields == 1
 
 
 class _Counting:

@@ -327,7 +327,7 @@ def test_lower_priority_changes_only_the_named_thread_and_never_raises_it():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SCHED_IDLE is Linux's")
 def test_yield_cpu_puts_another_process_under_sched_idle_and_its_new_threads_inherit_it():
-    # What the supervisor does to the live hub right after starting it (live/control.py).
+    # What the supervisor does to the live hub right after starting it (record/livehub.py).
     child = subprocess.Popen([sys.executable, "-c", "import sys, threading; sys.stdin.readline(); "
                               "t = threading.Thread(target=sys.stdin.readline); t.start(); "
                               "print(threading.get_native_id(), t.native_id, flush=True); t.join()"],

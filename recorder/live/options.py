@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from recorder.cli_support import parse_host_port
 from recorder.errors import UserError
-from recorder.record.live import LiveSettings
+from recorder.model.settings import LiveSettings
 
 log = logging.getLogger("recorder.record")
 

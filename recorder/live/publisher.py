@@ -35,10 +35,11 @@ from typing import Any
 from recorder import clock
 from recorder.errors import exception_text
 from recorder.humanize import human_duration
+from recorder.live.messages import NatsFigures
 from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
 from recorder.model.record import Row
-from recorder.record.live import LiveSettings
+from recorder.model.settings import LiveSettings
 from recorder.redact import redact_url
 from recorder.throttle import Throttle
 
@@ -232,14 +233,13 @@ class NatsPublisher:
             self.yield_s += time.monotonic() - self._yield_started
             self._wake.set()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NatsFigures:
         yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)
-        return {"nats_connected": int(self.connected), "nats_state": self.state, "nats_closed": int(self.closed),
-                "nats_yielding": int(self.yielding), "nats_yields": self.yields, "nats_yield_s": round(yield_s, 1),
-                "nats_problem": self.problem or "", "nats_down_since": self._down_wall if self.problem else 0.0,
-                "nats_backlog": self.pending, "nats_confirmed": self.confirmed, "nats_dropped": self.dropped,
-                "nats_republished": self.republished, "nats_unrouted": self.unrouted,
-                "nats_reconnects": self.reconnects}
+        return NatsFigures(state=self.state, connected=self.connected, closed=self.closed, yielding=self.yielding,
+                           problem=self.problem or "", down_since=self._down_wall if self.problem else 0.0,
+                           backlog=self.pending, yield_s=round(yield_s, 1), yields=self.yields,
+                           confirmed=self.confirmed, dropped=self.dropped, republished=self.republished,
+                           unrouted=self.unrouted, reconnects=self.reconnects)
 
     # -- what the operator is told -------------------------------------------------------------------
 

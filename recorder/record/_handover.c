@@ -1,4 +1,4 @@
-/* The worker's live output, its per-message path in C (recorder/record/live.py: LiveOutput).
+/* The worker's live output, its per-message path in C (recorder/live/output.py: LiveOutput).
  *
  * The worker calls the live output once for every first arrival, on its receive thread: in Python that call
  * cost ~0.48 µs (header pack, two bytearray appends, the burst bookkeeping), a sixth of recording the message.
@@ -205,7 +205,7 @@ static PyMemberDef OutputBase_members[] = {
 static PyTypeObject OutputBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "recorder.record._handover.OutputBase",
-    .tp_doc = "The live output's per-message path (see recorder/record/live.py).",
+    .tp_doc = "The live output's per-message path (see recorder/live/output.py).",
     .tp_basicsize = sizeof(OutputBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = OutputBase_new,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.record.live import LiveSettings  # LIVE-WIRING
+from recorder.child import Exit
+from recorder.model.settings import LiveSettings
 
-# Worker exit codes the supervisor acts on (anything else, a signal included, means "crashed: restart").
-WORKER_EXIT_OK = 0
-WORKER_EXIT_FATAL = 3  # disk full, unwritable directory, shard locked: restarting would not help
-WORKER_EXIT_REFUSED = 4  # the server refused every contract of the shard (or the credentials)
+# The worker's names for the child exit codes (recorder/child.py: Exit, the one convention), until the worker
+# names Exit itself.
+WORKER_EXIT_OK, WORKER_EXIT_FATAL, WORKER_EXIT_REFUSED = Exit.OK, Exit.FATAL, Exit.REFUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class WorkerConfig:
     token_gen: int = 0
     status_interval_s: float = 1.0
     log_level: int = 20
-    live: LiveSettings | None = None  # LIVE-WIRING: --relay / --publish
+    live: LiveSettings | None = None  # --relay / --publish, with this worker's shard
 
     def __repr__(self) -> str:  # never show the token, even in a debugger or a crash report
         return f"WorkerConfig(shard={self.shard}, contracts={len(self.contracts)}, incarnation={self.incarnation})"
