@@ -62,6 +62,12 @@ class RestartPolicy:
             return then
         return Then.STOPPED if asked_to_stop else Then.RESTART
 
+    def wait(self, previous: float | None, lived_s: float) -> float:
+        """How long to wait before this restart: `previous` is the last restart's wait (None: there was none)."""
+        if previous is None or lived_s >= self.healthy_after_s:
+            return self.first_s
+        return min(self.max_s, previous * self.factor)
+
 
 # The restart rules, by kind of child (h11-style: one table, looked up by the one piece of code that acts on it,
 # Child._on_exit).
@@ -133,7 +139,7 @@ class Child:
         self.process: BaseProcess | None = None
         self.pipe: Connection | None = None
         self.started_at = 0.0
-        self.delay = policy.first_s
+        self.delay: float | None = None  # the last restart's wait
         self.restarts = 0
         self.retired = True  # not restarted when it exits: not started yet, asked to stop, or a final exit
         self.last_words: str | None = None  # what it said was wrong (a worker's Fatal), for the line about its exit
@@ -224,10 +230,7 @@ class Child:
 
     def _schedule_restart(self, loop: asyncio.AbstractEventLoop, proc: BaseProcess) -> None:
         lived = time.monotonic() - self.started_at
-        if lived >= self.policy.healthy_after_s:
-            self.delay = self.policy.first_s
-        delay = self.delay
-        self.delay = min(self.policy.max_s, delay * self.policy.factor)
+        delay = self.delay = self.policy.wait(self.delay, lived)
         self.restarts += 1
         how = how_it_ended(proc.exitcode) + (f" ({self.last_words})" if self.last_words else "")
         log.error("%s (pid %s) %s after %.1fs; restarting in %.1fs (restart %d); %s", self.label, proc.pid, how, lived,
