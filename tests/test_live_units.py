@@ -17,22 +17,16 @@ from sim_util import run
 
 from recorder import clock
 from recorder.errors import UserError
-from recorder.live import output as live_module
 from recorder.live.fanout import NativeFanout, PyFanout
 from recorder.live.msgid import msg_id
 from recorder.live.options import is_loopback, live_settings, parse_duration
-from recorder.live.output import NativeLiveOutput, PyLiveOutput
+from recorder.live.output import LiveOutput
 from recorder.live.publisher import FENCE_EVERY, NatsPublisher, _Fence
 from recorder.live.route import Router
 from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, WireError, hello, record_header
 from recorder.model.record import Row
 from recorder.model.settings import LiveSettings
-
-# Both implementations of the worker's live output: the C one (when built) and the Python reference.
-OUTPUTS = [pytest.param(PyLiveOutput, id="python"),
-           pytest.param(NativeLiveOutput, id="native",
-                        marks=pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built"))]
 
 # Both implementations of the hub's data path: the C one (when built) and the Python reference.
 FANOUTS = [pytest.param(PyFanout, id="python"),
@@ -119,8 +113,7 @@ def test_live_settings_checks_options_and_warns_off_loopback(caplog):
     assert "t0k" not in repr(s)
 
 
-@pytest.mark.parametrize("LiveOutput", OUTPUTS)
-def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order(LiveOutput):
+def test_worker_output_keeps_a_bounded_buffer_until_the_hub_listens_then_delivers_in_order():
     address = f"\0ime-test-{uuid.uuid4().hex}"
 
     async def scenario():
@@ -457,9 +450,7 @@ class _Counting:
         return getattr(self.sock, name)
 
 
-@pytest.mark.parametrize("LiveOutput", OUTPUTS)
-def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn(
-        LiveOutput):
+def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_send_at_the_end_of_the_turn():
     address = f"\0ime-test-{uuid.uuid4().hex}"
 
     async def scenario() -> list[int]:
@@ -508,79 +499,6 @@ def test_worker_output_sends_a_bursts_first_frame_at_once_and_the_rest_in_one_se
     assert run(scenario()) == [1, 1, 2, 2, 3,
                                4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 7, 7, 8, 8, 8, 9, 9,
                                10]
-
-
-@pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
-def test_the_native_live_output_sends_exactly_what_the_python_one_sends(monkeypatch):
-    """Same calls, same clock: after every call the same sequence, drops, buffer and sends; the same bytes at the hub.
-
-    The clock is the test's (both read it through live.time and live.clock), so every pause, burst deadline and
-    reconnect decision is the same for both; the retry timer is pushed out of the test and fired by hand for both.
-    """
-    clock = [1_800_000_000_000_000_000]
-
-    class Clock:
-        @staticmethod
-        def time_ns() -> int:
-            return clock[0]
-
-        @staticmethod
-        def monotonic() -> float:
-            return clock[0] / 1e9
-
-    monkeypatch.setattr(live_module, "time", Clock)
-    monkeypatch.setattr(live_module, "clock", Clock)
-    monkeypatch.setattr(live_module, "_RECONNECT_S", 3600.0)
-    rng = random.Random(1404)
-    addresses = [f"\0ime-test-{uuid.uuid4().hex}" for _ in range(2)]
-
-    def sends(out: object) -> int:
-        sock = out._sock  # type: ignore[attr-defined]
-        return sock.sends if isinstance(sock, _Counting) else -1
-
-    async def scenario() -> tuple[list[list[tuple[int, ...]]], list[bytes]]:
-        outs = [PyLiveOutput(addresses[0], 4, 6000), NativeLiveOutput(addresses[1], 4, 6000)]
-        received = [bytearray(), bytearray()]
-        servers = []
-        logs: list[list[tuple[int, ...]]] = [[], []]
-        for turn in range(400):
-            if turn == 60:  # the hub starts listening; the retry (an hour later by this clock) connects
-                for i in range(2):
-                    class Hub(asyncio.Protocol):
-                        def data_received(self, data: bytes, into: bytearray = received[i]) -> None:
-                            into.extend(data)
-
-                    servers.append(await asyncio.get_running_loop().create_unix_server(Hub, addresses[i]))
-                clock[0] += 3601 * 10**9
-                for out in outs:  # what the retry timer does, at the same moment for both
-                    out._flush()
-            clock[0] += rng.choice((2_000, 60_000, 150_000, 3_000_000))
-            for _ in range(rng.choice((0, 1, 3, 12, 40))):
-                clock[0] += rng.choice((0, 3_000, 25_000))
-                args = (clock[0] + rng.choice((0, 1_000, 45_000)), rng.randrange(4), rng.choice((1, 1, 1, 2, 3, 4)),
-                        rng.randbytes(rng.choice((0, 40, 700, 2500))))
-                for out, log in zip(outs, logs, strict=True):
-                    if out._sock is not None and not isinstance(out._sock, _Counting):
-                        out._sock = _Counting(out._sock)
-                    out(*args)
-                    log.append((out._seq, out.dropped, len(out._buf), sends(out), out._scheduled,
-                                out._burst_deadline, out._burst_step))
-            await asyncio.sleep(0)  # the end of the loop turn: each flushes what the turn left
-            for out, log in zip(outs, logs, strict=True):
-                log.append((out._last_flush_ns, len(out._buf), sends(out)))
-        for out in outs:
-            out.close()
-        await asyncio.sleep(0.05)
-        for server in servers:
-            server.close()
-        return logs, [bytes(r) for r in received]
-
-    logs, received = run(scenario())
-    assert logs[0] == logs[1]
-    assert max(entry[1] for entry in logs[0] if len(entry) == 7) > 0, "the hub's absence made both drop"
-    assert received[0] == received[1] and len(received[0]) > 100_000
-    rows, first, last = Decoder().feed(received[0]) or ([], 0, -1)
-    assert last - first + 1 >= len(rows) > 0 and all(r[2] in (1, 2) for r in rows)
 
 
 class _Client:
@@ -762,43 +680,6 @@ def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplo
     assert broken.faults == ["error_cut"] and "writing to a client failed" in caplog.text
     assert _texts(good_a.data) == [b[0][2] for b in batches] and _texts(good_b.data) == [b[1][2] for b in batches]
     assert source.fanout.take() == [], "nothing is held over from one batch to the next"
-
-
-@pytest.mark.skipif(NativeLiveOutput is None, reason="_handover.c is not built")
-def test_the_native_live_output_decides_as_python_does_at_the_ends_of_int64():
-    """A deadline past int64 is "never" in both (Python's int grows, C saturates); a difference that overflows int64
-    is as large as Python says. Time_ns() never gets there; the two must still agree."""
-    def counting(base: type) -> type:
-        class Counted(base):  # type: ignore[misc,valid-type]
-            __slots__ = ("calls",)
-
-            def _send_now(self) -> None:
-                self.calls += 1
-
-            def _schedule(self) -> None:
-                pass
-
-        return Counted
-
-    top, bottom = 2**63 - 1, -(2**63)
-    # (ts, the end-of-turn flush time before it or None): a burst near the top, then turns flushed at each end.
-    script = [(top - 10, None), (top, None), (bottom, top), (0, None), (top, bottom), (top - 1, None),
-              (bottom + 5, 0), (bottom + 50_000, None)]
-    outcomes = []
-    for base in (PyLiveOutput, NativeLiveOutput):
-        out = counting(base)("\0unused", 0, 1 << 20)
-        out.calls = 0
-        seen = []
-        for ts, flushed_at in script:
-            if flushed_at is not None:
-                out._scheduled, out._burst_deadline, out._last_flush_ns = False, 0, flushed_at
-            out(ts, 1, 1, b"m")
-            seen.append((out.calls, out._scheduled, out._burst_deadline >= top))
-        outcomes.append(seen)
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0][0] == (1, True, True) and outcomes[0][1] == (1, True, True)  # deadline past int64: no send
-    assert outcomes[0][2][0] == 1  # bottom - top overflows int64 in C: long before the last flush, no pause
-    assert outcomes[0][4][0] == 2  # top - bottom overflows too: "after a pause", as Python says
 
 
 def _payloads(rng: random.Random) -> list[bytes]:
