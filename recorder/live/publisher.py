@@ -219,6 +219,9 @@ class _Reporting:
     pending: int
     dropped: int
     _wake: asyncio.Event
+    connected: bool
+    closed: bool
+    stopped_clean: bool
 
     def __init__(self, where: str) -> None:
         self.where = where  # the servers, without credentials
@@ -233,6 +236,15 @@ class _Reporting:
         self._yield_started = 0.0
         self.yield_s = 0.0
         self._yield_log = Throttle(TROUBLE_LOG_S)
+
+    @property
+    def state(self) -> str:
+        """up, connecting (not yet, no trouble seen), down; once closed: stopped (it was up) or down."""
+        if self.closed:
+            return "stopped" if self.stopped_clean else "down"
+        if self.connected:
+            return "up"
+        return "down" if self.problem is not None else "connecting"
 
     def _trouble(self, cause: str, grace_s: float = 0.0) -> None:
         """Something keeps messages from NATS: one warning at once, then at most one a minute while it lasts.
@@ -424,15 +436,6 @@ class NatsPublisher(_Backlog, _Stream):
             self._lagging(clock.time_ns() - rows[-1][0])  # the clock the workers stamped them with
         self._trim()
         self._wake.set()
-
-    @property
-    def state(self) -> str:
-        """up, connecting (not yet, no trouble seen), down; once closed: stopped (it was up) or down."""
-        if self.closed:
-            return "stopped" if self.stopped_clean else "down"
-        if self.connected:
-            return "up"
-        return "down" if self.problem is not None else "connecting"
 
     def status(self) -> NatsFigures:
         yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)

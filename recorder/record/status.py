@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -351,6 +352,27 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
             return
         self.console.log(line)
+
+
+@contextlib.contextmanager
+def logging_through(console: Console) -> Iterator[None]:
+    """The root logger's handler on the console's stream is replaced by a ConsoleHandler while this lasts."""
+    root = logging.getLogger()
+    replaced = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
+                and getattr(h, "stream", None) is console.stream]
+    if not replaced:
+        yield
+        return
+    handler = ConsoleHandler(console, replaced[0].formatter, replaced[0].level)
+    for h in replaced:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in replaced:
+            root.addHandler(h)
 
 
 def now_ns() -> int:

@@ -29,7 +29,7 @@ from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
 from recorder.record.reload import ReloadError, Reread, describe, shard_changes
 from recorder.record.retention import scan
 from recorder.record.shard import partition
-from recorder.record.status import Console, ConsoleHandler, DiskFigures, exit_summary, summary_line, table
+from recorder.record.status import Console, DiskFigures, exit_summary, logging_through, summary_line, table
 from recorder.record.workers import Workers
 
 log = logging.getLogger("recorder.supervisor")
@@ -88,21 +88,8 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self.stop, f"received {signal.Signals(sig).name}")
         self.loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         # The supervisor's own log lines go through the console, which survives stderr going away.
-        root = logging.getLogger()
-        replaced = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
-                    and getattr(h, "stream", None) is self.console.stream]
-        handler = ConsoleHandler(self.console, replaced[0].formatter, replaced[0].level) if replaced else None
-        if handler is not None:
-            for h in replaced:
-                root.removeHandler(h)
-            root.addHandler(handler)
-        try:
+        with logging_through(self.console):
             return await self._run()
-        finally:
-            if handler is not None:
-                root.removeHandler(handler)
-                for h in replaced:
-                    root.addHandler(h)
 
     async def _run(self) -> int:
         assert self.loop is not None
