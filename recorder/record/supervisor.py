@@ -25,7 +25,7 @@ from recorder.record.children import child_context, prestart
 from recorder.record.config import ConnectionSettings, StorageSettings, WorkerConfig
 from recorder.record.livehub import HubControl
 from recorder.record.metrics import Figure, MetricsServer
-from recorder.record.operations import Operations, OpsSettings  # OPS-WIRING
+from recorder.record.operations import Operations, OpsSettings
 from recorder.record.reload import ReloadError, Reread, describe, shard_changes
 from recorder.record.retention import scan
 from recorder.record.shard import partition
@@ -50,7 +50,7 @@ class RunSettings:
     stop_timeout_s: float = 15.0
     log_level: int = logging.INFO
     live: bool | None = None
-    ops: OpsSettings = field(default_factory=OpsSettings)  # OPS-WIRING
+    ops: OpsSettings = field(default_factory=OpsSettings)
     live_outputs: LiveSettings | None = None  # --relay / --publish
     # SIGHUP: re-reads the config and contract files (raises ReloadError); None: nothing can be re-read.
     reread: Callable[[], Reread] | None = None
