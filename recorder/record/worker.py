@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import random
@@ -26,16 +25,16 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import uvloop
 from picows import WSCloseCode
 
 from recorder import __version__, clock
+from recorder.child import run_child
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind, build_url, regroup, split_contracts
+from recorder.live.output import close_live_output, live_handed, make_live_output
 from recorder.model.record import RecordKind
 from recorder.record import messages as m
 from recorder.record import wsclient
-from recorder.record.childproc import ignore_group_signals, set_process_name
 from recorder.record.config import WORKER_EXIT_FATAL, WORKER_EXIT_OK, WORKER_EXIT_REFUSED, WorkerConfig
 from recorder.record.connection import (
     ConnectionCore,
@@ -49,11 +48,10 @@ from recorder.record.connection import (
 )
 from recorder.record.groups import CopyRun, GroupRun, Handover
 from recorder.record.listener import Append, RecordingListener, first_arrival_sink
-from recorder.record.live import close_live_output, live_handed, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
 from recorder.record.timeslice import lower_priority, request_slice
-from recorder.record.worker_link import PipeLogHandler, SupervisorLink
+from recorder.record.worker_link import SupervisorLink
 from recorder.redact import redact_text, redact_url
 from recorder.segment.dedupe import Deduper
 from recorder.segment.files import SegmentWriteError
@@ -94,7 +92,7 @@ class Worker:
         self.writer: SegmentWriter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepted_elsewhere = False
-        # The relay/NATS hub: first arrivals only, never blocking the receive path (record/live.py).
+        # The relay/NATS hub: first arrivals only, never blocking the receive path (live/output.py).
         self._live = make_live_output(cfg.live)
         self._accepted_sent = False
         self.rng = random.Random()
@@ -847,23 +845,6 @@ class Worker:
 
 
 def worker_main(cfg: WorkerConfig, pipe: Connection) -> None:
-    """Entry point of the worker process (multiprocessing target, forked from the fork server)."""
-    # Signals a terminal or `kill -- -PGID` sends to the whole process group are the supervisor's to act on; it
-    # tells us over the pipe (childproc.py).
-    ignore_group_signals()
-    set_process_name(f"ime-rec-s{cfg.shard:02d}")
+    """Entry point of the worker process (a child of the supervisor's, forked from its fork server)."""
     link = SupervisorLink(pipe, cfg.shard)
-    worker = Worker(cfg, link)
-    handler = PipeLogHandler(link)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s s{cfg.shard:02d}: %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(cfg.log_level)
-    logging.getLogger("picows").setLevel(logging.ERROR)
-    # Everything imported so far lives as long as the process: out of the collector's sight, a full collection
-    # walks only what recording creates (it walked ~27k objects, a 10-15 ms stall of the receive thread).
-    gc.freeze()
-    code = uvloop.run(worker.run())
-    link.close()
-    os._exit(code)  # skip interpreter teardown: everything is sealed and flushed already
+    run_child(link, f"ime-rec-s{cfg.shard:02d}", f"s{cfg.shard:02d}", cfg.log_level, Worker(cfg, link).run)
