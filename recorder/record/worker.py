@@ -48,10 +48,11 @@ from recorder.record.connection import (
     classify_refusal,
 )
 from recorder.record.groups import CopyRun, GroupRun, Handover
-from recorder.record.listener import Append, RecordingListener, first_arrival_sink
+from recorder.record.listener import RecordingListener
 from recorder.record.live import close_live_output, live_handed, make_live_output
 from recorder.record.planner import Action, Group, Planner
 from recorder.record.shard_dir import ShardLocked, lock_shard, stale_open_files
+from recorder.record.sink import Append, first_arrival_sink
 from recorder.record.timeslice import lower_priority, request_slice
 from recorder.record.worker_link import PipeLogHandler, SupervisorLink
 from recorder.redact import redact_text, redact_url
