@@ -1,9 +1,6 @@
-"""The life of each redundant copy's connections: connect, record until the connection ends, connect again.
-
-One task per copy of a group; what to do after each outcome is its ConnectionCore's decision (connection.py), a
-refusal and an acceptance are the worker's to route (`on_refusal`, `on_accepted`). Also: groups start and retire
-here, connections close with a close handshake, and their reading pauses while the writer is behind.
-"""
+"""The life of each redundant copy's connections, one task per copy: connect, record until the connection ends,
+connect again, as its ConnectionCore decides (connection.py); refusals and acceptances go to the worker's wiring.
+Groups start and retire here; connections close with a close handshake and pause while the writer is behind."""
 
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ from recorder.record.connection import ConnectionCore, GiveUp, Policy, Refusal, 
 from recorder.record.listener import RecordingListener
 from recorder.record.planner import Group
 from recorder.record.shard_state import CopyRun, GroupRun, ShardState
-from recorder.record.shard_status import received
 from recorder.redact import redact_url
 
 log = logging.getLogger("recorder.worker")
@@ -39,11 +35,10 @@ OnRefusal = Callable[[GroupRun, CopyRun, str, int], Awaitable[Step | None]]
 
 class Copies:
     def __init__(self, state: ShardState, on_refusal: OnRefusal, on_accepted: Callable[[int], None]) -> None:
-        self.state, self.on_refusal, self.on_accepted = state, on_refusal, on_accepted
+        self.state, self.on_refusal, self.on_accepted, self.rng = state, on_refusal, on_accepted, random.Random()
         s = state.cfg.connection
         self.policy = Policy(backoff_base_s=s.backoff_base_s, backoff_cap_s=s.backoff_cap_s,
                              reconnect_jitter_s=s.reconnect_jitter_s, stagger_s=s.stagger_s)
-        self.rng = random.Random()
 
     def start_group(self, group: Group, inherit: GroupRun | None = None) -> GroupRun:
         """`inherit`: a group in a handover that a refusal split; its halves share its dedupe (and its source
@@ -54,9 +49,8 @@ class Copies:
         else:
             deduper, sources = self.state.dedupers.new() if redundancy > 1 else None, list(range(redundancy))
         now = clock.time_ns()
-        run = GroupRun(group, deduper, started_ns=now, down_since_ns=now,
-                       handover_dedupe=inherit is not None and inherit.handover_dedupe)
-        self.state.groups[group.gid] = run
+        run = self.state.groups[group.gid] = GroupRun(group, deduper, started_ns=now, down_since_ns=now,
+                                                      handover_dedupe=inherit is not None and inherit.handover_dedupe)
         self.add_copies(run, sources)
         return run
 
@@ -100,7 +94,7 @@ class Copies:
                     state.logs(logs)
                     if not first:
                         # Counted here, once per new attempt, so the summary matches the `reconnect` events.
-                        state.figures.reconnects += 1
+                        state.reconnects += 1
                         state.event(Event.RECONNECT, conn=crun.conn_id, group=run.group.gid, copy=crun.copy,
                                     delay_s=round(delay, 3), attempt=crun.core.failures)
                     first = False
@@ -111,7 +105,6 @@ class Copies:
                 case Refusal(how=how, code=code):
                     step = await self.on_refusal(run, crun, how, code)
                 case GiveUp(message=message):
-                    state.logs(step.logs)
                     state.fatal(message, "cannot connect", WORKER_EXIT_FATAL)
                     step = None
 
@@ -165,7 +158,7 @@ class Copies:
         if crun.retiring:
             # A reload replaced it while the upgrade was under way: through the handover's dedupe, and closed at
             # once if the handover is already over.
-            listener.redirect(state.sink(run.deduper, crun.source))
+            state.redirect([crun], run.deduper)
             if crun.closing:
                 self.close_copy(crun, b"resubscribed")
 
@@ -188,8 +181,8 @@ class Copies:
         crun.transport, crun.listener = None, None
         run.close_one(clock.time_ns())
         lived = (time.monotonic() - crun.core.opened_at_s) if crun.core.opened_at_s is not None else 0.0
-        self.state.figures.closed_messages += listener.messages
-        self.state.figures.closed_bytes += listener.bytes
+        self.state.closed_messages += listener.messages
+        self.state.closed_bytes += listener.bytes
         self.state.event(Event.CLOSED, conn=crun.conn_id, code=code, reason=reason, messages=listener.messages,
                          bytes=listener.bytes, lived_s=round(lived, 3), group=run.group.gid, copy=crun.copy)
 
@@ -216,12 +209,24 @@ class Copies:
         elif not c.connecting and c.task is not None:
             c.task.cancel()
 
-    def set_reading(self, paused: bool) -> None:
-        """Backpressure: the writer is behind (or caught up again); TCP then pushes back on the server."""
-        for c in self.state.copies():
+    def backlog(self, paused: bool) -> None:
+        """The writer is behind (or caught up again): reading pauses (resumes), so TCP pushes back on the server."""
+        state = self.state
+        if paused == state.paused:
+            return
+        state.paused = paused
+        for c in state.copies():
             if c.transport is not None:
                 t = c.transport.underlying_transport
                 t.pause_reading() if paused else t.resume_reading()
+        state.event(Event.BACKPRESSURE, paused=paused)
+        if paused:
+            # A niced writer can also fall behind because busy processes (bots) outrank it: say how to rule that out.
+            niced = state.cfg.connection.writer_nice
+            hint = (f" (its thread runs at nice +{niced}: if the machine is busy rather than the disk slow, "
+                    "--writer-nice 0 gives it a full share)") if niced else ""
+            log.warning("shard %d: the disk or the compression is not keeping up; reading paused until the writer "
+                        "catches up%s", state.shard, hint)
 
     async def close_all(self) -> None:
         """At stop: a close handshake on every connection, not a hang-up. Frames the server sent before it saw our
@@ -235,10 +240,10 @@ class Copies:
         # backpressure) needs longer than a fixed timeout to drain, and cutting it short would lose its tail.
         # Give up after CLOSE_IDLE_S without a new message, or CLOSE_MAX_S in all.
         started = last_progress = time.monotonic()
-        last_count = received(self.state)
+        last_count = self.state.received()
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.25)
-            now, count = time.monotonic(), received(self.state)
+            now, count = time.monotonic(), self.state.received()
             if count != last_count:
                 last_count, last_progress = count, now
             if now - last_progress > CLOSE_IDLE_S or now - started > CLOSE_MAX_S:

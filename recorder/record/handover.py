@@ -1,22 +1,19 @@
-"""A reload (the supervisor's `Contracts`): only the groups whose contracts changed are touched, make before break.
-
-`endpoints.regroup` says which groups change. A changed group's new connections open beside its old ones, a
-Deduper in front of both, and the old ones close (a close handshake) once every new one is accepted
-(`groups.Handover`); a group whose every contract left the list closes for good; the other groups are never
-touched. One reload is applied at a time: one that arrives while a handover is under way waits for it, which keeps
-every group's dedupe sources apart.
+"""A reload (the supervisor's `Contracts`): only the groups whose contracts changed (`endpoints.regroup`) are
+touched, make before break: a changed group's new connections open beside its old ones (a `Handover`, see
+shard_state.py); a group whose every contract left the list closes for good. One reload is applied at a time (one
+that arrives during a handover waits for it), which keeps every group's dedupe sources apart.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from recorder.events import Event
 from recorder.feed.endpoints import regroup
 from recorder.record.copies import Copies
 from recorder.record.reload import contract_diff
-from recorder.record.shard_state import GroupRun, Handover, ShardState
+from recorder.record.shard_state import CopyRun, GroupRun, Handover, ShardState
 
 log = logging.getLogger("recorder.worker")
 
@@ -27,11 +24,8 @@ HANDOVER_MAX_S = 30.0
 
 class Handovers:
     def __init__(self, state: ShardState, copies: Copies) -> None:
-        self.state = state
-        self.copies = copies
+        self.state, self.copies = state, copies
         self.pending: tuple[str, ...] | None = None  # arrived while a handover was still under way
-
-    # --- a reload -------------------------------------------------------------------------------------
 
     def reload(self, contracts: tuple[str, ...]) -> None:
         state = self.state
@@ -88,8 +82,7 @@ class Handovers:
     def _resubscribe(self, run: GroupRun, contracts: tuple[str, ...]) -> None:
         """Make before break: new copies with the new list; the old ones record until those are accepted."""
         state = self.state
-        old = run.copies
-        run.copies = []
+        old, run.copies = run.copies, []
         covering = [c for c in old if c.transport is not None or c.connecting]
         for c in old:
             c.retiring = True
@@ -99,47 +92,40 @@ class Handovers:
         if covering and run.deduper is None:
             # One copy: a Deduper for the overlap only, so that a message that arrives on both connections is
             # recorded once (the later arrival becomes a receipt), as with --redundancy.
-            run.deduper = state.dedupers.new()
-            run.handover_dedupe = True
-            for c in covering:
-                if c.listener is not None:
-                    c.listener.redirect(state.sink(run.deduper, c.source))
-        used = {c.source for c in old}
-        redundancy = state.cfg.connection.redundancy
+            run.deduper, run.handover_dedupe = state.dedupers.new(), True
+            state.redirect(covering, run.deduper)
+        used, redundancy = {c.source for c in old}, state.cfg.connection.redundancy
         self.copies.add_copies(run, [n for n in range(2 * redundancy) if n not in used][:redundancy])
-        if not covering:
-            return
-        handover = Handover(run.group.gid, covering, {run.group.gid}, run.deduper)
-        state.handovers.append(handover)
-        for c in covering:
-            if c.task is not None:
-                c.task.add_done_callback(lambda _t, h=handover: self._old_copy_ended(h))
-        state.loop.call_later(HANDOVER_MAX_S, self._overdue, handover)
+        if covering:
+            handover = Handover(run.group.gid, covering, {run.group.gid}, run.deduper)
+            state.handovers.append(handover)
+            self._when_ended(covering, lambda: self._old_copies_ended(handover))
+            state.loop.call_later(HANDOVER_MAX_S, self._overdue, handover)
 
     def _unsubscribe(self, run: GroupRun) -> None:
         """Every contract of the group left the list: its connections close (a close handshake) for good."""
-        state = self.state
-        gid = run.group.gid
+        state, gid, deduper = self.state, run.group.gid, run.deduper
         state.groups.pop(gid, None)
         state.planner.remove(gid)
         state.event(Event.UNSUBSCRIBED, group=gid, contracts=list(run.group.contracts), reason="removed by a reload")
         for c in run.copies:
             c.retiring = True
             self.copies.end_copy(c, b"unsubscribed")
-        deduper = run.deduper
-        tasks = [c.task for c in run.copies if c.task is not None and not c.task.done()]
+        # Its copies deliver messages (through the dedupe) until the server answers their CLOSE.
+        self._when_ended(run.copies, lambda: state.release_deduper(deduper))
 
-        def copy_ended(_task: object) -> None:
-            # Its copies deliver messages (through the dedupe) until the server answers their CLOSE.
+    @staticmethod
+    def _when_ended(copies: list[CopyRun], then: Callable[[], None]) -> None:
+        tasks = [c.task for c in copies if c.task is not None and not c.task.done()]
+
+        def ended(_task: object) -> None:
             if all(t.done() for t in tasks):
-                state.release_deduper(deduper)
+                then()
 
         for t in tasks:
-            t.add_done_callback(copy_ended)
+            t.add_done_callback(ended)
         if not tasks:
-            state.release_deduper(deduper)
-
-    # --- the handover ---------------------------------------------------------------------------------
+            then()
 
     def of(self, gid: int) -> Handover | None:
         """The handover under way that waits for the group, if any."""
@@ -173,8 +159,8 @@ class Handovers:
         for c in h.old:
             self.copies.end_copy(c, b"resubscribed")
 
-    def _old_copy_ended(self, h: Handover) -> None:
-        if h in self.state.handovers and all(c.task is None or c.task.done() for c in h.old):
+    def _old_copies_ended(self, h: Handover) -> None:
+        if h in self.state.handovers:
             # The old copies' last messages may still have copies on their way on the new connections: the dedupe
             # stays for one window more.
             self.state.loop.call_later(self.state.cfg.connection.dedupe_window_s, self._done, h)
@@ -188,9 +174,7 @@ class Handovers:
             if run.handover_dedupe and run.deduper is h.deduper:
                 # One copy again: straight to the writer, as before the reload.
                 run.deduper, run.handover_dedupe = None, False
-                for c in run.copies:
-                    if c.listener is not None:
-                        c.listener.redirect(state.sink(None, c.source))
+                state.redirect(run.copies, None)
         state.release_deduper(h.deduper)
         if not state.handovers:
             state.writer.update_meta(contracts=list(state.contracts))

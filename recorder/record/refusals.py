@@ -1,11 +1,7 @@
 """The server said no (close 1008, HTTP 401/403): the token, the account's connection limit, or a contract.
 
-What a copy's refusal says is `connection.classify_refusal`'s decision; what a refused group does next (a newer
-token, a fresh one, a split in two, the exclusion of a single contract) is the planner's (planner.py). This module
-carries those out: it asks the supervisor for tokens, probes a single contract before the first split when nothing
-was ever accepted (so that a bad token is not bisected down to every contract), starts a split's halves (inside a
-reload's handover, with its dedupe), and stops the shard when nothing is left to record. It also keeps what proves
-the token good: a connection accepted here or in another shard.
+What a refusal says is `connection.classify_refusal`'s decision, what the group does next the planner's (planner.py);
+this module carries them out (tokens, probes, splits, exclusion) and keeps what proves the token good.
 """
 
 from __future__ import annotations
@@ -29,21 +25,15 @@ log = logging.getLogger("recorder.worker")
 
 class Refusals:
     def __init__(self, state: ShardState, copies: Copies, handovers: Handovers) -> None:
-        self.state = state
-        self.copies = copies
-        self.handovers = handovers
+        self.state, self.copies, self.handovers = state, copies, handovers
         self.accepted_elsewhere = False  # another shard's connection was accepted with the current token
         self._accepted_sent = False
         self._limit_logged: set[int] = set()  # groups whose connection-limit refusal was logged
 
-    # --- what proves the token good, and new tokens -------------------------------------------------
-
     def accepted(self, gid: int) -> None:
         """A connection (or a probe, gid 0) was accepted: the token is good."""
         state = self.state
-        if gid in state.groups:
-            state.planner.accepted(gid)
-        state.planner.accepted_any = True
+        state.planner.accepted(gid)
         if not self._accepted_sent:
             self._accepted_sent = True
             state.send(m.Accepted(state.shard))
@@ -60,8 +50,6 @@ class Refusals:
         """No fresh token can be had (a fixed --token): the planner proceeds as if it had been refreshed."""
         self.state.planner.token_refreshed()
         self.state.link.token_answered(False)
-
-    # --- a refusal --------------------------------------------------------------------------------------
 
     async def refused(self, run: GroupRun, crun: CopyRun, how: str, code: int) -> Step | None:
         """The copy's next step, or None when it ends (its group was split or excluded, or the shard stops)."""

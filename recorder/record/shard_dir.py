@@ -42,33 +42,22 @@ def lock_shard(out_dir: Path, prefix: str, shard: int) -> int:
     return fd
 
 
-def stale_open_files(out_dir: Path, prefix: str, shard: int) -> list[Path]:
-    """`.open` files a crashed predecessor of this shard left (taken under the lock, so none is being written)."""
-    return open_segments(out_dir, shard, prefix)
-
-
 def open_writer(cfg: WorkerConfig, on_backlog: Callable[[bool], None],
                 on_error: Callable[[SegmentWriteError], None]) -> tuple[SegmentWriter, list[Path]]:
-    """The shard's writer, under its lock (held for the life of the process), and the `.open` files to recover."""
+    """The shard's writer, under its lock (held for the life of the process), and the `.open` files a crashed
+    predecessor left (taken under the lock, so none is being written)."""
     storage, settings = cfg.storage, cfg.connection
     lock_shard(storage.out_dir, storage.prefix, cfg.shard)
-    stale = stale_open_files(storage.out_dir, storage.prefix, cfg.shard)
+    stale = open_segments(storage.out_dir, cfg.shard, storage.prefix)
+    meta = {"shards": cfg.shards, "endpoint": EndpointKind(settings.kind).value, "contracts": list(cfg.contracts),
+            "base_url": redact_url(settings.base_url), "redundancy": settings.redundancy, "run_id": cfg.run_id,
+            "worker": {"pid": os.getpid(), "incarnation": cfg.incarnation}}
     writer = SegmentWriter(
-        storage.out_dir, shard=cfg.shard, prefix=storage.prefix, level=storage.level,
-        frame_bytes=storage.frame_bytes, flush_ms=storage.flush_ms, rotate_bytes=storage.rotate_bytes,
-        rotate_seconds=storage.rotate_seconds, max_backlog_bytes=storage.max_backlog_bytes,
-        on_backlog=on_backlog, on_error=on_error, fault_enospc_after_bytes=storage.fault_enospc_after_bytes,
-        days=day_layout(ZoneInfo(storage.day_tz)) if storage.day_tz else None,
-        meta={
-            "shards": cfg.shards,
-            "endpoint": EndpointKind(settings.kind).value,
-            "contracts": list(cfg.contracts),
-            "base_url": redact_url(settings.base_url),
-            "redundancy": settings.redundancy,
-            "run_id": cfg.run_id,
-            "worker": {"pid": os.getpid(), "incarnation": cfg.incarnation},
-        },
-    )
+        storage.out_dir, shard=cfg.shard, prefix=storage.prefix, level=storage.level, frame_bytes=storage.frame_bytes,
+        flush_ms=storage.flush_ms, rotate_bytes=storage.rotate_bytes, rotate_seconds=storage.rotate_seconds,
+        max_backlog_bytes=storage.max_backlog_bytes, on_backlog=on_backlog, on_error=on_error, meta=meta,
+        fault_enospc_after_bytes=storage.fault_enospc_after_bytes,
+        days=day_layout(ZoneInfo(storage.day_tz)) if storage.day_tz else None)
     return writer, stale
 
 

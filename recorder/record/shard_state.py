@@ -1,8 +1,5 @@
-"""What the parts of a worker share: its groups and their copies, the handovers under way, the token, the writer.
-
-The worker (worker.py) orchestrates; copies.py, refusals.py, handover.py and shard_status.py read and change this
-state, never one another's insides.
-"""
+"""What the parts of a worker (copies.py, refusals.py, handover.py, shard_status.py) share: its groups and their
+copies, the handovers under way, the token, the writer, the counts; never one another's insides."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ from recorder.record.config import WORKER_EXIT_OK, WorkerConfig
 from recorder.record.connection import ConnectionCore, Log
 from recorder.record.listener import RecordingListener
 from recorder.record.planner import Group, Planner
-from recorder.record.shard_status import Figures
 from recorder.record.sink import Append, Dedupers, first_arrival_sink
 from recorder.record.worker_link import SupervisorLink
 from recorder.redact import redact_text
@@ -115,8 +111,10 @@ class ShardState:
     planner: Planner = field(default_factory=Planner)
     groups: dict[int, GroupRun] = field(default_factory=dict)
     handovers: list[Handover] = field(default_factory=list)
-    figures: Figures = field(default_factory=Figures)
     paused: bool = False  # reading paused: the writer is behind (backpressure)
+    reconnects: int = 0
+    closed_messages: int = 0  # received on connections that have closed (open ones count on their listener)
+    closed_bytes: int = 0
     _conn_seq: int = 0
 
     def __post_init__(self) -> None:
@@ -139,6 +137,10 @@ class ShardState:
     def copies(self) -> list[CopyRun]:
         """Every copy with a connection or a task: the groups', and the old ones of handovers under way."""
         return [c for g in self.groups.values() for c in g.copies] + [c for h in self.handovers for c in h.old]
+
+    def received(self) -> int:
+        """Messages received on every connection so far, copies included."""
+        return self.closed_messages + sum(c.listener.messages for c in self.copies() if c.listener is not None)
 
     def request_stop(self, reason: str = "stopped", exit_code: int | None = None) -> None:
         if not self.stopping.is_set():
@@ -169,6 +171,12 @@ class ShardState:
 
     def sink(self, deduper: Deduper | None, source: int) -> Append:
         return first_arrival_sink(self.writer, deduper, source, self.live)
+
+    def redirect(self, copies: list[CopyRun], deduper: Deduper | None) -> None:
+        """Their next messages through `deduper` (or none): a reload's handover dedupes only while it lasts."""
+        for c in copies:
+            if c.listener is not None:
+                c.listener.redirect(self.sink(deduper, c.source))
 
     def release_deduper(self, deduper: Deduper | None) -> None:
         """Once no group or handover uses it: its figures join the retired ones, its memory goes."""

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from recorder import clock
 from recorder.record import messages as m
 from recorder.record.live import live_handed
-
-if TYPE_CHECKING:
-    from recorder.record.shard_state import ShardState
-
-
-@dataclass(slots=True)
-class Figures:
-    """Counts kept as things happen; the rest is read off the connections, the Dedupers and the writer."""
-
-    reconnects: int = 0
-    closed_messages: int = 0  # received on connections that have closed (open ones count on their listener)
-    closed_bytes: int = 0
-
-
-def received(state: ShardState) -> int:
-    """Messages received on every connection so far, copies included."""
-    return state.figures.closed_messages + sum(c.listener.messages for c in state.copies() if c.listener is not None)
+from recorder.record.shard_state import ShardState
 
 
 def shard_status(state: ShardState, final: bool = False) -> m.Status:
@@ -37,18 +19,13 @@ def shard_status(state: ShardState, final: bool = False) -> m.Status:
     groups = state.groups.values()
     w = state.writer
     return m.Status(
-        shard=state.shard, pid=os.getpid(), sent_ns=now,
-        connections_open=len(listeners), connections=len(copies),
-        messages=received(state) - duplicates, copies=duplicates,
-        bytes=state.figures.closed_bytes + sum(lr.bytes for lr in listeners), reconnects=state.figures.reconnects,
+        shard=state.shard, pid=os.getpid(), sent_ns=now, connections_open=len(listeners), connections=len(copies),
+        messages=state.received() - duplicates, copies=duplicates,
+        bytes=state.closed_bytes + sum(lr.bytes for lr in listeners), reconnects=state.reconnects,
         last_message_ns=max((lr.last_ns for lr in listeners), default=0),
         records_written=w.records_written, bytes_on_disk=w.bytes_written, files_sealed=w.files_sealed,
         backlog_bytes=w.backlog_bytes, paused=state.paused, rejected=tuple(state.planner.rejected),
         # Over the groups recording now: a group split by bisection or excluded is not a gap of theirs.
-        downtime_ns=sum(g.downtime(now) for g in groups),
-        group_ns=sum(now - g.started_ns for g in groups),
-        groups=len(groups),
-        groups_disconnected=sum(1 for g in groups if g.open_copies == 0),
-        final=final,
-        live_handed=live_handed(state.live),
-    )
+        downtime_ns=sum(g.downtime(now) for g in groups), group_ns=sum(now - g.started_ns for g in groups),
+        groups=len(groups), groups_disconnected=sum(1 for g in groups if g.open_copies == 0),
+        final=final, live_handed=live_handed(state.live))

@@ -1,9 +1,5 @@
-"""What a recording connection's listener appends to: the segment writer, behind first-arrival dedupe when copies
-are redundant, with a tee of first arrivals to the live output; and the shard's Dedupers with their figures.
-
-The sink runs for every message (RecordingListener.on_ws_frame calls it): one closure per connection, with what
-it calls bound to locals, and nothing to decide that could be decided when it is made.
-"""
+"""What a recording connection's listener appends to, for every message: the segment writer, behind first-arrival
+dedupe when copies are redundant, with a tee of first arrivals to the live output; and the shard's Dedupers."""
 
 from __future__ import annotations
 
@@ -30,12 +26,11 @@ class Destination(Protocol):
 
 def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
                        live: Append | None = None) -> Append:
-    """The sink of one connection: `source` is its number in `deduper` (shared by a group's copies).
+    """The sink of one connection, `source` in `deduper` (shared by a group's copies): a closure, decided once.
 
-    The first copy of a message is recorded as received (and handed to the live output); a later copy on
-    another redundant connection becomes a receipt naming the original, by the int the writer gave for it
-    (`original_ref`), which the Deduper keeps. Events pass straight through. With one copy and no live output
-    this is the writer's own append: no cost at all.
+    The first copy of a message is recorded (and handed to the live output); a later copy on another redundant
+    connection becomes a receipt naming the original by the int the writer gave for it (`original_ref`), which the
+    Deduper keeps. Events pass straight through. One copy and no live output: the writer's own append.
     """
     append = dest.append
     if deduper is None:

@@ -1,14 +1,9 @@
 """One worker process: a shard's picows connections on uvloop, recording into one SegmentWriter.
 
-The worker orchestrates; each concern lives in a module of its own, and what they share is explicit (a
-`ShardState`, shard_state.py):
-- copies.py: the life of each redundant copy's connections (what to do after each outcome: connection.py);
-- refusals.py: the server's refusals, tokens, bisection and exclusion (the decisions: planner.py);
-- handover.py: a reload (the supervisor's `Contracts`), make before break, touching only the changed groups;
-- sink.py: what a connection appends to (copies of a group share a Deduper: the first arrival of each message is
-  the record, later copies receipts), and shard_status.py: the figures of the status messages;
-- shard_dir.py: the shard's lock, its writer and its predecessor's `.open` files.
-What travels to and from the supervisor is typed in `messages.py`.
+The worker orchestrates: the life of each copy's connections is copies.py's, the server's refusals refusals.py's, a
+reload's make-before-break handover handover.py's, what a connection appends to sink.py's, the status figures
+shard_status.py's, and what they share is a ShardState (shard_state.py). Messages to and from the supervisor are
+typed in messages.py.
 """
 
 from __future__ import annotations
@@ -28,13 +23,12 @@ from recorder.feed.endpoints import split_contracts
 from recorder.record import messages as m
 from recorder.record.childproc import ignore_group_signals, set_process_name
 from recorder.record.config import WORKER_EXIT_FATAL, WorkerConfig
-from recorder.record.connection import Step
 from recorder.record.copies import Copies
 from recorder.record.handover import Handovers
 from recorder.record.live import close_live_output, make_live_output
 from recorder.record.refusals import Refusals
 from recorder.record.shard_dir import ShardLocked, open_writer, recover_stale
-from recorder.record.shard_state import CopyRun, GroupRun, ShardState
+from recorder.record.shard_state import ShardState
 from recorder.record.shard_status import shard_status
 from recorder.record.timeslice import lower_priority, request_slice
 from recorder.record.worker_link import PipeLogHandler, SupervisorLink
@@ -44,25 +38,20 @@ log = logging.getLogger("recorder.worker")
 
 
 class Worker:
-    state: ShardState  # from run() on, once the writer is open
-    copies: Copies
-    handovers: Handovers
-    refusals: Refusals
-
     def __init__(self, cfg: WorkerConfig, link: SupervisorLink) -> None:
-        self.cfg = cfg
-        self.link = link
+        self.cfg, self.link = cfg, link
 
     async def run(self) -> int:
         cfg, loop = self.cfg, asyncio.get_running_loop()
         try:
-            writer, stale = open_writer(cfg, lambda paused: loop.call_soon_threadsafe(self._backlog, paused),
+            writer, stale = open_writer(cfg, lambda paused: loop.call_soon_threadsafe(self.copies.backlog, paused),
                                         lambda error: loop.call_soon_threadsafe(self._writer_error, error))
         except (ShardLocked, SegmentWriteError) as exc:
             self.link.send(m.Fatal(cfg.shard, str(exc)))
             return WORKER_EXIT_FATAL
+        # The parts, once the writer is open (nothing of theirs runs before this coroutine first waits).
         state = self.state = ShardState(cfg, self.link, writer, loop, make_live_output(cfg.live))
-        self.copies = Copies(state, self._refused, self._accepted)
+        self.copies = Copies(state, lambda *refusal: self.refusals.refused(*refusal), self._accepted)
         self.handovers = Handovers(state, self.copies)
         self.refusals = Refusals(state, self.copies, self.handovers)
         if stale:
@@ -126,43 +115,17 @@ class Worker:
             case m.Contracts(contracts=contracts):
                 self.handovers.reload(contracts)
 
-    # --- what the parts tell one another -------------------------------------------------------------
-
     def _accepted(self, gid: int) -> None:
         """A connection was accepted: the token is good, and a handover may be complete."""
         self.refusals.accepted(gid)
         self.handovers.progress()
 
-    async def _refused(self, run: GroupRun, crun: CopyRun, how: str, code: int) -> Step | None:
-        return await self.refusals.refused(run, crun, how, code)
-
-    # --- the writer's news (called on the loop) -------------------------------------------------------
-
-    def _backlog(self, paused: bool) -> None:
-        state = self.state
-        if paused == state.paused:
-            return
-        state.paused = paused
-        self.copies.set_reading(paused)
-        state.event(Event.BACKPRESSURE, paused=paused)
-        if paused:
-            # A niced writer can also fall behind because busy processes (bots) outrank it: say how to rule that out.
-            niced = self.cfg.connection.writer_nice
-            hint = (f" (its thread runs at nice +{niced}: if the machine is busy rather than the disk slow, "
-                    "--writer-nice 0 gives it a full share)") if niced else ""
-            log.warning("shard %d: the disk or the compression is not keeping up; reading paused until the writer "
-                        "catches up%s", state.shard, hint)
-
     def _writer_error(self, error: SegmentWriteError) -> None:
         log.error("shard %d: %s", self.cfg.shard, error)
         self.state.fatal(str(error), "write error", WORKER_EXIT_FATAL)
 
-    # --- timers ----------------------------------------------------------------------------------------
-
     async def _ticker(self) -> None:
-        writer = self.state.writer
-        parent = os.getppid()
-        n = 0
+        writer, parent, n = self.state.writer, os.getppid(), 0
         while True:
             await asyncio.sleep(0.05)
             writer.tick()
