@@ -123,7 +123,7 @@ class ShardState:
         self.kind = EndpointKind(settings.kind)
         self.token, self.token_gen = self.cfg.token, self.cfg.token_gen
         self.dedupers = Dedupers(settings.dedupe_window_s)
-        wss = any(u.startswith("wss:") for u in (settings.base_url, *settings.extra_base_urls))
+        wss = any(u.startswith("wss:") for u in settings.base_urls)
         self.ssl = ssl.create_default_context(cafile=settings.ca_file) if wss else None
 
     @property
