@@ -99,8 +99,8 @@ def wait_for_after(rec: RecorderProcess, marker: str, text: str, timeout: float 
 
 
 def segment_stats(out: Path) -> dict:
-    got = subprocess.run([sys.executable, "-m", "recorder.segment", "stats", "--json", str(out)], capture_output=True,
-                         timeout=120)
+    got = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "stats", "--json", str(out)],
+                         capture_output=True, timeout=120)
     assert got.returncode == 0, got.stderr
     return orjson.loads(got.stdout)
 

@@ -54,7 +54,7 @@ def run(module: str, *args: str, env: dict[str, str] | None = None) -> subproces
 
 
 def segments(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run("recorder.segment", *args, env=env)
+    return run("recorder.cli.segments", *args, env=env)
 
 
 def shown(ts_ns: int, digits: int, zone: ZoneInfo | None = None, persian: bool = False) -> str:
@@ -327,7 +327,7 @@ def test_long_work_shows_a_bar_on_a_terminal_and_nothing_in_a_pipe(recording, cr
     tty_copy, piped_copy = tmp_path / "tty", tmp_path / "piped"
     shutil.copytree(source, tty_copy)
     shutil.copytree(source, piped_copy)
-    code, stdout, terminal = on_terminal(["-m", "recorder.segment", *args(tty_copy, "out-tty")])
+    code, stdout, terminal = on_terminal(["-m", "recorder.cli.segments", *args(tty_copy, "out-tty")])
     piped = segments(*args(piped_copy, "out-pipe"))
     assert code == piped.returncode == 0, terminal + piped.stderr
     assert bar_of(label).search(terminal), terminal  # the bar, on the terminal
@@ -343,7 +343,7 @@ def test_long_work_shows_a_bar_on_a_terminal_and_nothing_in_a_pipe(recording, cr
 
 
 def test_cat_shows_a_bar_only_when_its_records_go_elsewhere_than_the_terminal(recording):
-    code, stdout, terminal = on_terminal(["-m", "recorder.segment", "cat", str(recording)])
+    code, stdout, terminal = on_terminal(["-m", "recorder.cli.segments", "cat", str(recording)])
     assert code == 0 and bar_of("reading").search(terminal), terminal
     assert len(stdout.splitlines()) == len(recorded(recording)) and "\x1b" not in stdout
     # stdout on the terminal too: the records alone, no bar drawn between them.
@@ -364,7 +364,8 @@ def test_cat_shows_a_bar_only_when_its_records_go_elsewhere_than_the_terminal(re
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", "recorder.segment", "cat", "--contract", "1001", str(recording)],
+        proc = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", "--contract", "1001",
+                               str(recording)],
                               stdout=follower, stderr=follower, stdin=subprocess.DEVNULL, timeout=180, env=clean_env())
     finally:
         os.close(follower)

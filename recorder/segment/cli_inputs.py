@@ -1,5 +1,5 @@
 """The segments an `ime-segments` command line names, opened with a warning for each file that does not open, and
-the damage found reported: for the segment commands (segment/cli.py), `ime-segments export` and `report`. What is
+the damage found reported: for the segment commands (cli/segments.py), `ime-segments export` and `report`. What is
 opened, and why a file is skipped, is reader.open_inputs' (which `recorder.open_recording` and `ime-replay` use).
 """
 

@@ -1,4 +1,4 @@
-"""`ime-segments merge` behind its options (segment/cli.py): inputs checked, OUT locked, what an interrupted run
+"""`ime-segments merge` behind its options (cli/segments.py): inputs checked, OUT locked, what an interrupted run
 left dealt with, the merge (merge.py) written into the staging directory and moved into OUT (merge_staging.py)."""
 
 from __future__ import annotations

@@ -341,7 +341,7 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
 def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
                shown: TimeLocale, tables: tuple[str, ...], quiet: bool) -> None:
     """Typed Parquet datasets (hive-partitioned by Tehran trading date) for DuckDB, polars, pandas."""
-    # Imported here: segment/ knows nothing of the IME format or of pyarrow (the `analysis` extra).
+    # Imported here: pyarrow (the `analysis` extra) is neither needed by nor free for the other commands.
     try:
         from recorder.export.cli import run_export
     except ImportError as exc:
@@ -377,3 +377,7 @@ def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | N
 
 def main() -> None:
     cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()
