@@ -107,7 +107,7 @@ def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], 
     before = s.connections()
     port = free_port()
     relay = ["--relay", f"127.0.0.1:{port}"] if clients else []
-    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(s.ids), "--base-url",
+    args = [sys.executable, "-m", "recorder.cli.record", "--ids", ",".join(s.ids), "--base-url",
             s.base_url, "--out", str(out_dir), "--duration", str(seconds), "-q", *relay, *extra]
     proc = subprocess.Popen(args, env={**os.environ, **(env or {}), "IME_TOKEN": s.token}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -29,10 +29,11 @@ log = logging.getLogger("recorder.supervisor")
 
 # Imported once by the fork server, so that a worker (forked from it) starts in milliseconds instead of
 # importing everything anew: with `spawn`, 18 workers starting at once on 2 cores took 4-10 s to import,
-# and a shard that has not started is a shard recording nothing. The CLI module is listed because a worker
-# started from the `ime-record` console script runs that script again (as __mp_main__), which imports it.
-# The hub's own modules are not: it imports them itself, at the lowest CPU priority (record/livehub.py).
-PRELOAD = ["recorder.record.worker", "recorder.record.cli"]
+# and a shard that has not started is a shard recording nothing. "__main__" (multiprocessing's name for the
+# program that started us: the `ime-record` script) because a worker runs that program's module again as
+# __mp_main__, and it imports the command line. The hub's own modules are not: it imports them itself, at the
+# lowest CPU priority (record/livehub.py).
+PRELOAD = ["__main__", "recorder.record.worker"]
 
 
 class Then(enum.Enum):

@@ -275,3 +275,7 @@ def check_writable(out_dir: Path) -> None:
         for p in created:
             with contextlib.suppress(OSError):
                 p.rmdir()
+
+
+if __name__ == "__main__":
+    main(prog_name=PROG)
