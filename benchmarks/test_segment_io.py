@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from workload import sim_records
 
-from recorder.segment.reader import open_segment
+from recorder.segment.reader import merge_records, open_segment
 from recorder.segment.writer import SegmentWriter
 
 N = 200_000
@@ -132,3 +132,26 @@ def test_read_baseline_zstd_lines(benchmark, records, tmp_path):
         # CI floor (README): verified reading (CRCs, checksums, timestamps, record split) at ≥ 0.5× splitting one
         # plain zstd file with no checks; measured 0.89×. The absolute 1M records/s target is unchecked.
         assert RESULTS["read_rps"] / (N / best) >= 0.5, benchmark.extra_info
+
+
+@pytest.fixture(scope="module")
+def shard_paths(records):
+    """The same records as four shards' files (record i on shard i % 4): what readers merge by time."""
+    d = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    writers = [SegmentWriter(d, shard=k) for k in range(4)]
+    for i, (ts, payload) in enumerate(records):
+        writers[i % 4].append(ts, 1, 1, payload)
+    return [s.path for w in writers for s in w.close()]
+
+
+def test_read_merged_shards(benchmark, shard_paths):
+    """Merged iteration (cat, stats, replay, the API): four shards' records, verified and merged by time."""
+
+    def run():
+        n = 0
+        for _ in merge_records([open_segment(p) for p in shard_paths]):
+            n += 1
+        return n
+
+    assert benchmark.pedantic(run, rounds=5, iterations=1) == N
+    benchmark.extra_info.update({"records_per_s": round(N / benchmark.stats.stats.min)})

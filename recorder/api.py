@@ -11,17 +11,16 @@ polars / pandas (`pip install 'ime-recorder[analysis]'`). docs/API.md has runnab
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recorder.errors import UserError
 from recorder.feed.message import Envelope, MarketData, MessageError, parse_envelope
 from recorder.model.record import RecordKind
-from recorder.segment.format import SegmentFormatError
-from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
+from recorder.segment.reader import SegmentFile, merge_records, open_inputs
 from recorder.timeparse import parse_time
 
 if TYPE_CHECKING:
@@ -64,8 +63,9 @@ def _ns(value: TimeLike) -> int | None:
 class Recording:
     """Segment files opened by their index; nothing is decompressed until it is asked for."""
 
-    def __init__(self, segments: list[SegmentFile]) -> None:
+    def __init__(self, segments: list[SegmentFile], unreadable: list[str] | None = None) -> None:
         self.segments = segments
+        self.unreadable = unreadable or []  # "PATH: why" for each file that did not open (skipped)
         self.skipped_unparsed = 0  # messages() skips frames that are not IME envelopes; this counts them
 
     def messages(self, contracts: Iterable[str] | None = None, start: TimeLike = None,
@@ -137,18 +137,11 @@ class Recording:
 
 
 def open_recording(paths: str | Path | Iterable[str | Path]) -> Recording:
-    """Open segment files and directories of them (recursively; open `.zst.open` files too)."""
-    given = [paths] if isinstance(paths, str | Path) else list(paths)
-    for p in given:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file or directory")
-    files = discover(given)
-    if not files:
-        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(map(str, given))}")
-    segments = []
-    for f in files:
-        try:
-            segments.append(open_segment(f))
-        except SegmentFormatError as exc:
-            raise UserError(f"{f}: {exc}") from None
-    return Recording(segments)
+    """Open segment files and directories of them (recursively; open `.zst.open` files too).
+
+    A file that does not open (cut inside its header, not a segment) is skipped with a warning and listed in
+    `Recording.unreadable`; UserError when a path does not exist, names no segment file, or none opens."""
+    segments, unreadable = open_inputs([paths] if isinstance(paths, str | Path) else paths)
+    for problem in unreadable:
+        warnings.warn(f"skipped {problem}", stacklevel=2)
+    return Recording(segments, unreadable)

@@ -64,3 +64,16 @@ def test_open_recording_refuses_what_is_not_a_recording(tmp_path: Path) -> None:
         rec.to_arrow("nope")
     with pytest.raises(TypeError, match="a time is"):
         list(rec.messages(start=1.5))  # type: ignore[arg-type]
+
+
+def test_one_unreadable_file_is_skipped_with_a_warning_not_the_recording(tmp_path: Path) -> None:
+    """As every command does: a file that does not open (cut inside its header) costs that file only."""
+    directory = tmp_path / "r"
+    write_recording(directory, per_shard=20)
+    good = len(list(recorder.open_recording(directory).messages()))
+    bad = directory / "ime-s09-20260101T000000.000Z.zst"
+    bad.write_bytes(b"")
+    with pytest.warns(UserWarning, match=f"skipped {bad}: empty"):
+        rec = recorder.open_recording(directory)
+    assert rec.unreadable == [f"{bad}: empty (0 bytes): cut before its header was written; nothing recorded in it"]
+    assert len(list(rec.messages())) == good > 0

@@ -146,6 +146,43 @@ def test_merge_across_shards_is_by_time_and_stable(tmp_path):
     assert [(r.ts_ns, r.shard, r.payload) for r in merge_records(segs[::-1])] == got
 
 
+def test_each_shard_keeps_its_order_where_its_clock_stepped_back(tmp_path):
+    """A wall clock that steps back (NTP) must not reorder a shard's records: readers give them in the order they
+    were received, merged with the other shards' by time."""
+    a = [(10, 1, 1, b"a0"), (30, 1, 1, b"a1"), (15, 1, 1, b"a2"), (40, 1, 1, b"a3")]  # stepped back 30 -> 15
+    b = [(12, 1, 1, b"b0"), (20, 1, 1, b"b1"), (35, 1, 1, b"b2")]
+    segs = [open_segment(p) for p in write_records(tmp_path, a, shard=0) + write_records(tmp_path, b, shard=1)]
+    got = [r.payload for r in merge_records(segs)]
+    assert got == [b"a0", b"b0", b"b1", b"a1", b"a2", b"b2", b"a3"]
+
+
+_batches = st.lists(st.lists(st.integers(0, 12), max_size=6), max_size=5)  # a stream: its batches' times
+
+
+@settings(max_examples=400, deadline=None)
+@given(streams=st.lists(_batches, max_size=5), native=st.booleans())
+def test_the_one_merge_gives_heapq_merges_order(streams, native):
+    """ordered.merged, batch by batch, yields exactly what heapq.merge yields row by row: by time, equal times in
+    stream order, and each stream in its own order where its times step back (few distinct times: many ties,
+    many at batch boundaries)."""
+    import heapq
+    from operator import itemgetter
+
+    from recorder.segment import ordered
+
+    rows = [[[(ts, n, b, i) for i, ts in enumerate(batch)] for b, batch in enumerate(stream)]
+            for n, stream in enumerate(streams)]
+    expected = list(heapq.merge(*([r for batch in stream for r in batch] for stream in rows), key=itemgetter(0)))
+    if not native:
+        ordered.first_descent, saved = ordered._first_descent, ordered.first_descent
+    try:
+        got = [r for batch in ordered.merged(iter(stream) for stream in rows) for r in batch]
+    finally:
+        if not native:
+            ordered.first_descent = saved
+    assert got == expected
+
+
 def test_time_seek_skips_frames_by_index(tmp_path):
     recs = [(i * 1000, 1, 1, ime_payload(i)) for i in range(5000)]
     (path,) = write_records(tmp_path, recs, frame_bytes=16 << 10)

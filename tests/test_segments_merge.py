@@ -161,6 +161,35 @@ def test_uncovered_intervals_come_from_the_connection_events(tmp_path):
     assert gap.start_ns == msgs[600][0] + 35_000 and gap.end_ns == msgs[800][0] + 20_000 - 1
 
 
+def test_equal_times_keep_input_order_across_a_frame_boundary(tmp_path):
+    """Input a's copy of m1 has the same receive time as b's, but starts a's next frame: a is the first input, so
+    its copy is the original (docs/FORMAT.md "Reading" step 7), wherever the frames happen to be cut."""
+    m0, m1, m2 = ime_payload(0), ime_payload(1), ime_payload(2)
+    a = SegmentWriter(tmp_path / "a", rotate_seconds=0)
+    a.append(T0, 1, TEXT, m0)
+    a.cut()  # a frame ends at T0, and the next starts at T0 again
+    a.append(T0, 1, TEXT, m1)
+    a.close()
+    write_records(tmp_path / "b", [(T0, 1, TEXT, m1), (T0 + MS, 1, TEXT, m2)])
+    writer = SegmentWriter(tmp_path / "out", rotate_seconds=0)
+    result = merge([("a", segments(tmp_path / "a")), ("b", segments(tmp_path / "b"))], lambda number, shard: writer)
+    writer.close()
+    assert [(st.originals, st.copies) for st in result.inputs] == [(2, 0), (1, 1)]
+
+
+def test_an_input_whose_clock_stepped_back_keeps_its_order(tmp_path):
+    """The merge writes each input's messages in the order that input received them (merged with the other
+    input's by time): a wall clock that stepped back (NTP) does not reorder them."""
+    m = [ime_payload(i) for i in range(6)]
+    a = [(T0 + 10, 1, TEXT, m[0]), (T0 + 30, 1, TEXT, m[1]), (T0 + 15, 1, TEXT, m[2]), (T0 + 40, 1, TEXT, m[3])]
+    b = [(T0 + 12, 1, TEXT, m[4]), (T0 + 35, 1, TEXT, m[5])]
+    _, out = run_merge(tmp_path, {"a": a, "b": b})
+    by_conn: dict[int, list[bytes]] = {}
+    for _, conn, _, payload in out:
+        by_conn.setdefault(conn, []).append(payload)
+    assert list(by_conn.values()) == [m[:4], m[4:]]
+
+
 def test_multiset_semantics_a_message_an_input_holds_twice_stays_twice(tmp_path):
     msgs = feed(10)
     twice = [*msgs[:5], msgs[4], *msgs[5:]]  # the server really sent message 4 twice on this connection

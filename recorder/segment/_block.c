@@ -2,6 +2,7 @@
 the record headers packed (format.py's pack_headers falls back to struct for anything this refuses).
 
 split(block, expected_records, conns, defer) -> list of (ts_ns, conn, kind, payload) tuples, or None.
+first_descent(rows, start) -> where rows stop being sorted by time (ordered.py, the merge of sorted streams).
 
 None means "let Python do it": for any inconsistency (format.py then raises the precise SegmentFormatError) and
 for a block holding a record whose kind is flagged in `defer` (256 bytes, one per kind: the receipt blocks, which
@@ -163,11 +164,39 @@ done:
     return out;
 }
 
+/* first_descent(rows, start) -> the first index i > start whose time is below the one before it (rows[i][0] <
+   rows[i - 1][0]), or len(rows): where a list of rows stops being sorted by time (ordered.py's _first_descent is the
+   reference). Rows are tuples whose first item is an int within int64 (a receive time); anything else: TypeError. */
+static PyObject *first_descent(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "first_descent(rows, start) takes a list and an index");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), n = PyList_GET_SIZE(args[0]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    long long prev = 0;
+    for (Py_ssize_t i = start < 0 ? 0 : start; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(args[0], i);
+        PyObject *ts = PyTuple_Check(row) && PyTuple_GET_SIZE(row) ? PyTuple_GET_ITEM(row, 0) : NULL;
+        int overflow = 0;
+        long long now = ts && PyLong_CheckExact(ts) ? PyLong_AsLongLongAndOverflow(ts, &overflow) : 0;
+        if (!ts || !PyLong_CheckExact(ts) || overflow) {
+            PyErr_SetString(PyExc_TypeError, "first_descent: a row is not a tuple starting with an int64");
+            return NULL;
+        }
+        if (i > start && now < prev) return PyLong_FromSsize_t(i);
+        prev = now;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(block, expected_records, conns, defer): the block's (ts_ns, conn, kind, payload) records, or None."},
     {"headers", (PyCFunction)(void (*)(void))headers, METH_FASTCALL,
      "headers(stamps, conns, kinds, lengths): the records' packed headers, or None for a value out of range."},
+    {"first_descent", (PyCFunction)(void (*)(void))first_descent, METH_FASTCALL,
+     "first_descent(rows, start): the first index after start whose time is below the one before it, or len(rows)."},
     {NULL},
 };
 

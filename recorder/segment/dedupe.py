@@ -69,6 +69,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import starmap
 
 import xxhash
 
@@ -328,9 +329,7 @@ class PyDeduper(_Observe):
         times, held_refs, order, entries = self._times, self._refs, self._keys, self._entries
         get, window, max_entries, joined = entries.get, self.window_ns, self.max_entries, self._joined
         put_time, put_ref, put_key = times.append, held_refs.append, order.append
-        head, base = self._head, self._base
-        due = times[head] + window if len(times) > head else _NEVER  # when the oldest entry leaves
-        size = len(times) - head
+        head, base, due, size = self._window()  # due: when the oldest entry leaves; size: the live entries
         copy_at: list[int] = []
         orig_ts: list[int] = []
         orig_refs: list[int] = []
@@ -341,6 +340,7 @@ class PyDeduper(_Observe):
             if ts > due or size >= max_entries:
                 self._head = head
                 self._expire(ts)
+                # Inline, not _window(): in a steady stream an original leaves at nearly every arrival.
                 head, base = self._head, self._base
                 due = times[head] + window if len(times) > head else _NEVER
                 size = len(times) - head
@@ -365,12 +365,10 @@ class PyDeduper(_Observe):
                 copy_ref(held_refs[at])
                 fast_copies += 1
                 continue
-            # The general cases, in the general code (the expiry it checks first is already done).
+            # The general cases, in the general code (the expiry it checks first is already done); rare.
             self._head = head
             won = self.observe_digest(ts, source, key, ref)
-            head, base = self._head, self._base
-            due = times[head] + window if len(times) > head else _NEVER
-            size = len(times) - head
+            head, base, due, size = self._window()
             if won is not None:
                 copy_index(index)
                 copy_ts(won[0])
@@ -383,16 +381,15 @@ class PyDeduper(_Observe):
 
     def _observe_each(self, stamps: Sequence[int], sources: Sequence[int], keys: Sequence[bytes],
                       refs: Sequence[int]) -> BatchCopies:
-        copy_at: list[int] = []
-        orig_ts: list[int] = []
-        orig_refs: list[int] = []
-        for index, arrival in enumerate(zip(stamps, sources, keys, refs, strict=True)):
-            won = self.observe_digest(*arrival)
-            if won is not None:
-                copy_at.append(index)
-                orig_ts.append(won[0])
-                orig_refs.append(won[1])
-        return copy_at, orig_ts, orig_refs
+        won = [(i, original) for i, original in enumerate(starmap(self.observe_digest, zip(stamps, sources, keys, refs,
+                                                                                      strict=True)))
+               if original is not None]
+        return [i for i, _ in won], [ts for _, (ts, _) in won], [ref for _, (_, ref) in won]
+
+    def _window(self) -> tuple[int, int, int, int]:
+        """observe_batch's state: (head, base, when the oldest live original leaves, how many are live)."""
+        times, head = self._times, self._head
+        return head, self._base, times[head] + self.window_ns if len(times) > head else _NEVER, len(times) - head
 
     def _expire(self, now_ns: int) -> None:
         times, keys, entries = self._times, self._keys, self._entries

@@ -22,7 +22,7 @@ import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from operator import and_, itemgetter, sub
 from typing import Any
 
@@ -36,6 +36,7 @@ from recorder.model.record import (
     RecordKind,
     Row,
 )
+from recorder.segment.ordered import merged
 
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 1  # 1.1: receipts (record kind 4)
@@ -160,11 +161,14 @@ class FrameInfo:
         return self.data_offset + self.compressed_size
 
 
+def _descriptor_body(f: FrameInfo) -> bytes:
+    """A descriptor's fields, as its frame and the footer index both hold them."""
+    return DESCRIPTOR_BODY.pack(f.seq, f.compressed_size, f.raw_size, f.records, f.events, f.min_ts, f.max_ts,
+                                f.frame_crc, f.checksum)
+
+
 def encode_descriptor(info: FrameInfo) -> bytes:
-    body = TAG_DESCRIPTOR + DESCRIPTOR_BODY.pack(
-        info.seq, info.compressed_size, info.raw_size, info.records, info.events,
-        info.min_ts, info.max_ts, info.frame_crc, info.checksum,
-    )
+    body = TAG_DESCRIPTOR + _descriptor_body(info)
     return skippable(SKIPPABLE_MAGIC_DESCRIPTOR, body + U32.pack(crc32(body)))
 
 
@@ -176,10 +180,7 @@ def decode_descriptor_content(content: bytes, offset: int) -> FrameInfo:
     (stored,) = U32.unpack_from(content, DESCRIPTOR_CONTENT_SIZE - 4)
     if crc32(content[:-4]) != stored:
         raise SegmentFormatError("frame descriptor checksum mismatch")
-    seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum = DESCRIPTOR_BODY.unpack_from(
-        content, 4
-    )
-    return FrameInfo(seq, csize, rsize, records, events, min_ts, max_ts, frame_crc, checksum, offset)
+    return FrameInfo(*DESCRIPTOR_BODY.unpack_from(content, 4), offset=offset)
 
 
 # --- data block (decompressed content of a data frame) ----------------------------------------
@@ -266,10 +267,7 @@ def encode_index(frames: list[FrameInfo], seal: dict[str, Any]) -> bytes:
     parts = [INDEX_FIXED.pack(TAG_INDEX, len(frames))]
     for f in frames:
         parts.append(INDEX_ENTRY.pack(f.offset))
-        parts.append(DESCRIPTOR_BODY.pack(
-            f.seq, f.compressed_size, f.raw_size, f.records, f.events, f.min_ts, f.max_ts,
-            f.frame_crc, f.checksum,
-        ))
+        parts.append(_descriptor_body(f))
     seal_bytes = orjson.dumps(seal, option=orjson.OPT_SORT_KEYS)
     parts.append(U32.pack(len(seal_bytes)))
     parts.append(seal_bytes)
@@ -507,18 +505,7 @@ def expand_receipt_blocks(records: list[Row]) -> list[Row]:
                         for copy_ts, copy_conn, orig_conn, lag in far)
     if not receipts:
         return kept
-    # Receive-time order (stable: near receipts before far ones of equal time); then a stable merge with the
-    # records, which are in receive-time order too, keeps records before equal-time receipts.
+    # Receive-time order (stable: near receipts before far ones of equal time), merged with the records as the
+    # readers merge shards: records before equal-time receipts, and each in its own order.
     receipts.sort(key=_TS)
-    out: list[Row] = []
-    i = j = 0
-    while i < len(kept) and j < len(receipts):
-        if receipts[j][0] < kept[i][0]:
-            out.append(receipts[j])
-            j += 1
-        else:
-            out.append(kept[i])
-            i += 1
-    out.extend(kept[i:])
-    out.extend(receipts[j:])
-    return out
+    return list(chain.from_iterable(merged((iter((kept,)), iter((receipts,))))))

@@ -12,41 +12,38 @@ Connection ids restart in every recorder process, so each (input, host, pid, sha
 a fresh output connection id, unique across the output; events and receipts are rewritten to match. Each
 input shard is written to an output shard of its own (see `merge`).
 
-Coverage comes from connection events: an input covers a connection's contracts from its `opened` event to
-its `closed` event (or, when the worker died without one, to the last record seen on that connection).
-What no input covered, between the first and the last record of all inputs, is the only time a message can
-be missing from the merge, and `MergeResult.uncovered` lists it.
+What no input had a connection for (coverage.ContractCoverage) is the only time a message can be missing from the
+merge: `MergeResult.uncovered` lists it.
 
 This module knows the segment format and the recorder's connection events, never the IME JSON payloads.
-Records are merged a block at a time (bisect plus a sort of pre-sorted runs, both in C) rather than one
-heap operation per record, and each run of messages in a batch is deduped (`Deduper.observe_batch`) and
-written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of thousands of records per
-second, and a Python call per record per step costs more than the step. Blocks come with their output
-connection ids already in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the dedupe is
-in C when _dedupe.c is.
+Records are merged a block at a time (ordered.merged), and each run of messages in a batch is deduped
+(`Deduper.observe_batch`) and written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of
+thousands of records per second, and a Python call per record per step costs more than the step. Blocks come
+with their output connection ids in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the
+dedupe is in C when _dedupe.c is.
 """
 
 from __future__ import annotations
 
-import bisect
 import gc
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import eq, itemgetter
+from operator import eq
 from pathlib import Path
 from typing import Any, Protocol
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.humanize import human_duration
 from recorder.model.record import MESSAGE_KINDS, RecordError, RecordKind, Row, decode_receipt, encode_receipt
+from recorder.segment.coverage import ContractCoverage, Interval, connection_event
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper, digest
+from recorder.segment.ordered import merged
 from recorder.segment.reader import Damage, SegmentFile, sequences
 from recorder.timeparse import format_ns
 
 _NOT_MESSAGE = frozenset(range(256)) - MESSAGE_KINDS
-_TS = itemgetter(0)
 
 
 
@@ -81,17 +78,6 @@ class InputStats:
         return self.originals - self.shared
 
 
-@dataclass(frozen=True, slots=True)
-class Interval:
-    start_ns: int
-    end_ns: int
-    contracts: frozenset[str]  # the contracts no input covered during [start_ns, end_ns)
-
-    @property
-    def seconds(self) -> float:
-        return (self.end_ns - self.start_ns) / 1e9
-
-
 @dataclass(slots=True)
 class MergeResult:
     inputs: list[InputStats]
@@ -104,108 +90,6 @@ class MergeResult:
     uncovered: list[Interval] = field(default_factory=list)  # within `window`
     window: tuple[int, int] | None = None  # the first `opened` to the last `closed` of any input
     contracts: frozenset[str] = frozenset()
-
-
-# --- coverage (pure) -----------------------------------------------------------------------------------
-
-
-class ContractCoverage:
-    """Which contracts were being received when, from connection events; then what nobody covered.
-
-    Unlike segment/coverage.py (one recording, per connection group, the longest gaps only, fed every record),
-    this is across recordings and per contract, keeps every interval exactly, and is fed events plus each block's
-    last record time per recorder process: the union of several inputs' connections is what tells a real loss.
-    """
-
-    def __init__(self) -> None:
-        self._open: dict[int, tuple[int, frozenset[str]]] = {}  # conn -> (opened ns, contracts)
-        self._last: dict[Any, int] = {}  # recorder process -> its last record ns
-        self.spans: list[tuple[int, int, frozenset[str]]] = []
-        self.contracts: set[str] = set()
-
-    def opened(self, conn: int, ts_ns: int, contracts: frozenset[str]) -> None:
-        self.close(conn, ts_ns)  # an `opened` without a `closed` before it: the first one ended here
-        self._open[conn] = (ts_ns, contracts)
-        self.contracts.update(contracts)
-
-    def close(self, conn: int, ts_ns: int) -> None:
-        started = self._open.pop(conn, None)
-        if started is not None:
-            self.spans.append((started[0], max(ts_ns, started[0]), started[1]))
-
-    def seen(self, process: Any, ts_ns: int) -> None:
-        """A record of `process` (one recorder process's connections) at `ts_ns`; called once per block."""
-        if ts_ns > self._last.get(process, ts_ns - 1):
-            self._last[process] = ts_ns
-
-    def finish(self, process_of: Callable[[int], Any]) -> None:
-        """Connections still open at the end end at their process's last record: a worker killed without writing
-        `closed` took all its connections down with it."""
-        for conn, (opened_ns, _) in list(self._open.items()):
-            self.close(conn, max(self._last.get(process_of(conn), opened_ns), opened_ns))
-
-    def uncovered(self, start_ns: int, end_ns: int) -> list[Interval]:
-        """Maximal intervals in [start_ns, end_ns) where some contract had no open connection in any input.
-
-        A sweep over the spans' ends, counting open connections per *atom*: contracts that are in exactly the
-        same connection groups share an atom (with the same sharding on every input, an atom is a group). So a
-        day of reconnects over thousands of contracts costs (changes x atoms per group), not (x contracts).
-        """
-        if not self.contracts or end_ns <= start_ns:
-            return []
-        # Atoms: contracts grouped by which distinct contract sets (connection groups) they belong to.
-        set_ids: dict[frozenset[str], int] = {}
-        for _, _, contracts in self.spans:
-            set_ids.setdefault(contracts, len(set_ids))
-        signature: dict[str, list[int]] = {c: [] for c in self.contracts}
-        for contracts, sid in set_ids.items():
-            for c in contracts:
-                signature[c].append(sid)
-        atom_ids: dict[tuple[int, ...], int] = {}
-        atom_contracts: list[list[str]] = []
-        for c, sids in signature.items():
-            aid = atom_ids.setdefault(tuple(sids), len(atom_ids))
-            if aid == len(atom_contracts):
-                atom_contracts.append([])
-            atom_contracts[aid].append(c)
-        atoms_of_set: dict[int, set[int]] = {sid: set() for sid in set_ids.values()}
-        for sids, aid in atom_ids.items():
-            for sid in sids:
-                atoms_of_set[sid].add(aid)
-
-        deltas: dict[int, list[tuple[int, set[int]]]] = {}
-        for lo, hi, contracts in self.spans:
-            lo, hi = max(lo, start_ns), min(hi, end_ns)
-            if lo < hi:
-                atoms = atoms_of_set[set_ids[contracts]]
-                deltas.setdefault(lo, []).append((1, atoms))
-                deltas.setdefault(hi, []).append((-1, atoms))
-        counts = [0] * len(atom_contracts)
-        missing = set(range(len(atom_contracts)))
-        names: dict[frozenset[int], frozenset[str]] = {}
-        out: list[Interval] = []
-        last_atoms: frozenset[int] | None = None
-        cursor = start_ns
-        for t in sorted({*deltas, end_ns}):
-            if t > cursor and missing:
-                now = frozenset(missing)
-                if out and out[-1].end_ns == cursor and now == last_atoms:
-                    out[-1] = Interval(out[-1].start_ns, t, out[-1].contracts)
-                else:
-                    contracts = names.get(now)
-                    if contracts is None:
-                        contracts = names[now] = frozenset(c for a in now for c in atom_contracts[a])
-                    out.append(Interval(cursor, t, contracts))
-                last_atoms = now
-            cursor = t
-            for sign, atoms in deltas.get(t, ()):
-                for a in atoms:
-                    n = counts[a] = counts[a] + sign
-                    if n == 0:
-                        missing.add(a)
-                    elif n == 1 and sign > 0:
-                        missing.discard(a)
-        return out
 
 
 # --- reading the inputs as time-ordered blocks -----------------------------------------------------------
@@ -237,26 +121,6 @@ class _ConnIds(dict[tuple[Any, ...], int]):
         return new
 
 
-class _Stream:
-    """One input's files of one shard, in file order, as blocks of rows with output connection ids."""
-
-    __slots__ = ("blocks", "buf", "pos")
-
-    def __init__(self, blocks: Iterator[list[Row]]) -> None:
-        self.blocks = blocks
-        self.buf: list[Row] = []
-        self.pos = 0
-
-    def fill(self) -> bool:
-        """Make sure rows are pending; False when the stream is exhausted."""
-        while self.pos >= len(self.buf):
-            block = next(self.blocks, None)
-            if block is None:
-                return False
-            self.buf, self.pos = block, 0
-        return True
-
-
 class _SegmentConns(dict[int, int]):
     """One segment's connection ids -> output connection ids, handed out by `ids` on first sight."""
 
@@ -269,55 +133,6 @@ class _SegmentConns(dict[int, int]):
     def __missing__(self, conn: int) -> int:
         new = self[conn] = self.ids[(*self.base, conn)]
         return new
-
-
-def _blocks(number: int, chain: list[SegmentFile], ids: _ConnIds,
-            conn_key: Callable[[int, SegmentFile], tuple[Any, ...]],
-            rows: list[int], seen: Callable[[Any, int], None]) -> Iterator[list[Row]]:
-    """The chain's blocks with output connection ids (given as the block is split, not by building every row
-    again); counts rows into `rows[number]` and reports the recorder process's last record time to `seen`
-    (here, a block at a time, to keep the merge loop lean)."""
-    for seg in chain:
-        base = conn_key(number, seg)
-        for out in seg.iter_blocks(conns=_SegmentConns(ids, base)):
-            if out:
-                rows[number] += len(out)
-                seen(base, max(out[0][0], out[-1][0]))
-                yield out
-
-
-def _conn_key(number: int, seg: SegmentFile) -> tuple[Any, ...]:
-    meta = seg.header.meta
-    # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell them apart.
-    return number, meta.get("host"), meta.get("pid"), seg.shard
-
-
-def merged_blocks(streams: list[_Stream]) -> Iterator[list[Row]]:
-    """Rows of all streams in receive-time order (ties: stream order), a batch at a time.
-
-    Each round takes, from every stream, the pending rows up to the smallest "last pending time" among the
-    streams, and sorts those pre-sorted runs together (Timsort merges runs in C). A stream whose rows step
-    back in time (a wall-clock step) cannot stall this: the stream that sets the bound gives all it has.
-    """
-    active = [s for s in streams if s.fill()]
-    while active:
-        if len(active) == 1:
-            s = active[0]
-            yield s.buf[s.pos:] if s.pos else s.buf
-            s.pos = len(s.buf)
-        else:
-            bound = min(s.buf[-1][0] for s in active)
-            parts: list[Row] = []
-            for s in active:
-                buf = s.buf
-                # The stream that sets the bound gives everything pending, even rows that step back in time.
-                end = len(buf) if buf[-1][0] == bound else bisect.bisect_right(buf, bound, s.pos, len(buf), key=_TS)
-                if end > s.pos:
-                    parts.extend(buf[s.pos:end] if s.pos or end < len(buf) else buf)
-                    s.pos = end
-            parts.sort(key=_TS)
-            yield parts
-        active = [s for s in active if s.fill()]
 
 
 # --- the merge -------------------------------------------------------------------------------------------
@@ -334,154 +149,180 @@ def merge(inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor
 
     `after_batch` runs between batches of records: the place for the caller to wait for its writer.
     """
-    stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
-    result = MergeResult(stats)
-    ids = _ConnIds(sink_for)
-    coverage = ContractCoverage()
-    rows = [0] * len(stats)
-    streams = [_Stream(_blocks(number, chain, ids, _conn_key, rows, coverage.seen))
-               for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
+    run = _Merge(inputs, sink_for, keep_receipts, window_ns)
+    streams = [run.blocks(number, chain) for number, (_, segs) in enumerate(inputs) for chain in sequences(list(segs))]
     # The loop allocates a tuple per record and the Deduper holds ~10^5 container objects: the cyclic garbage
     # collector would walk them every few thousand records. Nothing here makes cycles; refcounting frees it all.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _merge_loop(stats, result, ids, coverage, rows, streams, inputs, keep_receipts, window_ns,
-                           after_batch)
+        for batch in merged(streams):
+            run.batch(batch)
+            if after_batch is not None:
+                after_batch()
+            run.forget()
+        return run.result(inputs)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _merge_loop(stats: list[InputStats], result: MergeResult, ids: _ConnIds, coverage: ContractCoverage,
-                rows: list[int], streams: list[_Stream], inputs: Sequence[tuple[str, Sequence[SegmentFile]]],
-                keep_receipts: bool, window_ns: int, after_batch: Callable[[], None] | None) -> MergeResult:
-    source, shard_of, outputs = ids.source, ids.shard, ids.outputs
-    deduper = Deduper(window_ns=window_ns)
-    # Originals another input also had, so that "only in this input" counts each original once however
-    # many inputs repeat it. Only copies touch it; entries older than twice the window can no longer match.
-    shared: dict[tuple[int, int], None] = {}
-    # With keep_receipts: which record won for each input record that lost (so that the input's own receipts
-    # pointing at it can be re-pointed at the winner), for as long as a receipt may follow its original.
-    lost: dict[tuple[int, int], tuple[int, int]] = {}
-    lost_order: deque[tuple[int, int]] = deque()
-    copies = [0] * len(stats)
-    counted_shared = [0] * len(stats)
-    receipts_out = 0
-    first_ns: int | None = None
-    last_ns = 0
-    several = len(stats) > 2
+class _Merge:
+    """A merge's state from batch to batch: the dedupe, what each input had first or shared with another, and
+    which record won for each copy (its receipts' new target)."""
 
-    def messages(batch: list[Row], stamps: Sequence[int], conns: Sequence[int], payloads: Sequence[bytes]) -> None:
+    def __init__(self, inputs: Sequence[tuple[str, Sequence[SegmentFile]]], sink_for: SinkFor, keep_receipts: bool,
+                 window_ns: int) -> None:
+        self.stats = [InputStats(name, files=len(segs)) for name, segs in inputs]
+        self.out = MergeResult(self.stats)
+        self.ids = _ConnIds(sink_for)
+        self.coverage = ContractCoverage()
+        self.keep_receipts = keep_receipts
+        self.window_ns = window_ns
+        self.deduper = Deduper(window_ns=window_ns)
+        # Originals another input also had, so that "only in this input" counts each original once however
+        # many inputs repeat it. Only copies touch it; entries older than twice the window can no longer match.
+        self.shared: dict[tuple[int, int], None] = {}
+        # With keep_receipts: which record won for each input record that lost (so that the input's own receipts
+        # pointing at it can be re-pointed at the winner), for as long as a receipt may follow its original.
+        self.lost: dict[tuple[int, int], tuple[int, int]] = {}
+        self.lost_order: deque[tuple[int, int]] = deque()
+        self.last_ns = 0
+
+    def blocks(self, number: int, chain: list[SegmentFile]) -> Iterator[list[Row]]:
+        """An input shard's blocks with output connection ids (given as each block is split, not by building every
+        row again), counted, and each one's last time for its recorder process's coverage."""
+        for seg in chain:
+            meta = seg.header.meta
+            # Connection ids are per recorder process (a restarted worker starts again at 1): host and pid tell
+            # them apart.
+            process = number, meta.get("host"), meta.get("pid"), seg.shard
+            for out in seg.iter_blocks(conns=_SegmentConns(self.ids, process)):
+                if out:
+                    self.stats[number].records += len(out)
+                    self.coverage.seen(process, max(out[0][0], out[-1][0]))
+                    yield out
+
+    def batch(self, batch: list[Row]) -> None:
+        """A batch of the time-ordered rows: runs of messages a run at a time, the other records one by one, each
+        in its place in the output."""
+        if self.out.first_ns is None:
+            self.out.first_ns = batch[0][0]
+        stamps, conns, kinds, payloads = zip(*batch, strict=True)
+        n = len(kinds)
+        if kinds.count(RecordKind.TEXT) + kinds.count(RecordKind.BINARY) == n:
+            self.messages(batch, stamps, conns, payloads)
+        else:
+            start = 0
+            for i in compress(range(n), map(_NOT_MESSAGE.__contains__, kinds)):
+                if i > start:
+                    self.messages(batch[start:i], stamps[start:i], conns[start:i], payloads[start:i])
+                start = i + 1
+                self.other(*batch[i])
+            if n > start:
+                self.messages(batch[start:], stamps[start:], conns[start:], payloads[start:])
+        self.last_ns = max(self.last_ns, batch[-1][0])
+
+    def messages(self, batch: list[Row], stamps: Sequence[int], conns: Sequence[int],
+                 payloads: Sequence[bytes]) -> None:
         """A run of messages: deduped as a batch, then each output shard's share written in one call."""
-        nonlocal receipts_out
-        srcs = list(map(source.__getitem__, conns))
-        copy_at, orig_ts, orig_conns = deduper.observe_batch(stamps, srcs, list(map(digest, payloads)), conns)
-        out: list[Row] = batch
-        route = list(map(shard_of.__getitem__, conns))
+        srcs = list(map(self.ids.source.__getitem__, conns))
+        copy_at, orig_ts, orig_conns = self.deduper.observe_batch(stamps, srcs, list(map(digest, payloads)), conns)
+        route = list(map(self.ids.shard.__getitem__, conns))
+        out = batch
         if copy_at:
-            out = list(batch)
-            copy_srcs = list(map(srcs.__getitem__, copy_at))
-            orig_srcs = list(map(source.__getitem__, orig_conns))
-            for number in set(copy_srcs):
-                copies[number] += copy_srcs.count(number)
-            if not several:
-                # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
-                # original), so it is counted as shared once without remembering it.
-                for number in set(orig_srcs):
-                    counted_shared[number] += orig_srcs.count(number)
-            else:
-                for original, number in zip(zip(orig_ts, orig_conns, strict=True), orig_srcs, strict=True):
-                    if original not in shared:
-                        shared[original] = None
-                        counted_shared[number] += 1
-            if keep_receipts:
-                for i, ots, oconn in zip(copy_at, orig_ts, orig_conns, strict=True):
-                    ts, conn = batch[i][0], batch[i][1]
-                    # A receipt goes where its original went, in receive-time order there.
-                    out[i] = (ts, conn, RecordKind.RECEIPT, encode_receipt(oconn, ts - ots))
-                    route[i] = shard_of[oconn]
-                    lost[(ts, conn)] = (ots, oconn)
-                    lost_order.append((ts, conn))
-                receipts_out += len(copy_at)
+            self._count_copies(list(map(srcs.__getitem__, copy_at)), orig_ts, orig_conns)
+            if self.keep_receipts:
+                out = self._as_receipts(batch, route, copy_at, orig_ts, orig_conns)
             else:
                 deque(map(route.__setitem__, copy_at, repeat(-1)), maxlen=0)  # dropped (in C: one per copy)
         numbers = set(route)
         for number in numbers:
             if number >= 0:
-                outputs[number].extend(out if len(numbers) == 1 else
-                                       list(compress(out, map(eq, route, repeat(number)))))
+                self.ids.outputs[number].extend(out if len(numbers) == 1 else
+                                                list(compress(out, map(eq, route, repeat(number)))))
 
-    for batch in merged_blocks(streams):
-        if first_ns is None:
-            first_ns = batch[0][0]
-        stamps, conns, kinds, payloads = zip(*batch, strict=True)
-        n = len(kinds)
-        if kinds.count(RecordKind.TEXT) + kinds.count(RecordKind.BINARY) == n:
-            messages(batch, stamps, conns, payloads)
+    def _count_copies(self, copy_srcs: list[int], orig_ts: list[int], orig_conns: list[int]) -> None:
+        orig_srcs = list(map(self.ids.source.__getitem__, orig_conns))
+        for number in set(copy_srcs):
+            self.stats[number].copies += copy_srcs.count(number)
+        if len(self.stats) <= 2:
+            # With two inputs an original has at most one copy (dedupe.py: a source never repeats its own
+            # original), so it is counted as shared once without remembering it.
+            for number in set(orig_srcs):
+                self.stats[number].shared += orig_srcs.count(number)
+            return
+        for original, number in zip(zip(orig_ts, orig_conns, strict=True), orig_srcs, strict=True):
+            if original not in self.shared:
+                self.shared[original] = None
+                self.stats[number].shared += 1
+
+    def _as_receipts(self, batch: list[Row], route: list[int], copy_at: list[int], orig_ts: list[int],
+                     orig_conns: list[int]) -> list[Row]:
+        """The batch with each copy a receipt, routed where its original went (in receive-time order there)."""
+        out = list(batch)
+        for i, ots, oconn in zip(copy_at, orig_ts, orig_conns, strict=True):
+            ts, conn = batch[i][0], batch[i][1]
+            out[i] = (ts, conn, RecordKind.RECEIPT, encode_receipt(oconn, ts - ots))
+            route[i] = self.ids.shard[oconn]
+            self.lost[(ts, conn)] = (ots, oconn)
+            self.lost_order.append((ts, conn))
+        self.out.receipts += len(copy_at)
+        return out
+
+    def other(self, ts: int, conn: int, kind: int, payload: bytes) -> None:
+        """A record that is not a message: a connection event, an input's own receipt, or of an unknown kind."""
+        number = self.ids.source[conn]
+        if kind == RecordKind.EVENT:
+            self.stats[number].events += 1
+            self.ids.outputs[self.ids.shard[conn]].append(ts, conn, kind, _event(payload, conn, number, ts,
+                                                                                  self.coverage))
+        elif kind == RecordKind.RECEIPT:
+            self.stats[number].receipts += 1
+            body = _repoint(payload, ts, conn, self.ids, self.lost) if self.keep_receipts else None
+            if body is not None:
+                self.ids.outputs[self.ids.shard[decode_receipt(body)[0]]].append(ts, conn, kind, body)
+                self.out.receipts += 1
         else:
-            # Runs of messages between the other records, each in its place in the output.
-            start = 0
-            for i in compress(range(n), map(_NOT_MESSAGE.__contains__, kinds)):
-                if i > start:
-                    messages(batch[start:i], stamps[start:i], conns[start:i], payloads[start:i])
-                start = i + 1
-                ts, conn, kind, payload = batch[i]
-                if kind == RecordKind.EVENT:
-                    stats[source[conn]].events += 1
-                    outputs[shard_of[conn]].append(ts, conn, kind, _event(payload, conn, source[conn], ts, coverage))
-                elif kind == RecordKind.RECEIPT:
-                    stats[source[conn]].receipts += 1
-                    if keep_receipts:
-                        body = _repoint(payload, ts, conn, ids, lost)
-                        if body is not None:
-                            outputs[shard_of[decode_receipt(body)[0]]].append(ts, conn, kind, body)
-                            receipts_out += 1
-                else:
-                    stats[source[conn]].unknown += 1
-            if n > start:
-                messages(batch[start:], stamps[start:], conns[start:], payloads[start:])
-        last_ns = max(last_ns, batch[-1][0])
-        if after_batch is not None:
-            after_batch()
-        if len(shared) > 4 * deduper.max_entries:
-            horizon = last_ns - 2 * window_ns
-            shared = {k: None for k in shared if k[0] >= horizon}
-        if lost_order:
-            horizon = last_ns - 2 * window_ns
-            while lost_order and lost_order[0][0] < horizon:
-                lost.pop(lost_order.popleft(), None)
-    coverage.finish(lambda conn: ids.keys[conn][:-1])
-    for number, (_, segs) in enumerate(inputs):
-        st = stats[number]
-        st.records = rows[number]
-        st.messages = st.records - st.events - st.receipts - st.unknown
-        st.copies, st.shared = copies[number], counted_shared[number]
-        st.originals = st.messages - st.copies
-        st.damage = [d for seg in segs for d in seg.damage]
-    result.messages = sum(st.originals for st in stats)
-    result.events = sum(st.events for st in stats)
-    result.receipts = receipts_out
-    result.written = result.messages + result.events + result.receipts
-    result.first_ns, result.last_ns = first_ns, (last_ns if first_ns is not None else None)
-    result.contracts = frozenset(coverage.contracts)
-    if coverage.spans:
-        # From the first connection opened to the last one closed, in any input: start-up before the first
-        # `opened` and shutdown after the last `closed` are not gaps in the recording.
-        result.window = (min(lo for lo, _, _ in coverage.spans), max(hi for _, hi, _ in coverage.spans))
-        result.uncovered = coverage.uncovered(*result.window)
-    return result
+            self.stats[number].unknown += 1
+
+    def forget(self) -> None:
+        """Drop what no later record can match any more (twice the dedupe window back): memory stays flat."""
+        horizon = self.last_ns - 2 * self.window_ns
+        if len(self.shared) > 4 * self.deduper.max_entries:
+            self.shared = {k: None for k in self.shared if k[0] >= horizon}
+        while self.lost_order and self.lost_order[0][0] < horizon:
+            self.lost.pop(self.lost_order.popleft(), None)
+
+    def result(self, inputs: Sequence[tuple[str, Sequence[SegmentFile]]]) -> MergeResult:
+        for st, (_, segs) in zip(self.stats, inputs, strict=True):
+            st.messages = st.records - st.events - st.receipts - st.unknown
+            st.originals = st.messages - st.copies
+            st.damage = [d for seg in segs for d in seg.damage]
+        result = self.out
+        result.last_ns = self.last_ns if result.first_ns is not None else None
+        result.messages = sum(st.originals for st in self.stats)
+        result.events = sum(st.events for st in self.stats)
+        result.written = result.messages + result.events + result.receipts
+        coverage = self.coverage
+        coverage.finish(lambda conn: self.ids.keys[conn][:-1])
+        result.contracts = frozenset(coverage.contracts)
+        if coverage.spans:
+            # From the first connection opened to the last one closed, in any input: start-up before the first
+            # `opened` and shutdown after the last `closed` are not gaps in the recording.
+            result.window = (min(lo for lo, _, _ in coverage.spans), max(hi for _, hi, _ in coverage.spans))
+            result.uncovered = coverage.uncovered(*result.window)
+        return result
 
 
 def _event(payload: bytes, conn: int, number: int, ts_ns: int, coverage: ContractCoverage) -> bytes:
     """The event rewritten for the output (its connection id, the input it came from); feeds coverage."""
     fields = decode_event(payload)
+    event = connection_event(fields)
     name = str(fields.pop("event", "unparseable"))
-    if name == Event.OPENED and not fields.get("probe"):
-        contracts = fields.get("contracts")
-        if isinstance(contracts, list):
-            coverage.opened(conn, ts_ns, frozenset(str(c) for c in contracts))
-    elif name == Event.CLOSED:
+    if event.name == Event.OPENED and not event.probe and event.contracts is not None:
+        coverage.opened(conn, ts_ns, frozenset(event.contracts))
+    elif event.name == Event.CLOSED:
         coverage.close(conn, ts_ns)
     if "conn" in fields:
         fields["conn"] = conn
@@ -533,36 +374,40 @@ def report_lines(result: MergeResult, show: int = 10) -> list[str]:
     """The merge report: totals, then per input, then what no input covered (at most `show` intervals)."""
     lines = [f"wrote {result.messages} messages, {result.receipts} receipts and {result.events} connection events "
              f"from {len(result.inputs)} inputs"]
-    for number, st in enumerate(result.inputs, start=1):
-        extra = []
-        if st.receipts:
-            extra.append(f"{st.receipts} receipts of its own")
-        if st.unknown:
-            extra.append(f"{st.unknown} records of an unknown kind skipped")
-        if st.damage:
-            extra.append(f"{len(st.damage)} damaged frames skipped")
-        lines.append(f"input {number} {st.name}: {st.messages} messages in {st.files} files, {st.originals} first "
-                     f"here, {st.copies} already in an earlier input, {st.only_here} only here"
-                     + (f"; {', '.join(extra)}" if extra else ""))
-    if result.first_ns is None:
-        return lines
+    lines += [_input_line(number, st) for number, st in enumerate(result.inputs, start=1)]
+    if result.first_ns is not None:
+        lines += _coverage_lines(result, result.first_ns, show)
+    return lines
+
+
+def _input_line(number: int, st: InputStats) -> str:
+    extra = []
+    if st.receipts:
+        extra.append(f"{st.receipts} receipts of its own")
+    if st.unknown:
+        extra.append(f"{st.unknown} records of an unknown kind skipped")
+    if st.damage:
+        extra.append(f"{len(st.damage)} damaged frames skipped")
+    return (f"input {number} {st.name}: {st.messages} messages in {st.files} files, {st.originals} first here, "
+            f"{st.copies} already in an earlier input, {st.only_here} only here"
+            + (f"; {', '.join(extra)}" if extra else ""))
+
+
+def _coverage_lines(result: MergeResult, first_ns: int, show: int) -> list[str]:
     if result.window is None or not result.contracts:
-        span = f"{format_ns(result.first_ns)} – {format_ns(result.last_ns or result.first_ns)}"
-        lines.append(f"coverage: unknown (no connection events in the inputs) for {span}")
-        return lines
+        span = f"{format_ns(first_ns)} – {format_ns(result.last_ns or first_ns)}"
+        return [f"coverage: unknown (no connection events in the inputs) for {span}"]
     span = f"{format_ns(result.window[0])} – {format_ns(result.window[1])}"
     if not result.uncovered:
-        lines.append(f"coverage: every contract was covered by at least one input from {span}")
-    else:
-        total = sum(i.seconds for i in result.uncovered)
-        lines.append(f"not covered by any input: {len(result.uncovered)} intervals, {human_duration(total)} in all "
-                     f"(within {span})")
-        for iv in result.uncovered[:show]:
-            names = sorted(iv.contracts)
-            which = "all contracts" if iv.contracts == result.contracts else \
-                ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
-            lines.append(f"  {format_ns(iv.start_ns)} – {format_ns(iv.end_ns)} ({human_duration(iv.seconds)}): "
-                         f"{which}")
-        if len(result.uncovered) > show:
-            lines.append(f"  … and {len(result.uncovered) - show} more")
+        return [f"coverage: every contract was covered by at least one input from {span}"]
+    total = sum(i.seconds for i in result.uncovered)
+    lines = [f"not covered by any input: {len(result.uncovered)} intervals, {human_duration(total)} in all "
+             f"(within {span})"]
+    for iv in result.uncovered[:show]:
+        names = sorted(iv.contracts)
+        which = "all contracts" if iv.contracts == result.contracts else \
+            ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+        lines.append(f"  {format_ns(iv.start_ns)} – {format_ns(iv.end_ns)} ({human_duration(iv.seconds)}): {which}")
+    if len(result.uncovered) > show:
+        lines.append(f"  … and {len(result.uncovered) - show} more")
     return lines

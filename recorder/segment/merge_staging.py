@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from recorder.segment.files import fsync_directory
+from recorder.segment.files import FdOutput, fsync_directory
 from recorder.segment.naming import MERGE_STAGING
 
 RECORD = ".ime-merge.json"
@@ -113,10 +113,7 @@ def finish(out: Path, files: list[Path], record: dict[str, Any]) -> None:
     temp = out / (RECORD + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
-        data = orjson.dumps({**record, "files": {f.name: f.stat().st_size for f in files}})
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        FdOutput(fd).write(orjson.dumps({**record, "files": {f.name: f.stat().st_size for f in files}}))
         os.fsync(fd)
     finally:
         os.close(fd)

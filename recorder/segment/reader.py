@@ -1,4 +1,5 @@
-"""Reading segment files: the index (without decompressing), verified records, time seeks, merges.
+"""Reading segment files: the index (without decompressing), verified records, time seeks, merges, and the
+files a command line names.
 
 Every data frame is checked before any of its records is yielded: the descriptor's CRC, the CRC of
 the compressed bytes, the zstd content checksum, the decompressed size and the record layout. A frame
@@ -13,16 +14,18 @@ in sequence order), so no record is ever yielded twice.
 
 from __future__ import annotations
 
-import heapq
+import glob
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from operator import attrgetter, itemgetter
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
+from recorder.errors import UserError
 from recorder.model.record import Record, RecordKind, Row
 from recorder.segment.encoder import seek_entries
 from recorder.segment.format import (
@@ -54,6 +57,7 @@ from recorder.segment.format import (
     seek_table_size,
 )
 from recorder.segment.naming import MERGE_STAGING, OPEN_SUFFIX, SEALED_SUFFIX
+from recorder.segment.ordered import merged
 
 MAX_HEADER_BYTES = 16 << 20
 # What every descriptor starts with: a reader that lost its place searches for it.
@@ -63,6 +67,7 @@ RESYNC_CHUNK = 1 << 20
 # MiB instead of two per ~45 kB frame; each call releases the GIL, and while writer threads run (a merge) the
 # reading thread may then wait for it to come back (cProfile put a merge's seeks at up to a fifth of its time).
 READ_BUFFER = 1 << 20
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,45 +148,55 @@ class SegmentFile:
 
         `expand=False`: as stored (receipt blocks unexpanded), so that the k-th record of an unfiltered read is
         record number k of the file (format.decode_block)."""
+        for records in self.record_blocks(start_ns, end_ns, expand):
+            yield from records
+
+    def record_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
+                      expand: bool = True) -> Iterator[list[Record]]:
+        """`iter_records` a frame at a time (what the merge of several files takes)."""
         shard = self.shard
-        for block_records in self.iter_blocks(start_ns, end_ns, expand=expand):
-            if start_ns is None and end_ns is None:
-                for ts, conn, kind, payload in block_records:
-                    yield Record(ts, shard, conn, kind, payload)
-            else:
+        for rows in self.iter_blocks(start_ns, end_ns, expand=expand):
+            if start_ns is not None or end_ns is not None:
                 lo = start_ns if start_ns is not None else -(1 << 63)
                 hi = end_ns if end_ns is not None else 1 << 63
-                for ts, conn, kind, payload in block_records:
-                    if lo <= ts < hi:
-                        yield Record(ts, shard, conn, kind, payload)
+                rows = [row for row in rows if lo <= row[0] < hi]
+            yield as_records(rows, shard)
 
     def iter_blocks(self, start_ns: int | None = None, end_ns: int | None = None,
                     conns: Mapping[int, int] | None = None,
                     expand: bool = True) -> Iterator[list[Row]]:
         """Each selected frame's records, verified; the index picks frames, so earlier ones are never read.
         With `conns`, each record's connection id is conns[conn] (see format.decode_block)."""
+        lo = start_ns if start_ns is not None else -(1 << 63)
+        hi = end_ns if end_ns is not None else 1 << 63
+        for rows in self.read_frames([f for f in self.frames if f.records and f.max_ts >= lo and f.min_ts < hi],
+                                     conns, expand):
+            self.records_salvaged += len(rows)
+            yield rows
+
+    def read_frames(self, frames: list[FrameInfo], conns: Mapping[int, int] | None = None, expand: bool = True,
+                    report: Callable[[FrameInfo], bool] | None = None) -> Iterator[list[Row]]:
+        """These frames' records, verified, in turn. A frame that fails is skipped, and kept in `damage` (when
+        `report` says so of it)."""
+        if not frames:
+            return
         dctx = zstandard.ZstdDecompressor()
         with open(self.path, "rb", buffering=READ_BUFFER) as fh:
-            for info in self.frames:
-                if not info.records:
-                    continue
-                if start_ns is not None and info.max_ts < start_ns:
-                    continue
-                if end_ns is not None and info.min_ts >= end_ns:
-                    continue
+            for info in frames:
                 try:
-                    records = read_frame(fh, info, dctx, conns, expand)
+                    rows = read_frame(fh, info, dctx, conns, expand)
                 except SegmentFormatError as exc:
-                    self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
+                    if report is None or report(info):
+                        self.damage.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
                     continue
-                self.records_salvaged += len(records)
-                yield records
+                yield rows
 
-    def verify(self, decompress: bool = True) -> list[Damage]:
+    def verify(self, decompress: bool = True, progress: Callable[[int], None] | None = None) -> list[Damage]:
         """Check every frame, checksum and the seal; return all damage found (empty = intact).
 
         Without `decompress`, a frame is checked by the CRC32 of its compressed bytes only: that finds any
         byte damaged since it was written, reading at disk speed (decompressing runs at ~20 MB/s of file).
+        `progress` is told the compressed bytes of each frame checked.
         """
         found: list[Damage] = list(self.damage)
         dctx = zstandard.ZstdDecompressor()
@@ -195,9 +210,21 @@ class SegmentFile:
                         check_frame_bytes(fh.read(info.compressed_size), info)
                 except SegmentFormatError as exc:
                     found.append(Damage(self.path, info.offset, info.seq, str(exc), info.records))
+                if progress is not None:
+                    progress(info.compressed_size)
             if self.sealed:
                 found.extend(verify_seal(fh, self))
         return found
+
+
+def as_records(rows: list[Row], shard: int) -> list[Record]:
+    """Rows of `shard` as Records, built in C (tuple.__new__ mapped over the columns): Record()'s own __new__ is a
+    Python call, and readers build hundreds of thousands of these a second."""
+    if not rows:
+        return []
+    stamps, conns, kinds, payloads = zip(*rows, strict=True)
+    return list(map(_new_tuple, repeat(Record), zip(stamps, repeat(shard), conns, kinds, payloads, repeat(None),
+                                                   strict=False)))
 
 
 def read_frame(fh: BinaryIO, info: FrameInfo, dctx: zstandard.ZstdDecompressor,
@@ -275,6 +302,13 @@ def read_seal(fh: BinaryIO, size: int) -> tuple[FooterIndex, list[SeekEntry], in
     return decode_index_content(raw[SKIP_HEAD.size:]), entries, index_offset
 
 
+def header_end(fh: BinaryIO) -> int:
+    """Where a segment's header ends: its first frame (or its seal) starts there."""
+    fh.seek(0)
+    _, header_len = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
+    return SKIP_HEAD.size + header_len
+
+
 def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], list[Damage], bool]:
     """Hop from descriptor to descriptor without decompressing. Returns (frames, damage, truncated).
 
@@ -284,10 +318,7 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
     just after the last good descriptor, not from where that descriptor claimed its frame ends: a frame that
     lost bytes then costs that frame only, instead of hiding the intact frame its claimed end falls into.
     """
-    fh.seek(0)
-    head = fh.read(SKIP_HEAD.size)
-    _, header_len = SKIP_HEAD.unpack(head)
-    offset = SKIP_HEAD.size + header_len
+    offset = header_end(fh)
     floor = offset  # a resynchronising search starts here: just after the last valid descriptor
     frames: list[FrameInfo] = []
     damage: list[Damage] = []
@@ -305,18 +336,13 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
         nxt = find_descriptor(fh, floor, size)
         if nxt is not None and frames and nxt < frames[-1].end_offset and frames[-1].end_offset == offset:
             # What the previous descriptor claimed as its frame holds the next descriptor: bytes of it were lost.
-            short = frames.pop()
-            damage.append(Damage(path, short.offset, short.seq,
-                                 f"data frame cut short: the next frame descriptor starts at offset {nxt}, "
-                                 f"{short.end_offset - nxt} bytes before its claimed end", short.records))
+            damage.append(_cut_short(path, frames.pop(), nxt))
         elif isinstance(found, FrameInfo):
             if nxt is None:
                 damage.append(Damage(path, offset, found.seq, "truncated tail: data frame is missing its last "
                                                               f"{found.end_offset - size} bytes", found.records))
                 return frames, damage, True
-            damage.append(Damage(path, offset, found.seq,
-                                 f"data frame cut short: the next frame descriptor starts at offset {nxt}, "
-                                 f"{found.end_offset - nxt} bytes before its claimed end", found.records))
+            damage.append(_cut_short(path, found, nxt))
         elif nxt is None:
             if found.startswith("truncated"):
                 damage.append(Damage(path, offset, None, found))
@@ -329,6 +355,12 @@ def walk_frames(fh: BinaryIO, path: Path, size: int) -> tuple[list[FrameInfo], l
                                                      f"to the next frame descriptor at offset {nxt}"))
         offset = nxt
     return frames, damage, False
+
+
+def _cut_short(path: Path, frame: FrameInfo, nxt: int) -> Damage:
+    return Damage(path, frame.offset, frame.seq, f"data frame cut short: the next frame descriptor starts at offset "
+                                                 f"{nxt}, {frame.end_offset - nxt} bytes before its claimed end",
+                  frame.records)
 
 
 def _frame_at(fh: BinaryIO, offset: int, size: int) -> FrameInfo | str | None:
@@ -477,6 +509,9 @@ def open_segment(path: Path | str) -> SegmentFile:
 
 
 # --- many files -----------------------------------------------------------------------------------
+# What a command line or recorder.open_recording names: files as given, directories searched, quoted globs where a
+# command takes them. A path that does not exist, or names no segment file, is a usage error (one line); a file
+# that does not open is skipped with one line saying why (callers warn and exit 1), never hiding the others.
 
 def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Path]:
     """Expand directories (recursively, *.zst and *.zst.open) and keep files as given."""
@@ -490,21 +525,36 @@ def discover(paths: Iterable[Path | str], include_open: bool = True) -> list[Pat
                     found.append(child)
         else:
             found.append(p)
-    seen: set[Path] = set()
-    unique = []
+    unique: dict[Path, Path] = {}
     for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+        unique.setdefault(p.resolve(), p)  # each file once, as first named
+    return list(unique.values())
 
 
-def open_readable(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
-    """The segments that open, and one message per file that does not (e.g. cut inside its header).
+def input_files(paths: Iterable[str | Path], *, globs: bool = False, nothing: str = "") -> list[Path]:
+    """The segment files `paths` name (`globs`: a path with *, ? or [ is a pattern); `nothing` is added to the error
+    that says they name none."""
+    given = [str(p) for p in paths]
+    found: list[str] = []
+    for p in given:
+        if globs and any(ch in p for ch in "*?["):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise UserError(f"{p}: no file matches")
+            found.extend(matches)
+        elif not Path(p).exists():
+            raise UserError(f"{p}: no such file or directory")
+        else:
+            found.append(p)
+    files = discover(found)
+    if not files:
+        then = f"; {nothing}" if nothing else ""
+        raise UserError(f"no segment files (*.zst, *.zst.open) in {', '.join(given)}{then}")
+    return files
 
-    One unreadable file must not hide the others; callers warn about each and exit 1.
-    """
+
+def open_files(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
+    """The segments that open, and one line ("PATH: why") for each file that does not."""
     segments: list[SegmentFile] = []
     unreadable: list[str] = []
     for f in files:
@@ -512,8 +562,14 @@ def open_readable(files: Iterable[Path]) -> tuple[list[SegmentFile], list[str]]:
             segments.append(open_segment(f))
         except SegmentFormatError as exc:
             unreadable.append(f"{f}: {exc}")
-        except IsADirectoryError:
-            continue
+    return segments, unreadable
+
+
+def open_inputs(paths: Iterable[str | Path], *, globs: bool = False) -> tuple[list[SegmentFile], list[str]]:
+    """`open_files` of `input_files(paths)`; a usage error, saying why the first one failed, when none opens."""
+    segments, unreadable = open_files(input_files(paths, globs=globs))
+    if not segments:
+        raise UserError(unreadable[0])
     return segments, unreadable
 
 
@@ -543,28 +599,12 @@ def sequences(segments: list[SegmentFile]) -> list[list[SegmentFile]]:
 
 def merge_records(segments: list[SegmentFile], start_ns: int | None = None,
                   end_ns: int | None = None) -> Iterator[Record]:
-    """All records of all files in receive-time order; equal times keep shard order, then file order."""
-    streams = []
-    for chain in sequences(segments):
-        selected = [s for s in chain if overlaps(s, start_ns, end_ns)]
-        if selected:
-            streams.append(_chain(selected, start_ns, end_ns))
-    if len(streams) == 1:
-        return streams[0]
-    return heapq.merge(*streams, key=itemgetter(0))
-
-
-def _chain(chain: list[SegmentFile], start_ns: int | None, end_ns: int | None) -> Iterator[Record]:
-    for seg in chain:
-        yield from seg.iter_records(start_ns, end_ns)
-
-
-def overlaps(seg: SegmentFile, start_ns: int | None, end_ns: int | None) -> bool:
-    if seg.min_ts is None:
-        return False
-    if start_ns is not None and seg.max_ts is not None and seg.max_ts < start_ns:
-        return False
-    return not (end_ns is not None and seg.min_ts >= end_ns)
+    """All records of all files in receive-time order; equal times keep shard order, then file order. (A file
+    with no record in the window costs nothing: its frame index says so.)"""
+    streams = [(block for seg in chain for block in seg.record_blocks(start_ns, end_ns))
+               for chain in sequences(segments)]
+    for batch in streams[0] if len(streams) == 1 else merged(streams):
+        yield from batch
 
 
 def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record]:
@@ -574,27 +614,12 @@ def events_before(segments: list[SegmentFile], start_ns: int) -> Iterator[Record
     hundred events in tens of thousands of frames. Damage in a frame that also holds records of the window is
     left to the window's own read to report, so that it is reported once.
     """
-    streams = []
-    for chain in sequences(segments):
-        streams.append(_events_before(chain, start_ns))
-    return heapq.merge(*streams, key=itemgetter(0))
+    for batch in merged([_events_before(chain, start_ns) for chain in sequences(segments)]):
+        yield from batch
 
 
-def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[Record]:
-    dctx = zstandard.ZstdDecompressor()
+def _events_before(chain: list[SegmentFile], start_ns: int) -> Iterator[list[Record]]:
     for seg in chain:
         frames = [f for f in seg.frames if f.events and f.min_ts < start_ns]
-        if not frames:
-            continue
-        with open(seg.path, "rb", buffering=READ_BUFFER) as fh:
-            for info in frames:
-                try:
-                    records = read_frame(fh, info, dctx)
-                except SegmentFormatError as exc:
-                    if info.max_ts < start_ns:
-                        seg.damage.append(Damage(seg.path, info.offset, info.seq, str(exc), info.records))
-                    continue
-                for ts, conn, kind, payload in records:
-                    if kind == RecordKind.EVENT and ts < start_ns:
-                        yield Record(ts, seg.shard, conn, kind, payload)
-
+        for rows in seg.read_frames(frames, report=lambda info: info.max_ts < start_ns):
+            yield as_records([r for r in rows if r[2] == RecordKind.EVENT and r[0] < start_ns], seg.shard)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +30,6 @@ from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.files import FILE_MODE, FdOutput, fsync_directory
 from recorder.segment.format import (
     DESCRIPTOR_FRAME_SIZE,
-    SKIP_HEAD,
     FrameInfo,
     SegmentFormatError,
     TruncatedHeaderError,
@@ -40,6 +39,7 @@ from recorder.segment.reader import (
     Damage,
     check_timestamps,
     decode_frame,
+    header_end,
     open_segment,
     order_frames,
     read_seal,
@@ -100,7 +100,7 @@ class RecoveryFailure:
         return f"{self.source}: not recovered: {self.message}"
 
 
-def recover(path: Path | str) -> Recovery:
+def recover(path: Path | str, progress: Callable[[int], None] | None = None) -> Recovery:
     """Seal the intact frames of an `.open` file as `NAME.zst`, or re-seal a `NAME.zst` that does not check out.
 
     Frames are found by the readers' walk (`reader.walk_frames`), which resynchronises on the next valid
@@ -108,7 +108,8 @@ def recover(path: Path | str) -> Recovery:
     kept, in sequence order. Every byte range not in the sealed file (damage, a repeated frame, a cut-off tail,
     an old seal) is copied to `NAME.zst.tail` and described in the result and in the seal's `skipped` list.
     Raises SegmentFormatError when the file is not a segment recovery can read (its header is damaged or of a
-    newer format) and RecoveryError when writing fails; the file is unchanged then.
+    newer format) and RecoveryError when writing fails; the file is unchanged then. `progress` is told the bytes
+    of each frame checked.
     """
     path = Path(path)
     if path.name.endswith(OPEN_SUFFIX):
@@ -127,7 +128,7 @@ def recover(path: Path | str) -> Recovery:
     if resealing:
         # Checked by structure and CRCs, not decompressed (see SegmentFile.verify): a recording's directory of
         # sealed files is checked at disk speed.
-        problems = seg.verify(decompress=False) if seg.sealed else []
+        problems = seg.verify(decompress=False, progress=progress) if seg.sealed else []
         if seg.sealed and not problems:
             return Recovery(path, path, len(seg.frames), seg.records, 0, None, (), action=INTACT)
         # What is wrong with the seal itself; the frames' damage is found again by the walk below.
@@ -135,7 +136,7 @@ def recover(path: Path | str) -> Recovery:
     elif final.exists():
         raise SegmentFormatError(f"{final} already exists; move it away before recovering {path}")
     try:
-        return _reseal(path, final, resealing, notes)
+        return _reseal(path, final, resealing, notes, progress)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
@@ -152,24 +153,13 @@ def _seal_problem(path: Path) -> str:
     return "not sealed properly"
 
 
-def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) -> Recovery:
+def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...],
+            progress: Callable[[int], None] | None = None) -> Recovery:
     temp = final.with_name(final.name + TEMP_SUFFIX)
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
     try:
-        with open(path, "rb", buffering=0) as src:
-            size = os.fstat(src.fileno()).st_size
-            header_end = _header_end(src)
-            # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
-            # it is what did not check out).
-            walked, damage, _ = walk_frames(src, path, size)
-            frames, order_damage = order_frames(walked, path)
-            damage += order_damage
-            kept, bad = _write_sealed(src, frames, header_end, temp, path, damage, tail_path.name)
-            damage.extend(bad)
-            skipped = _gaps(kept, header_end, size)
-            if kept and skipped:
-                _copy_ranges(src, skipped, tail_temp)
+        size, kept, skipped, damage = _salvage(path, temp, tail_temp, tail_path.name, progress)
     except BaseException:
         for p in (temp, tail_temp):
             with contextlib.suppress(OSError):
@@ -192,6 +182,24 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) ->
                     reasons, damaged, RESEALED if resealing else SEALED)
 
 
+def _salvage(path: Path, temp: Path, tail_temp: Path, tail_file: str, progress: Callable[[int], None] | None = None,
+             ) -> tuple[int, list[FrameInfo], list[tuple[int, int]], list[Damage]]:
+    """The intact frames of `path` sealed into `temp`, and the bytes not in them into `tail_temp` (when a frame was
+    kept); returns the file's size, the kept frames, the skipped byte ranges and all damage found."""
+    with open(path, "rb", buffering=0) as src:
+        size = os.fstat(src.fileno()).st_size
+        end_of_header = header_end(src)
+        # The same walk the readers use, over what is really in the file (a sealed file's index is not trusted:
+        # it is what did not check out).
+        walked, damage, _ = walk_frames(src, path, size)
+        frames, order_damage = order_frames(walked, path)
+        damage += order_damage
+        kept, skipped = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file, progress)
+        if kept and skipped:
+            _copy_ranges(src, skipped, tail_temp)
+    return size, kept, skipped, damage
+
+
 def _move_aside(path: Path, size: int, reasons: tuple[str, ...], damaged: bool) -> Recovery:
     """A file with no record to keep: renamed to `.tail`, which frees its name and keeps its bytes."""
     tail_path = free_name(tail_name(path))
@@ -207,11 +215,12 @@ def tail_name(path: Path) -> Path:
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
-                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[Damage]]:
-    """Write header, intact frames and seal to `temp` (fsync'd); return (kept frames as in src, damage)."""
+                  damage: list[Damage], tail_file: str,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameInfo], list[tuple[int, int]]]:
+    """Write header, intact frames and seal to `temp` (fsync'd); a frame that fails its checks joins `damage`.
+    Returns the kept frames (as in src) and the byte ranges of src not in them."""
     dctx = zstandard.ZstdDecompressor()
     kept: list[FrameInfo] = []
-    bad: list[Damage] = []
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         encoder = SegmentEncoder(FdOutput(fd))
@@ -220,15 +229,16 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
         for info in frames:
             src.seek(info.offset)
             chunk = src.read(info.end_offset - info.offset)
+            if progress is not None:
+                progress(len(chunk))
             try:
                 check_timestamps(decode_frame(chunk[DESCRIPTOR_FRAME_SIZE:], info, dctx), info)
             except SegmentFormatError as exc:
-                bad.append(Damage(source, info.offset, info.seq, str(exc), info.records))
+                damage.append(Damage(source, info.offset, info.seq, str(exc), info.records))
                 continue
             kept.append(info)
             encoder.add_frame(info, chunk)
         skipped = _gaps(kept, header_end, os.fstat(src.fileno()).st_size)
-        problems = damage + bad
         encoder.finish({
             "reason": "recovered",
             "sealed_ns": clock.time_ns(),
@@ -236,14 +246,14 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
             "tail": tail_file if skipped else None,
             "skipped": [
                 {"offset": start, "bytes": end - start,
-                 "reason": "; ".join(d.reason for d in problems if start <= d.offset < end) or "not a frame"}
+                 "reason": "; ".join(d.reason for d in damage if start <= d.offset < end) or "not a frame"}
                 for start, end in skipped
             ],
         })
         os.fsync(fd)
     finally:
         os.close(fd)
-    return kept, bad
+    return kept, skipped
 
 
 def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, int]]:
@@ -262,20 +272,13 @@ def _gaps(kept: list[FrameInfo], header_end: int, size: int) -> list[tuple[int, 
 def _copy_ranges(src: BinaryIO, ranges: list[tuple[int, int]], target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
-        out = 0
+        out = FdOutput(fd)
         for start, end in ranges:
             src.seek(start)
-            out = _write_all(fd, src.read(end - start), out)
+            out.write(src.read(end - start))
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return offset + len(data)
 
 
 def free_name(path: Path) -> Path:
@@ -288,18 +291,13 @@ def free_name(path: Path) -> Path:
     return candidate
 
 
-def _header_end(fh: BinaryIO) -> int:
-    fh.seek(0)
-    _, size = SKIP_HEAD.unpack(fh.read(SKIP_HEAD.size))
-    return SKIP_HEAD.size + size
-
-
-def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
+def recover_each(paths: Iterable[Path],
+                 progress: Callable[[int], None] | None = None) -> list[Recovery | RecoveryFailure]:
     """`recover` every file, one result each: one file that cannot be recovered never stops the others."""
     results: list[Recovery | RecoveryFailure] = []
     for p in paths:
         try:
-            results.append(recover(p))
+            results.append(recover(p, progress))
         except RecoveryError as exc:
             results.append(RecoveryFailure(p, str(exc)))  # it says the file is unchanged
         except SegmentFormatError as exc:

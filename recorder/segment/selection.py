@@ -9,7 +9,7 @@ from recorder.feed.message import identifier_of
 from recorder.model.record import Copy, Record, RecordError, RecordKind, decode_receipt
 from recorder.segment.dedupe import ReceiptResolver
 from recorder.segment.reader import SegmentFile, events_before, merge_records
-from recorder.timeparse import format_local, parse_tz, parse_window
+from recorder.timeparse import TimeLocale, parse_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Selection:
 
     @classmethod
     def parse(cls, segments: list[SegmentFile], contracts: Iterable[str], start: str | None, end: str | None,
-              tz: str | None, events: bool = True, all_copies: bool = False) -> Selection:
+              tz: TimeLocale | str | None, events: bool = True, all_copies: bool = False) -> Selection:
         """From the command line's --contract/--from/--to/--tz; a time of day is on the recording's first day."""
         span = recording_range(segments)
         lo, hi = parse_window(start, end, tz, span[0] if span is not None else None)
@@ -46,20 +46,20 @@ class Selection:
         hi = self.end_ns if self.end_ns is not None else 1 << 63
         return not any(f.records and f.max_ts >= lo and f.min_ts < hi for s in segments for f in s.frames)
 
-    def nothing_selected(self, segments: list[SegmentFile], tz: str | None) -> str:
+    def nothing_selected(self, segments: list[SegmentFile], tz: TimeLocale | str | None) -> str:
         """The one line saying that the filter selects nothing, with the recording's time range to compare."""
-        zone = parse_tz(tz)
+        zone = TimeLocale.of(tz)
         what = "no records selected"
         if self.contracts:
             what += " for " + ", ".join(sorted(self.contracts))
         if self.start_ns is not None:
-            what += f" from {format_local(self.start_ns, zone)}"
+            what += f" from {zone.exact(self.start_ns)}"
         if self.end_ns is not None:
-            what += f" to {format_local(self.end_ns, zone)}"
+            what += f" to {zone.exact(self.end_ns)}"
         span = recording_range(segments)
         if span is None:
             return f"{what}: the recording holds no records"
-        return f"{what}: the recording spans {format_local(span[0], zone)} to {format_local(span[1], zone)}"
+        return f"{what}: the recording spans {zone.exact(span[0])} to {zone.exact(span[1])}"
 
     def rows(self, segments: list[SegmentFile], identify: bool = True) -> Iterator[tuple[Record, str | None]]:
         """(record, contract identifier or None), merged across files by receive time.
@@ -71,24 +71,34 @@ class Selection:
         wanted = self.contracts
         parse = identify or bool(wanted)
         keep_events = self.events and not wanted
-        resolver = ReceiptResolver() if self.all_copies else None
-        text, binary, event, receipt = RecordKind.TEXT, RecordKind.BINARY, RecordKind.EVENT, RecordKind.RECEIPT
-        for rec in merge_records(segments, self.start_ns, self.end_ns):
+        text, event, receipt = RecordKind.TEXT, RecordKind.EVENT, RecordKind.RECEIPT
+        records = merge_records(segments, self.start_ns, self.end_ns)
+        shown: tuple[int, ...] = (text, RecordKind.BINARY)
+        if self.all_copies:
+            records, shown = _copies_shown(records), (*shown, receipt)
+        for rec in records:
             kind = rec.kind
-            if kind in (text, binary):
-                if resolver is not None:
-                    resolver.original(rec.ts_ns, rec.shard, rec.conn, rec.payload)
-                contract = identifier_of(rec.payload) if parse and kind == text else None
+            if kind in shown:
+                # A receipt's payload is its original's, when that was read (b"" when not).
+                identified = parse and (kind == text or (kind == receipt and rec.payload))
+                contract = identifier_of(rec.payload) if identified else None
                 if not wanted or (contract is not None and contract in wanted):
                     yield rec, contract
-            elif kind == event:
-                if keep_events:
-                    yield rec, None
-            elif kind == receipt and resolver is not None:
-                copy = resolve_copy(rec, resolver)
-                contract = identifier_of(copy.payload) if parse and copy.payload else None
-                if not wanted or contract in wanted:
-                    yield copy, contract
+            elif kind == event and keep_events:
+                yield rec, None
+
+
+def _copies_shown(records: Iterator[Record]) -> Iterator[Record]:
+    """The records with each receipt resolved to the copy it records (`resolve_copy`)."""
+    resolver = ReceiptResolver()
+    messages, receipt = (RecordKind.TEXT, RecordKind.BINARY), RecordKind.RECEIPT
+    for rec in records:
+        kind = rec.kind
+        if kind in messages:
+            resolver.original(rec.ts_ns, rec.shard, rec.conn, rec.payload)
+        elif kind == receipt:
+            rec = resolve_copy(rec, resolver)
+        yield rec
 
 
 def resolve_copy(rec: Record, resolver: ReceiptResolver) -> Record:

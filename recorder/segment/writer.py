@@ -38,6 +38,28 @@ _DEFAULT = DEFAULTS.storage  # ime-record's defaults
 _IDLE_S = 0.25  # the writer thread looks at the clock this often when nothing comes (rotation, fsync)
 
 
+class _Backlog:
+    """Raw bytes handed to the writer thread and not written yet (both threads count them): above `limit` the
+    owner is asked to stop reading (`on_change(True)`), at half of it told it may resume (`on_change(False)`)."""
+
+    def __init__(self, limit: int, on_change: Callable[[bool], None] | None) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.paused = False
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    def change(self, size: int) -> None:
+        """`size` bytes handed over (or, negative, written)."""
+        with self._lock:
+            self.bytes += size
+            flip = self.bytes <= self.limit // 2 if self.paused else self.bytes > self.limit
+            if flip:
+                self.paused = paused = not self.paused
+        if flip and self._on_change is not None:
+            self._on_change(paused)
+
+
 class SegmentWriter:
     def __init__(
         self,
@@ -63,8 +85,6 @@ class SegmentWriter:
         self.directory = Path(directory)
         self.frame_bytes = frame_bytes
         self.flush_ns = int(flush_ms * 1_000_000)
-        self.max_backlog_bytes = max_backlog_bytes
-        self._on_backlog = on_backlog
         self._on_error = on_error
         # Day folders (layout.DayLayout), or None for the flat layout. With them, no frame and no file holds
         # records of two days: this thread cuts the batch when a record of a new day comes (`_day_end`), and
@@ -81,16 +101,12 @@ class SegmentWriter:
 
         self._batch = RecordBatch(1)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._backlog = 0
-        self._paused = False
-        self._lock = threading.Lock()
+        self._backlog = _Backlog(max_backlog_bytes, on_backlog)
         self.error: SegmentWriteError | None = None
         self.records_lost = 0
         self._aborted = False
         # Figures for status lines; written by the writer thread, read anywhere.
-        self.records_written = 0
-        self.frames_written = 0
-        self.raw_bytes_written = 0
+        self.records_written = self.frames_written = self.raw_bytes_written = 0
 
         # Open the first file here, on the caller's thread, so an unwritable directory fails at start.
         try:
@@ -120,7 +136,7 @@ class SegmentWriter:
 
     @property
     def backlog_bytes(self) -> int:
-        return self._backlog + self._batch.raw_size
+        return self._backlog.bytes + self._batch.raw_size
 
     @property
     def current_path(self) -> Path | None:
@@ -147,30 +163,30 @@ class SegmentWriter:
                 self.append(*row)
             return
         stamps, conns, kinds, payloads = zip(*rows, strict=True)
-        # Where append would cut: the first record that brings the batch to frame_bytes, or that is flush_ms
-        # younger than the batch's first record.
         ends = list(accumulate(map(add, map(len, payloads), repeat(RECORD_HEADER.size))))
-        start, n = 0, len(stamps)
-        while start < n:
-            batch = self._batch
-            base = ends[start - 1] if start else 0
-            full = bisect_left(ends, self.frame_bytes - batch.raw_size + base, start)
-            first = batch.first_ts if batch.records else stamps[start]
-            old = next(compress(range(start, n), map(ge, islice(stamps, start, None),
-                                                     repeat(first + self.flush_ns))), n)
-            end = min(full, old, n - 1) + 1
-            batch.extend(stamps[start:end], conns[start:end], kinds[start:end], payloads[start:end])
-            if end - 1 in (full, old):
+        start = 0
+        while start < len(stamps):
+            end, cut = _batch_end(self._batch, stamps, ends, start, self.frame_bytes, self.flush_ns)
+            self._batch.extend(stamps[start:end], conns[start:end], kinds[start:end], payloads[start:end])
+            if cut:
                 self.cut()
             start = end
 
-    def position(self) -> tuple[int, int]:
-        """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
-        return self._batch.serial, self._batch.records
+    def original_ref(self, conn: int) -> int:
+        """The record `conn` appends next, as one int for `append_copy`: the connection, the index in the batch and
+        the batch's serial, in 32, 32 and the rest of the bits. An int, not a tuple, because a Deduper holds one per
+        live message (see recorder/segment/dedupe.py on the garbage collector). `_ref` spelled out: this runs for
+        every message of redundant copies."""
+        batch = self._batch
+        return conn | (batch.records << 32) | (batch.serial << 64)
 
-    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
-                       orig_position: tuple[int, int]) -> None:
-        """A later copy of the record appended at `orig_position` (see `position`) by `orig_conn` at `orig_ts_ns`.
+    @staticmethod
+    def _ref(conn: int, serial: int, index: int) -> int:
+        return conn | (index << 32) | (serial << 64)
+
+    def append_copy(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_ref: int) -> None:
+        """A later copy, arrived on `conn`, of the record `orig_ref` names (see `original_ref`), received at
+        `orig_ts_ns`.
 
         It joins the batch's receipt columns: by the original's index while that is in the batch, with its own
         time and the original's connection otherwise. Only in a batch with no record yet is it a 12-byte receipt
@@ -180,14 +196,23 @@ class SegmentWriter:
             self._next_day(ts_ns)
         batch = self._batch
         if not batch.records:
-            self.append(ts_ns, conn, RecordKind.RECEIPT, encode_receipt(orig_conn, ts_ns - orig_ts_ns))
+            self.append(ts_ns, conn, RecordKind.RECEIPT, encode_receipt(orig_ref & 0xFFFFFFFF, ts_ns - orig_ts_ns))
             return
-        if orig_position[0] == batch.serial:
-            batch.append_near_receipt(ts_ns, conn, orig_position[1], ts_ns - orig_ts_ns)
+        if orig_ref >> 64 == batch.serial:
+            batch.append_near_receipt(ts_ns, conn, (orig_ref >> 32) & 0xFFFFFFFF, ts_ns - orig_ts_ns)
         else:
-            batch.append_far_receipt(ts_ns, conn, orig_conn, ts_ns - orig_ts_ns)
+            batch.append_far_receipt(ts_ns, conn, orig_ref & 0xFFFFFFFF, ts_ns - orig_ts_ns)
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
             self.cut()
+
+    def position(self) -> tuple[int, int]:
+        """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
+        return self._batch.serial, self._batch.records
+
+    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
+                       orig_position: tuple[int, int]) -> None:
+        """`append_copy` of the record appended at `orig_position` (see `position`) by `orig_conn`."""
+        self.append_copy(ts_ns, conn, orig_ts_ns, self._ref(orig_conn, *orig_position))
 
     def _next_day(self, ts_ns: int) -> None:
         """A record of a later day: what the batch holds is of the day before, and goes in a frame of its own."""
@@ -203,14 +228,8 @@ class SegmentWriter:
         if self.error is not None:
             self.records_lost += batch.records
             return
-        with self._lock:
-            self._backlog += batch.raw_size
-            pause = not self._paused and self._backlog > self.max_backlog_bytes
-            if pause:
-                self._paused = True
+        self._backlog.change(batch.raw_size)
         self._queue.put(("frame", batch))
-        if pause and self._on_backlog is not None:
-            self._on_backlog(True)
 
     def tick(self, now_ns: int | None = None) -> None:
         """Call every few tens of ms: cuts a batch that has grown old while the feed was quiet."""
@@ -291,29 +310,32 @@ class SegmentWriter:
         self.records_written += batch.records  # the receipt columns' record included, as the index counts it
         self.frames_written += 1
         self.raw_bytes_written += raw_size
-        with self._lock:
-            self._backlog -= raw_size
-            resume = self._paused and self._backlog <= self.max_backlog_bytes // 2
-            if resume:
-                self._paused = False
-        if resume and self._on_backlog is not None:
-            self._on_backlog(False)
+        self._backlog.change(-raw_size)
 
     def _fail(self, exc: OSError) -> None:
-        where = self.files.current.path if self.files.current is not None else self.directory
-        self.error = SegmentWriteError(describe_os_error(exc, where))
         # The .open file ends on a frame boundary; sealed in place when the disk allows it (else `ime-segments
         # recover` does it later).
-        self.files.failed()
+        self.error = SegmentWriteError(describe_os_error(exc, self.files.failed()))
         if self._on_error is not None:
             self._on_error(self.error)
         # Callers blocked on flush()/close() must wake up; pending batches are counted as lost.
-        while True:
-            try:
-                op, arg = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        while not self._queue.empty():  # this thread is the only one that takes from the queue
+            op, arg = self._queue.get_nowait()
             if op == "sync":
                 arg.set()
             elif op == "frame":
                 self.records_lost += arg.records
+
+
+def _batch_end(batch: RecordBatch, stamps: Sequence[int], ends: Sequence[int], start: int, frame_bytes: int,
+               flush_ns: int) -> tuple[int, bool]:
+    """Where `append`, given the rows from `start` on one at a time, would cut `batch`: (the end of the rows that go
+    into it, whether it is cut after them). `ends`: each row's end, in bytes, counted from the first row. A batch is
+    cut at the first row that brings it to frame_bytes, or that is flush_ns younger than its first row."""
+    n = len(stamps)
+    base = ends[start - 1] if start else 0
+    full = bisect_left(ends, frame_bytes - batch.raw_size + base, start)
+    first = batch.first_ts if batch.records else stamps[start]
+    old = next(compress(range(start, n), map(ge, islice(stamps, start, None), repeat(first + flush_ns))), n)
+    end = min(full, old, n - 1) + 1
+    return end, end - 1 in (full, old)
