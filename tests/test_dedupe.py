@@ -79,7 +79,7 @@ def _interleave(rng: random.Random, streams: list[list[bytes]], losses: list[set
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     messages=st.lists(st.binary(min_size=0, max_size=4).map(lambda b: b"m" + b), min_size=0, max_size=40),
     copies=st.integers(min_value=1, max_value=3),
@@ -439,7 +439,7 @@ def test_a_join_follows_arrival_order_not_the_clock(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), lag_share=st.floats(0.0001, 0.03), jitter_share=st.floats(0.0001, 0.03),
        handshake_share=st.floats(0, 0.03), batch=st.integers(1, 40))
 def test_two_copies_whose_paths_jitter_record_each_publication_some_connection_received_once(
@@ -622,7 +622,7 @@ def _originals_with_joins(d, rows: list[tuple[int, int, bytes | None]], batch: i
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), sources=st.integers(2, 4), lag_share=st.floats(0.0001, 0.05),
        handshake_share=st.floats(0, 0.05), batch=st.integers(1, 40))
 def test_copies_that_reconnect_record_each_publication_some_connection_received_once(impl, seed, sources, lag_share,
@@ -642,7 +642,7 @@ def test_copies_that_reconnect_record_each_publication_some_connection_received_
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), lag_share=st.floats(0.0001, 0.05), jitter_share=st.floats(0.0001, 0.05),
        handshake_share=st.floats(0, 0.05), batch=st.integers(1, 40))
 def test_paths_that_jitter_record_each_publication_once_while_one_copy_stays(impl, seed, lag_share, jitter_share,

@@ -10,7 +10,9 @@ copies numbers them alike, and the stream holds what the recordings hold.
 
 Repeats are counted over a recent window (two generations of `window_s`, each at most `max_entries` digests, so
 memory stays bounded at any rate): an exact repeat more than one to two windows after the last copy gets the bare
-digest again, and the stream keeps it once.
+digest again, and the stream keeps it once. The window is several times a recording's dedupe window (2 s by
+default), so that a repeat the recording keeps as a message of its own is numbered even when it reaches the hub a
+little later than it reached the worker; at 100k msgs/s the entry cap shortens it to about a second.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def msg_id(payload: bytes) -> str:
 class MsgIds:
     __slots__ = ("_clock", "_current", "_max", "_previous", "_rotate_at", "_window")
 
-    def __init__(self, window_s: float = 1.0, max_entries: int = 100_000,
+    def __init__(self, window_s: float = 6.0, max_entries: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window_s
         self._max = max_entries
