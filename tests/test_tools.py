@@ -87,3 +87,40 @@ def test_histogram_percentiles_are_within_one_percent():
     other = Histogram([5_000_000])
     h.merge(other)
     assert h.max == 5_000_000 and h.count == 1_000_001
+
+
+def _run_complexity(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "complexity.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_complexity_reports_a_branchy_function_and_a_long_class(tmp_path):
+    # 15 ifs: cyclomatic complexity 16, one over the limit.
+    branchy = "def branchy(x):\n" + "".join(f"    if x == {i}:\n        return {i}\n" for i in range(15)) + \
+        "    return -1\n"
+    # The class line, a docstring and 249 methods' single lines: 251 lines.
+    long_class = "class Long:\n    '''doc'''\n" + "".join(f"    def m{i}(self): return {i}\n" for i in range(249))
+    (tmp_path / "bad.py").write_text(branchy + "\n\n" + long_class)
+    done = _run_complexity(str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("bad.py:1 branchy: cyclomatic complexity 16 > 15")
+    assert lines[1].endswith("bad.py:35 Long: class lines 251 > 250")
+
+
+def test_complexity_passes_code_at_the_limits(tmp_path):
+    at_limit = "def fine(x):\n" + "".join(f"    if x == {i}:\n        return {i}\n" for i in range(14)) + \
+        "    return -1\n"
+    long_class = "class Long:\n" + "".join(f"    def m{i}(self): return {i}\n" for i in range(249))
+    (tmp_path / "good.py").write_text(at_limit + "\n\n" + long_class)
+    done = _run_complexity(str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("complexity OK: 1 files")
+
+
+def test_complexity_unreadable_input_is_one_line_exit_2(tmp_path):
+    (tmp_path / "broken.py").write_text("def (:\n")
+    for target in (tmp_path / "nope", tmp_path / "broken.py"):
+        done = _run_complexity(str(target))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -84,6 +84,25 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _check_grouping(contracts: Sequence[str], max_per_connection: int | None) -> None:
+    if isinstance(contracts, str):
+        raise TypeError("contracts must be a sequence of strings, not one string")
+    if max_per_connection is not None and max_per_connection < 1:
+        raise ValueError("max_per_connection must be at least 1")
+
+
+def _item_length(kind: EndpointKind | str, contract: str, base_len: int, max_url_length: int) -> int:
+    """The characters `contract`'s query item adds; ValueError when even a URL of it alone is too long,
+    since no grouping can subscribe it."""
+    item = len(_query_item(EndpointKind(kind), contract))
+    if base_len + item > max_url_length:
+        raise ValueError(
+            f"contract {_short(contract)!r} does not fit in a URL of {max_url_length} characters "
+            f"(it alone needs {base_len + item})"
+        )
+    return item
+
+
 def split_contracts(
     base_url: str,
     kind: EndpointKind | str,
@@ -97,21 +116,13 @@ def split_contracts(
     Servers and proxies cap the request line (commonly 4-8 KiB), so a long list needs several connections.
     A contract whose URL alone is too long cannot be subscribed at all: ValueError.
     """
-    if isinstance(contracts, str):
-        raise TypeError("contracts must be a sequence of strings, not one string")
-    if max_per_connection is not None and max_per_connection < 1:
-        raise ValueError("max_per_connection must be at least 1")
+    _check_grouping(contracts, max_per_connection)
     base_len = len(_endpoint(base_url, kind)) + 1  # the "?"
     groups: list[tuple[str, ...]] = []
     current: list[str] = []
     length = base_len
     for contract in contracts:
-        item = len(_query_item(kind, contract))
-        if base_len + item > max_url_length:
-            raise ValueError(
-                f"contract {_short(contract)!r} does not fit in a URL of {max_url_length} characters "
-                f"(it alone needs {base_len + item})"
-            )
+        item = _item_length(kind, contract, base_len, max_url_length)
         added = item + (1 if current else 0)  # the "&" separator
         full = max_per_connection is not None and len(current) >= max_per_connection
         if current and (length + added > max_url_length or full):
@@ -122,6 +133,33 @@ def split_contracts(
     if current:
         groups.append(tuple(current))
     return groups
+
+
+class _Refill:
+    """The current groups during a reload, trimmed to the contracts still wanted, taking in added ones: each
+    group's URL length so far, and whether its list changed (then its connection is replaced anyway)."""
+
+    def __init__(self, groups: Sequence[Sequence[str]], wanted: dict[str, None], kind: EndpointKind, base_len: int,
+                 max_url_length: int, max_per_connection: int | None) -> None:
+        self.kept = [[c for c in g if c in wanted] for g in groups]
+        self.lengths = [base_len + sum(len(_query_item(kind, c)) for c in g) + max(0, len(g) - 1) for g in self.kept]
+        self.changed = [len(k) != len(g) for k, g in zip(self.kept, groups, strict=True)]
+        self.max_url_length = max_url_length
+        self.max_per_connection = max_per_connection
+
+    def place(self, contract: str, item: int) -> bool:
+        """Put `contract` (its query item `item` characters long) in a group with room, if there is one."""
+        # A group that changes anyway first (it needs a new connection already), then any with room.
+        for i in sorted(range(len(self.kept)), key=lambda i: (not self.changed[i], i)):
+            group = self.kept[i]
+            added_len = item + (1 if group else 0)  # the "&" separator
+            full = self.max_per_connection is not None and len(group) >= self.max_per_connection
+            if not full and self.lengths[i] + added_len <= self.max_url_length:
+                group.append(contract)
+                self.lengths[i] += added_len
+                self.changed[i] = True
+                return True
+        return False
 
 
 def regroup(
@@ -142,39 +180,19 @@ def regroup(
     fits, then into any group with room, then into a new group; a removed contract changes only its own group.
     (`split_contracts` on the new list would shift every group's boundary after the first addition.)
     """
-    if isinstance(contracts, str):
-        raise TypeError("contracts must be a sequence of strings, not one string")
-    if max_per_connection is not None and max_per_connection < 1:
-        raise ValueError("max_per_connection must be at least 1")
+    _check_grouping(contracts, max_per_connection)
     wanted = dict.fromkeys(contracts)
-    kept = [[c for c in g if c in wanted] for g in groups]
-    present = {c for g in kept for c in g}
-    added = [c for c in wanted if c not in present]
     base_len = len(_endpoint(base_url, kind)) + 1  # the "?"
     kind = EndpointKind(kind)
-    lengths = [base_len + sum(len(_query_item(kind, c)) for c in g) + max(0, len(g) - 1) for g in kept]
-    changed = [len(k) != len(g) for k, g in zip(kept, groups, strict=True)]
+    refill = _Refill(groups, wanted, kind, base_len, max_url_length, max_per_connection)
+    present = {c for g in refill.kept for c in g}
     leftover: list[str] = []
-    for contract in added:
-        item = len(_query_item(kind, contract))
-        if base_len + item > max_url_length:
-            raise ValueError(
-                f"contract {_short(contract)!r} does not fit in a URL of {max_url_length} characters "
-                f"(it alone needs {base_len + item})"
-            )
-        for i in sorted(range(len(kept)), key=lambda i: (not changed[i], i)):
-            group = kept[i]
-            added_len = item + (1 if group else 0)
-            full = max_per_connection is not None and len(group) >= max_per_connection
-            if not full and lengths[i] + added_len <= max_url_length:
-                group.append(contract)
-                lengths[i] += added_len
-                changed[i] = True
-                break
-        else:
+    for contract in (c for c in wanted if c not in present):
+        if not refill.place(contract, _item_length(kind, contract, base_len, max_url_length)):
             leftover.append(contract)
-    return [tuple(g) for g in kept] + split_contracts(base_url, kind, leftover, max_url_length=max_url_length,
-                                                      max_per_connection=max_per_connection)
+    new = split_contracts(base_url, kind, leftover, max_url_length=max_url_length,
+                          max_per_connection=max_per_connection)
+    return [tuple(g) for g in refill.kept] + new
 
 
 def _decode(text: str) -> str:

@@ -309,6 +309,14 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
+def _in_range(year: int, month: int, day: int, hour: int, minute: int, second: int) -> bool:
+    # The regex checks only the digits' count; second 60 is a leap second, which the feed may send.
+    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1] and hour < 24 and minute < 60
+            and second < 61):
+        return False
+    return not (month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)))
+
+
 def parse_timestamp_ns(text: str) -> int:
     """Epoch ns of an ISO-8601 timestamp as the feed sends it (`2026-05-29T12:00:00.123456Z`).
 
@@ -318,10 +326,7 @@ def parse_timestamp_ns(text: str) -> int:
     if m is None:
         raise MessageError(f"timestamp {text[:40]!r} is not ISO-8601")
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1] and hour < 24 and minute < 60
-            and second < 61):
-        raise MessageError(f"timestamp {text[:40]!r} is out of range")
-    if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+    if not _in_range(year, month, day, hour, minute, second):
         raise MessageError(f"timestamp {text[:40]!r} is out of range")
     seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
     if m.group(9):

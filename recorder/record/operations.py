@@ -121,6 +121,68 @@ class TokenRenewal:
 
 
 @dataclass(slots=True)
+class Housekeeping:
+    """Retention and --on-sealed: now and then a scan of the output directory (one at a time, off the loop),
+    each sealed file handed to the command, and the oldest files removed past --retain-days/--retain-gb."""
+
+    settings: OpsSettings
+    out_dir: Path
+    prefix: str
+    hooks: HookRunner | None
+    removed_total: int = 0
+    removed_bytes_total: int = 0
+    errors_total: int = 0
+    scanning: bool = False
+    last_scan: float = 0.0
+
+    def due(self) -> bool:
+        """Whether a scan should start now: there is something to do with its result, none is running, and
+        --scan-interval has passed since the last one."""
+        s = self.settings
+        wanted = self.hooks is not None or bool(s.retain_days) or bool(s.retain_bytes)
+        return wanted and not self.scanning and time.monotonic() - self.last_scan >= s.scan_interval_s
+
+    async def run(self) -> None:
+        try:
+            files = await asyncio.to_thread(scan, self.out_dir, self.prefix)
+            if self.hooks is not None:
+                for f in files:
+                    if f.sealed:
+                        self.hooks.submit(f.path)
+            await self._retain(files)
+        except OSError as exc:
+            log.warning("housekeeping of %s failed: %s", self.out_dir, exc)
+        finally:
+            self.scanning = False
+            self.last_scan = time.monotonic()
+
+    async def _retain(self, files: list[SegmentFile]) -> None:
+        s = self.settings
+        if s.retain_days is None and s.retain_bytes is None:
+            return
+        protected = self.hooks.protected if self.hooks is not None else set()
+        if self.hooks is not None:
+            # Sealed but not yet handed to the command (found by this very scan): not finished with either.
+            protected = protected | {f.path for f in files if f.sealed and not self.hooks.is_known(f.path)}
+        removed: set[Path] = set()
+        for r in plan_removals(files, time.time_ns(), s.retain_days, s.retain_bytes, protected):
+            try:
+                await asyncio.to_thread(remove, r.file.path, self.out_dir)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self.errors_total += 1
+                log.error("retention: cannot remove %s: %s", r.file.path, exc.strerror)
+                continue
+            removed.add(r.file.path)
+            self.removed_total += 1
+            self.removed_bytes_total += r.file.size
+            log.info("retention: removed %s (%s, %s)", r.file.path, human_bytes(r.file.size), r.reason)
+        if removed and self.hooks is not None:
+            self.hooks.forget(removed)
+
+
+@dataclass(slots=True)
 class Operations:
     settings: OpsSettings
     out_dir: Path
@@ -138,14 +200,10 @@ class Operations:
     ready: bool = False
     started_ns: int = field(default_factory=clock.time_ns)
     disk_free: int = -1
-    retention_removed_total: int = 0
-    retention_removed_bytes_total: int = 0
-    retention_errors_total: int = 0
     renewal: TokenRenewal = field(init=False)
+    housekeeping: Housekeeping = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _scanning: bool = False
     last_tick: float = field(default_factory=time.monotonic)
-    _last_scan: float = 0.0
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -159,6 +217,15 @@ class Operations:
                                     backoff_base_s=s.hook_backoff_s)
         if s.stall_alert_s is not None:
             self.stall = StallAlarm(s.stall_alert_s, self.sessions)
+        self.housekeeping = Housekeeping(s, self.out_dir, self.prefix, self.hooks)
+
+    @property
+    def retention_removed_total(self) -> int:
+        return self.housekeeping.removed_total
+
+    @property
+    def retention_removed_bytes_total(self) -> int:
+        return self.housekeeping.removed_bytes_total
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -182,7 +249,7 @@ class Operations:
                 await t
         # The workers sealed their last files just now: give each its --on-sealed run before leaving.
         if self.hooks is not None:
-            await self._housekeeping()
+            await self.housekeeping.run()
             await self.hooks.close()
         if self.notifier is not None:
             self.notifier.close()
@@ -201,10 +268,9 @@ class Operations:
             self._check_disk()
         if self.stall is not None:
             self._check_stall(views, now_ns)
-        if ((self.hooks is not None or self.settings.retain_days or self.settings.retain_bytes)
-                and not self._scanning and time.monotonic() - self._last_scan >= self.settings.scan_interval_s):
-            self._scanning = True
-            task = asyncio.get_running_loop().create_task(self._housekeeping())
+        if self.housekeeping.due():
+            self.housekeeping.scanning = True
+            task = asyncio.get_running_loop().create_task(self.housekeeping.run())
             self._tasks.append(task)
             task.add_done_callback(self._forget_task)
 
@@ -253,47 +319,6 @@ class Operations:
         elif change is DiskLevel.OK:
             log.info("%s has %s free again", self.out_dir, human_bytes(self.disk_free))
 
-    # --- retention and --on-sealed --------------------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        try:
-            files = await asyncio.to_thread(scan, self.out_dir, self.prefix)
-            if self.hooks is not None:
-                for f in files:
-                    if f.sealed:
-                        self.hooks.submit(f.path)
-            await self._retain(files)
-        except OSError as exc:
-            log.warning("housekeeping of %s failed: %s", self.out_dir, exc)
-        finally:
-            self._scanning = False
-            self._last_scan = time.monotonic()
-
-    async def _retain(self, files: list[SegmentFile]) -> None:
-        s = self.settings
-        if s.retain_days is None and s.retain_bytes is None:
-            return
-        protected = self.hooks.protected if self.hooks is not None else set()
-        if self.hooks is not None:
-            # Sealed but not yet handed to the command (found by this very scan): not finished with either.
-            protected = protected | {f.path for f in files if f.sealed and not self.hooks.is_known(f.path)}
-        removed: set[Path] = set()
-        for r in plan_removals(files, time.time_ns(), s.retain_days, s.retain_bytes, protected):
-            try:
-                await asyncio.to_thread(remove, r.file.path, self.out_dir)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                self.retention_errors_total += 1
-                log.error("retention: cannot remove %s: %s", r.file.path, exc.strerror)
-                continue
-            removed.add(r.file.path)
-            self.retention_removed_total += 1
-            self.retention_removed_bytes_total += r.file.size
-            log.info("retention: removed %s (%s, %s)", r.file.path, human_bytes(r.file.size), r.reason)
-        if removed and self.hooks is not None:
-            self.hooks.forget(removed)
-
     # --- stall alarm ----------------------------------------------------------------------------
 
     def _check_stall(self, views: list[ShardView], now_ns: int) -> None:
@@ -325,11 +350,11 @@ class Operations:
             Figure("ime_recorder_trading_session", "gauge", "1 while the clock is within --sessions (Asia/Tehran)",
                    float(in_session(self.sessions, clock.time_ns()))),
             Figure("ime_recorder_retention_removed_files", "counter", "segments removed by retention",
-                   self.retention_removed_total),
+                   self.housekeeping.removed_total),
             Figure("ime_recorder_retention_removed_bytes", "counter", "bytes removed by retention",
-                   self.retention_removed_bytes_total),
+                   self.housekeeping.removed_bytes_total),
             Figure("ime_recorder_retention_errors", "counter", "segments retention could not remove",
-                   self.retention_errors_total),
+                   self.housekeeping.errors_total),
             Figure("ime_recorder_token_renewals", "counter", "tokens renewed ahead of expiry",
                    self.renewal.renewals_total),
             Figure("ime_recorder_token_renewal_failures", "counter", "failed attempts to renew the token early",

@@ -154,13 +154,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     # The server's per-connection INFO lines are for ime-sim operators; here they would drown the report.
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
     factor = parse_speed(speed)
-    segments, unreadable = open_segments(paths)
-    for problem in unreadable:
-        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
-    check_contracts(segments, contracts)
-    selection = Selection.parse(segments, contracts, start, end, shown, all_copies=all_copies)
-    if selection.window_misses(segments):
-        raise RuntimeFailure(selection.nothing_selected(segments, shown))
+    segments, unreadable, selection = select_rows(paths, contracts, start, end, shown, all_copies)
     if listing:
         print_listing(segments, selection, shown)
         damaged = report_damage(segments)
@@ -172,6 +166,25 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
         report = serve_replay(segments, selection, pacer, serve, start_mode, token, send_timeout or None)
     else:
         report = replay_to_stdout(segments, selection, pacer, fmt, shown.gregorian)
+    finish(report, segments, bool(unreadable), quiet)
+
+
+def select_rows(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None,
+                shown: TimeLocale, all_copies: bool) -> tuple[list[SegmentFile], list[str], Selection]:
+    """The readable segments (each unreadable file a warning, and the run goes on with the rest), what could
+    not be read, and the selection of --contract/--from/--to; RuntimeFailure when the window holds nothing."""
+    segments, unreadable = open_segments(paths)
+    for problem in unreadable:
+        click.echo(f"{PROG}: warning: skipped {problem}", err=True)
+    check_contracts(segments, contracts)
+    selection = Selection.parse(segments, contracts, start, end, shown, all_copies=all_copies)
+    if selection.window_misses(segments):
+        raise RuntimeFailure(selection.nothing_selected(segments, shown))
+    return segments, unreadable, selection
+
+
+def finish(report: ReplayReport, segments: list[SegmentFile], unreadable: bool, quiet: bool) -> None:
+    """The timing report and the exit status: a signal's, else 1 when a file was damaged or skipped."""
     if not quiet or report.signal is not None:
         for line in report.lines():
             click.echo(f"{PROG}: {line}", err=True)

@@ -7,6 +7,7 @@ most `MAX_BINS` time bins so that a day of recording draws as quickly and as sma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,32 +191,40 @@ class EventLog:
         self.marked.append(MarkedEvent(ts_ns, shard, name, describe_event(name, event)))
 
 
+def _rejected(event: dict[str, Any]) -> str:
+    contracts = event.get("contracts") or []
+    shown = ", ".join(str(c) for c in contracts[:8]) + (f" and {len(contracts) - 8} more" if len(contracts) > 8
+                                                         else "")
+    return f"refused by the server (code {event.get('code')}), excluded: {shown}"
+
+
+def _disk(event: dict[str, Any]) -> str:
+    level = event.get("level")
+    free = event.get("free_bytes")
+    shown = f"{free / (1 << 30):.2f} GiB free" if isinstance(free, int) else "free space unknown"
+    return {"low": f"disk low: {shown} (below --warn-free-gb)",
+            "critical": f"disk critical: {shown} (below --min-free-gb): recording stopped",
+            "ok": f"disk space back above the threshold: {shown}"}.get(str(level), f"disk {level}: {shown}")
+
+
+# The events the report knows, each in words; any other is shown as its key=value fields.
+_DESCRIBE: dict[str, Callable[[dict[str, Any]], str]] = {
+    "rejected": _rejected,
+    "backpressure": lambda e: "reading paused: the disk could not keep up" if e.get("paused") else "reading resumed",
+    "stall": lambda e: f"no message for {e.get('silent_s')} s during a trading session",
+    "stall_over": lambda e: "messages arrive again",
+    "token_refreshed": lambda e: f"a fresh token (generation {e.get('gen')})",
+    "worker_restarted": lambda e: f"worker restarted (incarnation {e.get('incarnation')}, pid {e.get('pid')})",
+    "disk": _disk,
+    "worker_stopping": lambda e: f"worker stopping: {e.get('reason')}",
+}
+
+
 def describe_event(name: str, event: dict[str, Any]) -> str:
     """A short line of what an event says; URLs and headers are left out (they say nothing about health)."""
-    if name == "rejected":
-        contracts = event.get("contracts") or []
-        shown = ", ".join(str(c) for c in contracts[:8]) + (f" and {len(contracts) - 8} more" if len(contracts) > 8
-                                                             else "")
-        return f"refused by the server (code {event.get('code')}), excluded: {shown}"
-    if name == "backpressure":
-        return "reading paused: the disk could not keep up" if event.get("paused") else "reading resumed"
-    if name == "stall":
-        return f"no message for {event.get('silent_s')} s during a trading session"
-    if name == "stall_over":
-        return "messages arrive again"
-    if name == "token_refreshed":
-        return f"a fresh token (generation {event.get('gen')})"
-    if name == "worker_restarted":
-        return f"worker restarted (incarnation {event.get('incarnation')}, pid {event.get('pid')})"
-    if name == "disk":
-        level = event.get("level")
-        free = event.get("free_bytes")
-        shown = f"{free / (1 << 30):.2f} GiB free" if isinstance(free, int) else "free space unknown"
-        return {"low": f"disk low: {shown} (below --warn-free-gb)",
-                "critical": f"disk critical: {shown} (below --min-free-gb): recording stopped",
-                "ok": f"disk space back above the threshold: {shown}"}.get(str(level), f"disk {level}: {shown}")
-    if name == "worker_stopping":
-        return f"worker stopping: {event.get('reason')}"
+    known = _DESCRIBE.get(name)
+    if known is not None:
+        return known(event)
     parts = []
     for key, value in event.items():
         if key in ("event", "url", "headers", "contracts") or isinstance(value, dict | list):

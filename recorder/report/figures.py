@@ -158,89 +158,118 @@ def _copies(data: ReportData, lane: Lane) -> list[int]:
     return sorted(copies) or [0]
 
 
-def timeline(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn | None:
-    """Per shard and group: one row per copy (connected), one for the time no copy was, and the shard's events."""
-    if not data.timeline.lanes and not data.events.marked:
-        return None  # no connection event in what was read (a window inside one long connection, or no recorder)
-    span = max(1, data.end_ns - data.start_ns)
-    min_width = span / 500  # ~3 px: a 5 ms gap in a day is still seen
-    lanes = [data.timeline.lanes[k] for k in sorted(data.timeline.lanes)]
-    shards = sorted({lane.shard for lane in lanes} | {e.shard for e in data.events.marked})
-    rows: list[str] = []
-    fig = Figure(figsize=(WIDTH_IN, 1.0 + 0.32 * (sum(len(_copies(data, ln)) + 1 for ln in lanes) + len(shards))))
-    ax = fig.add_subplot()
-    gap_marks_x: list[float] = []
-    gap_marks_y: list[float] = []
-    drop_x: list[float] = []
-    drop_y: list[float] = []
-    used_events: dict[str, bool] = {}
-    copies_seen: set[int] = set()
-    for shard in shards:
-        shard_first = len(rows)
-        for lane in (ln for ln in lanes if ln.shard == shard):
-            group_first = len(rows)
-            for copy in _copies(data, lane):
-                copies_seen.add(copy)
-                y = len(rows)
-                rows.append(f"shard {shard} · group {lane.group} · copy {copy}")
-                bars = drawable(lane.connected.get(copy, []), span)
-                ax.broken_barh([(num(a), (b - a) / _DAY_NS) for a, b in bars], (y - 0.32, 0.64),
-                               facecolors=COPY_COLOURS[copy % len(COPY_COLOURS)], linewidth=0)
-                for t in drawn_drops(lane.drops.get(copy, []), data.start_ns, span):
-                    drop_x.append(num(t))
-                    drop_y.append(y)
-            y = len(rows)
-            rows.append(f"shard {shard} · group {lane.group} · no copy connected")
-            gaps = drawable([g for g in lane.gaps if g[1] >= g[0]], span)
-            widths = [(num(a), max(b - a, min_width) / _DAY_NS) for a, b in gaps]
-            # The whole group's rows are tinted where nothing of it was connected: data can only be missing there.
-            ax.broken_barh(widths, (group_first - 0.5, y - group_first + 1), facecolors=GAP_COLOUR, alpha=0.12,
-                           linewidth=0)
-            ax.broken_barh(widths, (y - 0.32, 0.64), facecolors=GAP_COLOUR, linewidth=0)
-            for a, _ in gaps:
-                gap_marks_x.append(num(a))
-                gap_marks_y.append(y - 0.42)
-            ax.axhline(y + 0.5, color="#bbbbbb", linewidth=0.6)
-        y = len(rows)
-        rows.append(f"shard {shard} · events")
+class _TimelineRows:
+    """The timeline's rows, laid top-down on one axes: each copy's connected time, each group's time with no
+    copy, each shard's events. Drops and gap starts are collected and drawn once at the end (one plot call
+    each, not one per lane: a flapping day has thousands), above the bars."""
+
+    def __init__(self, ax: Axes, data: ReportData) -> None:
+        self.ax = ax
+        self.data = data
+        self.span = max(1, data.end_ns - data.start_ns)
+        self.labels: list[str] = []
+        self.gap_marks_x: list[float] = []
+        self.gap_marks_y: list[float] = []
+        self.drop_x: list[float] = []
+        self.drop_y: list[float] = []
+        self.used_events: dict[str, bool] = {}
+        self.copies_seen: set[int] = set()
+
+    def lane(self, lane: Lane) -> None:
+        """A row per copy of the group, then its "no copy connected" row."""
+        group_first = len(self.labels)
+        for copy in _copies(self.data, lane):
+            self.copies_seen.add(copy)
+            y = len(self.labels)
+            self.labels.append(f"shard {lane.shard} · group {lane.group} · copy {copy}")
+            bars = drawable(lane.connected.get(copy, []), self.span)
+            self.ax.broken_barh([(num(a), (b - a) / _DAY_NS) for a, b in bars], (y - 0.32, 0.64),
+                                facecolors=COPY_COLOURS[copy % len(COPY_COLOURS)], linewidth=0)
+            for t in drawn_drops(lane.drops.get(copy, []), self.data.start_ns, self.span):
+                self.drop_x.append(num(t))
+                self.drop_y.append(y)
+        y = len(self.labels)
+        self.labels.append(f"shard {lane.shard} · group {lane.group} · no copy connected")
+        gaps = drawable([g for g in lane.gaps if g[1] >= g[0]], self.span)
+        min_width = self.span / 500  # ~3 px: a 5 ms gap in a day is still seen
+        widths = [(num(a), max(b - a, min_width) / _DAY_NS) for a, b in gaps]
+        # The whole group's rows are tinted where nothing of it was connected: data can only be missing there.
+        self.ax.broken_barh(widths, (group_first - 0.5, y - group_first + 1), facecolors=GAP_COLOUR, alpha=0.12,
+                            linewidth=0)
+        self.ax.broken_barh(widths, (y - 0.32, 0.64), facecolors=GAP_COLOUR, linewidth=0)
+        for a, _ in gaps:
+            self.gap_marks_x.append(num(a))
+            self.gap_marks_y.append(y - 0.42)
+        self.ax.axhline(y + 0.5, color="#bbbbbb", linewidth=0.6)
+
+    def events(self, shard: int, shard_first: int) -> None:
+        """The shard's events row; a worker restart is also a dashed line across all the shard's rows."""
+        y = len(self.labels)
+        self.labels.append(f"shard {shard} · events")
         by_name: dict[str, list[float]] = {}
-        for e in data.events.marked:
+        for e in self.data.events.marked:
             if e.shard == shard:
                 by_name.setdefault(e.name, []).append(num(e.ts_ns))
         for name, xs in by_name.items():
             marker, colour = EVENT_STYLE.get(name, OTHER_EVENT_STYLE)
-            used_events[name] = True
-            ax.plot(xs, [y] * len(xs), marker=marker, color=colour, markersize=7, linestyle="none")
+            self.used_events[name] = True
+            self.ax.plot(xs, [y] * len(xs), marker=marker, color=colour, markersize=7, linestyle="none")
             if name == "worker_restarted":
-                ax.vlines(xs, shard_first - 0.5, y + 0.5, colors=colour, linestyles="dashed", linewidth=1)
-        ax.axhline(y + 0.5, color="#666666", linewidth=0.9)
-    if drop_x:
-        # Shorter than the bar, so that its colour still shows on a lane that flapped all day.
-        ax.plot(drop_x, drop_y, marker="|", color="#222222", markersize=6, markeredgewidth=1, linestyle="none")
-    if gap_marks_x:
-        ax.plot(gap_marks_x, gap_marks_y, marker="v", color=GAP_COLOUR, markersize=6, linestyle="none")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
+                self.ax.vlines(xs, shard_first - 0.5, y + 0.5, colors=colour, linestyles="dashed", linewidth=1)
+        self.ax.axhline(y + 0.5, color="#666666", linewidth=0.9)
+
+    def marks(self) -> None:
+        if self.drop_x:
+            # Shorter than the bar, so that its colour still shows on a lane that flapped all day.
+            self.ax.plot(self.drop_x, self.drop_y, marker="|", color="#222222", markersize=6, markeredgewidth=1,
+                         linestyle="none")
+        if self.gap_marks_x:
+            self.ax.plot(self.gap_marks_x, self.gap_marks_y, marker="v", color=GAP_COLOUR, markersize=6,
+                         linestyle="none")
+
+    def legend(self, fig: Figure) -> None:
+        """The legend below the axes, of only the copies and events drawn; the figure grows to hold it."""
+        handles: list[Patch | Line2D] = [
+            Patch(color=COPY_COLOURS[c % len(COPY_COLOURS)], label=f"copy {c} connected")
+            for c in sorted(self.copies_seen)]
+        handles += [
+            Line2D([], [], marker="|", color="#222222", linestyle="none", markersize=9, label="connection went down"),
+            Patch(color=GAP_COLOUR, label="no copy connected: data can be missing"),
+        ]
+        for name in sorted(self.used_events):
+            marker, colour = EVENT_STYLE.get(name, OTHER_EVENT_STYLE)
+            handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", markersize=7,
+                                  label=name.replace("_", " ")))
+        ncol = min(len(handles), 5)
+        legend_in = 0.25 * -(-len(handles) // ncol)
+        height = fig.get_figheight() + legend_in
+        fig.set_figheight(height)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=9,
+                   bbox_to_anchor=(0.5, 0.05 / height))
+        fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.15 / height, bottom=(0.75 + legend_in) / height)
+
+
+def timeline(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn | None:
+    """Per shard and group: one row per copy (connected), one for the time no copy was, and the shard's events."""
+    if not data.timeline.lanes and not data.events.marked:
+        return None  # no connection event in what was read (a window inside one long connection, or no recorder)
+    lanes = [data.timeline.lanes[k] for k in sorted(data.timeline.lanes)]
+    shards = sorted({lane.shard for lane in lanes} | {e.shard for e in data.events.marked})
+    fig = Figure(figsize=(WIDTH_IN, 1.0 + 0.32 * (sum(len(_copies(data, ln)) + 1 for ln in lanes) + len(shards))))
+    ax = fig.add_subplot()
+    rows = _TimelineRows(ax, data)
+    for shard in shards:
+        shard_first = len(rows.labels)
+        for lane in (ln for ln in lanes if ln.shard == shard):
+            rows.lane(lane)
+        rows.events(shard, shard_first)
+    rows.marks()
+    ax.set_yticks(range(len(rows.labels)), rows.labels)
+    ax.set_ylim(len(rows.labels) - 0.5, -0.5)
     _time_axis(ax, zone, data, calendar=calendar)
     _style(ax)
     ax.tick_params(axis="y", length=0)
-    handles: list[Patch | Line2D] = [Patch(color=COPY_COLOURS[c % len(COPY_COLOURS)], label=f"copy {c} connected")
-                                     for c in sorted(copies_seen)]
-    handles += [
-        Line2D([], [], marker="|", color="#222222", linestyle="none", markersize=9, label="connection went down"),
-        Patch(color=GAP_COLOUR, label="no copy connected: data can be missing"),
-    ]
-    for name in sorted(used_events):
-        marker, colour = EVENT_STYLE.get(name, OTHER_EVENT_STYLE)
-        handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", markersize=7,
-                              label=name.replace("_", " ")))
-    ncol = min(len(handles), 5)
-    legend_in = 0.25 * -(-len(handles) // ncol)
-    height = fig.get_figheight() + legend_in
-    fig.set_figheight(height)
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=9,
-               bbox_to_anchor=(0.5, 0.05 / height))
-    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.15 / height, bottom=(0.75 + legend_in) / height)
+    rows.legend(fig)
     return _svg(fig, "timeline")
 
 
@@ -269,12 +298,8 @@ def _steps(ax: Axes, data: ReportData, values: Sequence[float], **style: object)
     ax.stairs(values, xs, baseline=0 if style.get("fill") else None, **style)  # type: ignore[arg-type]
 
 
-def rates(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn:
-    """Messages per second per contract (mean over each bin), and all contracts with their busiest second."""
-    width_s = data.bins.width_ns / _NS
-    top, rest = drawn_contracts(data)
-    fig = Figure(figsize=(WIDTH_IN, 6.4))
-    ax, total = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+def _contract_rates(ax: Axes, data: ReportData, top: list[str], rest: list[str], unit: str) -> None:
+    """The upper panel: the busiest contracts each on their own, the others as their mean."""
     palette = matplotlib.colormaps["tab10"]
     for i, contract in enumerate(top):
         _steps(ax, data, per_second(data, data.rates.counts[contract]), color=palette(i % 10),
@@ -284,23 +309,41 @@ def rates(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn:
         summed = per_second(data, [sum(data.rates.counts[c][i] for c in rest) for i in range(data.bins.count)])
         _steps(ax, data, [v / len(rest) for v in summed], color="#7f7f7f", linewidth=1.2, linestyle="--",
                label=f"mean of the {len(rest)} other contracts")
-    unit = "s" if width_s == 1 else f"{width_s:g} s bin"
-    ax.set_ylabel("messages/s" + ("" if width_s == 1 else f"\n(mean per {unit})"))
+    ax.set_ylabel("messages/s" + ("" if unit == "s" else f"\n(mean per {unit})"))
     if top:
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1), frameon=False, fontsize=9)
+
+
+def _total_rate(total: Axes, data: ReportData, unit: str) -> None:
+    """The lower panel: all contracts, and each bin's busiest second when a bin is longer than one."""
     _steps(total, data, per_second(data, data.rates.total_counts), fill=True, color="#c6dbef",
-           label="all contracts" + ("" if width_s == 1 else f", mean per {unit}"))
-    if width_s > 1:
+           label="all contracts" + ("" if unit == "s" else f", mean per {unit}"))
+    if data.bins.width_ns > _NS:
         _steps(total, data, data.rates.total_peaks, color="#08519c", linewidth=1, label="busiest second in the bin")
     total.set_ylabel("messages/s, all")
+
+
+def _shade_gaps(axes: Sequence[Axes], data: ReportData) -> bool:
+    """Shade, on each axes, the times some group had no copy connected; whether there were any."""
     gaps = drawable([g for lane in data.timeline.lanes.values() for g in lane.gaps if g[1] > g[0]],
                     max(1, data.end_ns - data.start_ns))
     for a, b in gaps:
-        for axis in (ax, total):
+        for axis in axes:
             axis.axvspan(num(a), num(max(b, a + (data.end_ns - data.start_ns) // 500)), color=GAP_COLOUR,
                          alpha=0.15, linewidth=0)
+    return bool(gaps)
+
+
+def rates(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn:
+    """Messages per second per contract (mean over each bin), and all contracts with their busiest second."""
+    width_s = data.bins.width_ns / _NS
+    unit = "s" if width_s == 1 else f"{width_s:g} s bin"
+    fig = Figure(figsize=(WIDTH_IN, 6.4))
+    ax, total = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    _contract_rates(ax, data, *drawn_contracts(data), unit)
+    _total_rate(total, data, unit)
     handles, labels = total.get_legend_handles_labels()
-    if gaps:
+    if _shade_gaps((ax, total), data):
         handles.append(Patch(color=GAP_COLOUR, alpha=0.15))
         labels.append("a group had no copy connected")
     total.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.005, 1), frameon=False, fontsize=9)

@@ -116,29 +116,39 @@ def _copy_rows(connections: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _verdict(data: ReportData, connections: dict[str, Any], zone: TimeLocale, damage: int, skipped: int) -> str:
-    problems: list[str] = []
+def _gap_problem(data: ReportData, zone: TimeLocale) -> str | None:
+    """The time no copy of a group was connected after its first connection (waiting for the first one is no
+    loss), with the longest such gap; None when there was none."""
     drops = [(a, b, g) for g in data.groups for a, b in g.gaps if b > a and not first_wait(g, a)]
     dropped_ns = sum(g.uncovered_ns - g.initial_ns for g in data.groups)
-    waiting_ns = sum(g.initial_ns for g in data.groups)
-    if dropped_ns > 0:
-        a, b, g = max(drops, key=lambda d: d[1] - d[0]) if drops else (0, 0, data.groups[0])
-        longest = (f"; the longest {duration((b - a) / 1e9)} from {local_time(a, zone)} "
-                   f"(shard {g.shard}, group {g.group})") if drops else ""
-        count = sum(g.gap_count - (1 if g.from_start and g.gap_count else 0) for g in data.groups)
-        problems.append(f"no copy of a group was connected for {dropped_ns / 1e9:.3f} s in {count} gap(s) after "
-                        f"its first connection{longest}: messages published then can be missing")
+    if dropped_ns <= 0:
+        return None
+    a, b, g = max(drops, key=lambda d: d[1] - d[0]) if drops else (0, 0, data.groups[0])
+    longest = (f"; the longest {duration((b - a) / 1e9)} from {local_time(a, zone)} "
+               f"(shard {g.shard}, group {g.group})") if drops else ""
+    count = sum(g.gap_count - (1 if g.from_start and g.gap_count else 0) for g in data.groups)
+    return (f"no copy of a group was connected for {dropped_ns / 1e9:.3f} s in {count} gap(s) after "
+            f"its first connection{longest}: messages published then can be missing")
+
+
+def _counted_problems(data: ReportData, damage: int, skipped: int) -> list[str]:
+    """One line per kind of trouble that happened at all: restarts, refusals, stalls, ... with its count."""
     events = data.stats.events
     restarts = sum(1 for e in data.events.marked if e.name == "worker_restarted")
-    for count, text in ((restarts, "worker restart(s)"), (events.get("rejected", 0), "refusal(s): contracts excluded"),
-                        (events.get("stall", 0), "stall(s) in trading hours"),
-                        (sum(1 for e in data.events.marked if e.name == "backpressure" and "paused" in e.detail),
-                         "backpressure pause(s): the disk could not keep up"),
-                        (events.get("disk", 0), "disk space warning(s)"),
-                        (damage, "damaged frame(s) or file(s): see stderr of the command"),
-                        (skipped, "file(s) that could not be opened")):
-        if count:
-            problems.append(f"{count} {text}")
+    paused = sum(1 for e in data.events.marked if e.name == "backpressure" and "paused" in e.detail)
+    counted = ((restarts, "worker restart(s)"), (events.get("rejected", 0), "refusal(s): contracts excluded"),
+               (events.get("stall", 0), "stall(s) in trading hours"),
+               (paused, "backpressure pause(s): the disk could not keep up"),
+               (events.get("disk", 0), "disk space warning(s)"),
+               (damage, "damaged frame(s) or file(s): see stderr of the command"),
+               (skipped, "file(s) that could not be opened"))
+    return [f"{count} {text}" for count, text in counted if count]
+
+
+def _verdict(data: ReportData, connections: dict[str, Any], zone: TimeLocale, damage: int, skipped: int) -> str:
+    gap = _gap_problem(data, zone)
+    problems = ([gap] if gap is not None else []) + _counted_problems(data, damage, skipped)
+    waiting_ns = sum(g.initial_ns for g in data.groups)
     fraction = connections["connected_fraction"]
     summary = (f"connected {100 * fraction:.3f}% of the time; {connections['uncovered_s']:.3f} s with no copy of a "
                f"group connected, {waiting_ns / 1e9:.3f} s of it waiting for first connections"
@@ -204,18 +214,15 @@ def _json_script(value: dict[str, Any]) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: str, sources: Sequence[str],
-           files: int, damage: int, skipped: int, window: tuple[int | None, int | None], generated_ns: int) -> str:
-    document = stats_document(data.stats, data.groups)
-    connections = document["connections"]
-    block = data_block(data, document, zone, tz_name)
-    by_name = {f.name: f for f in figures}
+def _head(data: ReportData, zone: TimeLocale, sources: Sequence[str], files: int,
+          window: tuple[int | None, int | None], generated_ns: int) -> list[str]:
+    """The document's head and the line saying what was read, over which span, in which zone."""
     zone_text = zone_label(zone.tz, data.start_ns, data.end_ns) + " (--tz)"
     if zone.calendar == PERSIAN:
         zone_text += ", dates in the Solar Hijri calendar (--calendar persian)"
     window_text = ", ".join(f"{k} {local_time(v, zone)}" for k, v in (("--from", window[0]), ("--to", window[1]))
                             if v is not None) or "the whole recording"
-    parts = [
+    return [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>ime-recorder report: {_e(', '.join(sources))}</title><style>{CSS}</style></head><body>",
@@ -225,16 +232,21 @@ def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: st
         f"({_e(human_duration((data.end_ns - data.start_ns) / 1e9))}; {_e(window_text)}); "
         f"{data.stats.records:,} records, {len(data.stats.contracts)} contracts, {files} files. "
         f"Times in {_e(zone_text)}. Generated <time>{_e(local_time(generated_ns, zone))}</time>.</p>",
-        _verdict(data, connections, zone, damage, skipped),
-        "<h2>Connections</h2>",
     ]
+
+
+def _connection_sections(data: ReportData, by_name: dict[str, Drawn], connections: dict[str, Any],
+                         zone: TimeLocale) -> list[str]:
+    """The timeline, the gaps table and the copies table (empty lines kept: the page's lines stay as they were)."""
+    parts = ["<h2>Connections</h2>"]
     if "timeline" in by_name:
         parts.append('<figure data-figure="timeline">' + by_name["timeline"].svg + "<figcaption>Per shard and "
                      "connection group: when each copy (connection) was up, and when none was — the only time a "
                      "message can be missing. Events of the shard on its own row.</figcaption></figure>")
     else:
         parts.append('<p class="note">No connection events in what was read: nothing to draw.</p>')
-    parts += [
+    return [
+        *parts,
         "<h2>Gaps: time with no copy of a group connected</h2>",
         _table(["shard", "worker", "group", "contracts", "from", "span", "no copy", "gaps", "connected",
                 "longest gaps"], _group_rows(data.groups, connections, zone), ' id="groups"')
@@ -243,6 +255,12 @@ def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: st
         _table(["shard", "worker", "group", "copy", "first", "later", "share first", "lag p50 µs",
                 "lag p99 µs", "lag max µs"], _copy_rows(connections), ' id="copies"')
         if data.groups else "",
+    ]
+
+
+def _figure_sections(by_name: dict[str, Drawn]) -> list[str]:
+    """The rates and lag figures (either may be missing: no messages, or no later copies)."""
+    return [
         "<h2>Messages per second</h2>",
         '<figure data-figure="rates">' + by_name["rates"].svg + "</figure>" if "rates" in by_name else "",
         "<h2>Lag of later copies</h2>",
@@ -250,6 +268,12 @@ def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: st
          "another copy had: how much later (left, all of it; right, the 99th percentile over time).</figcaption>"
          "</figure>") if "lag" in by_name else
         '<p class="note">No later copies: one copy per group (no --redundancy), or none delivered late.</p>',
+    ]
+
+
+def _event_sections(data: ReportData, zone: TimeLocale) -> list[str]:
+    """Counts by event, close codes, and the events themselves (the first MAX_LISTED_EVENTS)."""
+    parts = [
         "<h2>Events</h2>",
         _table(["event", "count"], [f"<tr><td>{_e(k)}</td><td class=n>{v}</td></tr>"
                                     for k, v in sorted(data.stats.events.items())], ' id="event-counts"'),
@@ -266,7 +290,11 @@ def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: st
         if len(marked) > MAX_LISTED_EVENTS or data.events.omitted:
             parts.append(f'<p class="note">{len(marked) + data.events.omitted - MAX_LISTED_EVENTS} more events '
                          "not listed.</p>")
-    parts += [
+    return parts
+
+
+def _contract_sections(data: ReportData, zone: TimeLocale) -> list[str]:
+    parts = [
         "<h2>Contracts</h2>",
         _table(["contract", "records", "first", "last", "mean/s", "max/s", "largest gap", "after"], [
             f'<tr data-contract="{_e(name)}"><td>{_e(name)}</td><td class=n>{c.records:,}</td>'
@@ -278,6 +306,23 @@ def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: st
     if data.stats.other_kinds:
         parts.append('<p class="note">Not counted as messages (receipts: later copies), by record kind: '
                      + _e(", ".join(f"{k}×{v}" for k, v in data.stats.other_kinds.items())) + "</p>")
+    return parts
+
+
+def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: str, sources: Sequence[str],
+           files: int, damage: int, skipped: int, window: tuple[int | None, int | None], generated_ns: int) -> str:
+    document = stats_document(data.stats, data.groups)
+    connections = document["connections"]
+    block = data_block(data, document, zone, tz_name)
+    by_name = {f.name: f for f in figures}
+    parts = [
+        *_head(data, zone, sources, files, window, generated_ns),
+        _verdict(data, connections, zone, damage, skipped),
+        *_connection_sections(data, by_name, connections, zone),
+        *_figure_sections(by_name),
+        *_event_sections(data, zone),
+        *_contract_sections(data, zone),
+    ]
     parts.append(f'<p class="note">Rates are binned in {data.bins.width_ns / _NS:g} s bins; the figures as '
                  "numbers, and the <code>ime-segments stats --json</code> document, are in the script element "
                  '<code>#ime-report-data</code> of this file.</p>')

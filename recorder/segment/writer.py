@@ -60,6 +60,77 @@ class _Backlog:
             self._on_change(paused)
 
 
+class _WriterThread:
+    """The writer thread: takes what the caller's side queues (frames, syncs, meta, rotate, close, abort) and writes
+    frames through the file policy. On a failure it records the error once, tells `on_error`, and wakes whoever
+    waits on it; the batches still queued are counted as lost. Its figures are written here, read anywhere."""
+
+    def __init__(self, files: SegmentFiles, ops: queue.SimpleQueue[tuple[str, Any]], backlog: _Backlog,
+                 on_error: Callable[[SegmentWriteError], None] | None, name: str) -> None:
+        self.files = files
+        self.queue = ops
+        self.backlog = backlog
+        self.on_error = on_error
+        self.error: SegmentWriteError | None = None
+        self.records_lost = 0  # the caller's side adds what it cuts after an error
+        self.aborted = False
+        self.records_written = self.frames_written = self.raw_bytes_written = 0
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def run(self) -> None:
+        files = self.files
+        while True:
+            try:
+                op, arg = self.queue.get(timeout=_IDLE_S)
+            except queue.Empty:
+                op, arg = "idle", None
+            if self.aborted:
+                files.abandon()
+                return
+            try:
+                if op == "frame":
+                    self.write(arg)
+                elif op == "sync":
+                    arg.set()
+                elif op == "meta":
+                    files.meta = {**files.meta, **arg}
+                elif op == "rotate":
+                    files.rotate("rotated", clock.time_ns())
+                elif op == "close":
+                    files.close(arg)
+                    return
+                files.tick(clock.time_ns())
+            except OSError as exc:
+                self.fail(exc)
+                return
+            except Exception as exc:  # a bug must not leave the recorder waiting on a dead thread
+                log.exception("segment writer thread failed")
+                self.fail(OSError(errno.EIO, f"internal error: {exc}"))
+                return
+
+    def write(self, batch: RecordBatch) -> None:
+        self.files.write(batch)
+        raw_size = batch.raw_size
+        self.records_written += batch.records  # the receipt columns' record included, as the index counts it
+        self.frames_written += 1
+        self.raw_bytes_written += raw_size
+        self.backlog.change(-raw_size)
+
+    def fail(self, exc: OSError) -> None:
+        # The .open file ends on a frame boundary; sealed in place when the disk allows it (else `ime-segments
+        # recover` does it later).
+        self.error = SegmentWriteError(describe_os_error(exc, self.files.failed()))
+        if self.on_error is not None:
+            self.on_error(self.error)
+        # Callers blocked on flush()/close() must wake up; pending batches are counted as lost.
+        while not self.queue.empty():  # this thread is the only one that takes from the queue
+            op, arg = self.queue.get_nowait()
+            if op == "sync":
+                arg.set()
+            elif op == "frame":
+                self.records_lost += arg.records
+
+
 class SegmentWriter:
     def __init__(
         self,
@@ -85,7 +156,6 @@ class SegmentWriter:
         self.directory = Path(directory)
         self.frame_bytes = frame_bytes
         self.flush_ns = int(flush_ms * 1_000_000)
-        self._on_error = on_error
         # Day folders (layout.DayLayout), or None for the flat layout. With them, no frame and no file holds
         # records of two days: this thread cuts the batch when a record of a new day comes (`_day_end`), and
         # the files start a new file for a batch of another day than the current file's.
@@ -102,11 +172,8 @@ class SegmentWriter:
         self._batch = RecordBatch(1)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._backlog = _Backlog(max_backlog_bytes, on_backlog)
-        self.error: SegmentWriteError | None = None
-        self.records_lost = 0
-        self._aborted = False
-        # Figures for status lines; written by the writer thread, read anywhere.
-        self.records_written = self.frames_written = self.raw_bytes_written = 0
+        self._writer = _WriterThread(self.files, self._queue, self._backlog, on_error, f"segment-writer-s{shard:02d}")
+        self._thread = self._writer.thread
 
         # Open the first file here, on the caller's thread, so an unwritable directory fails at start.
         try:
@@ -114,13 +181,33 @@ class SegmentWriter:
             self.files.current = self.files.open(clock.time_ns())
         except OSError as exc:
             raise SegmentWriteError(describe_os_error(exc, self.directory)) from None
-        self._thread = threading.Thread(target=self._run, name=f"segment-writer-s{shard:02d}", daemon=True)
         self._thread.start()
 
     @property
     def thread_id(self) -> int | None:
         """The writer thread's kernel thread id (for scheduling it: record/timeslice.py)."""
         return self._thread.native_id
+
+    # The writer thread's figures and outcome (for status lines, and for callers after flush/close).
+    @property
+    def error(self) -> SegmentWriteError | None:
+        return self._writer.error
+
+    @property
+    def records_lost(self) -> int:
+        return self._writer.records_lost
+
+    @property
+    def records_written(self) -> int:
+        return self._writer.records_written
+
+    @property
+    def frames_written(self) -> int:
+        return self._writer.frames_written
+
+    @property
+    def raw_bytes_written(self) -> int:
+        return self._writer.raw_bytes_written
 
     @property
     def bytes_written(self) -> int:
@@ -226,7 +313,7 @@ class SegmentWriter:
             return
         self._batch = RecordBatch(batch.serial + 1)
         if self.error is not None:
-            self.records_lost += batch.records
+            self._writer.records_lost += batch.records
             return
         self._backlog.change(batch.raw_size)
         self._queue.put(("frame", batch))
@@ -266,65 +353,10 @@ class SegmentWriter:
         """Stop the writer thread without writing what is still queued or sealing anything; the current `.open`
         file is closed as it is. For output that is being thrown away (an interrupted merge's staging directory):
         once this returns, nothing writes to or renames in the directory any more."""
-        self._aborted = True
+        self._writer.aborted = True
         self._queue.put(("abort", None))
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-
-    # --- writer thread --------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        files = self.files
-        while True:
-            try:
-                op, arg = self._queue.get(timeout=_IDLE_S)
-            except queue.Empty:
-                op, arg = "idle", None
-            if self._aborted:
-                files.abandon()
-                return
-            try:
-                if op == "frame":
-                    self._write(arg)
-                elif op == "sync":
-                    arg.set()
-                elif op == "meta":
-                    files.meta = {**files.meta, **arg}
-                elif op == "rotate":
-                    files.rotate("rotated", clock.time_ns())
-                elif op == "close":
-                    files.close(arg)
-                    return
-                files.tick(clock.time_ns())
-            except OSError as exc:
-                self._fail(exc)
-                return
-            except Exception as exc:  # a bug must not leave the recorder waiting on a dead thread
-                log.exception("segment writer thread failed")
-                self._fail(OSError(errno.EIO, f"internal error: {exc}"))
-                return
-
-    def _write(self, batch: RecordBatch) -> None:
-        self.files.write(batch)
-        raw_size = batch.raw_size
-        self.records_written += batch.records  # the receipt columns' record included, as the index counts it
-        self.frames_written += 1
-        self.raw_bytes_written += raw_size
-        self._backlog.change(-raw_size)
-
-    def _fail(self, exc: OSError) -> None:
-        # The .open file ends on a frame boundary; sealed in place when the disk allows it (else `ime-segments
-        # recover` does it later).
-        self.error = SegmentWriteError(describe_os_error(exc, self.files.failed()))
-        if self._on_error is not None:
-            self._on_error(self.error)
-        # Callers blocked on flush()/close() must wake up; pending batches are counted as lost.
-        while not self._queue.empty():  # this thread is the only one that takes from the queue
-            op, arg = self._queue.get_nowait()
-            if op == "sync":
-                arg.set()
-            elif op == "frame":
-                self.records_lost += arg.records
 
 
 def _batch_end(batch: RecordBatch, stamps: Sequence[int], ends: Sequence[int], start: int, frame_bytes: int,

@@ -135,6 +135,107 @@ class _Feed:
         self.fault_n += 1
         return self.prefixes[pos] + stamp + self.market.tail(pos)
 
+    # -- path hiccups (delay faults): frames held while one is on, sent in one write when it ends --------------
+
+    def send(self, data: bytes, n: int, now: float, held_limit: int | None) -> None:
+        """Write `n` messages' frames, or hold them while the connection's path hiccups (dropping and counting
+        what would take the held bytes over `held_limit`; None: hold everything)."""
+        sub = self.sub
+        if self.delayed_until > now:
+            if sub.closing:
+                return
+            # Held frames join the transport's buffer on release: together they stay under its high-water mark.
+            # (The drain pump holds a single batch and never drops: it is not bounded here.)
+            if held_limit is not None and self.held_bytes + len(data) + sub.write_buffer_size() > held_limit:
+                sub.add_dropped(n)
+                return
+            self.held.append(data)
+            self.held_bytes += len(data)
+            self.held_count += n
+            return
+        if self.held:  # the hiccup is over but its release timer has not fired yet: keep the order
+            self.end_delay()
+        sub.write_frames(data, n)
+
+    def start_delay(self, seconds: float) -> None:
+        self.delayed_until = max(self.delayed_until, time.perf_counter() + seconds)
+        if self.release is not None:
+            self.release.cancel()
+        self.release = asyncio.get_running_loop().call_later(self.delayed_until - time.perf_counter(), self.end_delay)
+
+    def end_delay(self, send: bool = True) -> None:
+        """The hiccup is over: everything held goes out in one write, in order.
+
+        A connection that closed meanwhile never gets what was held: like a message published after the close
+        (or in flight when the client hung up), that is not counted as dropped, which is for open connections
+        that could not keep up.
+        """
+        if self.release is not None:
+            self.release.cancel()
+            self.release = None
+        self.delayed_until = 0.0
+        if not self.held:
+            return
+        if send:
+            self.sub.write_frames(b"".join(self.held), self.held_count)
+        self.held.clear()
+        self.held_bytes = 0
+        self.held_count = 0
+
+
+class _FaultInjector:
+    """A connection's faults (--faults): when each is due (FaultPlan, seeded per connection) and what it does."""
+
+    def __init__(self, cfg: FaultConfig, seed: int, clock: Clock, revoke: Callable[[str], None] | None) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.clock = clock
+        self.revoke = revoke  # set later by SimSource.set_revoker when the server is made after the source
+
+    async def run(self, feed: _Feed) -> None:
+        sub = feed.sub
+        t0 = time.perf_counter()
+        for at, fault in FaultPlan(self.cfg, self.seed, sub.id).events():
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if sub.closing:
+                return
+            log.info("connection %d: injecting %s", sub.id, fault.value)
+            sub.count_fault(fault.value)
+            await self.inject(feed, fault)
+            if fault.ends_connection:
+                return
+
+    async def inject(self, feed: _Feed, fault: Fault) -> None:
+        sub = feed.sub
+        cfg = self.cfg
+        if fault is Fault.PING:
+            sub.send_ping(b"ime-sim %d" % sub.faults[fault.value])
+        elif fault is Fault.STALL:
+            feed.stalled_until = time.perf_counter() + cfg.stall_for
+        elif fault is Fault.DELAY:
+            feed.start_delay(cfg.delay_for)
+        elif fault is Fault.MALFORMED:
+            message = feed.sample(self.clock.stamp())
+            sub.write_frames(frame(message[: len(message) * 2 // 3], OP_TEXT), 0, 1)
+        elif fault is Fault.BINARY:
+            payload = b"\x00\xffIME-SIM binary frame %d \x80\x81" % sub.faults[fault.value]
+            sub.write_frames(frame(payload, OP_BINARY), 0, 1)
+        elif fault is Fault.OVERSIZED:
+            sub.write_frames(frame(oversized_message(feed.sample(self.clock.stamp()), cfg.oversized_bytes)), 0, 1)
+        elif fault is Fault.FRAGMENT:
+            parts = cfg.fragment_parts
+            sub.write_frames(fragments(feed.sample(self.clock.stamp()), parts), 0, parts)
+        elif fault is Fault.DROP:
+            await sub.drain_and_abort()
+        elif fault is Fault.CLOSE:
+            sub.close(cfg.close_code, "simulated close")
+        elif fault is Fault.REVOKE:
+            if sub.token_id is not None and self.revoke is not None:
+                self.revoke(sub.token_id)
+            sub.close(1008, "token revoked")
+
 
 class SimSource:
     """The FeedSource of ime-sim: contracts from `specs`, sent paced (`rate` > 0) or drained (`rate` == 0)."""
@@ -153,12 +254,12 @@ class SimSource:
         self.faults = faults or FaultConfig()
         self.batch_bytes = batch_bytes
         self.held_limit = held_limit
-        self._revoke = revoke
         self._by_kind = {
             EndpointKind.ID: {s.id: s.index for s in self.specs},
             EndpointKind.NAME: {s.name: s.index for s in self.specs},
         }
         self._clock = Clock()
+        self._injector = _FaultInjector(self.faults, seed, self._clock, revoke)
         self._feeds: dict[int, _Feed] = {}
         self._market = Market(self.specs, seed) if rate > 0 else None
         self._routes: list[list[tuple[_Feed, bytes]]] = [[] for _ in self.specs]
@@ -173,7 +274,7 @@ class SimSource:
 
     def set_revoker(self, revoke: Callable[[str], None]) -> None:
         """How a `revoke` fault invalidates a token (the server's authority owns the revocation list)."""
-        self._revoke = revoke
+        self._injector.revoke = revoke
 
     # -- FeedSource ----------------------------------------------------------------------------------
 
@@ -199,7 +300,7 @@ class SimSource:
             feed.tasks.append(_spawn(self._pump(feed), f"pump of connection {sub.id}", sub))
         self._feeds[sub.id] = feed
         if self.faults.enabled:
-            feed.tasks.append(_spawn(self._inject_faults(feed), f"faults of connection {sub.id}", sub))
+            feed.tasks.append(_spawn(self._injector.run(feed), f"faults of connection {sub.id}", sub))
 
     def on_unsubscribe(self, sub: Subscriber) -> None:
         feed = self._feeds.pop(sub.id, None)
@@ -207,7 +308,7 @@ class SimSource:
             return
         for task in feed.tasks:
             task.cancel()
-        self._end_delay(feed, send=False)
+        feed.end_delay(send=False)
         if self._market is not None:
             for i in feed.positions:
                 self._routes[i] = [r for r in self._routes[i] if r[0] is not feed]
@@ -234,7 +335,7 @@ class SimSource:
     async def close(self) -> None:
         tasks = [t for f in self._feeds.values() for t in f.tasks]
         for f in self._feeds.values():
-            self._end_delay(f, send=False)
+            f.end_delay(send=False)
         if self._ticker is not None:
             tasks.append(self._ticker)
         for t in tasks:
@@ -277,7 +378,7 @@ class SimSource:
                 extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix, ts, tail))
                 size += length + 4
                 n += 1
-            self._send(feed, b"".join(parts), n, now, bounded=False)
+            feed.send(b"".join(parts), n, now, None)
             # One batch per turn, so other connections, timers and reads get the loop too.
             await asyncio.sleep(0)
 
@@ -339,18 +440,26 @@ class SimSource:
         if repeats is not None and n:
             repeats.published(now_ns, i, ts, tail)
         if again is not None:
-            # The same bytes as when first published (timestamp included); a published message of its own, queued
-            # like the loop above queues each event (kept inline there: it runs for every message).
-            i, stamp, tail = again
-            if publish is not None:
-                publish(now_ns, published[i] + stamp + tail)
-            for feed, prefix in routes[i]:
-                if not feed.count:
-                    touched.append(feed)
-                length = len(prefix) + TS_LEN + len(tail)
-                feed.parts.extend((hdrs[length] if length < _HEADER_CACHE else frame_header(length), prefix,
-                                   stamp, tail))
-                feed.count += 1
+            self._queue_again(again, now_ns, touched)
+        self._flush(touched)
+
+    def _queue_again(self, again: tuple[int, bytes, bytes], now_ns: int, touched: list[_Feed]) -> None:
+        """Queue a message published before, with the same bytes (timestamp included): a published message of its
+        own, queued like _emit's loop queues each event (kept inline there: it runs for every message)."""
+        i, stamp, tail = again
+        if self._on_publish is not None:
+            self._on_publish(now_ns, self._published_prefixes[i] + stamp + tail)
+        for feed, prefix in self._routes[i]:
+            if not feed.count:
+                touched.append(feed)
+            length = len(prefix) + TS_LEN + len(tail)
+            feed.parts.extend((TEXT_HEADERS[length] if length < _HEADER_CACHE else frame_header(length), prefix,
+                               stamp, tail))
+            feed.count += 1
+
+    def _flush(self, touched: list[_Feed]) -> None:
+        """Send each connection its messages of this tick in one write; a paused or stalled one's are dropped and
+        counted (the market does not wait for a slow client, as an exchange does not)."""
         now = time.perf_counter()
         for feed in touched:
             sub = feed.sub
@@ -358,102 +467,9 @@ class SimSource:
                 if not sub.closing:
                     sub.add_dropped(feed.count)
             else:
-                self._send(feed, b"".join(feed.parts), feed.count, now)
+                feed.send(b"".join(feed.parts), feed.count, now, self.held_limit)
             feed.parts.clear()
             feed.count = 0
-
-    # -- path hiccups (delay faults) -----------------------------------------------------------------
-
-    def _send(self, feed: _Feed, data: bytes, n: int, now: float, bounded: bool = True) -> None:
-        """Write `n` messages' frames, or hold them while the connection's path hiccups."""
-        sub = feed.sub
-        if feed.delayed_until > now:
-            if sub.closing:
-                return
-            # Held frames join the transport's buffer on release: together they stay under its high-water mark.
-            # (The drain pump holds a single batch and never drops: it is not bounded here.)
-            if bounded and feed.held_bytes + len(data) + sub.write_buffer_size() > self.held_limit:
-                sub.add_dropped(n)
-                return
-            feed.held.append(data)
-            feed.held_bytes += len(data)
-            feed.held_count += n
-            return
-        if feed.held:  # the hiccup is over but its release timer has not fired yet: keep the order
-            self._end_delay(feed)
-        sub.write_frames(data, n)
-
-    def _start_delay(self, feed: _Feed, seconds: float) -> None:
-        feed.delayed_until = max(feed.delayed_until, time.perf_counter() + seconds)
-        if feed.release is not None:
-            feed.release.cancel()
-        feed.release = asyncio.get_running_loop().call_later(
-            feed.delayed_until - time.perf_counter(), self._end_delay, feed)
-
-    def _end_delay(self, feed: _Feed, send: bool = True) -> None:
-        """The hiccup is over: everything held goes out in one write, in order.
-
-        A connection that closed meanwhile never gets what was held: like a message published after the close
-        (or in flight when the client hung up), that is not counted as dropped, which is for open connections
-        that could not keep up.
-        """
-        if feed.release is not None:
-            feed.release.cancel()
-            feed.release = None
-        feed.delayed_until = 0.0
-        if not feed.held:
-            return
-        if send:
-            feed.sub.write_frames(b"".join(feed.held), feed.held_count)
-        feed.held.clear()
-        feed.held_bytes = 0
-        feed.held_count = 0
-
-    # -- faults --------------------------------------------------------------------------------------
-
-    async def _inject_faults(self, feed: _Feed) -> None:
-        sub = feed.sub
-        t0 = time.perf_counter()
-        for at, fault in FaultPlan(self.faults, self.seed, sub.id).events():
-            delay = t0 + at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if sub.closing:
-                return
-            log.info("connection %d: injecting %s", sub.id, fault.value)
-            sub.count_fault(fault.value)
-            await self._inject(feed, fault)
-            if fault.ends_connection:
-                return
-
-    async def _inject(self, feed: _Feed, fault: Fault) -> None:
-        sub = feed.sub
-        cfg = self.faults
-        if fault is Fault.PING:
-            sub.send_ping(b"ime-sim %d" % sub.faults[fault.value])
-        elif fault is Fault.STALL:
-            feed.stalled_until = time.perf_counter() + cfg.stall_for
-        elif fault is Fault.DELAY:
-            self._start_delay(feed, cfg.delay_for)
-        elif fault is Fault.MALFORMED:
-            message = feed.sample(self._clock.stamp())
-            sub.write_frames(frame(message[: len(message) * 2 // 3], OP_TEXT), 0, 1)
-        elif fault is Fault.BINARY:
-            payload = b"\x00\xffIME-SIM binary frame %d \x80\x81" % sub.faults[fault.value]
-            sub.write_frames(frame(payload, OP_BINARY), 0, 1)
-        elif fault is Fault.OVERSIZED:
-            sub.write_frames(frame(oversized_message(feed.sample(self._clock.stamp()), cfg.oversized_bytes)), 0, 1)
-        elif fault is Fault.FRAGMENT:
-            parts = cfg.fragment_parts
-            sub.write_frames(fragments(feed.sample(self._clock.stamp()), parts), 0, parts)
-        elif fault is Fault.DROP:
-            await sub.drain_and_abort()
-        elif fault is Fault.CLOSE:
-            sub.close(cfg.close_code, "simulated close")
-        elif fault is Fault.REVOKE:
-            if sub.token_id is not None and self._revoke is not None:
-                self._revoke(sub.token_id)
-            sub.close(1008, "token revoked")
 
 
 def oversized_message(message: bytes, size: int) -> bytes:
