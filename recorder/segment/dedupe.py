@@ -183,47 +183,29 @@ class _Observe:
         """
         return self.observe_digest(ts_ns, source, _xxh3_128(payload), source if ref is None else ref)
 
+    def _observe_each(self, stamps: Sequence[int], sources: Sequence[int], keys: Sequence[bytes],
+                      refs: Sequence[int]) -> BatchCopies:
+        """`observe_batch` one arrival at a time: what the batch's fast loop leaves to the general code."""
+        won = [(i, original) for i, original in enumerate(starmap(self.observe_digest, zip(stamps, sources, keys, refs,
+                                                                                      strict=True)))
+               if original is not None]
+        return [i for i, _ in won], [ts for _, (ts, _) in won], [ref for _, (_, ref) in won]
 
-class PyDeduper(_Observe):
-    """First arrival wins; later copies are reported with the original they repeat.
 
-    Originals live in arrival order in three parallel lists of atoms — receive times, refs, keys — from
-    `_head` on (compacted now and then; `_base` is the absolute position of the lists' first slot), one slot
-    per original, so each leaves the window at its own time. The common case, one original with copies from
-    other sources, is then one small Python int per hash: the original's absolute position, its source and a
-    bitmask of the sources that already delivered their copy (a source whose join is later than the position
-    delivered it on an earlier connection: it counts no more). Neither an int nor a list of ints is something
-    the garbage collector must walk entry by entry: with a list per entry, tens of thousands of live entries
-    made each full collection stall the receive thread for ~20 ms. Bytes that one source delivers twice (a real
-    repeat), or sources beyond 7, use the general `_Entry`, whose later originals take slots of their own.
-    """
+class _Joins:
+    """PyDeduper's joins (see the module docstring): each source's join position, the sources still settling, and
+    those whose first message since joining was new and awaits another source's copy of it."""
 
-    __slots__ = ("_awaiting", "_base", "_entries", "_head", "_joined", "_joined_other", "_keys", "_refs", "_settling",
-                 "_times", "counts", "max_entries", "window_ns")
-
-    def __init__(self, window_ns: int = DEFAULT_WINDOW_NS, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        if window_ns <= 0 or max_entries <= 0:
-            raise ValueError("the dedupe window must be positive")
-        self.window_ns = window_ns
-        self.max_entries = max_entries
-        self._entries: dict[bytes, int | _Entry] = {}
-        self._times: list[int] = []
-        self._refs: list[int] = []
-        self._keys: list[bytes] = []
-        self._head = 0
-        self._base = 0
-        # Each source's join position (see `join`): sources 0-7 in a list the fast paths index, others by name.
-        self._joined = [0] * _FAST_SOURCES
-        self._joined_other: dict[int, int] = {}
-        self._settling: set[int] = set()  # sources that joined and have not delivered anything since
-        # Sources whose first message since they joined was new: (the source, that original's position) until
-        # another source's arrival is a copy of it (see `_observe_joined`).
-        self._awaiting: list[tuple[int, int]] = []
-        self.counts = DedupeCounts()
-
-    def __len__(self) -> int:
-        """The live originals (what `max_entries` bounds)."""
-        return len(self._times) - self._head
+    __slots__ = ()
+    _joined: list[int]
+    _joined_other: dict[int, int]
+    _settling: set[int]
+    _awaiting: list[tuple[int, int]]
+    _base: int
+    _head: int
+    _times: list[int]
+    _entries: dict[bytes, int | _Entry]
+    observe_digest: Callable[[int, int, bytes, int], tuple[int, int] | None]
 
     def join(self, source: int) -> None:
         """`source` starts a new stream (a copy's new connection, before it can deliver anything): its arrivals
@@ -269,6 +251,48 @@ class PyDeduper(_Observe):
             if won is None:
                 self._awaiting.append((source, position))
         return won
+
+
+class PyDeduper(_Joins, _Observe):
+    """First arrival wins; later copies are reported with the original they repeat.
+
+    Originals live in arrival order in three parallel lists of atoms — receive times, refs, keys — from
+    `_head` on (compacted now and then; `_base` is the absolute position of the lists' first slot), one slot
+    per original, so each leaves the window at its own time. The common case, one original with copies from
+    other sources, is then one small Python int per hash: the original's absolute position, its source and a
+    bitmask of the sources that already delivered their copy (a source whose join is later than the position
+    delivered it on an earlier connection: it counts no more). Neither an int nor a list of ints is something
+    the garbage collector must walk entry by entry: with a list per entry, tens of thousands of live entries
+    made each full collection stall the receive thread for ~20 ms. Bytes that one source delivers twice (a real
+    repeat), or sources beyond 7, use the general `_Entry`, whose later originals take slots of their own.
+    """
+
+    __slots__ = ("_awaiting", "_base", "_entries", "_head", "_joined", "_joined_other", "_keys", "_refs", "_settling",
+                 "_times", "counts", "max_entries", "window_ns")
+
+    def __init__(self, window_ns: int = DEFAULT_WINDOW_NS, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if window_ns <= 0 or max_entries <= 0:
+            raise ValueError("the dedupe window must be positive")
+        self.window_ns = window_ns
+        self.max_entries = max_entries
+        self._entries: dict[bytes, int | _Entry] = {}
+        self._times: list[int] = []
+        self._refs: list[int] = []
+        self._keys: list[bytes] = []
+        self._head = 0
+        self._base = 0
+        # Each source's join position (see `join`): sources 0-7 in a list the fast paths index, others by name.
+        self._joined = [0] * _FAST_SOURCES
+        self._joined_other: dict[int, int] = {}
+        self._settling: set[int] = set()  # sources that joined and have not delivered anything since
+        # Sources whose first message since they joined was new: (the source, that original's position) until
+        # another source's arrival is a copy of it (see `_observe_joined`).
+        self._awaiting: list[tuple[int, int]] = []
+        self.counts = DedupeCounts()
+
+    def __len__(self) -> int:
+        """The live originals (what `max_entries` bounds)."""
+        return len(self._times) - self._head
 
     def observe_digest(self, ts_ns: int, source: int, key: bytes, ref: int) -> tuple[int, int] | None:
         if self._awaiting or (self._settling and source in self._settling):
@@ -323,8 +347,7 @@ class PyDeduper(_Observe):
         copy from another source of a one-original entry) are inlined here, with the state in locals; expiry
         is `_expire`'s, and everything else goes through `observe_digest`.
         """
-        if (not sources or min(sources) < 0 or max(sources) >= _FAST_SOURCES or self._settling
-                or self._awaiting):
+        if not self._batch_is_fast(sources):
             return self._observe_each(stamps, sources, keys, refs)
         times, held_refs, order, entries = self._times, self._refs, self._keys, self._entries
         get, window, max_entries, joined = entries.get, self.window_ns, self.max_entries, self._joined
@@ -379,12 +402,10 @@ class PyDeduper(_Observe):
         counts.copies += fast_copies
         return copy_at, orig_ts, orig_refs
 
-    def _observe_each(self, stamps: Sequence[int], sources: Sequence[int], keys: Sequence[bytes],
-                      refs: Sequence[int]) -> BatchCopies:
-        won = [(i, original) for i, original in enumerate(starmap(self.observe_digest, zip(stamps, sources, keys, refs,
-                                                                                      strict=True)))
-               if original is not None]
-        return [i for i, _ in won], [ts for _, (ts, _) in won], [ref for _, (_, ref) in won]
+    def _batch_is_fast(self, sources: Sequence[int]) -> bool:
+        """Every source 0-7 (the fast paths index by it) and no join settling (those go one at a time)."""
+        return bool(sources) and min(sources) >= 0 and max(sources) < _FAST_SOURCES and not (self._settling
+                                                                                          or self._awaiting)
 
     def _window(self) -> tuple[int, int, int, int]:
         """observe_batch's state: (head, base, when the oldest live original leaves, how many are live)."""
