@@ -56,7 +56,7 @@ def paced_recording(tmp_path_factory):
 def run_replay(*args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
     with open("/dev/null", "wb") as sink:
-        out = subprocess.run([sys.executable, "-m", "recorder.replay", *args], stdout=sink, stderr=subprocess.PIPE,
+        out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", *args], stdout=sink, stderr=subprocess.PIPE,
                              timeout=600, check=True)
     return time.perf_counter() - t0, out.stderr.decode()
 

@@ -414,7 +414,7 @@ def read_api_arrow(run: Run) -> View:
 
 
 def read_replay_stdout(run: Run) -> View:
-    got = subprocess.run([sys.executable, "-m", "recorder.replay", str(run.out), "--speed", "max", "--format", "raw",
+    got = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(run.out), "--speed", "max", "--format", "raw",
                           "-q"], capture_output=True, timeout=180)
     assert got.returncode == 0, got.stderr.decode()
     # The same records in the same order as `cat --format raw`: one merge of the shards for every reader.
@@ -423,7 +423,7 @@ def read_replay_stdout(run: Run) -> View:
 
 
 def read_replay_jsonl(run: Run) -> View:
-    got = subprocess.run([sys.executable, "-m", "recorder.replay", str(run.out), "--speed", "max", "-q"],
+    got = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(run.out), "--speed", "max", "-q"],
                          capture_output=True, timeout=180)
     assert got.returncode == 0, got.stderr.decode()
     lines = [x for x in _jsonl(got.stdout) if x["kind"] == "text"]
@@ -435,7 +435,7 @@ def read_replay_serve(run: Run) -> View:
     import websockets
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "recorder.replay", str(run.out), "--serve", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.replay", str(run.out), "--serve", f"127.0.0.1:{port}",
                              "--speed", "max", "--start", "first-client", "-q"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     kind = EndpointKind.NAME if run.mode.by_name else EndpointKind.ID

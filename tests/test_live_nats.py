@@ -80,7 +80,7 @@ def test_two_recorders_publish_each_message_once_with_digest_ids_and_receive_tim
     # The consumer side: everything for one contract, from the start of the stream.
     c = sim.info["ids"][0]
     want = [p for p in payloads if orjson.loads(p)["contractId"] == c]
-    out = subprocess.run([sys.executable, "-m", "recorder.replay", "--from-nats", server.url, "--contract", c,
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", "--from-nats", server.url, "--contract", c,
                           "--since", "all", "--format", "raw", "--count", str(len(want))],
                          capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -138,7 +138,7 @@ def test_three_node_cluster_with_a_node_killed_keeps_publishing_and_consuming(si
     rec.wait_for("connected to NATS", 60)
     consumed = tmp_path / "consumed.raw"
     with open(consumed, "wb") as sink:
-        consumer = subprocess.Popen([sys.executable, "-m", "recorder.replay", "--from-nats", urls, "--since", "all",
+        consumer = subprocess.Popen([sys.executable, "-m", "recorder.cli.replay", "--from-nats", urls, "--since", "all",
                                      "--format", "raw"], stdout=sink, stderr=subprocess.PIPE)
     try:
         time.sleep(2.5)

@@ -43,7 +43,7 @@ def make_recording(directory: Path, span_s: float = 1.5, rate: int = 1000, gap_s
 
 
 def replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "recorder.replay", *args], capture_output=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "recorder.cli.replay", *args], capture_output=True, timeout=timeout)
 
 
 def report_figures(stderr: bytes) -> dict[str, float]:
@@ -244,7 +244,7 @@ class ReplayServer:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.err = tmp_path / f"serve-{time.monotonic_ns()}.err"
         with open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.replay", *args], stderr=err,
+            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.replay", *args], stderr=err,
                                          stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while "serving ws://" not in self.stderr:
@@ -376,7 +376,7 @@ def test_a_signal_stops_the_replay_with_its_exit_code_and_a_line(tmp_path, sig):
     """Ctrl-C (or SIGTERM) mid-replay used to exit 0, as if the whole recording had been played: a script
     piping it into a backtest could not tell. Now: the report says so and the exit code is 128 + the signal."""
     make_recording(tmp_path, span_s=30.0, rate=50)
-    proc = subprocess.Popen([sys.executable, "-m", "recorder.replay", str(tmp_path), "--speed", "1x", "--format",
+    proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.replay", str(tmp_path), "--speed", "1x", "--format",
                              "raw", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     proc.stdout.readline()  # it is replaying

@@ -28,7 +28,7 @@ def test_serve_only_options_without_serve_are_one_line_exit_2(tmp_path, args, fl
 
 def test_the_token_from_the_environment_does_not_stop_a_stdout_replay(tmp_path):
     make_recording(tmp_path, span_s=0.05)
-    out = subprocess.run([sys.executable, "-m", "recorder.replay", str(tmp_path), "--speed", "max", "--format", "raw"],
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(tmp_path), "--speed", "max", "--format", "raw"],
                          capture_output=True, timeout=60, env={**os.environ, "IME_REPLAY_TOKEN": "from-env"})
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 100
@@ -44,7 +44,7 @@ def test_from_nats_with_no_server_there_is_one_line_and_exit_1(url):
     pytest.importorskip("nats", reason="the NATS client (ime-recorder[nats]) is not installed")
     """Nothing listens there: one line saying what went wrong and what to do, within seconds, no tracebacks."""
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "recorder.replay", "--from-nats", url, "--contract", "1001"],
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", "--from-nats", url, "--contract", "1001"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert time.monotonic() - started < 15

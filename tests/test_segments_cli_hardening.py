@@ -120,13 +120,13 @@ def test_stats_takes_a_window(recording):
 
 def test_replay_takes_the_same_time_input(recording):
     out = run(str(recording), "--tz", "Asia/Tehran", "--from", "09:00", "--to", "09:01", "--speed", "max",
-              "--format", "raw", "-q", module="recorder.replay")
+              "--format", "raw", "-q", module="recorder.cli.replay")
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 600
-    empty = run(str(recording), "--from", "09:00", "--speed", "max", "-q", module="recorder.replay")
+    empty = run(str(recording), "--from", "09:00", "--speed", "max", "-q", module="recorder.cli.replay")
     assert empty.returncode == 1 and "no records" in empty.stderr and "the recording spans" in empty.stderr
     backwards = run(str(recording), "--from", "09:05", "--to", "09:00", "--tz", "Asia/Tehran",
-                    module="recorder.replay")
+                    module="recorder.cli.replay")
     assert backwards.returncode == 2 and "is not before --to" in backwards.stderr
 
 
@@ -150,7 +150,7 @@ def test_unknown_record_kinds_are_skipped_by_cat_and_stats(tmp_path):
     ("recorder.cli.record", ["--no-such-option"], "ime-record: error: No such option"),
     ("recorder.cli.segments", ["bogus"], "ime-segments: error: No such command 'bogus'"),
     ("recorder.cli.segments", ["cat", "--nope"], "(see ime-segments cat --help)"),
-    ("recorder.replay", ["x.zst", "--speed"], "ime-replay: error: Option '--speed' requires an argument"),
+    ("recorder.cli.replay", ["x.zst", "--speed"], "ime-replay: error: Option '--speed' requires an argument"),
     ("recorder.cli.sim", ["--port", "x"], "ime-sim: error: Invalid value for '--port'"),
 ])
 def test_usage_errors_are_one_line_naming_the_command(module, args, needle):

@@ -184,7 +184,7 @@ def test_tz_alone_shows_gregorian_dates_at_plus_0330_and_a_solar_hijri_day_selec
     for command in ("cat", "stats", "ime-replay"):
         def one(*window: str, command: str = command) -> subprocess.CompletedProcess[str]:
             if command == "ime-replay":
-                return run("recorder.replay", str(recording), "--speed", "max", "-q", *window)
+                return run("recorder.cli.replay", str(recording), "--speed", "max", "-q", *window)
             return segments(command, str(recording), *(("--json",) if command == "stats" else ()), *window)
 
         a = one("--from", "1405/09/04", *PERSIAN_TEHRAN)
@@ -212,11 +212,11 @@ def test_a_date_of_the_other_calendar_is_one_line_and_exit_2(recording):
 
 
 def test_replay_jsonl_and_its_listing_are_in_the_zone(recording):
-    out = run("recorder.replay", str(recording), "--speed", "max", "--tz", "Asia/Tehran", "-q")
+    out = run("recorder.cli.replay", str(recording), "--speed", "max", "--tz", "Asia/Tehran", "-q")
     assert out.returncode == 0, out.stderr
     rows = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert rows and all(r["recv"] == shown(r["recv_ns"], 9, TEHRAN) for r in rows)
-    listing = run("recorder.replay", str(recording), "--list", *PERSIAN_TEHRAN)
+    listing = run("recorder.cli.replay", str(recording), "--list", *PERSIAN_TEHRAN)
     assert listing.returncode == 0, listing.stderr
     records = recorded(recording)
     assert f"from {shown(records[0][0], 9, TEHRAN, True)} to {shown(records[-1][0], 9, TEHRAN, True)}" in \

@@ -235,3 +235,7 @@ def report_damage(segments: list[SegmentFile]) -> int:
             click.echo(f"{PROG}: warning: {d} (played what verified)", err=True)
             count += 1
     return count
+
+
+if __name__ == "__main__":
+    main(prog_name=PROG)

@@ -1,3 +1,0 @@
-from recorder.replay.cli import PROG, main
-
-main(prog_name=PROG)
