@@ -414,8 +414,8 @@ def read_api_arrow(run: Run) -> View:
 
 
 def read_replay_stdout(run: Run) -> View:
-    got = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(run.out), "--speed", "max", "--format", "raw",
-                          "-q"], capture_output=True, timeout=180)
+    got = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(run.out), "--speed", "max", "--format",
+                          "raw", "-q"], capture_output=True, timeout=180)
     assert got.returncode == 0, got.stderr.decode()
     # The same records in the same order as `cat --format raw`: one merge of the shards for every reader.
     assert got.stdout == segments_cli("cat", str(run.out), "--format", "raw").stdout

@@ -28,8 +28,8 @@ def test_serve_only_options_without_serve_are_one_line_exit_2(tmp_path, args, fl
 
 def test_the_token_from_the_environment_does_not_stop_a_stdout_replay(tmp_path):
     make_recording(tmp_path, span_s=0.05)
-    out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(tmp_path), "--speed", "max", "--format", "raw"],
-                         capture_output=True, timeout=60, env={**os.environ, "IME_REPLAY_TOKEN": "from-env"})
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.replay", str(tmp_path), "--speed", "max", "--format",
+                          "raw"], capture_output=True, timeout=60, env={**os.environ, "IME_REPLAY_TOKEN": "from-env"})
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 100
 

@@ -1,6 +1,3 @@
-"""The top floor: command-line programs that put several packages together.
-
-`ime-segments` (segments.py) reads with segment/, exports with export/ and draws with report/; nothing below
-imports this package. The other programs live with the one package they drive (record/cli.py, replay/cli.py,
-sim/cli.py).
+"""The top floor: the console scripts (record.py: ime-record, replay.py: ime-replay, segments.py: ime-segments,
+sim.py: ime-sim), each the options of a program and the packages it puts together; nothing below imports them.
 """
