@@ -3,7 +3,7 @@
 Each field a user sets carries its option once (`opt`): long name (= config-file key), help, kind and range, unit
 (`--frame-kib` fills `frame_bytes`), environment variable, secret or not, repeatable or not, what a reload does with
 it; its default is written in the option's units, as `--help` shows it. From the tree come ime-record's options,
---config's keys and checks, --print-config and a reload's changes (recorder/record/clioptions.py, recorder/cli/record.py), what a worker and
+--config's keys and checks, --print-config and a reload's changes (record/clioptions.py), what a worker and
 the live hub are given (sections, picklable), and the library's defaults (DEFAULTS). Pure, the lowest floor.
 """
 
