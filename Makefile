@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint bench bench-quick report clean nats-server promtool chromium
 
 # setup.py builds the C fast paths (recorder/export/_scan.c, recorder/segment/_dedupe.c and _block.c,
-# recorder/record/_handover.c, recorder/live/_fanout.c) during the editable install: a change to one reinstalls, so
+# recorder/live/_fanout.c) during the editable install: a change to one reinstalls, so
 # the module imported is never older than its source.
-$(BIN)/ime-record: pyproject.toml setup.py recorder/export/_scan.c recorder/segment/_dedupe.c recorder/segment/_block.c recorder/record/_handover.c recorder/live/_fanout.c
+$(BIN)/ime-record: pyproject.toml setup.py recorder/export/_scan.c recorder/segment/_dedupe.c recorder/segment/_block.c recorder/live/_fanout.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -63,4 +63,4 @@ bench-quick: $(BIN)/ime-record
 	$(BIN)/python tools/bench_report.py benchmarks/results/quick.json --out benchmarks/results/quick
 
 clean:
-	rm -rf $(VENV) demo-data site .pytest_cache .benchmarks build recorder/export/_scan*.so recorder/segment/_dedupe*.so recorder/segment/_block*.so recorder/record/_handover*.so recorder/live/_fanout*.so
+	rm -rf $(VENV) demo-data site .pytest_cache .benchmarks build recorder/export/_scan*.so recorder/segment/_dedupe*.so recorder/segment/_block*.so recorder/live/_fanout*.so

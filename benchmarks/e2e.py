@@ -77,7 +77,7 @@ class Sim:
     def __init__(self, workdir: Path, rate: float, contracts: int = 50, *extra: str) -> None:
         self.ready = workdir / f"sim-{time.monotonic_ns()}.json"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recorder.sim", "--rate", f"{rate:g}", "--contracts", str(contracts),
+            [sys.executable, "-m", "recorder.cli.sim", "--rate", f"{rate:g}", "--contracts", str(contracts),
              "--port", "0", "--http-port", "0", "--ready-file", str(self.ready), "-q", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -320,7 +320,7 @@ def worker_pids(supervisor: int) -> list[int]:
 def run_recorder(feed: Feed, seconds: float, workdir: Path, shards: int = 1, latency: bool = False,
                  extra_args: tuple[str, ...] = ()) -> Run:
     out_dir = workdir / f"rec-{time.monotonic_ns()}"
-    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(feed.ids), "--shards", str(shards),
+    args = [sys.executable, "-m", "recorder.cli.record", "--ids", ",".join(feed.ids), "--shards", str(shards),
             "--base-url", feed.base_url, "--out", str(out_dir), "--duration", str(seconds), "-q", *extra_args]
     env = {**os.environ, "IME_TOKEN": feed.token}
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

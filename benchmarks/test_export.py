@@ -200,7 +200,7 @@ def write_large_recording(directory: Path, raw_bytes: int) -> tuple[int, int]:
 # so unlike wait4's ru_maxrss it does not count the forked benchmark process before exec).
 CHILD = """
 import sys
-from recorder.segment.cli import cli
+from recorder.cli.segments import cli
 try:
     cli(["export", *sys.argv[1:]], prog_name="ime-segments", standalone_mode=False)
 finally:

@@ -53,7 +53,7 @@ def server(args: list[str], ready: Path) -> Iterator[dict[str, Any]]:
 
 def sim_server(tmp_path: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
     ready = tmp_path / "sim-ready.json"
-    return server([sys.executable, "-m", "recorder.sim", "--rate", "0", "--contracts", "20", "--port", "0",
+    return server([sys.executable, "-m", "recorder.cli.sim", "--rate", "0", "--contracts", "20", "--port", "0",
                    "--http-port", "0", "--ready-file", str(ready), "-q"], ready)
 
 

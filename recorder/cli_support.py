@@ -6,11 +6,23 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.timeparse import (
+    CALENDAR_ENV,
+    CALENDAR_HELP,
+    CALENDARS,
+    GREGORIAN,
+    TZ_ENV,
+    TZ_HELP,
+    LogFormatter,
+    TimeLocale,
+    parse_tz,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,13 +106,38 @@ def one_line_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False, where: TimeLocale | None = None) -> None:
+    """Log lines on stderr, stamped in `where`'s zone (UTC by default), with the zone: `…T09:00:00+03:30`."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", where or TimeLocale()))
+    logging.basicConfig(level=level, handlers=[handler])
     # picows logs every refused handshake at INFO; our own lines say it better.
     logging.getLogger("picows").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+
+def time_options(fn: Callable[..., R]) -> Callable[..., R]:
+    """--tz and --calendar (IME_TZ, IME_CALENDAR), declared here once for every command that shows or reads times
+    (ime-record's are in its settings tree); the command is given them as one `shown: TimeLocale`, the display policy
+    of recorder/timeparse.py. A bad value is a one-line usage error (exit 2) before the command starts."""
+
+    @functools.wraps(fn)
+    def with_locale(*args: Any, tz: str, calendar: str, **kwargs: Any) -> R:
+        return fn(*args, shown=TimeLocale.parse(tz, calendar), **kwargs)
+
+    wrapped = click.option("--calendar", envvar=CALENDAR_ENV, default=GREGORIAN, show_default=True,
+                           metavar="|".join(CALENDARS), help=CALENDAR_HELP,
+                           callback=_checked(lambda v: TimeLocale(UTC, v.strip().lower())))(with_locale)
+    return click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, metavar="ZONE", help=TZ_HELP,
+                        callback=_checked(parse_tz))(wrapped)
+
+
+def _checked(parse: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, str], str]:
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            parse(value)
+        except UserError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return value
+
+    return check

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture
 def sim_process(tmp_path: Path) -> Iterator[Callable[..., object]]:
-    """`sim_process(*args)` starts `python -m recorder.sim` with args; every one is killed at teardown."""
+    """`sim_process(*args)` starts `python -m recorder.cli.sim` with args; every one is killed at teardown."""
     from sim_util import SimProcess
 
     started: list[SimProcess] = []

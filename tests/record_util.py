@@ -1,4 +1,4 @@
-"""Running the real recorder (`python -m recorder.record`) as a process tree, and checking what it wrote."""
+"""Running the real recorder (`python -m recorder.cli.record`) as a process tree, and checking what it wrote."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class RecorderProcess:
 
     def start(self) -> RecorderProcess:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.record", *self.args], stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.record", *self.args], stdout=out,
                                          stderr=err, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
         return self
 

@@ -138,7 +138,7 @@ async def doc_client(url: str, token: str, limit: int) -> list[tuple[str, str, s
 
 
 class SimProcess:
-    """`python -m recorder.sim ... --ready-file` as a child process; always stopped on exit."""
+    """`python -m recorder.cli.sim ... --ready-file` as a child process; always stopped on exit."""
 
     def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
@@ -151,7 +151,7 @@ class SimProcess:
 
     def start(self, timeout: float = 15.0) -> SimProcess:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.sim", *self.args], stdout=out, stderr=err,
+            self.proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.sim", *self.args], stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():

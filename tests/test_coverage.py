@@ -23,7 +23,7 @@ TEXT = int(RecordKind.TEXT)
 
 def stats_json(directory: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "IME_TZ"}
-    out = subprocess.run([sys.executable, "-m", "recorder.segment", "stats", "--json", str(directory)],
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "stats", "--json", str(directory)],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     return orjson.loads(out.stdout)
@@ -98,7 +98,7 @@ def test_a_window_sees_the_connections_opened_before_it(tmp_path):
     write_records(tmp_path / "d", recs, shard=0, frame_bytes=16384)
 
     env = {k: v for k, v in os.environ.items() if k != "IME_TZ"}
-    out = subprocess.run([sys.executable, "-m", "recorder.segment", "stats", "--json", str(tmp_path / "d"),
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "stats", "--json", str(tmp_path / "d"),
                           "--tz", "Asia/Tehran", "--from", "09:02", "--to", "09:06"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr

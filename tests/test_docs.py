@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,8 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DEMO_SECONDS = 3
 COMMAND_TIMEOUT = 120
-TOOLS = {"ime-record": "recorder.record", "ime-segments": "recorder.segment", "ime-replay": "recorder.replay",
-         "ime-sim": "recorder.sim"}
+# The console scripts (pyproject.toml's [project.scripts]) as `python -m` modules, as the other tests run them.
+TOOLS = {"ime-record": "recorder.cli.record", "ime-segments": "recorder.cli.segments", "ime-replay": "recorder.replay",
+         "ime-sim": "recorder.cli.sim"}
 CHECK = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 REFUSED = {"sh", "bash", "shell", "zsh"}
 
@@ -182,8 +184,22 @@ class Runner:
                 self.failures.append(f"{block.where}: run-with: {old!r} is not in the block")
             text = text.replace(old, self.times.expand(new))
         self.ran += 1
-        with contextlib.chdir(self.work):
+        with contextlib.chdir(self.work), self._tools_on_path():
             getattr(self, f"_{block.lang}")(block, text)
+
+    @contextlib.contextmanager
+    def _tools_on_path(self) -> Iterator[None]:
+        """Python examples that run a command find the same tools as the console examples."""
+        saved = {k: os.environ.get(k) for k in ("PATH", "PYTHONPATH")}
+        os.environ.update({k: self.env[k] for k in saved})
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def _console(self, block: Block, text: str) -> None:
         for command, expected in commands(text):
@@ -275,6 +291,11 @@ def test_page_examples_run(page: Path, demo: tuple[Path, dict[str, str], Times],
     runner = run_page(page, demo, tmp_path)
     print(f"{page.relative_to(ROOT)}: ran {runner.ran} examples, skipped {len(runner.skipped)}")
     assert not runner.failures, "\n\n".join(runner.failures)
+
+
+def test_every_console_script_is_on_the_examples_path() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(TOOLS)
 
 
 def test_skipped_examples_are_the_listed_ones() -> None:

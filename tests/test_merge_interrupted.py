@@ -134,8 +134,8 @@ def test_a_rerun_finishes_moving_the_files_of_a_merge_killed_after_it_finished(i
                                                                                 monkeypatch):
     from click.testing import CliRunner
 
+    from recorder.cli.segments import cli
     from recorder.segment import merge_staging
-    from recorder.segment.cli import cli
 
     *_, expected, report = reference
     out = tmp_path / "m"

@@ -33,7 +33,7 @@ def sim_args(sim) -> list[str]:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recorder.record", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recorder.cli.record", *args], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "IME_TOKEN": "", "IME_PASSWORD": "", "IME_USERNAME": "",
                                            **(env or {})}, cwd=cwd)
 

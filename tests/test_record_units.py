@@ -327,7 +327,7 @@ def test_lower_priority_changes_only_the_named_thread_and_never_raises_it():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SCHED_IDLE is Linux's")
 def test_yield_cpu_puts_another_process_under_sched_idle_and_its_new_threads_inherit_it():
-    # What the supervisor does to the live hub right after starting it (live/control.py).
+    # What the supervisor does to the live hub right after starting it (record/livehub.py).
     child = subprocess.Popen([sys.executable, "-c", "import sys, threading; sys.stdin.readline(); "
                               "t = threading.Thread(target=sys.stdin.readline); t.start(); "
                               "print(threading.get_native_id(), t.native_id, flush=True); t.join()"],
@@ -483,3 +483,32 @@ def test_a_console_that_goes_away_is_survived_and_later_writes_go_nowhere():
     assert console.lost
     os.close(read)
     os.close(write)
+
+
+def test_one_table_says_what_follows_a_childs_exit_and_how_long_its_restart_waits():
+    """record/children.py: the workers' and the hub's restart rules side by side (a hub failure never stops a run)."""
+    from recorder.child import Exit
+    from recorder.record.children import HUB_POLICY, WORKER_POLICY, Then
+
+    def waits(policy: object, n: int, lived_s: float = 1.0) -> list[float]:
+        out: list[float] = []
+        last = None
+        for _ in range(n):
+            last = policy.wait(last, lived_s)  # type: ignore[attr-defined]
+            out.append(last)
+        return out
+
+    # README: a dead worker records again 0.1-2 s after its death; the hub backs off further, to 30 s.
+    assert waits(WORKER_POLICY, 6) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.5, 1.5])
+    assert waits(HUB_POLICY, 6) == pytest.approx([0.2, 0.8, 3.2, 12.8, 30.0, 30.0])
+    assert WORKER_POLICY.wait(1.5, lived_s=10.0) == 0.1 and HUB_POLICY.wait(30.0, lived_s=60.0) == 0.2
+    for code in (Exit.OK, 1, -9, None):
+        for policy in (WORKER_POLICY, HUB_POLICY):
+            assert policy.after_exit(code, asked_to_stop=True) is Then.STOPPED
+    assert WORKER_POLICY.after_exit(-9, asked_to_stop=False) is Then.RESTART
+    assert WORKER_POLICY.after_exit(Exit.OK, asked_to_stop=False) is Then.RESTART
+    for asked in (False, True):
+        assert WORKER_POLICY.after_exit(Exit.FATAL, asked) is Then.FAILED
+        assert WORKER_POLICY.after_exit(Exit.REFUSED, asked) is Then.REFUSED
+    assert {HUB_POLICY.after_exit(code, asked_to_stop=False) for code in (Exit.OK, Exit.FATAL, Exit.REFUSED, 1, -9)} \
+        == {Then.RESTART}

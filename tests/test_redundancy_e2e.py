@@ -242,7 +242,7 @@ def test_a_feed_that_repeats_itself_a_window_later_is_recorded_once_per_publicat
         rec.kill_tree()
     assert sim.stop(signal.SIGTERM) == 0, sim.stderr
 
-    raw = subprocess.run([sys.executable, "-m", "recorder.segment", "cat", str(out), "--format", "raw"],
+    raw = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", str(out), "--format", "raw"],
                          capture_output=True, check=True, timeout=60).stdout
     recorded = Counter(raw.split(b"\n")[:-1])
     publications: dict[bytes, list[int]] = {}

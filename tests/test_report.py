@@ -41,7 +41,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def segments(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "IME_TZ"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "recorder.segment", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recorder.cli.segments", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 
 
@@ -366,7 +366,7 @@ def test_a_damaged_file_is_reported_and_the_rest_still_drawn(ten_minutes, tmp_pa
 
 
 def test_without_matplotlib_one_line_says_what_to_install(ten_minutes, tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None; from recorder.segment.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from recorder.cli.segments import main; "
             f"sys.argv = ['ime-segments', 'report', {str(ten_minutes)!r}, '--out', {str(tmp_path / 'r.html')!r}]; "
             "main()")
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

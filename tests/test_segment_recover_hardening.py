@@ -30,7 +30,7 @@ NAME = "ime-s00-20261124T000000.000Z.zst"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "recorder.segment", *args], capture_output=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "recorder.cli.segments", *args], capture_output=True, timeout=60)
 
 
 def make_open(tmp_path: Path, n: int = 900, frame_bytes: int = 4096) -> tuple[Path, list[tuple], list]:

@@ -21,7 +21,7 @@ Rec = tuple[int, int, int, bytes]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "recorder.segment", *args], capture_output=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "recorder.cli.segments", *args], capture_output=True, timeout=120)
 
 
 def name(shard: int) -> str:
@@ -180,7 +180,7 @@ def test_a_sealed_file_with_a_damaged_frame_is_resealed_and_its_old_seal_kept_in
 def test_export_of_a_cut_sealed_file_says_damaged_and_reads_its_intact_frames(tmp_path):
     pytest.importorskip("pyarrow")
     cut, _, expected, _ = cut_sealed(tmp_path, 0)
-    out = subprocess.run([sys.executable, "-m", "recorder.segment", "export", str(cut), "--out",
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "export", str(cut), "--out",
                           str(tmp_path / "pq")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     assert "still recording" not in out.stdout + out.stderr

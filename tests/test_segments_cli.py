@@ -19,7 +19,7 @@ T0 = 1_764_000_000_000_000_000
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recorder.segment", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recorder.cli.segments", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=60)
 
 
@@ -76,7 +76,7 @@ def test_cat_filters_by_contract_and_time(recording):
 
 
 def test_cat_raw_prints_payloads_exactly(recording):
-    out = subprocess.run([sys.executable, "-m", "recorder.segment", "cat", "--format", "raw", "--contract", "1001",
+    out = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", "--format", "raw", "--contract", "1001",
                           str(recording)], capture_output=True, timeout=60)
     assert out.returncode == 0
     assert out.stdout == b"".join(ime_payload(i, "1001") + b"\n" for i in range(0, 400, 2))

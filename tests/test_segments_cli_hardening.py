@@ -18,7 +18,7 @@ S = 1_000_000_000
 T0 = 1_795_498_200 * S
 
 
-def run(*args: str, module: str = "recorder.segment", env: dict[str, str] | None = None
+def run(*args: str, module: str = "recorder.cli.segments", env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "IME_TZ"}
     full_env.update(env or {})
@@ -146,12 +146,12 @@ def test_unknown_record_kinds_are_skipped_by_cat_and_stats(tmp_path):
 
 
 @pytest.mark.parametrize(("module", "args", "needle"), [
-    ("recorder.record", ["--shards", "0"], "ime-record: error: Invalid value for '--shards'"),
-    ("recorder.record", ["--no-such-option"], "ime-record: error: No such option"),
-    ("recorder.segment", ["bogus"], "ime-segments: error: No such command 'bogus'"),
-    ("recorder.segment", ["cat", "--nope"], "(see ime-segments cat --help)"),
+    ("recorder.cli.record", ["--shards", "0"], "ime-record: error: Invalid value for '--shards'"),
+    ("recorder.cli.record", ["--no-such-option"], "ime-record: error: No such option"),
+    ("recorder.cli.segments", ["bogus"], "ime-segments: error: No such command 'bogus'"),
+    ("recorder.cli.segments", ["cat", "--nope"], "(see ime-segments cat --help)"),
     ("recorder.replay", ["x.zst", "--speed"], "ime-replay: error: Option '--speed' requires an argument"),
-    ("recorder.sim", ["--port", "x"], "ime-sim: error: Invalid value for '--port'"),
+    ("recorder.cli.sim", ["--port", "x"], "ime-sim: error: Invalid value for '--port'"),
 ])
 def test_usage_errors_are_one_line_naming_the_command(module, args, needle):
     out = run(*args, module=module)

@@ -13,12 +13,12 @@ import click
 import pytest
 from click.core import ParameterSource
 
+from recorder.cli.record import main
 from recorder.errors import UserError
 from recorder.feed.endpoints import DEFAULT_BASE_URL, regroup, split_contracts
 from recorder.live.options import check_live
 from recorder.live.relay import LiveSource
 from recorder.model.settings import DEFAULTS, OPTIONS, LiveSettings, OpsSettings, Reload, Settings
-from recorder.record.cli import main
 from recorder.record.clioptions import effective_settings, setting_changes
 from recorder.record.config import WorkerConfig
 from recorder.record.demo import DemoSimulator

@@ -99,8 +99,8 @@ def wait_for_after(rec: RecorderProcess, marker: str, text: str, timeout: float 
 
 
 def segment_stats(out: Path) -> dict:
-    got = subprocess.run([sys.executable, "-m", "recorder.segment", "stats", "--json", str(out)], capture_output=True,
-                         timeout=120)
+    got = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "stats", "--json", str(out)],
+                         capture_output=True, timeout=120)
     assert got.returncode == 0, got.stderr
     return orjson.loads(got.stdout)
 
@@ -403,7 +403,7 @@ def test_the_console_going_away_mid_run_is_survived_and_the_run_ends_cleanly(sim
     """`ime-record … 2>&1 | head -1`, and a terminal that went away (writes fail with EIO)."""
     sent, out = tmp_path / "sent", tmp_path / "out"
     sim = sim_process("--contracts", "4", "--rate", "1000", "--sent-log", str(sent), "--drop-every", "1")
-    args = [sys.executable, "-m", "recorder.record", "--ids", ",".join(sim.info["ids"]), "--out", str(out),
+    args = [sys.executable, "-m", "recorder.cli.record", "--ids", ",".join(sim.info["ids"]), "--out", str(out),
             "--status-interval", "1", *sim_args(sim)]
     env = {**os.environ, **creds(sim)}
     if console == "pipe":
@@ -447,7 +447,7 @@ def test_the_console_going_away_mid_run_is_survived_and_the_run_ends_cleanly(sim
 def test_a_failed_run_whose_console_went_away_still_exits_1(tmp_path):
     """The exit code is all a script gets once `| head -1` took the log: a failure must not turn into exit 0."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "recorder.record", "--ids", "1001", "--base-url",
+    proc = subprocess.Popen([sys.executable, "-m", "recorder.cli.record", "--ids", "1001", "--base-url",
                              "ws://127.0.0.1:9/x", "--duration", "3", "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "IME_TOKEN": "x"},
                             start_new_session=True)

@@ -151,7 +151,7 @@ def test_help_lists_the_fault_options():
 
 
 def test_every_option_has_help_text():
-    from recorder.sim.cli import cli
+    from recorder.cli.sim import cli
 
     options = [p for p in cli.params if isinstance(p, click.Option)]
     assert len(options) > 25

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -14,10 +13,11 @@ from recorder.export.flatten import BUILT, IMPLEMENTATION_ENV
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
+from recorder.progress import Progress
 from recorder.segment.cli_inputs import open_all, report_damage
 from recorder.segment.naming import is_open
 from recorder.segment.selection import Selection, recording_range
-from recorder.timeparse import parse_window
+from recorder.timeparse import TimeLocale, parse_window
 
 
 def parse_tables(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -33,15 +33,15 @@ def parse_tables(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_export(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-               tz: str | None, tables: tuple[str, ...], quiet: bool) -> None:
+               tz: TimeLocale | str | None, tables: tuple[str, ...], quiet: bool) -> None:
     segments, skipped = open_all(paths)
     span = recording_range(segments)
     start_ns, end_ns = parse_window(start, end, tz, span[0] if span is not None else None)
     out_dir = _out_dir(out, paths)
     options = ExportOptions(out_dir, frozenset(contracts), start_ns, end_ns, parse_tables(tables))
     total = sum(s.records for s in segments if s.sealed or not is_open(s.path))
-    with _progress(total, enabled=not quiet and sys.stderr.isatty()) as advance:
-        summary = export_segments(segments, options, advance)
+    with Progress(total, "exporting", enabled=not quiet) as bar:
+        summary = export_segments(segments, options, bar.advance)
     damaged = report_damage(d for s in segments for d in s.damage) + report_damage(summary.damage)
     if not quiet:
         print_summary(summary)
@@ -65,15 +65,6 @@ def _out_dir(out: str, paths: tuple[str, ...]) -> Path:
             # retention of the recording would delete the export.
             raise UserError(f"--out {out} is inside the recording {p}; export to a directory of its own")
     return out_dir
-
-
-@contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[object]:
-    if not enabled or not total:
-        yield None
-        return
-    with click.progressbar(length=total, label="exporting", file=sys.stderr, show_pos=True) as bar:
-        yield bar.update
 
 
 _NOT_NOTABLE = frozenset(("parsed", "parsed_fast", "parsed_c", "events"))

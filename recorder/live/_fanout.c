@@ -1,4 +1,4 @@
-/* The hub's data path in C (recorder/live/fanout.py: PyFanout is the reference, with the same outputs, records,
+/* The hub's data path in C (recorder/live/fanout.py: PyFanout is the reference, with the same outputs, rows,
  * counters and link state for the same input; tests/test_live_units.py checks it, chunk by chunk).
  *
  * In Python the hub spent about 1 µs a message decoding the worker's stream, naming the contract and framing
@@ -6,10 +6,11 @@
  * Here a record is parsed where it lies in the chunk, its contract found by the router's prefix table (the
  * router's own dict and list of prefix lengths, read in place; a miss calls the router, which parses and learns),
  * and its frame appended to each output that wants the contract, with no Python object made per message unless
- * the publisher needs the records (`keep`).
+ * the publisher needs the rows (`keep`).
  *
  * Wire format (recorder/live/wire.py): hello "<4sHI" (magic IMEL, shard, pid), then records "<IQqHB" (payload
- * length, sequence, receive ts_ns, conn, kind) each followed by its payload.
+ * length, sequence, receive ts_ns, conn, kind) each followed by its payload. Out: the model's rows (ts_ns, conn,
+ * kind, payload) and their contracts; the sequence numbers only as the batch's first and last.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -343,10 +344,10 @@ contract_of(Fanout *self, const unsigned char *p, Py_ssize_t n, PyObject **made)
     return PyObject_CallOneArg(self->resolve, *made);
 }
 
-/* One record: route and frame it, and with `keep` add it to records and items. */
+/* One record: route and frame it, and with `keep` add its row to rows and its contract to contracts. */
 static int
-take_record(Fanout *self, const unsigned char *head, const unsigned char *payload, int route, PyObject *records,
-            PyObject *items)
+take_record(Fanout *self, const unsigned char *head, const unsigned char *payload, int route, PyObject *rows,
+            PyObject *contracts)
 {
     Py_ssize_t n = (Py_ssize_t)get_le(head, 4);
     int kind = head[22];
@@ -372,24 +373,16 @@ take_record(Fanout *self, const unsigned char *head, const unsigned char *payloa
             }
         }
     }
-    if (records != NULL) {
+    if (rows != NULL) {
         if (bytes == NULL && (bytes = PyBytes_FromStringAndSize((const char *)payload, n)) == NULL)
             goto done;
-        PyObject *rec = Py_BuildValue("(KLHiO)", (unsigned long long)get_le(head + 4, 8),
-                                      (long long)get_le(head + 12, 8), (unsigned short)get_le(head + 20, 2), kind,
-                                      bytes);
-        if (rec == NULL)
+        PyObject *row = Py_BuildValue("(LHiO)", (long long)get_le(head + 12, 8), (unsigned short)get_le(head + 20, 2),
+                                      kind, bytes);
+        if (row == NULL)
             goto done;
-        int r = PyList_Append(records, rec);
-        Py_DECREF(rec);
-        if (r < 0)
-            goto done;
-        PyObject *item = Py_BuildValue("(OiO)", contract != NULL ? contract : Py_None, kind, bytes);
-        if (item == NULL)
-            goto done;
-        r = PyList_Append(items, item);
-        Py_DECREF(item);
-        if (r < 0)
+        int r = PyList_Append(rows, row);
+        Py_DECREF(row);
+        if (r < 0 || PyList_Append(contracts, contract != NULL ? contract : Py_None) < 0)
             goto done;
     }
     rc = 0;
@@ -409,7 +402,7 @@ typedef struct {
  * the bytes it needs. Returns -1 with an exception set on a bad stream or a failed route. */
 static int
 parse(Fanout *self, Link *link, const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos, Py_ssize_t *need,
-      int route, PyObject *records, PyObject *items, Seen *seen)
+      int route, PyObject *rows, PyObject *contracts, Seen *seen)
 {
     Py_ssize_t at = *pos;
     if (link->shard == Py_None) {
@@ -444,7 +437,7 @@ parse(Fanout *self, Link *link, const unsigned char *data, Py_ssize_t end, Py_ss
             return 0;
         }
         uint64_t seq = get_le(data + at + 4, 8);
-        if (take_record(self, data + at, data + at + RECORD_SIZE, route, records, items) < 0)
+        if (take_record(self, data + at, data + at + RECORD_SIZE, route, rows, contracts) < 0)
             return -1;
         if (seen->count++ == 0)
             seen->first = seq;
@@ -456,7 +449,7 @@ parse(Fanout *self, Link *link, const unsigned char *data, Py_ssize_t end, Py_ss
     return 0;
 }
 
-/* feed(link, data, keep=False) -> (count, first_seq, last_seq, records | None, items | None) | None */
+/* feed(link, data, keep=False) -> (count, first_seq, last_seq, rows | None, contracts | None) | None */
 static PyObject *
 Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
 {
@@ -470,7 +463,7 @@ Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!y*|p:feed", kwlist, &LinkType, &link, &view, &keep))
         return NULL;
-    PyObject *records = NULL, *items = NULL, *result = NULL;
+    PyObject *rows = NULL, *contracts = NULL, *result = NULL;
     /* What the outputs held before: a bad stream puts nothing of this chunk into them, as in the reference. */
     Py_ssize_t *before = self->n_outputs ? PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)self->n_outputs) : NULL;
     if (self->n_outputs && before == NULL) {
@@ -482,7 +475,7 @@ Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
         before[2 * i + 1] = self->outputs[i].messages;
     }
     long long unrouted = self->unrouted;
-    if (keep && ((records = PyList_New(0)) == NULL || (items = PyList_New(0)) == NULL))
+    if (keep && ((rows = PyList_New(0)) == NULL || (contracts = PyList_New(0)) == NULL))
         goto fail;
     int route = keep || PyDict_GET_SIZE(self->routes) > 0;
     Seen seen = {0, 0, 0};
@@ -495,14 +488,14 @@ Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
         if (link->keep.len < link->need) {
             PyBuffer_Release(&view);
             PyMem_Free(before);
-            Py_XDECREF(records);
-            Py_XDECREF(items);
+            Py_XDECREF(rows);
+            Py_XDECREF(contracts);
             Py_RETURN_NONE;
         }
         /* Parse from the kept bytes; what is left of them moves to the front afterwards. */
         Buffer kept = link->keep;
         link->keep = (Buffer){NULL, 0, 0};
-        int r = parse(self, link, (const unsigned char *)kept.data, kept.len, &pos, &need, route, records, items,
+        int r = parse(self, link, (const unsigned char *)kept.data, kept.len, &pos, &need, route, rows, contracts,
                       &seen);
         if (r == 0 && pos < kept.len) {
             memmove(kept.data, kept.data + pos, (size_t)(kept.len - pos));
@@ -515,7 +508,7 @@ Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
         if (r < 0)
             goto fail;
     } else {
-        if (parse(self, link, data, end, &pos, &need, route, records, items, &seen) < 0)
+        if (parse(self, link, data, end, &pos, &need, route, rows, contracts, &seen) < 0)
             goto fail;
         if (pos < end) {
             if (buffer_append(&link->keep, data + pos, end - pos) < 0)
@@ -527,12 +520,12 @@ Fanout_feed(Fanout *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
     } else {
         result = Py_BuildValue("(nKKOO)", seen.count, (unsigned long long)seen.first, (unsigned long long)seen.last,
-                               keep ? records : Py_None, keep ? items : Py_None);
+                               keep ? rows : Py_None, keep ? contracts : Py_None);
     }
     PyBuffer_Release(&view);
     PyMem_Free(before);
-    Py_XDECREF(records);
-    Py_XDECREF(items);
+    Py_XDECREF(rows);
+    Py_XDECREF(contracts);
     return result;
 fail:
     for (Py_ssize_t i = 0; i < self->n_outputs; i++) {
@@ -542,8 +535,8 @@ fail:
     self->unrouted = unrouted;
     PyBuffer_Release(&view);
     PyMem_Free(before);
-    Py_XDECREF(records);
-    Py_XDECREF(items);
+    Py_XDECREF(rows);
+    Py_XDECREF(contracts);
     return NULL;
 }
 

@@ -3,12 +3,13 @@
 `fanout.feed(link, data, keep)` decodes what a worker sent (live/wire.py), names each text message's contract
 (live/route.py), and appends its WebSocket frame to every relay output that wants that contract; `take()` hands the
 framed bytes of each output over, so LiveSource writes one buffer per output to each of its subscribers. With
-`keep` (the NATS publisher is on) it also returns the records and their contracts for the publisher.
+`keep` (the NATS publisher is on) it also returns the rows (the model's, recorder/model/record.py) and their
+contracts for the publisher. The worker's sequence numbers stay apart: the first and the last of the batch.
 
 PyFanout is the reference. NativeFanout (_fanout.c) does the same in C: the hub's per-message Python (decode,
 route, frame; about 1 µs of the hub's 1.2-1.4 µs a message at full speed) was what made it fall behind a worker at
 full speed with ten relay clients, so that every client was cut for the gap. IME_FANOUT=python selects the
-reference even when the C one is built. tests/test_live_units.py checks that both give the same outputs, records,
+reference even when the C one is built. tests/test_live_units.py checks that both give the same outputs, rows,
 counters and link state for the same input, however it is chunked.
 """
 
@@ -19,14 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from recorder.live.route import Router
-from recorder.live.wire import Decoder, LiveRecord
-from recorder.model.record import RecordKind
+from recorder.live.wire import Decoder
+from recorder.model.record import RecordKind, Row
 from recorder.server.framing import text_header
 
-# (contract or None, record kind, payload) for each message, in arrival order: what the publisher takes.
-LiveItem = tuple[str | None, int, bytes]
-# (messages, first sequence number, last sequence number, records, items); records and items only with `keep`.
-Batch = tuple[int, int, int, list[LiveRecord] | None, list[LiveItem] | None]
+# (messages, first sequence number, last sequence number, rows, their contracts (None: names none)), in arrival
+# order; rows and contracts only with `keep`.
+Batch = tuple[int, int, int, list[Row] | None, list[str | None] | None]
 # (output index, its framed bytes, messages in them) for each output that got something.
 Output = tuple[int, bytes, int]
 
@@ -60,15 +60,16 @@ class PyFanout:
         Raises WireError (from the decoder) when the stream is not what a worker sends; nothing of `data` is
         then in the outputs.
         """
-        records = link.feed(data)
-        if not records:
+        decoded = link.feed(data)
+        if decoded is None:
             return None
+        rows, first, last = decoded
         routes = self._routes
         parts = self._parts
         route = self.router.contract if routes or keep else None
-        items: list[LiveItem] | None = [] if keep else None
+        contracts: list[str | None] | None = [] if keep else None
         text = RecordKind.TEXT
-        for _, _, _, kind, payload in records:
+        for _, _, kind, payload in rows:
             contract = None
             if kind == text and route is not None:
                 contract = route(payload)
@@ -82,9 +83,9 @@ class PyFanout:
                             out = parts[i]
                             out.append(header)
                             out.append(payload)
-            if items is not None:
-                items.append((contract, kind, payload))
-        return len(records), records[0][0], records[-1][0], records if keep else None, items
+            if contracts is not None:
+                contracts.append(contract)
+        return len(rows), first, last, rows if keep else None, contracts
 
     def take(self) -> list[Output]:
         """Each output's frames since the last take, as one buffer, and how many messages it holds."""
@@ -103,7 +104,7 @@ except ImportError:  # installed without a C compiler: PyFanout does it, slower
 
 if _fanout is not None:
     class NativeFanout(_fanout.Fanout):  # type: ignore[misc]
-        """PyFanout in C (_fanout.c): the same outputs, records, counters and link state."""
+        """PyFanout in C (_fanout.c): the same outputs, rows, counters and link state."""
 
         def __init__(self, router: Router) -> None:
             # The router's own table and lengths, read in place: what it learns is seen at once; its `contract`

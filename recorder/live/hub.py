@@ -5,31 +5,30 @@ loop turns from a worker's receive path, and so that its failure is a restart, n
 runs at the lowest CPU priority (SCHED_IDLE, record/timeslice.py: yield_cpu): when the machine is short of CPU
 the hub falls behind, the workers drop what it cannot take (counted, and the relay's clients told), and the
 recording loses nothing.
-Workers connect to its Unix socket (see record/live.py and live/wire.py); it talks to the supervisor over
-a multiprocessing pipe: `ready` once listening, `status` every second, `fatal` if it cannot start; the supervisor
-sends `stop`, and `contracts` after a reload changed the contracts being recorded.
+Workers connect to its Unix socket (live/output.py and live/wire.py); it talks to the supervisor over its pipe
+(live/messages.py): `HubReady` once listening, `HubStatus` every second; the supervisor sends `Stop`, and
+`HubContracts` after a reload changed the contracts being recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-import uvloop
-
+from recorder.child import ChildLink, Stop, run_child
 from recorder.feed.endpoints import EndpointKind
 from recorder.live.fanout import Fanout
+from recorder.live.messages import HubContracts, HubReady, HubStatus, RelayFigures
+from recorder.live.publisher import NatsPublisher
 from recorder.live.relay import LiveSource
 from recorder.live.route import Router
 from recorder.live.wire import WireError
 from recorder.model.settings import LiveSettings
-from recorder.record.childproc import ignore_group_signals
 from recorder.server.server import FeedServer, ServerConfig
 
 log = logging.getLogger("recorder.live")
@@ -63,9 +62,9 @@ class _WorkerLink(asyncio.Protocol):
 
 
 class Hub:
-    def __init__(self, settings: LiveSettings, pipe: Connection | None) -> None:
+    def __init__(self, settings: LiveSettings, link: ChildLink | None) -> None:
         self.settings = settings
-        self.pipe = pipe
+        self.link = link
         self.kind = EndpointKind(settings.kind)
         self.links: set[_WorkerLink] = set()
         self.link_closed = asyncio.Event()
@@ -77,7 +76,7 @@ class Hub:
         self.shard_sets = {shard: frozenset(c) for shard, c in enumerate(settings.shard_contracts)}
         self.source: LiveSource | None = None
         self.server: FeedServer | None = None
-        self.publisher: Any = None  # recorder.live.publisher.NatsPublisher when --publish is on
+        self.publisher: NatsPublisher | None = None  # --publish
         self.relay_error: str | None = None
         self.fanout = Fanout(Router())
 
@@ -94,7 +93,7 @@ class Hub:
         batch = self.fanout.feed(link, data, self.publisher is not None)
         if batch is None:
             return
-        count, first, last, records, items = batch
+        count, first, last, rows, contracts = batch
         shard = link.shard or 0
         key = (shard, link.pid or 0)
         # A worker numbers its messages 0, 1, 2, …: whatever it could not hand over shows as missing numbers.
@@ -102,16 +101,7 @@ class Hub:
         missed = last + 1 - first - count
         self.next_seq[key] = last + 1
         if missed:
-            self.worker_dropped += missed
-            if source is not None:
-                source.cut_for_gap(missed, self.shard_sets.get(shard))
-            now = time.monotonic()
-            if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
-                self._next_gap_log = now + GAP_LOG_INTERVAL_S
-                outputs = [text for on, text in ((source is not None, "relay clients were cut to reconnect"),
-                                                 (self.publisher is not None, "NATS will not have them")) if on]
-                log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); %s; the "
-                            "recording has them", shard, missed, ", ".join(outputs) or "nothing was serving them")
+            self._gap(shard, missed)
         self.received += count
         if source is not None:
             try:
@@ -119,35 +109,33 @@ class Hub:
             except Exception:  # one broken client must not take the feed from the others
                 log.exception("relay delivery failed")
         if self.publisher is not None:
-            self.publisher.enqueue(records, items)
+            self.publisher.enqueue(rows, contracts)
+
+    def _gap(self, shard: int, missed: int) -> None:
+        """`missed` messages of a shard never reached the hub: its relay clients are cut, and the operator told."""
+        self.worker_dropped += missed
+        if self.source is not None:
+            self.source.cut_for_gap(missed, self.shard_sets.get(shard))
+        now = time.monotonic()
+        if now >= self._next_gap_log:  # at most one line per interval: a starved machine would flood the log
+            self._next_gap_log = now + GAP_LOG_INTERVAL_S
+            outputs = [text for on, text in ((self.source is not None, "relay clients were cut to reconnect"),
+                                             (self.publisher is not None, "NATS will not have them")) if on]
+            log.warning("shard %d could not hand %d messages to the live hub in time (short of CPU); %s; the "
+                        "recording has them", shard, missed, ", ".join(outputs) or "nothing was serving them")
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        if self.pipe is not None:
-            loop.add_reader(self.pipe.fileno(), self._on_pipe)
-        s = self.settings
-        unix = await loop.create_unix_server(lambda: _WorkerLink(self), s.address)
-        ready: dict[str, Any] = {"type": "ready", "pid": os.getpid()}
-        if s.relay_port is not None:
-            self.source = LiveSource(self.kind, s.contracts, s.relay_client_buffer, fanout=self.fanout)
-            self.server = FeedServer(ServerConfig(host=s.relay_host or "127.0.0.1", port=s.relay_port, http_port=0,
-                                                  static_token=s.relay_token, require_token=s.relay_token is not None),
-                                     self.source)
-            try:
-                await self.server.start()
-                ready["relay_url"] = self.server.base_url
-                ready["stats_url"] = self.server.stats_url
-            except OSError as exc:
-                # Recording goes on without the relay; the operator is told why.
-                self.relay_error = f"relay cannot listen on {s.relay_host}:{s.relay_port}: {exc.strerror}"
-                self.source = self.server = None
-                log.error("%s; recording goes on without it", self.relay_error)
-        if s.nats_url is not None:
-            from recorder.live.publisher import NatsPublisher
-
-            self.publisher = NatsPublisher(s)
+        if self.link is not None:
+            self.link.start(loop, self._on_message, self.stopping.set)  # the supervisor gone: stop
+        unix = await loop.create_unix_server(lambda: _WorkerLink(self), self.settings.address)
+        ready = HubReady(os.getpid())
+        if self.settings.relay_port is not None:
+            ready = await self._start_relay(ready)
+        if self.settings.nats_url is not None:
+            self.publisher = NatsPublisher(self.settings)
             self.publisher.start()
         self._send(ready)
         status = asyncio.create_task(self._status_loop())
@@ -166,18 +154,28 @@ class Hub:
         self._send(self._status())
         return 0
 
-    def _on_pipe(self) -> None:
-        assert self.pipe is not None
+    async def _start_relay(self, ready: HubReady) -> HubReady:
+        s = self.settings
+        self.source = LiveSource(self.kind, s.contracts, s.relay_client_buffer, fanout=self.fanout)
+        self.server = FeedServer(ServerConfig(host=s.relay_host or "127.0.0.1", port=s.relay_port or 0, http_port=0,
+                                              static_token=s.relay_token, require_token=s.relay_token is not None),
+                                 self.source)
         try:
-            while self.pipe.poll():
-                msg = self.pipe.recv()
-                if isinstance(msg, dict) and msg.get("type") == "stop":
-                    self.stopping.set()
-                elif isinstance(msg, dict) and msg.get("type") == "contracts":
-                    self.set_contracts(tuple(msg["contracts"]), tuple(tuple(c) for c in msg["shard_contracts"]))
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
-            self.stopping.set()  # the supervisor is gone
+            await self.server.start()
+        except OSError as exc:
+            # Recording goes on without the relay; the operator is told why.
+            self.relay_error = f"relay cannot listen on {s.relay_host}:{s.relay_port}: {exc.strerror}"
+            self.source = self.server = None
+            log.error("%s; recording goes on without it", self.relay_error)
+            return ready
+        return HubReady(ready.pid, self.server.base_url, self.server.stats_url)
+
+    def _on_message(self, msg: object) -> None:
+        match msg:
+            case Stop():
+                self.stopping.set()
+            case HubContracts(contracts=contracts, shard_contracts=shard_contracts):
+                self.set_contracts(contracts, shard_contracts)
 
     def set_contracts(self, contracts: tuple[str, ...], shard_contracts: tuple[tuple[str, ...], ...]) -> None:
         """A reload changed the contracts being recorded: the relay accepts subscriptions to exactly these."""
@@ -185,21 +183,18 @@ class Hub:
         if self.source is not None:
             self.source.set_contracts(contracts)
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        if self.pipe is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.pipe.send(msg)
+    def _send(self, msg: HubReady | HubStatus) -> None:
+        if self.link is not None:
+            self.link.send(msg)
 
-    def _status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "status", "received": self.received, "worker_dropped": self.worker_dropped,
-                               "links": len(self.links)}
+    def _status(self) -> HubStatus:
+        relay = None
         if self.server is not None and self.source is not None:
-            out.update(relay_clients=len(self.server.subscribers), relay_sent=self.source.sent,
-                       relay_cut=self.source.cut, relay_gap_cut=self.source.gap_cut,
-                       relay_error_cut=self.source.errors, relay_protocol_errors=self.server.protocol_errors)
-        if self.publisher is not None:
-            out.update(self.publisher.status())
-        return out
+            relay = RelayFigures(clients=len(self.server.subscribers), sent=self.source.sent, cut=self.source.cut,
+                                 gap_cut=self.source.gap_cut, error_cut=self.source.errors,
+                                 protocol_errors=self.server.protocol_errors)
+        nats = self.publisher.status() if self.publisher is not None else None
+        return HubStatus(self.received, self.worker_dropped, len(self.links), relay, nats)
 
     async def _status_loop(self) -> None:
         while True:
@@ -207,48 +202,13 @@ class Hub:
             self._send(self._status())
 
 
-PROCESS_NAME = "ime-live-hub"  # what top/ps -o comm show, so operators can tell the hub from the workers
+def hub_main(settings: LiveSettings, log_level: int, pipe: Connection) -> None:
+    """Entry point of the hub process (a child of the supervisor's: record/livehub.py).
 
-
-def _set_process_name(name: str) -> None:
-    with contextlib.suppress(Exception):  # Linux only; cosmetic
-        import ctypes
-
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-
-
-class _PipeLog(logging.Handler):
-    """Log lines go to the supervisor, which prints them above its status table, as workers' do."""
-
-    def __init__(self, pipe: Connection) -> None:
-        super().__init__()
-        self.pipe = pipe
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.pipe.send({"type": "log", "line": self.format(record)})
-        except Exception:
-            self.handleError(record)
-
-
-def hub_main(settings: LiveSettings, pipe: Connection, log_level: int = logging.INFO) -> None:
-    """Entry point of the hub process (multiprocessing spawn target)."""
-    # The supervisor decides when we stop (after the workers, so that their last messages are relayed), whatever a
-    # terminal or `kill -- -PGID` sends the whole process group (record/childproc.py).
-    ignore_group_signals()
-    _set_process_name(PROCESS_NAME)
-    handler = _PipeLog(pipe)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s live: %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(log_level)
+    Recording first: this process runs under SCHED_IDLE (record/timeslice.py), set by the supervisor right after
+    starting it, so that even its imports yield to the workers' start-up.
+    """
     logging.getLogger("recorder.server").setLevel(logging.WARNING)
-    logging.getLogger("picows").setLevel(logging.ERROR)
-    # Recording first: this process runs under SCHED_IDLE (record/timeslice.py), set by the supervisor right after
-    # starting it (live/control.py), so that even the imports above yielded to the workers' start-up.
-    # As in the workers (worker_main): what is imported lives as long as the process, so a full collection need
-    # not walk it. Traced at 20k msgs/s, one unfrozen full collection held the hub for 6.8 ms.
-    gc.freeze()
-    code = uvloop.run(Hub(settings, pipe).run())
-    pipe.close()
-    os._exit(code)
+    link = ChildLink(pipe)
+    # "ime-live-hub": what top and `ps -o comm` show, so that operators can tell the hub from the workers.
+    run_child(link, "ime-live-hub", "live", log_level, lambda: Hub(settings, link).run())

@@ -35,10 +35,10 @@ from typing import Any
 from recorder import clock
 from recorder.errors import exception_text
 from recorder.humanize import human_duration
-from recorder.live.fanout import LiveItem
+from recorder.live.messages import NatsFigures
 from recorder.live.msgid import MsgIds
 from recorder.live.subjects import DEFAULT_PREFIX, MSG_ID_HEADER, RECEIVE_HEADER, stream_subjects, subject_for
-from recorder.live.wire import LiveRecord
+from recorder.model.record import Row
 from recorder.model.settings import LiveSettings
 from recorder.redact import redact_url
 from recorder.throttle import Throttle
@@ -114,15 +114,12 @@ class _Fence:
         self.failed = False
 
 
-class NatsPublisher:
-    """Owns the NATS connection of the hub. `enqueue` never blocks; `close` flushes what it can."""
+class _Backlog:
+    """What waits for NATS, oldest first: sent on this connection and waiting for a fence's ack (`unconfirmed`), then
+    not sent yet (`unsent`); the fences in flight; what became of each message. No I/O."""
 
-    def __init__(self, settings: LiveSettings, prefix: str = DEFAULT_PREFIX) -> None:
-        self.settings = settings
-        self.prefix = prefix
-        self.kind = settings.kind
-        self.max_backlog = settings.nats_backlog
-        # Sent on this connection and waiting for a fence ack, then not sent yet; together the backlog.
+    def __init__(self, max_backlog: int) -> None:
+        self.max_backlog = max_backlog
         self.unconfirmed: deque[_Entry] = deque()
         self.unsent: deque[_Entry] = deque()
         self.base = 0  # absolute index of unconfirmed[0] (of unsent[0] when nothing is unconfirmed)
@@ -131,66 +128,21 @@ class NatsPublisher:
         self.fence_order: deque[int] = deque()
         self._fence_seq = 0
         self._since_fence = 0
-        self._subjects: dict[str, bytes] = {}
-        self._ids = MsgIds()
-        self.nc: Any = None
-        self.js: Any = None
-        self._inbox = ""
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.connected = False
-        self.closed = False
-        self.stopped_clean = False  # connected when close() began: a stop, not an outage
-        self.where = ", ".join(redact_url(u.strip()) for u in (settings.nats_url or "").split(",") if u.strip())
-        # Why nothing is being published (None while publishing), since when, and its throttled warning.
-        self.problem: str | None = None
-        self._down_since: float | None = None
-        self._down_wall = 0.0
-        self._trouble_log = Throttle(TROUBLE_LOG_S)
-        self._ack_timeout_log = Throttle(TROUBLE_LOG_S)
-        # Yielding: publishing paused while the hub is behind the workers (the machine short of CPU).
-        self.yielding = False
-        self.yields = 0
-        self._yield_started = 0.0
-        self.yield_s = 0.0
-        self._yield_log = Throttle(TROUBLE_LOG_S)
-        self._last_enqueue = 0.0
-        # Figures.
+        self._wake = asyncio.Event()  # the sender has something to do
         self.enqueued = 0
         self.confirmed = 0
         self.dropped = 0
         self.republished = 0
-        self.unrouted = 0
-        self.reconnects = 0
-        self.refusals = 0
-        self._last_refusal_log = 0.0
-        self._hold_until = 0.0  # after a refusal, wait before sending again
-        self._check_stream = False
-        self._checker: asyncio.Task[bool] | None = None
 
-    # -- in ------------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self.unconfirmed) + len(self.unsent)
 
-    def enqueue(self, records: Sequence[LiveRecord], items: Sequence[LiveItem]) -> None:
-        subjects = self._subjects
-        append = self.unsent.append
-        headers = _HEADERS
-        ids = self._ids
-        for (_, ts_ns, _, _, payload), (contract, _, _) in zip(records, items, strict=True):
-            if contract is None:
-                self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
-                continue
-            subject = subjects.get(contract)
-            if subject is None:
-                subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
-            append((subject, headers % (ids(payload), ts_ns), payload))
-        self.enqueued += len(records)
-        if records:
-            self._last_enqueue = time.monotonic()
-            self._lagging(clock.time_ns() - records[-1][1])  # the clock the workers stamped them with
+    def _trim(self) -> None:
+        """Past max_backlog, the oldest are dropped: a live consumer wants what is happening now; the recording has
+        the rest."""
         over = self.pending - self.max_backlog
         if over > 0:
-            # Keep the newest: a live consumer wants what is happening now; the recording has the rest.
             self.dropped += over
             self.base += over
             for queue in (self.unconfirmed, self.unsent):
@@ -198,11 +150,92 @@ class NatsPublisher:
                 for _ in range(n):
                     queue.popleft()
                 over -= n
+
+    def _frame(self, count: int, inbox: bytes) -> bytes:
+        """The next `count` unsent messages as HPUB commands, moved to unconfirmed; every FENCE_EVERY-th and the last
+        ask for an ack (to `inbox`.<fence token>)."""
+        unsent, unconfirmed = self.unsent, self.unconfirmed
+        parts: list[bytes] = []
+        append = parts.append
+        since = self._since_fence
+        end = self.base + len(unconfirmed)  # absolute index just past the message being framed
+        for k in range(count):
+            entry = unsent.popleft()
+            unconfirmed.append(entry)
+            subject, hdr, payload = entry
+            end += 1
+            since += 1
+            size = len(hdr)
+            # The last of a chunk asks for an ack too: when the window is full, its ack is what makes room.
+            if since >= FENCE_EVERY or k == count - 1:
+                since = 0
+                self._fence_seq += 1
+                token = self._fence_seq
+                self.fences[token] = _Fence(end, time.monotonic())
+                self.fence_order.append(token)
+                append(b"HPUB %s %s.%d %d %d\r\n%s" % (subject, inbox, token, size, size + len(payload), hdr))
+            else:
+                append(b"HPUB %s %d %d\r\n%s" % (subject, size, size + len(payload), hdr))
+            append(payload)
+            append(b"\r\n")
+        self._since_fence = since
+        return b"".join(parts)
+
+    def _advance(self) -> None:
+        """What the acked fences confirm leaves the backlog: up to the first fence not acked yet."""
+        order = self.fence_order
+        fences = self.fences
+        end = self.base
+        while order and fences[order[0]].ok:
+            end = fences.pop(order.popleft()).end
+        n = min(end - self.base, len(self.unconfirmed))
+        if n > 0:
+            unconfirmed = self.unconfirmed
+            for _ in range(n):
+                unconfirmed.popleft()
+            self.base += n
+            self.confirmed += n
+
+    def _rewind(self) -> None:
+        """Forget fences in flight and send everything unconfirmed again (JetStream drops repeats by Msg-Id)."""
+        self.fences.clear()
+        self.fence_order.clear()
+        self._since_fence = 0
+        self._generation += 1
+        again = self.unconfirmed
+        if again:
+            self.republished += len(again)
+            again.extend(self.unsent)
+            self.unsent, self.unconfirmed = again, deque()
         self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        return len(self.unconfirmed) + len(self.unsent)
+
+class _Reporting:
+    """What the operator is told: why nothing is published (one warning at once, then at most one a minute), and the
+    pauses while the hub is behind the workers."""
+
+    settings: LiveSettings
+    max_backlog: int
+    pending: int
+    dropped: int
+    _wake: asyncio.Event
+    connected: bool
+    closed: bool
+    stopped_clean: bool
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # the servers, without credentials
+        # Why nothing is being published (None while publishing), since when, and its throttled warning.
+        self.problem: str | None = None
+        self._down_since: float | None = None
+        self._down_wall = 0.0
+        self._trouble_log = Throttle(TROUBLE_LOG_S)
+        # Yielding: publishing paused while the hub is behind the workers (the machine short of CPU).
+        self.yielding = False
+        self.yields = 0
+        self._yield_started = 0.0
+        self.yield_s = 0.0
+        self._yield_log = Throttle(TROUBLE_LOG_S)
 
     @property
     def state(self) -> str:
@@ -212,36 +245,6 @@ class NatsPublisher:
         if self.connected:
             return "up"
         return "down" if self.problem is not None else "connecting"
-
-    def _lagging(self, lag_ns: int) -> None:
-        """The hub's lag behind the workers (receive time of the newest record to now): yield or resume."""
-        if not self.yielding and lag_ns > YIELD_LAG_NS:
-            self.yielding = True
-            self.yields += 1
-            self._yield_started = time.monotonic()
-            if self._yield_log.hit(self._yield_started):
-                log.warning("the live hub is %.0f ms behind the workers (the machine is short of CPU): publishing to "
-                            "NATS pauses while it is, %d messages wait for it; recording goes on (%d pauses so far)",
-                            lag_ns / 1e6, self.pending, self.yields)
-        elif self.yielding and lag_ns < RESUME_LAG_NS:
-            self._resume()
-
-    def _resume(self) -> None:
-        if self.yielding:
-            self.yielding = False
-            self.yield_s += time.monotonic() - self._yield_started
-            self._wake.set()
-
-    def status(self) -> dict[str, Any]:
-        yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)
-        return {"nats_connected": int(self.connected), "nats_state": self.state, "nats_closed": int(self.closed),
-                "nats_yielding": int(self.yielding), "nats_yields": self.yields, "nats_yield_s": round(yield_s, 1),
-                "nats_problem": self.problem or "", "nats_down_since": self._down_wall if self.problem else 0.0,
-                "nats_backlog": self.pending, "nats_confirmed": self.confirmed, "nats_dropped": self.dropped,
-                "nats_republished": self.republished, "nats_unrouted": self.unrouted,
-                "nats_reconnects": self.reconnects}
-
-    # -- what the operator is told -------------------------------------------------------------------
 
     def _trouble(self, cause: str, grace_s: float = 0.0) -> None:
         """Something keeps messages from NATS: one warning at once, then at most one a minute while it lasts.
@@ -277,6 +280,170 @@ class NatsPublisher:
         self.problem = None
         self._down_since = None
         self._trouble_log.reset()
+
+    def _lagging(self, lag_ns: int) -> None:
+        """The hub's lag behind the workers (receive time of the newest record to now): yield or resume."""
+        if not self.yielding and lag_ns > YIELD_LAG_NS:
+            self.yielding = True
+            self.yields += 1
+            self._yield_started = time.monotonic()
+            if self._yield_log.hit(self._yield_started):
+                log.warning("the live hub is %.0f ms behind the workers (the machine is short of CPU): publishing to "
+                            "NATS pauses while it is, %d messages wait for it; recording goes on (%d pauses so far)",
+                            lag_ns / 1e6, self.pending, self.yields)
+        elif self.yielding and lag_ns < RESUME_LAG_NS:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.yielding:
+            self.yielding = False
+            self.yield_s += time.monotonic() - self._yield_started
+            self._wake.set()
+
+
+class _Stream(_Reporting):
+    """The JetStream stream: made with our settings if missing, and published to only once it has a leader."""
+
+    prefix: str
+    js: Any
+    nc: Any
+    _closing: bool
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self._check_stream = False  # a refusal: look at the stream again
+        self._checker: asyncio.Task[bool] | None = None
+
+    async def _ensure_stream(self, once: bool = False) -> bool:
+        """Make sure the stream exists (created with our settings if missing) and has a leader.
+
+        A replicated stream accepts publishes only once its leader is elected; until then a publish without a
+        reply vanishes without a trace, so publishing waits for the leader. `once`: one attempt, no retries.
+        """
+        s = self.settings
+        delay = 0.1  # doubles to 5 s: a stream that cannot be made (subjects taken by another) must not spin
+        while not self._closing:
+            try:
+                info = await self.js.stream_info(s.nats_stream)
+                if info.cluster is None or info.cluster.leader:
+                    return True
+                if not once:
+                    self._trouble(f"stream {s.nats_stream} has no leader (the cluster has not elected one)",
+                                  grace_s=STREAM_GRACE_S)
+            except Exception as exc:
+                if type(exc).__name__ == "NotFoundError":
+                    if await self._create_stream():
+                        continue  # now wait for its leader
+                elif not once:
+                    cause = self._stream_unavailable(exc)
+                    # A server without JetStream stays so; a cluster's JetStream answers 503 while it starts.
+                    self._trouble(cause, grace_s=0.0 if cause.startswith("the server does not") else STREAM_GRACE_S)
+            if once:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        return False
+
+    async def _create_stream(self) -> bool:
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        s = self.settings
+        try:
+            await self.js.add_stream(StreamConfig(
+                name=s.nats_stream, subjects=stream_subjects(self.prefix), retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD, storage=StorageType.FILE, max_age=s.nats_max_age_s,
+                duplicate_window=s.nats_duplicate_window_s, num_replicas=s.nats_replicas))
+        except Exception as exc:
+            # Another recorder may have created it meanwhile; stream_info tells on the next round.
+            self._trouble(f"cannot create stream {s.nats_stream}: {describe(exc)} (a stream that already takes "
+                          "subjects ime.> must be used: --nats-stream)")
+            return False
+        log.info("created NATS stream %s (subjects %s, max age %gs, duplicate window %gs, replicas %d)",
+                 s.nats_stream, stream_subjects(self.prefix)[0], s.nats_max_age_s, s.nats_duplicate_window_s,
+                 s.nats_replicas)
+        return True
+
+    def _stream_unavailable(self, exc: Exception) -> str:
+        """Why stream_info failed, in the operator's terms: a server without JetStream is the usual one."""
+        from nats import errors as nats_errors
+        from nats.js import errors as js_errors
+
+        info = getattr(self.nc, "_server_info", None) or {}
+        if (isinstance(exc, js_errors.ServiceUnavailableError | nats_errors.NoRespondersError)
+                and not info.get("jetstream")):
+            return "the server does not have JetStream enabled (start nats-server with -js)"
+        return f"stream {self.settings.nats_stream} not available: {describe(exc)}"
+
+    def _look_at_stream(self) -> None:
+        """After a refusal, once connected: is the stream there, with a leader? In a task of its own, so that the
+        fences keep being watched meanwhile."""
+        if self._check_stream and self._checker is None:
+            self._check_stream = False
+            self._checker = asyncio.create_task(self._ensure_stream(once=True))
+            self._checker.add_done_callback(self._checked)
+
+    def _checked(self, task: asyncio.Task[bool]) -> None:
+        self._checker = None
+        if not task.cancelled() and task.exception() is None and not task.result():
+            self._check_stream = True  # no leader yet (or unreachable): look again on the next round
+
+
+class NatsPublisher(_Backlog, _Stream):
+    """Owns the NATS connection of the hub. `enqueue` never blocks; `close` flushes what it can."""
+
+    def __init__(self, settings: LiveSettings, prefix: str = DEFAULT_PREFIX) -> None:
+        _Backlog.__init__(self, settings.nats_backlog)
+        _Stream.__init__(self, ", ".join(redact_url(u.strip()) for u in (settings.nats_url or "").split(",")
+                                         if u.strip()))
+        self.settings = settings
+        self.prefix = prefix
+        self.kind = settings.kind
+        self._subjects: dict[str, bytes] = {}
+        self._ids = MsgIds()
+        self.nc: Any = None
+        self.js: Any = None
+        self._inbox = ""
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connected = False
+        self.closed = False
+        self.stopped_clean = False  # connected when close() began: a stop, not an outage
+        self._ack_timeout_log = Throttle(TROUBLE_LOG_S)
+        self._last_enqueue = 0.0
+        self.unrouted = 0
+        self.reconnects = 0
+        self.refusals = 0
+        self._last_refusal_log = 0.0
+        self._hold_until = 0.0  # after a refusal, wait before sending again
+
+    def enqueue(self, rows: Sequence[Row], contracts: Sequence[str | None]) -> None:
+        """Messages the workers recorded, each with the contract the hub's router named (None: none, not published)."""
+        subjects = self._subjects
+        append = self.unsent.append
+        headers = _HEADERS
+        ids = self._ids
+        for (ts_ns, _, _, payload), contract in zip(rows, contracts, strict=True):
+            if contract is None:
+                self.unrouted += 1  # no contract, no subject (binary frames, non-envelopes)
+                continue
+            subject = subjects.get(contract)
+            if subject is None:
+                subject = subjects[contract] = subject_for(self.kind, contract, self.prefix).encode()
+            append((subject, headers % (ids(payload), ts_ns), payload))
+        self.enqueued += len(rows)
+        if rows:
+            self._last_enqueue = time.monotonic()
+            self._lagging(clock.time_ns() - rows[-1][0])  # the clock the workers stamped them with
+        self._trim()
+        self._wake.set()
+
+    def status(self) -> NatsFigures:
+        yield_s = self.yield_s + (time.monotonic() - self._yield_started if self.yielding else 0.0)
+        return NatsFigures(state=self.state, connected=self.connected, closed=self.closed, yielding=self.yielding,
+                           problem=self.problem or "", down_since=self._down_wall if self.problem else 0.0,
+                           backlog=self.pending, yield_s=round(yield_s, 1), yields=self.yields,
+                           confirmed=self.confirmed, dropped=self.dropped, republished=self.republished,
+                           unrouted=self.unrouted, reconnects=self.reconnects)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -356,61 +523,6 @@ class NatsPublisher:
         self._rewind()
         self._publishing("connected to")
 
-    async def _ensure_stream(self, once: bool = False) -> bool:
-        """Make sure the stream exists (created with our settings if missing) and has a leader.
-
-        A replicated stream accepts publishes only once its leader is elected; until then a publish without a
-        reply vanishes without a trace, so publishing waits for the leader. `once`: one attempt, no retries.
-        """
-        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-
-        s = self.settings
-        delay = 0.1  # doubles to 5 s: a stream that cannot be made (subjects taken by another) must not spin
-        while not self._closing:
-            try:
-                info = await self.js.stream_info(s.nats_stream)
-                if info.cluster is None or info.cluster.leader:
-                    return True
-                if not once:
-                    self._trouble(f"stream {s.nats_stream} has no leader (the cluster has not elected one)",
-                                  grace_s=STREAM_GRACE_S)
-            except Exception as exc:
-                if type(exc).__name__ == "NotFoundError":
-                    try:
-                        await self.js.add_stream(StreamConfig(
-                            name=s.nats_stream, subjects=stream_subjects(self.prefix),
-                            retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
-                            max_age=s.nats_max_age_s, duplicate_window=s.nats_duplicate_window_s,
-                            num_replicas=s.nats_replicas))
-                        log.info("created NATS stream %s (subjects %s, max age %gs, duplicate window %gs, "
-                                 "replicas %d)", s.nats_stream, stream_subjects(self.prefix)[0], s.nats_max_age_s,
-                                 s.nats_duplicate_window_s, s.nats_replicas)
-                        continue  # now wait for its leader
-                    except Exception as exc2:
-                        # Another recorder may have created it meanwhile; stream_info tells on the next round.
-                        self._trouble(f"cannot create stream {s.nats_stream}: {describe(exc2)} (a stream that "
-                                      "already takes subjects ime.> must be used: --nats-stream)")
-                elif not once:
-                    cause = self._stream_unavailable(exc)
-                    # A server without JetStream stays so; a cluster's JetStream answers 503 while it starts.
-                    self._trouble(cause, grace_s=0.0 if cause.startswith("the server does not") else STREAM_GRACE_S)
-            if once:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        return False
-
-    def _stream_unavailable(self, exc: Exception) -> str:
-        """Why stream_info failed, in the operator's terms: a server without JetStream is the usual one."""
-        from nats import errors as nats_errors
-        from nats.js import errors as js_errors
-
-        info = getattr(self.nc, "_server_info", None) or {}
-        if (isinstance(exc, js_errors.ServiceUnavailableError | nats_errors.NoRespondersError)
-                and not info.get("jetstream")):
-            return "the server does not have JetStream enabled (start nats-server with -js)"
-        return f"stream {self.settings.nats_stream} not available: {describe(exc)}"
-
     # -- out -----------------------------------------------------------------------------------------
 
     async def _send(self) -> None:
@@ -426,37 +538,12 @@ class NatsPublisher:
         generation = self._generation
         inbox = self._inbox.encode()
         while self.connected and self.unsent and generation == self._generation and not self.yielding:
-            unsent, unconfirmed = self.unsent, self.unconfirmed
-            parts: list[bytes] = []
-            append = parts.append
-            since = self._since_fence
-            end = self.base + len(unconfirmed)  # absolute index just past the message being framed
-            room = MAX_IN_FLIGHT - len(unconfirmed)
+            room = MAX_IN_FLIGHT - len(self.unconfirmed)
             if room <= 0:
                 return  # _on_ack wakes the sender when confirmations make room
-            count = min(len(unsent), SEND_CHUNK, room)
-            for k in range(count):
-                entry = unsent.popleft()
-                unconfirmed.append(entry)
-                subject, hdr, payload = entry
-                end += 1
-                since += 1
-                size = len(hdr)
-                # The last of a chunk asks for an ack too: when the window is full, its ack is what makes room.
-                if since >= FENCE_EVERY or k == count - 1:
-                    since = 0
-                    self._fence_seq += 1
-                    token = self._fence_seq
-                    self.fences[token] = _Fence(end, time.monotonic())
-                    self.fence_order.append(token)
-                    append(b"HPUB %s %s.%d %d %d\r\n%s" % (subject, inbox, token, size, size + len(payload), hdr))
-                else:
-                    append(b"HPUB %s %d %d\r\n%s" % (subject, size, size + len(payload), hdr))
-                append(payload)
-                append(b"\r\n")
-            self._since_fence = since
+            commands = self._frame(min(len(self.unsent), SEND_CHUNK, room), inbox)
             try:
-                await send_command(b"".join(parts))
+                await send_command(commands)
                 await nc._flush_pending()
             except Exception as exc:  # closed or buffer full mid-reconnect: nats-py reconnects, we resend
                 log.debug("publish failed: %s", exception_text(exc))
@@ -493,33 +580,6 @@ class NatsPublisher:
         if self.unsent:
             self._wake.set()
 
-    def _advance(self) -> None:
-        order = self.fence_order
-        fences = self.fences
-        end = self.base
-        while order and fences[order[0]].ok:
-            end = fences.pop(order.popleft()).end
-        n = min(end - self.base, len(self.unconfirmed))
-        if n > 0:
-            unconfirmed = self.unconfirmed
-            for _ in range(n):
-                unconfirmed.popleft()
-            self.base += n
-            self.confirmed += n
-
-    def _rewind(self) -> None:
-        """Forget fences in flight and send everything unconfirmed again (JetStream drops repeats by Msg-Id)."""
-        self.fences.clear()
-        self.fence_order.clear()
-        self._since_fence = 0
-        self._generation += 1
-        again = self.unconfirmed
-        if again:
-            self.republished += len(again)
-            again.extend(self.unsent)
-            self.unsent, self.unconfirmed = again, deque()
-        self._wake.set()
-
     async def _watch_fences(self) -> None:
         last = time.monotonic()
         while True:
@@ -532,11 +592,8 @@ class NatsPublisher:
                 continue
             if self.yielding and now - self._last_enqueue > WATCH_S:
                 self._resume()  # the hub ran a whole round with nothing new from the workers: it is not behind
-            if self._check_stream and self.connected and self._checker is None:
-                self._check_stream = False
-                # Its own task: the fence timeouts below must keep being watched meanwhile.
-                self._checker = asyncio.create_task(self._ensure_stream(once=True))
-                self._checker.add_done_callback(self._checked)
+            if self.connected:
+                self._look_at_stream()
             if self._hold_until and time.monotonic() >= self._hold_until:
                 self._hold_until = 0.0
                 self._wake.set()
@@ -547,11 +604,6 @@ class NatsPublisher:
                         log.warning("no ack from NATS within %.0fs; sending the %d unconfirmed messages again (%d "
                                     "times so far)", ACK_TIMEOUT_S, len(self.unconfirmed), self._ack_timeout_log.total)
                     self._rewind()
-
-    def _checked(self, task: asyncio.Task[bool]) -> None:
-        self._checker = None
-        if not task.cancelled() and task.exception() is None and not task.result():
-            self._check_stream = True  # no leader yet (or unreachable): look again on the next round
 
     # -- nats-py callbacks ---------------------------------------------------------------------------
 

@@ -2,11 +2,15 @@
 
 Pure encoding and decoding, no I/O. A record carries the worker's own sequence number so that the hub
 sees every message a worker had to drop (socket full, hub restarting) as a gap, without a side channel.
+Decoded, a record is the model's `Row`; the sequence numbers are kept apart, as the first and the last of what
+one chunk completed, which is all the gap check needs.
 """
 
 from __future__ import annotations
 
 import struct
+
+from recorder.model.record import Row
 
 MAGIC = b"IMEL"
 HELLO = struct.Struct("<4sHI")  # magic, shard, worker pid
@@ -18,9 +22,8 @@ class WireError(ValueError):
     """The stream is not what a worker sends (wrong magic, absurd length): the hub drops the connection."""
 
 
-# (sequence, receive ts_ns, conn, record kind, payload) of one message. A plain tuple, not a NamedTuple: the hub
-# decodes every message and a NamedTuple's constructor costs it ~0.5 µs a message on the benchmark machine.
-LiveRecord = tuple[int, int, int, int, bytes]
+# The rows one chunk completed, and the sequence numbers of the first and of the last of them.
+Decoded = tuple[list[Row], int, int]
 
 
 def hello(shard: int, pid: int) -> bytes:
@@ -46,21 +49,21 @@ class Decoder:
         self.shard: int | None = None
         self.pid: int | None = None
 
-    def feed(self, data: bytes) -> list[LiveRecord]:
+    def feed(self, data: bytes) -> Decoded | None:
+        """The records `data` completed (None: none)."""
         buf = self._buf
         if buf:
             buf += data
             if len(buf) < self._need:
-                return []
+                return None
             data = bytes(buf)
             buf.clear()
         pos = 0
         end = len(data)
-        out: list[LiveRecord] = []
         if self.shard is None:
             if end < HELLO.size:
                 self._keep(data, 0, HELLO.size)
-                return out
+                return None
             magic, shard, pid = HELLO.unpack_from(data, 0)
             if magic != MAGIC:
                 raise WireError("not a recorder worker stream")
@@ -68,7 +71,9 @@ class Decoder:
             pos = HELLO.size
         unpack = RECORD.unpack_from
         head = RECORD.size
-        append = out.append
+        rows: list[Row] = []
+        append = rows.append
+        first = last = 0
         while end - pos >= head:
             length, seq, ts, conn, kind = unpack(data, pos)
             if length > MAX_PAYLOAD:
@@ -77,12 +82,16 @@ class Decoder:
             stop = start + length
             if stop > end:
                 self._keep(data, pos, head + length)
-                return out
-            append((seq, ts, conn, kind, data[start:stop]))
+                break
+            if not rows:
+                first = seq
+            last = seq
+            append((ts, conn, kind, data[start:stop]))
             pos = stop
-        if pos < end:
-            self._keep(data, pos, head)
-        return out
+        else:
+            if pos < end:
+                self._keep(data, pos, head)
+        return (rows, first, last) if rows else None
 
     def _keep(self, data: bytes, pos: int, need: int) -> None:
         self._buf += memoryview(data)[pos:]

@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from recorder.errors import UserError
+from recorder.timeparse import (
+    CALENDAR_ENV,
+    CALENDAR_SHOWN_HELP,
+    CALENDARS,
+    GREGORIAN,
+    TZ_ENV,
+    TZ_SHOWN_HELP,
+    parse_tz,
+)
 
 
 class Reload(enum.Enum):
@@ -342,10 +351,30 @@ class OpsSettings(Section):
     hook_backoff_s: float = 2.0
 
 
+def _zone(name: str, option: str) -> str:
+    try:
+        parse_tz(name)
+    except UserError as exc:
+        raise UserError(f"bad {option}: {exc}") from None
+    return name.strip()
+
+
+def _calendar(name: str, option: str) -> str:
+    if name.strip().lower() not in CALENDARS:
+        raise UserError(f"bad {option} {name!r}: give {' or '.join(CALENDARS)}")
+    return name.strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class LogSettings(Section):
+    """What a person reads: log lines and the status table (their times in `tz`, dates in `calendar`)."""
+
     verbose: int = opt(0, "More log lines (-vv: debug).", int, count=True, short="-v")
     quiet: bool = opt(False, "Only warnings and errors.", bool, short="-q")
+    tz: str = opt("UTC", TZ_SHOWN_HELP + " Log lines and the status table.", env=TZ_ENV, parse=_zone,
+                  metavar="ZONE")
+    calendar: str = opt(GREGORIAN, CALENDAR_SHOWN_HELP + " The status table (log lines stay Gregorian).",
+                        env=CALENDAR_ENV, parse=_calendar, metavar="|".join(CALENDARS))
 
 
 @dataclass(frozen=True, slots=True)

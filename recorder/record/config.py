@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recorder.child import Exit
 from recorder.model.settings import ConnectionSettings, LiveSettings, StorageSettings
 
-# Worker exit codes the supervisor acts on (anything else, a signal included, means "crashed: restart").
-WORKER_EXIT_OK = 0
-WORKER_EXIT_FATAL = 3  # disk full, unwritable directory, shard locked: restarting would not help
-WORKER_EXIT_REFUSED = 4  # the server refused every contract of the shard (or the credentials)
+# The worker's names for the child exit codes (recorder/child.py: Exit, the one convention), until the worker
+# names Exit itself.
+WORKER_EXIT_OK, WORKER_EXIT_FATAL, WORKER_EXIT_REFUSED = Exit.OK, Exit.FATAL, Exit.REFUSED
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,6 @@ class Failure(enum.StrEnum):
     NOT_WEBSOCKET = "not_websocket"  # the peer answered something that is not an HTTP upgrade
     WRONG_URL = "wrong_url"  # 404 on the upgrade: the path is wrong
     EMPTY = "empty"  # opened, then closed before any data arrived
-    DROPPED = "dropped"  # a working connection dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,6 @@ class Refusal:
 
     how: str  # "close 1008" or "HTTP 403": said as what it was, in log lines
     code: int  # 1008, 401 or 403, for event records
-    logs: tuple[Log, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +75,6 @@ class GiveUp:
     """Retrying cannot help; stop the recorder with this one line (exit 1)."""
 
     message: str
-    logs: tuple[Log, ...] = ()
 
 
 Step = Wait | Refusal | GiveUp

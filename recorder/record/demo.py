@@ -41,7 +41,7 @@ class DemoSimulator:
     def start(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ime-demo-")
         ready = Path(self._dir.name) / "ready.json"
-        args = [sys.executable, "-m", "recorder.sim", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+        args = [sys.executable, "-m", "recorder.cli.sim", "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
                 "--contracts", str(self.contracts), "--rate", f"{self.rate:g}", "--seed", str(self.seed),
                 "--ready-file", str(ready), "--quiet", *self.extra_args]
         # Its own session: a Ctrl-C meant for the recorder must not take the feed away mid-shutdown.

@@ -1,83 +1,28 @@
 """The picows listener of one recording connection: timestamp first, then hand the raw bytes on.
 
 `on_ws_frame` is the hottest code in the recorder. It takes `time_ns()` (recorder/clock.py) before anything else, does
-no JSON parsing, copies the payload once (picows reuses its buffer after the callback) and appends it to
-the segment writer's current batch. Fragmented messages are reassembled here, because picows delivers
-fragments as they come; the record gets the time the first fragment arrived.
+no JSON parsing, copies the payload once (picows reuses its buffer after the callback) and hands it to its sink
+(sink.py: the segment writer's current batch, behind dedupe when copies are redundant). Fragmented messages are
+reassembled here, because picows delivers fragments as they come; the record gets the time the first fragment
+arrived.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from recorder.clock import time_ns
 from recorder.events import Event, encode_event
 from recorder.model.record import RecordKind
-from recorder.segment.dedupe import Deduper, digest
+from recorder.record.sink import Append
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 OVERSIZED_HEAD_BYTES = 256
-
-Append = Callable[[int, int, int, bytes], None]
-
-
-class Destination(Protocol):
-    """Where a connection's records go: the segment writer (or anything with its recording methods)."""
-
-    def append(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None: ...
-
-    def position(self) -> tuple[int, int]: ...
-
-    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
-                       orig_position: tuple[int, int]) -> None: ...
-
-
-def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
-                       live: Append | None = None) -> Append:
-    """What a connection's listener appends to: the segment writer, behind dedupe when copies are redundant.
-
-    The first copy of a message is recorded as received (and handed to the live output); a later copy on
-    another redundant connection becomes a receipt naming the original. Events pass straight through.
-    With one copy and no live output this is the writer's own append: no cost at all.
-    """
-    append = dest.append
-    if deduper is None:
-        if live is None:
-            return append
-
-        def record_and_publish(ts: int, conn: int, kind: int, payload: bytes) -> None:
-            append(ts, conn, kind, payload)
-            if kind != RecordKind.EVENT:
-                live(ts, conn, kind, payload)
-
-        return record_and_publish
-
-    observe = deduper.observe_digest
-    position = dest.position
-    append_receipt = dest.append_receipt
-
-    def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
-        if kind == RecordKind.EVENT:
-            append(ts, conn, kind, payload)
-            return
-        serial, index = position()
-        # One int for where the original went (an int, not a tuple: see Deduper on the garbage collector).
-        original = observe(ts, source, digest(payload), conn | (index << 32) | (serial << 64))
-        if original is None:
-            append(ts, conn, kind, payload)
-            if live is not None:
-                live(ts, conn, kind, payload)
-        else:
-            orig_ts, ref = original
-            append_receipt(ts, conn, orig_ts, ref & 0xFFFFFFFF, (ref >> 64, (ref >> 32) & 0xFFFFFFFF))
-
-    return first_arrival
 
 
 class RecordingListener(WSListener):

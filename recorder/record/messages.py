@@ -1,12 +1,14 @@
 """Typed messages between the supervisor and its worker processes (over a multiprocessing pipe).
 
-Frozen dataclasses, matched with `match` on both sides, so that a field is spelled in one place only.
-The token travels in `Token`, whose repr hides it.
+Frozen dataclasses, matched with `match` on both sides, so that a field is spelled in one place only; the ones every
+child knows (`LogLine` up, `Stop` down) are recorder/child.py's. The token travels in `Token`, whose repr hides it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from recorder.child import LogLine, Stop
 
 # --- worker → supervisor ------------------------------------------------------------------------
 
@@ -37,12 +39,6 @@ class Status:
     groups_disconnected: int = 0  # of those, groups with no copy connected right now
     final: bool = False
     live_handed: int = 0  # messages given to the live output (--relay/--publish), whether or not the hub got them
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    shard: int
-    line: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +78,6 @@ class Recovered:
 WorkerMessage = Status | LogLine | Accepted | Rejected | NeedToken | Fatal | Recovered
 
 # --- supervisor → worker ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

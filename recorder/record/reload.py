@@ -1,7 +1,7 @@
 """A reload (SIGHUP, `systemctl reload`): what was re-read, and the log lines that say what changed.
 
 The CLI re-reads the config file and the contract file (`Reread`); the supervisor applies the contracts per shard
-and logs what this module words. Pure: no I/O, no processes.
+and logs what this module words; a worker resubscribes what changed (handover.py). Pure: no I/O, no processes.
 """
 
 from __future__ import annotations
@@ -42,14 +42,19 @@ class ShardChange:
     after: int
 
 
+def contract_diff(before: Sequence[str], after: Sequence[str]) -> tuple[list[str], list[str]]:
+    """What came (in `after`'s order) and what went (in `before`'s)."""
+    b, a = set(before), set(after)
+    return [c for c in after if c not in b], [c for c in before if c not in a]
+
+
 def shard_changes(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -> list[ShardChange]:
     """Per shard whose contract set changed: what came and went (in list order)."""
     out = []
     for shard, (before, after) in enumerate(zip(old, new, strict=True)):
-        b, a = set(before), set(after)
-        if a != b:
-            out.append(ShardChange(shard, tuple(c for c in after if c not in b), tuple(c for c in before if c not in a),
-                                   len(before), len(after)))
+        added, removed = contract_diff(before, after)
+        if added or removed:
+            out.append(ShardChange(shard, tuple(added), tuple(removed), len(before), len(after)))
     return out
 
 

@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from recorder import clock
 from recorder.humanize import human_bytes, human_count, human_duration
 from recorder.record.messages import Status
+from recorder.timeparse import TimeLocale
 
 STALE_AFTER_S = 3.0  # a running worker reports every second; silence this long means it is frozen
 
@@ -169,12 +171,17 @@ class ShardView:
         return max(0.0, 1.0 - self.total_downtime_ns / total)
 
 
-def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None) -> list[str]:
+def table(views: list[ShardView], now_ns: int, elapsed_s: float, now: float | None = None,
+          shown: TimeLocale | None = None) -> list[str]:
+    """The live table; its clock in `shown` (--tz and --calendar; by default as IME_TZ and IME_CALENDAR say, which
+    ime-record sets from its options)."""
     # Every column has a bounded width (human_count/human_bytes), so the table fits an 80-column terminal.
     now = time.monotonic() if now is None else now
+    shown = shown or TimeLocale.from_env()
     head = (f"{'SHARD':>5} {'STATE':<10} {'CONN':>7} {'MSG/S':>6} {'MB/S':>6} {'MSGS':>6} {'RECONN':>6} "
             f"{'LAST':>7} {'DISK':>9} {'RESTART':>7}")
-    lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)}", head]
+    lines = [f"ime-record: {len(views)} shards, running {human_duration(elapsed_s)} (now {shown.format(now_ns, 0)})",
+             head]
     for v in views:
         state = v.shown_state(now)
         lines.append(
@@ -196,21 +203,23 @@ def _mb_rate(byte_rate: float) -> str:
     return f"{mb:.2f}" if mb < 100 else human_count(mb)
 
 
+def _total(views: list[ShardView], name: str) -> float:
+    return sum(getattr(v, name) for v in views)
+
+
 def summary_line(views: list[ShardView], now_ns: int, now: float | None = None) -> str:
     now = time.monotonic() if now is None else now
-    open_conns = sum(v.connections_open for v in views)
-    conns = sum(v.connections for v in views)
     # A stale shard's age would be a figure from its last report: leave it out, the STALE note says why.
     ages = [a for v in views if not v.stale(now) and (a := v.last_age_s(now_ns)) is not None]
     stale = [str(v.shard) for v in views if v.stale(now)]
     return (
         f"status: {len(views)} shards"
         + (f" ({len(stale)} STALE, no report for >{STALE_AFTER_S:.0f}s: shard {', '.join(stale)})" if stale else "")
-        + f", {open_conns}/{conns} connections, "
-        f"{sum(v.current_rate(now) for v in views):.0f} msgs/s, {sum(v.byte_rate for v in views) / 1e6:.2f} MB/s, "
-        f"{sum(v.total_messages for v in views)} messages, {sum(v.total_reconnects for v in views)} reconnects, "
-        f"{sum(v.restarts for v in views)} restarts, last frame {human_duration(min(ages) if ages else None)} ago, "
-        f"{human_bytes(sum(v.total_disk for v in views))} on disk"
+        + f", {_total(views, 'connections_open')}/{_total(views, 'connections')} connections, "
+        f"{sum(v.current_rate(now) for v in views):.0f} msgs/s, {_total(views, 'byte_rate') / 1e6:.2f} MB/s, "
+        f"{_total(views, 'total_messages')} messages, {_total(views, 'total_reconnects')} reconnects, "
+        f"{_total(views, 'restarts')} restarts, last frame {human_duration(min(ages) if ages else None)} ago, "
+        f"{human_bytes(_total(views, 'total_disk'))} on disk"
     )
 
 
@@ -224,8 +233,12 @@ class DiskFigures:
     removed_bytes: int = 0
 
 
-def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | None = None) -> list[str]:
-    lines = [f"recorded for {human_duration(elapsed_s)}:"]
+def exit_summary(views: list[ShardView], elapsed_s: float, disk: DiskFigures | None = None, now_ns: int | None = None,
+                 shown: TimeLocale | None = None) -> list[str]:
+    end_ns = clock.time_ns() if now_ns is None else now_ns
+    shown = shown or TimeLocale.from_env()
+    lines = [f"recorded for {human_duration(elapsed_s)}, from {shown.format(end_ns - int(elapsed_s * 1e9), 0)} to "
+             f"{shown.format(end_ns, 0)}:"]
     for v in views:
         lines.append(
             f"  shard {v.shard}: {v.total_messages} messages ({human_bytes(v.total_bytes)} received"
@@ -349,6 +362,27 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
             return
         self.console.log(line)
+
+
+@contextlib.contextmanager
+def logging_through(console: Console) -> Iterator[None]:
+    """The root logger's handler on the console's stream is replaced by a ConsoleHandler while this lasts."""
+    root = logging.getLogger()
+    replaced = [h for h in root.handlers if isinstance(h, logging.StreamHandler)
+                and getattr(h, "stream", None) is console.stream]
+    if not replaced:
+        yield
+        return
+    handler = ConsoleHandler(console, replaced[0].formatter, replaced[0].level)
+    for h in replaced:
+        root.removeHandler(h)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for h in replaced:
+            root.addHandler(h)
 
 
 def now_ns() -> int:

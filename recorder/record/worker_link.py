@@ -1,46 +1,26 @@
-"""The worker's end of its pipe to the supervisor: typed messages out (from any thread), in (on the loop),
-and the wait for a fresh token."""
+"""The worker's end of its pipe to the supervisor (recorder/child.py's ChildLink), and the wait for a fresh token."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from recorder.child import ChildLink
 from recorder.record import messages as m
 
 
-class SupervisorLink:
+class SupervisorLink(ChildLink):
     def __init__(self, pipe: Connection, shard: int) -> None:
-        self.pipe = pipe
+        super().__init__(pipe)
         self.shard = shard
-        self._lock = threading.Lock()  # the recovery thread and log lines send too; a Connection is not shareable
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token_waiter: asyncio.Future[bool] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, on_message: Callable[[m.SupervisorMessage], None],
               on_gone: Callable[[], None]) -> None:
         self._loop = loop
-
-        def readable() -> None:
-            try:
-                while self.pipe.poll():
-                    on_message(self.pipe.recv())
-            except (EOFError, OSError):
-                loop.remove_reader(self.pipe.fileno())
-                on_gone()
-
-        loop.add_reader(self.pipe.fileno(), readable)
-
-    def send(self, msg: m.WorkerMessage) -> bool:
-        try:
-            with self._lock:
-                self.pipe.send(msg)
-        except (OSError, ValueError):
-            return False
-        return True
+        super().start(loop, on_message, on_gone)
 
     async def fresh_token(self, used_gen: int, stopping: asyncio.Event, timeout_s: float = 120.0) -> None:
         """Ask once for a token newer than `used_gen` (however many connections ask) and wait for the answer."""
@@ -55,20 +35,3 @@ class SupervisorLink:
     def token_answered(self, fresh: bool) -> None:
         if self._token_waiter is not None and not self._token_waiter.done():
             self._token_waiter.set_result(fresh)
-
-    def close(self) -> None:
-        self.pipe.close()
-
-
-class PipeLogHandler(logging.Handler):
-    """Log lines travel to the supervisor, which prints them above its live status table."""
-
-    def __init__(self, link: SupervisorLink) -> None:
-        super().__init__()
-        self.link = link
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.link.send(m.LogLine(self.link.shard, self.format(record)))
-        except Exception:
-            self.handleError(record)

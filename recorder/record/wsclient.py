@@ -18,7 +18,8 @@ from picows import WSCloseCode, WSError, WSHandshakeError, WSTransport, ws_conne
 from recorder import clock
 from recorder.model.settings import ConnectionSettings
 from recorder.record.connection import Failure
-from recorder.record.listener import Append, RecordingListener
+from recorder.record.listener import RecordingListener
+from recorder.record.sink import Append
 
 _HIDDEN_HEADERS = {"set-cookie", "authorization", "cookie", "proxy-authorization"}
 

@@ -11,7 +11,7 @@ from typing import IO
 
 import click
 
-from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging
+from recorder.cli_support import OneLineCommand, one_line_errors, setup_logging, time_options
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_duration
@@ -21,7 +21,7 @@ from recorder.segment.output import jsonl_line, raw_payload
 from recorder.segment.reader import SegmentFile, open_inputs
 from recorder.segment.selection import Selection, recorded_contracts
 from recorder.segment.stats import RecordingStats
-from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
+from recorder.timeparse import TIME_HELP, TimeLocale
 
 PROG = "ime-replay"
 DEFAULT_SEND_TIMEOUT = 5.0  # --serve: seconds the replay waits for one client before cutting it
@@ -44,9 +44,10 @@ def check_contracts(segments: list[SegmentFile], contracts: tuple[str, ...]) -> 
 class StreamSink:
     """Writes batches as JSON lines or raw payloads; events are JSON lines only."""
 
-    def __init__(self, stream: IO[bytes], fmt: str) -> None:
+    def __init__(self, stream: IO[bytes], fmt: str, shown: TimeLocale | None = None) -> None:
         self.stream = stream
         self.raw = fmt == "raw"
+        self.shown = shown or TimeLocale()
         self._parts: list[bytes] = []
         self._size = 0
 
@@ -60,8 +61,9 @@ class StreamSink:
                     parts.append(b"\n")
                     self._size += len(payload) + 1
         else:
+            shown = self.shown
             for rec, contract in batch:
-                line = jsonl_line(rec, contract)
+                line = jsonl_line(rec, contract, shown)
                 parts.append(line)
                 self._size += len(line)
         if self._size >= 1 << 16:
@@ -75,19 +77,20 @@ class StreamSink:
         self.stream.flush()
 
 
-def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
+def print_listing(segments: list[SegmentFile], selection: Selection, shown: TimeLocale) -> None:
     stats = RecordingStats()
     for rec, _ in selection.rows(segments, identify=False):
         stats.add(rec.ts_ns, rec.kind, rec.payload, identifier_of)
-    first = format_ns(stats.first_ns) if stats.first_ns is not None else "-"
-    last = format_ns(stats.last_ns) if stats.last_ns is not None else "-"
+    first = shown.format(stats.first_ns) if stats.first_ns is not None else "-"
+    last = shown.format(stats.last_ns) if stats.last_ns is not None else "-"
+    w = shown.width(3)
     span = (stats.last_ns - stats.first_ns) / 1e9 if stats.first_ns is not None and stats.last_ns else 0.0
     shards = sorted({s.shard for s in segments})
     click.echo(f"{len(segments)} files, shards {', '.join(map(str, shards))}: {stats.records} records "
                f"from {first} to {last} ({human_duration(span)})")
-    click.echo(f"{'CONTRACT':<30} {'RECORDS':>9} {'FIRST':<24} {'LAST':<24}")
+    click.echo(f"{'CONTRACT':<30} {'RECORDS':>9} {'FIRST':<{w}} {'LAST':<{w}}")
     for name, c in sorted(stats.contracts.items()):
-        click.echo(f"{name:<30} {c.records:>9} {format_ns(c.first_ns)[:23]:<24} {format_ns(c.last_ns)[:23]:<24}")
+        click.echo(f"{name:<30} {c.records:>9} {shown.format(c.first_ns, 3):<{w}} {shown.format(c.last_ns, 3):<{w}}")
     if stats.events:
         click.echo("connection events: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items())))
 
@@ -99,7 +102,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start at this receive time: {TIME_HELP}")
 @click.option("--to", "end", help="Stop before this receive time, same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
+@time_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
               help="stdout format: JSON lines (time, contract, frame) or raw payloads, one per line.")
 @click.option("--max-gap", type=click.FloatRange(min=0), help="Shorten idle periods longer than this many seconds.")
@@ -124,7 +127,7 @@ def print_listing(segments: list[SegmentFile], selection: Selection) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No timing report.")
 @one_line_errors(PROG)
 def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-         tz: str, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
+         shown: TimeLocale, fmt: str, max_gap: float | None, listing: bool, serve: str | None, start_mode: str,
          token: str | None, all_copies: bool, send_timeout: float, from_nats: str | None, since: str | None,
          nats_stream: str, max_count: int | None, quiet: bool) -> None:
     """Play recorded IME segments back in receive-time order, all shards merged.
@@ -138,13 +141,13 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     """
     if serve is None:
         check_serve_only_options(click.get_current_context())
-    setup_logging(0, quiet)
+    setup_logging(0, quiet, shown.gregorian)
     if from_nats is not None:
         if paths or serve or listing:
             raise UserError("--from-nats reads NATS, not files: give no PATHS, --serve or --list with it")
         from recorder.replay.nats_source import follow_nats
 
-        follow_nats(from_nats, nats_stream, contracts, since, fmt, max_count)
+        follow_nats(from_nats, nats_stream, contracts, since, fmt, max_count, shown)
         return
     if not paths:
         raise UserError("give segment files or directories to replay (or --from-nats URL)")
@@ -155,11 +158,11 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
     for problem in unreadable:
         click.echo(f"{PROG}: warning: skipped {problem}", err=True)
     check_contracts(segments, contracts)
-    selection = Selection.parse(segments, contracts, start, end, tz, all_copies=all_copies)
+    selection = Selection.parse(segments, contracts, start, end, shown, all_copies=all_copies)
     if selection.window_misses(segments):
-        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+        raise RuntimeFailure(selection.nothing_selected(segments, shown))
     if listing:
-        print_listing(segments, selection)
+        print_listing(segments, selection, shown)
         damaged = report_damage(segments)
         sys.exit(EXIT_RUNTIME if damaged or unreadable else 0)
     pacer = Pacer(factor, int(max_gap * 1e9) if max_gap is not None else None)
@@ -168,7 +171,7 @@ def main(paths: tuple[str, ...], speed: str, contracts: tuple[str, ...], start: 
 
         report = serve_replay(segments, selection, pacer, serve, start_mode, token, send_timeout or None)
     else:
-        report = replay_to_stdout(segments, selection, pacer, fmt)
+        report = replay_to_stdout(segments, selection, pacer, fmt, shown.gregorian)
     if not quiet or report.signal is not None:
         for line in report.lines():
             click.echo(f"{PROG}: {line}", err=True)
@@ -193,8 +196,9 @@ def check_serve_only_options(ctx: click.Context) -> None:
             raise UserError(f"{flag} only applies with --serve [HOST:]PORT; add --serve or drop {flag}")
 
 
-def replay_to_stdout(segments: list[SegmentFile], selection: Selection, pacer: Pacer, fmt: str) -> ReplayReport:
-    sink = StreamSink(sys.stdout.buffer, fmt)
+def replay_to_stdout(segments: list[SegmentFile], selection: Selection, pacer: Pacer, fmt: str,
+                     shown: TimeLocale | None = None) -> ReplayReport:
+    sink = StreamSink(sys.stdout.buffer, fmt, shown)
     received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

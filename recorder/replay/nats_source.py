@@ -25,7 +25,7 @@ from recorder.live.subjects import DEFAULT_PREFIX, RECEIVE_HEADER, contract_of, 
 from recorder.model.record import Record, RecordKind
 from recorder.redact import redact_url
 from recorder.segment.output import jsonl_line
-from recorder.timeparse import parse_time
+from recorder.timeparse import UTC_LOCALE, TimeLocale
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -33,7 +33,7 @@ CONNECT_WITHIN_S = 5.0
 log = logging.getLogger("recorder.replay")
 
 
-def parse_since(text: str | None, now_ns: int | None = None) -> int | None:
+def parse_since(text: str | None, now_ns: int | None = None, where: TimeLocale = UTC_LOCALE) -> int | None:
     """None (live only), 'all', a relative '90s'/'30m'/'1h'/'2d' (that long ago), or an absolute time."""
     if text is None:
         return None
@@ -43,7 +43,7 @@ def parse_since(text: str | None, now_ns: int | None = None) -> int | None:
     if m:
         now = time.time_ns() if now_ns is None else now_ns
         return now - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1e9)
-    return parse_time(text)
+    return where.parse_time(text)
 
 
 def _rfc3339(ts_ns: int) -> str:
@@ -51,9 +51,10 @@ def _rfc3339(ts_ns: int) -> str:
 
 
 class _Out:
-    def __init__(self, stream: IO[bytes], fmt: str) -> None:
+    def __init__(self, stream: IO[bytes], fmt: str, shown: TimeLocale = UTC_LOCALE) -> None:
         self.stream = stream
         self.raw = fmt == "raw"
+        self.shown = shown
         self.count = 0
 
     def write(self, msg: Any) -> None:
@@ -64,16 +65,16 @@ class _Out:
             headers = msg.headers or {}
             ts = int(headers.get(RECEIVE_HEADER, "0") or 0)
             contract = contract_of(msg.subject.split(".", 2)[2])
-            self.stream.write(jsonl_line(Record(ts, -1, -1, RecordKind.TEXT, payload), contract))
+            self.stream.write(jsonl_line(Record(ts, -1, -1, RecordKind.TEXT, payload), contract, self.shown))
         self.count += 1
 
 
 async def _follow(url: str, stream: str, contracts: tuple[str, ...], since_ns: int | None, fmt: str,
-                  limit: int | None) -> int:
+                  limit: int | None, shown: TimeLocale = UTC_LOCALE) -> int:
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     nc = await _connect(url)
-    out = _Out(sys.stdout.buffer, fmt)
+    out = _Out(sys.stdout.buffer, fmt, shown.gregorian)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,7 +148,7 @@ async def _flush_every(stream: IO[bytes], period: float) -> None:
 
 
 def follow_nats(url: str, stream: str, contracts: tuple[str, ...], since: str | None, fmt: str,
-                limit: int | None = None) -> int:
+                limit: int | None = None, shown: TimeLocale = UTC_LOCALE) -> int:
     try:
         import nats  # noqa: F401
     except ImportError:
@@ -156,6 +157,6 @@ def follow_nats(url: str, stream: str, contracts: tuple[str, ...], since: str | 
         raise UserError("--from-nats needs a URL such as nats://127.0.0.1:4222")
     import uvloop
 
-    count = uvloop.run(_follow(url, stream, contracts, parse_since(since), fmt, limit))
+    count = uvloop.run(_follow(url, stream, contracts, parse_since(since, where=shown), fmt, limit, shown))
     click.echo(f"ime-replay: {count} messages from NATS stream {stream}", err=True)
     return count

@@ -15,9 +15,9 @@ from recorder.humanize import human_bytes
 from recorder.report.collect import collect
 from recorder.report.figures import draw_all
 from recorder.report.page import render
-from recorder.segment.cli_inputs import open_all, report_damage
+from recorder.segment.cli_inputs import open_all, reading_progress, report_damage
 from recorder.segment.selection import Selection, recording_range
-from recorder.timeparse import parse_tz
+from recorder.timeparse import TimeLocale
 
 
 def check_out(out: Path) -> None:
@@ -27,25 +27,25 @@ def check_out(out: Path) -> None:
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
 
 
-def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | None, tz: str | None) -> None:
+def run_report(paths: tuple[str, ...], out: str, start: str | None, end: str | None, zone: TimeLocale) -> None:
     started = time.monotonic()
-    zone = parse_tz(tz)
     out_path = Path(out)
     check_out(out_path)
     segments, skipped = open_all(paths)
-    selection = Selection.parse(segments, (), start, end, tz)
+    selection = Selection.parse(segments, (), start, end, zone)
     span = recording_range(segments)
     if span is None:
         raise RuntimeFailure(f"no records in {', '.join(paths)}: nothing to report")
     lo = span[0] if selection.start_ns is None else max(span[0], selection.start_ns)
     hi = span[1] + 1 if selection.end_ns is None else min(span[1] + 1, selection.end_ns)
     # At least a second drawn: a recording of one record still has a time axis.
-    data = collect(segments, lo, max(hi, lo + 1_000_000_000), selection)
+    with reading_progress(segments, selection, "reading"):
+        data = collect(segments, lo, max(hi, lo + 1_000_000_000), selection)
     damaged = report_damage(d for s in segments for d in s.damage)
     if data.stats.records == 0 and selection.filtered:
-        raise RuntimeFailure(selection.nothing_selected(segments, tz))
-    page = render(data, draw_all(data, zone), zone, tz or "UTC", paths, len(segments), damaged, skipped,
-                  (selection.start_ns, selection.end_ns), time.time_ns())
+        raise RuntimeFailure(selection.nothing_selected(segments, zone))
+    page = render(data, draw_all(data, zone.tz, zone.calendar), zone, zone.zone_name(), paths, len(segments), damaged,
+                  skipped, (selection.start_ns, selection.end_ns), time.time_ns())
     size = write_atomically(out_path, page.encode())
     click.echo(f"wrote {out_path} ({human_bytes(size)}) in {time.monotonic() - started:.1f} s: "
                f"{data.stats.records:,} records, {len(data.groups)} connection groups, "

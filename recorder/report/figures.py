@@ -1,7 +1,8 @@
 """The report's figures, drawn with matplotlib into inline SVG (text kept as text: the browser shapes Persian names).
 
-Every figure's x axis is receive time in the report's zone, named in the axis label. Element counts are bounded
-(binned series, intervals joined below a pixel when there are thousands), so a day draws as small as a minute.
+Every figure's x axis is receive time in the report's zone (its dates in its calendar), named in the axis label.
+Element counts are bounded (binned series, intervals joined below a pixel when there are thousands), so a day draws
+as small as a minute.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from recorder.histogram import Histogram
 from recorder.report.collect import Lane, ReportData
+from recorder.timeparse import GREGORIAN, PERSIAN, TimeLocale
 
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
@@ -111,17 +114,33 @@ def _svg(fig: Figure, name: str) -> Drawn:
     return Drawn(name, text)
 
 
-def _time_axis(ax: Axes, zone: tzinfo, data: ReportData, label: bool = True) -> None:
+def _time_axis(ax: Axes, zone: tzinfo, data: ReportData, label: bool = True, calendar: str = GREGORIAN) -> None:
     locator = mdates.AutoDateLocator(tz=zone, minticks=6, maxticks=14)
     ax.xaxis.set_major_locator(locator)
-    # The date at the axis' end carries its offset too (Z for UTC), as every time the report shows.
-    suffix = " Z" if zone_label(zone, data.start_ns, data.end_ns).endswith("(Z)") else " %z"
-    offsets = ["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
-        locator, tz=zone, offset_formats=[f + suffix if f else f for f in offsets]))
+    text = f"receive time, {zone_label(zone, data.start_ns, data.end_ns)}"
+    if calendar == PERSIAN:
+        # matplotlib knows the Gregorian calendar only: the ticks stay where its locator puts them (hours and days
+        # are the same in both calendars), and their dates are written in the Solar Hijri one.
+        shown = TimeLocale(zone, PERSIAN)
+        one_day = data.end_ns - data.start_ns <= _DAY_NS
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: persian_tick(x, shown, one_day)))
+        text += f", Solar Hijri dates, from {shown.date(data.start_ns)}"
+    else:
+        # The date at the axis' end carries its offset too (Z for UTC), as every time the report shows.
+        suffix = " Z" if zone_label(zone, data.start_ns, data.end_ns).endswith("(Z)") else " %z"
+        offsets = ["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(
+            locator, tz=zone, offset_formats=[f + suffix if f else f for f in offsets]))
     ax.set_xlim(num(data.start_ns), num(data.end_ns))
     if label:
-        ax.set_xlabel(f"receive time, {zone_label(zone, data.start_ns, data.end_ns)}")
+        ax.set_xlabel(text)
+
+
+def persian_tick(x: float, shown: TimeLocale, one_day: bool) -> str:
+    """A tick's label: its time of day (`09:30`), or at a midnight of a longer span its Solar Hijri `MM-DD`."""
+    stamp = shown.format(round((x - _EPOCH_NUM) * 86_400) * _NS, 0)  # to the second: days as floats are inexact
+    clock = stamp[11:16]
+    return clock if one_day or clock != "00:00" else stamp[5:10]
 
 
 def _style(ax: Axes) -> None:
@@ -139,7 +158,7 @@ def _copies(data: ReportData, lane: Lane) -> list[int]:
     return sorted(copies) or [0]
 
 
-def timeline(data: ReportData, zone: tzinfo) -> Drawn | None:
+def timeline(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn | None:
     """Per shard and group: one row per copy (connected), one for the time no copy was, and the shard's events."""
     if not data.timeline.lanes and not data.events.marked:
         return None  # no connection event in what was read (a window inside one long connection, or no recorder)
@@ -202,7 +221,7 @@ def timeline(data: ReportData, zone: tzinfo) -> Drawn | None:
         ax.plot(gap_marks_x, gap_marks_y, marker="v", color=GAP_COLOUR, markersize=6, linestyle="none")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    _time_axis(ax, zone, data)
+    _time_axis(ax, zone, data, calendar=calendar)
     _style(ax)
     ax.tick_params(axis="y", length=0)
     handles: list[Patch | Line2D] = [Patch(color=COPY_COLOURS[c % len(COPY_COLOURS)], label=f"copy {c} connected")
@@ -250,7 +269,7 @@ def _steps(ax: Axes, data: ReportData, values: Sequence[float], **style: object)
     ax.stairs(values, xs, baseline=0 if style.get("fill") else None, **style)  # type: ignore[arg-type]
 
 
-def rates(data: ReportData, zone: tzinfo) -> Drawn:
+def rates(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn:
     """Messages per second per contract (mean over each bin), and all contracts with their busiest second."""
     width_s = data.bins.width_ns / _NS
     top, rest = drawn_contracts(data)
@@ -288,7 +307,7 @@ def rates(data: ReportData, zone: tzinfo) -> Drawn:
     for axis in (ax, total):
         _style(axis)
         axis.set_ylim(bottom=0)
-        _time_axis(axis, zone, data, label=axis is total)
+        _time_axis(axis, zone, data, label=axis is total, calendar=calendar)
     fig.subplots_adjust(left=0.07, right=0.8, top=0.97, bottom=0.1, hspace=0.08)
     return _svg(fig, "rates")
 
@@ -309,7 +328,7 @@ def lag_series(data: ReportData, key: tuple[int, int, int], percentile: float) -
     return [(i, per_bin[i].percentile(percentile) / 1e3) for i in sorted(per_bin)]
 
 
-def lag(data: ReportData, zone: tzinfo) -> Drawn | None:
+def lag(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> Drawn | None:
     """How much later each copy delivered a message when another copy was first: distribution and over time."""
     hists = lane_lag(data)
     if not hists:
@@ -348,7 +367,7 @@ def lag(data: ReportData, zone: tzinfo) -> Drawn | None:
     else:
         time_ax.set_ylim(bottom=0)
     time_ax.set_ylabel(f"p99 lag when later, µs{' (log)' if wide else ''}, per {width_s:g} s")
-    _time_axis(time_ax, zone, data)
+    _time_axis(time_ax, zone, data, calendar=calendar)
     time_ax.grid(axis="y", color="#e5e5e5", linewidth=0.6)
     for axis in (cdf_ax, time_ax):
         _style(axis)
@@ -359,6 +378,7 @@ def lag(data: ReportData, zone: tzinfo) -> Drawn | None:
     return _svg(fig, "lag")
 
 
-def draw_all(data: ReportData, zone: tzinfo) -> list[Drawn]:
-    figures: Iterable[Drawn | None] = (timeline(data, zone), rates(data, zone), lag(data, zone))
+def draw_all(data: ReportData, zone: tzinfo, calendar: str = GREGORIAN) -> list[Drawn]:
+    figures: Iterable[Drawn | None] = (timeline(data, zone, calendar), rates(data, zone, calendar),
+                                       lag(data, zone, calendar))
     return [f for f in figures if f is not None]

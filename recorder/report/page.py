@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from recorder.report.collect import ReportData
 from recorder.report.figures import MAX_DRAWN, Drawn, drawable, drawn_contracts, lag_series, lane_lag, zone_label
 from recorder.segment.coverage import GroupCoverage
 from recorder.segment.stats import stats_document
+from recorder.timeparse import PERSIAN, TimeLocale
 
 _NS = 1_000_000_000
 MAX_LISTED_GAPS = 2000  # per lane in the JSON block (the longest, when there are more)
@@ -39,16 +39,13 @@ figcaption{color:#555;font-size:13px;margin:2px 0 10px}
 """
 
 
-def local_time(ts_ns: int, zone: tzinfo) -> str:
-    """`2026-11-24T09:00:00.123+03:30`: to the millisecond (cut, never rounded up), always with its zone."""
-    seconds, nanos = divmod(ts_ns, _NS)
-    moment = datetime.fromtimestamp(seconds, zone)
-    offset = moment.strftime("%z")
-    suffix = "Z" if offset in ("", "+0000") else f"{offset[:3]}:{offset[3:5]}"
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{nanos // 1_000_000:03d}{suffix}"
+def local_time(ts_ns: int, zone: TimeLocale) -> str:
+    """`2026-11-24T09:00:00.123+03:30`: to the millisecond (cut, never rounded up), always with its zone; the date
+    in the --calendar's."""
+    return zone.format(ts_ns, 3)
 
 
-def later_time(ts_ns: int, since_ns: int, zone: tzinfo) -> str:
+def later_time(ts_ns: int, since_ns: int, zone: TimeLocale) -> str:
     """The end of an interval: its time of day (with its zone) when it is on the day it began, else in full."""
     text, start = local_time(ts_ns, zone), local_time(since_ns, zone)
     return text[11:] if text[:10] == start[:10] else text
@@ -63,7 +60,7 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _time_cell(ts_ns: int, zone: tzinfo) -> str:
+def _time_cell(ts_ns: int, zone: TimeLocale) -> str:
     return f'<td data-ns="{ts_ns}"><time>{_e(local_time(ts_ns, zone))}</time></td>'
 
 
@@ -78,7 +75,7 @@ def first_wait(g: GroupCoverage, start_ns: int) -> bool:
     return g.from_start and start_ns == g.start_ns
 
 
-def _group_rows(groups: list[GroupCoverage], connections: dict[str, Any], zone: tzinfo) -> list[str]:
+def _group_rows(groups: list[GroupCoverage], connections: dict[str, Any], zone: TimeLocale) -> list[str]:
     rows = []
     for g, doc in zip(groups, connections["groups"], strict=True):
         listed = []
@@ -119,7 +116,7 @@ def _copy_rows(connections: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _verdict(data: ReportData, connections: dict[str, Any], zone: tzinfo, damage: int, skipped: int) -> str:
+def _verdict(data: ReportData, connections: dict[str, Any], zone: TimeLocale, damage: int, skipped: int) -> str:
     problems: list[str] = []
     drops = [(a, b, g) for g in data.groups for a, b in g.gaps if b > a and not first_wait(g, a)]
     dropped_ns = sum(g.uncovered_ns - g.initial_ns for g in data.groups)
@@ -158,7 +155,7 @@ def _listed_gaps(gaps: list[tuple[int, int]]) -> list[list[int]]:
     return [[a, b] for a, b in sorted(kept)]
 
 
-def data_block(data: ReportData, document: dict[str, Any], zone: tzinfo, tz_name: str) -> dict[str, Any]:
+def data_block(data: ReportData, document: dict[str, Any], zone: TimeLocale, tz_name: str) -> dict[str, Any]:
     """Everything the figures show, as numbers: the `stats --json` document verbatim, and the series drawn."""
     top, rest = drawn_contracts(data)
     width_s = data.bins.width_ns / _NS
@@ -166,7 +163,8 @@ def data_block(data: ReportData, document: dict[str, Any], zone: tzinfo, tz_name
     return {
         "schema": SCHEMA,
         "tz": tz_name,
-        "zone": zone_label(zone, data.start_ns, data.end_ns),
+        "zone": zone_label(zone.tz, data.start_ns, data.end_ns),
+        "calendar": zone.calendar,
         "span": {"from_ns": data.start_ns, "to_ns": data.end_ns, "from": local_time(data.start_ns, zone),
                  "to": local_time(data.end_ns, zone)},
         "stats": document,
@@ -206,13 +204,15 @@ def _json_script(value: dict[str, Any]) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def render(data: ReportData, figures: list[Drawn], zone: tzinfo, tz_name: str, sources: Sequence[str],
+def render(data: ReportData, figures: list[Drawn], zone: TimeLocale, tz_name: str, sources: Sequence[str],
            files: int, damage: int, skipped: int, window: tuple[int | None, int | None], generated_ns: int) -> str:
     document = stats_document(data.stats, data.groups)
     connections = document["connections"]
     block = data_block(data, document, zone, tz_name)
     by_name = {f.name: f for f in figures}
-    zone_text = zone_label(zone, data.start_ns, data.end_ns)
+    zone_text = zone_label(zone.tz, data.start_ns, data.end_ns) + " (--tz)"
+    if zone.calendar == PERSIAN:
+        zone_text += ", dates in the Solar Hijri calendar (--calendar persian)"
     window_text = ", ".join(f"{k} {local_time(v, zone)}" for k, v in (("--from", window[0]), ("--to", window[1]))
                             if v is not None) or "the whole recording"
     parts = [
@@ -224,7 +224,7 @@ def render(data: ReportData, figures: list[Drawn], zone: tzinfo, tz_name: str, s
         f'<b><time>{_e(local_time(data.end_ns, zone))}</time></b> '
         f"({_e(human_duration((data.end_ns - data.start_ns) / 1e9))}; {_e(window_text)}); "
         f"{data.stats.records:,} records, {len(data.stats.contracts)} contracts, {files} files. "
-        f"Times in {_e(zone_text)} (--tz). Generated <time>{_e(local_time(generated_ns, zone))}</time>.</p>",
+        f"Times in {_e(zone_text)}. Generated <time>{_e(local_time(generated_ns, zone))}</time>.</p>",
         _verdict(data, connections, zone, damage, skipped),
         "<h2>Connections</h2>",
     ]

@@ -1,4 +1,4 @@
-"""`ime-segments merge` behind its options (segment/cli.py): inputs checked, OUT locked, what an interrupted run
+"""`ime-segments merge` behind its options (cli/segments.py): inputs checked, OUT locked, what an interrupted run
 left dealt with, the merge (merge.py) written into the staging directory and moved into OUT (merge_staging.py)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from recorder.errors import EXIT_RUNTIME, UserError
+from recorder.progress import Progress
 from recorder.segment.cli_inputs import PROG, report_damage
 from recorder.segment.files import SealedSegment, SegmentWriteError
 from recorder.segment.merge import check_paths, merge, report_lines
@@ -141,15 +142,20 @@ class StagedMerge:
             report_damage(f"skipped {problem}" for problem in unreadable)
             self.unreadable += len(unreadable)
             opened.append((str(p), segs))
+        inputs = [s for _, segs in opened for s in segs]
         try:
-            result = merge(opened, lambda number, shard: self.writer_for(opened, number, shard),
-                           keep_receipts=self.keep_receipts, window_ns=int(self.dedupe_window * 1e9),
-                           after_batch=self.pace)
-            for w in self.writers:
-                self.sealed.extend(w.close("merged"))
+            # Counted by the readers as they go (records read so far), so the merge's loop pays nothing for the bar.
+            with Progress(sum(s.records for s in inputs), "merging",
+                          poll=lambda: sum(s.records_salvaged for s in inputs)):
+                result = merge(opened, lambda number, shard: self.writer_for(opened, number, shard),
+                               keep_receipts=self.keep_receipts, window_ns=int(self.dedupe_window * 1e9),
+                               after_batch=self.pace)
+                for w in self.writers:
+                    self.sealed.extend(w.close("merged"))
         except SegmentWriteError as exc:
             raise UserError(str(exc), EXIT_RUNTIME) from None
-        self.output_damage = [d for s in self.sealed for d in open_segment(s.path).verify()]
+        with Progress(sum(s.compressed_bytes for s in self.sealed), "verifying the merged files") as bar:
+            self.output_damage = [d for s in self.sealed for d in open_segment(s.path).verify(progress=bar.advance)]
         self.input_damage = [d for st in result.inputs for d in st.damage]
         self.report = report_lines(result, self.show)
 

@@ -7,7 +7,7 @@ import base64
 import orjson
 
 from recorder.model.record import Record, RecordKind, kind_label
-from recorder.timeparse import format_ns
+from recorder.timeparse import UTC_LOCALE, TimeLocale
 
 
 def raw_payload(rec: Record) -> bytes | None:
@@ -19,15 +19,16 @@ def raw_payload(rec: Record) -> bytes | None:
     return rec.payload
 
 
-def jsonl_line(rec: Record, contract: str | None) -> bytes:
-    """One JSON object: receive time (ns and ISO), shard, connection, kind, contract and the frame itself.
+def jsonl_line(rec: Record, contract: str | None, shown: TimeLocale = UTC_LOCALE) -> bytes:
+    """One JSON object: receive time (ns, and ISO-8601 in `shown`'s zone), shard, connection, kind, contract and the
+    frame itself.
 
     A frame that is valid JSON is embedded byte for byte (orjson.Fragment), not re-serialised, so the
     output carries exactly what the server sent; other text goes in "text", binary in "base64".
     """
     out: dict[str, object] = {
         "recv_ns": rec.ts_ns,
-        "recv": format_ns(rec.ts_ns),
+        "recv": shown.format(rec.ts_ns),
         "shard": rec.shard,
         "conn": rec.conn,
         "kind": kind_label(rec.kind),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,7 +100,7 @@ class RecoveryFailure:
         return f"{self.source}: not recovered: {self.message}"
 
 
-def recover(path: Path | str) -> Recovery:
+def recover(path: Path | str, progress: Callable[[int], None] | None = None) -> Recovery:
     """Seal the intact frames of an `.open` file as `NAME.zst`, or re-seal a `NAME.zst` that does not check out.
 
     Frames are found by the readers' walk (`reader.walk_frames`), which resynchronises on the next valid
@@ -108,7 +108,8 @@ def recover(path: Path | str) -> Recovery:
     kept, in sequence order. Every byte range not in the sealed file (damage, a repeated frame, a cut-off tail,
     an old seal) is copied to `NAME.zst.tail` and described in the result and in the seal's `skipped` list.
     Raises SegmentFormatError when the file is not a segment recovery can read (its header is damaged or of a
-    newer format) and RecoveryError when writing fails; the file is unchanged then.
+    newer format) and RecoveryError when writing fails; the file is unchanged then. `progress` is told the bytes
+    of each frame checked.
     """
     path = Path(path)
     if path.name.endswith(OPEN_SUFFIX):
@@ -127,7 +128,7 @@ def recover(path: Path | str) -> Recovery:
     if resealing:
         # Checked by structure and CRCs, not decompressed (see SegmentFile.verify): a recording's directory of
         # sealed files is checked at disk speed.
-        problems = seg.verify(decompress=False) if seg.sealed else []
+        problems = seg.verify(decompress=False, progress=progress) if seg.sealed else []
         if seg.sealed and not problems:
             return Recovery(path, path, len(seg.frames), seg.records, 0, None, (), action=INTACT)
         # What is wrong with the seal itself; the frames' damage is found again by the walk below.
@@ -135,7 +136,7 @@ def recover(path: Path | str) -> Recovery:
     elif final.exists():
         raise SegmentFormatError(f"{final} already exists; move it away before recovering {path}")
     try:
-        return _reseal(path, final, resealing, notes)
+        return _reseal(path, final, resealing, notes, progress)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
@@ -152,12 +153,13 @@ def _seal_problem(path: Path) -> str:
     return "not sealed properly"
 
 
-def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) -> Recovery:
+def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...],
+            progress: Callable[[int], None] | None = None) -> Recovery:
     temp = final.with_name(final.name + TEMP_SUFFIX)
     tail_path = free_name(tail_name(path))
     tail_temp = tail_path.with_name(tail_path.name + TEMP_SUFFIX)
     try:
-        size, kept, skipped, damage = _salvage(path, temp, tail_temp, tail_path.name)
+        size, kept, skipped, damage = _salvage(path, temp, tail_temp, tail_path.name, progress)
     except BaseException:
         for p in (temp, tail_temp):
             with contextlib.suppress(OSError):
@@ -180,8 +182,8 @@ def _reseal(path: Path, final: Path, resealing: bool, notes: tuple[str, ...]) ->
                     reasons, damaged, RESEALED if resealing else SEALED)
 
 
-def _salvage(path: Path, temp: Path, tail_temp: Path,
-             tail_file: str) -> tuple[int, list[FrameInfo], list[tuple[int, int]], list[Damage]]:
+def _salvage(path: Path, temp: Path, tail_temp: Path, tail_file: str, progress: Callable[[int], None] | None = None,
+             ) -> tuple[int, list[FrameInfo], list[tuple[int, int]], list[Damage]]:
     """The intact frames of `path` sealed into `temp`, and the bytes not in them into `tail_temp` (when a frame was
     kept); returns the file's size, the kept frames, the skipped byte ranges and all damage found."""
     with open(path, "rb", buffering=0) as src:
@@ -192,7 +194,7 @@ def _salvage(path: Path, temp: Path, tail_temp: Path,
         walked, damage, _ = walk_frames(src, path, size)
         frames, order_damage = order_frames(walked, path)
         damage += order_damage
-        kept, skipped = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file)
+        kept, skipped = _write_sealed(src, frames, end_of_header, temp, path, damage, tail_file, progress)
         if kept and skipped:
             _copy_ranges(src, skipped, tail_temp)
     return size, kept, skipped, damage
@@ -213,7 +215,8 @@ def tail_name(path: Path) -> Path:
 
 
 def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp: Path, source: Path,
-                  damage: list[Damage], tail_file: str) -> tuple[list[FrameInfo], list[tuple[int, int]]]:
+                  damage: list[Damage], tail_file: str,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[FrameInfo], list[tuple[int, int]]]:
     """Write header, intact frames and seal to `temp` (fsync'd); a frame that fails its checks joins `damage`.
     Returns the kept frames (as in src) and the byte ranges of src not in them."""
     dctx = zstandard.ZstdDecompressor()
@@ -226,6 +229,8 @@ def _write_sealed(src: BinaryIO, frames: list[FrameInfo], header_end: int, temp:
         for info in frames:
             src.seek(info.offset)
             chunk = src.read(info.end_offset - info.offset)
+            if progress is not None:
+                progress(len(chunk))
             try:
                 check_timestamps(decode_frame(chunk[DESCRIPTOR_FRAME_SIZE:], info, dctx), info)
             except SegmentFormatError as exc:
@@ -286,12 +291,13 @@ def free_name(path: Path) -> Path:
     return candidate
 
 
-def recover_each(paths: Iterable[Path]) -> list[Recovery | RecoveryFailure]:
+def recover_each(paths: Iterable[Path],
+                 progress: Callable[[int], None] | None = None) -> list[Recovery | RecoveryFailure]:
     """`recover` every file, one result each: one file that cannot be recovered never stops the others."""
     results: list[Recovery | RecoveryFailure] = []
     for p in paths:
         try:
-            results.append(recover(p))
+            results.append(recover(p, progress))
         except RecoveryError as exc:
             results.append(RecoveryFailure(p, str(exc)))  # it says the file is unchanged
         except SegmentFormatError as exc:

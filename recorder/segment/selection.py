@@ -9,7 +9,7 @@ from recorder.feed.message import identifier_of
 from recorder.model.record import Copy, Record, RecordError, RecordKind, decode_receipt
 from recorder.segment.dedupe import ReceiptResolver
 from recorder.segment.reader import SegmentFile, events_before, merge_records
-from recorder.timeparse import format_local, parse_tz, parse_window
+from recorder.timeparse import TimeLocale, parse_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Selection:
 
     @classmethod
     def parse(cls, segments: list[SegmentFile], contracts: Iterable[str], start: str | None, end: str | None,
-              tz: str | None, events: bool = True, all_copies: bool = False) -> Selection:
+              tz: TimeLocale | str | None, events: bool = True, all_copies: bool = False) -> Selection:
         """From the command line's --contract/--from/--to/--tz; a time of day is on the recording's first day."""
         span = recording_range(segments)
         lo, hi = parse_window(start, end, tz, span[0] if span is not None else None)
@@ -46,20 +46,20 @@ class Selection:
         hi = self.end_ns if self.end_ns is not None else 1 << 63
         return not any(f.records and f.max_ts >= lo and f.min_ts < hi for s in segments for f in s.frames)
 
-    def nothing_selected(self, segments: list[SegmentFile], tz: str | None) -> str:
+    def nothing_selected(self, segments: list[SegmentFile], tz: TimeLocale | str | None) -> str:
         """The one line saying that the filter selects nothing, with the recording's time range to compare."""
-        zone = parse_tz(tz)
+        zone = TimeLocale.of(tz)
         what = "no records selected"
         if self.contracts:
             what += " for " + ", ".join(sorted(self.contracts))
         if self.start_ns is not None:
-            what += f" from {format_local(self.start_ns, zone)}"
+            what += f" from {zone.exact(self.start_ns)}"
         if self.end_ns is not None:
-            what += f" to {format_local(self.end_ns, zone)}"
+            what += f" to {zone.exact(self.end_ns)}"
         span = recording_range(segments)
         if span is None:
             return f"{what}: the recording holds no records"
-        return f"{what}: the recording spans {format_local(span[0], zone)} to {format_local(span[1], zone)}"
+        return f"{what}: the recording spans {zone.exact(span[0])} to {zone.exact(span[1])}"
 
     def rows(self, segments: list[SegmentFile], identify: bool = True) -> Iterator[tuple[Record, str | None]]:
         """(record, contract identifier or None), merged across files by receive time.

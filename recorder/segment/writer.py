@@ -172,13 +172,21 @@ class SegmentWriter:
                 self.cut()
             start = end
 
-    def position(self) -> tuple[int, int]:
-        """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
-        return self._batch.serial, self._batch.records
+    def original_ref(self, conn: int) -> int:
+        """The record `conn` appends next, as one int for `append_copy`: the connection, the index in the batch and
+        the batch's serial, in 32, 32 and the rest of the bits. An int, not a tuple, because a Deduper holds one per
+        live message (see recorder/segment/dedupe.py on the garbage collector). `_ref` spelled out: this runs for
+        every message of redundant copies."""
+        batch = self._batch
+        return conn | (batch.records << 32) | (batch.serial << 64)
 
-    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
-                       orig_position: tuple[int, int]) -> None:
-        """A later copy of the record appended at `orig_position` (see `position`) by `orig_conn` at `orig_ts_ns`.
+    @staticmethod
+    def _ref(conn: int, serial: int, index: int) -> int:
+        return conn | (index << 32) | (serial << 64)
+
+    def append_copy(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_ref: int) -> None:
+        """A later copy, arrived on `conn`, of the record `orig_ref` names (see `original_ref`), received at
+        `orig_ts_ns`.
 
         It joins the batch's receipt columns: by the original's index while that is in the batch, with its own
         time and the original's connection otherwise. Only in a batch with no record yet is it a 12-byte receipt
@@ -188,14 +196,23 @@ class SegmentWriter:
             self._next_day(ts_ns)
         batch = self._batch
         if not batch.records:
-            self.append(ts_ns, conn, RecordKind.RECEIPT, encode_receipt(orig_conn, ts_ns - orig_ts_ns))
+            self.append(ts_ns, conn, RecordKind.RECEIPT, encode_receipt(orig_ref & 0xFFFFFFFF, ts_ns - orig_ts_ns))
             return
-        if orig_position[0] == batch.serial:
-            batch.append_near_receipt(ts_ns, conn, orig_position[1], ts_ns - orig_ts_ns)
+        if orig_ref >> 64 == batch.serial:
+            batch.append_near_receipt(ts_ns, conn, (orig_ref >> 32) & 0xFFFFFFFF, ts_ns - orig_ts_ns)
         else:
-            batch.append_far_receipt(ts_ns, conn, orig_conn, ts_ns - orig_ts_ns)
+            batch.append_far_receipt(ts_ns, conn, orig_ref & 0xFFFFFFFF, ts_ns - orig_ts_ns)
         if batch.raw_size >= self.frame_bytes or ts_ns - batch.first_ts >= self.flush_ns:
             self.cut()
+
+    def position(self) -> tuple[int, int]:
+        """Where the next appended record will be: (batch serial, index in the batch), for `append_receipt`."""
+        return self._batch.serial, self._batch.records
+
+    def append_receipt(self, ts_ns: int, conn: int, orig_ts_ns: int, orig_conn: int,
+                       orig_position: tuple[int, int]) -> None:
+        """`append_copy` of the record appended at `orig_position` (see `position`) by `orig_conn`."""
+        self.append_copy(ts_ns, conn, orig_ts_ns, self._ref(orig_conn, *orig_position))
 
     def _next_day(self, ts_ns: int) -> None:
         """A record of a later day: what the batch holds is of the day before, and goes in a frame of its own."""

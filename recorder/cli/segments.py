@@ -3,6 +3,7 @@ and recorder/report, imported lazily)."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import IO, Any
 import click
 import orjson
 
-from recorder.cli_support import OneLineGroup, one_line_errors
+from recorder.cli_support import OneLineGroup, one_line_errors, time_options
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
 from recorder.feed.message import identifier_of
 from recorder.humanize import human_bytes, human_duration
 from recorder.model.record import Record, RecordKind
-from recorder.segment.cli_inputs import PROG, open_all, report_damage
+from recorder.progress import Progress
+from recorder.segment.cli_inputs import PROG, open_all, reading_progress, report_damage
 from recorder.segment.coverage import summarise
 from recorder.segment.dedupe import DEFAULT_WINDOW_NS
 from recorder.segment.naming import OPEN_SUFFIX, held_by_recorder
@@ -25,9 +27,7 @@ from recorder.segment.reader import SegmentFile, input_files, merge_records, ope
 from recorder.segment.recover import RecoveryFailure, recover_each
 from recorder.segment.selection import Selection
 from recorder.segment.stats import RecordingStats, accumulate, stats_document
-from recorder.timeparse import TIME_HELP, TZ_ENV, TZ_HELP, format_ns
-
-TZ_OPTION = click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True, help=TZ_HELP)
+from recorder.timeparse import TIME_HELP, TimeLocale
 
 
 def state_of(seg: SegmentFile) -> str:
@@ -47,19 +47,21 @@ def cli() -> None:
 
 @cli.command("ls")
 @click.argument("paths", nargs=-1, required=True)
+@time_options
 @one_line_errors(PROG)
-def ls_cmd(paths: tuple[str, ...]) -> None:
+def ls_cmd(paths: tuple[str, ...], shown: TimeLocale) -> None:
     """One line per file from its index (no decompression): shard, time range, records, sizes, state."""
+    w = shown.width(3)
     opened, skipped = open_all(paths)
     segments = sorted(opened, key=lambda s: (s.shard, s.start_ns, str(s.path)))
-    click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<24} {'TO':<24} {'RECORDS':>10} {'COPIES':>8} "
+    click.echo(f"{'FILE':<44} {'SHARD':>5} {'FROM':<{w}} {'TO':<{w}} {'RECORDS':>10} {'COPIES':>8} "
                f"{'RAW':>10} {'ZST':>10} {'RATIO':>6} STATE")
     for seg in segments:
         lo, hi = seg.min_ts, seg.max_ts
         ratio = seg.raw_bytes / seg.compressed_bytes if seg.compressed_bytes else 0.0
         click.echo(
-            f"{seg.path.name:<44} {seg.shard:>5} {format_ns(lo)[:23] if lo else '-':<24} "
-            f"{format_ns(hi)[:23] if hi else '-':<24} {seg.records:>10} {receipts_of(seg):>8} "
+            f"{seg.path.name:<44} {seg.shard:>5} {shown.format(lo, 3) if lo else '-':<{w}} "
+            f"{shown.format(hi, 3) if hi else '-':<{w}} {seg.records:>10} {receipts_of(seg):>8} "
             f"{human_bytes(seg.raw_bytes):>10} "
             f"{human_bytes(seg.size):>10} {ratio:>5.1f}x {state_of(seg)}"
         )
@@ -74,7 +76,8 @@ def receipts_of(seg: SegmentFile) -> str:
     return str(value) if isinstance(value, int) else "-"
 
 
-def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str) -> tuple[int, int]:
+def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], fmt: str,
+                  shown: TimeLocale | None = None) -> tuple[int, int]:
     """Raw: payloads of frames only, newline-terminated (events are not frames); jsonl: everything.
     Returns (records written, copies left out of raw output because their original was not read)."""
     count = unknown = 0
@@ -88,7 +91,7 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
             buf.append(payload)
             buf.append(b"\n")
         else:
-            buf.append(jsonl_line(rec, contract))
+            buf.append(jsonl_line(rec, contract, shown) if shown is not None else jsonl_line(rec, contract))
         count += 1
         if len(buf) >= 2048:
             stream.write(b"".join(buf))
@@ -103,27 +106,31 @@ def write_records(stream: IO[bytes], rows: Iterator[tuple[Record, str | None]], 
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
 @click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
-@TZ_OPTION
+@time_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl", show_default=True,
-              help="jsonl: one JSON object per record; raw: the payloads exactly as received, one per line.")
+              help="jsonl: one JSON object per record (its `recv` in --tz, ISO-8601); raw: the payloads exactly as "
+                   "received, one per line.")
 @click.option("--events/--no-events", default=True, show_default=True,
               help="Include connection events (jsonl only, and only without --contract).")
 @click.option("--all-copies", is_flag=True,
               help="With --redundancy recordings: also every later copy of a message (a receipt), not only "
                    "the first arrival; jsonl marks them with copy_of.")
 @one_line_errors(PROG)
-def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None, tz: str,
-            fmt: str, events: bool, all_copies: bool) -> None:
+def cat_cmd(paths: tuple[str, ...], contracts: tuple[str, ...], start: str | None, end: str | None,
+            shown: TimeLocale, fmt: str, events: bool, all_copies: bool) -> None:
     """Records of one or many files, merged by receive time across shards; each message once."""
     segments, skipped = open_all(paths)
-    selection = Selection.parse(segments, contracts, start, end, tz, events, all_copies)
-    count, unknown = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt)
+    selection = Selection.parse(segments, contracts, start, end, shown, events, all_copies)
+    # A bar only while the records go elsewhere than the terminal (it would be drawn between them).
+    with reading_progress(segments, selection, "reading", enabled=not sys.stdout.isatty()):
+        count, unknown = write_records(sys.stdout.buffer, selection.rows(segments, identify=fmt == "jsonl"), fmt,
+                                       shown.gregorian)
     if unknown:
         click.echo(f"{PROG}: note: {unknown} later copies left out: their originals are not among the records "
                    "read (another file, or before --from); --format jsonl shows them with copy_of", err=True)
     damaged = report_damage(d for s in segments for d in s.damage)
     if count == 0 and selection.filtered:
-        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+        raise RuntimeFailure(selection.nothing_selected(segments, shown))
     if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
@@ -139,22 +146,35 @@ def verify_cmd(paths: tuple[str, ...], quiet: bool) -> None:
     for problem in unreadable:  # not a segment at all, or cut inside its header
         click.echo(f"BAD  {problem}")
     bad = len(unreadable)
-    for seg in segments:
-        f = seg.path
-        problems = seg.verify()
-        if problems:
-            bad += 1
-            for d in problems:
-                click.echo(f"BAD  {d}")
-        elif not quiet:
-            state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
-            click.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
-        if not problems and (note := recovery_note(seg)):
-            click.echo(f"NOTE {f}: {note}")
+    with Progress(sum(seg.size for seg in segments), "verifying") as bar:
+        for seg, end in zip(segments, itertools.accumulate(seg.size for seg in segments), strict=True):
+            bad += verify_one(seg, quiet, bar)
+            bar.reach(end)
     if bad:
         click.echo(f"{PROG}: {bad} of {len(files)} files damaged; `ime-segments recover` seals them again keeping "
                    "every intact frame (the rest of their bytes in NAME.zst.tail)", err=True)
         sys.exit(EXIT_RUNTIME)
+
+
+def verify_one(seg: SegmentFile, quiet: bool, bar: Progress) -> int:
+    """Verify one file, print what was found (above the bar); 1 when it is damaged."""
+    f = seg.path
+    problems = seg.verify(progress=bar.advance)
+    for d in problems:
+        bar.echo(f"BAD  {d}")
+    if not problems and not quiet:
+        state = "sealed" if seg.sealed else "open (not sealed; run `ime-segments recover` after a crash)"
+        bar.echo(f"OK   {f}: {len(seg.frames)} frames, {seg.records} records, {state}")
+    if not problems and (note := recovery_note(seg)):
+        bar.echo(f"NOTE {f}: {note}")
+    return 1 if problems else 0
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # gone since it was listed: recovering it says so
 
 
 def recovery_note(seg: SegmentFile) -> str | None:
@@ -173,34 +193,37 @@ def recovery_note(seg: SegmentFile) -> str | None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
 @click.option("--to", "end", help="Only records before this time, same forms as --from.")
-@TZ_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@time_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (its times epoch ns and UTC).")
 @one_line_errors(PROG)
-def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, tz: str, as_json: bool) -> None:
+def stats_cmd(paths: tuple[str, ...], start: str | None, end: str | None, shown: TimeLocale,
+              as_json: bool) -> None:
     """Per contract: records, first/last time, mean and max rate, largest gap; connection events."""
     segments, skipped = open_all(paths)
-    selection = Selection.parse(segments, (), start, end, tz)
-    stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of,
-                               before=selection.before(segments))
+    selection = Selection.parse(segments, (), start, end, shown)
+    with reading_progress(segments, selection, "reading"):
+        stats, groups = accumulate(merge_records(segments, selection.start_ns, selection.end_ns), identifier_of,
+                                   before=selection.before(segments))
     damaged = report_damage(d for s in segments for d in s.damage)
     if stats.records == 0 and selection.filtered:
-        raise RuntimeFailure(selection.nothing_selected(segments, tz))
+        raise RuntimeFailure(selection.nothing_selected(segments, shown))
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(stats_document(stats, groups), option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        print_stats(stats)
+        print_stats(stats, shown)
         print_coverage(summarise(groups))
     if damaged or skipped:
         sys.exit(EXIT_RUNTIME)
 
 
-def print_stats(stats: RecordingStats) -> None:
-    first = format_ns(stats.first_ns) if stats.first_ns is not None else "-"
-    last = format_ns(stats.last_ns) if stats.last_ns is not None else "-"
+def print_stats(stats: RecordingStats, shown: TimeLocale) -> None:
+    first = shown.format(stats.first_ns) if stats.first_ns is not None else "-"
+    last = shown.format(stats.last_ns) if stats.last_ns is not None else "-"
+    w = shown.width(3)
     click.echo(f"{stats.records} records from {first} to {last}")
-    click.echo(f"{'CONTRACT':<28} {'RECORDS':>9} {'FIRST':<24} {'LAST':<24} {'MEAN/s':>9} {'MAX/s':>7} LARGEST GAP")
+    click.echo(f"{'CONTRACT':<28} {'RECORDS':>9} {'FIRST':<{w}} {'LAST':<{w}} {'MEAN/s':>9} {'MAX/s':>7} LARGEST GAP")
     for name, c in sorted(stats.contracts.items()):
-        click.echo(f"{name:<28} {c.records:>9} {format_ns(c.first_ns)[:23]:<24} {format_ns(c.last_ns)[:23]:<24} "
+        click.echo(f"{name:<28} {c.records:>9} {shown.format(c.first_ns, 3):<{w}} {shown.format(c.last_ns, 3):<{w}} "
                    f"{c.mean_rate:>9.1f} {c.max_per_second:>7} {human_duration(c.largest_gap_ns / 1e9)}")
     if stats.events:
         summary = ", ".join(f"{k}={v}" for k, v in sorted(stats.events.items()))
@@ -251,13 +274,17 @@ def recover_cmd(paths: tuple[str, ...]) -> None:
         raise UserError(f"{live[0]} is being written by a running ime-record (its shard is locked); it seals its "
                         "own files when it stops — stop it first, or leave this file alone")
     damaged = failed = 0
-    for result in recover_each(targets):
-        if isinstance(result, RecoveryFailure):
-            click.echo(f"{PROG}: error: {result}", err=True)
-            failed += 1
-            continue
-        click.echo(str(result))
-        damaged += result.damaged
+    sizes = [file_size(f) for f in targets]
+    with Progress(sum(sizes), "recovering") as bar:
+        for f, end in zip(targets, itertools.accumulate(sizes), strict=True):
+            (result,) = recover_each([f], progress=bar.up_to(end))
+            bar.reach(end)
+            if isinstance(result, RecoveryFailure):
+                bar.echo(f"{PROG}: error: {result}", err=True)
+                failed += 1
+                continue
+            bar.echo(str(result))
+            damaged += result.damaged
     if damaged:
         click.echo(f"{PROG}: {damaged} of {len(targets)} files held damaged, cut, repeated or out-of-order frames "
                    "(details above); every intact frame was kept", err=True)
@@ -303,24 +330,24 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, keep_receipts: bool, dedupe_w
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--out", required=True, help="Output directory (created); re-running converts only new sealed segments.")
 @click.option("--contract", "contracts", multiple=True, help="Only this contract id or name (repeatable).")
-@click.option("--from", "start", help="Start time: ISO-8601 (UTC unless an offset is given) or epoch.")
+@click.option("--from", "start", help=f"Start time: {TIME_HELP}")
 @click.option("--to", "end", help="End time (exclusive), same forms as --from.")
-@TZ_OPTION
+@time_options
 @click.option("--tables", multiple=True,
               help="Comma-separated tables to write (default all): best_limit, aggregate, allowed_price_range, "
                    "contract_info, events, messages, extras.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @one_line_errors(PROG)
 def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], start: str | None, end: str | None,
-               tz: str, tables: tuple[str, ...], quiet: bool) -> None:
+               shown: TimeLocale, tables: tuple[str, ...], quiet: bool) -> None:
     """Typed Parquet datasets (hive-partitioned by Tehran trading date) for DuckDB, polars, pandas."""
-    # Imported here: segment/ knows nothing of the IME format or of pyarrow (the `analysis` extra).
+    # Imported here: pyarrow (the `analysis` extra) is neither needed by nor free for the other commands.
     try:
         from recorder.export.cli import run_export
     except ImportError as exc:
         raise UserError(f"export needs pyarrow ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
-    run_export(paths, out, contracts, start, end, tz, tables, quiet)
+    run_export(paths, out, contracts, start, end, shown, tables, quiet)
 
 
 @cli.command("report")
@@ -328,10 +355,9 @@ def export_cmd(paths: tuple[str, ...], out: str, contracts: tuple[str, ...], sta
 @click.option("--out", required=True, help="The HTML file to write (replaced if it exists).")
 @click.option("--from", "start", help=f"Only records from this time: {TIME_HELP}")
 @click.option("--to", "end", help="Only records before this time, same forms as --from.")
-@click.option("--tz", envvar=TZ_ENV, default="UTC", show_default=True,
-              help=TZ_HELP + " The report shows every time in this zone.")
+@time_options
 @one_line_errors(PROG)
-def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | None, tz: str) -> None:
+def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | None, shown: TimeLocale) -> None:
     """A recording's health as one self-contained HTML page: connections, gaps, rates, lag, events.
 
     \b
@@ -346,8 +372,12 @@ def report_cmd(paths: tuple[str, ...], out: str, start: str | None, end: str | N
             raise
         raise UserError(f"report needs matplotlib ({exc.name} is missing): pip install 'ime-recorder[analysis]'") \
             from None
-    run_report(paths, out, start, end, tz)
+    run_report(paths, out, start, end, shown)
 
 
 def main() -> None:
     cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()

@@ -233,3 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ from recorder.record.shard import partition
 from recorder.record.supervisor import RunSettings, run_supervisor
 from recorder.redact import redact_url
 from recorder.segment.files import describe_os_error
+from recorder.timeparse import TimeLocale
 
 PROG = "ime-record"
 log = logging.getLogger("recorder.record")
@@ -131,7 +132,9 @@ def main(config: Path | None, print_config: bool, **options: Any) -> None:
       IME_USERNAME=me IME_PASSWORD=... ime-record --shards 4 --ids-file ids.txt --out /data/ime
       ime-record --config /etc/ime-record/ime-record.toml --print-config
     """
-    setup_logging(options["verbose"], options["quiet"])
+    shown = TimeLocale.parse(options["tz"], options["calendar"])
+    setup_logging(options["verbose"], options["quiet"], shown)
+    os.environ.update(shown.environ())  # the status table, and the workers' and the hub's log lines, read it
     ctx = click.get_current_context()
     if print_config:
         for line in effective_settings(ctx):
@@ -272,3 +275,7 @@ def check_writable(out_dir: Path) -> None:
         for p in created:
             with contextlib.suppress(OSError):
                 p.rmdir()
+
+
+if __name__ == "__main__":
+    main(prog_name=PROG)

@@ -1,13 +1,14 @@
 """Live outputs, worker side: hand each first arrival to the hub process without ever holding recording up.
 
 `make_live_output(settings)` builds the one callable the worker calls for every first arrival: `live_output(ts_ns,
-conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 0.15 µs in C, _handover.c; 0.5 µs
-in the Python reference) and writes the buffer to the hub's Unix socket without blocking: the first frame of a
-burst at once, the rest of the burst in one send at the end of the event-loop turn, or while a burst after a pause
-lasts, 40 µs into it and then at doubling intervals up to 320 µs (a send per frame would cost the receive thread
-more than recording the frame, and wake the hub for every one). When the hub is slow, restarting or gone, what does
-not fit is dropped and counted (the hub also sees the gap in the sequence numbers): the segment file, not the live
-feed, is the record that must be complete.
+conn, kind, payload)`. It appends a record to a bounded in-memory buffer (about 0.5 µs a message, sends included; a
+C version saved 0.3 µs of the worker's ~3.5 µs a message, which no user could tell: README, "Live fan-out") and
+writes the buffer to the hub's Unix socket without blocking: the first frame of a burst at once, the rest of the
+burst in one send at the end of the event-loop turn, or while a burst after a pause lasts, 40 µs into it and then at
+doubling intervals up to 320 µs (a send per frame would cost the receive thread more than recording the frame, and
+wake the hub for every one). When the hub is slow, restarting or gone, what does not fit is dropped and counted
+(the hub also sees the gap in the sequence numbers): the segment file, not the live feed, is the record that must
+be complete.
 """
 
 from __future__ import annotations
@@ -49,39 +50,56 @@ _BURST_MAX_NS = 320_000
 _SOCKET_BUFFER = 4 << 20
 
 
-class _HubSocket:
-    """Everything of the live output but the per-message call: the socket, its sends, the end-of-turn flush.
+class LiveOutput:
+    """The worker's end of the hub socket. Call it on the event loop thread only."""
 
-    Mixed into PyLiveOutput and NativeLiveOutput, which hold the buffer and the per-message state.
-    """
+    __slots__ = ("_buf", "_burst_deadline", "_burst_step", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack",
+                 "_scheduled", "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
 
-    __slots__ = ()
-    _buf: bytearray
-    _max: int
-    _send_at: int
-    _scheduled: bool
-    _burst_deadline: int
-    _burst_step: int
-    _last_flush_ns: int
-    _loop: asyncio.AbstractEventLoop | None
-    _sock: socket.socket | None
-    _writer_on: bool
-    _next_try: float
-    address: str
-    shard: int
-    sent: int
-    _seq: int
-
-    def _init_socket(self, address: str, shard: int, max_buffer: int) -> None:
+    def __init__(self, address: str, shard: int, max_buffer: int) -> None:
         self.address = address
         self.shard = shard
         self._max = max_buffer
         self._send_at = min(_SEND_AT, max_buffer // 2)
-        self._sock = None
-        self._loop = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._writer_on = False
         self._next_try = 0.0
         self.sent = 0
+        self._buf = bytearray()
+        self._seq = 0
+        self._scheduled = False
+        self._pack = RECORD.pack
+        self._last_flush_ns = 0
+        self._burst_deadline = 0
+        self._burst_step = _BURST_SEND_NS
+        self.dropped = 0
+
+    def __call__(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
+        if kind not in MESSAGE_KINDS:  # events and receipts are not market data for consumers
+            return
+        seq = self._seq
+        self._seq = seq + 1
+        buf = self._buf
+        if len(buf) > self._send_at:  # one comparison on the common path; the bound is checked behind it
+            if len(buf) > self._max:
+                self.dropped += 1
+                return
+            self._send_now()
+        buf += self._pack(len(payload), seq, ts_ns, conn, kind)
+        buf += payload
+        if self._scheduled:  # not the first of this loop turn: it goes with the rest of the turn's frames
+            if self._burst_deadline and ts_ns > self._burst_deadline:
+                step = self._burst_step = min(self._burst_step * 2, _BURST_MAX_NS)
+                self._burst_deadline = ts_ns + step
+                self._send_now()
+            return
+        self._scheduled = True
+        self._schedule()
+        if ts_ns - self._last_flush_ns > _PAUSE_NS:
+            self._burst_step = _BURST_SEND_NS
+            self._burst_deadline = ts_ns + _BURST_SEND_NS
+            self._send_now()
 
     def _schedule(self) -> None:
         """The first frame of a loop turn: the rest of the turn goes in one send at its end."""
@@ -190,79 +208,6 @@ class _HubSocket:
         sock.close()
 
 
-class PyLiveOutput(_HubSocket):
-    """The worker's end of the hub socket. Call it on the event loop thread only.
-
-    The reference implementation of the per-message call; NativeLiveOutput (_handover.c) does the same in C.
-    """
-
-    __slots__ = ("_buf", "_burst_deadline", "_burst_step", "_last_flush_ns", "_loop", "_max", "_next_try", "_pack",
-                 "_scheduled", "_send_at", "_seq", "_sock", "_writer_on", "address", "dropped", "sent", "shard")
-
-    def __init__(self, address: str, shard: int, max_buffer: int) -> None:
-        self._init_socket(address, shard, max_buffer)
-        self._buf = bytearray()
-        self._seq = 0
-        self._scheduled = False
-        self._pack = RECORD.pack
-        self._last_flush_ns = 0
-        self._burst_deadline = 0
-        self._burst_step = _BURST_SEND_NS
-        self.dropped = 0
-
-    def __call__(self, ts_ns: int, conn: int, kind: int, payload: bytes) -> None:
-        if kind not in MESSAGE_KINDS:  # events and receipts are not market data for consumers
-            return
-        seq = self._seq
-        self._seq = seq + 1
-        buf = self._buf
-        if len(buf) > self._send_at:  # one comparison on the common path; the bound is checked behind it
-            if len(buf) > self._max:
-                self.dropped += 1
-                return
-            self._send_now()
-        buf += self._pack(len(payload), seq, ts_ns, conn, kind)
-        buf += payload
-        if self._scheduled:  # not the first of this loop turn: it goes with the rest of the turn's frames
-            if self._burst_deadline and ts_ns > self._burst_deadline:
-                step = self._burst_step = min(self._burst_step * 2, _BURST_MAX_NS)
-                self._burst_deadline = ts_ns + step
-                self._send_now()
-            return
-        self._scheduled = True
-        self._schedule()
-        if ts_ns - self._last_flush_ns > _PAUSE_NS:
-            self._burst_step = _BURST_SEND_NS
-            self._burst_deadline = ts_ns + _BURST_SEND_NS
-            self._send_now()
-
-
-try:
-    from recorder.record import _handover
-except ImportError:  # installed without a C compiler: PyLiveOutput does it, ~0.4 µs a message slower
-    _handover = None  # type: ignore[assignment]
-
-if _handover is not None:
-    class NativeLiveOutput(_handover.OutputBase, _HubSocket):  # type: ignore[misc]
-        """PyLiveOutput's per-message call in C (_handover.c): ~0.15 µs instead of ~0.5 on the receive thread."""
-
-        __slots__ = ("_loop", "_next_try", "_sock", "_writer_on", "address", "sent", "shard")
-
-        def __init__(self, address: str, shard: int, max_buffer: int) -> None:
-            self._init_socket(address, shard, max_buffer)
-            self._pause_ns = _PAUSE_NS
-            self._burst_ns = self._burst_step = _BURST_SEND_NS
-            self._burst_max_ns = _BURST_MAX_NS
-            self._max_kind = max(MESSAGE_KINDS)  # _handover.c passes kinds up to this one
-else:
-    NativeLiveOutput = None  # type: ignore[assignment,misc]
-
-# IME_HANDOVER=python: the pure-Python live output even when the C one is built (to compare, or to rule it out).
-IMPLEMENTATION_ENV = "IME_HANDOVER"
-NATIVE = NativeLiveOutput is not None and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
-LiveOutput: type[PyLiveOutput] = NativeLiveOutput if NATIVE else PyLiveOutput  # type: ignore[assignment]
-
-
 def make_live_output(settings: LiveSettings | None) -> LiveOutputFn | None:
     """The worker's live output, or None when neither --relay nor --publish is on."""
     if settings is None or not settings.enabled:
@@ -271,11 +216,11 @@ def make_live_output(settings: LiveSettings | None) -> LiveOutputFn | None:
 
 
 def close_live_output(output: LiveOutputFn | None, timeout: float = 1.0) -> None:
-    if isinstance(output, _HubSocket):
+    if isinstance(output, LiveOutput):
         output.close(timeout)
 
 
 def live_handed(output: LiveOutputFn | None) -> int:
     """Messages given to the live output so far (its sequence number), whether the hub got them or not: what the
     supervisor checks NATS's confirmations against at the end."""
-    return int(output._seq) if isinstance(output, _HubSocket) else 0
+    return int(output._seq) if isinstance(output, LiveOutput) else 0

@@ -1,3 +1,0 @@
-from recorder.record.cli import PROG, main
-
-main(prog_name=PROG)

@@ -1,3 +1,0 @@
-from recorder.segment.cli import main
-
-main()

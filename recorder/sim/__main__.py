@@ -1,3 +1,0 @@
-from recorder.sim.cli import main
-
-main()
