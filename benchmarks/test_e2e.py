@@ -44,7 +44,7 @@ RESULTS: dict[str, Run] = {}
 # is known to be noisier; each relaxed floor says why.
 FLOORS: dict[str, float] = {
     # DESIGN's 0.9x (CI floor 0.5x) is not reached against the blaster-fed ceiling: measured 0.25x (382k vs
-    # 1.55M msgs/s, full run at load ~1.5). The floor catches a regression from today's figure; see README.
+    # 1.55M msgs/s, full run at load ~1.5). The floor catches a regression from today's figure; see docs/performance.md.
     "throughput_vs_ceiling": 0.2,
     "throughput_vs_seed": 4.0,
     "p99_vs_ceiling_max": 1.5,

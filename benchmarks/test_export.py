@@ -37,7 +37,7 @@ MEMORY_RECORDING_BYTES = (40 << 20) if QUICK else (1 << 30)  # raw payload bytes
 # (the rate depends on the machine and its load; the ratio is what is gated). The C scanner (recorder/export/_scan.c)
 # parses a message in ~0.6 us where orjson.loads alone takes ~2.4 us; the rest is reading the segment (~0.7 us)
 # and pyarrow building and writing Parquet (~1.3 us). Measured on the shared 2-core dev machine under load from
-# other jobs (README, "Analysis: export to Parquet"; three full and three quick runs): 12.9-26.5x the baseline and
+# other jobs (docs/performance.md, "Export to Parquet"; three full and three quick runs): 12.9-26.5x the baseline and
 # 287-420k msgs/s; the pure-Python paths 2.5-4.4x. The floor is under the lowest ratio measured with the scanner
 # and above what the Python paths reach: a slower scanner fails the gate, and so does an install where it was
 # not built (setup.py's optional build hides a compile error; the message then says so).

@@ -67,7 +67,7 @@ SECONDS = 3.0 if QUICK else 8.0
 RELAY_CLIENTS = 10
 NATS_MESSAGES = 200_000 if QUICK else 1_000_000
 # Issue 12's targets, reported with every run (extra_info "targets_met"); the relay ratio counts as met only when no
-# client was cut. Figures of the last full run are in README ("Live fan-out").
+# client was cut. Figures of the last full run are in docs/performance.md ("Live fan-out").
 TARGETS = {"relay_p99_us_max": 150.0, "relay_throughput_ratio": 0.8, "nats_msgs_per_s": 100_000.0,
            "publish_rate_ratio": 0.99}
 # Gated floors: regressions from the measured figures (with room for a loaded machine), in both modes, so the gate

@@ -104,7 +104,7 @@ def test_replay_baseline_plain_zstd(benchmark, tmp_path):
         "replay_raw_ratio": round(RESULTS.get("raw", 0) / rate, 3),
     })
     if "raw" in RESULTS:
-        # CI floor (README): the whole command (verify, merge, pace, write) at ≥ 0.25× the bare decompress-and-split
+        # CI floor (docs): the whole command (verify, merge, pace, write) at ≥ 0.25× the bare decompress-and-split
         # loop in the same interpreter; measured 0.5×. The absolute 500k/s target is machine-dependent, unchecked.
         assert RESULTS["raw"] / rate >= REPLAY_RAW_FLOOR, benchmark.extra_info
 
@@ -151,6 +151,6 @@ def test_pacing_baseline_naive_sleep(benchmark):
         "replay_p99_vs_naive": round(RESULTS.get("paced_p99_us", 0) / (late.percentile(99) / 1e3), 4),
     })
     if "paced_p99_us" in RESULTS:
-        # CI floor (README): the absolute schedule keeps p99 lateness ≤ 0.1× the naive sleep-the-gap pacer's, whose
+        # CI floor (docs): the absolute schedule keeps p99 lateness ≤ 0.1× the naive sleep-the-gap pacer's, whose
         # error accumulates (measured 0.0001×). The absolute "p99 ≤ 1 ms" is machine-dependent, unchecked.
         assert RESULTS["paced_p99_us"] / (late.percentile(99) / 1e3) <= PACING_P99_VS_NAIVE_MAX, benchmark.extra_info

@@ -129,7 +129,7 @@ def test_read_baseline_zstd_lines(benchmark, records, tmp_path):
         "segment_reader_ratio": round(RESULTS.get("read_rps", 0) / (N / best), 3),
     })
     if "read_rps" in RESULTS:
-        # CI floor (README): verified reading (CRCs, checksums, timestamps, record split) at ≥ 0.5× splitting one
+        # CI floor (docs): verified reading (CRCs, checksums, timestamps, record split) at ≥ 0.5× splitting one
         # plain zstd file with no checks; measured 0.89×. The absolute 1M records/s target is unchecked.
         assert RESULTS["read_rps"] / (N / best) >= 0.5, benchmark.extra_info
 

@@ -27,7 +27,7 @@ from recorder.feed.message import MessageError, parse_envelope, parse_timestamp_
 from recorder.model.record import RecordKind
 from recorder.segment.writer import SegmentWriter
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ANALYSIS_MD = Path(__file__).resolve().parent.parent / "docs" / "analysis.md"
 INT64_MAX = (1 << 63) - 1
 
 
@@ -158,15 +158,15 @@ def test_partitions_are_tehran_trading_dates(exported: Path) -> None:
         assert datetime.fromtimestamp(recv / 1e9, tz=tehran).strftime("%Y-%m-%d") == str(date)
 
 
-def readme_block(language: str) -> str:
-    text = README.read_text()
-    section = text[text.index("## Analysis: export to Parquet"):]
+def guide_block(language: str) -> str:
+    text = ANALYSIS_MD.read_text()
+    section = text[text.index("## Export"):]
     section = section[:section.index("\n## ", 10)]
     blocks = re.findall(rf"```{language}\n(.*?)```", section, re.S)
     return next(b for b in blocks if "best_limit" in b)
 
 
-def test_readme_duckdb_and_polars_queries(recording: Path, exported: Path) -> None:
+def test_guide_duckdb_and_polars_queries(recording: Path, exported: Path) -> None:
     duckdb = pytest.importorskip("duckdb")
     pl = pytest.importorskip("polars")
     # Expected from the raw frames: spread and mid of level 1 per receive-time minute for contract 1001.
@@ -189,11 +189,11 @@ def test_readme_duckdb_and_polars_queries(recording: Path, exported: Path) -> No
     assert len(expected) == 2 and all(n > 10 for *_, n in expected)
 
     cwd = os.getcwd()
-    os.chdir(exported.parent)  # the README's queries use the relative path `export/`
+    os.chdir(exported.parent)  # the guide's queries use the relative path `export/`
     try:
-        rows = duckdb.sql(readme_block("sql")).fetchall()
+        rows = duckdb.sql(guide_block("sql")).fetchall()
         scope: dict[str, object] = {}
-        exec(readme_block("python"), scope)
+        exec(guide_block("python"), scope)
         frame = scope["per_minute"]
     finally:
         os.chdir(cwd)

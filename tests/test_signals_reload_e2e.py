@@ -546,7 +546,7 @@ def test_a_shard_that_never_connected_fails_the_run_and_is_named(sim_process, re
 
 
 def test_a_worker_killed_again_and_again_records_again_within_2s_each_time(sim_process, recorder, tmp_path):
-    """README: a worker that dies is restarted within 0.1-2 s, from its death to the new worker recording."""
+    """docs/recording.md: a worker that dies is restarted within 0.1-2 s, from its death to the new worker recording."""
     out = tmp_path / "out"
     sim = sim_process("--contracts", "4", "--rate", "400")
     rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--flush-ms", "20", *sim_args(sim),

@@ -151,7 +151,7 @@ async def run(url: str, clients: int, seconds: float, latency: bool) -> dict[str
 if __name__ == "__main__":
     if "--latency" in sys.argv:
         # A bot that wants the feed fast asks Linux (>= 6.12) for a short CPU slice, as the recorder's receive
-        # thread and hub do, so that waking on a busy core it preempts bulk work (README, "Live fan-out").
+        # thread and hub do, so that waking on a busy core it preempts bulk work (docs/live.md).
         from recorder.record.timeslice import request_slice
 
         why_not = request_slice(100)
