@@ -99,7 +99,7 @@ def run_recorder_live(s: Feed, seconds: float, workdir: Path, extra: list[str], 
                       also: dict[str, int] | None = None, nats_may_lack: bool = False,
                       env: dict[str, str] | None = None) -> tuple[Run, dict[str, Any]]:
     """One recorder run; `also` names other processes (nats-server) whose CPU time over the run is reported; `env`
-    is added to the recorder's environment (IME_FANOUT=python: the hub's Python data path).
+    is added to the recorder's environment (IME_NATIVE=fanout: the hub's Python data path).
 
     `nats_may_lack`: exit 1 is accepted when what failed is NATS lacking messages (it then says so in one line);
     the summary's NATS figures are returned either way (`nats`)."""
@@ -304,7 +304,7 @@ def _framed_text_bytes(out_dir: Path) -> int:
 
 # Each C path of the live outputs and the environment that runs its Python reference instead (issue 22 step 6:
 # native code stays only where a user waits measurably less; the worker's output in C, _handover.c, did not).
-NATIVE_PATHS = {"hub_fanout": {"IME_FANOUT": "python"}}
+NATIVE_PATHS = {"hub_fanout": {"IME_NATIVE": "fanout"}}
 
 
 @pytest.mark.timeout(300 + ROUNDS * 400)

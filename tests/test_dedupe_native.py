@@ -19,9 +19,10 @@ from segment_util import ime_payload, write_records
 
 from recorder.events import Event, encode_event
 from recorder.model.record import RecordKind, encode_receipt
+from recorder.native import ENV as NATIVE_ENV
 from recorder.segment import dedupe
 from recorder.segment import merge as merge_module
-from recorder.segment.dedupe import IMPLEMENTATION_ENV, NativeDeduper, PyDeduper, digest
+from recorder.segment.dedupe import NativeDeduper, PyDeduper, digest
 from recorder.segment.reader import discover, merge_records, open_segment
 from recorder.segment.writer import SegmentWriter
 
@@ -299,9 +300,11 @@ def test_refs_are_released_when_they_leave_the_window_and_with_the_deduper():
 def test_the_default_is_the_c_deduper_unless_the_environment_says_python():
     probe = "from recorder.segment import dedupe; print(dedupe.__file__, dedupe.Deduper.__name__, dedupe.NATIVE)"
     here = str(Path(dedupe.__file__).parents[2])  # this checkout's recorder package, not another one
-    env = {k: v for k, v in os.environ.items() if k != IMPLEMENTATION_ENV}
+    env = {k: v for k, v in os.environ.items() if k != NATIVE_ENV}
     env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
-    for extra, expected in (({}, ["NativeDeduper", "True"]), ({IMPLEMENTATION_ENV: "python"}, ["PyDeduper", "False"])):
+    for extra, expected in (({}, ["NativeDeduper", "True"]), ({NATIVE_ENV: "dedupe"}, ["PyDeduper", "False"]),
+                            ({NATIVE_ENV: "0"}, ["PyDeduper", "False"]),
+                            ({NATIVE_ENV: "fanout"}, ["NativeDeduper", "True"])):
         out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True,
                              check=True)
         path, *chosen = out.stdout.split()

@@ -21,7 +21,8 @@ import pyarrow.dataset as ds
 import pytest
 from export_util import EXE, export, raw_records, sim_frames, write_recording
 
-from recorder.export.flatten import BUILT, NATIVE
+from recorder import native
+from recorder.export.flatten import NATIVE
 from recorder.export.schema import INT_COLUMNS, SCHEMAS, SECTION_TABLES, STR_COLUMNS
 from recorder.feed.message import MessageError, parse_envelope, parse_timestamp_ns
 from recorder.model.record import RecordKind
@@ -325,12 +326,12 @@ def test_simulator_frames_take_the_fast_path(exported: Path) -> None:
     assert counts["parsed_c"] == (4 * 200 if NATIVE else 0)  # with the C scanner built, it takes them all
 
 
-def test_ime_export_python_runs_the_python_paths_to_the_same_dataset(recording: Path, exported: Path,
+def test_ime_native_0_runs_the_python_paths_to_the_same_dataset(recording: Path, exported: Path,
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """IME_EXPORT=python selects the Python paths even where the C scanner is built; the summary says so, and
+    """IME_NATIVE=0 selects the Python paths even where the C scanner is built; the summary says so, and
     the dataset is the same, table for table and row for row."""
-    monkeypatch.setenv("IME_EXPORT", "python")
+    monkeypatch.setenv(native.ENV, "0")
     result = export(str(recording), "--out", str(tmp_path / "py"))
     assert result.returncode == 0, result.stderr
     manifest = orjson.loads((tmp_path / "py" / "_manifest.json").read_bytes())
@@ -338,7 +339,7 @@ def test_ime_export_python_runs_the_python_paths_to_the_same_dataset(recording: 
     for entry in manifest["segments"].values():
         counts.update(entry["counts"])
     assert counts["parsed"] == 2 * 400 + 4 * 2 and not counts["parsed_c"]
-    why = "IME_EXPORT=python is set" if BUILT else "the C scanner recorder.export._scan is not built"
+    why = "IME_NATIVE=0 is set" if native.built("scan") else "the C kernel recorder.export._scan is not built"
     assert f"parser: Python for all {counts['parsed']} parsed frames ({why}" in result.stdout
     for table in SCHEMAS:
         def rows(out: Path, table: str = table) -> list[str]:

@@ -19,7 +19,8 @@ from recorder.export.flatten import Flattener, scanner_layout
 from recorder.export.schema import INT_COLUMNS, SECTION_OF, STR_COLUMNS, TABLES
 from recorder.feed.message import _AGGREGATE, _INFO, _LEVEL, _RANGE
 
-pytestmark = pytest.mark.skipif(not F.NATIVE, reason="the C scanner is not in use (not built, or IME_EXPORT=python)")
+pytestmark = pytest.mark.skipif(not F.NATIVE,
+                                reason="the C scanner is not in use (not built, or IME_NATIVE turns it off)")
 
 FRAMES = [p for _, p in sim_frames(30, contracts=4)] + [p for _, p in sim_frames(30, "contractName", contracts=6,
                                                                                    seed=9)]

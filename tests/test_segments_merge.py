@@ -13,7 +13,7 @@ from segment_util import ime_payload, write_records
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.model.record import RecordKind, decode_receipt, encode_receipt
-from recorder.segment.dedupe import IMPLEMENTATION_ENV
+from recorder.native import ENV as NATIVE_ENV
 from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
 from recorder.segment.naming import segment_name
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
@@ -408,7 +408,7 @@ def test_repeats_a_window_apart_are_merged_once_per_publication(tmp_path, implem
                   meta={"endpoint": "id", "contracts": CONTRACTS})
     write_records(tmp_path / "b", recording(published, range(0), lag_ns=35_000),
                   meta={"endpoint": "id", "contracts": CONTRACTS})
-    env = {**os.environ, IMPLEMENTATION_ENV: implementation.lower()}
+    env = {**os.environ, NATIVE_ENV: "1" if implementation == "C" else "dedupe"}
     merged = subprocess.run([str(IME_SEGMENTS), "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
                              str(tmp_path / "m")], capture_output=True, text=True, timeout=60, env=env)
     assert merged.returncode == 0, merged.stderr

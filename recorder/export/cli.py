@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from recorder.errors import EXIT_RUNTIME, RuntimeFailure, UserError
-from recorder.export.flatten import BUILT, IMPLEMENTATION_ENV
 from recorder.export.run import ExportOptions, ExportSummary, export_segments
 from recorder.export.schema import TABLES
 from recorder.humanize import human_bytes
+from recorder.native import why_python
 from recorder.progress import Progress
 from recorder.segment.cli_inputs import open_all, report_damage
 from recorder.segment.naming import is_open
@@ -104,9 +104,7 @@ def parser_line(native: bool, counts: Mapping[str, int]) -> str:
     parsed = counts.get("parsed", 0)
     if native:
         return f"parser: C scanner for {counts.get('parsed_c', 0)} of {parsed} parsed frames, Python for the rest"
-    why = (f"{IMPLEMENTATION_ENV}=python is set" if BUILT else
-           "the C scanner recorder.export._scan is not built: install with a C compiler for a faster export")
-    return f"parser: Python for all {parsed} parsed frames ({why})"
+    return f"parser: Python for all {parsed} parsed frames ({why_python('scan')})"
 
 
 __all__ = ["run_export"]

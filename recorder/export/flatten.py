@@ -1,6 +1,6 @@
 """Records -> rows of the exported tables: a pure core (no files), fed one decompressed block at a time.
 
-Two implementations, one meaning. When it is built (and IME_EXPORT is not `python`), the C scanner
+Two implementations, one meaning. When it is built (and IME_NATIVE does not turn it off), the C scanner
 (recorder/export/_scan.c) takes every TEXT frame that is strict JSON of exactly the documented shape (integers
 that fit int64, no escapes, valid UTF-8; its header comment lists the rules) and writes the values straight into
 column buffers. It is told the keys and columns by `scanner_layout()`, from schema.py, so the message format is
@@ -17,13 +17,13 @@ benchmarks/test_export.py; the project keeps native code only where it is at lea
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 
+from recorder import native
 from recorder.export import schema as S
 from recorder.export.columns import check_groups, report_odd, section_columns
 from recorder.export.pypaths import FRAME_WIDTH, PyPaths
@@ -31,16 +31,10 @@ from recorder.export.tables import frame_columns, merge_scanned, section_table, 
 from recorder.feed.message import ID_FIELD, NAME_FIELD
 from recorder.model.record import Row
 
-try:
-    from recorder.export import _scan
-except ImportError:  # installed without a C compiler: the Python paths do everything, more slowly
-    _scan = None  # type: ignore[assignment]
-
-# IME_EXPORT=python: the Python paths for every frame even when the C scanner is built (to compare, or to rule
-# it out). The export's summary says which ran.
-IMPLEMENTATION_ENV = "IME_EXPORT"
-BUILT = _scan is not None
-NATIVE = BUILT and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
+# None when installed without a C compiler: the Python paths do everything, more slowly. IME_NATIVE=0 (or =scan):
+# the Python paths for every frame even when the scanner is built; the export's summary says which ran.
+_scan = native.module("scan")
+NATIVE = native.on("scan")
 ENVELOPE_KEYS = ("channel", ID_FIELD, NAME_FIELD, "timestamp", "data")
 
 
@@ -130,4 +124,4 @@ class Flattener:
         return out
 
 
-__all__ = ["BUILT", "IMPLEMENTATION_ENV", "NATIVE", "Flattener", "scanner_layout"]
+__all__ = ["NATIVE", "Flattener", "scanner_layout"]

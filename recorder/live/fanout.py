@@ -8,17 +8,17 @@ contracts for the publisher. The worker's sequence numbers stay apart: the first
 
 PyFanout is the reference. NativeFanout (_fanout.c) does the same in C: the hub's per-message Python (decode,
 route, frame; about 1 µs of the hub's 1.2-1.4 µs a message at full speed) was what made it fall behind a worker at
-full speed with ten relay clients, so that every client was cut for the gap. IME_FANOUT=python selects the
+full speed with ten relay clients, so that every client was cut for the gap. IME_NATIVE=0 (or =fanout) selects the
 reference even when the C one is built. tests/test_live_units.py checks that both give the same outputs, rows,
 counters and link state for the same input, however it is chunked.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
+from recorder import native
 from recorder.live.route import Router
 from recorder.live.wire import Decoder
 from recorder.model.record import RecordKind, Row
@@ -97,10 +97,7 @@ class PyFanout:
         return out
 
 
-try:
-    from recorder.live import _fanout
-except ImportError:  # installed without a C compiler: PyFanout does it, slower
-    _fanout = None  # type: ignore[assignment]
+_fanout = native.module("fanout")  # None when installed without a C compiler: PyFanout does it, slower
 
 if _fanout is not None:
     class NativeFanout(_fanout.Fanout):  # type: ignore[misc]
@@ -118,7 +115,5 @@ if _fanout is not None:
 else:
     NativeFanout = None  # type: ignore[assignment,misc]
 
-# IME_FANOUT=python: the reference even when the C one is built (to compare, or to rule it out).
-IMPLEMENTATION_ENV = "IME_FANOUT"
-NATIVE = NativeFanout is not None and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
+NATIVE = native.on("fanout")  # IME_NATIVE=0 (or =fanout): the reference even when the C one is built
 Fanout: type[PyFanout] = NativeFanout if NATIVE else PyFanout  # type: ignore[assignment]

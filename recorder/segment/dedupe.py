@@ -59,12 +59,12 @@ connections' edges to meet within milliseconds; sources that never join (`ime-se
 Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
 (recorder/segment/_dedupe.c, built at install when a compiler is there), which makes the same decisions and
 holds the same state arrival by arrival (tests/test_dedupe_native.py compares them). `Deduper` is the C one
-when it is built, unless IME_DEDUPE=python; `ime-segments merge` and the recorder's copies both use `Deduper`.
+when it is built, unless IME_NATIVE turns it off (recorder/native.py); `ime-segments merge` and the recorder's
+copies both use `Deduper`.
 """
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -73,6 +73,7 @@ from itertools import starmap
 
 import xxhash
 
+from recorder import native
 from recorder.model.settings import DEFAULTS
 
 DEFAULT_WINDOW_NS = round(DEFAULTS.connection.dedupe_window_s * 1e9)  # ime-record's --dedupe-window
@@ -464,10 +465,7 @@ class PyDeduper(_Joins, _Observe):
         return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries, joins)
 
 
-try:
-    from recorder.segment import _dedupe
-except ImportError:  # installed without a C compiler: PyDeduper does it all, more slowly
-    _dedupe = None  # type: ignore[assignment]
+_dedupe = native.module("dedupe")  # None when installed without a C compiler: PyDeduper does it all, more slowly
 
 if _dedupe is not None:
     class NativeDeduper(_dedupe.Deduper, _Observe):
@@ -483,9 +481,7 @@ if _dedupe is not None:
 else:
     NativeDeduper = None  # type: ignore[assignment,misc]
 
-# IME_DEDUPE=python: the pure-Python implementation even when the C one is built (to compare, or to rule it out).
-IMPLEMENTATION_ENV = "IME_DEDUPE"
-NATIVE = NativeDeduper is not None and os.environ.get(IMPLEMENTATION_ENV, "").lower() != "python"
+NATIVE = native.on("dedupe")  # IME_NATIVE=0 (or =dedupe): PyDeduper even when the C one is built
 Deduper: type[PyDeduper] = NativeDeduper if NATIVE else PyDeduper  # type: ignore[assignment]
 
 

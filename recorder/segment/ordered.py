@@ -22,16 +22,10 @@ T = TypeVar("T", bound=Sequence[Any])
 _TS = itemgetter(0)
 
 
-def _first_descent(rows: Sequence[Any], start: int) -> int:
+def first_descent(rows: Sequence[Any], start: int) -> int:
     """The first index after `start` whose time is below the one before it; len(rows) when none is."""
     stamps = list(map(_TS, islice(rows, start, None)))
     return next(compress(count(start + 1), map(gt, stamps, islice(stamps, 1, None))), len(rows))
-
-
-try:
-    from recorder.segment._block import first_descent  # the same, in C (a few ns a row)
-except ImportError:
-    first_descent = _first_descent
 
 
 def _runs(batches: Iterator[list[T]]) -> Iterator[list[T]]:
