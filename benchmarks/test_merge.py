@@ -143,3 +143,33 @@ def test_merge_throughput(benchmark, inputs, tmp_path):
     benchmark.extra_info["meets_target"] = rate >= TARGET
     if rate < TARGET:
         print(f"merge: BELOW TARGET ({rate:,.0f} < {TARGET:,} messages/s) at load average {os.getloadavg()[0]:.1f}")
+
+
+def test_merge_c_dedupe_vs_python(benchmark, inputs, tmp_path, monkeypatch):
+    """The C dedupe window (_dedupe.c) against PyDeduper on the whole merge, alternating in the same rounds: the
+    figure recorder/native.py keeps the kernel by (at least 2x, on the merge's rate or its thread's CPU)."""
+    from recorder.segment import dedupe
+    from recorder.segment import merge as merge_module
+
+    if dedupe.NativeDeduper is None:
+        pytest.skip("recorder.segment._dedupe is not built (no C compiler at install)")
+    rounds: dict[str, list[tuple[float, int, int, float]]] = {"c": [], "python": []}
+
+    def one_round() -> None:
+        for name, cls in (("c", dedupe.NativeDeduper), ("python", dedupe.PyDeduper)):
+            monkeypatch.setattr(merge_module, "Deduper", cls)
+            rounds[name].append(run_merge(inputs, tmp_path / "merged"))
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+    pairs = list(zip(rounds["c"], rounds["python"], strict=True))
+    wall = [p[0] / c[0] for c, p in pairs]
+    cpu = [p[3] / c[3] for c, p in pairs]
+    assert {r[2] for r in rounds["c"]} == {r[2] for r in rounds["python"]}  # the same messages written
+    benchmark.extra_info.update({
+        "c_over_python_wall": [round(r, 2) for r in wall], "c_over_python_thread_cpu": [round(r, 2) for r in cpu],
+        "c_msgs_read_per_s": [round(c[1] / c[0]) for c, _ in pairs],
+        "python_msgs_read_per_s": [round(p[1] / p[0]) for _, p in pairs],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    })
+    print(f"\nmerge, C dedupe over Python, per round: wall {', '.join(f'{r:.2f}' for r in wall)}; merging thread's "
+          f"CPU {', '.join(f'{r:.2f}' for r in cpu)} (load average {os.getloadavg()[0]:.1f})")

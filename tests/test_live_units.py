@@ -17,7 +17,7 @@ from sim_util import run
 
 from recorder import clock
 from recorder.errors import UserError
-from recorder.live.fanout import NativeFanout, PyFanout
+from recorder.live.fanout import Fanout
 from recorder.live.msgid import msg_id
 from recorder.live.options import check_live, is_loopback
 from recorder.live.output import LiveOutput
@@ -27,11 +27,6 @@ from recorder.live.subjects import contract_of, contract_token, subject_for
 from recorder.live.wire import Decoder, WireError, hello, record_header
 from recorder.model.record import Row
 from recorder.model.settings import LiveSettings, parse_duration
-
-# Both implementations of the hub's data path: the C one (when built) and the Python reference.
-FANOUTS = [pytest.param(PyFanout, id="python"),
-           pytest.param(NativeFanout, id="native",
-                        marks=pytest.mark.skipif(NativeFanout is None, reason="_fanout.c is not built"))]
 
 records = st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 65535), st.sampled_from([1, 2]),
                              st.binary(max_size=300)), max_size=30)
@@ -526,8 +521,7 @@ def _stream(shard: int, pid: int, recs: list[tuple[int, bytes]], hello_first: bo
         record_header(len(p), seq, 10 + seq, 0, 1) + p for seq, p in recs)
 
 
-@pytest.mark.parametrize("Fanout", FANOUTS)
-def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only(Fanout):
+def test_a_gap_in_one_shards_stream_cuts_the_relay_clients_of_its_contracts_only():
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.hub import Hub
     from recorder.live.relay import SLOW_CLIENT_CODE, LiveSource
@@ -612,8 +606,7 @@ class _Worker:
         self.source.deliver(self.fanout.take())  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("Fanout", FANOUTS)
-def test_relay_delivery_gives_each_client_its_contracts_in_order_framed_once_per_contract_set(Fanout):
+def test_relay_delivery_gives_each_client_its_contracts_in_order_framed_once_per_contract_set():
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.relay import LiveSource
 
@@ -660,8 +653,7 @@ def test_relay_delivery_gives_each_client_its_contracts_in_order_framed_once_per
                b'{"contractId":"1001"}\x81\x15{"contractId":"1002"}'] * 3, strict=True))
 
 
-@pytest.mark.parametrize("Fanout", FANOUTS)
-def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplog, Fanout):
+def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplog):
     from recorder.feed.endpoints import EndpointKind
     from recorder.live.relay import INTERNAL_ERROR_CODE, LiveSource
 
@@ -685,65 +677,7 @@ def test_a_client_whose_write_raises_is_closed_and_the_others_miss_nothing(caplo
     assert source.fanout.take() == [], "nothing is held over from one batch to the next"
 
 
-def _payloads(rng: random.Random) -> list[bytes]:
-    """Payloads of every shape the router meets: envelopes by id and by name (learned prefixes), escaped and nested
-    identifiers (parsed every time), Persian names, non-JSON, empty, and sizes for each frame-header length."""
-    names = ["GOLD-APR", "سکه بهار آزادی", "a.b", "1001", "1002", "1003", "x y"]
-    out = []
-    for i in range(60):
-        name = rng.choice(names)
-        field = rng.choice(("contractId", "contractName"))
-        pad = "p" * rng.choice((0, 10, 200, 70_000))
-        out.append(f'{{"channel":"IME Stream","{field}":"{name}","n":{i},"pad":"{pad}"}}'.encode())
-    out += [b'{"channel":"x","data":{"contractId":"1001"},"contractId":"1002"}',
-            b'{"channel":"x","contractName":"\\u0633\\u06a9\\u0647","timestamp":"t"}',
-            b'{"channel":"x","contractId":"","contractName":"1003"}', b'{"contractId":1001}', b"[1,2]", b"not json",
-            b"", b'{"contractId":"1001"']
-    return out
-
-
-@pytest.mark.skipif(NativeFanout is None, reason="_fanout.c is not built")
-@pytest.mark.parametrize("seed", range(6))
-def test_the_native_fanout_gives_what_the_python_one_gives_chunk_by_chunk(seed):
-    """Same worker streams, same chunks, same route changes: the same batches, outputs, counters and link state."""
-    rng = random.Random(seed)
-    shapes = _payloads(rng)
-    contracts = ["GOLD-APR", "سکه بهار آزادی", "a.b", "1001", "1002", "1003", "x y", "سکه"]
-    fanouts = [PyFanout(Router()), NativeFanout(Router())]
-    links = [[f.new_link() for _ in range(2)] for f in fanouts]
-    streams = []
-    for w in range(2):
-        recs = [(rng.choice((1, 1, 1, 1, 2)), rng.choice(shapes)) for _ in range(400)]
-        streams.append(hello(w, 100 + w) + b"".join(
-            record_header(len(p), seq + (seq > 200) * 3, 1_000 + seq, rng.randrange(4), kind) + p
-            for seq, (kind, p) in enumerate(recs)))
-    positions = [0, 0]
-    steps = 0
-    while positions[0] < len(streams[0]) or positions[1] < len(streams[1]):
-        steps += 1
-        if rng.random() < 0.1:  # subscribers came or went: new routes (sometimes none)
-            outputs = rng.randrange(0, 5)
-            routes = {c: tuple(sorted(rng.sample(range(outputs), rng.randrange(0, outputs + 1))))
-                      for c in rng.sample(contracts, rng.randrange(0, len(contracts)))} if outputs else {}
-            for f in fanouts:
-                f.set_routes(routes, outputs)
-        w = rng.randrange(2)
-        start = positions[w]
-        end = min(len(streams[w]), start + rng.choice((1, 5, 23, 24, 300, 5_000, 100_000)))
-        positions[w] = end
-        keep = rng.random() < 0.5
-        got = [f.feed(ls[w], streams[w][start:end], keep) for f, ls in zip(fanouts, links, strict=True)]
-        assert got[0] == got[1], (seed, steps)
-        assert fanouts[0].take() == fanouts[1].take()
-        states = [(ls[w].shard, ls[w].pid, ls[w].pending) for ls in links]
-        assert states[0] == states[1]
-        assert fanouts[0].unrouted == fanouts[1].unrouted
-        assert fanouts[0].router.parsed == fanouts[1].router.parsed
-    assert steps > 50 and fanouts[0].unrouted > 0 and all(ls[w].pending == 0 for ls in links for w in range(2))
-
-
-@pytest.mark.parametrize("Fanout", FANOUTS)
-def test_a_stream_that_is_not_a_workers_is_refused_and_puts_nothing_into_the_outputs(Fanout):
+def test_a_stream_that_is_not_a_workers_is_refused_and_puts_nothing_into_the_outputs():
     fanout = Fanout(Router())
     fanout.set_routes({"1001": (0,)}, 1)
     with pytest.raises(WireError, match="not a recorder worker stream"):

@@ -15,7 +15,7 @@ from recorder.model.record import KIND_LABELS, MESSAGE_KINDS, RECEIPT_BLOCK_KIND
 PACKAGE = Path(__file__).resolve().parent.parent / "recorder"
 
 
-@pytest.mark.parametrize("module", ["recorder.live._fanout", "recorder.export._scan"])
+@pytest.mark.parametrize("module", ["recorder.export._scan"])
 def test_the_extensions_kind_constants_are_the_models(module: str) -> None:
     try:
         ext = importlib.import_module(module)

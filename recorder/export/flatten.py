@@ -12,7 +12,8 @@ in the order the records came in (rows of the scanner and of the Python paths ar
 Why C and not a library reader: pyarrow.json with an explicit schema, the fastest of the library readers tried
 (polars' NDJSON reader was slower), costs ~4 us a message where the whole Python fast path costs ~6.5 us; the
 export ran at 0.98-1.45x the Python paths' rate with it (median 1.17x), at 3.7-4.8x with the scanner (same runs of
-benchmarks/test_export.py; the project keeps native code only where it is at least 2x on what a user waits for).
+benchmarks/test_export.py; 2.2-7.6x in five later runs on a loaded machine; the project keeps native code only
+where it is at least 2x on what a user waits for: recorder/native.py).
 """
 
 from __future__ import annotations

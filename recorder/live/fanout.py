@@ -6,19 +6,17 @@ framed bytes of each output over, so LiveSource writes one buffer per output to 
 `keep` (the NATS publisher is on) it also returns the rows (the model's, recorder/model/record.py) and their
 contracts for the publisher. The worker's sequence numbers stay apart: the first and the last of the batch.
 
-PyFanout is the reference. NativeFanout (_fanout.c) does the same in C: the hub's per-message Python (decode,
-route, frame; about 1 µs of the hub's 1.2-1.4 µs a message at full speed) was what made it fall behind a worker at
-full speed with ten relay clients, so that every client was cut for the gap. IME_NATIVE=0 (or =fanout) selects the
-reference even when the C one is built. tests/test_live_units.py checks that both give the same outputs, rows,
-counters and link state for the same input, however it is chunked.
+In Python only. A C twin (_fanout.c, dropped 2026-12-07) took ~0.25 µs a message where this takes ~0.94, but what
+a relay user waits for did not follow, because sending to the clients costs the hub more than this: with ten
+clients the hub's CPU per message was 1.3x lower, the recorder's throughput 0.88-1.43x, and the highest rate at
+which the relay kept every client was the same with both (~30k msgs/s on the shared 2-core machine; above, both
+cut clients): below the 2x the project keeps native code for (recorder/native.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from recorder import native
 from recorder.live.route import Router
 from recorder.live.wire import Decoder
 from recorder.model.record import RecordKind, Row
@@ -31,8 +29,8 @@ Batch = tuple[int, int, int, list[Row] | None, list[str | None] | None]
 Output = tuple[int, bytes, int]
 
 
-class PyFanout:
-    """The reference implementation; see the module docstring. Call it on one thread (the hub's loop) only."""
+class Fanout:
+    """See the module docstring. Call it on one thread (the hub's loop) only."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -95,25 +93,3 @@ class PyFanout:
                 out.append((i, b"".join(parts), len(parts) >> 1))
                 parts.clear()
         return out
-
-
-_fanout = native.module("fanout")  # None when installed without a C compiler: PyFanout does it, slower
-
-if _fanout is not None:
-    class NativeFanout(_fanout.Fanout):  # type: ignore[misc]
-        """PyFanout in C (_fanout.c): the same outputs, rows, counters and link state."""
-
-        def __init__(self, router: Router) -> None:
-            # The router's own table and lengths, read in place: what it learns is seen at once; its `contract`
-            # names what no known prefix does (and learns the prefix).
-            super().__init__(router._prefixes, router._lengths, router.contract)
-            self.router = router
-
-        @staticmethod
-        def new_link() -> Any:
-            return _fanout.Link()
-else:
-    NativeFanout = None  # type: ignore[assignment,misc]
-
-NATIVE = native.on("fanout")  # IME_NATIVE=0 (or =fanout): the reference even when the C one is built
-Fanout: type[PyFanout] = NativeFanout if NATIVE else PyFanout  # type: ignore[assignment]

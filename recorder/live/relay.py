@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from recorder.feed.endpoints import EndpointKind
-from recorder.live.fanout import Fanout, Output, PyFanout
+from recorder.live.fanout import Fanout, Output
 from recorder.live.route import Router
 from recorder.model.settings import DEFAULTS
 from recorder.server.subscriber import Subscriber
@@ -30,7 +30,7 @@ class LiveSource:
 
     def __init__(self, kind: EndpointKind, contracts: Iterable[str],
                  max_client_buffer: int = DEFAULTS.live.relay_client_buffer,
-                 buffered: Callable[[Subscriber], int] | None = None, fanout: PyFanout | None = None) -> None:
+                 buffered: Callable[[Subscriber], int] | None = None, fanout: Fanout | None = None) -> None:
         self.kind = kind
         self.known = frozenset(contracts)
         self.max_client_buffer = max_client_buffer
