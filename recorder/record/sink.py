@@ -11,7 +11,6 @@ from recorder.segment.dedupe import Deduper, digest
 
 Append = Callable[[int, int, int, bytes], None]
 
-_EVENT = RecordKind.EVENT  # a local constant: no enum lookup per message
 
 
 class Destination(Protocol):
@@ -39,7 +38,7 @@ def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
 
         def record_and_publish(ts: int, conn: int, kind: int, payload: bytes) -> None:
             append(ts, conn, kind, payload)
-            if kind != _EVENT:
+            if kind != RecordKind.EVENT:
                 live(ts, conn, kind, payload)
 
         return record_and_publish
@@ -49,7 +48,7 @@ def first_arrival_sink(dest: Destination, deduper: Deduper | None, source: int,
     append_copy = dest.append_copy
 
     def first_arrival(ts: int, conn: int, kind: int, payload: bytes) -> None:
-        if kind == _EVENT:
+        if kind == RecordKind.EVENT:
             append(ts, conn, kind, payload)
             return
         original = observe(ts, source, digest(payload), original_ref(conn))
