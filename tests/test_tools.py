@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,25 @@ def test_complexity_unreadable_input_is_one_line_exit_2(tmp_path):
     for target in (tmp_path / "nope", tmp_path / "broken.py"):
         done = _run_complexity(str(target))
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_xdist_loadgroup_keeps_a_group_on_one_worker(tmp_path):
+    """make test's `--dist loadgroup` must keep each xdist_group on one worker: the invariant matrix, the report's
+    and the guide's tests record once per group. pytest 9.2 broke this silently (pytest-xdist#1386): every
+    recording was then made twice and the suite ran a minute and a half longer."""
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pathlib, pytest\n"
+        "def grouped(name):\n"
+        "    return pytest.param(name, marks=pytest.mark.xdist_group(f'g-{name}'))\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "@pytest.mark.parametrize('name', [grouped('a'), grouped('b')])\n"
+        "def test_where(name, i):\n"
+        "    (pathlib.Path(os.environ['WHERE']) / f'{name}-{i}').write_text(os.environ['PYTEST_XDIST_WORKER'])\n")
+    where = tmp_path / "where"
+    where.mkdir()
+    got = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "no:randomly",
+                          "-p", "no:cacheprovider", "test_grouped.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "WHERE": str(where)})
+    assert got.returncode == 0, got.stdout + got.stderr
+    workers = {name: {(where / f"{name}-{i}").read_text() for i in range(6)} for name in "ab"}
+    assert all(len(ran_on) == 1 for ran_on in workers.values()), workers
