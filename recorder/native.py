@@ -30,6 +30,11 @@ KERNELS: dict[str, str] = {
     # copies (benchmarks/test_sink.py), 2026-12-07: under the 2x bar; kept while its algorithm is being changed,
     # to be measured again then.
     "dedupe": "recorder.segment._dedupe",
+    # Blocks into records, record headers packed, the ordered merge's first descent; twin of segment/format.py's
+    # _split_block and struct packing, ordered.py's _first_descent: reading a segment 1.7-2.1x
+    # (benchmarks/test_segment_io.py: the reader at 0.42-0.59x a plain zstd split without it, 0.89-1.00x with it;
+    # 2026-12-07, two runs each). `ime-segments cat` and merge gain less (0.9-1.4x): their output costs more.
+    "block": "recorder.segment._block",
 }
 
 

@@ -13,8 +13,9 @@ import pytest
 from recorder import native
 
 HERE = str(Path(native.__file__).parents[1])  # this checkout's recorder package, not another one
-PROBE = ("from recorder import native; from recorder.export import flatten; from recorder.segment import dedupe; "
-         "print(sorted(native.OFF), flatten.NATIVE, dedupe.NATIVE, dedupe.Deduper.__name__)")
+PROBE = ("from recorder import native; from recorder.export import flatten; "
+         "from recorder.segment import dedupe, format; "
+         "print(sorted(native.OFF), flatten.NATIVE, dedupe.NATIVE, dedupe.Deduper.__name__, format._block is not None)")
 
 
 def probe(value: str | None) -> tuple[str, str]:
@@ -27,15 +28,16 @@ def probe(value: str | None) -> tuple[str, str]:
     return out.stdout.strip(), out.stderr
 
 
-@pytest.mark.skipif(not (native.built("scan") and native.built("dedupe")), reason="the C kernels are not built")
+@pytest.mark.skipif(not all(map(native.built, native.KERNELS)), reason="the C kernels are not built")
 @pytest.mark.parametrize(("value", "expected"), [
-    (None, "[] True True NativeDeduper"),
-    ("1", "[] True True NativeDeduper"),
-    ("", "[] True True NativeDeduper"),
-    ("0", "['dedupe', 'scan'] False False PyDeduper"),
-    ("dedupe", "['dedupe'] True False PyDeduper"),
-    (" Scan , ", "['scan'] False True NativeDeduper"),
-    ("scan,dedupe", "['dedupe', 'scan'] False False PyDeduper"),
+    (None, "[] True True NativeDeduper True"),
+    ("1", "[] True True NativeDeduper True"),
+    ("", "[] True True NativeDeduper True"),
+    ("0", "['block', 'dedupe', 'scan'] False False PyDeduper False"),
+    ("dedupe", "['dedupe'] True False PyDeduper True"),
+    (" Scan , ", "['scan'] False True NativeDeduper True"),
+    ("scan,dedupe", "['dedupe', 'scan'] False False PyDeduper True"),
+    ("block", "['block'] True True NativeDeduper False"),
 ])
 def test_one_variable_selects_the_python_paths_kernel_by_kernel(value: str | None, expected: str) -> None:
     stdout, stderr = probe(value)
@@ -45,7 +47,8 @@ def test_one_variable_selects_the_python_paths_kernel_by_kernel(value: str | Non
 def test_an_unknown_kernel_name_is_said_in_one_line_and_the_known_ones_still_apply() -> None:
     stdout, stderr = probe("dedupe,fanout")
     assert stdout.startswith("['dedupe'] ")
-    assert stderr.splitlines() == [f"{native.ENV}: unknown kernel fanout ignored (0, 1, or names among scan, dedupe)"]
+    assert stderr.splitlines() == [
+        f"{native.ENV}: unknown kernel fanout ignored (0, 1, or names among scan, dedupe, block)"]
 
 
 def test_every_kernel_named_is_an_extension_setup_py_builds() -> None:

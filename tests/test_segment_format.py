@@ -9,7 +9,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.model.record import RecordKind
+from recorder.model.record import RECEIPT_BLOCK_KINDS, RECORD_HEADER, RecordKind, encode_receipt
 from recorder.segment import format as fmt
 from recorder.segment.encoder import RecordBatch, SegmentEncoder
 from recorder.segment.naming import parse_segment_name, segment_name
@@ -151,10 +151,101 @@ def test_names_sort_by_time_and_carry_the_shard():
     assert parse_segment_name("notes.txt") is None
 
 
+# --- the C split (recorder/segment/_block.c) against the reference (_split_block) --------------------------------
+
+needs_c_split = pytest.mark.skipif(fmt._block is None, reason="recorder.segment._block is not built (no C compiler)")
+
+
+def _block_of(recs) -> bytes:
+    batch = RecordBatch()
+    for ts, conn, kind, payload in recs:
+        batch.append(ts, conn, kind, payload)
+    return batch.block()
+
+
+class _Numbering(dict):
+    """Output ids handed out on first sight, like the merge's."""
+
+    def __missing__(self, conn):
+        new = self[conn] = 1000 + len(self)
+        return new
+
+
+def c_split(block: bytes, expected: int, conns=None):
+    return fmt._block.split(block, expected, conns, fmt._DEFER_TO_PYTHON)
+
+
+@needs_c_split
+@settings(max_examples=150, deadline=None)
+@given(records)
+def test_the_c_split_reads_every_valid_block_as_the_reference_does(recs):
+    block = _block_of(recs)
+    expected = fmt._split_block(block, len(recs))
+    assert c_split(block, len(recs)) == expected == [tuple(r) for r in recs]
+    numbering = _Numbering()
+    assert c_split(block, len(recs), numbering) == [(ts, numbering[c], k, p) for ts, c, k, p in expected]
+    assert fmt.decode_block(block, len(recs), {c: c + 1 for c in numbering}) == [
+        (ts, c + 1, k, p) for ts, c, k, p in expected]
+
+
+@needs_c_split
+@settings(max_examples=300, deadline=None)
+@given(recs=records.filter(bool), data=st.data())
+def test_the_c_split_refuses_what_the_reference_refuses_and_agrees_on_the_rest(recs, data):
+    block = bytearray(_block_of(recs))
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["flip", "cut", "grow"]))
+        if how == "flip" and block:
+            at = data.draw(st.integers(0, min(len(block) - 1, 4 + 17 * len(recs) + 8)))  # mostly the headers
+            block[at] ^= data.draw(st.integers(1, 255))
+        elif how == "cut":
+            del block[data.draw(st.integers(0, len(block))):]
+        else:
+            block += data.draw(st.binary(min_size=1, max_size=8))
+    expected_records = data.draw(st.sampled_from([len(recs), len(recs) + 1]))
+    got = c_split(bytes(block), expected_records)
+    try:
+        expected = fmt._split_block(bytes(block), expected_records)
+    except fmt.SegmentFormatError:
+        assert got is None
+    else:
+        if not RECEIPT_BLOCK_KINDS.isdisjoint(r[2] for r in expected):
+            assert got is None  # the receipt blocks are expanded in Python
+        else:
+            assert got == expected
+
+
+@needs_c_split
+def test_receipt_blocks_are_left_to_python_and_conns_apply_after_their_expansion():
+    batch = RecordBatch()
+    batch.append(100, 1, RecordKind.TEXT, b"m")
+    batch.append_near_receipt(130, 2, 0, 30)
+    block = batch.block()
+    assert c_split(block, batch.records) is None
+    assert fmt.decode_block(block, batch.records) == [(100, 1, 1, b"m"), (130, 2, 4, encode_receipt(1, 30))]
+    # The receipt's own connection is renumbered; the original's, inside its payload, stays as stored (the merge
+    # re-points receipts itself).
+    assert fmt.decode_block(block, batch.records, {1: 11, 2: 12}) == [
+        (100, 11, 1, b"m"), (130, 12, 4, encode_receipt(1, 30))]
+
+
+@needs_c_split
+@settings(max_examples=100, deadline=None)
+@given(records)
+def test_the_c_header_packing_is_struct_packing(recs):
+    cols = [list(c) for c in zip(*recs, strict=True)] if recs else [[], [], [], []]
+    lengths = [len(p) for p in cols[3]]
+    expected = b"".join(map(RECORD_HEADER.pack, cols[0], cols[1], cols[2], lengths))
+    assert fmt._block.headers(cols[0], cols[1], cols[2], lengths) == expected
+    assert fmt.pack_headers(cols[0], cols[1], cols[2], lengths) == expected
+
+
 @pytest.mark.parametrize(("column", "value"), [(0, 1 << 63), (0, -(1 << 63) - 1), (1, 1 << 32), (1, -1),
                                                (2, 256), (3, 1 << 32), (2, 1.0)])
 def test_a_header_value_out_of_range_is_refused_as_struct_refuses_it(column, value):
     cols = [[1, 2], [3, 4], [1, 1], [5, 6]]
     cols[column][1] = value
+    if fmt._block is not None:
+        assert fmt._block.headers(*cols) is None  # left to struct, which says what is wrong
     with pytest.raises(struct.error):
         fmt.pack_headers(*cols)

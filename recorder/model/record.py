@@ -42,7 +42,7 @@ def kind_label(kind: int) -> str:
 
 
 # (ts_ns, conn, kind, payload): a record as a data block holds it (a file is one shard's). A plain tuple: blocks
-# are split into hundreds of thousands of these a second.
+# are split into hundreds of thousands of these a second (in C when recorder/segment/_block.c is built).
 Row = tuple[int, int, int, bytes]
 
 
