@@ -209,6 +209,25 @@ REPEAT_RUN_S = 10.0
 SLACK_NS = 500_000_000  # a publication this close to a group's connect or disconnect may or may not be received
 
 
+def record_two_copies(sim_process, tmp_path: Path, run_s: float, *sim_args: str) -> Counter[bytes]:
+    """ime-sim with `sim_args` recorded by `--redundancy 2 --dedupe-window WINDOW_S` for `run_s`: the payloads
+    `ime-segments cat --format raw` gives back (each message once), counted."""
+    sim = sim_process("--contracts", "8", "--rate", "1000", *sim_args)
+    info = sim.info
+    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--redundancy", "2", "--dedupe-window",
+                          str(WINDOW_S), "--base-url", info["base_url"], "--token-url", info["token_url"],
+                          "--duration", str(run_s), "--out", str(tmp_path / "out"), "-q",
+                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
+    try:
+        assert rec.wait(run_s + 60) == 0, rec.stderr
+    finally:
+        rec.kill_tree()
+    assert sim.stop(signal.SIGTERM) == 0, sim.stderr
+    raw = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", str(tmp_path / "out"), "--format",
+                          "raw"], capture_output=True, check=True, timeout=60).stdout
+    return Counter(raw.split(b"\n")[:-1])
+
+
 def _arrivals(directory: Path) -> dict[bytes, list[tuple[int, int]]]:
     """Each payload's arrivals on any copy: (receive ns, ns of the original it repeats, or 0 for an original)."""
     out: dict[bytes, list[tuple[int, int]]] = {}
@@ -230,22 +249,8 @@ def test_a_feed_that_repeats_itself_a_window_later_is_recorded_once_per_publicat
     publication and the other's just outside. The recording (`ime-segments cat --format raw`: each message once)
     must be the published log, as a multiset, wherever a copy was connected: no message twice, none missing."""
     published_dir, out = tmp_path / "published", tmp_path / "out"
-    sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "21", "--repeat-every", "0.02",
-                      "--repeat-after", str(WINDOW_S), "--published-log", str(published_dir))
-    info = sim.info
-    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--redundancy", "2", "--dedupe-window",
-                          str(WINDOW_S), "--base-url", info["base_url"], "--token-url", info["token_url"],
-                          "--duration", str(REPEAT_RUN_S), "--out", str(out), "-q",
-                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
-    try:
-        assert rec.wait(REPEAT_RUN_S + 60) == 0, rec.stderr
-    finally:
-        rec.kill_tree()
-    assert sim.stop(signal.SIGTERM) == 0, sim.stderr
-
-    raw = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", str(out), "--format", "raw"],
-                         capture_output=True, check=True, timeout=60).stdout
-    recorded = Counter(raw.split(b"\n")[:-1])
+    recorded = record_two_copies(sim_process, tmp_path, REPEAT_RUN_S, "--seed", "21", "--repeat-every", "0.02",
+                                 "--repeat-after", str(WINDOW_S), "--published-log", str(published_dir))
     publications: dict[bytes, list[int]] = {}
     for r in merge_records(read(published_dir)):
         publications.setdefault(r.payload, []).append(r.ts_ns)
@@ -292,23 +297,9 @@ def test_a_repeat_only_a_reconnected_copy_receives_is_recorded_as_a_message_of_i
     says which publications some connection received: exactly those must be recorded (each moment of the same
     bytes as often as the connection that received it most often)."""
     published_dir, sent_dir, out = tmp_path / "published", tmp_path / "sent", tmp_path / "out"
-    sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "23", "--repeat-every", "0.005",
-                      "--repeat-after", str(0.8 * WINDOW_S), "--drop-every", "0.4",
-                      "--published-log", str(published_dir), "--sent-log", str(sent_dir))
-    info = sim.info
-    rec = RecorderProcess(tmp_path, "--ids", ",".join(info["ids"]), "--redundancy", "2", "--dedupe-window",
-                          str(WINDOW_S), "--base-url", info["base_url"], "--token-url", info["token_url"],
-                          "--duration", str(REJOIN_RUN_S), "--out", str(out), "-q",
-                          env={"IME_USERNAME": info["username"], "IME_PASSWORD": info["password"]}).start()
-    try:
-        assert rec.wait(REJOIN_RUN_S + 60) == 0, rec.stderr
-    finally:
-        rec.kill_tree()
-    assert sim.stop(signal.SIGTERM) == 0, sim.stderr
-
-    raw = subprocess.run([sys.executable, "-m", "recorder.cli.segments", "cat", str(out), "--format", "raw"],
-                         capture_output=True, check=True, timeout=60).stdout
-    recorded = Counter(raw.split(b"\n")[:-1])
+    recorded = record_two_copies(sim_process, tmp_path, REJOIN_RUN_S, "--seed", "23", "--repeat-every", "0.005",
+                                 "--repeat-after", str(0.8 * WINDOW_S), "--drop-every", "0.4",
+                                 "--published-log", str(published_dir), "--sent-log", str(sent_dir))
     # Each payload's moments (publications of the same bytes within MOMENT_NS of the first of them).
     moments: dict[bytes, list[int]] = {}
     for r in merge_records(read(published_dir)):
