@@ -116,8 +116,10 @@ def test_stall_leaves_a_gap(rate):
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # issue 15: correctness only. A stall shows as a gap of at least stall_for; how many other short gaps a loaded
     # machine adds, and how many stalls fit in a session it stretched, are not this test's business.
+    # The client sees the stall shortened by however late it read the frames sent just before it (0.21 s of a
+    # 0.25 s stall with both cores busy); without a stall, frames come microseconds to milliseconds apart.
     stalls = [g for g in gaps if g >= 0.2]
-    assert stalls and max(stalls) >= 0.245, stalls
+    assert stalls, max(gaps)
     assert conn["faults"]["stall"] >= 1
     # Sending resumed after the stall: a gap lies between two received frames, so one followed it. (The former
     # "span > 0.7 s" check failed when a loaded machine delayed the connection's start.)
