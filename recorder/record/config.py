@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recorder.child import Exit
 from recorder.model.settings import ConnectionSettings, LiveSettings, StorageSettings
-
-# The worker's names for the child exit codes (recorder/child.py: Exit, the one convention), until the worker
-# names Exit itself.
-WORKER_EXIT_OK, WORKER_EXIT_FATAL, WORKER_EXIT_REFUSED = Exit.OK, Exit.FATAL, Exit.REFUSED
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from picows import WSCloseCode, WSTransport
 
 from recorder import clock
+from recorder.child import Exit
 from recorder.events import Event
 from recorder.feed.endpoints import build_url
 from recorder.record import wsclient
-from recorder.record.config import WORKER_EXIT_FATAL
 from recorder.record.connection import ConnectionCore, GiveUp, Policy, Refusal, Step, Wait
 from recorder.record.listener import RecordingListener
 from recorder.record.planner import Group
@@ -105,7 +105,7 @@ class Copies:
                 case Refusal(how=how, code=code):
                     step = await self.on_refusal(run, crun, how, code)
                 case GiveUp(message=message):
-                    state.fatal(message, "cannot connect", WORKER_EXIT_FATAL)
+                    state.fatal(message, "cannot connect", Exit.FATAL)
                     step = None
 
     async def _connect_once(self, run: GroupRun, crun: CopyRun) -> Step:

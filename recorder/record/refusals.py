@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from recorder.child import Exit
 from recorder.events import Event
 from recorder.feed.endpoints import build_url
 from recorder.record import messages as m
 from recorder.record import wsclient
-from recorder.record.config import WORKER_EXIT_REFUSED
 from recorder.record.connection import RefusalKind, Step, Wait, classify_refusal
 from recorder.record.copies import Copies
 from recorder.record.handover import Handovers
@@ -99,7 +99,7 @@ class Refusals:
             state.fatal(f"the server refuses the token: it refused it ({how}) for shard {state.shard}'s contracts "
                         "after a refresh was tried, and for a probe with the single contract "
                         f"{contracts[0]}; check the token or the account's IME access", "token refused",
-                        WORKER_EXIT_REFUSED, refused=True)
+                        Exit.REFUSED, refused=True)
             return
         log.warning("shard %d: the token was refused again (%s) for %d contracts although it works (another "
                     "connection or a probe was accepted); looking for the refused contract(s)", state.shard, how,
@@ -136,9 +136,9 @@ class Refusals:
             state.fatal(f"the server refused every contract tried on shard {state.shard} "
                         f"({', '.join(state.planner.rejected[:5])}) and accepted none: either they do not exist on "
                         f"the {state.kind.value} endpoint or the token lacks IME access", "every contract refused",
-                        WORKER_EXIT_REFUSED, refused=True)
+                        Exit.REFUSED, refused=True)
         elif not state.groups:
             state.fatal(f"shard {state.shard}: every contract was refused; nothing left to record",
-                        "every contract refused", WORKER_EXIT_REFUSED, refused=True)
+                        "every contract refused", Exit.REFUSED, refused=True)
         if in_handover:
             self.handovers.progress()

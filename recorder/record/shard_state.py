@@ -13,11 +13,12 @@ from typing import Any
 from picows import WSTransport
 
 from recorder import clock
+from recorder.child import Exit
 from recorder.events import Event, encode_event
 from recorder.feed.endpoints import EndpointKind
 from recorder.model.record import RecordKind
 from recorder.record import messages as m
-from recorder.record.config import WORKER_EXIT_OK, WorkerConfig
+from recorder.record.config import WorkerConfig
 from recorder.record.connection import ConnectionCore, Log
 from recorder.record.listener import RecordingListener
 from recorder.record.planner import Group, Planner
@@ -106,7 +107,7 @@ class ShardState:
     loop: asyncio.AbstractEventLoop
     live: Append | None  # the relay/NATS hub: first arrivals only, never blocking the receive path (live/output.py)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    exit_code: int = WORKER_EXIT_OK
+    exit_code: int = Exit.OK
     stop_reason: str = "stopped"
     planner: Planner = field(default_factory=Planner)
     groups: dict[int, GroupRun] = field(default_factory=dict)

@@ -15,12 +15,12 @@ import threading
 from multiprocessing.connection import Connection
 
 from recorder import __version__
-from recorder.child import run_child
+from recorder.child import Exit, run_child
 from recorder.events import Event
 from recorder.feed.endpoints import split_contracts
 from recorder.live.output import close_live_output, make_live_output
 from recorder.record import messages as m
-from recorder.record.config import WORKER_EXIT_FATAL, WorkerConfig
+from recorder.record.config import WorkerConfig
 from recorder.record.copies import Copies
 from recorder.record.handover import Handovers
 from recorder.record.refusals import Refusals
@@ -45,7 +45,7 @@ class Worker:
                                         lambda error: loop.call_soon_threadsafe(self._writer_error, error))
         except (ShardLocked, SegmentWriteError) as exc:
             self.link.send(m.Fatal(cfg.shard, str(exc)))
-            return WORKER_EXIT_FATAL
+            return Exit.FATAL
         # The parts, once the writer is open (nothing of theirs runs before this coroutine first waits).
         state = self.state = ShardState(cfg, self.link, writer, loop, make_live_output(cfg.live))
         self.copies = Copies(state, lambda *refusal: self.refusals.refused(*refusal), self._accepted)
@@ -92,7 +92,7 @@ class Worker:
             await state.loop.run_in_executor(None, state.writer.close, "closed")
         except SegmentWriteError as exc:
             state.send(m.Fatal(state.shard, str(exc)))
-            state.exit_code = WORKER_EXIT_FATAL
+            state.exit_code = Exit.FATAL
         # Before the final status, which then counts every message handed to the hub: nothing follows it.
         close_live_output(state.live)
         state.send(shard_status(state, final=True))
@@ -119,7 +119,7 @@ class Worker:
 
     def _writer_error(self, error: SegmentWriteError) -> None:
         log.error("shard %d: %s", self.cfg.shard, error)
-        self.state.fatal(str(error), "write error", WORKER_EXIT_FATAL)
+        self.state.fatal(str(error), "write error", Exit.FATAL)
 
     async def _ticker(self) -> None:
         writer, parent, n = self.state.writer, os.getppid(), 0
