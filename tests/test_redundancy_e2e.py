@@ -72,7 +72,7 @@ def uncovered_at(groups: list[GroupCoverage], contract: str, ts: int) -> bool:
     return False
 
 
-def test_two_copies_lose_only_what_no_copy_could_see_and_a_tenth_of_one_copy(sim_process, tmp_path):
+def test_two_copies_lose_only_what_no_copy_could_see_and_a_fraction_of_one_copy(sim_process, tmp_path):
     published_dir, sent_dir = tmp_path / "published", tmp_path / "sent"
     sim = sim_process("--contracts", "8", "--rate", "1000", "--seed", "11", "--drop-every", str(DROP_EVERY_S),
                       "--published-log", str(published_dir), "--sent-log", str(sent_dir))
@@ -110,13 +110,17 @@ def test_two_copies_lose_only_what_no_copy_could_see_and_a_tenth_of_one_copy(sim
     interior = sum(1 for t, _ in published if start <= t < end)
     # Drops every ~3 s on every connection: one copy loses what was published during each reconnect.
     assert len(lost1) > 0, "no drop cost one copy anything: the test would prove nothing"
-    assert len(lost2) <= len(lost1) / 10, (len(lost1), len(lost2), interior)
 
     # Whatever two copies lost was published while stats says no copy of its group was connected.
     groups2 = coverage(tmp_path / "r2")
     for ts, payload in lost2:
         contract = identifier_of(payload)
         assert contract is not None and uncovered_at(groups2, contract, ts), (contract, ts)
+    # And that is rare: a copy is down ~0.1-0.25 s of every 3 s, so the other one is down too for a few % of
+    # one copy's losses on average (0-10 % in quiet runs). But a run holds only ~10 drops per copy, and one
+    # overlap, longer on a saturated machine where reconnects slow down, loses tens of messages at once
+    # (60 of one copy's 337 with both cores busy): the bound leaves room for that, not for copies that drop together.
+    assert len(lost2) <= len(lost1) / 3, (len(lost1), len(lost2), interior)
     groups1 = coverage(tmp_path / "r1")
     unexplained = [(ts, p) for ts, p in lost1 if not uncovered_at(groups1, identifier_of(p) or "", ts)]
     assert len(unexplained) <= len(lost1) // 20, f"{len(unexplained)} of {len(lost1)} losses outside any gap"

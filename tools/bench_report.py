@@ -104,6 +104,10 @@ def markdown(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str
         if any(rounds.values()):
             out += ["", "Each row is the median-p99 round of several; the p99 of every round: "
                     + "; ".join(f"{p} {', '.join(f'{v:,.0f}' for v in r)}" for p, r in rounds.items() if r) + " µs."]
+        paired = results.get(f"latency/recorder/{rate}", {}).get("p99_vs_ceiling_rounds")
+        if paired:
+            out += ["", "The peers run back to back in each round; the recorder's p99 ÷ the ceiling's, round by round: "
+                    + ", ".join(f"{v:.2f}" for v in paired) + " (the gate takes their median)."]
         out.append("")
 
     ratios = results.get("ratios")
