@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench bench-quick report clean nats-server promtool chromium
 
-# setup.py builds the C kernels (recorder/export/_scan.c, recorder/segment/_dedupe.c and _block.c; IME_NATIVE=0 runs their
+# setup.py builds the C kernels (recorder/export/_scan.c and recorder/segment/_block.c; IME_NATIVE=0 runs their
 # Python twins, recorder/native.py) during the editable install: a change to one reinstalls, so the module
 # imported is never older than its source.
-$(BIN)/ime-record: pyproject.toml setup.py recorder/export/_scan.c recorder/segment/_dedupe.c recorder/segment/_block.c
+$(BIN)/ime-record: pyproject.toml setup.py recorder/export/_scan.c recorder/segment/_block.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -6,19 +6,12 @@ Two shapes, 200k distinct ~750-byte messages (digests computed before timing), 2
 second copy 40 µs behind the first (so ~1 message in flight between them), a 2 s window (~40k live originals):
 - `observe_digest`, one arrival at a time: the recorder's receive thread (recorder/record/listener.py);
 - `observe_batch`, 64 arrivals at a time: `ime-segments merge`.
-Both for the C implementation and the Python reference. Reported in ns per arrival (min of the rounds).
-
-IME_BENCH_DEDUPE_BASELINE=<checkout root>: also time that checkout's `_dedupe` extension and `dedupe.py`
-(built in place there), loaded beside this one, so that before and after are timed in one run.
+Reported in ns per arrival (min of the rounds). Before and after a change: run this module in both checkouts
+(`PYTHONPATH=<checkout> pytest benchmarks/test_dedupe.py`).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,33 +38,6 @@ def _arrivals() -> tuple[list[int], list[int], list[bytes], list[int]]:
     return stamps, sources, keys, refs
 
 
-def _load(root: Path, relative: str, name: str) -> Any:
-    path = next(root.glob(relative))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _implementations() -> dict[str, Callable[[], Any]]:
-    out: dict[str, Callable[[], Any]] = {"python": lambda: dedupe.PyDeduper(WINDOW_NS)}
-    if dedupe.NativeDeduper is not None:
-        out["c"] = lambda: dedupe.NativeDeduper(WINDOW_NS)
-    baseline = os.environ.get("IME_BENCH_DEDUPE_BASELINE")
-    if baseline:
-        root = Path(baseline)
-        native = _load(root, "recorder/segment/_dedupe*.so", "baseline._dedupe")
-        python = _load(root, "recorder/segment/dedupe.py", "baseline_dedupe")
-        out["python-baseline"] = lambda: python.PyDeduper(WINDOW_NS)
-        out["c-baseline"] = lambda: native.Deduper(WINDOW_NS)
-    return out
-
-
-IMPLEMENTATIONS = _implementations()
-
-
 @pytest.fixture(scope="module")
 def arrivals() -> tuple[list[int], list[int], list[bytes], list[int]]:
     return _arrivals()
@@ -93,14 +59,12 @@ def _batched(d: Any, stamps: list[int], sources: list[int], keys: list[bytes], r
     return copies
 
 
-@pytest.mark.parametrize("impl", sorted(IMPLEMENTATIONS))
 @pytest.mark.parametrize("shape", ["observe_digest", "observe_batch"])
-def test_dedupe_fast_path(benchmark: Any, arrivals: tuple[list[int], ...], impl: str, shape: str) -> None:
+def test_dedupe_fast_path(benchmark: Any, arrivals: tuple[list[int], ...], shape: str) -> None:
     run = _one_by_one if shape == "observe_digest" else _batched
-    make = IMPLEMENTATIONS[impl]
-    copies = benchmark.pedantic(lambda d: run(d, *arrivals), setup=lambda: ((make(),), {}), rounds=ROUNDS,
-                                iterations=1)
+    copies = benchmark.pedantic(lambda d: run(d, *arrivals), setup=lambda: ((dedupe.Deduper(WINDOW_NS),), {}),
+                                rounds=ROUNDS, iterations=1)
     assert copies == N
     per_arrival = benchmark.stats.stats.min / (2 * N) * 1e9
     benchmark.extra_info["ns_per_arrival"] = round(per_arrival, 1)
-    print(f"\n{impl} {shape}: {per_arrival:.0f} ns per arrival (min of {ROUNDS})")
+    print(f"\n{shape}: {per_arrival:.0f} ns per arrival (min of {ROUNDS})")

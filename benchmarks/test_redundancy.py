@@ -37,8 +37,7 @@ ROUNDS = 3
 # (receipt columns, record kind 6: 1.065-1.067 in full runs, 1.045-1.05 in quick ones; kind 5 with single far
 # receipts was 1.13-1.14 and 1.09-1.11).
 # On loopback both copies come from one simulator process, so the race cannot shorten the tail; the second copy
-# is extra work for the receive thread (hash, dedupe, receipt: ~2x CPU per message with the Python dedupe; with
-# the C one, _dedupe.c, 1.74x against 2.08x in one full run each, alternating), which lengthens it when
+# is extra work for the receive thread (hash, dedupe, receipt: ~2x CPU per message), which lengthens it when
 # messages queue: measured 1.4x, 1.8x and 2.5x in full runs, 1.4-3.2x in quick runs next to the rest of the suite
 # (the target, <= 1x, is not met). With receipt columns (2026-11-25, load 2-3.5): 0.43x, 23x and 1.97x in full runs
 # (the 23x run's two-copy rounds had a 52.7 ms p99). That was the garbage collector: a tuple per receipt, held

@@ -3,11 +3,12 @@
 Each kernel is a fast twin of a Python path with the same results (a differential test per kernel): setup.py
 builds it at install when a compiler is there, and the project keeps one only where a same-run benchmark shows
 at least 2x on a figure a user waits for (the benchmark named in each entry below). Measured and dropped:
-_handover.c (the worker's live output), _block.c (blocks into records: 1.0-1.4x on reading and merging) and
-_fanout.c (the hub's data path: the relay's rate the same with it).
+_handover.c (the worker's live output), _fanout.c (the hub's data path: the relay's rate the same with it) and
+_dedupe.c (the dedupe window: the merge 1.2-1.65x, the recorder's two copies 1.3-1.4x, and every change to the
+window's rules written twice; the merge reads 670k msgs/s with the Python one, above DESIGN's 500k).
 
 IME_NATIVE unset or `1`: every built kernel is used. `0`: none, the Python paths everywhere (to compare, or to
-rule the C code out). Otherwise the names of the kernels to turn off, comma-separated (`IME_NATIVE=dedupe`).
+rule the C code out). Otherwise the names of the kernels to turn off, comma-separated (`IME_NATIVE=scan`).
 Read once, at import, by each kernel's user.
 """
 
@@ -25,11 +26,6 @@ KERNELS: dict[str, str] = {
     # The export's parser, twin of export/pypaths.py: 2.2-7.6x the export's rate on one core, median 3.3
     # (benchmarks/test_export.py::test_export_c_scanner_vs_python_paths; 2026-12-07, five runs at load 3.5-6).
     "scan": "recorder.export._scan",
-    # The dedupe window, twin of segment/dedupe.py's PyDeduper: 1.2-2.8x the merge's rate, median 1.65
-    # (benchmarks/test_merge.py::test_merge_c_dedupe_vs_python, nine rounds) and 1.3-1.4x on the recorder's two
-    # copies (benchmarks/test_sink.py), 2026-12-07: under the 2x bar; kept while its algorithm is being changed,
-    # to be measured again then.
-    "dedupe": "recorder.segment._dedupe",
     # Blocks into records, record headers packed, the ordered merge's first descent; twin of segment/format.py's
     # _split_block and struct packing, ordered.py's _first_descent: reading a segment 1.7-2.1x
     # (benchmarks/test_segment_io.py: the reader at 0.42-0.59x a plain zstd split without it, 0.89-1.00x with it;

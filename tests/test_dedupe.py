@@ -1,7 +1,4 @@
-"""The dedupe core: first arrival wins, copies across sources collapse, repeats within a source are kept.
-
-Every test that takes `impl` runs against both implementations, the pure-Python reference and the C one
-(tests/test_dedupe_native.py compares the two directly)."""
+"""The dedupe core: first arrival wins, copies across sources collapse, repeats within a source are kept."""
 
 from __future__ import annotations
 
@@ -13,14 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recorder.model.record import decode_receipt, encode_receipt
-from recorder.segment.dedupe import NativeDeduper, PyDeduper, ReceiptResolver, digest
+from recorder.segment.dedupe import Deduper, ReceiptResolver, digest
 
 MS = 1_000_000
-NOT_BUILT = "recorder.segment._dedupe is not built (no C compiler at install)"
-IMPLEMENTATIONS = [
-    pytest.param(PyDeduper, id="python"),
-    pytest.param(NativeDeduper, id="C", marks=pytest.mark.skipif(NativeDeduper is None, reason=NOT_BUILT)),
-]
 
 
 def test_digest_is_16_bytes_of_the_payload_only():
@@ -29,18 +21,16 @@ def test_digest_is_16_bytes_of_the_payload_only():
     assert digest(b"abc") != digest(b"abd")
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_first_arrival_wins_and_the_copy_names_it(impl):
-    d = impl()
+def test_first_arrival_wins_and_the_copy_names_it():
+    d = Deduper()
     assert d.observe(100, source=0, payload=b"m1", ref=7) is None
     assert d.observe(130, source=1, payload=b"m1", ref=9) == (100, 7)
     assert d.counts.originals == 1
     assert d.counts.copies == 1
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_repeat_on_one_source_is_kept_and_its_copy_pairs_with_the_second_original(impl):
-    d = impl()
+def test_a_repeat_on_one_source_is_kept_and_its_copy_pairs_with_the_second_original():
+    d = Deduper()
     assert d.observe(1, 0, b"same", 10) is None
     assert d.observe(2, 0, b"same", 10) is None  # the server really sent it twice
     assert d.observe(3, 1, b"same", 11) == (1, 10)
@@ -49,17 +39,15 @@ def test_a_repeat_on_one_source_is_kept_and_its_copy_pairs_with_the_second_origi
     assert d.observe(6, 0, b"same", 10) == (5, 11)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_copies_outside_the_window_are_kept_as_originals_not_dropped(impl):
-    d = impl(window_ns=10 * MS)
+def test_copies_outside_the_window_are_kept_as_originals_not_dropped():
+    d = Deduper(window_ns=10 * MS)
     assert d.observe(0, 0, b"a") is None
     assert d.observe(11 * MS, 1, b"a") is None
     assert d.observe(12 * MS, 0, b"a") == (11 * MS, 1)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_the_entry_cap_bounds_memory(impl):
-    d = impl(window_ns=10**18, max_entries=100)
+def test_the_entry_cap_bounds_memory():
+    d = Deduper(window_ns=10**18, max_entries=100)
     for i in range(1000):
         d.observe(i, 0, str(i).encode())
     assert len(d) <= 100
@@ -78,7 +66,6 @@ def _interleave(rng: random.Random, streams: list[list[bytes]], losses: list[set
     return out
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(
     messages=st.lists(st.binary(min_size=0, max_size=4).map(lambda b: b"m" + b), min_size=0, max_size=40),
@@ -86,7 +73,7 @@ def _interleave(rng: random.Random, streams: list[list[bytes]], losses: list[set
     seed=st.integers(min_value=0, max_value=2**32),
     loss=st.floats(min_value=0, max_value=0.6),
 )
-def test_the_union_of_lossy_copies_is_the_published_multiset(impl, messages, copies, seed, loss):
+def test_the_union_of_lossy_copies_is_the_published_multiset(messages, copies, seed, loss):
     """Each copy sees the published sequence with gaps; the originals are exactly what any copy saw.
 
     Repeated bytes in the published sequence (the server sending the same message twice) must survive.
@@ -94,7 +81,7 @@ def test_the_union_of_lossy_copies_is_the_published_multiset(impl, messages, cop
     rng = random.Random(seed)
     streams = [list(messages) for _ in range(copies)]
     losses = [{i for i in range(len(messages)) if rng.random() < loss} for _ in range(copies)]
-    d = impl(window_ns=10**15)
+    d = Deduper(window_ns=10**15)
     originals: list[bytes] = []
     for ts, (src, _pos, payload) in enumerate(_interleave(rng, streams, losses)):
         if d.observe(ts, src, payload) is None:
@@ -141,16 +128,15 @@ _arrivals = st.lists(st.tuples(st.integers(-3, 40),  # ts step (a wall clock may
                      max_size=120)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(arrivals=_arrivals, cuts=st.lists(st.integers(0, 120), max_size=8),
        joins=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 9)), max_size=4),
        window=st.integers(1, 200), max_entries=st.integers(1, 30))
-def test_observe_batch_decides_exactly_as_observe_digest_one_by_one(impl, arrivals, cuts, joins, window,
+def test_observe_batch_decides_exactly_as_observe_digest_one_by_one(arrivals, cuts, joins, window,
                                                                     max_entries):
     """The merge's batch path is the reference, arrival by arrival: same copies, same originals, same state; with
     sources joining between batches (`joins`: before which arrival)."""
-    one, batched = impl(window, max_entries), impl(window, max_entries)
+    one, batched = Deduper(window, max_entries), Deduper(window, max_entries)
     stamps, ts = [], 1000
     for step, *_ in arrivals:
         ts += step
@@ -174,7 +160,7 @@ def test_observe_batch_decides_exactly_as_observe_digest_one_by_one(impl, arriva
         at, orig_ts, orig_refs = batched.observe_batch(*(list(col) for col in zip(*part, strict=True)))
         got.extend((lo + i, t, r) for i, t, r in zip(at, orig_ts, orig_refs, strict=True))
         if hi < len(rows):
-            assert _state(batched) == _state(_replayed(impl, rows[:hi], joining, window, max_entries))
+            assert _state(batched) == _state(_replayed(rows[:hi], joining, window, max_entries))
     for source in joining.get(len(rows), ()):
         one.join(source)
         batched.join(source)
@@ -182,8 +168,8 @@ def test_observe_batch_decides_exactly_as_observe_digest_one_by_one(impl, arriva
     assert _state(batched) == _state(one)
 
 
-def _replayed(impl, rows, joining, window, max_entries):
-    d = impl(window, max_entries)
+def _replayed(rows, joining, window, max_entries):
+    d = Deduper(window, max_entries)
     for i, row in enumerate(rows):
         for source in joining.get(i, ()):
             d.join(source)
@@ -191,10 +177,9 @@ def _replayed(impl, rows, joining, window, max_entries):
     return d
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_observe_batch_expires_a_full_window_and_compacts(impl):
+def test_observe_batch_expires_a_full_window_and_compacts():
     """Tens of thousands of entries through a small window: the lists are compacted, positions stay right."""
-    one, batched = impl(window_ns=1000, max_entries=50_000), impl(window_ns=1000, max_entries=50_000)
+    one, batched = Deduper(window_ns=1000, max_entries=50_000), Deduper(window_ns=1000, max_entries=50_000)
     rows = [(i * 10, i % 2, digest(b"%d" % (i // 2)), i) for i in range(30_000)]
     expected = [(i, *won) for i, row in enumerate(rows) if (won := one.observe_digest(*row)) is not None]
     got = []
@@ -203,8 +188,7 @@ def test_observe_batch_expires_a_full_window_and_compacts(impl):
         got.extend((lo + i, t, r) for i, t, r in zip(at, orig_ts, orig_refs, strict=True))
     assert got == expected and len(got) == 15_000
     assert batched._state()[0] > 10_000  # the oldest entries left the window
-    if impl is PyDeduper:
-        assert batched._base > 0  # compacted at least once
+    assert batched._base > 0  # compacted at least once
     assert _state(batched) == _state(one)
 
 
@@ -215,9 +199,8 @@ def test_observe_batch_expires_a_full_window_and_compacts(impl):
 W = 10 * MS
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_copy_of_the_second_original_after_the_first_expired_is_a_copy(impl):
-    d = impl(window_ns=W)
+def test_a_copy_of_the_second_original_after_the_first_expired_is_a_copy():
+    d = Deduper(window_ns=W)
     assert d.observe(0, 0, b"x", 10) is None
     assert d.observe(1 * MS, 1, b"x", 11) == (0, 10)
     assert d.observe(W - 1, 0, b"x", 12) is None  # the server sent it again, a window later: a second original
@@ -226,9 +209,8 @@ def test_a_copy_of_the_second_original_after_the_first_expired_is_a_copy(impl):
     assert (d.counts.originals, d.counts.copies) == (2, 2)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_an_unrelated_arrival_expires_only_the_first_original(impl):
-    d = impl(window_ns=W)
+def test_an_unrelated_arrival_expires_only_the_first_original():
+    d = Deduper(window_ns=W)
     assert d.observe(0, 0, b"x", 10) is None
     assert d.observe(100, 1, b"x", 11) == (0, 10)
     assert d.observe(W - 5, 1, b"x", 12) is None  # source 1 is first with the repeat this time
@@ -240,9 +222,8 @@ def test_an_unrelated_arrival_expires_only_the_first_original(impl):
     assert len(d) == 2
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_source_that_missed_the_expired_original_pairs_with_the_next(impl):
-    d = impl(window_ns=W)
+def test_a_source_that_missed_the_expired_original_pairs_with_the_next():
+    d = Deduper(window_ns=W)
     assert d.observe(0, 0, b"x", 1) is None
     assert d.observe(5 * MS, 0, b"x", 2) is None
     assert d.observe(6 * MS, 1, b"x", 3) == (0, 1)  # source 1's first is the copy of the first original
@@ -254,9 +235,8 @@ def test_a_source_that_missed_the_expired_original_pairs_with_the_next(impl):
     assert d._state()[2][digest(b"x")] == ([(5 * MS, 2), (W + 3 * MS, 6)], {0: 2, 1: 1, 2: 2})
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_each_original_leaves_at_its_own_time_then_the_entry_goes(impl):
-    d = impl(window_ns=W)
+def test_each_original_leaves_at_its_own_time_then_the_entry_goes():
+    d = Deduper(window_ns=W)
     for i, ts in enumerate((0, 3 * MS, 6 * MS)):
         assert d.observe(ts, 0, b"x", i) is None
     assert len(d) == 3
@@ -268,9 +248,8 @@ def test_each_original_leaves_at_its_own_time_then_the_entry_goes(impl):
     assert d.observe(2 * W + 1, 1, b"x", 12) is None  # every original gone: a new one
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_the_entry_cap_counts_originals_and_drops_the_oldest_alone(impl):
-    d = impl(window_ns=10**15, max_entries=4)
+def test_the_entry_cap_counts_originals_and_drops_the_oldest_alone():
+    d = Deduper(window_ns=10**15, max_entries=4)
     assert d.observe(1, 0, b"x", 1) is None
     assert d.observe(2, 0, b"x", 2) is None
     assert d.observe(3, 1, b"y", 3) is None
@@ -280,9 +259,8 @@ def test_the_entry_cap_counts_originals_and_drops_the_oldest_alone(impl):
     assert len(d) == 3
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_observe_batch_holds_the_second_original_across_the_edge(impl):
-    d = impl(window_ns=W)
+def test_observe_batch_holds_the_second_original_across_the_edge():
+    d = Deduper(window_ns=W)
     rows = [(0, 0, b"x", 1), (10, 1, b"x", 2), (W - 10, 0, b"x", 3), (W + 5, 1, b"x", 4), (W + 20, 0, b"y", 5)]
     at, orig_ts, orig_refs = d.observe_batch(*([r[i] for r in rows] for i in (0, 1)),
                                              [digest(r[2]) for r in rows], [r[3] for r in rows])
@@ -322,18 +300,17 @@ def _deliveries(rng: random.Random, published: list[tuple[int, bytes]], sources:
     return rows
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32), sources=st.integers(2, 4), lag_share=st.floats(0.0001, 0.3),
        batch=st.integers(1, 50))
-def test_repeats_about_a_window_apart_are_each_recorded_once(impl, seed, sources, lag_share, batch):
+def test_repeats_about_a_window_apart_are_each_recorded_once(seed, sources, lag_share, batch):
     """Lossless copies whose arrivals trail the publication by less than the window: the originals are exactly
     the published multiset, wherever the repeats fall around the window's edge."""
     rng = random.Random(seed)
     window = 1_000_000
     published = _published_with_repeats(rng, 60, window)
     rows = _deliveries(rng, published, sources, int(window * lag_share), 0.0)
-    d = impl(window_ns=window)
+    d = Deduper(window_ns=window)
     keys = [digest(p) for _, _, p in rows]
     originals: list[bytes] = []
     for lo in range(0, len(rows), batch):
@@ -346,11 +323,10 @@ def test_repeats_about_a_window_apart_are_each_recorded_once(impl, seed, sources
     assert Counter(originals) == Counter(p for _, p in published)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32), sources=st.integers(1, 4), lag_share=st.floats(0.0001, 0.5),
        loss=st.floats(0, 0.5))
-def test_lossy_copies_near_the_edge_never_show_a_message_more_often_than_published(impl, seed, sources, lag_share,
+def test_lossy_copies_near_the_edge_never_show_a_message_more_often_than_published(seed, sources, lag_share,
                                                                                    loss):
     """With losses: each payload's originals are at least what any one source delivered (nothing dropped) and at
     most what was published (no copy kept as a new message while its original was in the window)."""
@@ -359,7 +335,7 @@ def test_lossy_copies_near_the_edge_never_show_a_message_more_often_than_publish
     window = 1_000_000
     published = _published_with_repeats(rng, 60, window)
     rows = _deliveries(rng, published, sources, int(window * lag_share), loss)
-    d = impl(window_ns=window)
+    d = Deduper(window_ns=window)
     originals = Counter(p for ts, s, p in rows if d.observe(ts, s, p) is None)
     delivered = [Counter(p for _, s, p in rows if s == source) for source in range(sources)]
     for payload, n in Counter(p for _, p in published).items():
@@ -373,11 +349,10 @@ def test_lossy_copies_near_the_edge_never_show_a_message_more_often_than_publish
 A, B = 0, 1
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_publication_only_a_rejoined_copy_receives_is_a_new_original_not_a_copy_of_an_older_one(impl):
+def test_a_publication_only_a_rejoined_copy_receives_is_a_new_original_not_a_copy_of_an_older_one():
     """Copy B was down when x was published (A recorded it). B reconnects; about a window later the market publishes
     x again while A is down: only B receives it. It is B's first x, but not a copy of A's: a new message."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x", 1) is None
     d.join(B)
     assert d.observe(5 * MS, A, b"y", 2) is None  # published after B subscribed: B's copy of it is a copy
@@ -390,12 +365,11 @@ def test_a_publication_only_a_rejoined_copy_receives_is_a_new_original_not_a_cop
     assert d.observe(W + 3 * MS, B, b"x", 6) == (W + 2 * MS, 5)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_source_that_rejoins_owes_nothing_its_earlier_connection_still_owed(impl):
+def test_a_source_that_rejoins_owes_nothing_its_earlier_connection_still_owed():
     """A delivered x twice (the server sent it twice); B's first connection delivered the copy of the first and
     dropped before the second. By the count, B still owes the second; its new connection never delivers it, so
     B's next x (the market sending x a third time, A down) is a new original, not that pending copy."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x", 1) is None
     assert d.observe(1 * MS, A, b"x", 2) is None
     assert d.observe(2 * MS, B, b"x", 3) == (0, 1)
@@ -410,9 +384,8 @@ def test_a_source_that_rejoins_owes_nothing_its_earlier_connection_still_owed(im
     assert d._state()[2][digest(b"x")] == ([(0, 1), (1 * MS, 2), (3 * MS, 4)], {A: 3})
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_after_a_join_the_source_pairs_with_the_later_originals_in_order_and_the_count_shifts_with_them(impl):
-    d = impl(window_ns=W)
+def test_after_a_join_the_source_pairs_with_the_later_originals_in_order_and_the_count_shifts_with_them():
+    d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x", 1) is None  # before B joined: not B's to pair with
     d.join(B)
     assert d.observe(2 * MS, A, b"x", 2) is None  # published twice after B joined, received by both
@@ -427,10 +400,9 @@ def test_after_a_join_the_source_pairs_with_the_later_originals_in_order_and_the
     assert d.observe(W + 2 * MS + 3, B, b"x", 8) is None  # more than the window holds: a new original
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_join_follows_arrival_order_not_the_clock(impl):
+def test_a_join_follows_arrival_order_not_the_clock():
     """The join is a place in the window's arrival order: a clock stepping back after it changes nothing."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     assert d.observe(10 * MS, A, b"x", 1) is None
     d.join(B)
     assert d.observe(4 * MS, A, b"y", 2) is None  # the clock stepped back 6 ms: y still arrived after the join
@@ -438,12 +410,11 @@ def test_a_join_follows_arrival_order_not_the_clock(impl):
     assert d.observe(5 * MS, B, b"x", 4) is None
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), lag_share=st.floats(0.0001, 0.03), jitter_share=st.floats(0.0001, 0.03),
        handshake_share=st.floats(0, 0.03), batch=st.integers(1, 40))
 def test_two_copies_whose_paths_jitter_record_each_publication_some_connection_received_once(
-        impl, seed, lag_share, jitter_share, handshake_share, batch):
+        seed, lag_share, jitter_share, handshake_share, batch):
     """Two copies, both dropping and reconnecting, one path slower than the other at times: a copy that lags
     delivers, after the other's new connection received its first message, what was published before that one
     subscribed. Once its copy of that first message came, none of that is the new connection's to pair with: a
@@ -456,15 +427,14 @@ def test_two_copies_whose_paths_jitter_record_each_publication_some_connection_r
     published = _spread(_published_with_repeats(rng, 80, window, moment=1), window)
     rows, received = _reconnecting_copies(rng, published, 2, int(window * lag_share), int(window * jitter_share),
                                           window, int(window * handshake_share), apart=window // 10)
-    assert Counter(_originals_with_joins(impl(window_ns=window), rows, batch)) == Counter(received)
+    assert Counter(_originals_with_joins(Deduper(window_ns=window), rows, batch)) == Counter(received)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_what_arrived_during_the_upgrade_is_not_the_new_connections_once_its_first_message_came(impl):
+def test_what_arrived_during_the_upgrade_is_not_the_new_connections_once_its_first_message_came():
     """B joins when it starts connecting, but the server subscribes it only when the upgrade reaches it: what A
     received meanwhile was published before. B's first message tells where B's stream starts: at that message's
     original (here A's, A being faster); what arrived before it is not B's to pair with."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     d.join(B)
     assert d.observe(1 * MS, A, b"x", 1) is None  # during B's upgrade: published before the server subscribed B
     assert d.observe(2 * MS, A, b"y", 2) is None  # published after: B's first message
@@ -480,11 +450,10 @@ def test_what_arrived_during_the_upgrade_is_not_the_new_connections_once_its_fir
     assert (d.counts.originals, d.counts.copies) == (4, 2)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_new_connection_first_with_its_first_message_starts_its_stream_where_the_others_copy_it(impl):
+def test_a_new_connection_first_with_its_first_message_starts_its_stream_where_the_others_copy_it():
     """B's first message is new (B is faster than A): what A delivers until its copy of that message was published
     before B subscribed, even when it arrives after B's first message."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x", 1) is None
     d.join(B)
     assert d.observe(2 * MS, B, b"y", 3) is None  # B's first message, before A's copy of it
@@ -504,9 +473,8 @@ def test_a_new_connection_first_with_its_first_message_starts_its_stream_where_t
     assert d._state()[3] == {A: (6, True, None), B: (3, False, None)}
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_first_message_waits_for_its_own_copy_not_for_a_later_publication_of_its_bytes(impl):
-    d = impl(window_ns=W)
+def test_a_first_message_waits_for_its_own_copy_not_for_a_later_publication_of_its_bytes():
+    d = Deduper(window_ns=W)
     d.join(B)
     assert d.observe(1 * MS, B, b"y", 1) is None  # B's first message: A lags
     d.join(A)  # A reconnects meanwhile: it never receives that y
@@ -518,10 +486,9 @@ def test_a_first_message_waits_for_its_own_copy_not_for_a_later_publication_of_i
     assert d._state()[3] == {A: (2, False, None)}
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("source", [9, -1])
-def test_a_source_beyond_the_fast_path_joins_too(impl, source):
-    d = impl(window_ns=W)
+def test_a_source_beyond_the_fast_path_joins_too(source):
+    d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x", 1) is None
     assert d.observe(1, source, b"x", 2) == (0, 1)
     d.join(source)
@@ -531,10 +498,9 @@ def test_a_source_beyond_the_fast_path_joins_too(impl, source):
     assert d._state()[3] == {source: (1, False, None)}
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_a_join_costs_no_entry_and_a_source_that_never_joins_is_unchanged(impl):
+def test_a_join_costs_no_entry_and_a_source_that_never_joins_is_unchanged():
     """A join is one number per source: nothing in the window changes until the source delivers those bytes."""
-    d = impl(window_ns=W)
+    d = Deduper(window_ns=W)
     for i in range(1000):
         d.observe(i, A, b"%d" % i, i)
     before = d._state()
@@ -621,11 +587,10 @@ def _originals_with_joins(d, rows: list[tuple[int, int, bytes | None]], batch: i
     return originals
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), sources=st.integers(2, 4), lag_share=st.floats(0.0001, 0.05),
        handshake_share=st.floats(0, 0.05), batch=st.integers(1, 40))
-def test_copies_that_reconnect_record_each_publication_some_connection_received_once(impl, seed, sources, lag_share,
+def test_copies_that_reconnect_record_each_publication_some_connection_received_once(seed, sources, lag_share,
                                                                                      handshake_share, batch):
     """Copies drop and reconnect (joining as each connection starts) while the market repeats bytes about a window
     apart: the originals are exactly the publications that some connection received — none kept twice, none taken
@@ -638,14 +603,13 @@ def test_copies_that_reconnect_record_each_publication_some_connection_received_
     published = _spread(_published_with_repeats(rng, 80, window, moment=1), window)
     rows, received = _reconnecting_copies(rng, published, sources, int(window * lag_share), 0, window,
                                           int(window * handshake_share))
-    assert Counter(_originals_with_joins(impl(window_ns=window), rows, batch)) == Counter(received)
+    assert Counter(_originals_with_joins(Deduper(window_ns=window), rows, batch)) == Counter(received)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), lag_share=st.floats(0.0001, 0.05), jitter_share=st.floats(0.0001, 0.05),
        handshake_share=st.floats(0, 0.05), batch=st.integers(1, 40))
-def test_paths_that_jitter_record_each_publication_once_while_one_copy_stays(impl, seed, lag_share, jitter_share,
+def test_paths_that_jitter_record_each_publication_once_while_one_copy_stays(seed, lag_share, jitter_share,
                                                                             handshake_share, batch):
     """Paths whose delays differ, one copy always connected, the other reconnecting (connections drop one at a
     time): each publication is recorded once. What arrived on the steady copy before the reconnected one's first
@@ -656,4 +620,4 @@ def test_paths_that_jitter_record_each_publication_once_while_one_copy_stays(imp
     published = _published_with_repeats(rng, 80, window)
     rows, received = _reconnecting_copies(rng, published, 2, int(window * lag_share), int(window * jitter_share),
                                           window, int(window * handshake_share), steady=True)
-    assert Counter(_originals_with_joins(impl(window_ns=window), rows, batch)) == Counter(received)
+    assert Counter(_originals_with_joins(Deduper(window_ns=window), rows, batch)) == Counter(received)

@@ -14,8 +14,8 @@ from recorder import native
 
 HERE = str(Path(native.__file__).parents[1])  # this checkout's recorder package, not another one
 PROBE = ("from recorder import native; from recorder.export import flatten; "
-         "from recorder.segment import dedupe, format; "
-         "print(sorted(native.OFF), flatten.NATIVE, dedupe.NATIVE, dedupe.Deduper.__name__, format._block is not None)")
+         "from recorder.segment import format; "
+         "print(sorted(native.OFF), flatten.NATIVE, format._block is not None)")
 
 
 def probe(value: str | None) -> tuple[str, str]:
@@ -30,14 +30,13 @@ def probe(value: str | None) -> tuple[str, str]:
 
 @pytest.mark.skipif(not all(map(native.built, native.KERNELS)), reason="the C kernels are not built")
 @pytest.mark.parametrize(("value", "expected"), [
-    (None, "[] True True NativeDeduper True"),
-    ("1", "[] True True NativeDeduper True"),
-    ("", "[] True True NativeDeduper True"),
-    ("0", "['block', 'dedupe', 'scan'] False False PyDeduper False"),
-    ("dedupe", "['dedupe'] True False PyDeduper True"),
-    (" Scan , ", "['scan'] False True NativeDeduper True"),
-    ("scan,dedupe", "['dedupe', 'scan'] False False PyDeduper True"),
-    ("block", "['block'] True True NativeDeduper False"),
+    (None, "[] True True"),
+    ("1", "[] True True"),
+    ("", "[] True True"),
+    ("0", "['block', 'scan'] False False"),
+    (" Scan , ", "['scan'] False True"),
+    ("scan,block", "['block', 'scan'] False False"),
+    ("block", "['block'] True False"),
 ])
 def test_one_variable_selects_the_python_paths_kernel_by_kernel(value: str | None, expected: str) -> None:
     stdout, stderr = probe(value)
@@ -45,10 +44,10 @@ def test_one_variable_selects_the_python_paths_kernel_by_kernel(value: str | Non
 
 
 def test_an_unknown_kernel_name_is_said_in_one_line_and_the_known_ones_still_apply() -> None:
-    stdout, stderr = probe("dedupe,fanout")
-    assert stdout.startswith("['dedupe'] ")
+    stdout, stderr = probe("block,dedupe")
+    assert stdout.startswith("['block'] ")
     assert stderr.splitlines() == [
-        f"{native.ENV}: unknown kernel fanout ignored (0, 1, or names among scan, dedupe, block)"]
+        f"{native.ENV}: unknown kernel dedupe ignored (0, 1, or names among scan, block)"]
 
 
 def test_every_kernel_named_is_an_extension_setup_py_builds() -> None:

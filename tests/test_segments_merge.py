@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -13,7 +12,6 @@ from segment_util import ime_payload, write_records
 
 from recorder.events import Event, decode_event, encode_event
 from recorder.model.record import RecordKind, decode_receipt, encode_receipt
-from recorder.native import ENV as NATIVE_ENV
 from recorder.segment.merge import ContractCoverage, Interval, check_paths, merge
 from recorder.segment.naming import segment_name
 from recorder.segment.reader import SegmentFile, discover, merge_records, open_segment
@@ -395,8 +393,7 @@ def test_a_wider_dedupe_window_matches_copies_from_a_host_whose_clock_is_off(tmp
     assert [p for *_, kind, p in records(tmp_path / "m2") if kind == TEXT] == [p for _, p in msgs]
 
 
-@pytest.mark.parametrize("implementation", ["C", "python"])
-def test_repeats_a_window_apart_are_merged_once_per_publication(tmp_path, implementation):
+def test_repeats_a_window_apart_are_merged_once_per_publication(tmp_path):
     """The feed published some messages again 10 µs short of one dedupe window (2 s) later. Input a (20 µs behind
     the market) holds each repeat just inside the window of its first copy, input b (35 µs behind) just outside:
     b's repeat is a copy of a's repeat, not a message of its own (the first original's window has nothing to
@@ -408,9 +405,8 @@ def test_repeats_a_window_apart_are_merged_once_per_publication(tmp_path, implem
                   meta={"endpoint": "id", "contracts": CONTRACTS})
     write_records(tmp_path / "b", recording(published, range(0), lag_ns=35_000),
                   meta={"endpoint": "id", "contracts": CONTRACTS})
-    env = {**os.environ, NATIVE_ENV: "1" if implementation == "C" else "dedupe"}
     merged = subprocess.run([str(IME_SEGMENTS), "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
-                             str(tmp_path / "m")], capture_output=True, text=True, timeout=60, env=env)
+                             str(tmp_path / "m")], capture_output=True, text=True, timeout=60)
     assert merged.returncode == 0, merged.stderr
     lines = merged.stdout.splitlines()
     assert lines[0].startswith(f"wrote {len(published)} messages"), merged.stdout

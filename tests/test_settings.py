@@ -25,7 +25,7 @@ from recorder.record.demo import DemoSimulator
 from recorder.record.hooks import HookRunner
 from recorder.record.metrics import MetricsServer
 from recorder.record.operations import check_ops
-from recorder.segment.dedupe import DEFAULT_WINDOW_NS, NativeDeduper, PyDeduper
+from recorder.segment.dedupe import DEFAULT_WINDOW_NS, Deduper
 from recorder.segment.encoder import SegmentEncoder
 from recorder.segment.writer import SegmentWriter
 from recorder.sim.faults import FaultConfig
@@ -64,9 +64,7 @@ def test_the_library_defaults_are_the_tree_defaults():
     for name in ("prefix", "level", "frame_bytes", "flush_ms", "rotate_bytes", "rotate_seconds", "max_backlog_bytes"):
         assert writer[name].default == getattr(DEFAULTS.storage, name), name
     assert DEFAULT_WINDOW_NS == 2_000_000_000 == DEFAULTS.connection.dedupe_window_s * 1e9
-    assert inspect.signature(PyDeduper).parameters["window_ns"].default == DEFAULT_WINDOW_NS
-    if NativeDeduper is not None:  # _dedupe.c spells its default again: it must be the same
-        assert NativeDeduper().window_ns == DEFAULT_WINDOW_NS
+    assert inspect.signature(Deduper).parameters["window_ns"].default == DEFAULT_WINDOW_NS
     assert DEFAULTS.connection.base_url == DEFAULT_BASE_URL
     for fn in (split_contracts, regroup):
         assert inspect.signature(fn).parameters["max_url_length"].default == DEFAULTS.connection.max_url_length

@@ -56,11 +56,7 @@ subscribes within the paths' jitter after another's first message, and delivers 
 message's first arrival, can make that other copy's next few copies messages of their own. Both need two
 connections' edges to meet within milliseconds; sources that never join (`ime-segments merge`) are unchanged.
 
-Two implementations, one meaning: `PyDeduper` here (the reference) and `NativeDeduper`, the C one
-(recorder/segment/_dedupe.c, built at install when a compiler is there), which makes the same decisions and
-holds the same state arrival by arrival (tests/test_dedupe_native.py compares them). `Deduper` is the C one
-when it is built, unless IME_NATIVE turns it off (recorder/native.py); `ime-segments merge` and the recorder's
-copies both use `Deduper`.
+`ime-segments merge` and the recorder's copies both use `Deduper`.
 """
 
 from __future__ import annotations
@@ -73,7 +69,6 @@ from itertools import starmap
 
 import xxhash
 
-from recorder import native
 from recorder.model.settings import DEFAULTS
 
 DEFAULT_WINDOW_NS = round(DEFAULTS.connection.dedupe_window_s * 1e9)  # ime-record's --dedupe-window
@@ -171,7 +166,7 @@ DedupeState = tuple[int, list[tuple[int, int, bytes]], dict[bytes, tuple[list[tu
 
 
 class _Observe:
-    """What both implementations share: `observe` is `observe_digest` of the payload's digest."""
+    """`observe` is `observe_digest` of the payload's digest, and `observe_batch`'s slow path."""
 
     __slots__ = ()
     observe_digest: Callable[[int, int, bytes, int], tuple[int, int] | None]
@@ -194,7 +189,7 @@ class _Observe:
 
 
 class _Joins:
-    """PyDeduper's joins (see the module docstring): each source's join position, the sources still settling, and
+    """The Deduper's joins (see the module docstring): each source's join position, the sources still settling, and
     those whose first message since joining was new and awaits another source's copy of it."""
 
     __slots__ = ()
@@ -254,7 +249,7 @@ class _Joins:
         return won
 
 
-class PyDeduper(_Joins, _Observe):
+class Deduper(_Joins, _Observe):
     """First arrival wins; later copies are reported with the original they repeat.
 
     Originals live in arrival order in three parallel lists of atoms — receive times, refs, keys — from
@@ -444,7 +439,7 @@ class PyDeduper(_Joins, _Observe):
         every live original, oldest first, {key: ([(ts, ref)] live originals, {source: arrivals since it joined
         paired with them, when not 0})}, {source: (join position, its first arrival since still to come, the
         position of that first arrival when it was new and no other source delivered its bytes yet, else None),
-        when not (0, False, None)}); _dedupe.c's `_state` gives the same."""
+        when not (0, False, None)})."""
         live = range(self._head, len(self._times))
         joined = self._joined_at
         entries: dict[bytes, tuple[list[tuple[int, int]], dict[int, int]]] = {}
@@ -463,27 +458,6 @@ class PyDeduper(_Joins, _Observe):
                                                                              *self._joined_other.items()]
                  if at or s in self._settling or s in awaited}
         return (self._base + self._head, [(self._times[i], self._refs[i], self._keys[i]) for i in live], entries, joins)
-
-
-_dedupe = native.module("dedupe")  # None when installed without a C compiler: PyDeduper does it all, more slowly
-
-if _dedupe is not None:
-    class NativeDeduper(_dedupe.Deduper, _Observe):
-        """The C implementation (_dedupe.c). It takes ts_ns, sources and refs as ints and keys as 16-byte digests
-        (what every caller passes; anything else is a TypeError), ts_ns and sources within int64 (OverflowError).
-        Its ring and table keep the size of the most originals the window ever held (at most max_entries)."""
-
-        __slots__ = ()
-
-        @property
-        def counts(self) -> DedupeCounts:
-            return DedupeCounts(self.originals, self.copies)
-else:
-    NativeDeduper = None  # type: ignore[assignment,misc]
-
-NATIVE = native.on("dedupe")  # IME_NATIVE=0 (or =dedupe): PyDeduper even when the C one is built
-Deduper: type[PyDeduper] = NativeDeduper if NATIVE else PyDeduper  # type: ignore[assignment]
-
 
 
 class ReceiptResolver:

@@ -19,8 +19,7 @@ This module knows the segment format and the recorder's connection events, never
 Records are merged a block at a time (ordered.merged), and each run of messages in a batch is deduped
 (`Deduper.observe_batch`) and written to each output shard (`Sink.extend`) in one call: a merge reads hundreds of
 thousands of records per second, and a Python call per record per step costs more than the step. Blocks come
-with their output connection ids in place (`iter_blocks(conns=...)`, in C when _block.c is built), and the
-dedupe is in C when _dedupe.c is.
+with their output connection ids in place (`iter_blocks(conns=...)`, in C when _block.c is built).
 """
 
 from __future__ import annotations
