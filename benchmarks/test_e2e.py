@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +106,57 @@ def test_feeder_capacity(benchmark, tmp_path):
                                                extra={"mb_per_s": round(out["bytes"] / out["seconds"] / 1e6)}))
 
 
-@pytest.mark.parametrize("peer", ["ceiling", "seed", "recorder"])
-def test_throughput(benchmark, tmp_path, peer):
-    """Zero-loss throughput: the blaster sends frames as fast as the client reads them (TCP flow control).
+def in_paired_rounds(measure: Callable[[str], Run]) -> dict[str, list[Run]]:
+    """ROUNDS rounds, each measuring the three peers back to back (the order rotates). The gates compare peers
+    within a round: a busy minute of a shared machine then lands on every peer of the rounds it spans, where
+    measuring each peer's rounds together let it land on one peer only (a CI run measured the recorder's p99 at
+    5.5x the ceiling's that way, 0.7x on a quiet machine)."""
+    runs: dict[str, list[Run]] = {peer: [] for peer in PEERS}
+    for i in range(ROUNDS):
+        for peer in PEERS[i % 3:] + PEERS[:i % 3]:
+            runs[peer].append(measure(peer))
+    return runs
 
-    The median of ROUNDS runs, each with a fresh blaster: the recorder needs two busy threads (receive and
-    compression) beside the blaster where the ceiling needs one, so one run that meets a busy moment of the
-    machine otherwise decides the gated ratio on its own (measured 0.13x against 0.25x quiet).
-    """
-    def measure() -> Run:
+
+def paired_ratio(rounds: dict[str, list[Run]], peer: str, metric: Callable[[Run], float]) -> float:
+    """The median over rounds of the recorder's `metric` divided by `peer`'s in the same round."""
+    return statistics.median(metric(r) / metric(o) for r, o in zip(rounds["recorder"], rounds[peer], strict=True))
+
+
+def p99(run: Run) -> float:
+    return run.latency.percentile(99)
+
+
+def rate(run: Run) -> float:
+    return run.rate
+
+
+def median_round(benchmark: Any, key: str, rounds: dict[str, list[Run]], peer: str,
+                 metric: Callable[[Run], float]) -> Run:
+    """The peer's median round (by `metric`) as its figures, with every round's value and, for the recorder, the
+    per-round ratios to the ceiling that the gate takes the median of."""
+    once(benchmark, lambda: None)  # the rounds ran in the module's fixture; their figures are in extra_info
+    runs = sorted(rounds[peer], key=metric)
+    run = runs[len(runs) // 2]
+    if metric is p99:
+        run.extra["p99_rounds_us"] = [round(p99(r) / 1e3, 1) for r in rounds[peer]]
+    else:
+        run.extra["rate_rounds"] = [round(r.rate) for r in rounds[peer]]
+    if peer == "recorder":
+        run.extra[f"{metric.__name__}_vs_ceiling_rounds"] = [
+            round(metric(r) / metric(o), 3) for r, o in zip(rounds["recorder"], rounds["ceiling"], strict=True)]
+    record(benchmark, key, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def throughput_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Run]]:
+    """Zero-loss throughput: the blaster sends frames as fast as the client reads them (TCP flow control), a fresh
+    blaster for every run. Paired rounds: the recorder needs two busy threads (receive and compression) beside
+    the blaster where the ceiling needs one, so a busy moment of the machine costs it more."""
+    tmp_path = tmp_path_factory.mktemp("throughput")
+
+    def measure(peer: str) -> Run:
         with blaster(tmp_path) as b:
             if peer == "ceiling":
                 return run_ceiling(b, SECONDS, tmp_path, latency=False)
@@ -124,11 +167,13 @@ def test_throughput(benchmark, tmp_path, peer):
             check_client_loss(run, new_connections({}, b.connections(wait_for=1)), 0, hung_up=False)
             return run
 
-    runs = [once(benchmark, measure)] + [measure() for _ in range(ROUNDS - 1)]
-    runs.sort(key=lambda r: r.rate)
-    run = runs[len(runs) // 2]
-    run.extra["rate_rounds"] = [round(r.rate) for r in runs]
-    record(benchmark, f"throughput/{peer}", run)
+    return in_paired_rounds(measure)
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_throughput(benchmark, throughput_rounds, peer):
+    """Each peer's median round of the paired rounds (throughput_rounds)."""
+    median_round(benchmark, f"throughput/{peer}", throughput_rounds, peer, rate)
 
 
 @pytest.mark.parametrize("shards", SHARDS)
@@ -160,67 +205,43 @@ def measure_latency(s: Sim, peer: str, rate: int, tmp_path: Path) -> Run:
 
 
 @pytest.fixture(scope="module")
-def gated_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Run]]:
-    """ROUNDS rounds at GATED_RATE, each running the three peers back to back (the order rotates).
-
-    The gate compares peers within a round: a busy minute of a shared machine lands on every peer of the
-    rounds it spans, where measuring each peer's rounds together let it land on one peer only (a CI run
-    measured the recorder at 5.5x the ceiling's p99 that way; 0.7x on a quiet machine).
-    """
+def latency_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Run]]:
+    """Paired rounds at GATED_RATE against one simulator."""
     tmp_path = tmp_path_factory.mktemp("latency")
-    runs: dict[str, list[Run]] = {peer: [] for peer in PEERS}
     with sim(tmp_path, rate=GATED_RATE) as s:
-        for i in range(ROUNDS):
-            for peer in PEERS[i % 3:] + PEERS[:i % 3]:
-                runs[peer].append(measure_latency(s, peer, GATED_RATE, tmp_path))
-    return runs
-
-
-def paired_p99_ratio(rounds: dict[str, list[Run]], peer: str) -> float:
-    """The median over rounds of the recorder's p99 divided by `peer`'s in the same round."""
-    return statistics.median(r.latency.percentile(99) / o.latency.percentile(99)
-                             for r, o in zip(rounds["recorder"], rounds[peer], strict=True))
+        return in_paired_rounds(lambda peer: measure_latency(s, peer, GATED_RATE, tmp_path))
 
 
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("peer", PEERS)
 def test_latency(benchmark, request, tmp_path, peer, rate):
-    """Receive latency (send timestamp in the frame → receive time) at a steady offered rate; every round's
-    loss is checked against the simulator's own per-connection counters (sent, dropped). At the gated rate the
-    row is the peer's median-p99 round of the paired rounds (gated_rounds)."""
+    """Receive latency (send timestamp in the frame → receive time) at a steady offered rate; every run's loss is
+    checked against the simulator's own per-connection counters (sent, dropped). At the gated rate, the peer's
+    median-p99 round of the paired rounds (latency_rounds); at the others, one run."""
     if rate == GATED_RATE:
-        rounds = request.getfixturevalue("gated_rounds")
-        runs = sorted(rounds[peer], key=lambda r: r.latency.percentile(99))
-        once(benchmark, lambda: None)
-        run = runs[len(runs) // 2]
-        run.extra["p99_rounds_us"] = [round(r.latency.percentile(99) / 1e3, 1) for r in rounds[peer]]
-        if peer == "recorder":
-            run.extra["p99_vs_ceiling_rounds"] = [
-                round(r.latency.percentile(99) / o.latency.percentile(99), 3)
-                for r, o in zip(rounds["recorder"], rounds["ceiling"], strict=True)]
+        run = median_round(benchmark, f"latency/{peer}/{rate}", request.getfixturevalue("latency_rounds"), peer, p99)
     else:
         with sim(tmp_path, rate=rate) as s:
             run = once(benchmark, lambda: measure_latency(s, peer, rate, tmp_path))
+        record(benchmark, f"latency/{peer}/{rate}", run)
     run.extra["offered_rate"] = rate
-    record(benchmark, f"latency/{peer}/{rate}", run)
 
 
-def test_ratios_meet_floors(benchmark, request):
+def test_ratios_meet_floors(benchmark, throughput_rounds, latency_rounds):
     """CI gate: the recorder against the peers measured above, in this same run."""
     needed = ["throughput/feeder", "throughput/ceiling", "throughput/seed", "throughput/recorder",
               "latency/ceiling/20000", "latency/seed/20000", "latency/recorder/20000"]
     missing = [k for k in needed if k not in RESULTS]
     if missing:
         pytest.skip(f"run the whole module for the ratios (missing {missing})")
-    rounds = request.getfixturevalue("gated_rounds")
-    tp = {k: RESULTS[f"throughput/{k}"].rate for k in ("feeder", "ceiling", "seed", "recorder")}
+    feeder, ceiling = RESULTS["throughput/feeder"].rate, RESULTS["throughput/ceiling"].rate
     rss = [r.extra["worker_peak_rss_mib"] for k, r in RESULTS.items() if "worker_peak_rss_mib" in r.extra]
     ratios = {
-        "throughput_vs_ceiling": tp["recorder"] / tp["ceiling"],
-        "throughput_vs_seed": tp["recorder"] / tp["seed"],
-        "p99_vs_ceiling_max": paired_p99_ratio(rounds, "ceiling"),
-        "p99_vs_seed_max": paired_p99_ratio(rounds, "seed"),
-        "feeder_vs_ceiling": tp["feeder"] / tp["ceiling"],
+        "throughput_vs_ceiling": paired_ratio(throughput_rounds, "ceiling", rate),
+        "throughput_vs_seed": paired_ratio(throughput_rounds, "seed", rate),
+        "p99_vs_ceiling_max": paired_ratio(latency_rounds, "ceiling", p99),
+        "p99_vs_seed_max": paired_ratio(latency_rounds, "seed", p99),
+        "feeder_vs_ceiling": feeder / ceiling,
         "worker_peak_rss_mib_max": max(rss),
     }
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
