@@ -10,9 +10,10 @@ Throughput counts the messages read (every copy), and is compared with a same-ru
 inputs and writes every record to one SegmentWriter without dedupe (a plain `cat` of the inputs).
 Target (issue 10): >= 500k messages/s on a quiet machine; reported (`meets_target`), not asserted, because
 the figure depends on the machine and its load. Asserted: the merge is at least half as fast as the plain copy.
-With the C block split and header packing (_block.c) and the Python dedupe (2026-12-07, quick run, load ~3):
-669k messages read a second, 0.95x the plain copy (with the former C dedupe, _dedupe.c, in the same run: 675k,
-1.27x; alone, the C window made the whole merge 1.2-1.65x faster, under recorder/native.py's 2x bar).
+With the C block split (_block.c) and the Python dedupe (2026-12-07, two full runs, load 1.2-1.6): 524k and 410k
+messages read a second, 0.95x and 1.15x the plain copy; the code before, with a C dedupe (_dedupe.c), in runs
+alternating with these: 859k and 806k, 1.49x and 1.38x. Wall time is the limit under load (the writer threads
+compress on the other core), not the merging thread's CPU.
 """
 
 from __future__ import annotations
