@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from segment_util import ime_payload, write_records
 
-from recorder.model.record import decode_receipt, encode_receipt
+from recorder.events import Event, encode_event
+from recorder.model.record import RecordKind, decode_receipt, encode_receipt
+from recorder.segment import merge as merge_module
 from recorder.segment.dedupe import Deduper, ReceiptResolver, digest
+from recorder.segment.reader import discover, merge_records, open_segment
+from recorder.segment.writer import SegmentWriter
 
 MS = 1_000_000
 
@@ -319,7 +325,6 @@ def test_repeats_about_a_window_apart_are_each_recorded_once(seed, sources, lag_
                                    list(range(lo, lo + len(part))))
         copies = set(at)
         originals.extend(p for i, (_, _, p) in enumerate(part) if i not in copies)
-    from collections import Counter
     assert Counter(originals) == Counter(p for _, p in published)
 
 
@@ -330,7 +335,6 @@ def test_lossy_copies_near_the_edge_never_show_a_message_more_often_than_publish
                                                                                    loss):
     """With losses: each payload's originals are at least what any one source delivered (nothing dropped) and at
     most what was published (no copy kept as a new message while its original was in the window)."""
-    from collections import Counter
     rng = random.Random(seed)
     window = 1_000_000
     published = _published_with_repeats(rng, 60, window)
@@ -421,7 +425,6 @@ def test_two_copies_whose_paths_jitter_record_each_publication_some_connection_r
     repeat a window later that only the new connection receives is a message of its own. (The two copies' servers
     never subscribe them within a tenth of a window of each other, and the same bytes are published again at the
     same instant or half a window later or more: see the module docstring for those edges.)"""
-    from collections import Counter
     rng = random.Random(seed)
     window = 1_000_000
     published = _spread(_published_with_repeats(rng, 80, window, moment=1), window)
@@ -597,7 +600,6 @@ def test_copies_that_reconnect_record_each_publication_some_connection_received_
     for a copy of an older publication that the reconnected copy never received, whether that one arrived before the
     join or during the upgrade. (Every path as slow as the others; the same bytes are published again at the same
     instant or half a window later or more: see the module docstring for the upgrade's edge.)"""
-    from collections import Counter
     rng = random.Random(seed)
     window = 1_000_000
     published = _spread(_published_with_repeats(rng, 80, window, moment=1), window)
@@ -614,10 +616,69 @@ def test_paths_that_jitter_record_each_publication_once_while_one_copy_stays(see
     """Paths whose delays differ, one copy always connected, the other reconnecting (connections drop one at a
     time): each publication is recorded once. What arrived on the steady copy before the reconnected one's first
     message (or before its original) was published before that one subscribed, whatever the delays."""
-    from collections import Counter
     rng = random.Random(seed)
     window = 1_000_000
     published = _published_with_repeats(rng, 80, window)
     rows, received = _reconnecting_copies(rng, published, 2, int(window * lag_share), int(window * jitter_share),
                                           window, int(window * handshake_share), steady=True)
     assert Counter(_originals_with_joins(Deduper(window_ns=window), rows, batch)) == Counter(received)
+
+
+# --- long runs: an entry sent again and again, a window full by count, a merge of nine inputs -----------------
+
+
+def test_a_key_sent_again_and_again_through_a_rolling_window_stays_linear():
+    """One source sends the same bytes thousands of times within the window, another copies them: each original
+    leaves at its own time, the entry holds only the live ones (the departed are cut off now and then), and the
+    batched path decides and holds exactly what one arrival at a time does."""
+    keys = [digest(b"payload %d" % i) for i in range(3)]
+    rows = []
+    for i in range(60_000):
+        rows.append((i * 10, 0, keys[i % 3], i))
+        rows.append((i * 10 + 7, 1, keys[i % 3], i + 10**6))
+    one, batched = Deduper(window_ns=5_000), Deduper(window_ns=5_000)
+    expected = [(i, *won) for i, row in enumerate(rows) if (won := one.observe_digest(*row)) is not None]
+    got = []
+    for lo in range(0, len(rows), 999):
+        at, orig_ts, orig_refs = batched.observe_batch(*(list(c) for c in zip(*rows[lo:lo + 999], strict=True)))
+        got.extend((lo + i, t, r) for i, t, r in zip(at, orig_ts, orig_refs, strict=True))
+    assert got == expected and batched._state() == one._state()
+    originals, counts = batched._state()[2][keys[0]]
+    assert 150 <= len(originals) <= 170 and counts == {0: len(originals), 1: len(originals)}
+    assert batched.counts.copies == 60_000
+
+
+def test_a_full_window_expires_by_entry_count():
+    d = Deduper(10**18, 1000)
+    rows = [(i, i % 3, digest(b"%d" % (i // 2)), i) for i in range(10_000)]
+    d.observe_batch(*(list(c) for c in zip(*rows, strict=True)))
+    assert 990 <= len(d) <= 1000 and d._state()[0] >= 4000  # 5000 keys, the newest ~1000 held
+
+
+def test_a_merge_of_nine_inputs_counts_every_copy_once(tmp_path):
+    """More inputs than the fast path's eight sources, bytes the market repeats, and inputs with receipts of their
+    own redundant connection: the merge writes each message once and counts the rest as copies."""
+    t0 = 1_764_000_000 * 10**9
+    rng = random.Random(3)
+    published = [(t0 + i * MS, ime_payload(i % 700, "1001")) for i in range(2000)]  # bytes repeat
+    inputs = []
+    for number in range(9):
+        lag = 10_000 * (number + 1)
+        recs = [(t0 - 1, 1, RecordKind.EVENT, encode_event(Event.OPENED, conn=1, contracts=["1001"]))]
+        for ts, payload in published:
+            if rng.random() < 0.2:
+                continue
+            recs.append((ts + lag + rng.randrange(30_000), 1, RecordKind.TEXT, payload))
+            if rng.random() < 0.05:  # this input's own redundant connection, and a server repeat
+                recs.append((ts + lag + 40_000, 2, RecordKind.RECEIPT, encode_receipt(1, 40_000)))
+                recs.append((ts + lag + 41_000, 1, RecordKind.TEXT, payload))
+        recs.sort(key=lambda r: r[0])
+        write_records(tmp_path / f"in{number}", recs, meta={"endpoint": "id", "contracts": ["1001"]})
+        inputs.append(tmp_path / f"in{number}")
+    writer = SegmentWriter(tmp_path / "out", rotate_seconds=0)
+    opened = [(str(p), [open_segment(f) for f in discover([p])]) for p in inputs]
+    result = merge_module.merge(opened, lambda number, shard: writer, keep_receipts=True)
+    writer.close()
+    kinds = Counter(r.kind for r in merge_records([open_segment(f) for f in discover([tmp_path / "out"])]))
+    assert kinds[RecordKind.TEXT] == result.messages and kinds[RecordKind.RECEIPT] == result.receipts > result.messages
+    assert sum(s.copies for s in result.inputs) > 8 * 1000  # most of what was read was a copy
