@@ -43,6 +43,9 @@ GATED_RATE = 20_000
 # stall of a few ms inside an 8 s window otherwise decides the ratio on its own.
 ROUNDS = 3
 PEERS = ["ceiling", "seed", "recorder"]
+# The paired rounds run in a module fixture, counted against the first test that asks for it (pytest-timeout's
+# 120 s default would cut 9 full-mode runs of 8 s and their start-ups).
+ROUNDS_TIMEOUT_S = ROUNDS * len(PEERS) * (SECONDS + 30)
 RESULTS: dict[str, Run] = {}
 
 # DESIGN §6 targets. The quick mode uses the same floors except where a 3-second run on a shared CI machine
@@ -113,7 +116,7 @@ def in_paired_rounds(measure: Callable[[str], Run]) -> dict[str, list[Run]]:
     5.5x the ceiling's that way, 0.7x on a quiet machine)."""
     runs: dict[str, list[Run]] = {peer: [] for peer in PEERS}
     for i in range(ROUNDS):
-        for peer in PEERS[i % 3:] + PEERS[:i % 3]:
+        for peer in PEERS[i % len(PEERS):] + PEERS[:i % len(PEERS)]:
             runs[peer].append(measure(peer))
     return runs
 
@@ -170,6 +173,7 @@ def throughput_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, lis
     return in_paired_rounds(measure)
 
 
+@pytest.mark.timeout(ROUNDS_TIMEOUT_S)
 @pytest.mark.parametrize("peer", PEERS)
 def test_throughput(benchmark, throughput_rounds, peer):
     """Each peer's median round of the paired rounds (throughput_rounds)."""
@@ -212,6 +216,7 @@ def latency_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[R
         return in_paired_rounds(lambda peer: measure_latency(s, peer, GATED_RATE, tmp_path))
 
 
+@pytest.mark.timeout(ROUNDS_TIMEOUT_S)
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("peer", PEERS)
 def test_latency(benchmark, request, tmp_path, peer, rate):
@@ -227,13 +232,15 @@ def test_latency(benchmark, request, tmp_path, peer, rate):
     run.extra["offered_rate"] = rate
 
 
-def test_ratios_meet_floors(benchmark, throughput_rounds, latency_rounds):
+@pytest.mark.timeout(2 * ROUNDS_TIMEOUT_S)
+def test_ratios_meet_floors(benchmark, request):
     """CI gate: the recorder against the peers measured above, in this same run."""
     needed = ["throughput/feeder", "throughput/ceiling", "throughput/seed", "throughput/recorder",
               "latency/ceiling/20000", "latency/seed/20000", "latency/recorder/20000"]
     missing = [k for k in needed if k not in RESULTS]
     if missing:
         pytest.skip(f"run the whole module for the ratios (missing {missing})")
+    throughput_rounds, latency_rounds = (request.getfixturevalue(f"{k}_rounds") for k in ("throughput", "latency"))
     feeder, ceiling = RESULTS["throughput/feeder"].rate, RESULTS["throughput/ceiling"].rate
     rss = [r.extra["worker_peak_rss_mib"] for k, r in RESULTS.items() if "worker_peak_rss_mib" in r.extra]
     ratios = {

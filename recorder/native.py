@@ -4,8 +4,8 @@ Each kernel is a fast twin of a Python path with the same results (a differentia
 builds it at install when a compiler is there, and the project keeps one only where a same-run benchmark shows
 at least 2x on a figure a user waits for (the benchmark named in each entry below). Measured and dropped:
 _handover.c (the worker's live output), _fanout.c (the hub's data path: the relay's rate the same with it) and
-_dedupe.c (the dedupe window: the merge 1.2-1.65x, the recorder's two copies 1.3-1.4x, and every change to the
-window's rules written twice; the merge reads 670k msgs/s with the Python one, above DESIGN's 500k).
+_dedupe.c (the dedupe window: the merge 1.2-2x, median 1.65x, the recorder's two copies 1.3-1.4x, and every
+change to the window's rules written twice).
 
 IME_NATIVE unset or `1`: every built kernel is used. `0`: none, the Python paths everywhere (to compare, or to
 rule the C code out). Otherwise the names of the kernels to turn off, comma-separated (`IME_NATIVE=scan`).

@@ -204,7 +204,15 @@ def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_
             most[payload] = max(most[payload], n)
     recorded = Counter(payload for _, _, _, _, kind, payload in records(out) if kind == RecordKind.TEXT)
     doubled = [p for p, n in recorded.items() if n > most[p]]
-    assert not doubled, f"{len(doubled)} messages recorded twice (a copy must be a receipt): {doubled[:2]}"
+    # Where each was recorded (ms after the reload, shard, connection) and the connections' events: enough to
+    # tell a handover's dedupe from a late old connection when this fails.
+    where = [[((ts - hup_ns) // 10**6, shard, conn) for ts, shard, _, conn, kind, payload in records(out)
+              if kind == RecordKind.TEXT and payload == p] for p in doubled[:3]]
+    shards = {w[1] for ws in where for w in ws}
+    around = [((ts - hup_ns) // 10**6, shard, e["event"], e["_conn"]) for ts, shard, e in events(out)
+              if shard in shards]
+    assert not doubled, (f"{len(doubled)} messages recorded twice (a copy must be a receipt): {doubled[:1]}; "
+                         f"recorded at {where}; events {around}")
 
     connecting = [(ts, shard, e) for ts, shard, e in events(out, "connecting") if not e.get("probe")]
     by_set: dict[tuple[int, tuple[str, ...]], list[int]] = defaultdict(list)
