@@ -682,3 +682,21 @@ def test_a_merge_of_nine_inputs_counts_every_copy_once(tmp_path):
     kinds = Counter(r.kind for r in merge_records([open_segment(f) for f in discover([tmp_path / "out"])]))
     assert kinds[RecordKind.TEXT] == result.messages and kinds[RecordKind.RECEIPT] == result.receipts > result.messages
     assert sum(s.copies for s in result.inputs) > 8 * 1000  # most of what was read was a copy
+
+
+def test_a_new_connection_whose_first_message_no_other_source_carries_still_pairs_with_the_old_ones():
+    """A reload's handover: the old connection (A) carries contracts x and y, the new one (B) x and z. Both get one
+    tick of the market, published z, y, x1, x2 in that order, each its own contracts in that order; A's read comes
+    first. B's first message (z) is new, but A's x1 and x2 that arrived before it were published after it: B's
+    x1 and x2 are copies of them (they were stored twice when the join moved to z's arrival)."""
+    A, B = 0, 1
+    d = Deduper(window_ns=W)
+    assert d.observe(0, A, b"x0", 1) is None  # before the reload
+    d.join(B)
+    assert [d.observe(MS + i, A, p, 10 + i) for i, p in enumerate((b"y", b"x1", b"x2"))] == [None, None, None]
+    assert d.observe(MS + 10, B, b"z", 20) is None
+    assert d.observe(MS + 11, B, b"x1", 21) == (MS + 1, 11)
+    assert d.observe(MS + 12, B, b"x2", 22) == (MS + 2, 12)
+    # What A delivered before B joined is still not B's to pair with: a later publication of x0 that only B
+    # receives is a message of its own.
+    assert d.observe(MS + 13, B, b"x0", 23) is None
