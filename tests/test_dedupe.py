@@ -684,15 +684,16 @@ def test_a_merge_of_nine_inputs_counts_every_copy_once(tmp_path):
     assert sum(s.copies for s in result.inputs) > 8 * 1000  # most of what was read was a copy
 
 
-def test_a_new_connection_whose_first_message_no_other_source_carries_still_pairs_with_the_old_ones():
+def test_a_reload_s_new_connection_joins_without_settling_and_pairs_with_what_the_old_one_got_after_it_joined():
     """A reload's handover: the old connection (A) carries contracts x and y, the new one (B) x and z. Both get one
     tick of the market, published z, y, x1, x2 in that order, each its own contracts in that order; A's read comes
     first. B's first message (z) is new, but A's x1 and x2 that arrived before it were published after it: B's
-    x1 and x2 are copies of them (they were stored twice when the join moved to z's arrival)."""
+    x1 and x2 are copies of them. Settling (the join moving to B's first arrival, as for a copy of the same
+    contracts) stored them twice."""
     A, B = 0, 1
     d = Deduper(window_ns=W)
     assert d.observe(0, A, b"x0", 1) is None  # before the reload
-    d.join(B)
+    d.join(B, settle=False)
     assert [d.observe(MS + i, A, p, 10 + i) for i, p in enumerate((b"y", b"x1", b"x2"))] == [None, None, None]
     assert d.observe(MS + 10, B, b"z", 20) is None
     assert d.observe(MS + 11, B, b"x1", 21) == (MS + 1, 11)
@@ -700,3 +701,10 @@ def test_a_new_connection_whose_first_message_no_other_source_carries_still_pair
     # What A delivered before B joined is still not B's to pair with: a later publication of x0 that only B
     # receives is a message of its own.
     assert d.observe(MS + 13, B, b"x0", 23) is None
+    # The same arrivals with a settling join: B's x1 is taken for a message of its own.
+    settled = Deduper(window_ns=W)
+    settled.join(B)
+    for i, p in enumerate((b"y", b"x1", b"x2")):
+        settled.observe(MS + i, A, p, 10 + i)
+    settled.observe(MS + 10, B, b"z", 20)
+    assert settled.observe(MS + 11, B, b"x1", 21) is None

@@ -61,7 +61,9 @@ def test_recordings_merged_hold_everything_any_holds_once(sim_process, tmp_path)
     published = messages(published_dir)
     published_count = Counter(p for _, p in published)
     a, b, c = (messages(tmp_path / name) for name in ("hostA", "hostB", "hostC"))
-    assert len(b) > 5000 and len(c) > 5000
+    # Material for the claims below: each host recorded a good part of the ~12k published (on a loaded machine a
+    # recorder may connect seconds late: 3,923 seen with both cores busy).
+    assert len(b) > 2000 and len(c) > 2000
 
     # B and C: once each, everything either holds (a multiset union), nothing that was not published.
     out = run_merge(tmp_path / "hostB", tmp_path / "hostC", "--out", tmp_path / "bc")

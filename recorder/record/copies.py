@@ -121,7 +121,8 @@ class Copies:
             # arrivals is a copy of an original already here. Now, not at `opened`: the server subscribes it before
             # we see the upgrade answer (and picows may hand the listener frames before connect returns), and a
             # join after a copy's original would store that copy a second time.
-            run.deduper.join(crun.source)
+            # A reload's new connection carries other contracts than the old ones it overlaps: it does not settle.
+            run.deduper.join(crun.source, settle=not any(run.group.gid in h.waiting for h in state.handovers))
         crun.connecting = True
         try:
             result = await wsclient.connect(url, state.token, state.cfg.connection, state.ssl, conn_id,

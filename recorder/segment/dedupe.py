@@ -42,14 +42,13 @@ on that source's arrivals count from zero and pair only with the live originals 
   changes nothing, and a join costs O(1): the entries learn of it when the source next delivers their bytes;
 - what arrives during the upgrade was published before the server subscribed the connection, but it arrives
   after the join. The source's first arrival settles it: that message is the first published after the
-  subscription, so every original that arrived before *its* original on that original's connection was published
-  before (each connection delivers in publication order), and the join moves there. When the first arrival is
-  new, nothing is known yet: another connection's earlier arrivals may have been published after it (a copy whose
-  contracts differ, as after a reload, interleaves differently), so the join stays until another source delivers
-  a copy of that message, and then moves to that arrival: what came before it on that connection was published
-  before. A join at the connection's `opened` instead would be too late: another copy's arrivals of what was
-  published between the subscription and our seeing the upgrade answer would no longer be this one's to pair
-  with (stored twice);
+  subscription, so every original that arrived before *its* original (or before it, when it is new) was
+  published before (each connection delivers in publication order), and the join moves there. That holds only
+  among connections that carry the same contracts: a reload's new connection joins without settling (its join
+  stays at the upgrade), since the old connection's arrivals of a tick may come before the new one's first
+  message and still have been published after it. A join at the connection's `opened` instead would be too
+  late: another copy's arrivals of what was published between the subscription and our seeing the upgrade answer
+  would no longer be this one's to pair with (stored twice);
 - when an original leaves the window, the counts of the sources that joined after it do not move (they never
   counted it).
 
@@ -59,6 +58,8 @@ bytes while the entry lives: a later publication only it receives may then be ta
 subscribes within the paths' jitter after another's first message, and delivers what follows faster than that
 message's first arrival, can make that other copy's next few copies messages of their own. Both need two
 connections' edges to meet within milliseconds; sources that never join (`ime-segments merge`) are unchanged.
+A reload's new connection, which joins without settling, takes for a copy a message that the old one received
+during its upgrade and the market publishes again, byte for byte, within the window, for it alone.
 
 `ime-segments merge` and the recorder's copies both use `Deduper`.
 """
@@ -207,13 +208,19 @@ class _Joins:
     _entries: dict[bytes, int | _Entry]
     observe_digest: Callable[[int, int, bytes, int], tuple[int, int] | None]
 
-    def join(self, source: int) -> None:
+    def join(self, source: int, settle: bool = True) -> None:
         """`source` starts a new stream (a copy's new connection, before it can deliver anything): its arrivals
         pair only with originals that arrive from now on, and once it delivered its first message, only with those
         from that message's original on (see the module docstring). O(1): the entries find out when the source
-        next delivers their bytes."""
+        next delivers their bytes.
+
+        `settle=False` for a stream whose contracts are not the other sources' (a reload's new connection beside
+        the old ones): the arrival order of connections that carry different contracts says nothing of the order
+        in which their messages were published, so the join stays here."""
         self._join_at(source, self._base + len(self._times))
-        self._settling.add(source)
+        self._settling.discard(source)
+        if settle:
+            self._settling.add(source)
         if self._awaiting:
             self._awaiting = [waiting for waiting in self._awaiting if waiting[0] != source]
 
@@ -230,9 +237,10 @@ class _Joins:
         """`observe_digest` while a join is settling (see the module docstring).
 
         The source's first arrival since it joined is the first message published after its connection subscribed:
-        its join moves to that message's original, since whatever arrived before on that original's connection was
-        published before. When that original is the arrival itself (this connection was first with it), the join
-        stays: it moves, to here, when another source's arrival is a copy of it."""
+        its join moves to that message's original, since whatever arrived before was published before. When that
+        original is the arrival itself (this connection was first with it), the other copies may still be
+        delivering what was published before: the join moves on again, to here, when another source's arrival
+        is a copy of it."""
         settling = source in self._settling
         self._settling.discard(source)
         awaiting, self._awaiting = self._awaiting, []
@@ -246,13 +254,9 @@ class _Joins:
             elif first >= head:  # that first message's original is still in the window: its copy may come yet
                 self._awaiting.append((waiting, first))
         if settling:
+            self._join_at(source, position)
             if won is None:
-                # New here: the other sources' earlier arrivals may still be this connection's to pair with (another
-                # connection's arrival order is not publication order when it carries other contracts). The join
-                # stays, and moves when another source's copy of this message shows what came before it.
                 self._awaiting.append((source, position))
-            else:
-                self._join_at(source, position)
         return won
 
 
