@@ -121,9 +121,14 @@ def in_paired_rounds(measure: Callable[[str], Run]) -> dict[str, list[Run]]:
     return runs
 
 
+def round_ratios(rounds: dict[str, list[Run]], peer: str, metric: Callable[[Run], float]) -> list[float]:
+    """The recorder's `metric` divided by `peer`'s, round by round."""
+    return [metric(r) / metric(o) for r, o in zip(rounds["recorder"], rounds[peer], strict=True)]
+
+
 def paired_ratio(rounds: dict[str, list[Run]], peer: str, metric: Callable[[Run], float]) -> float:
-    """The median over rounds of the recorder's `metric` divided by `peer`'s in the same round."""
-    return statistics.median(metric(r) / metric(o) for r, o in zip(rounds["recorder"], rounds[peer], strict=True))
+    """What the gates take: the median of the per-round ratios."""
+    return statistics.median(round_ratios(rounds, peer, metric))
 
 
 def p99(run: Run) -> float:
@@ -146,8 +151,8 @@ def median_round(benchmark: Any, key: str, rounds: dict[str, list[Run]], peer: s
     else:
         run.extra["rate_rounds"] = [round(r.rate) for r in rounds[peer]]
     if peer == "recorder":
-        run.extra[f"{metric.__name__}_vs_ceiling_rounds"] = [
-            round(metric(r) / metric(o), 3) for r, o in zip(rounds["recorder"], rounds["ceiling"], strict=True)]
+        ratios = round_ratios(rounds, "ceiling", metric)
+        run.extra[f"{metric.__name__}_vs_ceiling_rounds"] = [round(v, 3) for v in ratios]
     record(benchmark, key, run)
     return run
 

@@ -202,12 +202,14 @@ def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_
     for msgs in sent_data.values():
         for payload, n in Counter(p for _, p in msgs).items():
             most[payload] = max(most[payload], n)
-    recorded = Counter(payload for _, _, _, _, kind, payload in records(out) if kind == RecordKind.TEXT)
+    texts = [(ts, shard, conn, payload) for ts, shard, _, conn, kind, payload in records(out)
+             if kind == RecordKind.TEXT]
+    recorded = Counter(payload for *_, payload in texts)
     doubled = [p for p, n in recorded.items() if n > most[p]]
     # Where each was recorded (ms after the reload, shard, connection) and the connections' events: enough to
     # tell a handover's dedupe from a late old connection when this fails.
-    where = [[((ts - hup_ns) // 10**6, shard, conn) for ts, shard, _, conn, kind, payload in records(out)
-              if kind == RecordKind.TEXT and payload == p] for p in doubled[:3]]
+    where = [[((ts - hup_ns) // 10**6, shard, conn) for ts, shard, conn, payload in texts if payload == p]
+             for p in doubled[:3]]
     shards = {w[1] for ws in where for w in ws}
     around = [((ts - hup_ns) // 10**6, shard, e["event"], e["_conn"]) for ts, shard, e in events(out)
               if shard in shards]
