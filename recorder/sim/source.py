@@ -270,6 +270,7 @@ class SimSource:
         self._repeats: _Repeats | None = None  # made when the market opens (repeat_every, paced mode only)
         self._private_events = 0
         self.late_skipped = 0
+        self.max_late_s = 0.0  # the largest backlog the ticker carried, in seconds of the market's schedule
         self.bursts = 0
 
     def set_revoker(self, revoke: Callable[[str], None]) -> None:
@@ -328,6 +329,7 @@ class SimSource:
             "contracts": len(self.specs),
             "events": (self._market.events if self._market else 0) + self._private_events + private,
             "late_skipped": self.late_skipped,
+            "max_late_s": self.max_late_s,
             "bursts": self.bursts,
             "repeats": self._repeats.count if self._repeats is not None else 0,
         }
@@ -399,6 +401,8 @@ class SimSource:
                 self.late_skipped += backlog
                 done += backlog
                 due -= backlog
+            if due > 1 and (due - 1) / rate > self.max_late_s:
+                self.max_late_s = (due - 1) / rate
             extra = 0
             if self.burst and now >= next_burst:
                 extra = self.burst
