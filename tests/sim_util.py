@@ -104,8 +104,11 @@ async def picows_session(url: str, token: str | None, done: Callable[[Session], 
     session = Session()
     finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     headers = {"Authorization": token} if token is not None else None
+    # picows gives up on an upgrade after 5 s: a server under test (the relay's hub yields the CPU to the
+    # workers) may take longer on a loaded machine, and a refusal is what some tests wait for.
     transport, _ = await ws_connect(lambda: Recorder(session, done, finished, keep_text), url,
-                                    extra_headers=headers, max_frame_size=max_frame_size, enable_auto_pong=False)
+                                    extra_headers=headers, max_frame_size=max_frame_size, enable_auto_pong=False,
+                                    websocket_handshake_timeout=30)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(finished), timeout)
     if not transport.is_disconnected:

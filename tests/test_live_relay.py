@@ -12,12 +12,13 @@ import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 
 import orjson
 import pytest
 from live_util import assert_suffix_per_contract, metrics_url, recorded_by_contract, relay_base
 from record_util import compare_with_sent_log
-from sim_util import NODE, doc_client, node_has_ws, picows_session, run
+from sim_util import NODE, Session, doc_client, node_has_ws, picows_session, run
 
 from recorder.feed.endpoints import EndpointKind, build_url
 
@@ -46,11 +47,15 @@ def creds(sim, **extra: str) -> dict[str, str]:
     return {"IME_USERNAME": sim.info["username"], "IME_PASSWORD": sim.info["password"], **extra}
 
 
-async def _js_client(url: str, token: str) -> list[str]:
+async def _js_client(url: str, token: str, lines: list[str]) -> list[str]:
+    """Run the API document's JavaScript example; `lines` fills as it prints (returned when it exits)."""
     proc = await asyncio.create_subprocess_exec(NODE or "node", "-e", JS_CLIENT, url, token,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    return out.decode().splitlines()
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    async for line in proc.stdout:
+        lines.append(line.decode().rstrip("\n"))
+    await proc.wait()
+    return lines
 
 
 @pytest.mark.parametrize("kind", [EndpointKind.ID, EndpointKind.NAME])
@@ -70,16 +75,33 @@ def test_twenty_clients_get_exactly_what_was_recorded_and_refusals_are_1008(sim_
     other = EndpointKind.NAME if kind is EndpointKind.ID else EndpointKind.ID
     js = node_has_ws()
 
+    live: dict[int, Session] = {}
+
+    def watching(i: int) -> Callable[[Session], bool]:
+        def done(session: Session) -> bool:
+            live[i] = session
+            return False
+        return done
+
     async def scenario():
-        clients = [asyncio.ensure_future(picows_session(build_url(base, kind, s), "relay-s3cret", timeout=60))
-                   for s in subsets]
+        clients = [asyncio.ensure_future(picows_session(build_url(base, kind, s), "relay-s3cret", watching(i),
+                                                        timeout=60))
+                   for i, s in enumerate(subsets)]
         doc = asyncio.ensure_future(doc_client(build_url(base, kind, [contracts[0]]), "relay-s3cret", 200))
-        node = asyncio.ensure_future(_js_client(build_url(base, kind, [contracts[1]]), "relay-s3cret")) if js else None
+        js_seen: list[str] = []
+        node = asyncio.ensure_future(_js_client(build_url(base, kind, [contracts[1]]), "relay-s3cret", js_seen)) \
+            if js else None
         bad_token = await picows_session(build_url(base, kind, contracts[:2]), "wrong", timeout=5)
         no_token = await picows_session(build_url(base, kind, contracts[:2]), None, timeout=5)
         unknown = await picows_session(build_url(base, kind, [contracts[0], "99999"]), "relay-s3cret", timeout=5)
         wrong_endpoint = await picows_session(build_url(base, other, ["1001"]), "relay-s3cret", timeout=5)
-        await asyncio.sleep(3)
+        # The hub yields the CPU to the workers: wait until the clients have material, not a fixed time.
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (sum(len(s.frames) for s in live.values()) > 3000 and doc.done() and (not js or len(js_seen) > 20)):
+            assert asyncio.get_running_loop().time() < deadline, \
+                f"after 60 s: {sum(len(s.frames) for s in live.values())} frames to the clients, the Python example " \
+                f"{'done' if doc.done() else 'not done'}, the JavaScript example printed {len(js_seen)} lines"
+            await asyncio.sleep(0.1)
         rec.signal(signal.SIGTERM)
         sessions = await asyncio.gather(*clients)
         return sessions, await doc, (await node if node else None), (bad_token, no_token, unknown, wrong_endpoint)

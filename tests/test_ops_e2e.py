@@ -88,14 +88,15 @@ def test_config_file_drives_a_recording_and_password_on_command_line_warns(sim_p
     cfg = tmp_path / "rec.toml"
     cfg.write_text(f'ids-file = "{tmp_path / "ids.txt"}"\nout = "{tmp_path / "from-config"}"\n'
                    f'base_url = "{sim.info["base_url"]}"\ntoken-url = "{sim.info["token_url"]}"\n'
-                   f'password-file = "{tmp_path / "pw"}"\nduration = 2\n')
+                   f'password-file = "{tmp_path / "pw"}"\nduration = 4\n')
     rec = recorder("--config", str(cfg), "--out", str(tmp_path / "from-cli"),
                    env={"IME_USERNAME": sim.info["username"], "IME_PASSWORD": ""})
     assert rec.wait(60) == 0, rec.stderr
     assert not (tmp_path / "from-config").exists() and discover([tmp_path / "from-cli"])
     assert sim.info["password"] not in rec.stderr
 
-    rec = recorder("--ids", sim.info["ids"][0], "--out", str(tmp_path / "o2"), "--duration", "1",
+    # Long enough for the first connection on a loaded machine: a run that never connects exits 1.
+    rec = recorder("--ids", sim.info["ids"][0], "--out", str(tmp_path / "o2"), "--duration", "4",
                    "--username", sim.info["username"], "--password", sim.info["password"], *sim_args(sim))
     assert rec.wait(60) == 0, rec.stderr
     assert "--password on the command line is readable by every local user" in rec.stderr

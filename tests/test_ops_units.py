@@ -408,8 +408,10 @@ def test_watchdog_pings_only_while_the_status_loop_ticks(tmp_path):
                          fail=lambda _: None, broadcast_token=lambda *_: None, send_event=None,
                          notifier=Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}))
         await ops.start()
-        await asyncio.sleep(0.5)
-        ticking = _drain(server)
+        ticking, deadline = 0, time.monotonic() + 10  # a ping each 0.1 s: three, however late a loaded machine is
+        while ticking < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            ticking += _drain(server)
         ops.last_tick -= 60  # the status loop died a minute ago
         await asyncio.sleep(0.3)
         _drain(server)

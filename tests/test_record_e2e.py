@@ -226,7 +226,8 @@ def test_bad_credentials_exit_1_without_retrying(sim_process, recorder, tmp_path
 def test_token_revoked_mid_stream_is_replaced_and_recording_goes_on(sim_process, recorder, tmp_path):
     out = tmp_path / "out"
     sim = sim_process("--contracts", "3", "--rate", "300", "--revoke-after", "1.5")
-    rec = recorder("--ids", "1001,1002,1003", "--out", str(out), "--duration", "5", *sim_args(sim), env=creds(sim))
+    # 8 s: the revoke comes 1.5 s after the connection opens, which a loaded machine may delay by seconds.
+    rec = recorder("--ids", "1001,1002,1003", "--out", str(out), "--duration", "8", *sim_args(sim), env=creds(sim))
     assert rec.wait(30) == 0, rec.stderr
     assert events(out, "token_refreshed")
     assert not events(out, "rejected")
@@ -369,7 +370,8 @@ def test_oversized_messages_become_events_not_crashes(sim_process, recorder, tmp
 def test_an_idle_connection_is_replaced_after_idle_timeout(sim_process, recorder, tmp_path):
     out = tmp_path / "out"
     sim = sim_process("--contracts", "2", "--rate", "200", "--stall-every", "1", "--stall-for", "3")
-    rec = recorder("--ids", "1001,1002", "--out", str(out), "--duration", "5", "--idle-timeout", "1.5",
+    # 8 s: the idle reconnect comes ~2.5 s after the connection opens, which a loaded machine may delay by seconds.
+    rec = recorder("--ids", "1001,1002", "--out", str(out), "--duration", "8", "--idle-timeout", "1.5",
                    *sim_args(sim), env=creds(sim))
     assert rec.wait(30) == 0, rec.stderr
     idle = [e for _, e in events(out, "idle_timeout")]
@@ -383,7 +385,8 @@ def test_a_path_hiccup_delivers_every_published_message_late_by_its_length(sim_p
     sim = sim_process("--contracts", "6", "--rate", "2000", "--seed", "3", "--delay-every", "0.4",
                       "--delay-for", str(delay_for), "--published-log", str(published_dir), "--sent-log",
                       str(sent_dir))
-    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--duration", "4", *sim_args(sim),
+    # 6 s: the fourth hiccup comes ~1.7 s after the connection opens, which a loaded machine may delay by seconds.
+    rec = recorder("--ids", ",".join(sim.info["ids"]), "--out", str(out), "--duration", "6", *sim_args(sim),
                    env=creds(sim))
     assert rec.wait(30) == 0, rec.stderr
     with urllib.request.urlopen(sim.info["stats_url"], timeout=5) as r:

@@ -83,10 +83,12 @@ def scenario(policy: SlowClientPolicy, watch_s: float) -> tuple[dict, dict, int,
 
 
 def test_a_client_that_stops_reading_is_cut_after_the_send_timeout():
-    stalled, fast, received, cut, _ = scenario(SlowClientPolicy(send_timeout=0.5), watch_s=10)
+    # 2 s, not less: the reader that keeps up shares this process and is often briefly paused above the high-water
+    # mark; a loaded machine that stops the process longer than the timeout would cut it too.
+    stalled, fast, received, cut, _ = scenario(SlowClientPolicy(send_timeout=2.0), watch_s=15)
     assert stalled["cut_slow"] and stalled["closed_by"] == "server" and stalled["state"] == "closed"
     assert stalled["close_code"] == TRY_AGAIN_LATER and stalled["close_reason"] == "too slow: could not take more " \
-                                                                                  "data for 0.5s"
+                                                                                  "data for 2s"
     assert stalled["sent"] < 400 * 64
     # The reader kept up: it was never cut and got every message.
     assert not fast["cut_slow"] and fast["close_code"] == 1000 and received == fast["sent"] == 400 * 64

@@ -404,8 +404,8 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\S*) (?:INFO|WARNING|E
 
 def record_args(out: Path, *extra: str) -> list[str]:
     # A feed that sends almost nothing, with an idle timeout: the worker logs its reconnects (a line from the
-    # worker process, stamped there), whatever the machine's load.
-    return ["-m", "recorder.cli.record", "--demo", "--demo-rate", "0.01", "--idle-timeout", "1", "--duration", "3",
+    # worker process, stamped there), whatever the machine's load (5 s: the first connection may take seconds).
+    return ["-m", "recorder.cli.record", "--demo", "--demo-rate", "0.01", "--idle-timeout", "1", "--duration", "5",
             "--out", str(out), *extra]
 
 
