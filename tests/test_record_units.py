@@ -499,9 +499,9 @@ def test_one_table_says_what_follows_a_childs_exit_and_how_long_its_restart_wait
         return out
 
     # README: a dead worker records again 0.1-2 s after its death; the hub backs off further, to 30 s.
-    assert waits(WORKER_POLICY, 6) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.5, 1.5])
+    assert waits(WORKER_POLICY, 6) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
     assert waits(HUB_POLICY, 6) == pytest.approx([0.2, 0.8, 3.2, 12.8, 30.0, 30.0])
-    assert WORKER_POLICY.wait(1.5, lived_s=10.0) == 0.1 and HUB_POLICY.wait(30.0, lived_s=60.0) == 0.2
+    assert WORKER_POLICY.wait(1.0, lived_s=10.0) == 0.1 and HUB_POLICY.wait(30.0, lived_s=60.0) == 0.2
     for code in (Exit.OK, 1, -9, None):
         for policy in (WORKER_POLICY, HUB_POLICY):
             assert policy.after_exit(code, asked_to_stop=True) is Then.STOPPED
