@@ -133,7 +133,7 @@ def test_stall_leaves_a_gap(rate):
     # a loaded machine let the client read (which shortens the gap seen at receipt: 0.21 s of a 0.25 s stall).
     stamps = sender_stamps(session)
     gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(stamps)]
-    assert max(gaps) >= 0.25 - 1e-6, max(gaps)
+    assert max(gaps) >= 0.25 - 1e-3, max(gaps)  # 1 ms: the wall clock the stamps use may be slewed
     assert conn["faults"]["stall"] >= 1
     # Sending resumed after the stall: a gap lies between two received frames, so one followed it. (The former
     # "span > 0.7 s" check failed when a loaded machine delayed the connection's start.)
