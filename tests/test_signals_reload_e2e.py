@@ -206,15 +206,16 @@ def test_sighup_reload_resubscribes_only_changed_groups_starts_and_stops_shards_
              if kind == RecordKind.TEXT]
     recorded = Counter(payload for *_, payload in texts)
     doubled = [p for p, n in recorded.items() if n > most[p]]
-    # Where each was recorded (ms after the reload, shard, connection) and the connections' events: enough to
-    # tell a handover's dedupe from a late old connection when this fails.
-    where = [[((ts - hup_ns) // 10**6, shard, conn) for ts, shard, conn, payload in texts if payload == p]
-             for p in doubled[:3]]
-    shards = {w[1] for ws in where for w in ws}
-    around = [((ts - hup_ns) // 10**6, shard, e["event"], e["_conn"]) for ts, shard, e in events(out)
-              if shard in shards]
-    assert not doubled, (f"{len(doubled)} messages recorded twice (a copy must be a receipt): {doubled[:1]}; "
-                         f"recorded at {where}; events {around}")
+    if doubled:
+        # Where each was recorded (ms after the reload, shard, connection) and the connections' events: enough to
+        # tell a handover's dedupe from a late old connection (the recording's events are read only then).
+        where = [[((ts - hup_ns) // 10**6, shard, conn) for ts, shard, conn, payload in texts if payload == p]
+                 for p in doubled[:3]]
+        shards = {w[1] for ws in where for w in ws}
+        around = [((ts - hup_ns) // 10**6, shard, e["event"], e["_conn"]) for ts, shard, e in events(out)
+                  if shard in shards]
+        raise AssertionError(f"{len(doubled)} messages recorded twice (a copy must be a receipt): {doubled[:1]}; "
+                             f"recorded at {where}; events {around}")
 
     connecting = [(ts, shard, e) for ts, shard, e in events(out, "connecting") if not e.get("probe")]
     by_set: dict[tuple[int, tuple[str, ...]], list[int]] = defaultdict(list)

@@ -94,7 +94,8 @@ _STAMP = re.compile(rb'"timestamp":"([^"]+)"')
 
 
 def sender_stamps(session: Session) -> list[int]:
-    """Each distinct send stamp (epoch ns) of the text frames received, in order (a drain-mode batch shares one)."""
+    """Each distinct send stamp (epoch ns) of the text frames received, in order (a drain-mode batch shares one).
+    A regex, not parse_envelope: a drain session brings hundreds of thousands of frames (~7 µs each parsed)."""
     stamps: list[bytes] = []
     for payload in session.texts():
         m = _STAMP.search(payload)
